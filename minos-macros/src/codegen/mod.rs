@@ -1,0 +1,3 @@
+//! Code generation. Never reports user errors: everything here has passed `internals::check`.
+
+pub(crate) mod model;

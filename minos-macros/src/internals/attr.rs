@@ -1,0 +1,91 @@
+//! Attribute arguments: `#[root_entity(name = "Foo", crate = "::minos")]`.
+
+use proc_macro2::TokenStream;
+use quote::ToTokens;
+use syn::meta::ParseNestedMeta;
+use syn::{LitStr, Path};
+
+use super::ctxt::Ctxt;
+use super::symbol::{Symbol, CRATE, NAME};
+
+/// One attribute value that may be given at most once.
+pub(crate) struct Attr<'c, T> {
+    cx: &'c Ctxt,
+    name: Symbol,
+    tokens: TokenStream,
+    value: Option<T>,
+}
+
+impl<'c, T> Attr<'c, T> {
+    pub(crate) fn none(cx: &'c Ctxt, name: Symbol) -> Self {
+        Attr {
+            cx,
+            name,
+            tokens: TokenStream::new(),
+            value: None,
+        }
+    }
+
+    /// Sets the value, reporting a duplicate on the second key's tokens.
+    pub(crate) fn set<A: ToTokens>(&mut self, obj: A, value: T) {
+        let tokens = obj.into_token_stream();
+        if self.value.is_some() {
+            self.cx
+                .error_spanned_by(tokens, format!("duplicate minos attribute `{}`: give it once", self.name));
+        } else {
+            self.tokens = tokens;
+            self.value = Some(value);
+        }
+    }
+
+    pub(crate) fn get(self) -> Option<T> {
+        self.value
+    }
+}
+
+/// The arguments every model attribute takes.
+pub(crate) struct ModelArgs {
+    /// `name = "Foo"`: the type name in events and topics (default: the struct's name).
+    pub(crate) name: Option<LitStr>,
+    /// `crate = "path"`: where the minos facade is (default `::minos`).
+    pub(crate) krate: Option<Path>,
+}
+
+impl ModelArgs {
+    pub(crate) fn parse(cx: &Ctxt, attribute: &str, args: TokenStream) -> ModelArgs {
+        let mut name = Attr::none(cx, NAME);
+        let mut krate = Attr::none(cx, CRATE);
+        let parser = syn::meta::parser(|meta: ParseNestedMeta<'_>| {
+            if meta.path == NAME {
+                let lit: LitStr = meta.value()?.parse()?;
+                name.set(&meta.path, lit);
+            } else if meta.path == CRATE {
+                let lit: LitStr = meta.value()?.parse()?;
+                match lit.parse::<Path>() {
+                    Ok(path) => krate.set(&meta.path, path),
+                    Err(_) => cx.error_spanned_by(&lit, "`crate` takes a path, like `crate = \"::minos\"`"),
+                }
+            } else {
+                let key = meta.path.to_token_stream().to_string().replace(' ', "");
+                cx.error_spanned_by(
+                    &meta.path,
+                    format!("unknown minos {attribute} attribute `{key}`; expected `name = \"...\"` or `crate = \"...\"`"),
+                );
+                // Skip the unknown key's value so the keys after it are still checked.
+                if meta.input.peek(syn::Token![=]) {
+                    meta.value()?.parse::<syn::Expr>()?;
+                } else if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+                    meta.parse_nested_meta(|_| Ok(()))?;
+                }
+            }
+            Ok(())
+        });
+        if let Err(error) = syn::parse::Parser::parse2(parser, args) {
+            cx.syn_error(error);
+        }
+        ModelArgs {
+            name: name.get(),
+            krate: krate.get(),
+        }
+    }
+}

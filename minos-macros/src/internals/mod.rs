@@ -1,0 +1,7 @@
+//! Parsing and validation. Never generates code.
+
+pub(crate) mod ast;
+pub(crate) mod attr;
+pub(crate) mod check;
+pub(crate) mod ctxt;
+pub(crate) mod symbol;

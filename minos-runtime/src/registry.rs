@@ -1,0 +1,36 @@
+//! The registry of models declared with the attribute macros, collected at link time.
+
+use crate::domain::ModelKind;
+
+/// One model declared with `#[root_entity]`, `#[entity]`, `#[value_object]` or `#[external_entity]`.
+#[derive(Debug)]
+pub struct ModelRegistration {
+    /// The type name used in events and topics.
+    pub name: &'static str,
+    /// Which attribute declared it.
+    pub kind: ModelKind,
+    /// The Rust path of the type.
+    pub rust_type: &'static str,
+    /// Where it was declared.
+    pub file: &'static str,
+    /// The line of the declaration.
+    pub line: u32,
+}
+
+inventory::collect!(ModelRegistration);
+
+/// Every registered model, sorted by name.
+pub fn models() -> Vec<&'static ModelRegistration> {
+    let mut all: Vec<_> = inventory::iter::<ModelRegistration>.into_iter().collect();
+    all.sort_by_key(|m| (m.name, m.rust_type));
+    all
+}
+
+/// The registered root entities' names, sorted.
+pub fn root_entity_names() -> Vec<&'static str> {
+    models()
+        .into_iter()
+        .filter(|m| m.kind == ModelKind::RootEntity)
+        .map(|m| m.name)
+        .collect()
+}

@@ -1,0 +1,335 @@
+//! The repository: typed entity operations over a store, and how a task finds the one to use.
+
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::domain::{Action, Condition, Event, Meta, Ordering, Root, RootEntity};
+use crate::error::{Error, Result};
+use crate::store::{now, EventFilter, MemoryStore, Query, SharedStore, Snapshot, Store, StoreError};
+
+tokio::task_local! {
+    static CURRENT: Repository;
+}
+
+static DEFAULT: RwLock<Option<Repository>> = RwLock::new(None);
+
+/// Typed event-sourced operations over one store.
+///
+/// Entity operations such as `Foo::create(..)` use the repository of the current task (set by the
+/// service runtime for every handler, or by [`Repository::scope`]), else the process default
+/// ([`Repository::set_default`]).
+#[derive(Clone, Debug)]
+pub struct Repository {
+    store: SharedStore,
+}
+
+/// Keys of a stored root that the caller never supplies.
+pub const RESERVED_FIELDS: [&str; 4] = ["uuid", "version", "created_at", "updated_at"];
+
+impl Repository {
+    /// A repository over `store`.
+    pub fn new(store: impl Store) -> Self {
+        Repository {
+            store: Arc::new(store),
+        }
+    }
+
+    /// A repository over a shared store.
+    pub fn from_shared(store: SharedStore) -> Self {
+        Repository { store }
+    }
+
+    /// A repository over a fresh in-memory store.
+    pub fn memory() -> Self {
+        Self::new(MemoryStore::new())
+    }
+
+    /// A repository over the embedded SQLite store at `path`.
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        Ok(Self::new(crate::store::SqliteStore::open(path)?))
+    }
+
+    /// The store behind this repository.
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    /// The repository of the current task, else the process default.
+    pub fn current() -> Result<Repository> {
+        if let Ok(repository) = CURRENT.try_with(Repository::clone) {
+            return Ok(repository);
+        }
+        let default = DEFAULT.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        default.clone().ok_or(Error::NoRepository)
+    }
+
+    /// Makes this repository the process default (for tasks that have none of their own).
+    pub fn set_default(self) {
+        *DEFAULT.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(self);
+    }
+
+    /// Runs `future` with this repository as the current one.
+    pub async fn scope<F: Future>(self, future: F) -> F::Output {
+        CURRENT.scope(self, future).await
+    }
+
+    /// Stores a new root: a creation event listing every field, and its `{Name}Created` message.
+    pub async fn create<T: RootEntity>(&self, value: T) -> Result<Root<T>> {
+        let mut fields_diff = Vec::new();
+        value.all_fields(&mut fields_diff)?;
+        let event = Event {
+            uuid: Uuid::new_v4(),
+            name: T::NAME.to_owned(),
+            version: 1,
+            action: Action::Create,
+            created_at: now(),
+            fields_diff,
+        };
+        self.commit(&event).await?;
+        let meta = Meta {
+            uuid: event.uuid,
+            version: 1,
+            created_at: event.created_at,
+            updated_at: event.created_at,
+        };
+        Ok(Root::from_parts(meta, value))
+    }
+
+    /// The root with this uuid.
+    pub async fn get<T: RootEntity>(&self, uuid: Uuid) -> Result<Root<T>> {
+        let snapshot = self
+            .store
+            .snapshot(T::NAME, uuid)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                name: T::NAME.to_owned(),
+                uuid,
+            })?;
+        decode(snapshot)
+    }
+
+    /// Stores the changed fields of `root` as one update event (with one `{Name}Updated.{field}` message
+    /// per field). Nothing changed: no event, no version bump, `Ok(false)`.
+    ///
+    /// Fails with a conflict when another writer stored a newer version first; `root` is left as it was.
+    pub async fn save<T: RootEntity>(&self, root: &mut Root<T>) -> Result<bool> {
+        let fields_diff = root.pending_diffs()?;
+        if fields_diff.is_empty() {
+            return Ok(false);
+        }
+        let event = Event {
+            uuid: root.uuid(),
+            name: T::NAME.to_owned(),
+            version: root.version() + 1,
+            action: Action::Update,
+            created_at: now(),
+            fields_diff,
+        };
+        self.commit(&event).await?;
+        root.mark_stored(Meta {
+            version: event.version,
+            updated_at: event.created_at,
+            ..*root.meta()
+        });
+        Ok(true)
+    }
+
+    /// Deletes the root: a deletion event and its `{Name}Deleted` message. Later reads answer
+    /// "already deleted".
+    pub async fn delete<T: RootEntity>(&self, root: Root<T>) -> Result<()> {
+        let event = Event {
+            uuid: root.uuid(),
+            name: T::NAME.to_owned(),
+            version: root.version() + 1,
+            action: Action::Delete,
+            created_at: now(),
+            fields_diff: Vec::new(),
+        };
+        self.commit(&event).await
+    }
+
+    /// Reloads `root` from the store, dropping unsaved changes.
+    pub async fn refresh<T: RootEntity>(&self, root: &mut Root<T>) -> Result<()> {
+        let fresh = self.get::<T>(root.uuid()).await?;
+        root.replace_with(fresh);
+        Ok(())
+    }
+
+    /// Live roots of type `T` matching `query`.
+    pub async fn find<T: RootEntity>(&self, query: &Query) -> Result<Vec<Root<T>>> {
+        let snapshots = self.store.find(T::NAME, query).await?;
+        snapshots.into_iter().map(decode).collect()
+    }
+
+    /// The events of one root, oldest first.
+    pub async fn events(&self, uuid: Uuid) -> Result<Vec<Event>> {
+        let filter = EventFilter {
+            uuid: Some(uuid),
+            ..EventFilter::default()
+        };
+        let stored = self.store.events(&filter).await?;
+        Ok(stored.into_iter().map(|s| s.event).collect())
+    }
+
+    /// Creates a root of the type named `name` from JSON fields, for callers without the Rust type (an
+    /// HTTP gateway, a script). Rejects caller-supplied `uuid`, `version`, `created_at`, `updated_at`.
+    pub async fn create_json(&self, name: &str, fields: Map<String, Value>) -> Result<Snapshot> {
+        if let Some(reserved) = RESERVED_FIELDS.iter().find(|f| fields.contains_key(**f)) {
+            return Err(Error::ReservedField {
+                field: (*reserved).to_owned(),
+            });
+        }
+        let event = Event {
+            uuid: Uuid::new_v4(),
+            name: name.to_owned(),
+            version: 1,
+            action: Action::Create,
+            created_at: now(),
+            fields_diff: fields
+                .into_iter()
+                .map(|(k, v)| crate::domain::FieldDiff::whole(&k, "json", v))
+                .collect(),
+        };
+        self.commit(&event).await?;
+        Ok(Snapshot::next(None, &event)?)
+    }
+
+    async fn commit(&self, event: &Event) -> Result<()> {
+        let messages = event.domain_messages()?;
+        self.store.append(event, &messages).await?;
+        Ok(())
+    }
+}
+
+fn decode<T: RootEntity>(snapshot: Snapshot) -> Result<Root<T>> {
+    let meta = Meta {
+        uuid: snapshot.uuid,
+        version: snapshot.version,
+        created_at: snapshot.created_at,
+        updated_at: snapshot.updated_at,
+    };
+    let data = snapshot.data.ok_or_else(|| StoreError::AlreadyDeleted {
+        name: snapshot.name.clone(),
+        uuid: snapshot.uuid,
+    })?;
+    Ok(Root::from_json(meta, data)?)
+}
+
+/// Operations on a root entity type, using the current repository: `Foo::create(foo).await?`.
+pub trait RootEntityExt: RootEntity + Sized {
+    /// Stores a new root (see [`Repository::create`]).
+    fn create(value: Self) -> impl Future<Output = Result<Root<Self>>> + Send {
+        async move { Repository::current()?.create(value).await }
+    }
+
+    /// The root with this uuid (see [`Repository::get`]).
+    fn get(uuid: Uuid) -> impl Future<Output = Result<Root<Self>>> + Send {
+        async move { Repository::current()?.get(uuid).await }
+    }
+
+    /// Roots matching `condition`; refine with `.order_by(..)` and `.limit(..)`, then `.await`.
+    fn find(condition: Condition) -> Find<Self> {
+        Find::new(condition)
+    }
+
+    /// Every live root; refine with `.order_by(..)` and `.limit(..)`, then `.await`.
+    fn get_all() -> Find<Self> {
+        Find::new(Condition::True)
+    }
+
+    /// The first root matching `condition`, or a not-found error.
+    fn find_one(condition: Condition) -> impl Future<Output = Result<Root<Self>>> + Send {
+        async move {
+            let found = Find::<Self>::new(condition).limit(1).await?;
+            found
+                .into_iter()
+                .next()
+                .ok_or(Error::NoMatch { name: Self::NAME })
+        }
+    }
+}
+
+impl<T: RootEntity> RootEntityExt for T {}
+
+impl<T: RootEntity> Root<T> {
+    /// Stores the changed fields (see [`Repository::save`]); `Ok(false)` when nothing changed.
+    pub async fn save(&mut self) -> Result<bool> {
+        Repository::current()?.save(self).await
+    }
+
+    /// Changes fields with `change`, then saves.
+    pub async fn update(&mut self, change: impl FnOnce(&mut T) + Send) -> Result<bool> {
+        change(self);
+        self.save().await
+    }
+
+    /// Deletes the root (see [`Repository::delete`]).
+    pub async fn delete(self) -> Result<()> {
+        Repository::current()?.delete(self).await
+    }
+
+    /// Reloads from the store, dropping unsaved changes.
+    pub async fn refresh(&mut self) -> Result<()> {
+        Repository::current()?.refresh(self).await
+    }
+}
+
+/// A snapshot query being built: `Foo::find(cond).order_by(Ordering::desc("bar")).limit(10).await`.
+#[must_use = "a query does nothing until awaited"]
+pub struct Find<T> {
+    query: Query,
+    repository: Option<Repository>,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: RootEntity> Find<T> {
+    fn new(condition: Condition) -> Self {
+        Find {
+            query: Query {
+                condition,
+                ..Query::default()
+            },
+            repository: None,
+            _type: PhantomData,
+        }
+    }
+
+    /// Sorts the results.
+    pub fn order_by(mut self, ordering: Ordering) -> Self {
+        self.query.ordering = Some(ordering);
+        self
+    }
+
+    /// Returns at most `limit` roots.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.query.limit = Some(limit);
+        self
+    }
+
+    /// Runs on `repository` instead of the current one.
+    pub fn on(mut self, repository: &Repository) -> Self {
+        self.repository = Some(repository.clone());
+        self
+    }
+}
+
+impl<T: RootEntity> IntoFuture for Find<T> {
+    type Output = Result<Vec<Root<T>>>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let repository = match self.repository {
+                Some(repository) => repository,
+                None => Repository::current()?,
+            };
+            repository.find(&self.query).await
+        })
+    }
+}

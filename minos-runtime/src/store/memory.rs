@@ -1,0 +1,147 @@
+//! The in-memory backend: every port behind one mutex. For tests and ephemeral services.
+
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use indexmap::IndexMap;
+use uuid::Uuid;
+
+use super::{
+    EventFilter, EventStore, OutboxRecord, OutboxStore, Query, Snapshot, SnapshotStore, StoreError,
+    StoredEvent,
+};
+use crate::domain::{Action, DomainMessage, Event};
+
+/// Keeps everything in process memory; lost when the process ends.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    events: Vec<StoredEvent>,
+    // Insertion order is the default order of query results, as with the SQL backends.
+    snapshots: IndexMap<Uuid, Snapshot>,
+    outbox: std::collections::VecDeque<OutboxRecord>,
+    next_outbox_id: i64,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-written step: every step below writes only
+        // after all its checks passed.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Checks that `event` may follow `current`, the way every backend must.
+pub(crate) fn check_append(current: Option<&Snapshot>, event: &Event) -> Result<(), StoreError> {
+    let conflict = |actual: u64| StoreError::Conflict {
+        name: event.name.clone(),
+        uuid: event.uuid,
+        expected: event.version.saturating_sub(1),
+        actual,
+    };
+    match (current, event.action) {
+        (None, Action::Create) if event.version == 1 => Ok(()),
+        (None, Action::Create) => Err(conflict(0)),
+        (None, _) => Err(StoreError::NotFound {
+            name: event.name.clone(),
+            uuid: event.uuid,
+        }),
+        (Some(s), _) if s.name != event.name => Err(StoreError::NotFound {
+            name: event.name.clone(),
+            uuid: event.uuid,
+        }),
+        (Some(s), Action::Create) => Err(conflict(s.version)),
+        (Some(s), _) if s.data.is_none() => Err(StoreError::AlreadyDeleted {
+            name: event.name.clone(),
+            uuid: event.uuid,
+        }),
+        (Some(s), _) if s.version + 1 != event.version => Err(conflict(s.version)),
+        (Some(_), _) => Ok(()),
+    }
+}
+
+#[async_trait]
+impl EventStore for MemoryStore {
+    async fn append(&self, event: &Event, messages: &[DomainMessage]) -> Result<StoredEvent, StoreError> {
+        let mut inner = self.lock();
+        let current = inner.snapshots.get(&event.uuid);
+        check_append(current, event)?;
+        let snapshot = Snapshot::next(current, event)?;
+        let stored = StoredEvent {
+            id: inner.events.len() as i64 + 1,
+            event: event.clone(),
+        };
+        inner.events.push(stored.clone());
+        inner.snapshots.insert(event.uuid, snapshot);
+        for message in messages {
+            inner.next_outbox_id += 1;
+            let record = OutboxRecord {
+                id: inner.next_outbox_id,
+                message: message.clone(),
+                created_at: event.created_at,
+            };
+            inner.outbox.push_back(record);
+        }
+        Ok(stored)
+    }
+
+    async fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
+        let inner = self.lock();
+        let matching = inner.events.iter().filter(|e| {
+            filter.uuid.is_none_or(|u| e.event.uuid == u)
+                && filter.name.as_ref().is_none_or(|n| &e.event.name == n)
+                && filter.after_id.is_none_or(|id| e.id > id)
+        });
+        Ok(matching.take(filter.limit.unwrap_or(usize::MAX)).cloned().collect())
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for MemoryStore {
+    async fn snapshot(&self, name: &str, uuid: Uuid) -> Result<Option<Snapshot>, StoreError> {
+        let inner = self.lock();
+        Ok(inner.snapshots.get(&uuid).filter(|s| s.name == name).cloned())
+    }
+
+    async fn find(&self, name: &str, query: &Query) -> Result<Vec<Snapshot>, StoreError> {
+        query.validate()?;
+        let inner = self.lock();
+        let mut found: Vec<(serde_json::Value, &Snapshot)> = inner
+            .snapshots
+            .values()
+            .filter(|s| s.name == name && s.data.is_some())
+            .map(|s| (s.document(), s))
+            .filter(|(doc, _)| query.condition.matches(doc))
+            .collect();
+        if let Some(ordering) = &query.ordering {
+            // A stable sort keeps insertion order among equal keys.
+            found.sort_by(|(a, _), (b, _)| ordering.compare(a, b));
+        }
+        let limit = query.limit.unwrap_or(usize::MAX);
+        Ok(found.into_iter().take(limit).map(|(_, s)| s.clone()).collect())
+    }
+}
+
+#[async_trait]
+impl OutboxStore for MemoryStore {
+    async fn pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
+        let inner = self.lock();
+        Ok(inner.outbox.iter().take(limit).cloned().collect())
+    }
+
+    async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        // Sent messages are dropped: nothing reads them again.
+        inner.outbox.retain(|record| !ids.contains(&record.id));
+        Ok(())
+    }
+}

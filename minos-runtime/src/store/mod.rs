@@ -1,0 +1,252 @@
+//! The store layer: ports for events, snapshots and the outbox, with in-memory and embedded (SQLite)
+//! adapters. Every adapter passes the same conformance suite (`conformance`, behind the `testing` feature).
+
+mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+#[cfg(feature = "testing")]
+pub mod conformance;
+
+pub use memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::domain::{Condition, DomainError, DomainMessage, Event, Ordering};
+
+/// Errors of the store layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another writer changed the root first: reload and retry.
+    #[error("version conflict on {name} {uuid}: expected version {expected}, found {actual}")]
+    Conflict {
+        /// The root entity's type name.
+        name: String,
+        /// The root.
+        uuid: Uuid,
+        /// The version the writer based its change on.
+        expected: u64,
+        /// The version in the store.
+        actual: u64,
+    },
+    /// No root with this uuid.
+    #[error("{name} {uuid} not found")]
+    NotFound {
+        /// The type name looked for.
+        name: String,
+        /// The uuid looked for.
+        uuid: Uuid,
+    },
+    /// The root was deleted.
+    #[error("{name} {uuid} is already deleted")]
+    AlreadyDeleted {
+        /// The type name.
+        name: String,
+        /// The root.
+        uuid: Uuid,
+    },
+    /// A query names an invalid field path.
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    /// A stored value does not decode.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The backend failed (IO, SQL, connection).
+    #[error("{backend} store: {source}")]
+    Backend {
+        /// Which backend.
+        backend: &'static str,
+        /// What it said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl StoreError {
+    /// Wraps a backend error.
+    pub fn backend(backend: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        StoreError::Backend {
+            backend,
+            source: source.into(),
+        }
+    }
+}
+
+/// An event with its position in the store's global order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEvent {
+    /// Global, increasing position.
+    pub id: i64,
+    /// The event.
+    pub event: Event,
+}
+
+/// Which events to read.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EventFilter {
+    /// Only this root.
+    pub uuid: Option<Uuid>,
+    /// Only roots of this type.
+    pub name: Option<String>,
+    /// Only events after this global position.
+    pub after_id: Option<i64>,
+    /// At most this many.
+    pub limit: Option<usize>,
+}
+
+/// The latest state of one root entity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// The root.
+    pub uuid: Uuid,
+    /// Its type name.
+    pub name: String,
+    /// Its version.
+    pub version: u64,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// Its fields; `None` once deleted.
+    pub data: Option<Map<String, Value>>,
+}
+
+impl Snapshot {
+    /// The document a `Condition` is evaluated on: the fields plus the meta keys.
+    pub fn document(&self) -> Value {
+        let mut doc = self.data.clone().unwrap_or_default();
+        doc.insert("uuid".into(), Value::String(self.uuid.to_string()));
+        doc.insert("version".into(), Value::from(self.version));
+        doc.insert("created_at".into(), Value::String(format_time(self.created_at)));
+        doc.insert("updated_at".into(), Value::String(format_time(self.updated_at)));
+        Value::Object(doc)
+    }
+
+    /// The snapshot after `event`, which must follow it (or create it when `previous` is `None`).
+    pub fn next(previous: Option<&Snapshot>, event: &Event) -> Result<Snapshot, DomainError> {
+        use crate::domain::Action;
+        let mut data = previous.and_then(|s| s.data.clone()).unwrap_or_default();
+        let deleted = event.action == Action::Delete;
+        if !deleted {
+            event.apply_json(&mut data)?;
+        }
+        Ok(Snapshot {
+            uuid: event.uuid,
+            name: event.name.clone(),
+            version: event.version,
+            created_at: previous.map_or(event.created_at, |s| s.created_at),
+            updated_at: event.created_at,
+            data: (!deleted).then_some(data),
+        })
+    }
+}
+
+/// A snapshot query: condition, ordering and limit. Deleted roots are never returned.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Query {
+    /// The filter.
+    pub condition: Condition,
+    /// The order (insertion order when `None`, and as a tie-break).
+    pub ordering: Option<Ordering>,
+    /// At most this many.
+    pub limit: Option<usize>,
+}
+
+impl Default for Query {
+    fn default() -> Self {
+        Query {
+            condition: Condition::True,
+            ordering: None,
+            limit: None,
+        }
+    }
+}
+
+impl Query {
+    /// Rejects field paths that are not dotted identifiers.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        let ordering = self.ordering.iter().map(|o| &o.field);
+        for path in self.condition.fields().into_iter().chain(ordering) {
+            if path.segments().is_none() {
+                return Err(StoreError::InvalidQuery(format!(
+                    "`{path}` is not a field path: write dotted names of letters, digits and `_`, like `address.city`"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A message waiting in the outbox.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxRecord {
+    /// Increasing position; relays publish in this order.
+    pub id: i64,
+    /// The message.
+    pub message: DomainMessage,
+    /// When it was written.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The event store port.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Appends `event` and writes `messages` to the outbox, in one atomic step, and brings the snapshot up
+    /// to date.
+    ///
+    /// A creation (version 1) needs a new uuid; an update or deletion with version `n` needs the stored
+    /// version to be `n - 1` ([`StoreError::Conflict`] otherwise, [`StoreError::NotFound`] for an unknown
+    /// root, [`StoreError::AlreadyDeleted`] after a deletion).
+    async fn append(&self, event: &Event, messages: &[DomainMessage]) -> Result<StoredEvent, StoreError>;
+
+    /// Events in global order.
+    async fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError>;
+}
+
+/// The snapshot store port: latest states and queries over them.
+#[async_trait]
+pub trait SnapshotStore: Send + Sync {
+    /// The snapshot of one root (deleted ones too, with `data: None`).
+    async fn snapshot(&self, name: &str, uuid: Uuid) -> Result<Option<Snapshot>, StoreError>;
+
+    /// Live snapshots of one type matching the query.
+    async fn find(&self, name: &str, query: &Query) -> Result<Vec<Snapshot>, StoreError>;
+}
+
+/// The outbox port: messages committed with their events, waiting to be published.
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
+    /// The oldest unsent messages.
+    async fn pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError>;
+
+    /// Marks messages as published.
+    async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError>;
+}
+
+/// A backend implementing every port.
+pub trait Store: EventStore + SnapshotStore + OutboxStore + fmt::Debug + 'static {}
+
+impl<T: EventStore + SnapshotStore + OutboxStore + fmt::Debug + 'static> Store for T {}
+
+/// A shared backend.
+pub type SharedStore = Arc<dyn Store>;
+
+/// The one text format of timestamps in stores and queries: RFC 3339, UTC, microseconds.
+pub fn format_time(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// The current time at the precision stores keep (microseconds).
+pub fn now() -> DateTime<Utc> {
+    let now = Utc::now();
+    let micros = now.timestamp_micros();
+    DateTime::from_timestamp_micros(micros).unwrap_or(now)
+}

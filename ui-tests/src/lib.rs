@@ -1,0 +1,1 @@
+//! Compile-fail tests of the minos macros live in `tests/`.
