@@ -26,6 +26,9 @@ pub mod prelude {
     pub use uuid::Uuid;
 }
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 #[doc(hidden)]
 pub mod __private {
     pub use minos_runtime::__private::*;

@@ -4,8 +4,6 @@
 mod memory;
 #[cfg(feature = "sqlite")]
 mod sqlite;
-#[cfg(feature = "testing")]
-pub mod conformance;
 
 pub use memory::MemoryStore;
 #[cfg(feature = "sqlite")]

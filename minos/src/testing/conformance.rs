@@ -1,0 +1,673 @@
+//! The store conformance suite: the behaviour every backend must show, written once.
+//!
+//! Run it against a backend with [`conformance_tests!`](crate::conformance_tests), giving an async
+//! expression that makes a fresh, empty [`Repository`] for each case:
+//!
+//! ```ignore
+//! minos::conformance_tests!(async { minos::Repository::memory() });
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::models::{Address, Customer, Label, Line, Order};
+use crate::prelude::*;
+use crate::store::{EventFilter, Query, StoreError};
+use crate::{Action, Error, Event, SetAction};
+
+/// Generates one `#[tokio::test]` per conformance case, each on a fresh repository from `$make`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@cases $make;
+            create_assigns_identity_version_and_timestamps,
+            create_event_lists_every_field,
+            save_stores_only_changed_fields,
+            save_without_change_stores_nothing,
+            update_changes_and_saves,
+            refresh_drops_unsaved_changes,
+            get_unknown_is_not_found,
+            get_with_another_type_is_not_found,
+            delete_makes_reads_fail_and_hides_from_queries,
+            stale_writer_gets_a_conflict_and_loses_nothing,
+            concurrent_writers_one_wins_per_version,
+            outbox_holds_domain_messages_in_order,
+            outbox_marks_messages_sent,
+            entity_set_diffs_are_incremental,
+            value_object_set_diffs_are_incremental,
+            replaying_events_gives_the_snapshot,
+            timestamps_survive_a_reload,
+            comparisons_on_scalars_and_paths,
+            boolean_combinations,
+            in_contains_and_like,
+            meta_fields_are_queryable,
+            ordering_and_limit,
+            query_values_are_inert,
+            invalid_field_paths_are_rejected,
+            find_one_reports_no_match,
+            references_store_only_the_uuid,
+            create_json_rejects_caller_identity,
+            events_read_in_global_order
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let repository: $crate::Repository = $make.await;
+                $crate::testing::conformance::$case(repository).await;
+            }
+        )*
+    };
+}
+
+fn topics(records: &[crate::store::OutboxRecord]) -> Vec<&str> {
+    records.iter().map(|r| r.message.topic.as_str()).collect()
+}
+
+async fn in_scope<F: std::future::Future>(repository: &Repository, future: F) -> F::Output {
+    repository.clone().scope(future).await
+}
+
+/// A created root has version 1, equal timestamps, and reads back equal.
+pub async fn create_assigns_identity_version_and_timestamps(repo: Repository) {
+    in_scope(&repo, async {
+        let order = Order::create(Order::sample("ada", 10.5)).await.unwrap();
+        assert_eq!(order.version(), 1);
+        assert_eq!(order.created_at(), order.updated_at());
+        assert!(!order.uuid().is_nil());
+        let read = Order::get(order.uuid()).await.unwrap();
+        assert_eq!(read, order);
+        let other = Order::create(Order::sample("bob", 1.0)).await.unwrap();
+        assert_ne!(other.uuid(), order.uuid());
+    })
+    .await
+}
+
+/// The creation event's diff lists every field, `None` included.
+pub async fn create_event_lists_every_field(repo: Repository) {
+    let order = repo.create(Order::sample("ada", 1.0)).await.unwrap();
+    let events = repo.events(order.uuid()).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].action, Action::Create);
+    assert_eq!(events[0].version, 1);
+    let names: Vec<&str> = events[0].fields_diff.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, <Order as crate::Model>::FIELDS);
+    let note = events[0].fields_diff.iter().find(|d| d.name == "note").unwrap();
+    assert_eq!(note.value, Value::Null);
+    assert_eq!(note.type_name, "Option<String>");
+}
+
+/// An update event holds only the changed fields and bumps the version by one.
+pub async fn save_stores_only_changed_fields(repo: Repository) {
+    in_scope(&repo, async {
+        let mut order = Order::create(Order::sample("ada", 1.0)).await.unwrap();
+        order.total = 2.5;
+        order.address.city = "Paris".into();
+        assert!(order.save().await.unwrap());
+        assert_eq!(order.version(), 2);
+        assert!(order.updated_at() >= order.created_at());
+        let events = repo.events(order.uuid()).await.unwrap();
+        let update = &events[1];
+        assert_eq!(update.action, Action::Update);
+        let changed: Vec<&str> = update.fields_diff.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(changed, ["total", "address"]);
+        assert_eq!(update.fields_diff[0].value, json!(2.5));
+        assert_eq!(update.fields_diff[1].value, json!({"city": "Paris", "zip": "69001"}));
+        let read = Order::get(order.uuid()).await.unwrap();
+        assert_eq!(read.total, 2.5);
+        assert_eq!(read.address.city, "Paris");
+        assert_eq!(read.version(), 2);
+    })
+    .await
+}
+
+/// Saving an unchanged root stores no event and keeps the version.
+pub async fn save_without_change_stores_nothing(repo: Repository) {
+    in_scope(&repo, async {
+        let mut order = Order::create(Order::sample("ada", 1.0)).await.unwrap();
+        let pending_before = repo.store().pending(100).await.unwrap().len();
+        assert!(!order.save().await.unwrap());
+        order.total = 1.0; // same value: still no change
+        assert!(!order.save().await.unwrap());
+        assert_eq!(order.version(), 1);
+        assert_eq!(repo.events(order.uuid()).await.unwrap().len(), 1);
+        assert_eq!(repo.store().pending(100).await.unwrap().len(), pending_before);
+    })
+    .await
+}
+
+/// `update` changes fields with a closure and saves them.
+pub async fn update_changes_and_saves(repo: Repository) {
+    in_scope(&repo, async {
+        let mut order = Order::create(Order::sample("ada", 1.0)).await.unwrap();
+        assert!(order.update(|o| o.paid = true).await.unwrap());
+        assert!(Order::get(order.uuid()).await.unwrap().paid);
+        assert!(!order.update(|o| o.paid = true).await.unwrap());
+    })
+    .await
+}
+
+/// `refresh` reloads the stored state, dropping unsaved changes.
+pub async fn refresh_drops_unsaved_changes(repo: Repository) {
+    in_scope(&repo, async {
+        let mut order = Order::create(Order::sample("ada", 1.0)).await.unwrap();
+        let mut other = Order::get(order.uuid()).await.unwrap();
+        other.quantity = 7;
+        other.save().await.unwrap();
+        order.customer = "unsaved".into();
+        order.refresh().await.unwrap();
+        assert_eq!(order.customer, "ada");
+        assert_eq!(order.quantity, 7);
+        assert_eq!(order.version(), 2);
+        assert!(!order.save().await.unwrap());
+    })
+    .await
+}
+
+/// An unknown uuid is a not-found error.
+pub async fn get_unknown_is_not_found(repo: Repository) {
+    let error = repo.get::<Order>(Uuid::new_v4()).await.unwrap_err();
+    assert!(error.is_not_found(), "{error}");
+    assert_eq!(error.status(), 404);
+}
+
+/// A uuid of another type is not found as this type.
+pub async fn get_with_another_type_is_not_found(repo: Repository) {
+    let customer = repo.create(Customer { name: "ada".into() }).await.unwrap();
+    let error = repo.get::<Order>(customer.uuid()).await.unwrap_err();
+    assert!(error.is_not_found(), "{error}");
+}
+
+/// After a delete: reads say "already deleted", saves and deletes fail, queries skip it.
+pub async fn delete_makes_reads_fail_and_hides_from_queries(repo: Repository) {
+    in_scope(&repo, async {
+        let order = Order::create(Order::sample("ada", 1.0)).await.unwrap();
+        let keep = Order::create(Order::sample("bob", 1.0)).await.unwrap();
+        let mut stale = Order::get(order.uuid()).await.unwrap();
+        let uuid = order.uuid();
+        order.delete().await.unwrap();
+        let error = Order::get(uuid).await.unwrap_err();
+        assert!(error.is_deleted(), "{error}");
+        assert_eq!(error.status(), 410);
+        stale.total = 3.0;
+        assert!(stale.save().await.unwrap_err().is_deleted());
+        assert!(stale.clone().delete().await.unwrap_err().is_deleted());
+        let all = Order::get_all().await.unwrap();
+        assert_eq!(all.iter().map(|o| o.uuid()).collect::<Vec<_>>(), [keep.uuid()]);
+        let events = repo.events(uuid).await.unwrap();
+        assert_eq!(events.last().unwrap().action, Action::Delete);
+        assert_eq!(events.last().unwrap().version, 2);
+        assert!(events.last().unwrap().fields_diff.is_empty());
+    })
+    .await
+}
+
+/// Two writers from one version: the second gets a conflict, the first's change stays, nothing is lost.
+pub async fn stale_writer_gets_a_conflict_and_loses_nothing(repo: Repository) {
+    in_scope(&repo, async {
+        let order = Order::create(Order::sample("ada", 1.0)).await.unwrap();
+        let mut first = Order::get(order.uuid()).await.unwrap();
+        let mut second = Order::get(order.uuid()).await.unwrap();
+        first.quantity = 2;
+        first.save().await.unwrap();
+        second.paid = true;
+        let error = second.save().await.unwrap_err();
+        assert!(error.is_conflict(), "{error}");
+        assert_eq!(error.status(), 409);
+        match error {
+            Error::Store(StoreError::Conflict { expected, actual, .. }) => {
+                assert_eq!((expected, actual), (1, 2));
+            }
+            other => panic!("expected a conflict, got {other}"),
+        }
+        // The loser keeps its change and version, so it can reload and retry.
+        assert_eq!(second.version(), 1);
+        assert!(second.paid);
+        second.refresh().await.unwrap();
+        second.paid = true;
+        second.save().await.unwrap();
+        let read = Order::get(order.uuid()).await.unwrap();
+        assert_eq!((read.quantity, read.paid, read.version()), (2, true, 3));
+    })
+    .await
+}
+
+/// Many tasks saving from the same version: exactly one wins; the versions stay gapless.
+pub async fn concurrent_writers_one_wins_per_version(repo: Repository) {
+    let order = repo.create(Order::sample("ada", 1.0)).await.unwrap();
+    let repo = Arc::new(repo);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let repo = Arc::clone(&repo);
+        let mut copy = order.clone();
+        tasks.push(tokio::spawn(async move {
+            copy.quantity = 100 + i;
+            repo.save(&mut copy).await.map(|_| i)
+        }));
+    }
+    let mut winners = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(i) => winners.push(i),
+            Err(error) => assert!(error.is_conflict(), "{error}"),
+        }
+    }
+    assert_eq!(winners.len(), 1);
+    let read = repo.get::<Order>(order.uuid()).await.unwrap();
+    assert_eq!(read.quantity, 100 + winners[0]);
+    let versions: Vec<u64> = repo.events(order.uuid()).await.unwrap().iter().map(|e| e.version).collect();
+    assert_eq!(versions, [1, 2]);
+}
+
+/// Created, updated (with one message per field) and deleted messages, keyed by uuid, in order.
+pub async fn outbox_holds_domain_messages_in_order(repo: Repository) {
+    in_scope(&repo, async {
+        let mut order = Order::create(Order::sample("ada", 1.0)).await.unwrap();
+        order.total = 2.0;
+        order.note = Some("fragile".into());
+        order.save().await.unwrap();
+        let uuid = order.uuid();
+        order.delete().await.unwrap();
+        let pending = repo.store().pending(100).await.unwrap();
+        assert_eq!(
+            topics(&pending),
+            ["OrderCreated", "OrderUpdated", "OrderUpdated.total", "OrderUpdated.note", "OrderDeleted"]
+        );
+        assert!(pending.windows(2).all(|w| w[0].id < w[1].id));
+        assert!(pending.iter().all(|r| r.message.key == uuid.to_string()));
+        let created: Event = serde_json::from_value(pending[0].message.content.clone()).unwrap();
+        assert_eq!((created.uuid, created.version, created.action), (uuid, 1, Action::Create));
+        assert_eq!(created.fields_diff.len(), <Order as crate::Model>::FIELDS.len());
+        let updated: Event = serde_json::from_value(pending[1].message.content.clone()).unwrap();
+        assert_eq!(updated.fields_diff.len(), 2);
+        let single: Event = serde_json::from_value(pending[3].message.content.clone()).unwrap();
+        assert_eq!(single.version, 2);
+        assert_eq!(single.created_at, updated.created_at);
+        assert_eq!(single.fields_diff.len(), 1);
+        assert_eq!(single.fields_diff[0].name, "note");
+        assert_eq!(single.fields_diff[0].value, json!("fragile"));
+        let deleted: Event = serde_json::from_value(pending[4].message.content.clone()).unwrap();
+        assert_eq!((deleted.version, deleted.action), (3, Action::Delete));
+    })
+    .await
+}
+
+/// Sent messages leave the pending list; the rest keep their order.
+pub async fn outbox_marks_messages_sent(repo: Repository) {
+    for name in ["a", "b", "c"] {
+        repo.create(Customer { name: name.into() }).await.unwrap();
+    }
+    let pending = repo.store().pending(2).await.unwrap();
+    assert_eq!(pending.len(), 2);
+    repo.store().mark_sent(&[pending[0].id]).await.unwrap();
+    let rest = repo.store().pending(10).await.unwrap();
+    assert_eq!(rest.len(), 2);
+    assert_eq!(rest[0].id, pending[1].id);
+    let names: Vec<&str> = rest.iter().map(|r| r.message.content["fields_diff"][0]["value"].as_str().unwrap()).collect();
+    assert_eq!(names, ["b", "c"]);
+    repo.store().mark_sent(&rest.iter().map(|r| r.id).collect::<Vec<_>>()).await.unwrap();
+    assert!(repo.store().pending(10).await.unwrap().is_empty());
+}
+
+/// Adding, changing and removing entity-set members diffs member by member.
+pub async fn entity_set_diffs_are_incremental(repo: Repository) {
+    in_scope(&repo, async {
+        let mut order = Order::sample("ada", 1.0);
+        let kept = order.lines.add(Line { product: "tea".into(), amount: 1 });
+        let removed = order.lines.add(Line { product: "cup".into(), amount: 2 });
+        let mut order = Order::create(order).await.unwrap();
+        repo.store().mark_sent(&ids(&repo).await).await.unwrap();
+
+        order.lines.get_mut(&kept).unwrap().amount = 5;
+        order.lines.remove(&removed);
+        let added = order.lines.add(Line { product: "pot".into(), amount: 1 });
+        order.save().await.unwrap();
+
+        let pending = repo.store().pending(100).await.unwrap();
+        assert_eq!(
+            topics(&pending),
+            ["OrderUpdated", "OrderUpdated.lines.update", "OrderUpdated.lines.create", "OrderUpdated.lines.delete"]
+        );
+        let update = &repo.events(order.uuid()).await.unwrap()[1];
+        assert_eq!(update.fields_diff.len(), 3);
+        assert_eq!(update.fields_diff[0].action, Some(SetAction::Update));
+        assert_eq!(update.fields_diff[0].value["uuid"], json!(kept.to_string()));
+        assert_eq!(update.fields_diff[0].value["amount"], json!(5));
+
+        let read = Order::get(order.uuid()).await.unwrap();
+        let members: Vec<(Uuid, String, i64)> =
+            read.lines.iter().map(|(u, l)| (*u, l.product.clone(), l.amount)).collect();
+        assert_eq!(members, [(kept, "tea".to_owned(), 5), (added, "pot".to_owned(), 1)]);
+    })
+    .await
+}
+
+/// Adding and removing value-object-set members diffs member by member.
+pub async fn value_object_set_diffs_are_incremental(repo: Repository) {
+    in_scope(&repo, async {
+        let mut order = Order::sample("ada", 1.0);
+        order.labels.insert(Label { text: "old".into() });
+        let mut order = Order::create(order).await.unwrap();
+        repo.store().mark_sent(&ids(&repo).await).await.unwrap();
+        assert!(!order.labels.insert(Label { text: "old".into() }));
+        order.labels.insert(Label { text: "new".into() });
+        order.labels.remove(&Label { text: "old".into() });
+        order.save().await.unwrap();
+        let pending = repo.store().pending(100).await.unwrap();
+        assert_eq!(
+            topics(&pending),
+            ["OrderUpdated", "OrderUpdated.labels.create", "OrderUpdated.labels.delete"]
+        );
+        let read = Order::get(order.uuid()).await.unwrap();
+        let labels: Vec<&str> = read.labels.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(labels, ["new"]);
+    })
+    .await
+}
+
+async fn ids(repo: &Repository) -> Vec<i64> {
+    repo.store().pending(1000).await.unwrap().iter().map(|r| r.id).collect()
+}
+
+/// Folding a root's events gives the same root as its snapshot.
+pub async fn replaying_events_gives_the_snapshot(repo: Repository) {
+    in_scope(&repo, async {
+        let mut order = Order::create(Order::sample("ada", 1.0)).await.unwrap();
+        for i in 0..5 {
+            order.quantity = i;
+            order.tags.push(format!("t{i}"));
+            order.lines.add(Line { product: format!("p{i}"), amount: i });
+            order.extra.insert(format!("k{i}"), i);
+            order.save().await.unwrap();
+        }
+        let events = repo.events(order.uuid()).await.unwrap();
+        assert_eq!(events.len(), 6);
+        let replayed = Root::<Order>::replay(&events).unwrap().unwrap();
+        let read = Order::get(order.uuid()).await.unwrap();
+        assert_eq!(replayed, read);
+        assert_eq!(read, order);
+    })
+    .await
+}
+
+/// Times read back equal to the ones returned at write time.
+pub async fn timestamps_survive_a_reload(repo: Repository) {
+    in_scope(&repo, async {
+        let mut order = Order::create(Order::sample("ada", 1.0)).await.unwrap();
+        order.quantity = 3;
+        order.save().await.unwrap();
+        let read = Order::get(order.uuid()).await.unwrap();
+        assert_eq!(read.created_at(), order.created_at());
+        assert_eq!(read.updated_at(), order.updated_at());
+        assert_eq!(read.placed, order.placed);
+    })
+    .await
+}
+
+async fn seed(repo: &Repository) -> Vec<Root<Order>> {
+    let mut out = Vec::new();
+    let rows: [(&str, f64, i64, bool, Option<&str>, &[&str], &str); 4] = [
+        ("ada", 10.0, 1, true, Some("gift"), &["red", "big"], "Paris"),
+        ("bob", 20.5, 2, false, None, &["blue"], "Lyon"),
+        ("Cy", 5.25, 3, true, Some("Gift wrap"), &[], "Paris"),
+        ("dee_x", 20.5, 4, false, Some("x%y"), &["red"], "Nice"),
+    ];
+    for (customer, total, quantity, paid, note, tags, city) in rows {
+        let mut order = Order::sample(customer, total);
+        order.quantity = quantity;
+        order.paid = paid;
+        order.note = note.map(str::to_owned);
+        order.tags = tags.iter().map(|t| (*t).to_owned()).collect();
+        order.address.city = city.into();
+        order.extra = BTreeMap::from([("score".to_owned(), quantity * 10)]);
+        out.push(repo.create(order).await.unwrap());
+    }
+    out
+}
+
+async fn customers(repo: &Repository, condition: Condition) -> Vec<String> {
+    let query = Query {
+        condition,
+        ..Query::default()
+    };
+    let found = repo.find::<Order>(&query).await.unwrap();
+    found.iter().map(|o| o.customer.clone()).collect()
+}
+
+/// `=`, `≠`, `<`, `≤`, `>`, `≥` on numbers, strings, booleans, nulls and dotted paths.
+pub async fn comparisons_on_scalars_and_paths(repo: Repository) {
+    seed(&repo).await;
+    assert_eq!(customers(&repo, Condition::eq("customer", "bob")).await, ["bob"]);
+    assert_eq!(customers(&repo, Condition::eq("total", 20.5)).await, ["bob", "dee_x"]);
+    assert_eq!(customers(&repo, Condition::eq("quantity", 3)).await, ["Cy"]);
+    assert_eq!(customers(&repo, Condition::eq("paid", true)).await, ["ada", "Cy"]);
+    assert_eq!(customers(&repo, Condition::ne("paid", true)).await, ["bob", "dee_x"]);
+    assert_eq!(customers(&repo, Condition::eq("note", Value::Null)).await, ["bob"]);
+    assert_eq!(customers(&repo, Condition::ne("note", "gift")).await, ["Cy", "dee_x"]);
+    assert_eq!(customers(&repo, Condition::lt("total", 10.0)).await, ["Cy"]);
+    assert_eq!(customers(&repo, Condition::le("total", 10)).await, ["ada", "Cy"]);
+    assert_eq!(customers(&repo, Condition::gt("quantity", 2)).await, ["Cy", "dee_x"]);
+    assert_eq!(customers(&repo, Condition::ge("quantity", 2)).await, ["bob", "Cy", "dee_x"]);
+    assert_eq!(customers(&repo, Condition::lt("customer", "bob")).await, ["ada", "Cy"]);
+    assert_eq!(customers(&repo, Condition::eq("address.city", "Paris")).await, ["ada", "Cy"]);
+    assert_eq!(customers(&repo, Condition::gt("extra.score", 25)).await, ["Cy", "dee_x"]);
+    assert!(customers(&repo, Condition::eq("address.nowhere", "x")).await.is_empty());
+}
+
+/// TRUE, FALSE, AND, OR, NOT and their empty forms.
+pub async fn boolean_combinations(repo: Repository) {
+    seed(&repo).await;
+    assert_eq!(customers(&repo, Condition::True).await.len(), 4);
+    assert!(customers(&repo, Condition::False).await.is_empty());
+    assert_eq!(
+        customers(&repo, Condition::eq("paid", true) & Condition::eq("address.city", "Paris")).await,
+        ["ada", "Cy"]
+    );
+    assert_eq!(
+        customers(&repo, Condition::eq("customer", "ada") | Condition::gt("quantity", 3)).await,
+        ["ada", "dee_x"]
+    );
+    assert_eq!(customers(&repo, !Condition::eq("paid", true)).await, ["bob", "dee_x"]);
+    assert_eq!(customers(&repo, !Condition::eq("note", "gift")).await, ["bob", "Cy", "dee_x"]);
+    assert_eq!(customers(&repo, Condition::and([])).await.len(), 4);
+    assert!(customers(&repo, Condition::or([])).await.is_empty());
+    assert_eq!(
+        customers(&repo, !(Condition::False | Condition::eq("quantity", 1))).await,
+        ["bob", "Cy", "dee_x"]
+    );
+}
+
+/// IN, CONTAINS (array membership) and LIKE (full, case-sensitive match, `%` and `_`).
+pub async fn in_contains_and_like(repo: Repository) {
+    seed(&repo).await;
+    assert_eq!(customers(&repo, Condition::is_in("quantity", [1, 4, 9])).await, ["ada", "dee_x"]);
+    assert_eq!(customers(&repo, Condition::is_in("customer", ["Cy", "zed"])).await, ["Cy"]);
+    assert!(customers(&repo, Condition::is_in("customer", Vec::<String>::new())).await.is_empty());
+    assert_eq!(customers(&repo, Condition::contains("tags", "red")).await, ["ada", "dee_x"]);
+    assert!(customers(&repo, Condition::contains("customer", "a")).await.is_empty());
+    assert_eq!(customers(&repo, Condition::like("note", "gift")).await, ["ada"]);
+    assert_eq!(customers(&repo, Condition::like("note", "%ift%")).await, ["ada", "Cy"]);
+    assert_eq!(customers(&repo, Condition::like("note", "Gift%")).await, ["Cy"]);
+    assert!(customers(&repo, Condition::like("note", "gif")).await.is_empty());
+    assert_eq!(customers(&repo, Condition::like("customer", "_o_")).await, ["bob"]);
+    assert_eq!(customers(&repo, Condition::like("customer", "dee_%")).await, ["dee_x"]);
+    assert_eq!(customers(&repo, Condition::like("note", "x%")).await, ["dee_x"]);
+    assert!(customers(&repo, Condition::like("quantity", "1")).await.is_empty());
+}
+
+/// `uuid`, `version`, `created_at` and `updated_at` can be filtered and sorted on.
+pub async fn meta_fields_are_queryable(repo: Repository) {
+    let orders = seed(&repo).await;
+    let mut bob = repo.get::<Order>(orders[1].uuid()).await.unwrap();
+    bob.quantity = 20;
+    repo.save(&mut bob).await.unwrap();
+    assert_eq!(customers(&repo, Condition::eq("version", 2)).await, ["bob"]);
+    assert_eq!(customers(&repo, Condition::eq("uuid", orders[2].uuid().to_string())).await, ["Cy"]);
+    let since = crate::store::format_time(orders[2].created_at());
+    assert_eq!(customers(&repo, Condition::ge("created_at", since)).await, ["Cy", "dee_x"]);
+    let query = Query {
+        ordering: Some(Ordering::desc("updated_at")),
+        limit: Some(1),
+        ..Query::default()
+    };
+    assert_eq!(repo.find::<Order>(&query).await.unwrap()[0].customer, "bob");
+}
+
+/// Ordering ascending and descending (ties keep insertion order), and limit.
+pub async fn ordering_and_limit(repo: Repository) {
+    seed(&repo).await;
+    in_scope(&repo, async {
+        let names = |found: Vec<Root<Order>>| found.iter().map(|o| o.customer.clone()).collect::<Vec<_>>();
+        assert_eq!(names(Order::get_all().await.unwrap()), ["ada", "bob", "Cy", "dee_x"]);
+        assert_eq!(
+            names(Order::get_all().order_by(Ordering::asc("total")).await.unwrap()),
+            ["Cy", "ada", "bob", "dee_x"]
+        );
+        assert_eq!(
+            names(Order::get_all().order_by(Ordering::desc("quantity")).limit(2).await.unwrap()),
+            ["dee_x", "Cy"]
+        );
+        assert_eq!(
+            names(Order::get_all().order_by(Ordering::asc("customer")).await.unwrap()),
+            ["Cy", "ada", "bob", "dee_x"]
+        );
+        assert_eq!(
+            names(Order::find(Condition::eq("paid", false)).order_by(Ordering::desc("address.city")).await.unwrap()),
+            ["dee_x", "bob"]
+        );
+        assert_eq!(
+            names(Order::get_all().order_by(Ordering::asc("note")).await.unwrap()),
+            ["bob", "Cy", "ada", "dee_x"]
+        );
+        assert!(Order::get_all().limit(0).await.unwrap().is_empty());
+    })
+    .await
+}
+
+/// Values that look like SQL are compared as plain values.
+pub async fn query_values_are_inert(repo: Repository) {
+    seed(&repo).await;
+    let attacks = [
+        "' OR '1'='1",
+        "ada' --",
+        "\"); DROP TABLE snapshots; --",
+        "%' OR 1=1 OR customer LIKE '%",
+    ];
+    for attack in attacks {
+        assert!(customers(&repo, Condition::eq("customer", attack)).await.is_empty(), "{attack}");
+        assert!(customers(&repo, Condition::like("customer", attack)).await.is_empty(), "{attack}");
+        assert!(customers(&repo, Condition::is_in("customer", [attack])).await.is_empty(), "{attack}");
+    }
+    // The data is still all there.
+    assert_eq!(customers(&repo, Condition::True).await.len(), 4);
+    let mut evil = Order::sample("x'); DELETE FROM events; --", 1.0);
+    evil.note = Some("\"}, \"paid\": true".into());
+    let evil = repo.create(evil).await.unwrap();
+    let read = repo.get::<Order>(evil.uuid()).await.unwrap();
+    assert_eq!(read.customer, "x'); DELETE FROM events; --");
+    assert!(!read.paid);
+    assert_eq!(customers(&repo, Condition::eq("customer", "x'); DELETE FROM events; --")).await.len(), 1);
+}
+
+/// Field paths that are not dotted identifiers are refused before reaching the backend.
+pub async fn invalid_field_paths_are_rejected(repo: Repository) {
+    seed(&repo).await;
+    for path in ["customer') OR 1=1 --", "a..b", "", "$.customer", "a b"] {
+        let query = Query {
+            condition: Condition::eq(path, "x"),
+            ..Query::default()
+        };
+        let error = repo.find::<Order>(&query).await.unwrap_err();
+        assert!(matches!(error, Error::Store(StoreError::InvalidQuery(_))), "{path}: {error}");
+        assert_eq!(error.status(), 400);
+        let ordered = Query {
+            ordering: Some(Ordering::asc(path)),
+            ..Query::default()
+        };
+        assert!(repo.find::<Order>(&ordered).await.is_err(), "{path}");
+    }
+}
+
+/// `find_one` returns the first match, or a not-found error.
+pub async fn find_one_reports_no_match(repo: Repository) {
+    seed(&repo).await;
+    in_scope(&repo, async {
+        let found = Order::find_one(Condition::eq("quantity", 2)).await.unwrap();
+        assert_eq!(found.customer, "bob");
+        let error = Order::find_one(Condition::eq("quantity", 99)).await.unwrap_err();
+        assert!(error.is_not_found(), "{error}");
+    })
+    .await
+}
+
+/// A `Ref` is stored as the uuid alone and reads back unresolved.
+pub async fn references_store_only_the_uuid(repo: Repository) {
+    in_scope(&repo, async {
+        let customer = Customer::create(Customer { name: "ada".into() }).await.unwrap();
+        let mut order = Order::sample("ada", 1.0);
+        order.customer_ref = Some(Ref::resolved(customer.clone()));
+        let order = Order::create(order).await.unwrap();
+        let events = repo.events(order.uuid()).await.unwrap();
+        let diff = events[0].fields_diff.iter().find(|d| d.name == "customer_ref").unwrap();
+        assert_eq!(diff.value, json!(customer.uuid().to_string()));
+        let read = Order::get(order.uuid()).await.unwrap();
+        let reference = read.customer_ref.as_ref().unwrap();
+        assert_eq!(reference.uuid(), customer.uuid());
+        assert!(!reference.is_resolved());
+        let found = Order::find(Condition::eq("customer_ref", customer.uuid().to_string())).await.unwrap();
+        assert_eq!(found.len(), 1);
+    })
+    .await
+}
+
+/// The JSON entry point refuses caller-supplied identity, version and timestamps.
+pub async fn create_json_rejects_caller_identity(repo: Repository) {
+    for key in crate::RESERVED_FIELDS {
+        let mut fields = serde_json::Map::new();
+        fields.insert("name".into(), json!("ada"));
+        fields.insert(key.into(), json!(1));
+        let error = repo.create_json("Customer", fields).await.unwrap_err();
+        assert!(matches!(error, Error::ReservedField { ref field } if field == key), "{error}");
+        assert_eq!(error.status(), 400);
+    }
+    assert!(repo.store().events(&EventFilter::default()).await.unwrap().is_empty());
+    let mut fields = serde_json::Map::new();
+    fields.insert("name".into(), json!("ada"));
+    let snapshot = repo.create_json("Customer", fields).await.unwrap();
+    let read = repo.get::<Customer>(snapshot.uuid).await.unwrap();
+    assert_eq!(read.name, "ada");
+}
+
+/// Events of several roots come back in commit order; filters by uuid, name and position work.
+pub async fn events_read_in_global_order(repo: Repository) {
+    let a = repo.create(Customer { name: "a".into() }).await.unwrap();
+    let b = repo.create(Order::sample("b", 1.0)).await.unwrap();
+    let mut a2 = a.clone();
+    a2.name = "a2".into();
+    repo.save(&mut a2).await.unwrap();
+    let all = repo.store().events(&EventFilter::default()).await.unwrap();
+    let order: Vec<(Uuid, u64)> = all.iter().map(|s| (s.event.uuid, s.event.version)).collect();
+    assert_eq!(order, [(a.uuid(), 1), (b.uuid(), 1), (a.uuid(), 2)]);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    let customers = EventFilter {
+        name: Some("Customer".into()),
+        ..EventFilter::default()
+    };
+    assert_eq!(repo.store().events(&customers).await.unwrap().len(), 2);
+    let after = EventFilter {
+        after_id: Some(all[0].id),
+        limit: Some(1),
+        ..EventFilter::default()
+    };
+    let next = repo.store().events(&after).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].event.uuid, b.uuid());
+}
+
+#[allow(dead_code)]
+fn assert_address_is_a_value(address: Address) -> Address {
+    address
+}

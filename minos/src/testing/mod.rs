@@ -1,0 +1,4 @@
+//! Test helpers (feature `testing`): sample models and the store conformance suite.
+
+pub mod conformance;
+pub mod models;
