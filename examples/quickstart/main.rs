@@ -16,7 +16,8 @@ pub struct Tag {
 
 #[tokio::main]
 async fn main() -> minos::Result<()> {
-    let path = std::env::var("MINOS_QUICKSTART_DB").unwrap_or_else(|_| ".minos/quickstart.db".into());
+    let path =
+        std::env::var("MINOS_QUICKSTART_DB").unwrap_or_else(|_| ".minos/quickstart.db".into());
     let repository = Repository::sqlite(&path)?;
     println!("embedded store: {path}");
     repository.clone().scope(run()).await?;
@@ -37,7 +38,9 @@ async fn run() -> minos::Result<()> {
     println!("created Foo {} (version {})", foo.uuid(), foo.version());
 
     foo.bar = "hello, world".into();
-    foo.tags.insert(Tag { label: "greeting".into() });
+    foo.tags.insert(Tag {
+        label: "greeting".into(),
+    });
     foo.save().await?;
     println!("updated to version {}: bar = {:?}", foo.version(), foo.bar);
 

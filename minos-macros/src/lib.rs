@@ -15,7 +15,7 @@ use internals::ast::Kind;
 /// Stored roots are [`Root<T>`](../minos/struct.Root.html), which carries the uuid, version and timestamps
 /// and derefs to the struct. Type operations come from `minos::prelude::RootEntityExt`.
 ///
-/// ```ignore
+/// ```text
 /// use minos::prelude::*;
 ///
 /// #[root_entity]
@@ -71,14 +71,18 @@ fn expand(kind: Kind, args: TokenStream, input: TokenStream) -> TokenStream {
     let output = model(kind, args.into(), input2.clone()).unwrap_or_else(|error| {
         // Re-emit the item with the errors so the rest of the crate still type-checks and IDEs keep working.
         let mut tokens = error.into_compile_error();
-        tokens.extend(input2);
+        tokens.extend(without_serde_attributes(input2));
         tokens
     });
     debug_print(kind, &output);
     output.into()
 }
 
-fn model(kind: Kind, args: proc_macro2::TokenStream, input: proc_macro2::TokenStream) -> syn::Result<proc_macro2::TokenStream> {
+fn model(
+    kind: Kind,
+    args: proc_macro2::TokenStream,
+    input: proc_macro2::TokenStream,
+) -> syn::Result<proc_macro2::TokenStream> {
     let item: syn::Item = syn::parse2(input)?;
     let cx = internals::ctxt::Ctxt::new();
     let args = internals::attr::ModelArgs::parse(&cx, kind.attribute(), args);
@@ -90,8 +94,26 @@ fn model(kind: Kind, args: proc_macro2::TokenStream, input: proc_macro2::TokenSt
     match parsed {
         Some(model) => Ok(codegen::model::expand(&model)),
         // `from_item` reports every case where it returns `None`, so `check()` has returned above.
-        None => Err(syn::Error::new(proc_macro2::Span::call_site(), "invalid model")),
+        None => Err(syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "invalid model",
+        )),
     }
+}
+
+/// The item without `#[serde(..)]` attributes, which would be errors of their own without the serde derive.
+fn without_serde_attributes(input: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
+    let Ok(mut item) = syn::parse2::<syn::Item>(input.clone()) else {
+        return input;
+    };
+    let is_serde = |attr: &syn::Attribute| attr.path().is_ident("serde");
+    if let syn::Item::Struct(item) = &mut item {
+        item.attrs.retain(|a| !is_serde(a));
+        for field in item.fields.iter_mut() {
+            field.attrs.retain(|a| !is_serde(a));
+        }
+    }
+    quote::ToTokens::into_token_stream(item)
 }
 
 fn debug_print(kind: Kind, tokens: &proc_macro2::TokenStream) {

@@ -44,7 +44,10 @@ impl Error {
 
     /// Whether the root or match was not found.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::Store(StoreError::NotFound { .. }) | Error::NoMatch { .. })
+        matches!(
+            self,
+            Error::Store(StoreError::NotFound { .. }) | Error::NoMatch { .. }
+        )
     }
 
     /// Whether the root was deleted.

@@ -7,8 +7,8 @@ mod repository;
 pub mod store;
 
 pub use domain::{
-    Action, Condition, Entity, EntitySet, Event, ExternalEntity, FieldDiff, Model, ModelKind, Ordering, Ref,
-    Referable, Root, RootEntity, SetAction, ValueObject, ValueObjectSet,
+    Action, Condition, Entity, EntitySet, Event, ExternalEntity, FieldDiff, Model, ModelKind,
+    Ordering, Ref, Referable, Root, RootEntity, SetAction, ValueObject, ValueObjectSet,
 };
 pub use error::{Error, Result};
 pub use repository::{Find, Repository, RootEntityExt, RESERVED_FIELDS};
@@ -16,11 +16,8 @@ pub use repository::{Find, Repository, RootEntityExt, RESERVED_FIELDS};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::domain::{from_json, to_json, DomainError, Field, FieldDiff, Model, ModelKind};
-    pub use crate::registry::ModelRegistration;
     pub use crate::domain::{Entity, ExternalEntity, Referable, RootEntity, ValueObject};
+    pub use crate::registry::ModelRegistration;
     pub use inventory;
     pub use serde;
-
-    /// Bound check the macros emit at each field's type, so an unsupported type is reported there.
-    pub fn assert_field<T: Field>() {}
 }

@@ -10,7 +10,9 @@ use uuid::Uuid;
 
 use crate::domain::{Action, Condition, Event, Meta, Ordering, Root, RootEntity};
 use crate::error::{Error, Result};
-use crate::store::{now, EventFilter, MemoryStore, Query, SharedStore, Snapshot, Store, StoreError};
+use crate::store::{
+    now, EventFilter, MemoryStore, Query, SharedStore, Snapshot, Store, StoreError,
+};
 
 tokio::task_local! {
     static CURRENT: Repository;
@@ -65,13 +67,17 @@ impl Repository {
         if let Ok(repository) = CURRENT.try_with(Repository::clone) {
             return Ok(repository);
         }
-        let default = DEFAULT.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let default = DEFAULT
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         default.clone().ok_or(Error::NoRepository)
     }
 
     /// Makes this repository the process default (for tasks that have none of their own).
     pub fn set_default(self) {
-        *DEFAULT.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(self);
+        *DEFAULT
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(self);
     }
 
     /// Runs `future` with this repository as the current one.
@@ -103,14 +109,14 @@ impl Repository {
 
     /// The root with this uuid.
     pub async fn get<T: RootEntity>(&self, uuid: Uuid) -> Result<Root<T>> {
-        let snapshot = self
-            .store
-            .snapshot(T::NAME, uuid)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                name: T::NAME.to_owned(),
-                uuid,
-            })?;
+        let snapshot =
+            self.store
+                .snapshot(T::NAME, uuid)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    name: T::NAME.to_owned(),
+                    uuid,
+                })?;
         decode(snapshot)
     }
 

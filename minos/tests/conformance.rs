@@ -13,6 +13,8 @@ mod sqlite_file {
 
 mod sqlite_in_memory {
     minos::conformance_tests!(async {
-        minos::Repository::new(minos::store::SqliteStore::in_memory().expect("open the SQLite store"))
+        minos::Repository::new(
+            minos::store::SqliteStore::in_memory().expect("open the SQLite store"),
+        )
     });
 }

@@ -78,7 +78,8 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
     let diffs = model.fields.iter().zip(&field_names).map(|(f, fname)| {
         let (member, ty) = (f.ident, f.ty);
         let type_name = type_name(ty);
-        // Spanned at the field type so an unsupported type is reported there.
+        // Spanned at the field type so an unsupported type is reported there, once: rustc merges the
+        // identical error of the `apply` call below.
         quote_spanned! {ty.span()=>
             <#ty as #private::Field>::diff(#fname, #type_name, &self.#member, &__minos_new.#member, __minos_out)?;
         }
@@ -96,16 +97,18 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
             #fname => <#ty as #private::Field>::apply(&mut self.#member, __minos_diff),
         }
     });
-    let asserts = model.fields.iter().map(|f| {
-        let ty = f.ty;
-        quote_spanned! {ty.span()=> #private::assert_field::<#ty>(); }
-    });
 
     let (kind, markers) = match model.kind {
-        Kind::RootEntity => (quote!(RootEntity), vec![quote!(RootEntity), quote!(Referable)]),
+        Kind::RootEntity => (
+            quote!(RootEntity),
+            vec![quote!(RootEntity), quote!(Referable)],
+        ),
         Kind::Entity => (quote!(Entity), vec![quote!(Entity)]),
         Kind::ValueObject => (quote!(ValueObject), vec![quote!(ValueObject)]),
-        Kind::ExternalEntity => (quote!(ExternalEntity), vec![quote!(ExternalEntity), quote!(Referable)]),
+        Kind::ExternalEntity => (
+            quote!(ExternalEntity),
+            vec![quote!(ExternalEntity), quote!(Referable)],
+        ),
     };
     let ident_str = ident.to_string();
 
@@ -155,11 +158,6 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
 
             #(impl #private::#markers for #ident {})*
 
-            #[allow(dead_code)]
-            fn __minos_assert_fields() {
-                #(#asserts)*
-            }
-
             #private::inventory::submit! {
                 #private::ModelRegistration {
                     name: #name,
@@ -183,5 +181,8 @@ fn type_name(ty: &syn::Type) -> String {
 }
 
 fn path_string(krate: &Path, rest: &str) -> String {
-    format!("{}::{rest}", krate.to_token_stream().to_string().replace(' ', ""))
+    format!(
+        "{}::{rest}",
+        krate.to_token_stream().to_string().replace(' ', "")
+    )
 }

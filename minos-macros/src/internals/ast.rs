@@ -67,7 +67,12 @@ pub(crate) struct Model<'a> {
 
 impl<'a> Model<'a> {
     /// Reads the item; reports (and returns `None` for) anything that is not a struct with named fields.
-    pub(crate) fn from_item(cx: &Ctxt, kind: Kind, args: ModelArgs, item: &'a Item) -> Option<Self> {
+    pub(crate) fn from_item(
+        cx: &Ctxt,
+        kind: Kind,
+        args: ModelArgs,
+        item: &'a Item,
+    ) -> Option<Self> {
         let attribute = kind.attribute();
         let item = match item {
             Item::Struct(item) => item,
@@ -82,7 +87,10 @@ impl<'a> Model<'a> {
                 return None;
             }
             Item::Union(u) => {
-                cx.error_spanned_by(u.union_token, format!("{attribute} goes on a struct with named fields, not a union"));
+                cx.error_spanned_by(
+                    u.union_token,
+                    format!("{attribute} goes on a struct with named fields, not a union"),
+                );
                 return None;
             }
             other => {

@@ -30,8 +30,10 @@ impl<'c, T> Attr<'c, T> {
     pub(crate) fn set<A: ToTokens>(&mut self, obj: A, value: T) {
         let tokens = obj.into_token_stream();
         if self.value.is_some() {
-            self.cx
-                .error_spanned_by(tokens, format!("duplicate minos attribute `{}`: give it once", self.name));
+            self.cx.error_spanned_by(
+                tokens,
+                format!("duplicate minos attribute `{}`: give it once", self.name),
+            );
         } else {
             self.tokens = tokens;
             self.value = Some(value);
@@ -63,7 +65,8 @@ impl ModelArgs {
                 let lit: LitStr = meta.value()?.parse()?;
                 match lit.parse::<Path>() {
                     Ok(path) => krate.set(&meta.path, path),
-                    Err(_) => cx.error_spanned_by(&lit, "`crate` takes a path, like `crate = \"::minos\"`"),
+                    Err(_) => cx
+                        .error_spanned_by(&lit, "`crate` takes a path, like `crate = \"::minos\"`"),
                 }
             } else {
                 let key = meta.path.to_token_stream().to_string().replace(' ', "");

@@ -51,7 +51,7 @@ fn check_name(cx: &Ctxt, model: &Model<'_>) {
         cx.error_spanned_by(
             lit,
             format!(
-                "`{name}` cannot name a model: topics are built from it (`{name}Created`)\n\
+                "`{name}` cannot name a model: topic names such as `<name>Created` are built from it\n\
                  help: use letters, digits and `_`, starting with a letter, e.g. `name = \"Order\"`"
             ),
         );
@@ -61,7 +61,12 @@ fn check_name(cx: &Ctxt, model: &Model<'_>) {
 fn check_reserved(cx: &Ctxt, model: &Model<'_>, ident: &syn::Ident) {
     let unraw = ident.to_string();
     let unraw = unraw.trim_start_matches("r#");
-    if let Some((_, instead)) = model.kind.reserved().iter().find(|(name, _)| *name == unraw) {
+    if let Some((_, instead)) = model
+        .kind
+        .reserved()
+        .iter()
+        .find(|(name, _)| *name == unraw)
+    {
         cx.error_spanned_by(
             ident,
             format!(
@@ -92,7 +97,10 @@ fn check_type(cx: &Ctxt, kind: Kind, ty: &Type) {
         Type::Paren(p) => return check_type(cx, kind, &p.elem),
         _ => return,
     };
-    cx.error_spanned_by(ty, format!("unsupported field type in {}: {problem}", kind.attribute()));
+    cx.error_spanned_by(
+        ty,
+        format!("unsupported field type in {}: {problem}", kind.attribute()),
+    );
 }
 
 fn check_serde_container(cx: &Ctxt, model: &Model<'_>) {

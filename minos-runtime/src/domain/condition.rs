@@ -1,6 +1,7 @@
 //! `Condition` and `Ordering`: queries over stored snapshots, evaluated in SQL by the SQL stores and in
 //! memory by the in-memory store, with the same results.
 
+use std::borrow::Cow;
 use std::cmp::Ordering as CmpOrdering;
 use std::fmt;
 use std::ops::{BitAnd, BitOr, Not};
@@ -23,9 +24,9 @@ impl FieldPath {
     /// The segments, if every one is a non-empty run of ASCII letters, digits and `_`.
     pub fn segments(&self) -> Option<Vec<&str>> {
         let segments: Vec<&str> = self.0.split('.').collect();
-        let valid = segments.iter().all(|s| {
-            !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        });
+        let valid = segments
+            .iter()
+            .all(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
         valid.then_some(segments)
     }
 
@@ -166,7 +167,10 @@ impl Condition {
         compare(field, Comparison::GreaterEqual, value)
     }
     /// `field IN values`
-    pub fn is_in<V: Into<Value>>(field: impl Into<FieldPath>, values: impl IntoIterator<Item = V>) -> Self {
+    pub fn is_in<V: Into<Value>>(
+        field: impl Into<FieldPath>,
+        values: impl IntoIterator<Item = V>,
+    ) -> Self {
         Condition::In {
             field: field.into(),
             values: values.into_iter().map(Into::into).collect(),
@@ -226,8 +230,8 @@ impl Condition {
         }
     }
 
-    /// Evaluates the condition on a snapshot's JSON (fields plus meta keys).
-    pub fn matches(&self, doc: &Value) -> bool {
+    /// Evaluates the condition on a document (a snapshot's fields plus meta keys).
+    pub fn matches<D: Document + ?Sized>(&self, doc: &D) -> bool {
         match self {
             Condition::True => true,
             Condition::False => false,
@@ -235,7 +239,8 @@ impl Condition {
             Condition::Or { any } => any.iter().any(|c| c.matches(doc)),
             Condition::Not { inner } => !inner.matches(doc),
             Condition::Compare { field, cmp, value } => {
-                let actual = lookup(doc, field);
+                let actual = doc.field(field);
+                let actual = actual.as_ref();
                 match cmp {
                     Comparison::Equal => json_eq(actual, value),
                     Comparison::NotEqual => {
@@ -254,14 +259,15 @@ impl Condition {
                 }
             }
             Condition::In { field, values } => {
-                let actual = lookup(doc, field);
+                let actual = doc.field(field);
+                let actual = actual.as_ref();
                 !actual.is_null() && values.iter().any(|v| json_eq(actual, v))
             }
-            Condition::Contains { field, value } => match lookup(doc, field) {
+            Condition::Contains { field, value } => match doc.field(field).as_ref() {
                 Value::Array(items) => items.iter().any(|item| json_eq(item, value)),
                 _ => false,
             },
-            Condition::Like { field, pattern } => match lookup(doc, field) {
+            Condition::Like { field, pattern } => match doc.field(field).as_ref() {
                 Value::String(s) => like_match(s.as_bytes(), pattern.as_bytes()),
                 _ => false,
             },
@@ -290,12 +296,32 @@ impl Not for Condition {
     }
 }
 
+/// Something conditions and orderings read fields from.
+pub trait Document {
+    /// The value at a dotted path (`Null` when absent).
+    fn field(&self, path: &FieldPath) -> Cow<'_, Value>;
+}
+
+impl Document for Value {
+    fn field(&self, path: &FieldPath) -> Cow<'_, Value> {
+        Cow::Borrowed(lookup(self, path))
+    }
+}
+
 static NULL: Value = Value::Null;
 
 /// The value at a dotted path (`Null` when absent).
 pub(crate) fn lookup<'a>(doc: &'a Value, path: &FieldPath) -> &'a Value {
+    lookup_segments(doc, path.as_str().split('.'))
+}
+
+/// The value at the given path segments (`Null` when absent).
+pub(crate) fn lookup_segments<'a, 's>(
+    doc: &'a Value,
+    segments: impl Iterator<Item = &'s str>,
+) -> &'a Value {
     let mut current = doc;
-    for segment in path.as_str().split('.') {
+    for segment in segments {
         match current.get(segment) {
             Some(next) => current = next,
             None => return &NULL,
@@ -425,9 +451,9 @@ impl Ordering {
         }
     }
 
-    /// Compares two snapshot documents by this ordering.
-    pub fn compare(&self, a: &Value, b: &Value) -> CmpOrdering {
-        let ord = total_order(lookup(a, &self.field), lookup(b, &self.field));
+    /// Compares two documents by this ordering.
+    pub fn compare<D: Document + ?Sized>(&self, a: &D, b: &D) -> CmpOrdering {
+        let ord = total_order(&a.field(&self.field), &b.field(&self.field));
         match self.direction {
             Direction::Asc => ord,
             Direction::Desc => ord.reverse(),

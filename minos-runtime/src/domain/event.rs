@@ -225,7 +225,11 @@ impl Event {
                 let mut out = Vec::with_capacity(1 + self.fields_diff.len());
                 out.push(whole(format!("{}Updated", self.name), self)?);
                 for single in self.decompose() {
-                    let topic = format!("{}Updated.{}", self.name, single.fields_diff[0].topic_suffix());
+                    let topic = format!(
+                        "{}Updated.{}",
+                        self.name,
+                        single.fields_diff[0].topic_suffix()
+                    );
                     out.push(whole(topic, &single)?);
                 }
                 Ok(out)

@@ -8,7 +8,8 @@ mod reference;
 mod root;
 mod sets;
 
-pub use condition::{Comparison, Condition, Direction, FieldPath, Ordering};
+pub(crate) use condition::lookup_segments;
+pub use condition::{Comparison, Condition, Direction, Document, FieldPath, Ordering};
 pub(crate) use event::ENTITY_SET_TYPE_PREFIX;
 pub use event::{Action, DomainMessage, Event, FieldDiff, SetAction};
 pub use field::{from_json, to_json, Field};

@@ -52,7 +52,9 @@ impl<T: Model> Root<T> {
     }
 
     /// Rebuilds a root from its events, oldest first; `Ok(None)` when the last event deleted it.
-    pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> Result<Option<Self>, DomainError> {
+    pub fn replay<'a>(
+        events: impl IntoIterator<Item = &'a Event>,
+    ) -> Result<Option<Self>, DomainError> {
         let mut root: Option<Self> = None;
         let mut deleted = false;
         for event in events {
@@ -126,8 +128,14 @@ impl<T: Model> Root<T> {
         if let Value::Object(map) = &mut value {
             map.insert("uuid".into(), Value::String(self.meta.uuid.to_string()));
             map.insert("version".into(), Value::from(self.meta.version));
-            map.insert("created_at".into(), to_json("created_at", &self.meta.created_at)?);
-            map.insert("updated_at".into(), to_json("updated_at", &self.meta.updated_at)?);
+            map.insert(
+                "created_at".into(),
+                to_json("created_at", &self.meta.created_at)?,
+            );
+            map.insert(
+                "updated_at".into(),
+                to_json("updated_at", &self.meta.updated_at)?,
+            );
         }
         Ok(value)
     }
@@ -208,7 +216,10 @@ impl<'de, T: Model> Deserialize<'de> for Root<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let mut map = Map::<String, Value>::deserialize(deserializer)?;
-        let mut take = |key: &str| map.remove(key).ok_or_else(|| D::Error::missing_field_owned(key));
+        let mut take = |key: &str| {
+            map.remove(key)
+                .ok_or_else(|| D::Error::missing_field_owned(key))
+        };
         let uuid: Uuid = serde_json::from_value(take("uuid")?).map_err(D::Error::custom)?;
         let version: u64 = serde_json::from_value(take("version")?).map_err(D::Error::custom)?;
         let created_at = serde_json::from_value(take("created_at")?).map_err(D::Error::custom)?;

@@ -10,7 +10,9 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::field::{from_json, to_json};
-use super::{DomainError, Entity, Field, FieldDiff, SetAction, ValueObject, ENTITY_SET_TYPE_PREFIX};
+use super::{
+    DomainError, Entity, Field, FieldDiff, SetAction, ValueObject, ENTITY_SET_TYPE_PREFIX,
+};
 
 /// Entities keyed by uuid, in insertion order. Its events add, update or remove single members
 /// (`FooUpdated.items.create`), never the whole set.
@@ -176,12 +178,22 @@ impl<T: Entity> Field for EntitySet<T> {
                 Some(_) => continue,
             };
             let value = member_json(name, uuid, entity)?;
-            out.push(FieldDiff::incremental(name, type_name.clone(), value, action));
+            out.push(FieldDiff::incremental(
+                name,
+                type_name.clone(),
+                value,
+                action,
+            ));
         }
         for (uuid, entity) in &old.members {
             if !new.members.contains_key(uuid) {
                 let value = member_json(name, uuid, entity)?;
-                out.push(FieldDiff::incremental(name, type_name.clone(), value, SetAction::Delete));
+                out.push(FieldDiff::incremental(
+                    name,
+                    type_name.clone(),
+                    value,
+                    SetAction::Delete,
+                ));
             }
         }
         Ok(())
@@ -303,11 +315,21 @@ impl<T: ValueObject> Field for ValueObjectSet<T> {
         let type_name = format!("ValueObjectSet<{}>", T::NAME);
         for value in new.members.iter().filter(|v| !old.contains(v)) {
             let json = to_json(name, value)?;
-            out.push(FieldDiff::incremental(name, type_name.clone(), json, SetAction::Create));
+            out.push(FieldDiff::incremental(
+                name,
+                type_name.clone(),
+                json,
+                SetAction::Create,
+            ));
         }
         for value in old.members.iter().filter(|v| !new.contains(v)) {
             let json = to_json(name, value)?;
-            out.push(FieldDiff::incremental(name, type_name.clone(), json, SetAction::Delete));
+            out.push(FieldDiff::incremental(
+                name,
+                type_name.clone(),
+                json,
+                SetAction::Delete,
+            ));
         }
         Ok(())
     }

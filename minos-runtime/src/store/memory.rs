@@ -36,7 +36,9 @@ impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave a half-written step: every step below writes only
         // after all its checks passed.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -71,7 +73,11 @@ pub(crate) fn check_append(current: Option<&Snapshot>, event: &Event) -> Result<
 
 #[async_trait]
 impl EventStore for MemoryStore {
-    async fn append(&self, event: &Event, messages: &[DomainMessage]) -> Result<StoredEvent, StoreError> {
+    async fn append(
+        &self,
+        event: &Event,
+        messages: &[DomainMessage],
+    ) -> Result<StoredEvent, StoreError> {
         let mut inner = self.lock();
         let current = inner.snapshots.get(&event.uuid);
         check_append(current, event)?;
@@ -101,7 +107,10 @@ impl EventStore for MemoryStore {
                 && filter.name.as_ref().is_none_or(|n| &e.event.name == n)
                 && filter.after_id.is_none_or(|id| e.id > id)
         });
-        Ok(matching.take(filter.limit.unwrap_or(usize::MAX)).cloned().collect())
+        Ok(matching
+            .take(filter.limit.unwrap_or(usize::MAX))
+            .cloned()
+            .collect())
     }
 }
 
@@ -109,25 +118,28 @@ impl EventStore for MemoryStore {
 impl SnapshotStore for MemoryStore {
     async fn snapshot(&self, name: &str, uuid: Uuid) -> Result<Option<Snapshot>, StoreError> {
         let inner = self.lock();
-        Ok(inner.snapshots.get(&uuid).filter(|s| s.name == name).cloned())
+        Ok(inner
+            .snapshots
+            .get(&uuid)
+            .filter(|s| s.name == name)
+            .cloned())
     }
 
     async fn find(&self, name: &str, query: &Query) -> Result<Vec<Snapshot>, StoreError> {
         query.validate()?;
         let inner = self.lock();
-        let mut found: Vec<(serde_json::Value, &Snapshot)> = inner
+        let matching = inner
             .snapshots
             .values()
-            .filter(|s| s.name == name && s.data.is_some())
-            .map(|s| (s.document(), s))
-            .filter(|(doc, _)| query.condition.matches(doc))
-            .collect();
-        if let Some(ordering) = &query.ordering {
-            // A stable sort keeps insertion order among equal keys.
-            found.sort_by(|(a, _), (b, _)| ordering.compare(a, b));
-        }
+            .filter(|s| s.name == name && s.data.is_some() && query.condition.matches(*s));
         let limit = query.limit.unwrap_or(usize::MAX);
-        Ok(found.into_iter().take(limit).map(|(_, s)| s.clone()).collect())
+        let Some(ordering) = &query.ordering else {
+            return Ok(matching.take(limit).cloned().collect());
+        };
+        let mut found: Vec<&Snapshot> = matching.collect();
+        // A stable sort keeps insertion order among equal keys.
+        found.sort_by(|a, b| ordering.compare(*a, *b));
+        Ok(found.into_iter().take(limit).cloned().collect())
     }
 }
 

@@ -70,7 +70,10 @@ pub enum StoreError {
 
 impl StoreError {
     /// Wraps a backend error.
-    pub fn backend(backend: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+    pub fn backend(
+        backend: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         StoreError::Backend {
             backend,
             source: source.into(),
@@ -121,11 +124,19 @@ impl Snapshot {
     /// The document a `Condition` is evaluated on: the fields plus the meta keys.
     pub fn document(&self) -> Value {
         let mut doc = self.data.clone().unwrap_or_default();
-        doc.insert("uuid".into(), Value::String(self.uuid.to_string()));
-        doc.insert("version".into(), Value::from(self.version));
-        doc.insert("created_at".into(), Value::String(format_time(self.created_at)));
-        doc.insert("updated_at".into(), Value::String(format_time(self.updated_at)));
+        for column in ["uuid", "version", "created_at", "updated_at"] {
+            doc.insert(column.into(), self.meta_value(column));
+        }
         Value::Object(doc)
+    }
+
+    fn meta_value(&self, column: &str) -> Value {
+        match column {
+            "uuid" => Value::String(self.uuid.to_string()),
+            "version" => Value::from(self.version),
+            "created_at" => Value::String(format_time(self.created_at)),
+            _ => Value::String(format_time(self.updated_at)),
+        }
     }
 
     /// The snapshot after `event`, which must follow it (or create it when `previous` is `None`).
@@ -144,6 +155,21 @@ impl Snapshot {
             updated_at: event.created_at,
             data: (!deleted).then_some(data),
         })
+    }
+}
+
+impl crate::domain::Document for Snapshot {
+    fn field(&self, path: &crate::domain::FieldPath) -> std::borrow::Cow<'_, Value> {
+        use std::borrow::Cow;
+        if let Some(column) = path.meta() {
+            return Cow::Owned(self.meta_value(column));
+        }
+        let mut segments = path.as_str().split('.');
+        let first = segments.next().unwrap_or_default();
+        match self.data.as_ref().and_then(|data| data.get(first)) {
+            Some(value) => Cow::Borrowed(crate::domain::lookup_segments(value, segments)),
+            None => Cow::Owned(Value::Null),
+        }
     }
 }
 
@@ -203,7 +229,11 @@ pub trait EventStore: Send + Sync {
     /// A creation (version 1) needs a new uuid; an update or deletion with version `n` needs the stored
     /// version to be `n - 1` ([`StoreError::Conflict`] otherwise, [`StoreError::NotFound`] for an unknown
     /// root, [`StoreError::AlreadyDeleted`] after a deletion).
-    async fn append(&self, event: &Event, messages: &[DomainMessage]) -> Result<StoredEvent, StoreError>;
+    async fn append(
+        &self,
+        event: &Event,
+        messages: &[DomainMessage],
+    ) -> Result<StoredEvent, StoreError>;
 
     /// Events in global order.
     async fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError>;

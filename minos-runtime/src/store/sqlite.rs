@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use super::memory::check_append;
 use super::{
-    format_time, EventFilter, EventStore, OutboxRecord, OutboxStore, Query, Snapshot, SnapshotStore,
-    StoreError, StoredEvent,
+    format_time, EventFilter, EventStore, OutboxRecord, OutboxStore, Query, Snapshot,
+    SnapshotStore, StoreError, StoredEvent,
 };
 use crate::domain::{Action, Comparison, Condition, Direction, DomainMessage, Event, FieldPath};
 
@@ -32,7 +32,9 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -68,7 +70,8 @@ impl SqliteStore {
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
         )
         .map_err(sql_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql_err)?;
         migrate(&mut conn)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
@@ -117,7 +120,8 @@ fn parse_time(text: &str) -> Result<DateTime<Utc>, StoreError> {
 }
 
 fn to_text<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))
 }
 
 fn from_text<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
@@ -129,7 +133,14 @@ type SnapshotRow = (String, String, i64, Option<String>, String, String);
 const SNAPSHOT_COLUMNS: &str = "uuid, name, version, data, created_at, updated_at";
 
 fn snapshot_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotRow> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+    ))
 }
 
 fn decode_snapshot(row: SnapshotRow) -> Result<Snapshot, StoreError> {
@@ -140,21 +151,29 @@ fn decode_snapshot(row: SnapshotRow) -> Result<Snapshot, StoreError> {
         version: version as u64,
         created_at: parse_time(&created_at)?,
         updated_at: parse_time(&updated_at)?,
-        data: data.map(|d| from_text::<Map<String, Value>>(&d)).transpose()?,
+        data: data
+            .map(|d| from_text::<Map<String, Value>>(&d))
+            .transpose()?,
     })
 }
 
 fn load_snapshot(conn: &Connection, uuid: &str) -> Result<Option<Snapshot>, StoreError> {
-    conn.prepare_cached(&format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE uuid = ?1"))
-        .map_err(sql_err)?
-        .query_row([uuid], snapshot_row)
-        .optional()
-        .map_err(sql_err)?
-        .map(decode_snapshot)
-        .transpose()
+    conn.prepare_cached(&format!(
+        "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE uuid = ?1"
+    ))
+    .map_err(sql_err)?
+    .query_row([uuid], snapshot_row)
+    .optional()
+    .map_err(sql_err)?
+    .map(decode_snapshot)
+    .transpose()
 }
 
-fn append_in(conn: &mut Connection, event: &Event, messages: &[DomainMessage]) -> Result<StoredEvent, StoreError> {
+fn append_in(
+    conn: &mut Connection,
+    event: &Event,
+    messages: &[DomainMessage],
+) -> Result<StoredEvent, StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql_err)?;
@@ -204,11 +223,18 @@ fn append_in(conn: &mut Connection, event: &Event, messages: &[DomainMessage]) -
     .map_err(sql_err)?;
     {
         let mut insert = tx
-            .prepare_cached("INSERT INTO outbox (topic, key, payload, created_at) VALUES (?1, ?2, ?3, ?4)")
+            .prepare_cached(
+                "INSERT INTO outbox (topic, key, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )
             .map_err(sql_err)?;
         for message in messages {
             insert
-                .execute(params![message.topic, message.key, to_text(&message.content)?, created_at])
+                .execute(params![
+                    message.topic,
+                    message.key,
+                    to_text(&message.content)?,
+                    created_at
+                ])
                 .map_err(sql_err)?;
         }
     }
@@ -221,9 +247,14 @@ fn append_in(conn: &mut Connection, event: &Event, messages: &[DomainMessage]) -
 
 #[async_trait]
 impl EventStore for SqliteStore {
-    async fn append(&self, event: &Event, messages: &[DomainMessage]) -> Result<StoredEvent, StoreError> {
+    async fn append(
+        &self,
+        event: &Event,
+        messages: &[DomainMessage],
+    ) -> Result<StoredEvent, StoreError> {
         let (event, messages) = (event.clone(), messages.to_vec());
-        self.with(move |conn| append_in(conn, &event, &messages)).await
+        self.with(move |conn| append_in(conn, &event, &messages))
+            .await
     }
 
     async fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
@@ -267,8 +298,9 @@ impl EventStore for SqliteStore {
             let mut out = Vec::new();
             for row in rows {
                 let (id, uuid, name, version, action, data, created_at) = row.map_err(sql_err)?;
-                let action = Action::parse(&action)
-                    .ok_or_else(|| StoreError::backend(BACKEND, format!("unknown action `{action}`")))?;
+                let action = Action::parse(&action).ok_or_else(|| {
+                    StoreError::backend(BACKEND, format!("unknown action `{action}`"))
+                })?;
                 out.push(StoredEvent {
                     id,
                     event: Event {
@@ -320,7 +352,9 @@ impl SqlBuilder {
         let json_path = path
             .as_str()
             .split('.')
-            .fold(String::from("$"), |acc, segment| format!("{acc}.\"{segment}\""));
+            .fold(String::from("$"), |acc, segment| {
+                format!("{acc}.\"{segment}\"")
+            });
         let p = self.bind(SqlValue::Text(json_path));
         (format!("json_extract(data, {p})"), Some(p))
     }
@@ -411,9 +445,9 @@ fn like_to_glob(pattern: &str) -> String {
 impl SnapshotStore for SqliteStore {
     async fn snapshot(&self, name: &str, uuid: Uuid) -> Result<Option<Snapshot>, StoreError> {
         let name = name.to_owned();
-        self.with(move |conn| {
-            Ok(load_snapshot(conn, &uuid.to_string())?.filter(|s| s.name == name))
-        })
+        self.with(
+            move |conn| Ok(load_snapshot(conn, &uuid.to_string())?.filter(|s| s.name == name)),
+        )
         .await
     }
 
@@ -444,7 +478,8 @@ impl SnapshotStore for SqliteStore {
             let rows = statement
                 .query_map(rusqlite::params_from_iter(args), snapshot_row)
                 .map_err(sql_err)?;
-            rows.map(|row| decode_snapshot(row.map_err(sql_err)?)).collect()
+            rows.map(|row| decode_snapshot(row.map_err(sql_err)?))
+                .collect()
         })
         .await
     }
@@ -523,7 +558,9 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate(&mut conn).unwrap();
         migrate(&mut conn).unwrap();
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(version, MIGRATIONS.last().unwrap().0);
     }
 }

@@ -1,0 +1,13 @@
+use minos::prelude::*;
+
+#[value_object]
+pub struct Label {
+    pub text: String,
+}
+
+#[root_entity]
+pub struct Foo {
+    pub label: Ref<Label>,
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use minos::prelude::*;
+
+#[root_entity]
+pub enum Status {
+    Open,
+    Closed,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use minos::prelude::*;
+
+#[root_entity]
+fn create_foo() {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use minos::prelude::*;
+
+#[root_entity]
+pub struct Foo(String);
+
+fn main() {}

@@ -1,0 +1,6 @@
+use minos::prelude::*;
+
+#[root_entity]
+pub struct Marker;
+
+fn main() {}
