@@ -28,6 +28,34 @@ pub enum Error {
         /// The field.
         field: String,
     },
+    /// A handler's answer with a status, e.g. `Error::bad_request("bar is empty")`.
+    #[error("{message}")]
+    Status {
+        /// HTTP-style status (400–599).
+        status: u16,
+        /// What the caller is told.
+        message: String,
+    },
+    /// A broker failed or refused a message.
+    #[error("broker: {0}")]
+    Broker(String),
+    /// A request through the broker got no reply in time.
+    #[error("no reply on `{topic}` within {timeout_ms} ms")]
+    Timeout {
+        /// The topic the request was sent to.
+        topic: String,
+        /// The time waited.
+        timeout_ms: u64,
+    },
+    /// The service's configuration is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The route table is invalid (duplicates, no routes).
+    #[error("routes: {0}")]
+    Routes(String),
+    /// An I/O failure of the service itself (binding a port, signals).
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
     /// `find_one` found nothing.
     #[error("no {name} matches the condition")]
     NoMatch {
@@ -37,6 +65,34 @@ pub enum Error {
 }
 
 impl Error {
+    /// An error answered with `status` (clamped to 400–599) and `message`.
+    pub fn with_status(status: u16, message: impl Into<String>) -> Self {
+        Error::Status {
+            status: status.clamp(400, 599),
+            message: message.into(),
+        }
+    }
+
+    /// 400: the request is wrong.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::with_status(400, message)
+    }
+
+    /// 404: what the request names does not exist.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::with_status(404, message)
+    }
+
+    /// The message a caller may see: the error itself below 500, a generic text for the service's own
+    /// failures (their details go to the log, never to the caller).
+    pub fn public_message(&self) -> String {
+        if self.status() < 500 || matches!(self, Error::Status { .. } | Error::Timeout { .. }) {
+            self.to_string()
+        } else {
+            "internal error".to_owned()
+        }
+    }
+
     /// Whether this is an optimistic-concurrency conflict (someone else changed the root first).
     pub fn is_conflict(&self) -> bool {
         matches!(self, Error::Store(StoreError::Conflict { .. }))
@@ -64,6 +120,8 @@ impl Error {
             Error::Store(StoreError::AlreadyDeleted { .. }) => 410,
             Error::Store(StoreError::InvalidQuery(_)) | Error::ReservedField { .. } => 400,
             Error::Domain(_) => 400,
+            Error::Status { status, .. } => *status,
+            Error::Timeout { .. } => 504,
             _ => 500,
         }
     }

@@ -2,8 +2,13 @@
 
 pub mod domain;
 mod error;
+pub mod http;
+pub mod launcher;
+pub mod messaging;
 pub mod registry;
 mod repository;
+pub mod routing;
+pub mod scheduler;
 pub mod store;
 
 pub use domain::{
@@ -11,6 +16,9 @@ pub use domain::{
     Ordering, Ref, Referable, Root, RootEntity, SetAction, ValueObject, ValueObjectSet,
 };
 pub use error::{Error, Result};
+pub use launcher::{Config, Launcher, RunningService};
+pub use messaging::{BrokerClient, BrokerMessage, Reply};
+pub use routing::{Context, IntoResponse, Next, Request, Response, ServiceExt};
 pub use repository::{Find, Repository, RootEntityExt, RESERVED_FIELDS};
 
 #[doc(hidden)]
@@ -18,6 +26,9 @@ pub mod __private {
     pub use crate::domain::{from_json, to_json, DomainError, Field, FieldDiff, Model, ModelKind};
     pub use crate::domain::{Entity, ExternalEntity, Referable, RootEntity, ValueObject};
     pub use crate::registry::ModelRegistration;
+    pub use crate::routing::{
+        BrokerKind, HandlerFuture, IntoResponse, MiddlewareEntry, RestKind, Route, RouteEntry, Service,
+    };
     pub use inventory;
     pub use serde;
 }

@@ -5,6 +5,8 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
+use tokio::sync::Notify;
+
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -28,6 +30,7 @@ static DEFAULT: RwLock<Option<Repository>> = RwLock::new(None);
 #[derive(Clone, Debug)]
 pub struct Repository {
     store: SharedStore,
+    committed: Arc<Notify>,
 }
 
 /// Keys of a stored root that the caller never supplies.
@@ -36,14 +39,20 @@ pub const RESERVED_FIELDS: [&str; 4] = ["uuid", "version", "created_at", "update
 impl Repository {
     /// A repository over `store`.
     pub fn new(store: impl Store) -> Self {
-        Repository {
-            store: Arc::new(store),
-        }
+        Self::from_shared(Arc::new(store))
     }
 
     /// A repository over a shared store.
     pub fn from_shared(store: SharedStore) -> Self {
-        Repository { store }
+        Repository {
+            store,
+            committed: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Signalled after every commit, so an outbox relay can wake up at once instead of polling.
+    pub fn commits(&self) -> Arc<Notify> {
+        Arc::clone(&self.committed)
     }
 
     /// A repository over a fresh in-memory store.
@@ -209,6 +218,7 @@ impl Repository {
     async fn commit(&self, event: &Event) -> Result<()> {
         let messages = event.domain_messages()?;
         self.store.append(event, &messages).await?;
+        self.committed.notify_one();
         Ok(())
     }
 }

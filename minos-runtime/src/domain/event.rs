@@ -176,6 +176,8 @@ pub struct Event {
 /// A message for the outbox: a topic, the partitioning key and the JSON content.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DomainMessage {
+    /// Unique id, kept when the relay publishes it, so a consumer can drop a redelivery.
+    pub identifier: Uuid,
     /// Topic, e.g. `FooUpdated.bar`.
     pub topic: String,
     /// Partitioning key: the root entity's uuid, so that one entity's messages keep their order.
@@ -213,6 +215,7 @@ impl Event {
         let key = self.uuid.to_string();
         let whole = |topic: String, event: &Event| -> Result<DomainMessage, DomainError> {
             Ok(DomainMessage {
+                identifier: Uuid::new_v4(),
                 topic,
                 key: key.clone(),
                 content: serde_json::to_value(event).map_err(DomainError::Json)?,

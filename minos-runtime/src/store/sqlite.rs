@@ -492,7 +492,7 @@ impl OutboxStore for SqliteStore {
         self.with(move |conn| {
             let mut statement = conn
                 .prepare_cached(
-                    "SELECT id, topic, key, payload, created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?1",
+                    "SELECT id, identifier, topic, key, payload, created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?1",
                 )
                 .map_err(sql_err)?;
             let rows = statement
@@ -503,15 +503,17 @@ impl OutboxStore for SqliteStore {
                         row.get::<_, String>(2)?,
                         row.get::<_, String>(3)?,
                         row.get::<_, String>(4)?,
+                        row.get::<_, String>(5)?,
                     ))
                 })
                 .map_err(sql_err)?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, topic, key, payload, created_at) = row.map_err(sql_err)?;
+                let (id, identifier, topic, key, payload, created_at) = row.map_err(sql_err)?;
                 out.push(OutboxRecord {
                     id,
                     message: DomainMessage {
+                        identifier: parse_uuid(&identifier)?,
                         topic,
                         key,
                         content: from_text(&payload)?,

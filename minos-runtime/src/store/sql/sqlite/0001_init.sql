@@ -25,6 +25,7 @@ CREATE INDEX snapshots_name ON snapshots (name);
 -- Outbox: domain messages written with their event, waiting for the relay.
 CREATE TABLE outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
+    identifier TEXT NOT NULL UNIQUE,
     topic TEXT NOT NULL,
     key TEXT NOT NULL,
     payload TEXT NOT NULL,

@@ -1,0 +1,240 @@
+//! Service configuration: defaults, then a YAML file, then `MINOS_*` environment variables.
+
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Yaml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::http::HttpSettings;
+
+/// The configuration of a service. Every key has a default, so a service runs with no file at all.
+///
+/// ```yaml
+/// name: foo                       # consumer group and topic prefix of replies
+/// storage: sqlite://.minos/foo.db # or `memory`
+/// broker: memory                  # the in-process broker
+/// http: { host: 0.0.0.0, port: 4545, body_limit: 1048576 }
+/// handlers: { retries: 3, request_timeout_ms: 10000 }
+/// relay: { batch: 256, poll_interval_ms: 500 }
+/// middleware: [log_requests]      # functions marked #[middleware], first listed outermost
+/// log: info                       # tracing filter, e.g. `info,minos_runtime=debug`
+/// ```
+///
+/// Environment variables override the file: `MINOS_NAME`, `MINOS_STORAGE`, `MINOS_BROKER`,
+/// `MINOS_HTTP_HOST`, `MINOS_HTTP_PORT`, `MINOS_HTTP_BODY_LIMIT`, `MINOS_HANDLERS_RETRIES`, … (the key
+/// path in upper case, joined by `_`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The service's name.
+    pub name: String,
+    /// Where events, snapshots and the outbox live: `sqlite://PATH` or `memory`. Empty: an SQLite file
+    /// `.minos/{name}.db` in the working directory.
+    pub storage: String,
+    /// The broker: `memory` (in-process).
+    pub broker: String,
+    /// HTTP interface.
+    pub http: HttpConfig,
+    /// Handler behaviour.
+    pub handlers: HandlersConfig,
+    /// Outbox relay.
+    pub relay: RelayConfig,
+    /// Middleware registered with `#[middleware]`, by name, first listed outermost.
+    pub middleware: Vec<String>,
+    /// The log filter (overridden by `RUST_LOG`).
+    pub log: String,
+}
+
+/// HTTP interface settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on.
+    pub host: String,
+    /// Port (0 picks a free one).
+    pub port: u16,
+    /// Largest accepted request body, in bytes.
+    pub body_limit: usize,
+    /// Worker threads (default: one per core).
+    pub workers: Option<usize>,
+    /// Seconds shutdown waits for requests in flight.
+    pub shutdown_timeout_secs: u64,
+}
+
+/// Handler settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HandlersConfig {
+    /// Retries of a failing event handler before the failure is logged.
+    pub retries: u32,
+    /// How long a request through the broker waits for its reply.
+    pub request_timeout_ms: u64,
+}
+
+/// Outbox relay settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Rows published per round.
+    pub batch: usize,
+    /// How often the relay looks for rows written by other processes.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: "minos".into(),
+            storage: String::new(),
+            broker: "memory".into(),
+            http: HttpConfig::default(),
+            handlers: HandlersConfig::default(),
+            relay: RelayConfig::default(),
+            middleware: Vec::new(),
+            log: "info".into(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            host: "0.0.0.0".into(),
+            port: 4545,
+            body_limit: 1024 * 1024,
+            workers: None,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+impl Default for HandlersConfig {
+    fn default() -> Self {
+        HandlersConfig {
+            retries: 3,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            batch: 256,
+            poll_interval_ms: 500,
+        }
+    }
+}
+
+const SECTIONS: &[&str] = &["http", "handlers", "relay"];
+
+/// `MINOS_HTTP_BODY_LIMIT` → `http.body_limit`; `None` for variables that are not configuration keys.
+fn env_key(var: &str) -> Option<String> {
+    let key = var.to_ascii_lowercase();
+    for section in SECTIONS {
+        if let Some(rest) = key.strip_prefix(&format!("{section}_")) {
+            return Some(format!("{section}.{rest}"));
+        }
+    }
+    ["name", "storage", "broker", "middleware", "log"]
+        .contains(&key.as_str())
+        .then_some(key)
+}
+
+impl Config {
+    /// Defaults, overridden by the environment.
+    pub fn from_env() -> Result<Self> {
+        Self::extract(Figment::from(Serialized::defaults(Config::default())))
+    }
+
+    /// Defaults, then the YAML file at `path` (which must exist), then the environment.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(Error::Config(format!("no configuration file at {}", path.display())));
+        }
+        Self::extract(Figment::from(Serialized::defaults(Config::default())).merge(Yaml::file(path)))
+    }
+
+    /// Parses YAML text on top of the defaults (no environment).
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Yaml::string(text))
+            .extract::<Config>()
+            .map_err(|e| Error::Config(e.to_string()))?
+            .validated()
+    }
+
+    fn extract(figment: Figment) -> Result<Self> {
+        let env = Env::prefixed("MINOS_").filter_map(|key| env_key(key.as_str()).map(Into::into));
+        figment
+            .merge(env)
+            .extract::<Config>()
+            .map_err(|e| Error::Config(e.to_string()))?
+            .validated()
+    }
+
+    fn validated(mut self) -> Result<Self> {
+        let valid_name = !self.name.is_empty()
+            && self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid_name {
+            return Err(Error::Config(format!(
+                "name `{}` must be letters, digits, `_` or `-` (it names the consumer group and reply topics)",
+                self.name
+            )));
+        }
+        if self.storage.is_empty() {
+            self.storage = format!("sqlite://.minos/{}.db", self.name);
+        }
+        if self.http.body_limit == 0 {
+            return Err(Error::Config("http.body_limit must be above 0".into()));
+        }
+        Ok(self)
+    }
+
+    /// The HTTP settings.
+    pub fn http_settings(&self) -> HttpSettings {
+        HttpSettings {
+            host: self.http.host.clone(),
+            port: self.http.port,
+            body_limit: self.http.body_limit,
+            workers: self.http.workers,
+            shutdown_timeout: Duration::from_secs(self.http.shutdown_timeout_secs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_file() {
+        let config = Config::from_yaml("").unwrap();
+        assert_eq!(config.http.port, 4545);
+        assert_eq!(config.storage, "sqlite://.minos/minos.db");
+        assert_eq!(config.broker, "memory");
+    }
+
+    #[test]
+    fn yaml_sets_nested_keys_and_unknown_keys_are_errors() {
+        let config = Config::from_yaml("name: foo\nhttp:\n  port: 8080\nmiddleware: [a, b]\n").unwrap();
+        assert_eq!((config.name.as_str(), config.http.port), ("foo", 8080));
+        assert_eq!(config.storage, "sqlite://.minos/foo.db");
+        assert_eq!(config.middleware, ["a", "b"]);
+        let error = Config::from_yaml("htp:\n  port: 1\n").unwrap_err().to_string();
+        assert!(error.contains("htp"), "{error}");
+        assert!(Config::from_yaml("name: 'a b'").is_err());
+        assert!(Config::from_yaml("http:\n  port: not-a-port\n").is_err());
+    }
+
+    #[test]
+    fn environment_names_map_to_keys() {
+        assert_eq!(env_key("HTTP_BODY_LIMIT").as_deref(), Some("http.body_limit"));
+        assert_eq!(env_key("NAME").as_deref(), Some("name"));
+        assert_eq!(env_key("MACROS_DEBUG"), None);
+    }
+}

@@ -1,0 +1,241 @@
+//! The launcher: builds a service from its configuration and runs it until SIGINT or SIGTERM.
+
+mod config;
+
+pub use config::{Config, HandlersConfig, HttpConfig, RelayConfig};
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::http::HttpServer;
+use crate::messaging::{MemoryBroker, OutboxRelay, RelayHandle, SharedBroker};
+use crate::repository::Repository;
+use crate::routing::{
+    middleware, registered_middleware, Context, Dispatcher, DispatcherHandle, Middleware, Next, Request, Response,
+    RouteTable,
+};
+use crate::scheduler::SchedulerHandle;
+use crate::store::MemoryStore;
+
+/// Builds and runs a service: storage, broker, outbox relay, broker dispatcher, scheduler and HTTP.
+///
+/// ```no_run
+/// fn main() -> minos_runtime::Result<()> {
+///     minos_runtime::Launcher::new()?.run()
+/// }
+/// ```
+pub struct Launcher {
+    config: Config,
+    middleware: Vec<Middleware>,
+    broker: Option<SharedBroker>,
+    repository: Option<Repository>,
+}
+
+impl std::fmt::Debug for Launcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launcher").field("config", &self.config).finish()
+    }
+}
+
+impl Launcher {
+    /// Default configuration with `MINOS_*` environment overrides.
+    pub fn new() -> Result<Self> {
+        Ok(Self::with_config(Config::from_env()?))
+    }
+
+    /// The configuration file at `path` with `MINOS_*` environment overrides.
+    pub fn from_config(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        Ok(Self::with_config(Config::load(path)?))
+    }
+
+    /// Exactly this configuration.
+    pub fn with_config(config: Config) -> Self {
+        Launcher {
+            config,
+            middleware: Vec::new(),
+            broker: None,
+            repository: None,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Changes the configuration.
+    pub fn configure(mut self, change: impl FnOnce(&mut Config)) -> Self {
+        change(&mut self.config);
+        self
+    }
+
+    /// Adds a middleware: `async fn(Request, Next) -> Result<Response>`. Middleware added here run
+    /// outside the ones named in the configuration, in the order added.
+    pub fn middleware<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Request, Next) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response>> + Send + 'static,
+    {
+        self.middleware.push(middleware(f));
+        self
+    }
+
+    /// Shares a broker with other services of this process (instead of `broker:` of the configuration).
+    pub fn broker(mut self, broker: SharedBroker) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// Uses this repository (instead of `storage:` of the configuration).
+    pub fn repository(mut self, repository: Repository) -> Self {
+        self.repository = Some(repository);
+        self
+    }
+
+    /// Starts the service on a new runtime and runs it until SIGINT or SIGTERM, then shuts down cleanly.
+    pub fn run(self) -> Result<()> {
+        init_logging(&self.config.log);
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        runtime.block_on(async {
+            let service = self.start().await?;
+            service.wait_for_signal().await?;
+            service.stop().await;
+            Ok(())
+        })
+    }
+
+    fn open_repository(&self) -> Result<Repository> {
+        let storage = self.config.storage.as_str();
+        if storage == "memory" {
+            return Ok(Repository::new(MemoryStore::new()));
+        }
+        #[cfg(feature = "sqlite")]
+        if let Some(path) = storage.strip_prefix("sqlite://") {
+            return Repository::sqlite(path);
+        }
+        Err(Error::Config(format!(
+            "unsupported storage `{storage}`: use `sqlite://PATH` or `memory`"
+        )))
+    }
+
+    fn open_broker(&self) -> Result<SharedBroker> {
+        match self.config.broker.as_str() {
+            "memory" => Ok(Arc::new(MemoryBroker::new())),
+            other => Err(Error::Config(format!("unsupported broker `{other}`: use `memory`"))),
+        }
+    }
+
+    fn middleware_chain(&self) -> Result<Arc<[Middleware]>> {
+        let mut chain = self.middleware.clone();
+        for name in &self.config.middleware {
+            let found = registered_middleware(name).ok_or_else(|| {
+                Error::Config(format!("middleware `{name}` is not registered: mark an async fn with #[middleware]"))
+            })?;
+            chain.push(found);
+        }
+        Ok(chain.into())
+    }
+
+    /// Starts everything and returns the running service.
+    pub async fn start(self) -> Result<RunningService> {
+        let table = Arc::new(RouteTable::collect()?);
+        let chain = self.middleware_chain()?;
+        let repository = match &self.repository {
+            Some(repository) => repository.clone(),
+            None => self.open_repository()?,
+        };
+        repository.clone().set_default();
+        let broker = match &self.broker {
+            Some(broker) => Arc::clone(broker),
+            None => self.open_broker()?,
+        };
+        let config_json = serde_json::to_value(&self.config).unwrap_or_default();
+        let context = Context::new(self.config.name.clone(), repository.clone(), Arc::clone(&broker), config_json);
+        tracing::info!(service = %self.config.name, storage = %self.config.storage, broker = %self.config.broker, "starting; routes:\n{}", table.describe());
+
+        let dispatcher = match table.broker_topics() {
+            topics if topics.is_empty() => None,
+            topics => {
+                let subscription = broker.subscribe(&self.config.name, &topics).await?;
+                let dispatcher = Dispatcher::new(Arc::clone(&table), Arc::clone(&chain), context.clone())
+                    .retries(self.config.handlers.retries);
+                Some(dispatcher.spawn(subscription))
+            }
+        };
+        let relay = OutboxRelay::new(repository.store().clone(), Arc::clone(&broker), repository.commits())
+            .batch(self.config.relay.batch)
+            .poll_interval(Duration::from_millis(self.config.relay.poll_interval_ms))
+            .spawn();
+        let scheduler = crate::scheduler::spawn(&table, Arc::clone(&chain), context.clone()).map_err(Error::Routes)?;
+        let http = crate::http::serve(Arc::clone(&table), chain, context.clone(), self.config.http_settings()).await?;
+        tracing::info!("service `{}` listening on http://{}", self.config.name, http.addr());
+        Ok(RunningService {
+            context,
+            http,
+            dispatcher,
+            relay,
+            scheduler,
+        })
+    }
+}
+
+/// A started service.
+#[derive(Debug)]
+pub struct RunningService {
+    context: Context,
+    http: HttpServer,
+    dispatcher: Option<DispatcherHandle>,
+    relay: RelayHandle,
+    scheduler: SchedulerHandle,
+}
+
+impl RunningService {
+    /// The HTTP address.
+    pub fn addr(&self) -> SocketAddr {
+        self.http.addr()
+    }
+
+    /// The service context.
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// Waits for SIGINT (Ctrl-C) or SIGTERM.
+    pub async fn wait_for_signal(&self) -> Result<()> {
+        #[cfg(unix)]
+        {
+            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                result = tokio::signal::ctrl_c() => result?,
+                _ = terminate.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c().await?;
+        tracing::info!("shutting down");
+        Ok(())
+    }
+
+    /// Stops accepting requests, lets the ones in flight finish, stops the schedules and the dispatcher,
+    /// and publishes what is left in the outbox.
+    pub async fn stop(self) {
+        self.http.stop().await;
+        self.scheduler.stop();
+        if let Some(dispatcher) = self.dispatcher {
+            dispatcher.stop().await;
+        }
+        self.relay.stop().await;
+        tracing::info!("service `{}` stopped", self.context.name());
+    }
+}
+
+/// Logs to stdout with `RUST_LOG`, else `filter`; does nothing if a subscriber is already set.
+pub fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}

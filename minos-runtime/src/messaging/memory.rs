@@ -1,0 +1,148 @@
+//! The in-process broker: topics, consumer groups and fan-out inside one process.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use super::{Broker, BrokerMessage, Delivery, Strategy, Subscription};
+use crate::error::Result;
+
+/// Delivers messages between the services of one process. Messages to a topic nobody subscribed to are
+/// dropped, as a broker with no retention would.
+#[derive(Debug, Default)]
+pub struct MemoryBroker {
+    topics: Mutex<HashMap<String, Vec<Group>>>,
+}
+
+#[derive(Debug)]
+struct Group {
+    name: String,
+    members: Vec<mpsc::UnboundedSender<Delivery>>,
+    next: usize,
+}
+
+impl MemoryBroker {
+    /// A broker with no subscriptions.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<Group>>> {
+        self.topics.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn publish(&self, message: BrokerMessage) -> Result<()> {
+        let mut topics = self.lock();
+        let Some(groups) = topics.get_mut(&message.topic) else {
+            tracing::debug!(topic = %message.topic, "no subscriber: message dropped");
+            return Ok(());
+        };
+        for group in groups.iter_mut() {
+            group.members.retain(|m| !m.is_closed());
+            match message.strategy {
+                Strategy::Multicast => {
+                    for member in &group.members {
+                        let _ = member.send(Delivery::new(message.clone(), None));
+                    }
+                }
+                Strategy::Unicast if !group.members.is_empty() => {
+                    // Same key, same member: one root's messages keep their order within the group.
+                    let index = match &message.key {
+                        Some(key) => stable_hash(key) % group.members.len(),
+                        None => {
+                            group.next = group.next.wrapping_add(1);
+                            group.next % group.members.len()
+                        }
+                    };
+                    let _ = group.members[index].send(Delivery::new(message.clone(), None));
+                }
+                Strategy::Unicast => {}
+            }
+        }
+        groups.retain(|g| !g.members.is_empty());
+        Ok(())
+    }
+
+    async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Subscription> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let mut all = self.lock();
+        for topic in topics {
+            let groups = all.entry(topic.clone()).or_default();
+            match groups.iter_mut().find(|g| g.name == group) {
+                Some(existing) => existing.members.push(sender.clone()),
+                None => groups.push(Group {
+                    name: group.to_owned(),
+                    members: vec![sender.clone()],
+                    next: 0,
+                }),
+            }
+        }
+        Ok(Subscription::new(receiver))
+    }
+}
+
+/// FNV-1a: stable across runs and platforms, unlike the std hasher.
+pub(crate) fn stable_hash(key: &str) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn each_group_gets_each_message_once() {
+        let broker = MemoryBroker::new();
+        let topics = ["FooCreated".to_owned()];
+        let mut a1 = broker.subscribe("a", &topics).await.unwrap();
+        let mut a2 = broker.subscribe("a", &topics).await.unwrap();
+        let mut b = broker.subscribe("b", &topics).await.unwrap();
+        for i in 0..4 {
+            broker.publish(BrokerMessage::new("FooCreated", json!(i))).await.unwrap();
+        }
+        let mut seen_a = Vec::new();
+        for sub in [&mut a1, &mut a2] {
+            while let Ok(Some(d)) = tokio::time::timeout(std::time::Duration::from_millis(20), sub.next()).await {
+                seen_a.push(d.message.payload.content.as_i64().unwrap());
+            }
+        }
+        seen_a.sort();
+        assert_eq!(seen_a, [0, 1, 2, 3]);
+        for i in 0..4 {
+            assert_eq!(b.next().await.unwrap().message.payload.content, json!(i));
+        }
+    }
+
+    #[tokio::test]
+    async fn one_key_goes_to_one_member_in_order() {
+        let broker = MemoryBroker::new();
+        let topics = ["T".to_owned()];
+        let mut subs = vec![
+            broker.subscribe("g", &topics).await.unwrap(),
+            broker.subscribe("g", &topics).await.unwrap(),
+        ];
+        for i in 0..10 {
+            let mut m = BrokerMessage::new("T", json!(i));
+            m.key = Some("root-1".into());
+            broker.publish(m).await.unwrap();
+        }
+        let mut got = Vec::new();
+        for sub in subs.iter_mut() {
+            while let Ok(Some(d)) = tokio::time::timeout(std::time::Duration::from_millis(20), sub.next()).await {
+                got.push(d.message.payload.content.as_i64().unwrap());
+            }
+        }
+        assert_eq!(got, (0..10).collect::<Vec<_>>());
+    }
+}

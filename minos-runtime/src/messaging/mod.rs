@@ -1,0 +1,175 @@
+//! Messaging: the broker envelope, the broker port with its in-process adapter, the outbox relay and
+//! the request/reply client.
+
+mod client;
+pub(crate) mod memory;
+mod relay;
+
+pub use client::{BrokerClient, Reply};
+pub use memory::MemoryBroker;
+pub use relay::{outbox_message, OutboxRelay, RelayHandle};
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::error::Result;
+
+/// Version of the JSON envelope below; readers reject versions they do not know.
+pub const WIRE_VERSION: u32 = 1;
+
+/// Whether a message goes to one consumer of each group or to every instance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// One consumer of each consumer group (service) gets it.
+    #[default]
+    Unicast,
+    /// Every subscribed instance gets it.
+    Multicast,
+}
+
+/// The content, status and headers of a message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Payload {
+    /// The JSON content.
+    pub content: Value,
+    /// 200 success, 400 error of the request, 500 failure of the service (replies); 200 otherwise.
+    #[serde(default = "ok_status")]
+    pub status: u16,
+    /// Free headers: `user`, `saga`, `transactions`, …
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn ok_status() -> u16 {
+    200
+}
+
+fn wire_version() -> u32 {
+    WIRE_VERSION
+}
+
+/// A message on the broker. Its JSON form is the wire format (see the README).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BrokerMessage {
+    /// Envelope version ([`WIRE_VERSION`]).
+    #[serde(default = "wire_version")]
+    pub version: u32,
+    /// Where it goes.
+    pub topic: String,
+    /// Unique id; a reply carries the id of its request.
+    pub identifier: Uuid,
+    /// Where the reply goes, if one is wanted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_topic: Option<String>,
+    /// Delivery strategy.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Content, status and headers.
+    pub payload: Payload,
+    /// Partitioning key (the root's uuid for domain events); travels as the broker's message key.
+    #[serde(skip)]
+    pub key: Option<String>,
+}
+
+impl BrokerMessage {
+    /// A message with status 200, no headers and a new identifier.
+    pub fn new(topic: impl Into<String>, content: Value) -> Self {
+        BrokerMessage {
+            version: WIRE_VERSION,
+            topic: topic.into(),
+            identifier: Uuid::new_v4(),
+            reply_topic: None,
+            strategy: Strategy::Unicast,
+            payload: Payload {
+                content,
+                status: 200,
+                headers: BTreeMap::new(),
+            },
+            key: None,
+        }
+    }
+
+    /// Decodes the wire format, refusing unknown envelope versions.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        let message: BrokerMessage =
+            serde_json::from_slice(bytes).map_err(|e| format!("undecodable message: {e}"))?;
+        if message.version != WIRE_VERSION {
+            return Err(format!(
+                "unsupported envelope version {} (this service reads version {WIRE_VERSION})",
+                message.version
+            ));
+        }
+        Ok(message)
+    }
+
+    /// Encodes the wire format.
+    pub fn to_json(&self) -> Vec<u8> {
+        // A message holds only JSON values and strings: serializing it cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// A received message; acknowledging it tells the broker it was handled.
+pub struct Delivery {
+    /// The message.
+    pub message: BrokerMessage,
+    ack: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery").field("message", &self.message).finish()
+    }
+}
+
+impl Delivery {
+    /// A delivery with an acknowledgement callback.
+    pub fn new(message: BrokerMessage, ack: Option<Box<dyn FnOnce() + Send>>) -> Self {
+        Delivery { message, ack }
+    }
+
+    /// Marks the message handled.
+    pub fn ack(mut self) {
+        if let Some(ack) = self.ack.take() {
+            ack();
+        }
+    }
+}
+
+/// Messages of one subscription, in arrival order.
+pub struct Subscription {
+    receiver: mpsc::UnboundedReceiver<Delivery>,
+}
+
+impl Subscription {
+    /// A subscription reading from `receiver`.
+    pub fn new(receiver: mpsc::UnboundedReceiver<Delivery>) -> Self {
+        Subscription { receiver }
+    }
+
+    /// The next delivery; `None` once the broker closed the subscription.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        self.receiver.recv().await
+    }
+}
+
+/// The broker port.
+#[async_trait]
+pub trait Broker: Send + Sync + fmt::Debug + 'static {
+    /// Publishes a message (returns once the broker has it).
+    async fn publish(&self, message: BrokerMessage) -> Result<()>;
+
+    /// Subscribes `group` to `topics`: each unicast message reaches one subscription of each group.
+    async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Subscription>;
+}
+
+/// A shared broker.
+pub type SharedBroker = Arc<dyn Broker>;

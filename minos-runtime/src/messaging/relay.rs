@@ -1,0 +1,137 @@
+//! The outbox relay: publishes messages committed with their events, in commit order, and marks them
+//! sent only once the broker has them. On start it first drains what an earlier run left behind.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use super::{BrokerMessage, SharedBroker};
+use crate::error::Result;
+use crate::store::{OutboxRecord, SharedStore};
+
+/// Moves outbox rows to the broker.
+#[derive(Clone, Debug)]
+pub struct OutboxRelay {
+    store: SharedStore,
+    broker: SharedBroker,
+    wake: Arc<Notify>,
+    batch: usize,
+    poll: Duration,
+}
+
+/// A running relay; `stop` drains what is pending and ends it.
+#[derive(Debug)]
+pub struct RelayHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RelayHandle {
+    /// Publishes what is pending, then stops.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// The broker message of an outbox row: same identifier, topic and key.
+pub fn outbox_message(record: &OutboxRecord) -> BrokerMessage {
+    let mut message = BrokerMessage::new(record.message.topic.clone(), record.message.content.clone());
+    message.identifier = record.message.identifier;
+    message.key = Some(record.message.key.clone());
+    message
+}
+
+impl OutboxRelay {
+    /// A relay from `store` to `broker`, woken by `wake` (see [`crate::Repository::commits`]).
+    pub fn new(store: SharedStore, broker: SharedBroker, wake: Arc<Notify>) -> Self {
+        OutboxRelay {
+            store,
+            broker,
+            wake,
+            batch: 256,
+            poll: Duration::from_millis(500),
+        }
+    }
+
+    /// Rows read per round.
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// How often to look for rows when no commit wakes the relay (other processes may write too).
+    pub fn poll_interval(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    /// Publishes every pending row in order; returns how many were sent. Stops at the first failure,
+    /// leaving that row and the ones after it pending, so order holds and nothing is lost.
+    pub async fn relay_pending(&self) -> Result<usize> {
+        let mut sent = 0;
+        loop {
+            let records = self.store.pending(self.batch).await?;
+            if records.is_empty() {
+                return Ok(sent);
+            }
+            let mut done = Vec::with_capacity(records.len());
+            let mut failure = None;
+            for record in &records {
+                match self.broker.publish(outbox_message(record)).await {
+                    Ok(()) => done.push(record.id),
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                }
+            }
+            if !done.is_empty() {
+                self.store.mark_sent(&done).await?;
+                sent += done.len();
+            }
+            if let Some(error) = failure {
+                return Err(error);
+            }
+        }
+    }
+
+    /// Runs the relay in the background until stopped.
+    pub fn spawn(self) -> RelayHandle {
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match self.relay_pending().await {
+                    Ok(_) => backoff = Duration::from_millis(100),
+                    Err(error) => {
+                        tracing::warn!(%error, retry_in = ?backoff, "outbox relay: publishing failed; rows stay pending");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stopped.changed() => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        if *stopped.borrow() {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+                if *stopped.borrow() {
+                    break;
+                }
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(self.poll) => {}
+                    _ = stopped.changed() => {}
+                }
+            }
+            if let Err(error) = self.relay_pending().await {
+                tracing::warn!(%error, "outbox relay: rows left pending at shutdown; they are sent on the next start");
+            }
+        });
+        RelayHandle { stop, task }
+    }
+}

@@ -1,0 +1,91 @@
+//! Periodic handlers: cron schedules, and `@reboot` once at start.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use chrono::Utc;
+use cron::Schedule;
+use tokio::task::JoinHandle;
+
+use crate::routing::{invoke, Context, Middleware, Origin, Request, RouteTable};
+
+/// Parses a cron expression: 5 fields (minute precision, like crontab), or 6–7 fields starting with
+/// seconds. `@reboot` is not a schedule: it runs once at start.
+pub fn parse_schedule(expression: &str) -> Result<Schedule, String> {
+    let fields = expression.split_whitespace().count();
+    let normalized = if fields == 5 {
+        format!("0 {expression}")
+    } else {
+        expression.to_owned()
+    };
+    Schedule::from_str(&normalized).map_err(|e| format!("invalid cron expression `{expression}`: {e}"))
+}
+
+/// The running periodic handlers.
+#[derive(Debug, Default)]
+pub struct SchedulerHandle {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl SchedulerHandle {
+    /// Stops every schedule (a handler running now is cut at its next await).
+    pub fn stop(self) {
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Starts `table`'s periodic handlers.
+pub fn spawn(table: &RouteTable, chain: Arc<[Middleware]>, context: Context) -> Result<SchedulerHandle, String> {
+    let mut tasks = Vec::new();
+    for (expression, entry) in table.periodic_routes() {
+        let handler = entry.handler;
+        let chain = Arc::clone(&chain);
+        let context = context.clone();
+        let location = entry.location();
+        let request = move || {
+            Request::from_parts(
+                serde_json::Value::Null,
+                Default::default(),
+                Default::default(),
+                Origin::Periodic {
+                    schedule: expression.to_owned(),
+                    at: Utc::now(),
+                },
+            )
+        };
+        if expression == "@reboot" {
+            tasks.push(tokio::spawn(async move {
+                if let Err(error) = invoke(&chain, handler, request(), &context).await {
+                    tracing::error!(%error, handler = %location, "@reboot handler failed");
+                }
+            }));
+            continue;
+        }
+        let schedule = parse_schedule(expression)?;
+        tasks.push(tokio::spawn(async move {
+            for next in schedule.upcoming_owned(Utc) {
+                let wait = (next - Utc::now()).to_std().unwrap_or_default();
+                tokio::time::sleep(wait).await;
+                if let Err(error) = invoke(&chain, handler, request(), &context).await {
+                    tracing::error!(%error, handler = %location, "periodic handler failed");
+                }
+            }
+        }));
+    }
+    Ok(SchedulerHandle { tasks })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn five_and_six_field_expressions_parse() {
+        assert!(parse_schedule("*/5 * * * *").is_ok());
+        assert!(parse_schedule("0 */5 * * * *").is_ok());
+        assert!(parse_schedule("every minute").is_err());
+        assert!(parse_schedule("61 * * * *").is_err());
+    }
+}
