@@ -1,63 +1,84 @@
-//! The quickstart: a `Foo` root entity stored in the embedded store, created, changed, queried and deleted,
-//! with the domain messages its events leave in the outbox.
+// The quickstart service: the `Foo` root entity, its command service (`CreateFoo` on the broker and
+// `POST /foos`) and its query service (the `FooCreated` event handler, `GET /foos/example`,
+// `GET /foos/{uuid}`). Runs with nothing installed: embedded SQLite store, in-process broker, port 4545.
+//
+// ```sh
+// cargo run --example quickstart
+// curl -X POST localhost:4545/foos -H 'Content-Type: application/json' -d '{"bar": "test"}'
+// curl localhost:4545/foos/example
+// ```
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use minos::prelude::*;
+use serde::Deserialize;
 
 #[root_entity]
 pub struct Foo {
     pub bar: String,
-    pub tags: ValueObjectSet<Tag>,
 }
 
-#[value_object]
-pub struct Tag {
-    pub label: String,
+#[derive(Deserialize)]
+struct CreateFoo {
+    bar: String,
 }
 
-#[tokio::main]
-async fn main() -> minos::Result<()> {
-    let path =
-        std::env::var("MINOS_QUICKSTART_DB").unwrap_or_else(|_| ".minos/quickstart.db".into());
-    let repository = Repository::sqlite(&path)?;
-    println!("embedded store: {path}");
-    repository.clone().scope(run()).await?;
+pub struct FooCommandService;
 
-    println!("\noutbox (the domain messages committed with the events):");
-    for record in repository.store().pending(100).await? {
-        println!("  #{:<3} {}", record.id, record.message.topic);
+#[command_service]
+impl FooCommandService {
+    /// Creates a Foo: stores `FooCreated`, which the relay publishes to the broker.
+    #[enroute(broker = "CreateFoo", rest = "POST /foos")]
+    async fn create_foo(&self, request: Request) -> Result<Response> {
+        let CreateFoo { bar } = request.content()?;
+        if bar.trim().is_empty() {
+            return Err(Error::bad_request("`bar` must not be empty"));
+        }
+        let foo = Foo::create(Foo { bar }).await?;
+        Ok(Response::json(json!({ "uuid": foo.uuid() })))
     }
-    Ok(())
 }
 
-async fn run() -> minos::Result<()> {
-    let mut foo = Foo::create(Foo {
-        bar: "hello".into(),
-        tags: ValueObjectSet::new(),
-    })
-    .await?;
-    println!("created Foo {} (version {})", foo.uuid(), foo.version());
+/// How many `FooCreated` events this process has handled.
+static FOOS_CREATED: AtomicU64 = AtomicU64::new(0);
 
-    foo.bar = "hello, world".into();
-    foo.tags.insert(Tag {
-        label: "greeting".into(),
-    });
-    foo.save().await?;
-    println!("updated to version {}: bar = {:?}", foo.version(), foo.bar);
+pub struct FooQueryService;
 
-    let unchanged = foo.save().await?;
-    println!("saving again without changes stored an event: {unchanged}");
-
-    let found = Foo::find(Condition::like("bar", "hello%"))
-        .order_by(Ordering::desc("updated_at"))
-        .limit(5)
-        .await?;
-    println!("{} Foo(s) with bar LIKE 'hello%' in the store", found.len());
-
-    let uuid = foo.uuid();
-    foo.delete().await?;
-    match Foo::get(uuid).await {
-        Err(error) => println!("after delete: {error}"),
-        Ok(_) => println!("after delete: still there?"),
+#[query_service]
+impl FooQueryService {
+    #[enroute(event = "FooCreated")]
+    async fn foo_created(&self, request: Request) -> Result<()> {
+        let event: minos::Event = request.content()?;
+        FOOS_CREATED.fetch_add(1, Ordering::SeqCst);
+        println!(
+            "A Foo was created: {} (version {})",
+            event.uuid, event.version
+        );
+        Ok(())
     }
-    Ok(())
+
+    #[enroute(rest = "GET /foos/example")]
+    async fn example(&self, _request: Request) -> Result<Response> {
+        Ok(Response::json(json!({
+            "message": "This is an example response!",
+            "foos_created_seen": FOOS_CREATED.load(Ordering::SeqCst),
+        })))
+    }
+
+    #[enroute(rest = "GET /foos/{uuid}")]
+    async fn get_foo(&self, request: Request) -> Result<Response> {
+        let foo = Foo::get(request.param("uuid")?).await?;
+        Ok(Response::json(foo))
+    }
+}
+
+fn main() -> minos::Result<()> {
+    // `quickstart.yml` beside this file if present, else the defaults; `MINOS_*` variables override both.
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/quickstart/config.yml");
+    let launcher = if std::path::Path::new(config).is_file() {
+        minos::Launcher::from_config(config)?
+    } else {
+        minos::Launcher::new()?
+    };
+    launcher.run()
 }

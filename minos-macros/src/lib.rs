@@ -66,6 +66,177 @@ pub fn external_entity(args: TokenStream, input: TokenStream) -> TokenStream {
     expand(Kind::ExternalEntity, args, input)
 }
 
+/// A command service: `#[enroute]` methods answer commands on the broker (`broker = "CreateFoo"`) and
+/// over HTTP (`rest = "POST /foos"`); periodic handlers (`periodic = "0 */5 * * * *"`) are allowed too.
+///
+/// ```text
+/// use minos::prelude::*;
+///
+/// pub struct FooCommandService;
+///
+/// #[command_service]
+/// impl FooCommandService {
+///     #[enroute(broker = "CreateFoo", rest = "POST /foos")]
+///     async fn create_foo(&self, request: Request) -> Result<Response> {
+///         let CreateFoo { bar } = request.content()?;
+///         let foo = Foo::create(Foo { bar }).await?;
+///         Ok(Response::json(json!({ "uuid": foo.uuid() })))
+///     }
+/// }
+/// ```
+///
+/// A handler is `async fn name(&self, request: Request) -> R` where `R` is `Result<Response>`,
+/// `Result<()>`, `Response` or `()`. The service is a unit struct, or names its constructor with
+/// `init = "FooService::new"`. Equivalent code: the impl block unchanged (without the `#[enroute]`
+/// attributes), a `Service` implementation, one lazily built instance, and one `RouteEntry` per route
+/// registered for the runtime's route table.
+#[proc_macro_attribute]
+pub fn command_service(args: TokenStream, input: TokenStream) -> TokenStream {
+    expand_service(internals::service::ServiceKind::Command, args, input)
+}
+
+/// A query service: `#[enroute]` methods answer queries on the broker and over HTTP
+/// (`rest = "GET /foos/{uuid}"`), react to domain events (`event = "FooCreated"`), or run periodically
+/// (`periodic = "*/5 * * * *"`, `periodic = "@reboot"`). See [`macro@command_service`].
+#[proc_macro_attribute]
+pub fn query_service(args: TokenStream, input: TokenStream) -> TokenStream {
+    expand_service(internals::service::ServiceKind::Query, args, input)
+}
+
+/// Declares the routes of a handler inside a `#[command_service]` or `#[query_service]` impl block:
+/// `broker = "Topic"`, `event = "FooCreated"`, `rest = "METHOD /path/{param}"`, `periodic = "cron"`.
+/// Several routes of one kind may share a handler; repeat the attribute for several routes of one key.
+#[proc_macro_attribute]
+pub fn enroute(_args: TokenStream, input: TokenStream) -> TokenStream {
+    let input: proc_macro2::TokenStream = input.into();
+    let span = syn::parse2::<syn::ItemFn>(input.clone())
+        .map(|f| f.sig.fn_token.span)
+        .unwrap_or_else(|_| proc_macro2::Span::call_site());
+    let mut tokens = syn::Error::new(
+        span,
+        "#[enroute] only works on methods of a #[command_service] or #[query_service] impl block
+         help: put the handler in `#[command_service] impl MyService { .. }`",
+    )
+    .into_compile_error();
+    tokens.extend(input);
+    tokens.into()
+}
+
+/// A middleware that the configuration can name: `middleware: [log_requests]`.
+///
+/// ```text
+/// #[middleware]
+/// async fn log_requests(request: Request, next: Next) -> Result<Response> {
+///     let response = next.run(request).await;
+///     tracing::info!(ok = response.is_ok());
+///     response
+/// }
+/// ```
+///
+/// Takes `name = "..."` (default: the function's name) and `crate = "..."`.
+#[proc_macro_attribute]
+pub fn middleware(args: TokenStream, input: TokenStream) -> TokenStream {
+    let input2: proc_macro2::TokenStream = input.into();
+    let output = expand_middleware(args.into(), input2.clone()).unwrap_or_else(|error| {
+        let mut tokens = error.into_compile_error();
+        tokens.extend(input2);
+        tokens
+    });
+    debug_print("#[middleware]", &output);
+    output.into()
+}
+
+fn expand_middleware(
+    args: proc_macro2::TokenStream,
+    input: proc_macro2::TokenStream,
+) -> syn::Result<proc_macro2::TokenStream> {
+    let function: syn::ItemFn = syn::parse2(input)?;
+    let cx = internals::ctxt::Ctxt::new();
+    let args = internals::attr::ModelArgs::parse(&cx, "#[middleware]", args);
+    if function.sig.asyncness.is_none() {
+        cx.error_spanned_by(
+            function.sig.fn_token,
+            "a middleware must be async
+help: write `async fn name(request: Request, next: Next) -> Result<Response>`",
+        );
+    }
+    if function.sig.inputs.len() != 2 {
+        cx.syn_error(syn::Error::new(
+            function.sig.paren_token.span.join(),
+            "a middleware takes the request and the rest of the chain
+help: write `async fn name(request: Request, next: Next) -> Result<Response>`",
+        ));
+    }
+    cx.check()?;
+    let name = args
+        .name
+        .map_or_else(|| function.sig.ident.to_string(), |lit| lit.value());
+    let krate = args.krate.unwrap_or_else(|| syn::parse_quote!(::minos));
+    Ok(codegen::service::expand_middleware(
+        &function, &name, &krate,
+    ))
+}
+
+fn expand_service(
+    kind: internals::service::ServiceKind,
+    args: TokenStream,
+    input: TokenStream,
+) -> TokenStream {
+    let input2: proc_macro2::TokenStream = input.into();
+    let output = service(kind, args.into(), input2.clone()).unwrap_or_else(|error| {
+        let mut tokens = error.into_compile_error();
+        tokens.extend(without_enroute_attributes(input2));
+        tokens
+    });
+    debug_print(kind.attribute(), &output);
+    output.into()
+}
+
+fn service(
+    kind: internals::service::ServiceKind,
+    args: proc_macro2::TokenStream,
+    input: proc_macro2::TokenStream,
+) -> syn::Result<proc_macro2::TokenStream> {
+    let item: syn::Item = syn::parse2(input)?;
+    let syn::Item::Impl(item) = item else {
+        return Err(syn::Error::new_spanned(
+            &item,
+            format!(
+                "{} goes on an impl block: `#[{}] impl MyService {{ .. }}`",
+                kind.attribute(),
+                &kind.attribute()[2..kind.attribute().len() - 1]
+            ),
+        ));
+    };
+    let cx = internals::ctxt::Ctxt::new();
+    let args = internals::service::parse_args(&cx, kind, args);
+    let handlers = internals::service::handlers(&cx, kind, &item);
+    cx.check()?;
+    let krate = args.krate.unwrap_or_else(|| syn::parse_quote!(::minos));
+    Ok(codegen::service::expand(
+        kind,
+        &item,
+        &handlers,
+        args.init.as_ref(),
+        &krate,
+    ))
+}
+
+/// The impl block without `#[enroute]` attributes, which would each add an error of their own.
+fn without_enroute_attributes(input: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
+    let Ok(mut item) = syn::parse2::<syn::ItemImpl>(input.clone()) else {
+        return input;
+    };
+    for member in item.items.iter_mut() {
+        if let syn::ImplItem::Fn(function) = member {
+            function
+                .attrs
+                .retain(|a| !internals::service::is_enroute(a));
+        }
+    }
+    quote::ToTokens::into_token_stream(item)
+}
+
 fn expand(kind: Kind, args: TokenStream, input: TokenStream) -> TokenStream {
     let input2: proc_macro2::TokenStream = input.clone().into();
     let output = model(kind, args.into(), input2.clone()).unwrap_or_else(|error| {
@@ -74,7 +245,7 @@ fn expand(kind: Kind, args: TokenStream, input: TokenStream) -> TokenStream {
         tokens.extend(without_serde_attributes(input2));
         tokens
     });
-    debug_print(kind, &output);
+    debug_print(kind.attribute(), &output);
     output.into()
 }
 
@@ -116,7 +287,7 @@ fn without_serde_attributes(input: proc_macro2::TokenStream) -> proc_macro2::Tok
     quote::ToTokens::into_token_stream(item)
 }
 
-fn debug_print(kind: Kind, tokens: &proc_macro2::TokenStream) {
+fn debug_print(attribute: &str, tokens: &proc_macro2::TokenStream) {
     if std::env::var_os("MINOS_MACROS_DEBUG").is_none_or(|v| v.is_empty() || v == "0") {
         return;
     }
@@ -124,5 +295,5 @@ fn debug_print(kind: Kind, tokens: &proc_macro2::TokenStream) {
         Ok(file) => prettyplease::unparse(&file),
         Err(_) => tokens.to_string(),
     };
-    eprintln!("// ---- {} expansion ----\n{text}", kind.attribute());
+    eprintln!("// ---- {attribute} expansion ----\n{text}");
 }

@@ -18,8 +18,8 @@ pub use domain::{
 pub use error::{Error, Result};
 pub use launcher::{Config, Launcher, RunningService};
 pub use messaging::{BrokerClient, BrokerMessage, Reply};
-pub use routing::{Context, IntoResponse, Next, Request, Response, ServiceExt};
 pub use repository::{Find, Repository, RootEntityExt, RESERVED_FIELDS};
+pub use routing::{Context, IntoResponse, Next, Request, Response, ServiceExt};
 
 #[doc(hidden)]
 pub mod __private {
@@ -27,7 +27,8 @@ pub mod __private {
     pub use crate::domain::{Entity, ExternalEntity, Referable, RootEntity, ValueObject};
     pub use crate::registry::ModelRegistration;
     pub use crate::routing::{
-        BrokerKind, HandlerFuture, IntoResponse, MiddlewareEntry, RestKind, Route, RouteEntry, Service,
+        BrokerKind, HandlerFuture, IntoResponse, MiddlewareEntry, Next, Request, RestKind, Route,
+        RouteEntry, Service,
     };
     pub use inventory;
     pub use serde;

@@ -18,7 +18,8 @@ pub fn parse_schedule(expression: &str) -> Result<Schedule, String> {
     } else {
         expression.to_owned()
     };
-    Schedule::from_str(&normalized).map_err(|e| format!("invalid cron expression `{expression}`: {e}"))
+    Schedule::from_str(&normalized)
+        .map_err(|e| format!("invalid cron expression `{expression}`: {e}"))
 }
 
 /// The running periodic handlers.
@@ -37,7 +38,11 @@ impl SchedulerHandle {
 }
 
 /// Starts `table`'s periodic handlers.
-pub fn spawn(table: &RouteTable, chain: Arc<[Middleware]>, context: Context) -> Result<SchedulerHandle, String> {
+pub fn spawn(
+    table: &RouteTable,
+    chain: Arc<[Middleware]>,
+    context: Context,
+) -> Result<SchedulerHandle, String> {
     let mut tasks = Vec::new();
     for (expression, entry) in table.periodic_routes() {
         let handler = entry.handler;

@@ -3,11 +3,16 @@
 // Lets code inside this crate's own tests and doctests expand `::minos::…` paths like user code does.
 extern crate self as minos;
 
-pub use minos_macros::{entity, external_entity, root_entity, value_object};
+pub use minos_macros::{
+    command_service, enroute, entity, external_entity, middleware, query_service, root_entity,
+    value_object,
+};
 pub use minos_runtime::{
-    domain, registry, store, Action, Condition, Entity, EntitySet, Error, Event, ExternalEntity,
-    FieldDiff, Find, Model, ModelKind, Ordering, Ref, Referable, Repository, Result, Root,
-    RootEntity, RootEntityExt, SetAction, ValueObject, ValueObjectSet, RESERVED_FIELDS,
+    domain, http, launcher, messaging, registry, routing, scheduler, store, Action, BrokerClient,
+    BrokerMessage, Condition, Config, Context, Entity, EntitySet, Error, Event, ExternalEntity,
+    FieldDiff, Find, IntoResponse, Launcher, Model, ModelKind, Next, Ordering, Ref, Referable,
+    Reply, Repository, Request, Response, Result, Root, RootEntity, RootEntityExt, RunningService,
+    ServiceExt, SetAction, ValueObject, ValueObjectSet, RESERVED_FIELDS,
 };
 
 pub use chrono;
@@ -15,13 +20,16 @@ pub use serde_json;
 pub use uuid::{self, Uuid};
 
 /// What a service module needs: `use minos::prelude::*;`.
+///
+/// It brings `Result` (= `minos::Result`, whose error type defaults to [`Error`]), the attributes,
+/// the entity operations ([`RootEntityExt`]) and `json!`.
 pub mod prelude {
     pub use crate::{
-        entity, external_entity, root_entity, value_object, Condition, EntitySet, Ordering, Ref,
-        Repository, Root, RootEntityExt, ValueObjectSet,
+        command_service, enroute, entity, external_entity, middleware, query_service, root_entity,
+        value_object, Condition, EntitySet, Error, Next, Ordering, Ref, Repository, Request,
+        Response, Result, Root, RootEntityExt, ServiceExt, ValueObjectSet,
     };
     pub use chrono::{DateTime, Utc};
-    pub use serde::{Deserialize, Serialize};
     pub use serde_json::json;
     pub use uuid::Uuid;
 }

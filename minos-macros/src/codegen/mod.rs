@@ -1,3 +1,4 @@
 //! Code generation. Never reports user errors: everything here has passed `internals::check`.
 
 pub(crate) mod model;
+pub(crate) mod service;

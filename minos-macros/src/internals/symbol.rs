@@ -35,3 +35,5 @@ impl PartialEq<Symbol> for &Path {
         self.is_ident(word.0)
     }
 }
+
+pub(crate) const INIT: Symbol = Symbol("init");

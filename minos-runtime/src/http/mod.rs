@@ -12,7 +12,9 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::routing::{invoke, Context, HandlerFn, Middleware, Origin, Request, Response, RouteTable};
+use crate::routing::{
+    invoke, Context, HandlerFn, Middleware, Origin, Request, Response, RouteTable,
+};
 
 /// HTTP settings.
 #[derive(Clone, Debug)]
@@ -38,7 +40,9 @@ pub struct HttpServer {
 
 impl std::fmt::Debug for HttpServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpServer").field("addr", &self.addr).finish()
+        f.debug_struct("HttpServer")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -68,22 +72,35 @@ fn error_response(status: u16, message: impl Into<String>) -> HttpResponse {
 }
 
 fn to_http(response: Response) -> HttpResponse {
-    let status = StatusCode::from_u16(response.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(response.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut builder = HttpResponse::build(status);
     for (name, value) in response.headers() {
-        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
             builder.insert_header((name, value));
         }
     }
     match response.content() {
         Value::Null => builder.finish(),
-        content => builder.insert_header((CONTENT_TYPE, "application/json")).body(content.to_string()),
+        content => builder
+            .insert_header((CONTENT_TYPE, "application/json"))
+            .body(content.to_string()),
     }
 }
 
-async fn read_body(request: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Value, HttpResponse> {
+async fn read_body(
+    request: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Value, HttpResponse> {
     let too_large = || {
-        error_response(413, format!("request body larger than the {limit}-byte limit (http.body_limit)"))
+        error_response(
+            413,
+            format!("request body larger than the {limit}-byte limit (http.body_limit)"),
+        )
     };
     let declared = request
         .headers()
@@ -95,7 +112,8 @@ async fn read_body(request: &HttpRequest, mut payload: web::Payload, limit: usiz
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| error_response(400, format!("unreadable request body: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| error_response(400, format!("unreadable request body: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());
         }
@@ -104,25 +122,34 @@ async fn read_body(request: &HttpRequest, mut payload: web::Payload, limit: usiz
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(&body).map_err(|e| error_response(400, format!("malformed JSON body: {e}")))
+    serde_json::from_slice(&body)
+        .map_err(|e| error_response(400, format!("malformed JSON body: {e}")))
 }
 
-async fn handle(shared: Shared, handler: HandlerFn, request: HttpRequest, payload: web::Payload) -> HttpResponse {
+async fn handle(
+    shared: Shared,
+    handler: HandlerFn,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
     let content = match read_body(&request, payload, shared.body_limit).await {
         Ok(content) => content,
         Err(response) => return response,
     };
-    let mut params: BTreeMap<String, String> = match web::Query::<BTreeMap<String, String>>::from_query(request.query_string()) {
-        Ok(query) => query.into_inner(),
-        Err(e) => return error_response(400, format!("malformed query string: {e}")),
-    };
+    let mut params: BTreeMap<String, String> =
+        match web::Query::<BTreeMap<String, String>>::from_query(request.query_string()) {
+            Ok(query) => query.into_inner(),
+            Err(e) => return error_response(400, format!("malformed query string: {e}")),
+        };
     for (name, value) in request.match_info().iter() {
         params.insert(name.to_owned(), value.to_owned());
     }
     let headers = request
         .headers()
         .iter()
-        .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
         .collect();
     let origin = Origin::Http {
         method: request.method().to_string(),
@@ -136,7 +163,9 @@ async fn handle(shared: Shared, handler: HandlerFn, request: HttpRequest, payloa
 }
 
 fn health(name: String, addr: SocketAddr) -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok", "name": name, "host": addr.ip().to_string(), "port": addr.port()}))
+    HttpResponse::Ok().json(
+        json!({"status": "ok", "name": name, "host": addr.ip().to_string(), "port": addr.port()}),
+    )
 }
 
 /// Starts the HTTP server for `table`'s REST routes and `GET /system/health`.
@@ -154,7 +183,10 @@ pub async fn serve(
     // Routes grouped by path, so a known path with another method answers 405 with `Allow`.
     let mut by_path: BTreeMap<&'static str, Vec<(&'static str, HandlerFn)>> = BTreeMap::new();
     for (method, path, entry) in table.rest_routes() {
-        by_path.entry(path).or_default().push((method, entry.handler));
+        by_path
+            .entry(path)
+            .or_default()
+            .push((method, entry.handler));
     }
     let by_path = Arc::new(by_path);
     let name = shared.context.name().to_owned();
@@ -162,29 +194,45 @@ pub async fn serve(
     let addr_for_app = Arc::clone(&addr_cell);
     let factory = move || {
         let mut app = App::new();
-        let addr = addr_for_app.get().copied().unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let addr = addr_for_app
+            .get()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let health_name = name.clone();
-        app = app.route("/system/health", web::get().to(move || {
-            let name = health_name.clone();
-            async move { health(name, addr) }
-        }));
+        app = app.route(
+            "/system/health",
+            web::get().to(move || {
+                let name = health_name.clone();
+                async move { health(name, addr) }
+            }),
+        );
         for (path, methods) in by_path.iter() {
             let mut resource = web::resource(*path);
-            let allow = methods.iter().map(|(m, _)| *m).collect::<Vec<_>>().join(", ");
+            let allow = methods
+                .iter()
+                .map(|(m, _)| *m)
+                .collect::<Vec<_>>()
+                .join(", ");
             for (method, handler) in methods {
                 let shared = shared.clone();
                 let handler = *handler;
                 let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
-                resource = resource.route(web::method(method).to(move |request: HttpRequest, payload: web::Payload| {
-                    handle(shared.clone(), handler, request, payload)
-                }));
+                resource = resource.route(web::method(method).to(
+                    move |request: HttpRequest, payload: web::Payload| {
+                        handle(shared.clone(), handler, request, payload)
+                    },
+                ));
             }
             resource = resource.default_service(web::to(move |request: HttpRequest| {
                 let allow = allow.clone();
                 async move {
                     let mut response = error_response(
                         405,
-                        format!("{} is not allowed on {}; allowed: {allow}", request.method(), request.path()),
+                        format!(
+                            "{} is not allowed on {}; allowed: {allow}",
+                            request.method(),
+                            request.path()
+                        ),
                     );
                     if let Ok(value) = HeaderValue::try_from(allow) {
                         response.headers_mut().insert(ALLOW, value);
@@ -195,7 +243,10 @@ pub async fn serve(
             app = app.service(resource);
         }
         app.default_service(web::to(|request: HttpRequest| async move {
-            error_response(404, format!("no route for {} {}", request.method(), request.path()))
+            error_response(
+                404,
+                format!("no route for {} {}", request.method(), request.path()),
+            )
         }))
     };
     let mut server = actix_web::HttpServer::new(factory)
@@ -206,7 +257,12 @@ pub async fn serve(
     }
     let server = server
         .bind((settings.host.as_str(), settings.port))
-        .map_err(|e| Error::Config(format!("cannot listen on {}:{}: {e}", settings.host, settings.port)))?;
+        .map_err(|e| {
+            Error::Config(format!(
+                "cannot listen on {}:{}: {e}",
+                settings.host, settings.port
+            ))
+        })?;
     let addr = server
         .addrs()
         .first()

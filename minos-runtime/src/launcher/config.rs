@@ -154,9 +154,14 @@ impl Config {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         if !path.is_file() {
-            return Err(Error::Config(format!("no configuration file at {}", path.display())));
+            return Err(Error::Config(format!(
+                "no configuration file at {}",
+                path.display()
+            )));
         }
-        Self::extract(Figment::from(Serialized::defaults(Config::default())).merge(Yaml::file(path)))
+        Self::extract(
+            Figment::from(Serialized::defaults(Config::default())).merge(Yaml::file(path)),
+        )
     }
 
     /// Parses YAML text on top of the defaults (no environment).
@@ -179,7 +184,10 @@ impl Config {
 
     fn validated(mut self) -> Result<Self> {
         let valid_name = !self.name.is_empty()
-            && self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !valid_name {
             return Err(Error::Config(format!(
                 "name `{}` must be letters, digits, `_` or `-` (it names the consumer group and reply topics)",
@@ -221,11 +229,14 @@ mod tests {
 
     #[test]
     fn yaml_sets_nested_keys_and_unknown_keys_are_errors() {
-        let config = Config::from_yaml("name: foo\nhttp:\n  port: 8080\nmiddleware: [a, b]\n").unwrap();
+        let config =
+            Config::from_yaml("name: foo\nhttp:\n  port: 8080\nmiddleware: [a, b]\n").unwrap();
         assert_eq!((config.name.as_str(), config.http.port), ("foo", 8080));
         assert_eq!(config.storage, "sqlite://.minos/foo.db");
         assert_eq!(config.middleware, ["a", "b"]);
-        let error = Config::from_yaml("htp:\n  port: 1\n").unwrap_err().to_string();
+        let error = Config::from_yaml("htp:\n  port: 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("htp"), "{error}");
         assert!(Config::from_yaml("name: 'a b'").is_err());
         assert!(Config::from_yaml("http:\n  port: not-a-port\n").is_err());
@@ -233,7 +244,10 @@ mod tests {
 
     #[test]
     fn environment_names_map_to_keys() {
-        assert_eq!(env_key("HTTP_BODY_LIMIT").as_deref(), Some("http.body_limit"));
+        assert_eq!(
+            env_key("HTTP_BODY_LIMIT").as_deref(),
+            Some("http.body_limit")
+        );
         assert_eq!(env_key("NAME").as_deref(), Some("name"));
         assert_eq!(env_key("MACROS_DEBUG"), None);
     }

@@ -14,8 +14,8 @@ use crate::http::HttpServer;
 use crate::messaging::{MemoryBroker, OutboxRelay, RelayHandle, SharedBroker};
 use crate::repository::Repository;
 use crate::routing::{
-    middleware, registered_middleware, Context, Dispatcher, DispatcherHandle, Middleware, Next, Request, Response,
-    RouteTable,
+    middleware, registered_middleware, Context, Dispatcher, DispatcherHandle, Middleware, Next,
+    Request, Response, RouteTable,
 };
 use crate::scheduler::SchedulerHandle;
 use crate::store::MemoryStore;
@@ -36,7 +36,9 @@ pub struct Launcher {
 
 impl std::fmt::Debug for Launcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Launcher").field("config", &self.config).finish()
+        f.debug_struct("Launcher")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -98,7 +100,9 @@ impl Launcher {
     /// Starts the service on a new runtime and runs it until SIGINT or SIGTERM, then shuts down cleanly.
     pub fn run(self) -> Result<()> {
         init_logging(&self.config.log);
-        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
         runtime.block_on(async {
             let service = self.start().await?;
             service.wait_for_signal().await?;
@@ -124,7 +128,9 @@ impl Launcher {
     fn open_broker(&self) -> Result<SharedBroker> {
         match self.config.broker.as_str() {
             "memory" => Ok(Arc::new(MemoryBroker::new())),
-            other => Err(Error::Config(format!("unsupported broker `{other}`: use `memory`"))),
+            other => Err(Error::Config(format!(
+                "unsupported broker `{other}`: use `memory`"
+            ))),
         }
     }
 
@@ -132,7 +138,9 @@ impl Launcher {
         let mut chain = self.middleware.clone();
         for name in &self.config.middleware {
             let found = registered_middleware(name).ok_or_else(|| {
-                Error::Config(format!("middleware `{name}` is not registered: mark an async fn with #[middleware]"))
+                Error::Config(format!(
+                    "middleware `{name}` is not registered: mark an async fn with #[middleware]"
+                ))
             })?;
             chain.push(found);
         }
@@ -153,25 +161,46 @@ impl Launcher {
             None => self.open_broker()?,
         };
         let config_json = serde_json::to_value(&self.config).unwrap_or_default();
-        let context = Context::new(self.config.name.clone(), repository.clone(), Arc::clone(&broker), config_json);
+        let context = Context::new(
+            self.config.name.clone(),
+            repository.clone(),
+            Arc::clone(&broker),
+            config_json,
+        );
         tracing::info!(service = %self.config.name, storage = %self.config.storage, broker = %self.config.broker, "starting; routes:\n{}", table.describe());
 
         let dispatcher = match table.broker_topics() {
             topics if topics.is_empty() => None,
             topics => {
                 let subscription = broker.subscribe(&self.config.name, &topics).await?;
-                let dispatcher = Dispatcher::new(Arc::clone(&table), Arc::clone(&chain), context.clone())
-                    .retries(self.config.handlers.retries);
+                let dispatcher =
+                    Dispatcher::new(Arc::clone(&table), Arc::clone(&chain), context.clone())
+                        .retries(self.config.handlers.retries);
                 Some(dispatcher.spawn(subscription))
             }
         };
-        let relay = OutboxRelay::new(repository.store().clone(), Arc::clone(&broker), repository.commits())
-            .batch(self.config.relay.batch)
-            .poll_interval(Duration::from_millis(self.config.relay.poll_interval_ms))
-            .spawn();
-        let scheduler = crate::scheduler::spawn(&table, Arc::clone(&chain), context.clone()).map_err(Error::Routes)?;
-        let http = crate::http::serve(Arc::clone(&table), chain, context.clone(), self.config.http_settings()).await?;
-        tracing::info!("service `{}` listening on http://{}", self.config.name, http.addr());
+        let relay = OutboxRelay::new(
+            repository.store().clone(),
+            Arc::clone(&broker),
+            repository.commits(),
+        )
+        .batch(self.config.relay.batch)
+        .poll_interval(Duration::from_millis(self.config.relay.poll_interval_ms))
+        .spawn();
+        let scheduler = crate::scheduler::spawn(&table, Arc::clone(&chain), context.clone())
+            .map_err(Error::Routes)?;
+        let http = crate::http::serve(
+            Arc::clone(&table),
+            chain,
+            context.clone(),
+            self.config.http_settings(),
+        )
+        .await?;
+        tracing::info!(
+            "service `{}` listening on http://{}",
+            self.config.name,
+            http.addr()
+        );
         Ok(RunningService {
             context,
             http,
@@ -207,7 +236,8 @@ impl RunningService {
     pub async fn wait_for_signal(&self) -> Result<()> {
         #[cfg(unix)]
         {
-            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
                 result = tokio::signal::ctrl_c() => result?,
                 _ = terminate.recv() => {}
@@ -237,5 +267,10 @@ pub fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .try_init();
 }

@@ -52,7 +52,8 @@ impl Reply {
                 .map_or_else(|| self.content.to_string(), str::to_owned);
             return Err(Error::with_status(self.status, message));
         }
-        serde_json::from_value(self.content).map_err(|e| Error::bad_request(format!("unexpected reply content: {e}")))
+        serde_json::from_value(self.content)
+            .map_err(|e| Error::bad_request(format!("unexpected reply content: {e}")))
     }
 }
 
@@ -81,14 +82,19 @@ impl BrokerClient {
 
     /// Publishes `content` to `topic` without waiting for anything.
     pub async fn publish(&self, topic: &str, content: impl Serialize) -> Result<()> {
-        let content = serde_json::to_value(content).map_err(|e| Error::bad_request(e.to_string()))?;
-        self.broker.publish(BrokerMessage::new(topic, content)).await
+        let content =
+            serde_json::to_value(content).map_err(|e| Error::bad_request(e.to_string()))?;
+        self.broker
+            .publish(BrokerMessage::new(topic, content))
+            .await
     }
 
     /// Sends `content` to `topic` and waits for the reply.
     pub async fn send(&self, topic: &str, content: impl Serialize) -> Result<Reply> {
-        let content = serde_json::to_value(content).map_err(|e| Error::bad_request(e.to_string()))?;
-        self.request(BrokerMessage::new(topic, content), self.timeout).await
+        let content =
+            serde_json::to_value(content).map_err(|e| Error::bad_request(e.to_string()))?;
+        self.request(BrokerMessage::new(topic, content), self.timeout)
+            .await
     }
 
     /// Sends `message` (its reply topic is set to this client's) and waits up to `timeout` for the reply.
@@ -121,7 +127,9 @@ impl BrokerClient {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, oneshot::Sender<BrokerMessage>>> {
-        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn listen(&self) -> Result<()> {

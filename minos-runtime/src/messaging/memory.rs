@@ -30,7 +30,9 @@ impl MemoryBroker {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<Group>>> {
-        self.topics.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.topics
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -109,11 +111,16 @@ mod tests {
         let mut a2 = broker.subscribe("a", &topics).await.unwrap();
         let mut b = broker.subscribe("b", &topics).await.unwrap();
         for i in 0..4 {
-            broker.publish(BrokerMessage::new("FooCreated", json!(i))).await.unwrap();
+            broker
+                .publish(BrokerMessage::new("FooCreated", json!(i)))
+                .await
+                .unwrap();
         }
         let mut seen_a = Vec::new();
         for sub in [&mut a1, &mut a2] {
-            while let Ok(Some(d)) = tokio::time::timeout(std::time::Duration::from_millis(20), sub.next()).await {
+            while let Ok(Some(d)) =
+                tokio::time::timeout(std::time::Duration::from_millis(20), sub.next()).await
+            {
                 seen_a.push(d.message.payload.content.as_i64().unwrap());
             }
         }
@@ -139,7 +146,9 @@ mod tests {
         }
         let mut got = Vec::new();
         for sub in subs.iter_mut() {
-            while let Ok(Some(d)) = tokio::time::timeout(std::time::Duration::from_millis(20), sub.next()).await {
+            while let Ok(Some(d)) =
+                tokio::time::timeout(std::time::Duration::from_millis(20), sub.next()).await
+            {
                 got.push(d.message.payload.content.as_i64().unwrap());
             }
         }

@@ -126,7 +126,9 @@ pub struct Delivery {
 
 impl fmt::Debug for Delivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Delivery").field("message", &self.message).finish()
+        f.debug_struct("Delivery")
+            .field("message", &self.message)
+            .finish()
     }
 }
 

@@ -30,7 +30,12 @@ struct Inner {
 
 impl Context {
     /// A context for the service `name`.
-    pub fn new(name: impl Into<String>, repository: Repository, broker: SharedBroker, config: Value) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        repository: Repository,
+        broker: SharedBroker,
+        config: Value,
+    ) -> Self {
         let name = name.into();
         let client = BrokerClient::new(Arc::clone(&broker), &name);
         Context {
@@ -46,9 +51,9 @@ impl Context {
 
     /// The context of the current handler.
     pub fn current() -> Result<Context> {
-        CURRENT
-            .try_with(Context::clone)
-            .map_err(|_| Error::Config("no service context: this runs outside a minos handler".into()))
+        CURRENT.try_with(Context::clone).map_err(|_| {
+            Error::Config("no service context: this runs outside a minos handler".into())
+        })
     }
 
     /// Runs `future` with this context, and its repository, as the current ones.

@@ -70,8 +70,14 @@ impl Dispatcher {
         let handlers = self.table.broker_handlers(&message.topic);
         if handlers.is_empty() {
             tracing::warn!(topic = %message.topic, "no handler for this topic");
-            self.reply(&message, Err(Error::not_found(format!("no handler for topic `{}`", message.topic))))
-                .await;
+            self.reply(
+                &message,
+                Err(Error::not_found(format!(
+                    "no handler for topic `{}`",
+                    message.topic
+                ))),
+            )
+            .await;
             return;
         }
         for (entry, kind) in handlers {
@@ -93,7 +99,9 @@ impl Dispatcher {
                 BrokerKind::Event => {
                     let mut attempt = 0;
                     loop {
-                        match invoke(&self.chain, entry.handler, request.clone(), &self.context).await {
+                        match invoke(&self.chain, entry.handler, request.clone(), &self.context)
+                            .await
+                        {
                             Ok(_) => break,
                             Err(error) if attempt < self.retries => {
                                 attempt += 1;

@@ -98,7 +98,12 @@ impl Next {
 
 /// Runs `handler` behind `chain` (first listed outermost), inside the request's context. A panicking
 /// handler becomes a 500 error instead of taking the service down.
-pub async fn invoke(chain: &Arc<[Middleware]>, handler: HandlerFn, request: Request, context: &Context) -> Result<Response> {
+pub async fn invoke(
+    chain: &Arc<[Middleware]>,
+    handler: HandlerFn,
+    request: Request,
+    context: &Context,
+) -> Result<Response> {
     let next = Next {
         chain: Arc::clone(chain),
         index: 0,

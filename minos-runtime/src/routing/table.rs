@@ -93,14 +93,23 @@ inventory::collect!(RouteEntry);
 impl RouteEntry {
     /// `Service::function (file:line)`, for logs and errors.
     pub fn location(&self) -> String {
-        format!("{}::{} ({}:{})", self.service, self.function, self.file, self.line)
+        format!(
+            "{}::{} ({}:{})",
+            self.service, self.function, self.file, self.line
+        )
     }
 }
 
 /// Path patterns that name the same route whatever their parameters are called: `/foos/{}`.
 fn path_shape(path: &str) -> String {
     path.split('/')
-        .map(|segment| if segment.starts_with('{') { "{}" } else { segment })
+        .map(|segment| {
+            if segment.starts_with('{') {
+                "{}"
+            } else {
+                segment
+            }
+        })
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -130,14 +139,19 @@ impl RouteTable {
                     .into(),
             ));
         }
-        entries.sort_by(|a, b| (a.route, a.service, a.function).cmp(&(b.route, b.service, b.function)));
+        entries.sort_by(|a, b| {
+            (a.route, a.service, a.function).cmp(&(b.route, b.service, b.function))
+        });
         let mut topics: BTreeMap<&str, &RouteEntry> = BTreeMap::new();
         let mut events: BTreeMap<&str, &RouteEntry> = BTreeMap::new();
         let mut rest: BTreeMap<(&str, String), &RouteEntry> = BTreeMap::new();
         let mut problems = Vec::new();
         for entry in &entries {
             match entry.route {
-                Route::Broker { kind: BrokerKind::Event, topic } => {
+                Route::Broker {
+                    kind: BrokerKind::Event,
+                    topic,
+                } => {
                     events.entry(topic).or_insert(entry);
                 }
                 Route::Broker { topic, .. } => {
@@ -150,8 +164,14 @@ impl RouteTable {
                     }
                 }
                 Route::Rest { method, path, .. } => {
-                    if SYSTEM_ROUTES.iter().any(|(m, p)| *m == method && *p == path) {
-                        problems.push(format!("`{method} {path}` is answered by minos itself: {}", entry.location()));
+                    if SYSTEM_ROUTES
+                        .iter()
+                        .any(|(m, p)| *m == method && *p == path)
+                    {
+                        problems.push(format!(
+                            "`{method} {path}` is answered by minos itself: {}",
+                            entry.location()
+                        ));
                     }
                     if let Some(first) = rest.insert((method, path_shape(path)), entry) {
                         problems.push(format!(
@@ -210,7 +230,9 @@ impl RouteTable {
     }
 
     /// REST routes: method, path and entry.
-    pub fn rest_routes(&self) -> impl Iterator<Item = (&'static str, &'static str, &'static RouteEntry)> + '_ {
+    pub fn rest_routes(
+        &self,
+    ) -> impl Iterator<Item = (&'static str, &'static str, &'static RouteEntry)> + '_ {
         self.entries.iter().filter_map(|e| match e.route {
             Route::Rest { method, path, .. } => Some((method, path, *e)),
             _ => None,
@@ -218,7 +240,9 @@ impl RouteTable {
     }
 
     /// Periodic routes: cron expression and entry.
-    pub fn periodic_routes(&self) -> impl Iterator<Item = (&'static str, &'static RouteEntry)> + '_ {
+    pub fn periodic_routes(
+        &self,
+    ) -> impl Iterator<Item = (&'static str, &'static RouteEntry)> + '_ {
         self.entries.iter().filter_map(|e| match e.route {
             Route::Periodic { cron } => Some((cron, *e)),
             _ => None,
@@ -229,7 +253,12 @@ impl RouteTable {
     pub fn describe(&self) -> String {
         let mut out = String::new();
         for entry in &self.entries {
-            let _ = writeln!(out, "  {:<40} -> {}", entry.route.to_string(), entry.location());
+            let _ = writeln!(
+                out,
+                "  {:<40} -> {}",
+                entry.route.to_string(),
+                entry.location()
+            );
         }
         out
     }
@@ -258,30 +287,103 @@ mod tests {
     #[test]
     fn an_empty_table_is_refused() {
         let error = RouteTable::from_entries(Vec::new()).unwrap_err();
-        assert!(error.to_string().contains("no handler is registered"), "{error}");
+        assert!(
+            error.to_string().contains("no handler is registered"),
+            "{error}"
+        );
     }
 
     #[test]
     fn duplicates_name_both_handlers() {
-        let a = entry(Route::Broker { kind: BrokerKind::Command, topic: "CreateFoo" }, "a", 1);
-        let b = entry(Route::Broker { kind: BrokerKind::Command, topic: "CreateFoo" }, "b", 2);
-        let error = RouteTable::from_entries(vec![a, b]).unwrap_err().to_string();
-        assert!(error.contains("S::a (s.rs:1)") && error.contains("S::b (s.rs:2)"), "{error}");
+        let a = entry(
+            Route::Broker {
+                kind: BrokerKind::Command,
+                topic: "CreateFoo",
+            },
+            "a",
+            1,
+        );
+        let b = entry(
+            Route::Broker {
+                kind: BrokerKind::Command,
+                topic: "CreateFoo",
+            },
+            "b",
+            2,
+        );
+        let error = RouteTable::from_entries(vec![a, b])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("S::a (s.rs:1)") && error.contains("S::b (s.rs:2)"),
+            "{error}"
+        );
 
-        let c = entry(Route::Rest { kind: RestKind::Query, method: "GET", path: "/foos/{id}" }, "c", 3);
-        let d = entry(Route::Rest { kind: RestKind::Query, method: "GET", path: "/foos/{uuid}" }, "d", 4);
-        let error = RouteTable::from_entries(vec![c, d]).unwrap_err().to_string();
-        assert!(error.contains("GET /foos/{uuid}") && error.contains("S::c"), "{error}");
+        let c = entry(
+            Route::Rest {
+                kind: RestKind::Query,
+                method: "GET",
+                path: "/foos/{id}",
+            },
+            "c",
+            3,
+        );
+        let d = entry(
+            Route::Rest {
+                kind: RestKind::Query,
+                method: "GET",
+                path: "/foos/{uuid}",
+            },
+            "d",
+            4,
+        );
+        let error = RouteTable::from_entries(vec![c, d])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("GET /foos/{uuid}") && error.contains("S::c"),
+            "{error}"
+        );
 
-        let e = entry(Route::Rest { kind: RestKind::Query, method: "GET", path: "/system/health" }, "e", 5);
+        let e = entry(
+            Route::Rest {
+                kind: RestKind::Query,
+                method: "GET",
+                path: "/system/health",
+            },
+            "e",
+            5,
+        );
         assert!(RouteTable::from_entries(vec![e]).is_err());
     }
 
     #[test]
     fn event_handlers_share_topics_and_tables_sort() {
-        let a = entry(Route::Broker { kind: BrokerKind::Event, topic: "FooCreated" }, "a", 1);
-        let b = entry(Route::Broker { kind: BrokerKind::Event, topic: "FooCreated" }, "b", 2);
-        let c = entry(Route::Rest { kind: RestKind::Command, method: "POST", path: "/foos" }, "c", 3);
+        let a = entry(
+            Route::Broker {
+                kind: BrokerKind::Event,
+                topic: "FooCreated",
+            },
+            "a",
+            1,
+        );
+        let b = entry(
+            Route::Broker {
+                kind: BrokerKind::Event,
+                topic: "FooCreated",
+            },
+            "b",
+            2,
+        );
+        let c = entry(
+            Route::Rest {
+                kind: RestKind::Command,
+                method: "POST",
+                path: "/foos",
+            },
+            "c",
+            3,
+        );
         let table = RouteTable::from_entries(vec![c, b, a]).unwrap();
         assert_eq!(table.broker_handlers("FooCreated").len(), 2);
         assert_eq!(table.broker_topics(), ["FooCreated"]);

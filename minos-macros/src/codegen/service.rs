@@ -1,0 +1,123 @@
+//! Expansion of `#[command_service]` / `#[query_service]` and `#[middleware]`.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::{ItemFn, ItemImpl, Path};
+
+use crate::internals::service::{is_enroute, Handler, RouteSpec, ServiceKind};
+
+pub(crate) fn expand(
+    kind: ServiceKind,
+    item: &ItemImpl,
+    handlers: &[Handler],
+    init: Option<&Path>,
+    krate: &Path,
+) -> TokenStream {
+    let private = quote!(#krate::__private);
+    let self_ty = &item.self_ty;
+    let mut stripped = item.clone();
+    for member in stripped.items.iter_mut() {
+        if let syn::ImplItem::Fn(function) = member {
+            function.attrs.retain(|a| !is_enroute(a));
+        }
+    }
+    let service_name = quote!(#self_ty).to_string().replace(' ', "");
+    // A unit struct is its own value; other services name a constructor with `init = "..."`.
+    let instance = match init {
+        Some(path) => quote!(#path()),
+        None => quote_spanned!(syn::spanned::Spanned::span(self_ty)=> #self_ty),
+    };
+    let (broker_kind, rest_kind) = match kind {
+        ServiceKind::Command => (quote!(Command), quote!(Command)),
+        ServiceKind::Query => (quote!(Query), quote!(Query)),
+    };
+    let mut items = Vec::new();
+    for handler in handlers {
+        let method = &handler.ident;
+        let shim = format_ident!("__minos_handle_{}", method);
+        let request = match &handler.request_ty {
+            Some(ty) => {
+                quote_spanned!(syn::spanned::Spanned::span(ty)=> ::core::convert::From::from(__minos_request))
+            }
+            None => quote!(__minos_request),
+        };
+        let into_response =
+            quote_spanned!(handler.output_span=> #private::IntoResponse::into_response);
+        items.push(quote! {
+            fn #shim(__minos_request: #private::Request) -> #private::HandlerFuture {
+                ::std::boxed::Box::pin(async move {
+                    #into_response(<#self_ty>::#method(__minos_service(), #request).await)
+                })
+            }
+        });
+        let function = method.to_string();
+        let line = quote_spanned!(handler.span=> ::core::line!());
+        for route in &handler.routes {
+            let route = match route {
+                RouteSpec::Broker(topic) => quote! {
+                    #private::Route::Broker { kind: #private::BrokerKind::#broker_kind, topic: #topic }
+                },
+                RouteSpec::Event(topic) => quote! {
+                    #private::Route::Broker { kind: #private::BrokerKind::Event, topic: #topic }
+                },
+                RouteSpec::Rest { method, path } => quote! {
+                    #private::Route::Rest { kind: #private::RestKind::#rest_kind, method: #method, path: #path }
+                },
+                RouteSpec::Periodic(cron) => quote! { #private::Route::Periodic { cron: #cron } },
+            };
+            items.push(quote! {
+                #private::inventory::submit! {
+                    #private::RouteEntry {
+                        route: #route,
+                        handler: #shim,
+                        service: #service_name,
+                        function: #function,
+                        file: ::core::file!(),
+                        line: #line,
+                    }
+                }
+            });
+        }
+    }
+    quote! {
+        #stripped
+
+        const _: () = {
+            impl #private::Service for #self_ty {}
+
+            fn __minos_service() -> &'static #self_ty {
+                static INSTANCE: ::std::sync::OnceLock<#self_ty> = ::std::sync::OnceLock::new();
+                INSTANCE.get_or_init(|| #instance)
+            }
+
+            #(#items)*
+        };
+    }
+}
+
+pub(crate) fn expand_middleware(function: &ItemFn, name: &str, krate: &Path) -> TokenStream {
+    let private = quote!(#krate::__private);
+    let ident = &function.sig.ident;
+    let line = quote_spanned!(function.sig.fn_token.span=> ::core::line!());
+    quote! {
+        #function
+
+        const _: () = {
+            fn __minos_middleware(
+                request: #private::Request,
+                next: #private::Next,
+            ) -> #private::HandlerFuture {
+                ::std::boxed::Box::pin(#ident(request, next))
+            }
+
+            #private::inventory::submit! {
+                #private::MiddlewareEntry {
+                    name: #name,
+                    func: __minos_middleware,
+                    file: ::core::file!(),
+                    line: #line,
+                }
+            }
+        };
+    }
+}

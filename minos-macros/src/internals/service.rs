@@ -1,0 +1,279 @@
+//! Service AST: `#[command_service]` / `#[query_service]` impl blocks and their `#[enroute]` handlers.
+
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::{Attribute, FnArg, ImplItem, ImplItemFn, ItemImpl, LitStr, Path, ReturnType, Type};
+
+use super::ctxt::Ctxt;
+use super::spec::{check_periodic, check_topic, parse_rest};
+
+/// Which service attribute.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ServiceKind {
+    Command,
+    Query,
+}
+
+impl ServiceKind {
+    pub(crate) fn attribute(self) -> &'static str {
+        match self {
+            ServiceKind::Command => "#[command_service]",
+            ServiceKind::Query => "#[query_service]",
+        }
+    }
+}
+
+/// One route of a handler.
+pub(crate) enum RouteSpec {
+    Broker(String),
+    Event(String),
+    Rest { method: String, path: String },
+    Periodic(String),
+}
+
+impl RouteSpec {
+    /// Command/query routes (broker, rest) vs event routes (event, periodic).
+    fn is_event_kind(&self) -> bool {
+        matches!(self, RouteSpec::Event(_) | RouteSpec::Periodic(_))
+    }
+}
+
+pub(crate) struct Handler {
+    pub(crate) ident: syn::Ident,
+    pub(crate) span: Span,
+    pub(crate) routes: Vec<RouteSpec>,
+    /// The type of the request parameter, for spanning type errors on it.
+    pub(crate) request_ty: Option<Type>,
+    pub(crate) output_span: Span,
+}
+
+pub(crate) struct ServiceArgs {
+    pub(crate) init: Option<Path>,
+    pub(crate) krate: Option<Path>,
+}
+
+pub(crate) fn parse_args(
+    cx: &Ctxt,
+    kind: ServiceKind,
+    args: proc_macro2::TokenStream,
+) -> ServiceArgs {
+    let mut init = super::attr::Attr::none(cx, super::symbol::INIT);
+    let mut krate = super::attr::Attr::none(cx, super::symbol::CRATE);
+    let parser = syn::meta::parser(|meta| {
+        if meta.path == super::symbol::INIT || meta.path == super::symbol::CRATE {
+            let lit: LitStr = meta.value()?.parse()?;
+            match lit.parse::<Path>() {
+                Ok(path) if meta.path == super::symbol::INIT => init.set(&meta.path, path),
+                Ok(path) => krate.set(&meta.path, path),
+                Err(_) => {
+                    cx.error_spanned_by(&lit, "expected a path, like `init = \"FooService::new\"`")
+                }
+            }
+        } else {
+            let key = quote::ToTokens::to_token_stream(&meta.path)
+                .to_string()
+                .replace(' ', "");
+            cx.error_spanned_by(
+                &meta.path,
+                format!(
+                    "unknown minos {} attribute `{key}`; expected `init = \"path::to::constructor\"` or `crate = \"...\"`",
+                    kind.attribute()
+                ),
+            );
+            if meta.input.peek(syn::Token![=]) {
+                meta.value()?.parse::<syn::Expr>()?;
+            }
+        }
+        Ok(())
+    });
+    if let Err(error) = syn::parse::Parser::parse2(parser, args) {
+        cx.syn_error(error);
+    }
+    ServiceArgs {
+        init: init.get(),
+        krate: krate.get(),
+    }
+}
+
+pub(crate) fn is_enroute(attr: &Attribute) -> bool {
+    attr.path()
+        .segments
+        .last()
+        .is_some_and(|s| s.ident == "enroute")
+}
+
+/// Validates the impl block and reads its handlers.
+pub(crate) fn handlers(cx: &Ctxt, kind: ServiceKind, item: &ItemImpl) -> Vec<Handler> {
+    if let Some((_, path, _)) = &item.trait_ {
+        cx.error_spanned_by(
+            path,
+            format!(
+                "{} goes on an inherent impl block: `impl MyService {{ .. }}`, not a trait impl",
+                kind.attribute()
+            ),
+        );
+    }
+    if !item.generics.params.is_empty() {
+        cx.error_spanned_by(
+            &item.generics,
+            format!("{} does not support generic services: the runtime makes one instance of a concrete type", kind.attribute()),
+        );
+    }
+    let mut out = Vec::new();
+    for member in &item.items {
+        let ImplItem::Fn(function) = member else {
+            continue;
+        };
+        let attrs: Vec<&Attribute> = function.attrs.iter().filter(|a| is_enroute(a)).collect();
+        if attrs.is_empty() {
+            continue;
+        }
+        let mut routes: Vec<(RouteSpec, Span)> = Vec::new();
+        for attr in attrs {
+            parse_enroute(cx, kind, attr, &mut routes);
+        }
+        if let Some((first, _)) = routes.first() {
+            for (route, span) in &routes[1..] {
+                if route.is_event_kind() != first.is_event_kind() {
+                    cx.syn_error(syn::Error::new(
+                        *span,
+                        "a handler's routes must be of one kind: broker and rest routes answer commands or queries, \
+                         event and periodic routes react to events\nhelp: split this route into its own handler",
+                    ));
+                }
+            }
+        }
+        let request_ty = check_signature(cx, function);
+        out.push(Handler {
+            ident: function.sig.ident.clone(),
+            span: function.sig.fn_token.span,
+            routes: routes.into_iter().map(|(r, _)| r).collect(),
+            request_ty,
+            output_span: match &function.sig.output {
+                ReturnType::Default => function.sig.paren_token.span.join(),
+                ReturnType::Type(_, ty) => ty.span(),
+            },
+        });
+    }
+    out
+}
+
+fn parse_enroute(
+    cx: &Ctxt,
+    kind: ServiceKind,
+    attr: &Attribute,
+    routes: &mut Vec<(RouteSpec, Span)>,
+) {
+    let mut seen: Vec<String> = Vec::new();
+    let before = routes.len();
+    let result = attr.parse_nested_meta(|meta| {
+        let key = meta.path.get_ident().map(ToString::to_string).unwrap_or_default();
+        if !["broker", "event", "rest", "periodic"].contains(&key.as_str()) {
+            let shown = quote::ToTokens::to_token_stream(&meta.path).to_string().replace(' ', "");
+            cx.error_spanned_by(
+                &meta.path,
+                format!("unknown minos enroute attribute `{shown}`; expected `broker`, `event`, `rest` or `periodic`"),
+            );
+            if meta.input.peek(syn::Token![=]) {
+                meta.value()?.parse::<syn::Expr>()?;
+            }
+            return Ok(());
+        }
+        let lit: LitStr = meta.value()?.parse()?;
+        if seen.contains(&key) {
+            cx.error_spanned_by(
+                &meta.path,
+                format!("duplicate minos enroute attribute `{key}`: add a second #[enroute({key} = \"..\")] for another route"),
+            );
+            return Ok(());
+        }
+        seen.push(key.clone());
+        let text = lit.value();
+        let span = meta.path.span();
+        let spec = match key.as_str() {
+            "broker" => check_topic(&text).map(|_| RouteSpec::Broker(text.clone())),
+            "event" => {
+                if kind == ServiceKind::Command {
+                    cx.error_spanned_by(
+                        &meta.path,
+                        "event handlers go in a #[query_service]: a command service changes state, a query service \
+                         reacts to events\nhelp: move this handler to the service's #[query_service] impl",
+                    );
+                    return Ok(());
+                }
+                check_topic(&text).map(|_| RouteSpec::Event(text.clone()))
+            }
+            "rest" => parse_rest(&text).map(|spec| RouteSpec::Rest {
+                method: spec.method,
+                path: spec.path,
+            }),
+            _ => check_periodic(&text).map(|_| RouteSpec::Periodic(text.clone())),
+        };
+        match spec {
+            Ok(spec) => routes.push((spec, span)),
+            Err(error) => cx.error_spanned_by(&lit, error.render(&text)),
+        }
+        Ok(())
+    });
+    if let Err(error) = result {
+        cx.syn_error(error);
+    } else if routes.len() == before
+        && seen.is_empty()
+        && matches!(attr.meta, syn::Meta::Path(_) | syn::Meta::List(_))
+    {
+        cx.error_spanned_by(
+            attr,
+            "#[enroute] needs a route: `broker = \"Topic\"`, `event = \"FooCreated\"`, `rest = \"GET /path\"` or `periodic = \"cron\"`",
+        );
+    }
+}
+
+/// Checks `async fn name(&self, request: Request)`; returns the request parameter's type.
+fn check_signature(cx: &Ctxt, function: &ImplItemFn) -> Option<Type> {
+    let sig = &function.sig;
+    let shape = "write `async fn name(&self, request: Request) -> Result<Response>`";
+    if sig.asyncness.is_none() {
+        cx.error_spanned_by(
+            sig.fn_token,
+            format!("a minos handler must be async\nhelp: {shape}"),
+        );
+    }
+    if !sig.generics.params.is_empty() {
+        cx.error_spanned_by(
+            &sig.generics,
+            format!("a minos handler cannot be generic\nhelp: {shape}"),
+        );
+    }
+    let mut inputs = sig.inputs.iter();
+    match inputs.next() {
+        Some(FnArg::Receiver(receiver))
+            if receiver.reference.is_some() && receiver.mutability.is_none() => {}
+        Some(FnArg::Receiver(receiver)) => {
+            cx.error_spanned_by(
+                receiver,
+                format!("a minos handler takes `&self`: one service instance serves every request at once\nhelp: {shape}"),
+            );
+        }
+        _ => {
+            cx.syn_error(syn::Error::new(
+                sig.paren_token.span.join(),
+                format!(
+                    "a minos handler is a method taking `&self` and the request\nhelp: {shape}"
+                ),
+            ));
+            return None;
+        }
+    }
+    let request = inputs.next();
+    if inputs.next().is_some() || request.is_none() {
+        cx.syn_error(syn::Error::new(
+            sig.paren_token.span.join(),
+            format!("a minos handler takes exactly one argument besides `&self`: the request\nhelp: {shape}"),
+        ));
+        return None;
+    }
+    match request {
+        Some(FnArg::Typed(pat)) => Some((*pat.ty).clone()),
+        _ => None,
+    }
+}

@@ -1,0 +1,195 @@
+//! Route specifications inside string literals: `rest = "POST /foos/{uuid}"`, `periodic = "0 */5 * * * *"`.
+//! Errors show the literal with a caret under the offending part.
+
+use std::str::FromStr;
+
+pub(crate) const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+/// A parsed REST route.
+pub(crate) struct RestSpec {
+    pub(crate) method: String,
+    pub(crate) path: String,
+}
+
+/// An error at byte `offset` of the literal's text.
+pub(crate) struct SpecError {
+    pub(crate) offset: usize,
+    pub(crate) message: String,
+    pub(crate) help: String,
+}
+
+impl SpecError {
+    /// The message with the literal quoted and a caret under the problem.
+    pub(crate) fn render(&self, text: &str) -> String {
+        let caret_at = text[..self.offset.min(text.len())].chars().count() + 1;
+        format!(
+            "{}\n  \"{text}\"\n  {}^\nhelp: {}",
+            self.message,
+            " ".repeat(caret_at),
+            self.help
+        )
+    }
+}
+
+fn err(offset: usize, message: impl Into<String>, help: impl Into<String>) -> SpecError {
+    SpecError {
+        offset,
+        message: message.into(),
+        help: help.into(),
+    }
+}
+
+pub(crate) fn parse_rest(text: &str) -> Result<RestSpec, SpecError> {
+    let example = "write `rest = \"GET /foos/{uuid}\"`";
+    let trimmed = text.trim_start();
+    let start = text.len() - trimmed.len();
+    let Some(space) = trimmed.find(char::is_whitespace) else {
+        return Err(err(start, "a rest route is `METHOD /path`", example));
+    };
+    let method = &trimmed[..space];
+    if !METHODS.contains(&method) {
+        let upper = method.to_ascii_uppercase();
+        let help = if METHODS.contains(&upper.as_str()) {
+            format!("write the method in upper case: `{upper}`")
+        } else {
+            format!("use one of {}", METHODS.join(", "))
+        };
+        return Err(err(start, format!("unknown HTTP method `{method}`"), help));
+    }
+    let after_method = &trimmed[space..];
+    let path_start = start + space + (after_method.len() - after_method.trim_start().len());
+    let path = text[path_start..].trim_end();
+    if !path.starts_with('/') {
+        return Err(err(path_start, "the path must start with `/`", example));
+    }
+    let mut names: Vec<&str> = Vec::new();
+    let mut offset = path_start;
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            offset += 1;
+        }
+        if let Some(position) = segment.find(char::is_whitespace) {
+            return Err(err(
+                offset + position,
+                "a path cannot contain spaces",
+                "encode it or remove it",
+            ));
+        }
+        if segment.starts_with('{') || segment.contains('{') || segment.contains('}') {
+            if !segment.starts_with('{') {
+                return Err(err(
+                    offset + segment.find('{').unwrap_or(0),
+                    "a parameter must be a whole path segment",
+                    "write `/{name}` between slashes",
+                ));
+            }
+            if !segment.ends_with('}') || segment.len() < 2 {
+                return Err(err(
+                    offset,
+                    "unclosed `{` in the path",
+                    "close the parameter: `{uuid}`",
+                ));
+            }
+            let name = &segment[1..segment.len() - 1];
+            let valid = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(err(
+                    offset + 1,
+                    format!("`{name}` is not a parameter name"),
+                    "use letters, digits and `_`: `{uuid}`",
+                ));
+            }
+            if names.contains(&name) {
+                return Err(err(
+                    offset + 1,
+                    format!("the parameter `{name}` appears twice"),
+                    "give each parameter its own name",
+                ));
+            }
+            names.push(name);
+        }
+        offset += segment.len();
+    }
+    Ok(RestSpec {
+        method: method.to_owned(),
+        path: path.to_owned(),
+    })
+}
+
+/// Checks a cron expression the way the runtime reads it (5 fields like crontab, or 6–7 with seconds).
+pub(crate) fn check_periodic(text: &str) -> Result<(), SpecError> {
+    if text == "@reboot" {
+        return Ok(());
+    }
+    let fields = text.split_whitespace().count();
+    let normalized = if fields == 5 {
+        format!("0 {text}")
+    } else {
+        text.to_owned()
+    };
+    cron::Schedule::from_str(&normalized).map(|_| ()).map_err(|e| {
+        err(
+            0,
+            format!("invalid cron expression: {e}"),
+            "write 5 fields (`*/5 * * * *`: every 5 minutes), 6 with seconds first (`0 */5 * * * *`), or `@reboot`",
+        )
+    })
+}
+
+/// Checks a broker topic.
+pub(crate) fn check_topic(text: &str) -> Result<(), SpecError> {
+    if text.is_empty() {
+        return Err(err(
+            0,
+            "a topic cannot be empty",
+            "write the topic, e.g. `broker = \"CreateFoo\"`",
+        ));
+    }
+    if let Some(position) = text.find(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(err(
+            position,
+            "a topic cannot contain spaces",
+            "write one word, e.g. `CreateFoo`",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rest_specs() {
+        let spec = parse_rest("POST /foos/{uuid}/bars").ok().unwrap();
+        assert_eq!(
+            (spec.method.as_str(), spec.path.as_str()),
+            ("POST", "/foos/{uuid}/bars")
+        );
+        let e = parse_rest("POST /foos/{id").err().unwrap();
+        assert_eq!(e.offset, 11);
+        assert!(e.render("POST /foos/{id").contains("unclosed"));
+        assert!(parse_rest("FETCH /foos").is_err());
+        assert!(parse_rest("post /foos")
+            .err()
+            .unwrap()
+            .help
+            .contains("POST"));
+        assert!(parse_rest("GET foos").is_err());
+        assert!(parse_rest("GET /a/{x}/{x}").is_err());
+        assert!(parse_rest("GET /a/b{x}").is_err());
+        assert!(parse_rest("GET").is_err());
+    }
+
+    #[test]
+    fn periodic_specs() {
+        assert!(check_periodic("@reboot").is_ok());
+        assert!(check_periodic("*/5 * * * *").is_ok());
+        assert!(check_periodic("0 */5 * * * *").is_ok());
+        assert!(check_periodic("every day").is_err());
+    }
+}
