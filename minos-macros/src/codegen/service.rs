@@ -41,12 +41,15 @@ pub(crate) fn expand(
             }
             None => quote!(__minos_request),
         };
-        let into_response =
-            quote_spanned!(handler.output_span=> #private::IntoResponse::into_response);
+        // Spanned at the return type, so an unsupported return type is reported there.
+        let into_response = quote_spanned! {handler.output_span=>
+            #private::IntoResponse::into_response(__minos_output)
+        };
         items.push(quote! {
             fn #shim(__minos_request: #private::Request) -> #private::HandlerFuture {
                 ::std::boxed::Box::pin(async move {
-                    #into_response(<#self_ty>::#method(__minos_service(), #request).await)
+                    let __minos_output = <#self_ty>::#method(__minos_service(), #request).await;
+                    #into_response
                 })
             }
         });

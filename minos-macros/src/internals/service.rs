@@ -164,9 +164,16 @@ fn parse_enroute(
     attr: &Attribute,
     routes: &mut Vec<(RouteSpec, Span)>,
 ) {
+    let needs_route = "#[enroute] needs a route: `broker = \"Topic\"`, `event = \"FooCreated\"`, \
+                       `rest = \"GET /path\"` or `periodic = \"cron\"`";
+    if matches!(attr.meta, syn::Meta::Path(_)) {
+        cx.error_spanned_by(attr, needs_route);
+        return;
+    }
     let mut seen: Vec<String> = Vec::new();
-    let before = routes.len();
+    let mut keys = 0;
     let result = attr.parse_nested_meta(|meta| {
+        keys += 1;
         let key = meta.path.get_ident().map(ToString::to_string).unwrap_or_default();
         if !["broker", "event", "rest", "periodic"].contains(&key.as_str()) {
             let shown = quote::ToTokens::to_token_stream(&meta.path).to_string().replace(' ', "");
@@ -217,14 +224,8 @@ fn parse_enroute(
     });
     if let Err(error) = result {
         cx.syn_error(error);
-    } else if routes.len() == before
-        && seen.is_empty()
-        && matches!(attr.meta, syn::Meta::Path(_) | syn::Meta::List(_))
-    {
-        cx.error_spanned_by(
-            attr,
-            "#[enroute] needs a route: `broker = \"Topic\"`, `event = \"FooCreated\"`, `rest = \"GET /path\"` or `periodic = \"cron\"`",
-        );
+    } else if keys == 0 {
+        cx.error_spanned_by(attr, needs_route);
     }
 }
 

@@ -13,7 +13,8 @@ pub(crate) struct RestSpec {
 
 /// An error at byte `offset` of the literal's text.
 pub(crate) struct SpecError {
-    pub(crate) offset: usize,
+    /// Where to put the caret; `None` when the whole text is wrong.
+    pub(crate) offset: Option<usize>,
     pub(crate) message: String,
     pub(crate) help: String,
 }
@@ -21,19 +22,24 @@ pub(crate) struct SpecError {
 impl SpecError {
     /// The message with the literal quoted and a caret under the problem.
     pub(crate) fn render(&self, text: &str) -> String {
-        let caret_at = text[..self.offset.min(text.len())].chars().count() + 1;
-        format!(
-            "{}\n  \"{text}\"\n  {}^\nhelp: {}",
-            self.message,
-            " ".repeat(caret_at),
-            self.help
-        )
+        match self.offset {
+            Some(offset) => {
+                let caret_at = text[..offset.min(text.len())].chars().count() + 1;
+                format!(
+                    "{}\n  \"{text}\"\n  {}^\nhelp: {}",
+                    self.message,
+                    " ".repeat(caret_at),
+                    self.help
+                )
+            }
+            None => format!("{}\nhelp: {}", self.message, self.help),
+        }
     }
 }
 
 fn err(offset: usize, message: impl Into<String>, help: impl Into<String>) -> SpecError {
     SpecError {
-        offset,
+        offset: Some(offset),
         message: message.into(),
         help: help.into(),
     }
@@ -132,11 +138,14 @@ pub(crate) fn check_periodic(text: &str) -> Result<(), SpecError> {
         text.to_owned()
     };
     cron::Schedule::from_str(&normalized).map(|_| ()).map_err(|e| {
-        err(
-            0,
-            format!("invalid cron expression: {e}"),
-            "write 5 fields (`*/5 * * * *`: every 5 minutes), 6 with seconds first (`0 */5 * * * *`), or `@reboot`",
-        )
+        // The parser's message repeats the expression with its own caret; keep only its explanation.
+        let text = e.to_string();
+        let reason = text.lines().map(str::trim).filter(|l| !l.is_empty()).last().unwrap_or("unreadable").to_owned();
+        SpecError {
+            offset: None,
+            message: format!("invalid cron expression `{normalized}`: {reason}"),
+            help: "write 5 fields (`*/5 * * * *`: every 5 minutes), 6 with seconds first (`0 */5 * * * *`), or `@reboot`".into(),
+        }
     })
 }
 
@@ -171,7 +180,7 @@ mod tests {
             ("POST", "/foos/{uuid}/bars")
         );
         let e = parse_rest("POST /foos/{id").err().unwrap();
-        assert_eq!(e.offset, 11);
+        assert_eq!(e.offset, Some(11));
         assert!(e.render("POST /foos/{id").contains("unclosed"));
         assert!(parse_rest("FETCH /foos").is_err());
         assert!(parse_rest("post /foos")
