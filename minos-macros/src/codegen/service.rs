@@ -37,7 +37,7 @@ pub(crate) fn expand(
         let shim = format_ident!("__minos_handle_{}", method);
         let request = match &handler.request_ty {
             Some(ty) => {
-                quote_spanned!(syn::spanned::Spanned::span(ty)=> ::core::convert::From::from(__minos_request))
+                quote_spanned!(syn::spanned::Spanned::span(ty)=> __minos_request)
             }
             None => quote!(__minos_request),
         };

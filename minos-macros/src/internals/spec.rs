@@ -140,7 +140,7 @@ pub(crate) fn check_periodic(text: &str) -> Result<(), SpecError> {
     cron::Schedule::from_str(&normalized).map(|_| ()).map_err(|e| {
         // The parser's message repeats the expression with its own caret; keep only its explanation.
         let text = e.to_string();
-        let reason = text.lines().map(str::trim).filter(|l| !l.is_empty()).last().unwrap_or("unreadable").to_owned();
+        let reason = text.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("unreadable").to_owned();
         SpecError {
             offset: None,
             message: format!("invalid cron expression `{normalized}`: {reason}"),

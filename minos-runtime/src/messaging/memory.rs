@@ -135,7 +135,7 @@ mod tests {
     async fn one_key_goes_to_one_member_in_order() {
         let broker = MemoryBroker::new();
         let topics = ["T".to_owned()];
-        let mut subs = vec![
+        let mut subs = [
             broker.subscribe("g", &topics).await.unwrap(),
             broker.subscribe("g", &topics).await.unwrap(),
         ];

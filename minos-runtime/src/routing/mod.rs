@@ -58,10 +58,7 @@ pub fn registered_middleware(name: &str) -> Option<Middleware> {
     inventory::iter::<MiddlewareEntry>
         .into_iter()
         .find(|m| m.name == name)
-        .map(|m| {
-            let func = m.func;
-            Arc::new(move |request, next| func(request, next)) as Middleware
-        })
+        .map(|m| Arc::new(m.func) as Middleware)
 }
 
 /// The rest of a middleware chain.

@@ -224,12 +224,13 @@ fn append_in(
     {
         let mut insert = tx
             .prepare_cached(
-                "INSERT INTO outbox (topic, key, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO outbox (identifier, topic, key, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .map_err(sql_err)?;
         for message in messages {
             insert
                 .execute(params![
+                    message.identifier.to_string(),
                     message.topic,
                     message.key,
                     to_text(&message.content)?,

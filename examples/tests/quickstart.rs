@@ -1,0 +1,151 @@
+//! The quickstart service as a user meets it: a separate process driven over HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use minos::testing::http::Client;
+use serde_json::json;
+
+struct Service {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    client: Client,
+}
+
+impl Service {
+    /// Starts the quickstart binary on a free port with its own store, and waits until it listens.
+    fn start(db: &std::path::Path) -> Service {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_quickstart"))
+            .env("MINOS_HTTP_PORT", "0")
+            .env("MINOS_HTTP_HOST", "127.0.0.1")
+            .env("MINOS_STORAGE", format!("sqlite://{}", db.display()))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the quickstart binary");
+        let stdout = child.stdout.take().expect("stdout");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            let line = lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("the service printed where it listens");
+            if let Some(at) = line.find("listening on http://") {
+                break line[at + "listening on ".len()..].trim().to_owned();
+            }
+        };
+        Service {
+            child,
+            lines,
+            client: Client::new(addr),
+        }
+    }
+
+    /// Waits for a line of output containing `text`.
+    fn wait_for_line(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no output line containing {text:?}"));
+            if line.contains(text) {
+                return line;
+            }
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        self.child.wait().expect("wait for the service")
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+#[test]
+fn quickstart_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("foo.db");
+    let service = Service::start(&db);
+    let client = &service.client;
+
+    let health = client.get("/system/health").unwrap();
+    assert_eq!(
+        (health.status, health.json()["status"].clone()),
+        (200, json!("ok"))
+    );
+
+    let created = client.post("/foos", r#"{"bar": "test"}"#).unwrap();
+    assert_eq!(created.status, 200, "{}", created.body);
+    let uuid = created.json()["uuid"].as_str().expect("a uuid").to_owned();
+
+    let read = client.get(&format!("/foos/{uuid}")).unwrap();
+    assert_eq!(read.status, 200);
+    assert_eq!(read.json()["bar"], json!("test"));
+    assert_eq!(read.json()["version"], json!(1));
+
+    // The FooCreated event went through the outbox and the broker to the query service.
+    let handled = service.wait_for_line("A Foo was created");
+    assert!(handled.contains(&uuid), "{handled}");
+    let example = client.get("/foos/example").unwrap();
+    assert_eq!(
+        example.json()["message"],
+        json!("This is an example response!")
+    );
+    assert!(example.json()["foos_created_seen"].as_u64().unwrap() >= 1);
+
+    let bad_json = client.post("/foos", r#"{"bar": "#).unwrap();
+    assert_eq!(bad_json.status, 400);
+    assert!(bad_json.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("malformed JSON"));
+    let wrong_content = client.post("/foos", r#"{"baz": 1}"#).unwrap();
+    assert_eq!(wrong_content.status, 400);
+    assert!(
+        wrong_content.body.contains("missing field `bar`"),
+        "{}",
+        wrong_content.body
+    );
+    let empty_bar = client.post("/foos", r#"{"bar": " "}"#).unwrap();
+    assert_eq!(empty_bar.status, 400);
+
+    let unknown = client.get("/bars").unwrap();
+    assert_eq!(unknown.status, 404);
+    let unknown_foo = client
+        .get(&format!("/foos/{}", "00000000-0000-0000-0000-000000000001"))
+        .unwrap();
+    assert_eq!(unknown_foo.status, 404);
+    let wrong_method = client.request("DELETE", "/foos", None).unwrap();
+    assert_eq!(wrong_method.status, 405);
+    let huge = format!(r#"{{"bar": "{}"}}"#, "x".repeat(2 * 1024 * 1024));
+    let too_large = client.post("/foos", &huge).unwrap();
+    assert_eq!(too_large.status, 413);
+
+    let status = service.terminate();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+
+    // What was stored is still there after a restart.
+    let again = Service::start(&db);
+    let read = again.client.get(&format!("/foos/{uuid}")).unwrap();
+    assert_eq!(read.json()["bar"], json!("test"));
+    assert!(again.terminate().success());
+}

@@ -1,0 +1,98 @@
+//! A small blocking HTTP client for driving a service in tests, like a user with curl would.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// An HTTP answer: status, raw body, and the body as JSON when it is JSON.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// The body.
+    pub body: String,
+    /// The `Allow` header, if any.
+    pub allow: Option<String>,
+}
+
+impl Answer {
+    /// The body parsed as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// Talks to one service.
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// A client of the service at `base` (`http://127.0.0.1:4545`).
+    pub fn new(base: impl Into<String>) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Client {
+            base: base.into(),
+            agent,
+        }
+    }
+
+    /// Sends `method path` with `body` (raw text, sent as JSON) and returns the answer.
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> Result<Answer, String> {
+        let url = format!("{}{path}", self.base);
+        let result = match (method, body) {
+            ("GET", None) => self.agent.get(&url).call(),
+            ("DELETE", None) => self.agent.delete(&url).call(),
+            ("POST", body) => self
+                .agent
+                .post(&url)
+                .header("content-type", "application/json")
+                .send(body.unwrap_or_default()),
+            ("PUT", body) => self
+                .agent
+                .put(&url)
+                .header("content-type", "application/json")
+                .send(body.unwrap_or_default()),
+            ("PATCH", body) => self
+                .agent
+                .patch(&url)
+                .header("content-type", "application/json")
+                .send(body.unwrap_or_default()),
+            (method, _) => return Err(format!("unsupported method {method}")),
+        };
+        let mut response = result.map_err(|e| format!("{method} {url}: {e}"))?;
+        let status = response.status().as_u16();
+        let allow = response
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024 * 1024)
+            .read_to_string()
+            .map_err(|e| format!("{method} {url}: reading the body: {e}"))?;
+        Ok(Answer {
+            status,
+            body,
+            allow,
+        })
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> Result<Answer, String> {
+        self.request("GET", path, None)
+    }
+
+    /// `POST path` with a JSON body.
+    pub fn post(&self, path: &str, body: &str) -> Result<Answer, String> {
+        self.request("POST", path, Some(body))
+    }
+}

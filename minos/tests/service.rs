@@ -1,0 +1,528 @@
+//! A service run in-process: routes, HTTP errors, broker dispatch and replies, outbox relay, middleware,
+//! periodic handlers and shutdown.
+#![allow(missing_docs, unreachable_pub)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use minos::messaging::{BrokerMessage, MemoryBroker};
+use minos::prelude::*;
+use minos::testing::http::{Answer, Client};
+use minos::{Config, Launcher, RunningService};
+
+#[root_entity]
+pub struct Counter {
+    pub value: i64,
+}
+
+pub struct Commands;
+
+#[command_service]
+impl Commands {
+    #[enroute(broker = "CreateCounter", rest = "POST /counters")]
+    async fn create(&self, request: Request) -> Result<Response> {
+        let value: i64 = request
+            .json()
+            .get("value")
+            .and_then(|v| v.as_i64())
+            .unwrap_or(0);
+        let counter = Counter::create(Counter { value }).await?;
+        Ok(Response::json(json!({"uuid": counter.uuid()})).with_status(201))
+    }
+
+    #[enroute(rest = "POST /counters/{uuid}/increments")]
+    async fn increment(&self, request: Request) -> Result<Response> {
+        let mut counter = Counter::get(request.param("uuid")?).await?;
+        let by: i64 = request
+            .params()
+            .get("by")
+            .map_or(Ok(1), |b| b.parse())
+            .map_err(|_| Error::bad_request("`by` is a number"))?;
+        counter.value += by;
+        counter.save().await?;
+        Ok(Response::json(counter))
+    }
+
+    /// Two writers from the same version: the second one's save is a conflict.
+    #[enroute(rest = "POST /counters/{uuid}/race")]
+    async fn race(&self, request: Request) -> Result<Response> {
+        let uuid: Uuid = request.param("uuid")?;
+        let mut first = Counter::get(uuid).await?;
+        let mut second = Counter::get(uuid).await?;
+        first.value += 1;
+        first.save().await?;
+        second.value += 2;
+        second.save().await?;
+        Ok(Response::empty())
+    }
+
+    #[enroute(rest = "GET /panic")]
+    async fn panics(&self, _request: Request) -> Result<Response> {
+        panic!("a bug in a handler")
+    }
+
+    #[enroute(rest = "GET /slow")]
+    async fn slow(&self, _request: Request) -> Result<Response> {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        Ok(Response::json("done"))
+    }
+
+    #[enroute(rest = "GET /fails")]
+    async fn fails(&self, _request: Request) -> Result<Response> {
+        Err(Error::Store(minos::store::StoreError::backend(
+            "test",
+            "disk on fire at /secret/path",
+        )))
+    }
+
+    #[enroute(broker = "Echo")]
+    async fn echo(&self, request: Request) -> Result<Response> {
+        let user = request.user().map(|u| u.to_string()).unwrap_or_default();
+        Ok(Response::json(request.json().clone()).with_header("seen-user", user))
+    }
+
+    #[enroute(broker = "Refuse")]
+    async fn refuse(&self, _request: Request) -> Result<Response> {
+        Err(Error::bad_request("no, thanks"))
+    }
+
+    #[enroute(rest = "GET /whoami")]
+    async fn whoami(&self, _request: Request) -> Result<Response> {
+        let context = self.context()?;
+        Ok(Response::json(json!({"name": context.name()})))
+    }
+}
+
+/// Event handlers live in a nested module: the registry finds them there too.
+mod reactions {
+    use super::*;
+
+    pub static CREATED_A: Mutex<Vec<Uuid>> = Mutex::new(Vec::new());
+    pub static CREATED_B: Mutex<Vec<Uuid>> = Mutex::new(Vec::new());
+    pub static VERSIONS: Mutex<Vec<(Uuid, u64)>> = Mutex::new(Vec::new());
+    pub static REBOOTS: AtomicUsize = AtomicUsize::new(0);
+    pub static TICKS: AtomicUsize = AtomicUsize::new(0);
+
+    pub struct Reactions;
+
+    #[query_service]
+    impl Reactions {
+        #[enroute(event = "CounterCreated")]
+        async fn first(&self, request: Request) -> Result<()> {
+            let event: minos::Event = request.content()?;
+            CREATED_A.lock().unwrap().push(event.uuid);
+            Ok(())
+        }
+
+        #[enroute(event = "CounterCreated")]
+        async fn second(&self, request: Request) -> Result<()> {
+            let event: minos::Event = request.content()?;
+            CREATED_B.lock().unwrap().push(event.uuid);
+            Ok(())
+        }
+
+        #[enroute(event = "CounterUpdated.value")]
+        async fn value_changed(&self, request: Request) -> Result<()> {
+            let event: minos::Event = request.content()?;
+            // Slow down a little, so out-of-order handling would show.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            VERSIONS.lock().unwrap().push((event.uuid, event.version));
+            Ok(())
+        }
+
+        #[enroute(periodic = "@reboot")]
+        async fn on_start(&self, _request: Request) -> Result<()> {
+            REBOOTS.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+
+        #[enroute(periodic = "* * * * * *")]
+        async fn every_second(&self, _request: Request) -> Result<()> {
+            TICKS.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+
+        #[enroute(rest = "GET /counters/{uuid}")]
+        async fn get(&self, request: Request) -> Result<Response> {
+            Ok(Response::json(Counter::get(request.param("uuid")?).await?))
+        }
+    }
+}
+
+pub static ORDER: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+
+#[middleware]
+async fn tag_named(request: Request, next: Next) -> Result<Response> {
+    if request.header("x-trace").is_some() {
+        ORDER.lock().unwrap().push("named");
+    }
+    Ok(next.run(request).await?.with_header("x-named", "yes"))
+}
+
+fn config(name: &str) -> Config {
+    let mut config = Config::from_yaml("").unwrap();
+    config.name = name.into();
+    config.storage = "memory".into();
+    config.http.host = "127.0.0.1".into();
+    config.http.port = 0;
+    config.http.body_limit = 1024;
+    config.http.shutdown_timeout_secs = 5;
+    config
+}
+
+async fn start(name: &str) -> (RunningService, Client) {
+    let service = Launcher::with_config(config(name)).start().await.unwrap();
+    let client = Client::new(format!("http://{}", service.addr()));
+    (service, client)
+}
+
+async fn call(client: &Client, method: &'static str, path: &str, body: Option<&str>) -> Answer {
+    let (client, path, body) = (client.clone(), path.to_owned(), body.map(str::to_owned));
+    tokio::task::spawn_blocking(move || client.request(method, &path, body.as_deref()).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_read_and_every_event_handler_runs() {
+    let (service, client) = start("counters").await;
+    let created = call(&client, "POST", "/counters", Some(r#"{"value": 5}"#)).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let uuid: Uuid = serde_json::from_value(created.json()["uuid"].clone()).unwrap();
+    let read = call(&client, "GET", &format!("/counters/{uuid}"), None).await;
+    assert_eq!(read.status, 200);
+    assert_eq!(read.json()["value"], json!(5));
+    assert_eq!(read.json()["version"], json!(1));
+    eventually("both CounterCreated handlers ran", || {
+        reactions::CREATED_A.lock().unwrap().contains(&uuid)
+            && reactions::CREATED_B.lock().unwrap().contains(&uuid)
+    })
+    .await;
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_errors_are_json_with_the_right_status() {
+    let (service, client) = start("errors").await;
+    let bad_json = call(&client, "POST", "/counters", Some("{\"value\": ")).await;
+    assert_eq!(bad_json.status, 400);
+    assert!(
+        bad_json.json()["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed JSON body"),
+        "{}",
+        bad_json.body
+    );
+
+    let unknown = call(&client, "GET", "/nowhere", None).await;
+    assert_eq!(
+        (unknown.status, unknown.json()["status"].clone()),
+        (404, json!(404))
+    );
+
+    let wrong_method = call(&client, "DELETE", "/counters", None).await;
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(wrong_method.allow.as_deref(), Some("POST"));
+
+    let big = format!("{{\"value\": 1, \"pad\": \"{}\"}}", "x".repeat(4096));
+    let too_large = call(&client, "POST", "/counters", Some(&big)).await;
+    assert_eq!(too_large.status, 413, "{}", too_large.body);
+
+    let missing = call(
+        &client,
+        "GET",
+        &format!("/counters/{}", Uuid::new_v4()),
+        None,
+    )
+    .await;
+    assert_eq!(missing.status, 404);
+    let not_a_uuid = call(&client, "GET", "/counters/not-a-uuid", None).await;
+    assert_eq!(not_a_uuid.status, 400);
+    assert!(
+        not_a_uuid.body.contains("invalid parameter `uuid`"),
+        "{}",
+        not_a_uuid.body
+    );
+
+    let created = call(&client, "POST", "/counters", Some("{}")).await;
+    let uuid = created.json()["uuid"].as_str().unwrap().to_owned();
+    let conflict = call(&client, "POST", &format!("/counters/{uuid}/race"), None).await;
+    assert_eq!(conflict.status, 409, "{}", conflict.body);
+    assert!(
+        conflict.body.contains("version conflict"),
+        "{}",
+        conflict.body
+    );
+    let after = call(&client, "GET", &format!("/counters/{uuid}"), None).await;
+    assert_eq!(
+        after.json()["value"],
+        json!(1),
+        "the first writer's change is kept"
+    );
+
+    let failure = call(&client, "GET", "/fails", None).await;
+    assert_eq!(failure.status, 500);
+    assert_eq!(failure.json()["error"], json!("internal error"));
+    assert!(
+        !failure.body.contains("secret"),
+        "details stay in the log: {}",
+        failure.body
+    );
+
+    let panic = call(&client, "GET", "/panic", None).await;
+    assert_eq!(panic.status, 500);
+    assert!(!panic.body.contains("a bug"), "{}", panic.body);
+    let still_up = call(&client, "GET", "/system/health", None).await;
+    assert_eq!(still_up.status, 200);
+    assert_eq!(still_up.json()["status"], json!("ok"));
+    assert_eq!(still_up.json()["name"], json!("errors"));
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_commands_reply_with_status_and_headers() {
+    let (service, _client) = start("broker").await;
+    let client = service.context().client().clone();
+    let mut message = BrokerMessage::new("Echo", json!({"hello": "world"}));
+    let user = Uuid::new_v4();
+    message
+        .payload
+        .headers
+        .insert("user".into(), user.to_string());
+    let reply = client
+        .request(message, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.content, json!({"hello": "world"}));
+    assert_eq!(reply.headers.get("seen-user"), Some(&user.to_string()));
+    assert_eq!(reply.headers.get("user"), Some(&user.to_string()));
+
+    let refused = client.send("Refuse", json!({})).await.unwrap();
+    assert_eq!(refused.status, 400);
+    let error = refused.into_content::<serde_json::Value>().unwrap_err();
+    assert_eq!(error.to_string(), "no, thanks");
+
+    let created = client
+        .send("CreateCounter", json!({"value": 3}))
+        .await
+        .unwrap();
+    assert_eq!(created.status, 201);
+    let uuid: Uuid = serde_json::from_value(created.content["uuid"].clone()).unwrap();
+    let stored = service
+        .context()
+        .repository()
+        .get::<Counter>(uuid)
+        .await
+        .unwrap();
+    assert_eq!(stored.value, 3);
+
+    let nobody = client
+        .request(
+            BrokerMessage::new("NobodyListens", json!({})),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(nobody, Error::Timeout { .. }), "{nobody}");
+    assert_eq!(nobody.status(), 504);
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_match_requests_by_identifier_when_interleaved() {
+    let (service, _client) = start("interleaved").await;
+    let client = service.context().client().clone();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            (i, client.send("Echo", json!({"i": i})).await.unwrap())
+        }));
+    }
+    for task in tasks {
+        let (i, reply) = task.await.unwrap();
+        assert_eq!(reply.content, json!({"i": i}));
+    }
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_roots_events_are_handled_in_version_order() {
+    let (service, client) = start("ordered").await;
+    let created = call(&client, "POST", "/counters", Some("{}")).await;
+    let uuid: Uuid = serde_json::from_value(created.json()["uuid"].clone()).unwrap();
+    for _ in 0..20 {
+        let answer = call(
+            &client,
+            "POST",
+            &format!("/counters/{uuid}/increments"),
+            None,
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    let mine = || -> Vec<u64> {
+        reactions::VERSIONS
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(u, _)| *u == uuid)
+            .map(|(_, v)| *v)
+            .collect()
+    };
+    eventually("20 CounterUpdated.value events", || mine().len() == 20).await;
+    assert_eq!(mine(), (2..=21).collect::<Vec<u64>>());
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_committed_before_start_are_published_on_start() {
+    // A "crash" between commit and relay: the event and its message are stored, nothing published.
+    let repository = Repository::memory();
+    let orphan = repository.create(Counter { value: 42 }).await.unwrap();
+    assert_eq!(repository.store().pending(10).await.unwrap().len(), 1);
+
+    let service = Launcher::with_config(config("recovered"))
+        .repository(repository.clone())
+        .broker(Arc::new(MemoryBroker::new()))
+        .start()
+        .await
+        .unwrap();
+    eventually("the orphaned CounterCreated was handled", || {
+        reactions::CREATED_A
+            .lock()
+            .unwrap()
+            .contains(&orphan.uuid())
+    })
+    .await;
+    eventually("the outbox is drained", || {
+        futures_lite_block(repository.store().pending(10))
+            .map(|p| p.is_empty())
+            .unwrap_or(false)
+    })
+    .await;
+    service.stop().await;
+}
+
+fn futures_lite_block<F: std::future::Future>(future: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn middleware_wraps_every_handler_first_listed_outermost() {
+    let mut config = config("middleware");
+    config.middleware = vec!["tag_named".into()];
+    let service = Launcher::with_config(config)
+        .middleware(|request: Request, next: Next| async move {
+            if request.header("x-trace").is_some() {
+                ORDER.lock().unwrap().push("code");
+            }
+            let response = next.run(request).await?;
+            Ok(response.with_header("x-code", "yes"))
+        })
+        .start()
+        .await
+        .unwrap();
+    let client = service.context().client().clone();
+    let mut message = BrokerMessage::new("Echo", json!(1));
+    message.payload.headers.insert("x-trace".into(), "1".into());
+    let reply = client
+        .request(message, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(reply.headers.get("x-code").map(String::as_str), Some("yes"));
+    assert_eq!(
+        reply.headers.get("x-named").map(String::as_str),
+        Some("yes")
+    );
+    assert_eq!(ORDER.lock().unwrap().as_slice(), ["code", "named"]);
+    service.stop().await;
+
+    let mut bad = config_with_middleware("missing_one");
+    bad.name = "bad-middleware".into();
+    let error = Launcher::with_config(bad).start().await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("middleware `missing_one` is not registered"),
+        "{error}"
+    );
+}
+
+fn config_with_middleware(name: &str) -> Config {
+    let mut config = config("x");
+    config.middleware = vec![name.into()];
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_handlers_run_at_start_and_on_schedule() {
+    let before = reactions::REBOOTS.load(Ordering::SeqCst);
+    let (service, _client) = start("periodic").await;
+    eventually("@reboot ran", || {
+        reactions::REBOOTS.load(Ordering::SeqCst) > before
+    })
+    .await;
+    let ticks = reactions::TICKS.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(
+        reactions::TICKS.load(Ordering::SeqCst) > ticks,
+        "the every-second handler ran"
+    );
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_requests_in_flight_finish() {
+    let (service, client) = start("draining").await;
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { call(&client, "GET", "/slow", None).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    service.stop().await;
+    let answer = slow.await.unwrap();
+    assert_eq!((answer.status, answer.json()), (200, json!("done")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_reach_the_context_through_self() {
+    let (service, client) = start("context-name").await;
+    let answer = call(&client, "GET", "/whoami", None).await;
+    assert_eq!(answer.json(), json!({"name": "context-name"}));
+    service.stop().await;
+}
+
+#[test]
+fn the_route_table_holds_nested_handlers_sorted() {
+    let table = minos::routing::RouteTable::collect().unwrap();
+    let description = table.describe();
+    assert!(description.contains("Reactions::first"), "{description}");
+    assert!(
+        description.contains("broker Event CounterCreated"),
+        "{description}"
+    );
+    assert!(
+        description.contains("rest GET /counters/{uuid}"),
+        "{description}"
+    );
+    assert!(description.contains("periodic @reboot"), "{description}");
+    assert_eq!(table.broker_handlers("CounterCreated").len(), 2);
+    let routes: Vec<_> = table.entries().iter().map(|e| e.route).collect();
+    let mut sorted = routes.clone();
+    sorted.sort();
+    assert_eq!(routes, sorted);
+}
