@@ -122,6 +122,7 @@ impl Error {
             Error::Domain(_) => 400,
             Error::Status { status, .. } => *status,
             Error::Timeout { .. } => 504,
+            Error::Store(StoreError::Unavailable { .. }) => 503,
             _ => 500,
         }
     }

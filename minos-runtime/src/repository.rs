@@ -66,6 +66,13 @@ impl Repository {
         Ok(Self::new(crate::store::SqliteStore::open(path)?))
     }
 
+    /// A repository over PostgreSQL at `url` (`postgres://user@host/db`, `?schema=name` for a schema of
+    /// its own), migrated.
+    #[cfg(feature = "postgres")]
+    pub async fn postgres(url: &str) -> Result<Self> {
+        Ok(Self::new(crate::store::PostgresStore::connect(url).await?))
+    }
+
     /// The store behind this repository.
     pub fn store(&self) -> &SharedStore {
         &self.store

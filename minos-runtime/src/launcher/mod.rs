@@ -111,17 +111,21 @@ impl Launcher {
         })
     }
 
-    fn open_repository(&self) -> Result<Repository> {
+    async fn open_repository(&self) -> Result<Repository> {
         let storage = self.config.storage.as_str();
         if storage == "memory" {
             return Ok(Repository::new(MemoryStore::new()));
+        }
+        #[cfg(feature = "postgres")]
+        if storage.starts_with("postgres://") || storage.starts_with("postgresql://") {
+            return Repository::postgres(storage).await;
         }
         #[cfg(feature = "sqlite")]
         if let Some(path) = storage.strip_prefix("sqlite://") {
             return Repository::sqlite(path);
         }
         Err(Error::Config(format!(
-            "unsupported storage `{storage}`: use `sqlite://PATH` or `memory`"
+            "unsupported storage `{storage}`: use `postgres://USER@HOST/DB`, `sqlite://PATH` or `memory`"
         )))
     }
 
@@ -153,7 +157,7 @@ impl Launcher {
         let chain = self.middleware_chain()?;
         let repository = match &self.repository {
             Some(repository) => repository.clone(),
-            None => self.open_repository()?,
+            None => self.open_repository().await?,
         };
         repository.clone().set_default();
         let broker = match &self.broker {

@@ -2,10 +2,14 @@
 //! adapters. Every adapter passes the same conformance suite (`conformance`, behind the `testing` feature).
 
 mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
@@ -57,6 +61,15 @@ pub enum StoreError {
     /// A stored value does not decode.
     #[error(transparent)]
     Domain(#[from] DomainError),
+    /// The backend cannot be reached (connection refused or lost, pool exhausted): try again later.
+    #[error("{backend} store unavailable: {source}")]
+    Unavailable {
+        /// Which backend.
+        backend: &'static str,
+        /// What it said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The backend failed (IO, SQL, connection).
     #[error("{backend} store: {source}")]
     Backend {

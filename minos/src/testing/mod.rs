@@ -3,3 +3,5 @@
 pub mod conformance;
 pub mod http;
 pub mod models;
+#[cfg(feature = "postgres")]
+pub mod postgres;

@@ -1,0 +1,751 @@
+//! The PostgreSQL backend: tokio-postgres on a deadpool pool. Appends of concurrent requests are committed
+//! together (one transaction, a few statements for the whole batch), so throughput grows with load while
+//! every append keeps its own version check and its own answer.
+
+mod query;
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{NoTls, Row};
+use uuid::Uuid;
+
+use super::memory::check_append;
+use super::{
+    EventFilter, EventStore, OutboxRecord, OutboxStore, Query, Snapshot, SnapshotStore, StoreError,
+    StoredEvent,
+};
+use crate::domain::{Action, DomainMessage, Event};
+
+const BACKEND: &str = "postgres";
+
+/// Versioned schema migrations, applied in order and recorded in `schema_migrations`.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("sql/0001_init.sql"))];
+
+/// Connection settings beyond the URL.
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    /// Most connections in the pool.
+    pub pool_size: usize,
+    /// How long to wait for a connection (pool checkout and connect).
+    pub timeout: Duration,
+    /// Most appends committed in one transaction.
+    pub max_batch: usize,
+    /// Concurrent append transactions.
+    pub writers: usize,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            pool_size: 16,
+            timeout: Duration::from_secs(5),
+            max_batch: 128,
+            writers: 4,
+        }
+    }
+}
+
+struct AppendRequest {
+    event: Event,
+    messages: Vec<DomainMessage>,
+    reply: oneshot::Sender<Result<StoredEvent, StoreError>>,
+}
+
+/// PostgreSQL store. `postgres://user@host:port/db?schema=name` keeps its tables in schema `name`.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    appends: mpsc::UnboundedSender<AppendRequest>,
+    schema: Option<String>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+fn db_error(error: tokio_postgres::Error) -> StoreError {
+    if error.is_closed() || error.as_db_error().is_none() {
+        StoreError::Unavailable {
+            backend: BACKEND,
+            source: Box::new(error),
+        }
+    } else {
+        StoreError::backend(BACKEND, error)
+    }
+}
+
+fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Unavailable {
+        backend: BACKEND,
+        source: Box::new(error),
+    }
+}
+
+/// FNV-1a of `key` as a PostgreSQL advisory lock key: the same in every process and release.
+pub fn lock_key(key: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
+}
+
+/// Splits our `schema=` parameter off a connection URL.
+fn split_schema(url: &str) -> Result<(String, Option<String>), StoreError> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), None));
+    };
+    let mut schema = None;
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("schema", value)) => schema = Some(value.to_owned()),
+            _ => rest.push(pair),
+        }
+    }
+    if let Some(name) = &schema {
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            return Err(StoreError::backend(
+                BACKEND,
+                format!("schema `{name}`: use lower-case letters, digits and `_`"),
+            ));
+        }
+    }
+    let base = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((base, schema))
+}
+
+impl PostgresStore {
+    /// Connects with default options, creates the schema if named, and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, PostgresOptions::default()).await
+    }
+
+    /// Connects with `options`.
+    pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+        let (url, schema) = split_schema(url)?;
+        let mut config = tokio_postgres::Config::from_str(&url)
+            .map_err(|e| StoreError::backend(BACKEND, format!("invalid connection URL: {e}")))?;
+        config.connect_timeout(options.timeout);
+        if let Some(schema) = &schema {
+            config.options(format!("-c search_path={schema}"));
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(2))
+            .wait_timeout(Some(options.timeout))
+            .create_timeout(Some(options.timeout))
+            .recycle_timeout(Some(options.timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::backend(BACKEND, e))?;
+        let (appends, receiver) = mpsc::unbounded_channel();
+        let store = PostgresStore {
+            pool: pool.clone(),
+            appends,
+            schema,
+        };
+        store.migrate().await?;
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..options.writers.max(1) {
+            tokio::spawn(writer(
+                pool.clone(),
+                Arc::clone(&receiver),
+                options.max_batch.max(1),
+            ));
+        }
+        Ok(store)
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Applies pending migrations (idempotent; one process at a time through an advisory lock).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let key = lock_key(&format!(
+            "minos:migrations:{}",
+            self.schema.as_deref().unwrap_or("public")
+        ));
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&key])
+            .await
+            .map_err(db_error)?;
+        let result = async {
+            if let Some(schema) = &self.schema {
+                // The name is validated (lower-case letters, digits, `_`): safe to quote into DDL.
+                client
+                    .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+                    .await
+                    .map_err(db_error)?;
+            }
+            client
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (
+                         version BIGINT PRIMARY KEY,
+                         applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+                )
+                .await
+                .map_err(db_error)?;
+            let applied: Vec<i64> = client
+                .query("SELECT version FROM schema_migrations", &[])
+                .await
+                .map_err(db_error)?
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| !applied.contains(v)) {
+                let tx = client.transaction().await.map_err(db_error)?;
+                tx.batch_execute(sql).await.map_err(db_error)?;
+                tx.execute(
+                    "INSERT INTO schema_migrations (version) VALUES ($1)",
+                    &[version],
+                )
+                .await
+                .map_err(db_error)?;
+                tx.commit().await.map_err(db_error)?;
+            }
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        let unlocked = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&key])
+            .await;
+        result?;
+        unlocked.map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Takes the advisory lock named `key` if it is free; it is held until the returned guard is released
+    /// or dropped (or its connection ends).
+    pub async fn try_lock(&self, key: &str) -> Result<Option<AdvisoryLock>, StoreError> {
+        let client = self.client().await?;
+        let id = lock_key(key);
+        let row = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&id])
+            .await
+            .map_err(db_error)?;
+        Ok(row.get::<_, bool>(0).then_some(AdvisoryLock {
+            client: Some(client),
+            id,
+        }))
+    }
+}
+
+/// A held PostgreSQL advisory lock.
+pub struct AdvisoryLock {
+    client: Option<Object>,
+    id: i64,
+}
+
+impl std::fmt::Debug for AdvisoryLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdvisoryLock")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl AdvisoryLock {
+    /// Releases the lock.
+    pub async fn release(mut self) -> Result<(), StoreError> {
+        if let Some(client) = self.client.take() {
+            client
+                .execute("SELECT pg_advisory_unlock($1)", &[&self.id])
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AdvisoryLock {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            let id = self.id;
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let _ = client
+                        .execute("SELECT pg_advisory_unlock($1)", &[&id])
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+async fn writer(
+    pool: Pool,
+    receiver: Arc<Mutex<mpsc::UnboundedReceiver<AppendRequest>>>,
+    max_batch: usize,
+) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut receiver = receiver.lock().await;
+            match receiver.recv().await {
+                Some(request) => batch.push(request),
+                None => return,
+            }
+            while batch.len() < max_batch {
+                match receiver.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+        }
+        run_batch(&pool, batch).await;
+    }
+}
+
+async fn run_batch(pool: &Pool, batch: Vec<AppendRequest>) {
+    let items: Vec<(&Event, &[DomainMessage])> = batch
+        .iter()
+        .map(|r| (&r.event, r.messages.as_slice()))
+        .collect();
+    match commit(pool, &items).await {
+        Ok(results) => {
+            for (request, result) in batch.into_iter().zip(results) {
+                let _ = request.reply.send(result);
+            }
+        }
+        // One append of a larger batch failed in the database (e.g. another process wrote the same
+        // version first): commit each on its own, so only that one fails.
+        Err(error) if batch.len() > 1 && !matches!(error, StoreError::Unavailable { .. }) => {
+            for request in batch {
+                let result =
+                    match commit(pool, &[(&request.event, request.messages.as_slice())]).await {
+                        Ok(mut results) => results.remove(0),
+                        Err(error) => Err(error),
+                    };
+                let _ = request.reply.send(result);
+            }
+        }
+        Err(error) => {
+            let unavailable = matches!(error, StoreError::Unavailable { .. });
+            let text = error.to_string();
+            let mut first = Some(error);
+            for request in batch {
+                let error = first.take().unwrap_or_else(|| {
+                    if unavailable {
+                        StoreError::Unavailable {
+                            backend: BACKEND,
+                            source: text.clone().into(),
+                        }
+                    } else {
+                        StoreError::backend(BACKEND, text.clone())
+                    }
+                });
+                let _ = request.reply.send(Err(error));
+            }
+        }
+    }
+}
+
+fn decode_snapshot(row: &Row) -> Result<Snapshot, StoreError> {
+    let data: Option<Value> = row.get("data");
+    let data = match data {
+        None => None,
+        Some(Value::Object(map)) => Some(map),
+        Some(_) => {
+            return Err(StoreError::backend(
+                BACKEND,
+                "a snapshot is not a JSON object",
+            ))
+        }
+    };
+    Ok(Snapshot {
+        uuid: row.get("uuid"),
+        name: row.get("name"),
+        version: row.get::<_, i64>("version") as u64,
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+        data,
+    })
+}
+
+const SNAPSHOT_COLUMNS: &str = "uuid, name, version, data, created_at, updated_at";
+
+/// Commits `items` in one transaction: the version checks in Rust on locked snapshot rows, then one
+/// statement each for events, snapshots and outbox rows.
+async fn commit(
+    pool: &Pool,
+    items: &[(&Event, &[DomainMessage])],
+) -> Result<Vec<Result<StoredEvent, StoreError>>, StoreError> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await.map_err(db_error)?;
+    let mut uuids: Vec<Uuid> = items.iter().map(|(e, _)| e.uuid).collect();
+    uuids.sort();
+    uuids.dedup();
+    let statement = tx
+        .prepare_cached(&format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE uuid = ANY($1) ORDER BY uuid FOR UPDATE"
+        ))
+        .await
+        .map_err(db_error)?;
+    let mut current: HashMap<Uuid, Snapshot> = HashMap::new();
+    for row in tx.query(&statement, &[&uuids]).await.map_err(db_error)? {
+        let snapshot = decode_snapshot(&row)?;
+        current.insert(snapshot.uuid, snapshot);
+    }
+    let mut results: Vec<Option<Result<StoredEvent, StoreError>>> = Vec::with_capacity(items.len());
+    let mut accepted: Vec<usize> = Vec::new();
+    let mut touched: Vec<Uuid> = Vec::new();
+    for (i, (event, _)) in items.iter().enumerate() {
+        match check_append(current.get(&event.uuid), event) {
+            Err(error) => results.push(Some(Err(error))),
+            Ok(()) => {
+                let next = Snapshot::next(current.get(&event.uuid), event)?;
+                current.insert(event.uuid, next);
+                if !touched.contains(&event.uuid) {
+                    touched.push(event.uuid);
+                }
+                accepted.push(i);
+                results.push(None);
+            }
+        }
+    }
+    if accepted.is_empty() {
+        tx.rollback().await.map_err(db_error)?;
+        return Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| unreachable_result()))
+            .collect());
+    }
+
+    let events: Vec<&Event> = accepted.iter().map(|&i| items[i].0).collect();
+    let e_uuid: Vec<Uuid> = events.iter().map(|e| e.uuid).collect();
+    let e_name: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
+    let e_version: Vec<i64> = events.iter().map(|e| e.version as i64).collect();
+    let e_action: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+    let e_data: Vec<Value> = events
+        .iter()
+        .map(|e| serde_json::to_value(&e.fields_diff))
+        .collect::<Result<_, _>>()
+        .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))?;
+    let e_created: Vec<DateTime<Utc>> = events.iter().map(|e| e.created_at).collect();
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO events (uuid, name, version, action, data, created_at) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::jsonb[], $6::timestamptz[]) \
+             RETURNING id, uuid, version",
+        )
+        .await
+        .map_err(db_error)?;
+    let rows = tx
+        .query(
+            &statement,
+            &[&e_uuid, &e_name, &e_version, &e_action, &e_data, &e_created],
+        )
+        .await
+        .map_err(|e| match e.code() {
+            Some(code) if *code == SqlState::UNIQUE_VIOLATION => {
+                let first = events[0];
+                StoreError::Conflict {
+                    name: first.name.clone(),
+                    uuid: first.uuid,
+                    expected: first.version.saturating_sub(1),
+                    actual: first.version,
+                }
+            }
+            _ => db_error(e),
+        })?;
+    let ids: HashMap<(Uuid, i64), i64> = rows
+        .iter()
+        .map(|r| ((r.get(1), r.get(2)), r.get(0)))
+        .collect();
+
+    let snapshots: Vec<&Snapshot> = touched.iter().filter_map(|u| current.get(u)).collect();
+    let s_uuid: Vec<Uuid> = snapshots.iter().map(|s| s.uuid).collect();
+    let s_name: Vec<&str> = snapshots.iter().map(|s| s.name.as_str()).collect();
+    let s_version: Vec<i64> = snapshots.iter().map(|s| s.version as i64).collect();
+    let s_data: Vec<Option<Value>> = snapshots
+        .iter()
+        .map(|s| s.data.clone().map(Value::Object))
+        .collect();
+    let s_created: Vec<DateTime<Utc>> = snapshots.iter().map(|s| s.created_at).collect();
+    let s_updated: Vec<DateTime<Utc>> = snapshots.iter().map(|s| s.updated_at).collect();
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO snapshots (uuid, name, version, data, created_at, updated_at) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::jsonb[], $5::timestamptz[], $6::timestamptz[]) \
+             ON CONFLICT (uuid) DO UPDATE SET version = EXCLUDED.version, data = EXCLUDED.data, \
+             updated_at = EXCLUDED.updated_at",
+        )
+        .await
+        .map_err(db_error)?;
+    tx.execute(
+        &statement,
+        &[
+            &s_uuid, &s_name, &s_version, &s_data, &s_created, &s_updated,
+        ],
+    )
+    .await
+    .map_err(db_error)?;
+
+    let messages: Vec<(&DomainMessage, DateTime<Utc>)> = accepted
+        .iter()
+        .flat_map(|&i| items[i].1.iter().map(move |m| (m, items[i].0.created_at)))
+        .collect();
+    if !messages.is_empty() {
+        let o_identifier: Vec<Uuid> = messages.iter().map(|(m, _)| m.identifier).collect();
+        let o_topic: Vec<&str> = messages.iter().map(|(m, _)| m.topic.as_str()).collect();
+        let o_key: Vec<&str> = messages.iter().map(|(m, _)| m.key.as_str()).collect();
+        let o_payload: Vec<&Value> = messages.iter().map(|(m, _)| &m.content).collect();
+        let o_created: Vec<DateTime<Utc>> = messages.iter().map(|(_, t)| *t).collect();
+        let statement = tx
+            .prepare_cached(
+                "INSERT INTO outbox (identifier, topic, key, payload, created_at) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::timestamptz[])",
+            )
+            .await
+            .map_err(db_error)?;
+        tx.execute(
+            &statement,
+            &[&o_identifier, &o_topic, &o_key, &o_payload, &o_created],
+        )
+        .await
+        .map_err(db_error)?;
+    }
+    tx.commit().await.map_err(db_error)?;
+
+    Ok(results
+        .into_iter()
+        .enumerate()
+        .map(|(i, result)| {
+            result.unwrap_or_else(|| {
+                let event = items[i].0;
+                match ids.get(&(event.uuid, event.version as i64)) {
+                    Some(&id) => Ok(StoredEvent {
+                        id,
+                        event: event.clone(),
+                    }),
+                    None => Err(StoreError::backend(
+                        BACKEND,
+                        "an inserted event returned no id",
+                    )),
+                }
+            })
+        })
+        .collect())
+}
+
+fn unreachable_result() -> Result<StoredEvent, StoreError> {
+    Err(StoreError::backend(BACKEND, "append result missing"))
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn append(
+        &self,
+        event: &Event,
+        messages: &[DomainMessage],
+    ) -> Result<StoredEvent, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let request = AppendRequest {
+            event: event.clone(),
+            messages: messages.to_vec(),
+            reply,
+        };
+        self.appends
+            .send(request)
+            .map_err(|_| StoreError::backend(BACKEND, "the append writers stopped"))?;
+        answer
+            .await
+            .map_err(|_| StoreError::backend(BACKEND, "the append writer dropped the request"))?
+    }
+
+    async fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
+        let client = self.client().await?;
+        let mut sql = String::from(
+            "SELECT id, uuid, name, version, action, data, created_at FROM events WHERE TRUE",
+        );
+        let mut builder = query::Builder::default();
+        if let Some(uuid) = filter.uuid {
+            sql.push_str(&format!(" AND uuid = {}", builder.bind(uuid)));
+        }
+        if let Some(name) = &filter.name {
+            sql.push_str(&format!(" AND name = {}", builder.bind(name.clone())));
+        }
+        if let Some(after) = filter.after_id {
+            sql.push_str(&format!(" AND id > {}", builder.bind(after)));
+        }
+        sql.push_str(" ORDER BY id");
+        if let Some(limit) = filter.limit {
+            sql.push_str(&format!(
+                " LIMIT {}",
+                builder.bind(limit.min(i64::MAX as usize) as i64)
+            ));
+        }
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            builder.params.iter().map(|p| p.as_ref() as _).collect();
+        let rows = client.query(&sql, &params).await.map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                let action: String = row.get("action");
+                Ok(StoredEvent {
+                    id: row.get("id"),
+                    event: Event {
+                        uuid: row.get("uuid"),
+                        name: row.get("name"),
+                        version: row.get::<_, i64>("version") as u64,
+                        action: Action::parse(&action).ok_or_else(|| {
+                            StoreError::backend(BACKEND, format!("unknown action `{action}`"))
+                        })?,
+                        created_at: row.get("created_at"),
+                        fields_diff: serde_json::from_value(row.get("data"))
+                            .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))?,
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for PostgresStore {
+    async fn snapshot(&self, name: &str, uuid: Uuid) -> Result<Option<Snapshot>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE uuid = $1 AND name = $2"
+            ))
+            .await
+            .map_err(db_error)?;
+        let row = client
+            .query_opt(&statement, &[&uuid, &name])
+            .await
+            .map_err(db_error)?;
+        row.as_ref().map(decode_snapshot).transpose()
+    }
+
+    async fn find(&self, name: &str, query: &Query) -> Result<Vec<Snapshot>, StoreError> {
+        query.validate()?;
+        let mut builder = query::Builder::default();
+        let name_param = builder.bind(name.to_owned());
+        let condition = builder.condition(&query.condition);
+        let mut sql = format!(
+            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE name = {name_param} AND data IS NOT NULL AND {condition} ORDER BY "
+        );
+        if let Some(ordering) = &query.ordering {
+            sql.push_str(&builder.ordering(ordering));
+        }
+        sql.push_str("seq");
+        if let Some(limit) = query.limit {
+            sql.push_str(&format!(
+                " LIMIT {}",
+                builder.bind(limit.min(i64::MAX as usize) as i64)
+            ));
+        }
+        let client = self.client().await?;
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            builder.params.iter().map(|p| p.as_ref() as _).collect();
+        let rows = client.query(&sql, &params).await.map_err(db_error)?;
+        rows.iter().map(decode_snapshot).collect()
+    }
+}
+
+#[async_trait]
+impl OutboxStore for PostgresStore {
+    async fn pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT id, identifier, topic, key, payload, created_at FROM outbox \
+                 WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+            )
+            .await
+            .map_err(db_error)?;
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let rows = client
+            .query(&statement, &[&limit])
+            .await
+            .map_err(db_error)?;
+        Ok(rows
+            .iter()
+            .map(|row| OutboxRecord {
+                id: row.get("id"),
+                message: DomainMessage {
+                    identifier: row.get("identifier"),
+                    topic: row.get("topic"),
+                    key: row.get("key"),
+                    content: row.get("payload"),
+                },
+                created_at: row.get("created_at"),
+            })
+            .collect())
+    }
+
+    async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let ids = ids.to_vec();
+        client
+            .execute(
+                "UPDATE outbox SET sent_at = now() WHERE id = ANY($1) AND sent_at IS NULL",
+                &[&ids],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_parameter_is_ours() {
+        let (url, schema) = split_schema("postgres://u@h/db?schema=t_1&connect_timeout=3").unwrap();
+        assert_eq!(url, "postgres://u@h/db?connect_timeout=3");
+        assert_eq!(schema.as_deref(), Some("t_1"));
+        assert!(split_schema("postgres://u@h/db?schema=Bad;DROP").is_err());
+        assert_eq!(split_schema("postgres://u@h/db").unwrap().1, None);
+    }
+
+    #[test]
+    fn lock_keys_are_stable() {
+        assert_eq!(
+            lock_key("minos:migrations:public"),
+            lock_key("minos:migrations:public")
+        );
+        assert_ne!(lock_key("a"), lock_key("b"));
+    }
+}

@@ -1,0 +1,192 @@
+//! The PostgreSQL store against the real server: the conformance suite, then what only a real server
+//! can answer (races between connections, many concurrent writers, migrations, advisory locks).
+#![allow(missing_docs)]
+
+use std::sync::Arc;
+
+use minos::prelude::*;
+use minos::store::{EventFilter, PostgresStore};
+use minos::testing::models::{Customer, Order};
+use minos::testing::postgres::{fresh_repository, fresh_schema_url};
+
+mod conformance {
+    minos::conformance_tests!(minos::testing::postgres::fresh_repository());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_connections_racing_on_one_root_lose_nothing() {
+    let url = fresh_schema_url();
+    let a = Repository::new(PostgresStore::connect(&url).await.unwrap());
+    let b = Repository::new(PostgresStore::connect(&url).await.unwrap());
+    let order = a.create(Order::sample("ada", 0.0)).await.unwrap();
+    let mut applied = 0;
+    for _ in 0..30 {
+        let mut via_a = a.get::<Order>(order.uuid()).await.unwrap();
+        let mut via_b = b.get::<Order>(order.uuid()).await.unwrap();
+        via_a.quantity += 1;
+        via_b.quantity += 1;
+        let (ra, rb) = tokio::join!(a.save(&mut via_a), b.save(&mut via_b));
+        let outcomes = [ra, rb];
+        let wins = outcomes.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(wins, 1, "exactly one writer wins: {outcomes:?}");
+        for outcome in &outcomes {
+            if let Err(error) = outcome {
+                assert!(error.is_conflict(), "{error}");
+            }
+        }
+        applied += 1;
+    }
+    let read = b.get::<Order>(order.uuid()).await.unwrap();
+    assert_eq!(
+        read.quantity,
+        1 + applied,
+        "every winning increment is kept"
+    );
+    assert_eq!(read.version(), 1 + applied as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_creates_are_all_stored() {
+    let repository = Arc::new(fresh_repository().await);
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            let repository = Arc::clone(&repository);
+            tokio::spawn(async move {
+                repository
+                    .create(Customer {
+                        name: format!("c{i}"),
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let mut uuids = Vec::new();
+    for task in tasks {
+        let customer = task.await.unwrap().expect("every create succeeds");
+        assert_eq!(customer.version(), 1);
+        uuids.push(customer.uuid());
+    }
+    uuids.sort();
+    uuids.dedup();
+    assert_eq!(uuids.len(), 1000);
+    let events = repository
+        .store()
+        .events(&EventFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1000);
+    assert!(events.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(repository.store().pending(2000).await.unwrap().len(), 1000);
+    let all = Repository::clone(&repository)
+        .scope(async { Customer::get_all().await })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_increments_with_retries_keep_versions_gapless() {
+    let repository = Arc::new(fresh_repository().await);
+    let order = repository.create(Order::sample("ada", 0.0)).await.unwrap();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let repository = Arc::clone(&repository);
+            let uuid = order.uuid();
+            tokio::spawn(async move {
+                loop {
+                    let mut current = repository.get::<Order>(uuid).await.unwrap();
+                    current.quantity += 1;
+                    match repository.save(&mut current).await {
+                        Ok(_) => return,
+                        Err(error) if error.is_conflict() => continue,
+                        Err(error) => panic!("{error}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let read = repository.get::<Order>(order.uuid()).await.unwrap();
+    assert_eq!(read.quantity, 51);
+    let versions: Vec<u64> = repository
+        .events(order.uuid())
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(versions, (1..=51).collect::<Vec<u64>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_apply_once_and_reconnecting_keeps_data() {
+    let url = fresh_schema_url();
+    let first = Repository::new(PostgresStore::connect(&url).await.unwrap());
+    let customer = first.create(Customer { name: "ada".into() }).await.unwrap();
+    let again = PostgresStore::connect(&url).await.unwrap();
+    again.migrate().await.unwrap();
+    let client = again.pool().get().await.unwrap();
+    let applied: i64 = client
+        .query_one("SELECT count(*) FROM schema_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, 1);
+    let read = Repository::new(again)
+        .get::<Customer>(customer.uuid())
+        .await
+        .unwrap();
+    assert_eq!(read.name, "ada");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advisory_locks_exclude_each_other_until_released() {
+    let store = minos::testing::postgres::fresh_store().await;
+    let key = format!("test-lock-{}", Uuid::new_v4());
+    let held = store.try_lock(&key).await.unwrap().expect("free at first");
+    assert!(
+        store.try_lock(&key).await.unwrap().is_none(),
+        "held elsewhere"
+    );
+    held.release().await.unwrap();
+    let again = store
+        .try_lock(&key)
+        .await
+        .unwrap()
+        .expect("free after release");
+    drop(again);
+    let mut reacquired = None;
+    for _ in 0..50 {
+        reacquired = store.try_lock(&key).await.unwrap();
+        if reacquired.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(reacquired.is_some(), "dropping a guard releases the lock");
+}
+
+#[tokio::test]
+async fn schema_names_cannot_inject_sql() {
+    let url = format!(
+        "{}?schema=x\";DROP TABLE events;--",
+        minos::testing::postgres::url()
+    );
+    let error = PostgresStore::connect(&url).await.unwrap_err();
+    assert!(error.to_string().contains("schema"), "{error}");
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_a_clear_unavailable_error() {
+    let options = minos::store::PostgresOptions {
+        timeout: std::time::Duration::from_millis(500),
+        ..Default::default()
+    };
+    let error = PostgresStore::connect_with("postgresql://postgres@127.0.0.1:1/test", options)
+        .await
+        .unwrap_err();
+    let error = minos::Error::from(error);
+    assert_eq!(error.status(), 503, "{error}");
+}
