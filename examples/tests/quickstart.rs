@@ -17,10 +17,15 @@ struct Service {
 impl Service {
     /// Starts the quickstart binary on a free port with its own store, and waits until it listens.
     fn start(db: &std::path::Path) -> Service {
+        Self::start_with(&format!("sqlite://{}", db.display()))
+    }
+
+    /// Starts the quickstart binary with `MINOS_STORAGE=storage`.
+    fn start_with(storage: &str) -> Service {
         let mut child = Command::new(env!("CARGO_BIN_EXE_quickstart"))
             .env("MINOS_HTTP_PORT", "0")
             .env("MINOS_HTTP_HOST", "127.0.0.1")
-            .env("MINOS_STORAGE", format!("sqlite://{}", db.display()))
+            .env("MINOS_STORAGE", storage)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -147,5 +152,28 @@ fn quickstart_over_http() {
     let again = Service::start(&db);
     let read = again.client.get(&format!("/foos/{uuid}")).unwrap();
     assert_eq!(read.json()["bar"], json!("test"));
+    assert!(again.terminate().success());
+}
+
+#[test]
+fn quickstart_runs_unchanged_on_postgres() {
+    let storage = minos::testing::postgres::fresh_schema_url();
+    let service = Service::start_with(&storage);
+    let created = service
+        .client
+        .post("/foos", r#"{"bar": "on postgres"}"#)
+        .unwrap();
+    assert_eq!(created.status, 200, "{}", created.body);
+    let uuid = created.json()["uuid"].as_str().expect("a uuid").to_owned();
+    let handled = service.wait_for_line("A Foo was created");
+    assert!(handled.contains(&uuid), "{handled}");
+    assert!(service.terminate().success());
+
+    let again = Service::start_with(&storage);
+    let read = again.client.get(&format!("/foos/{uuid}")).unwrap();
+    assert_eq!(
+        (read.status, read.json()["bar"].clone()),
+        (200, json!("on postgres"))
+    );
     assert!(again.terminate().success());
 }

@@ -403,28 +403,77 @@ fn decode_snapshot(row: &Row) -> Result<Snapshot, StoreError> {
 
 const SNAPSHOT_COLUMNS: &str = "uuid, name, version, data, created_at, updated_at";
 
-/// Commits `items` in one transaction: the version checks in Rust on locked snapshot rows, then one
-/// statement each for events, snapshots and outbox rows.
+/// The one statement that commits a batch: snapshots are created (expected version 0) or updated only
+/// where the stored version is still the expected one; events and outbox rows are written only for the
+/// roots whose snapshot was written. A single statement is atomic, so no BEGIN/COMMIT round trips.
+const COMMIT_SQL: &str = "\
+WITH input AS (
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::jsonb[], $5::timestamptz[], $6::timestamptz[], $7::int8[])
+        AS t(uuid, name, version, data, created_at, updated_at, expected)
+), created AS (
+    INSERT INTO snapshots (uuid, name, version, data, created_at, updated_at)
+    SELECT uuid, name, version, data, created_at, updated_at FROM input WHERE expected = 0
+    ON CONFLICT (uuid) DO NOTHING
+    RETURNING uuid
+), updated AS (
+    UPDATE snapshots AS s SET version = i.version, data = i.data, updated_at = i.updated_at
+    FROM input AS i
+    WHERE i.expected > 0 AND s.uuid = i.uuid AND s.version = i.expected AND s.data IS NOT NULL
+    RETURNING s.uuid
+), written AS (
+    SELECT uuid FROM created UNION ALL SELECT uuid FROM updated
+), event_rows AS (
+    INSERT INTO events (uuid, name, version, action, data, created_at)
+    SELECT e.uuid, e.name, e.version, e.action, e.data, e.created_at
+    FROM UNNEST($8::uuid[], $9::text[], $10::int8[], $11::text[], $12::jsonb[], $13::timestamptz[])
+        WITH ORDINALITY AS e(uuid, name, version, action, data, created_at, position)
+    WHERE e.uuid IN (SELECT uuid FROM written)
+    ORDER BY e.position
+    RETURNING id, uuid, version
+), outbox_rows AS (
+    INSERT INTO outbox (identifier, topic, key, payload, created_at)
+    SELECT o.identifier, o.topic, o.key, o.payload, o.created_at
+    FROM UNNEST($14::uuid[], $15::text[], $16::text[], $17::jsonb[], $18::timestamptz[], $19::uuid[])
+        WITH ORDINALITY AS o(identifier, topic, key, payload, created_at, root, position)
+    WHERE o.root IN (SELECT uuid FROM written)
+    ORDER BY o.position
+)
+SELECT id, uuid, version FROM event_rows";
+
+/// Commits `items`: version checks in Rust against the stored snapshots (read only when a batch holds
+/// updates), then one atomic statement for the whole batch.
 async fn commit(
     pool: &Pool,
     items: &[(&Event, &[DomainMessage])],
 ) -> Result<Vec<Result<StoredEvent, StoreError>>, StoreError> {
-    let mut client = pool.get().await.map_err(pool_error)?;
-    let tx = client.transaction().await.map_err(db_error)?;
-    let mut uuids: Vec<Uuid> = items.iter().map(|(e, _)| e.uuid).collect();
-    uuids.sort();
-    uuids.dedup();
-    let statement = tx
-        .prepare_cached(&format!(
-            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE uuid = ANY($1) ORDER BY uuid FOR UPDATE"
-        ))
-        .await
-        .map_err(db_error)?;
+    let client = pool.get().await.map_err(pool_error)?;
+    // Snapshots before the batch: creations need none.
+    let mut wanted: Vec<Uuid> = items
+        .iter()
+        .filter(|(e, _)| e.action != Action::Create)
+        .map(|(e, _)| e.uuid)
+        .collect();
+    wanted.sort();
+    wanted.dedup();
     let mut current: HashMap<Uuid, Snapshot> = HashMap::new();
-    for row in tx.query(&statement, &[&uuids]).await.map_err(db_error)? {
-        let snapshot = decode_snapshot(&row)?;
-        current.insert(snapshot.uuid, snapshot);
+    if !wanted.is_empty() {
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE uuid = ANY($1)"
+            ))
+            .await
+            .map_err(db_error)?;
+        for row in client
+            .query(&statement, &[&wanted])
+            .await
+            .map_err(db_error)?
+        {
+            let snapshot = decode_snapshot(&row)?;
+            current.insert(snapshot.uuid, snapshot);
+        }
     }
+    let before: HashMap<Uuid, u64> = current.iter().map(|(u, s)| (*u, s.version)).collect();
+
     let mut results: Vec<Option<Result<StoredEvent, StoreError>>> = Vec::with_capacity(items.len());
     let mut accepted: Vec<usize> = Vec::new();
     let mut touched: Vec<Uuid> = Vec::new();
@@ -443,12 +492,26 @@ async fn commit(
         }
     }
     if accepted.is_empty() {
-        tx.rollback().await.map_err(db_error)?;
         return Ok(results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| unreachable_result()))
+            .map(|r| r.unwrap_or_else(unreachable_result))
             .collect());
     }
+
+    let snapshots: Vec<&Snapshot> = touched.iter().filter_map(|u| current.get(u)).collect();
+    let s_uuid: Vec<Uuid> = snapshots.iter().map(|s| s.uuid).collect();
+    let s_name: Vec<&str> = snapshots.iter().map(|s| s.name.as_str()).collect();
+    let s_version: Vec<i64> = snapshots.iter().map(|s| s.version as i64).collect();
+    let s_data: Vec<Option<Value>> = snapshots
+        .iter()
+        .map(|s| s.data.clone().map(Value::Object))
+        .collect();
+    let s_created: Vec<DateTime<Utc>> = snapshots.iter().map(|s| s.created_at).collect();
+    let s_updated: Vec<DateTime<Utc>> = snapshots.iter().map(|s| s.updated_at).collect();
+    let s_expected: Vec<i64> = snapshots
+        .iter()
+        .map(|s| before.get(&s.uuid).copied().unwrap_or(0) as i64)
+        .collect();
 
     let events: Vec<&Event> = accepted.iter().map(|&i| items[i].0).collect();
     let e_uuid: Vec<Uuid> = events.iter().map(|e| e.uuid).collect();
@@ -461,21 +524,47 @@ async fn commit(
         .collect::<Result<_, _>>()
         .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))?;
     let e_created: Vec<DateTime<Utc>> = events.iter().map(|e| e.created_at).collect();
-    let statement = tx
-        .prepare_cached(
-            "INSERT INTO events (uuid, name, version, action, data, created_at) \
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::jsonb[], $6::timestamptz[]) \
-             RETURNING id, uuid, version",
-        )
-        .await
-        .map_err(db_error)?;
-    let rows = tx
+
+    let messages: Vec<(&DomainMessage, &Event)> = accepted
+        .iter()
+        .flat_map(|&i| items[i].1.iter().map(move |m| (m, items[i].0)))
+        .collect();
+    let o_identifier: Vec<Uuid> = messages.iter().map(|(m, _)| m.identifier).collect();
+    let o_topic: Vec<&str> = messages.iter().map(|(m, _)| m.topic.as_str()).collect();
+    let o_key: Vec<&str> = messages.iter().map(|(m, _)| m.key.as_str()).collect();
+    let o_payload: Vec<&Value> = messages.iter().map(|(m, _)| &m.content).collect();
+    let o_created: Vec<DateTime<Utc>> = messages.iter().map(|(_, e)| e.created_at).collect();
+    let o_root: Vec<Uuid> = messages.iter().map(|(_, e)| e.uuid).collect();
+
+    let statement = client.prepare_cached(COMMIT_SQL).await.map_err(db_error)?;
+    let rows = client
         .query(
             &statement,
-            &[&e_uuid, &e_name, &e_version, &e_action, &e_data, &e_created],
+            &[
+                &s_uuid,
+                &s_name,
+                &s_version,
+                &s_data,
+                &s_created,
+                &s_updated,
+                &s_expected,
+                &e_uuid,
+                &e_name,
+                &e_version,
+                &e_action,
+                &e_data,
+                &e_created,
+                &o_identifier,
+                &o_topic,
+                &o_key,
+                &o_payload,
+                &o_created,
+                &o_root,
+            ],
         )
         .await
         .map_err(|e| match e.code() {
+            // Another writer inserted the same version between our read and write.
             Some(code) if *code == SqlState::UNIQUE_VIOLATION => {
                 let first = events[0];
                 StoreError::Conflict {
@@ -492,79 +581,46 @@ async fn commit(
         .map(|r| ((r.get(1), r.get(2)), r.get(0)))
         .collect();
 
-    let snapshots: Vec<&Snapshot> = touched.iter().filter_map(|u| current.get(u)).collect();
-    let s_uuid: Vec<Uuid> = snapshots.iter().map(|s| s.uuid).collect();
-    let s_name: Vec<&str> = snapshots.iter().map(|s| s.name.as_str()).collect();
-    let s_version: Vec<i64> = snapshots.iter().map(|s| s.version as i64).collect();
-    let s_data: Vec<Option<Value>> = snapshots
-        .iter()
-        .map(|s| s.data.clone().map(Value::Object))
-        .collect();
-    let s_created: Vec<DateTime<Utc>> = snapshots.iter().map(|s| s.created_at).collect();
-    let s_updated: Vec<DateTime<Utc>> = snapshots.iter().map(|s| s.updated_at).collect();
-    let statement = tx
-        .prepare_cached(
-            "INSERT INTO snapshots (uuid, name, version, data, created_at, updated_at) \
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::jsonb[], $5::timestamptz[], $6::timestamptz[]) \
-             ON CONFLICT (uuid) DO UPDATE SET version = EXCLUDED.version, data = EXCLUDED.data, \
-             updated_at = EXCLUDED.updated_at",
-        )
-        .await
-        .map_err(db_error)?;
-    tx.execute(
-        &statement,
-        &[
-            &s_uuid, &s_name, &s_version, &s_data, &s_created, &s_updated,
-        ],
-    )
-    .await
-    .map_err(db_error)?;
-
-    let messages: Vec<(&DomainMessage, DateTime<Utc>)> = accepted
-        .iter()
-        .flat_map(|&i| items[i].1.iter().map(move |m| (m, items[i].0.created_at)))
-        .collect();
-    if !messages.is_empty() {
-        let o_identifier: Vec<Uuid> = messages.iter().map(|(m, _)| m.identifier).collect();
-        let o_topic: Vec<&str> = messages.iter().map(|(m, _)| m.topic.as_str()).collect();
-        let o_key: Vec<&str> = messages.iter().map(|(m, _)| m.key.as_str()).collect();
-        let o_payload: Vec<&Value> = messages.iter().map(|(m, _)| &m.content).collect();
-        let o_created: Vec<DateTime<Utc>> = messages.iter().map(|(_, t)| *t).collect();
-        let statement = tx
-            .prepare_cached(
-                "INSERT INTO outbox (identifier, topic, key, payload, created_at) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::timestamptz[])",
-            )
-            .await
-            .map_err(db_error)?;
-        tx.execute(
-            &statement,
-            &[&o_identifier, &o_topic, &o_key, &o_payload, &o_created],
-        )
-        .await
-        .map_err(db_error)?;
+    let mut out = Vec::with_capacity(items.len());
+    for (i, result) in results.into_iter().enumerate() {
+        let event = items[i].0;
+        out.push(match result {
+            Some(result) => result,
+            None => match ids.get(&(event.uuid, event.version as i64)) {
+                Some(&id) => Ok(StoredEvent {
+                    id,
+                    event: event.clone(),
+                }),
+                // The snapshot moved on (or appeared) since it was read: another writer won.
+                None => Err(lost_race(&client, event).await),
+            },
+        });
     }
-    tx.commit().await.map_err(db_error)?;
+    Ok(out)
+}
 
-    Ok(results
-        .into_iter()
-        .enumerate()
-        .map(|(i, result)| {
-            result.unwrap_or_else(|| {
-                let event = items[i].0;
-                match ids.get(&(event.uuid, event.version as i64)) {
-                    Some(&id) => Ok(StoredEvent {
-                        id,
-                        event: event.clone(),
-                    }),
-                    None => Err(StoreError::backend(
-                        BACKEND,
-                        "an inserted event returned no id",
-                    )),
-                }
-            })
-        })
-        .collect())
+/// The conflict error for an append another writer beat, with the version now stored.
+async fn lost_race(client: &Object, event: &Event) -> StoreError {
+    let actual = client
+        .query_opt(
+            "SELECT version, data IS NULL FROM snapshots WHERE uuid = $1",
+            &[&event.uuid],
+        )
+        .await
+        .ok()
+        .flatten();
+    match actual {
+        Some(row) if row.get::<_, bool>(1) => StoreError::AlreadyDeleted {
+            name: event.name.clone(),
+            uuid: event.uuid,
+        },
+        row => StoreError::Conflict {
+            name: event.name.clone(),
+            uuid: event.uuid,
+            expected: event.version.saturating_sub(1),
+            actual: row.map_or(0, |r| r.get::<_, i64>(0) as u64),
+        },
+    }
 }
 
 fn unreachable_result() -> Result<StoredEvent, StoreError> {
