@@ -14,7 +14,7 @@ use crate::http::HttpSettings;
 ///
 /// ```yaml
 /// name: foo                       # consumer group and topic prefix of replies
-/// storage: sqlite://.minos/foo.db # or `memory`
+/// storage: sqlite://.minos/foo.db # or `memory`, or `postgres://user@host/db`
 /// broker: memory                  # the in-process broker
 /// http: { host: 0.0.0.0, port: 4545, body_limit: 1048576 }
 /// handlers: { retries: 3, request_timeout_ms: 10000 }
@@ -31,7 +31,7 @@ use crate::http::HttpSettings;
 pub struct Config {
     /// The service's name.
     pub name: String,
-    /// Where events, snapshots and the outbox live: `sqlite://PATH` or `memory`. Empty: an SQLite file
+    /// Where events, snapshots and the outbox live: `postgres://…`, `sqlite://PATH` or `memory`. Empty: an SQLite file
     /// `.minos/{name}.db` in the working directory.
     pub storage: String,
     /// The broker: `memory` (in-process).
