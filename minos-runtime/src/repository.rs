@@ -10,15 +10,20 @@ use tokio::sync::Notify;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::domain::{Action, Condition, Event, Meta, Ordering, Root, RootEntity};
+use crate::domain::{Action, Condition, DomainMessage, Event, Meta, Ordering, Root, RootEntity};
 use crate::error::{Error, Result};
 use crate::store::{
     now, EventFilter, MemoryStore, Query, SharedStore, Snapshot, Store, StoreError,
 };
+use crate::store::{InboxEntry, StoredEvent};
 
 tokio::task_local! {
     static CURRENT: Repository;
+    static UNIT: Arc<std::sync::Mutex<Vec<(Event, Vec<DomainMessage>)>>>;
 }
+
+/// Writes held back by [`Repository::staged`], to be committed together.
+pub type StagedWrites = Vec<(Event, Vec<DomainMessage>)>;
 
 static DEFAULT: RwLock<Option<Repository>> = RwLock::new(None);
 
@@ -224,9 +229,46 @@ impl Repository {
 
     async fn commit(&self, event: &Event) -> Result<()> {
         let messages = event.domain_messages()?;
-        self.store.append(event, &messages).await?;
-        self.committed.notify_one();
+        let mut pending = Some((event.clone(), messages));
+        // Inside `staged`, hold the write back for the unit's commit.
+        let held = UNIT.try_with(|unit| {
+            if let Some(write) = pending.take() {
+                unit.lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push(write);
+            }
+        });
+        if held.is_ok() {
+            return Ok(());
+        }
+        if let Some((event, messages)) = pending {
+            self.store.append(&event, &messages).await?;
+            self.committed.notify_one();
+        }
         Ok(())
+    }
+
+    /// Runs `future` holding back every write it makes; returns its output and the writes, for
+    /// [`Repository::commit_unit`]. Reads inside do not see the held-back writes.
+    pub async fn staged<F: Future>(&self, future: F) -> (F::Output, StagedWrites) {
+        let unit = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let output = UNIT.scope(Arc::clone(&unit), future).await;
+        let writes =
+            std::mem::take(&mut *unit.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        (output, writes)
+    }
+
+    /// Commits staged writes and the inbox entry of the message that caused them, all or nothing.
+    pub async fn commit_unit(
+        &self,
+        writes: &StagedWrites,
+        inbox: Option<&InboxEntry>,
+    ) -> Result<Vec<StoredEvent>> {
+        let stored = self.store.commit_unit(writes, inbox).await?;
+        if !writes.is_empty() {
+            self.committed.notify_one();
+        }
+        Ok(stored)
     }
 }
 

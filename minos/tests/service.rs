@@ -143,6 +143,19 @@ mod reactions {
             Ok(())
         }
 
+        /// Creates a counter tagged with the message's `tag`: redeliveries must not create another.
+        #[enroute(event = "Tally")]
+        async fn tally(&self, request: Request) -> Result<()> {
+            let tag = request.json()["tag"].as_i64().unwrap_or_default();
+            Counter::create(Counter { value: tag }).await?;
+            Ok(())
+        }
+
+        #[enroute(event = "Poison")]
+        async fn poison(&self, _request: Request) -> Result<()> {
+            Err(Error::bad_request("cannot digest this"))
+        }
+
         #[enroute(rest = "GET /counters/{uuid}")]
         async fn get(&self, request: Request) -> Result<Response> {
             Ok(Response::json(Counter::get(request.param("uuid")?).await?))
@@ -525,4 +538,84 @@ fn the_route_table_holds_nested_handlers_sorted() {
     let mut sorted = routes.clone();
     sorted.sort();
     assert_eq!(routes, sorted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_message_is_handled_once() {
+    let (service, _client) = start("inbox").await;
+    let tag = 7_000_000 + (Uuid::new_v4().as_u128() % 1_000_000) as i64;
+    let message = BrokerMessage::new("Tally", json!({"tag": tag}));
+    let broker = service.context().broker().clone();
+    for _ in 0..3 {
+        broker.publish(message.clone()).await.unwrap();
+    }
+    let repository = service.context().repository().clone();
+    let count = || {
+        let repository = repository.clone();
+        futures_lite_block(async move {
+            Counter::find(Condition::eq("value", tag))
+                .on(&repository)
+                .await
+                .unwrap()
+                .len()
+        })
+    };
+    eventually("the tally was stored", || count() >= 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(count(), 1, "three deliveries of one message, one effect");
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_parked_and_later_messages_flow() {
+    let mut config = config("poisoned");
+    config.handlers.retries = 1;
+    let service = Launcher::with_config(config).start().await.unwrap();
+    let broker = service.context().broker().clone();
+    let mut parked = broker
+        .subscribe("observer", &["poisoned.dead-letter".to_owned()])
+        .await
+        .unwrap();
+    let poison = BrokerMessage::new("Poison", json!({"bad": true}));
+    broker.publish(poison.clone()).await.unwrap();
+    let tag = 8_000_000 + (Uuid::new_v4().as_u128() % 1_000_000) as i64;
+    broker
+        .publish(BrokerMessage::new("Tally", json!({"tag": tag})))
+        .await
+        .unwrap();
+
+    let delivery = tokio::time::timeout(Duration::from_secs(10), parked.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let message = delivery.message;
+    assert_eq!(message.identifier, poison.identifier);
+    assert_eq!(message.payload.content, json!({"bad": true}));
+    assert_eq!(
+        message
+            .payload
+            .headers
+            .get("original_topic")
+            .map(String::as_str),
+        Some("Poison")
+    );
+    assert_eq!(
+        message.payload.headers.get("error").map(String::as_str),
+        Some("cannot digest this")
+    );
+
+    let repository = service.context().repository().clone();
+    eventually("the next message was handled", || {
+        let repository = repository.clone();
+        futures_lite_block(async move {
+            Counter::find(Condition::eq("value", tag))
+                .on(&repository)
+                .await
+                .unwrap()
+                .len()
+                == 1
+        })
+    })
+    .await;
+    service.stop().await;
 }

@@ -10,6 +10,7 @@ use super::{invoke, BrokerKind, Context, Middleware, Origin, Request, Response, 
 use crate::error::Error;
 use crate::messaging::memory::stable_hash;
 use crate::messaging::{BrokerMessage, Delivery, Payload, Subscription};
+use crate::store::{InboxEntry, StoreError};
 
 /// Runs broker handlers. Messages with the same key (one root's events) are handled one at a time in
 /// arrival order; different keys run in parallel on a few workers.
@@ -20,6 +21,21 @@ pub struct Dispatcher {
     context: Context,
     retries: u32,
     workers: usize,
+}
+
+/// What became of a received message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Handled (a refused command was answered with its error).
+    Handled,
+    /// Already handled before: skipped.
+    Duplicate,
+    /// No handler for its topic.
+    NoHandler,
+    /// Event handling failed after retries; the message is on the dead-letter topic.
+    DeadLettered(Error),
+    /// Event handling failed and the message could not be parked either: it must be delivered again.
+    Failed(Error),
 }
 
 /// A running dispatcher.
@@ -65,22 +81,106 @@ impl Dispatcher {
         self
     }
 
-    /// Handles one message: runs its handlers, and replies when a reply topic is set.
-    pub async fn dispatch(&self, message: BrokerMessage) {
+    /// The topic failing messages are parked on: `{service}.dead-letter`.
+    pub fn dead_letter_topic(&self) -> String {
+        format!("{}.dead-letter", self.context.name())
+    }
+
+    /// Handles one message: skips it if this service already handled it (inbox), runs its handlers with
+    /// their writes held back, commits the writes together with the inbox entry, then replies when a
+    /// reply topic is set. A failing event handler is retried with backoff, then the message is parked on
+    /// the dead-letter topic with the error and original topic in its headers.
+    pub async fn dispatch(&self, message: BrokerMessage) -> Outcome {
         let handlers = self.table.broker_handlers(&message.topic);
-        if handlers.is_empty() {
+        let Some((_, kind)) = handlers.first().copied() else {
             tracing::warn!(topic = %message.topic, "no handler for this topic");
-            self.reply(
-                &message,
-                Err(Error::not_found(format!(
-                    "no handler for topic `{}`",
-                    message.topic
-                ))),
-            )
-            .await;
-            return;
+            let error = Error::not_found(format!("no handler for topic `{}`", message.topic));
+            self.reply(&message, Err(error)).await;
+            return Outcome::NoHandler;
+        };
+        let repository = self.context.repository();
+        let inbox = InboxEntry {
+            consumer: self.context.name().to_owned(),
+            identifier: message.identifier,
+        };
+        match repository.store().is_processed(&inbox).await {
+            Ok(true) => {
+                tracing::debug!(identifier = %message.identifier, topic = %message.topic, "already handled: skipped");
+                return Outcome::Duplicate;
+            }
+            Ok(false) => {}
+            // The commit below checks the inbox again, atomically.
+            Err(error) => tracing::warn!(%error, "could not read the inbox"),
         }
-        for (entry, kind) in handlers {
+        let attempts = if kind == BrokerKind::Event {
+            self.retries + 1
+        } else {
+            1
+        };
+        let mut last_error = None;
+        for attempt in 1..=attempts {
+            let (result, writes) = repository
+                .staged(self.run_handlers(&handlers, &message))
+                .await;
+            let error = match result {
+                Ok(response) => match repository.commit_unit(&writes, Some(&inbox)).await {
+                    Ok(_) => {
+                        self.reply(&message, Ok(response)).await;
+                        return Outcome::Handled;
+                    }
+                    Err(Error::Store(StoreError::AlreadyProcessed { .. })) => {
+                        return Outcome::Duplicate
+                    }
+                    Err(error) => error,
+                },
+                Err(error) => error,
+            };
+            if kind != BrokerKind::Event {
+                // A refused command is answered, and counts as handled: a redelivery is not run again.
+                if let Err(inbox_error) = repository.commit_unit(&Vec::new(), Some(&inbox)).await {
+                    tracing::debug!(error = %inbox_error, "could not record the refused command in the inbox");
+                }
+                self.reply(&message, Err(error)).await;
+                return Outcome::Handled;
+            }
+            if attempt < attempts {
+                let wait = Duration::from_millis(50 << attempt.min(8));
+                tracing::warn!(%error, topic = %message.topic, attempt, retry_in = ?wait, "event handler failed; retrying");
+                tokio::time::sleep(wait).await;
+            }
+            last_error = Some(error);
+        }
+        let error = last_error.unwrap_or_else(|| Error::Broker("handler failed".into()));
+        tracing::error!(%error, topic = %message.topic, identifier = %message.identifier, "event handling failed after retries; parking the message on {}", self.dead_letter_topic());
+        let mut parked = message.clone();
+        parked
+            .payload
+            .headers
+            .insert("error".into(), error.to_string());
+        parked
+            .payload
+            .headers
+            .insert("original_topic".into(), message.topic.clone());
+        parked.topic = self.dead_letter_topic();
+        parked.reply_topic = None;
+        if let Err(publish_error) = self.context.broker().publish(parked).await {
+            tracing::error!(error = %publish_error, "could not publish to the dead-letter topic");
+            return Outcome::Failed(error);
+        }
+        // Parked: record it as handled so the partition moves on.
+        if let Err(inbox_error) = repository.commit_unit(&Vec::new(), Some(&inbox)).await {
+            tracing::debug!(error = %inbox_error, "could not record the parked message in the inbox");
+        }
+        Outcome::DeadLettered(error)
+    }
+
+    async fn run_handlers(
+        &self,
+        handlers: &[(&'static super::RouteEntry, BrokerKind)],
+        message: &BrokerMessage,
+    ) -> Result<Response, Error> {
+        let mut last = Response::empty();
+        for (entry, _) in handlers {
             let request = Request::from_parts(
                 message.payload.content.clone(),
                 Default::default(),
@@ -91,33 +191,9 @@ impl Dispatcher {
                     reply_topic: message.reply_topic.clone(),
                 },
             );
-            match kind {
-                BrokerKind::Command | BrokerKind::Query => {
-                    let result = invoke(&self.chain, entry.handler, request, &self.context).await;
-                    self.reply(&message, result).await;
-                }
-                BrokerKind::Event => {
-                    let mut attempt = 0;
-                    loop {
-                        match invoke(&self.chain, entry.handler, request.clone(), &self.context)
-                            .await
-                        {
-                            Ok(_) => break,
-                            Err(error) if attempt < self.retries => {
-                                attempt += 1;
-                                let wait = Duration::from_millis(50 << attempt.min(8));
-                                tracing::warn!(%error, topic = %message.topic, handler = %entry.location(), attempt, "event handler failed; retrying");
-                                tokio::time::sleep(wait).await;
-                            }
-                            Err(error) => {
-                                tracing::error!(%error, topic = %message.topic, identifier = %message.identifier, handler = %entry.location(), "event handler failed after retries");
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
+            last = invoke(&self.chain, entry.handler, request, &self.context).await?;
         }
+        Ok(last)
     }
 
     async fn reply(&self, request: &BrokerMessage, result: Result<Response, Error>) {
@@ -162,8 +238,11 @@ impl Dispatcher {
                 senders.push(sender);
                 workers.push(tokio::spawn(async move {
                     while let Some(delivery) = receiver.recv().await {
-                        this.dispatch(delivery.message.clone()).await;
-                        delivery.ack();
+                        match this.dispatch(delivery.message.clone()).await {
+                            // Not acknowledged: the broker delivers it again.
+                            Outcome::Failed(_) => drop(delivery),
+                            _ => delivery.ack(),
+                        }
                     }
                 }));
             }

@@ -7,7 +7,7 @@ mod request;
 mod table;
 
 pub use context::{Context, Service, ServiceExt};
-pub use dispatcher::{Dispatcher, DispatcherHandle};
+pub use dispatcher::{Dispatcher, DispatcherHandle, Outcome};
 pub use request::{IntoResponse, Origin, Request, Response};
 pub use table::{BrokerKind, RestKind, Route, RouteEntry, RouteTable, ServiceKind};
 

@@ -7,8 +7,8 @@ use indexmap::IndexMap;
 use uuid::Uuid;
 
 use super::{
-    EventFilter, EventStore, OutboxRecord, OutboxStore, Query, Snapshot, SnapshotStore, StoreError,
-    StoredEvent,
+    EventFilter, EventStore, InboxEntry, InboxStore, OutboxRecord, OutboxStore, Query, Snapshot,
+    SnapshotStore, StoreError, StoredEvent,
 };
 use crate::domain::{Action, DomainMessage, Event};
 
@@ -25,6 +25,7 @@ struct Inner {
     snapshots: IndexMap<Uuid, Snapshot>,
     outbox: std::collections::VecDeque<OutboxRecord>,
     next_outbox_id: i64,
+    inbox: std::collections::HashSet<InboxEntry>,
 }
 
 impl MemoryStore {
@@ -71,6 +72,49 @@ pub(crate) fn check_append(current: Option<&Snapshot>, event: &Event) -> Result<
     }
 }
 
+impl Inner {
+    /// Checks every append against the state left by the ones before it; writes nothing.
+    fn check_unit(&self, appends: &[(Event, Vec<DomainMessage>)]) -> Result<(), StoreError> {
+        let mut staged: std::collections::HashMap<Uuid, Snapshot> =
+            std::collections::HashMap::new();
+        for (event, _) in appends {
+            let current = staged
+                .get(&event.uuid)
+                .or_else(|| self.snapshots.get(&event.uuid));
+            check_append(current, event)?;
+            let next = Snapshot::next(current, event)?;
+            staged.insert(event.uuid, next);
+        }
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        event: &Event,
+        messages: &[DomainMessage],
+    ) -> Result<StoredEvent, StoreError> {
+        let current = self.snapshots.get(&event.uuid);
+        check_append(current, event)?;
+        let snapshot = Snapshot::next(current, event)?;
+        let stored = StoredEvent {
+            id: self.events.len() as i64 + 1,
+            event: event.clone(),
+        };
+        self.events.push(stored.clone());
+        self.snapshots.insert(event.uuid, snapshot);
+        for message in messages {
+            self.next_outbox_id += 1;
+            let record = OutboxRecord {
+                id: self.next_outbox_id,
+                message: message.clone(),
+                created_at: event.created_at,
+            };
+            self.outbox.push_back(record);
+        }
+        Ok(stored)
+    }
+}
+
 #[async_trait]
 impl EventStore for MemoryStore {
     async fn append(
@@ -78,24 +122,30 @@ impl EventStore for MemoryStore {
         event: &Event,
         messages: &[DomainMessage],
     ) -> Result<StoredEvent, StoreError> {
+        self.lock().write(event, messages)
+    }
+
+    async fn commit_unit(
+        &self,
+        appends: &[(Event, Vec<DomainMessage>)],
+        inbox: Option<&InboxEntry>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let mut inner = self.lock();
-        let current = inner.snapshots.get(&event.uuid);
-        check_append(current, event)?;
-        let snapshot = Snapshot::next(current, event)?;
-        let stored = StoredEvent {
-            id: inner.events.len() as i64 + 1,
-            event: event.clone(),
-        };
-        inner.events.push(stored.clone());
-        inner.snapshots.insert(event.uuid, snapshot);
-        for message in messages {
-            inner.next_outbox_id += 1;
-            let record = OutboxRecord {
-                id: inner.next_outbox_id,
-                message: message.clone(),
-                created_at: event.created_at,
-            };
-            inner.outbox.push_back(record);
+        if let Some(entry) = inbox {
+            if inner.inbox.contains(entry) {
+                return Err(StoreError::AlreadyProcessed {
+                    consumer: entry.consumer.clone(),
+                    identifier: entry.identifier,
+                });
+            }
+        }
+        inner.check_unit(appends)?;
+        let stored = appends
+            .iter()
+            .map(|(event, messages)| inner.write(event, messages))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(entry) = inbox {
+            inner.inbox.insert(entry.clone());
         }
         Ok(stored)
     }
@@ -140,6 +190,13 @@ impl SnapshotStore for MemoryStore {
         // A stable sort keeps insertion order among equal keys.
         found.sort_by(|a, b| ordering.compare(*a, *b));
         Ok(found.into_iter().take(limit).cloned().collect())
+    }
+}
+
+#[async_trait]
+impl InboxStore for MemoryStore {
+    async fn is_processed(&self, entry: &InboxEntry) -> Result<bool, StoreError> {
+        Ok(self.lock().inbox.contains(entry))
     }
 }
 

@@ -55,6 +55,14 @@ pub enum StoreError {
         /// The root.
         uuid: Uuid,
     },
+    /// The consumer already handled this message (a redelivery): nothing was written.
+    #[error("message {identifier} was already handled by `{consumer}`")]
+    AlreadyProcessed {
+        /// The consumer (service).
+        consumer: String,
+        /// The message's identifier.
+        identifier: Uuid,
+    },
     /// A query names an invalid field path.
     #[error("invalid query: {0}")]
     InvalidQuery(String),
@@ -250,6 +258,31 @@ pub trait EventStore: Send + Sync {
 
     /// Events in global order.
     async fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Appends every event (each with its messages) and records `inbox`, all in one transaction: either
+    /// everything is stored or nothing is. With `inbox` already recorded, nothing is written and the
+    /// answer is [`StoreError::AlreadyProcessed`].
+    async fn commit_unit(
+        &self,
+        appends: &[(Event, Vec<DomainMessage>)],
+        inbox: Option<&InboxEntry>,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+}
+
+/// A consumer's record of a handled message.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct InboxEntry {
+    /// The consumer: the service (consumer group) that handled it.
+    pub consumer: String,
+    /// The message's identifier.
+    pub identifier: Uuid,
+}
+
+/// The inbox port: which messages a consumer has handled.
+#[async_trait]
+pub trait InboxStore: Send + Sync {
+    /// Whether the entry is recorded.
+    async fn is_processed(&self, entry: &InboxEntry) -> Result<bool, StoreError>;
 }
 
 /// The snapshot store port: latest states and queries over them.
@@ -273,9 +306,12 @@ pub trait OutboxStore: Send + Sync {
 }
 
 /// A backend implementing every port.
-pub trait Store: EventStore + SnapshotStore + OutboxStore + fmt::Debug + 'static {}
+pub trait Store:
+    EventStore + SnapshotStore + OutboxStore + InboxStore + fmt::Debug + 'static
+{
+}
 
-impl<T: EventStore + SnapshotStore + OutboxStore + fmt::Debug + 'static> Store for T {}
+impl<T: EventStore + SnapshotStore + OutboxStore + InboxStore + fmt::Debug + 'static> Store for T {}
 
 /// A shared backend.
 pub type SharedStore = Arc<dyn Store>;

@@ -13,15 +13,18 @@ use uuid::Uuid;
 
 use super::memory::check_append;
 use super::{
-    format_time, EventFilter, EventStore, OutboxRecord, OutboxStore, Query, Snapshot,
-    SnapshotStore, StoreError, StoredEvent,
+    format_time, EventFilter, EventStore, InboxEntry, InboxStore, OutboxRecord, OutboxStore, Query,
+    Snapshot, SnapshotStore, StoreError, StoredEvent,
 };
 use crate::domain::{Action, Comparison, Condition, Direction, DomainMessage, Event, FieldPath};
 
 const BACKEND: &str = "sqlite";
 
 /// Versioned schema migrations, applied in order; `PRAGMA user_version` records the last one applied.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("sql/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("sql/sqlite/0001_init.sql")),
+    (2, include_str!("sql/sqlite/0002_inbox.sql")),
+];
 
 /// SQLite store. One connection serialises writers, which SQLite does anyway.
 #[derive(Clone)]
@@ -177,6 +180,54 @@ fn append_in(
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql_err)?;
+    let stored = append_tx(&tx, event, messages)?;
+    tx.commit().map_err(sql_err)?;
+    Ok(stored)
+}
+
+/// Appends every event and records the inbox entry, all or nothing.
+fn commit_unit_in(
+    conn: &mut Connection,
+    appends: &[(Event, Vec<DomainMessage>)],
+    inbox: Option<&InboxEntry>,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_err)?;
+    if let Some(entry) = inbox {
+        let inserted = tx
+            .prepare_cached(
+                "INSERT INTO inbox (consumer, identifier, processed_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (consumer, identifier) DO NOTHING",
+            )
+            .map_err(sql_err)?
+            .execute(params![
+                entry.consumer,
+                entry.identifier.to_string(),
+                format_time(super::now())
+            ])
+            .map_err(sql_err)?;
+        if inserted == 0 {
+            return Err(StoreError::AlreadyProcessed {
+                consumer: entry.consumer.clone(),
+                identifier: entry.identifier,
+            });
+        }
+    }
+    let mut stored = Vec::with_capacity(appends.len());
+    for (event, messages) in appends {
+        // An error drops `tx`, which rolls everything back.
+        stored.push(append_tx(&tx, event, messages)?);
+    }
+    tx.commit().map_err(sql_err)?;
+    Ok(stored)
+}
+
+fn append_tx(
+    tx: &rusqlite::Transaction<'_>,
+    event: &Event,
+    messages: &[DomainMessage],
+) -> Result<StoredEvent, StoreError> {
     let uuid = event.uuid.to_string();
     let current = load_snapshot(&tx, &uuid)?;
     check_append(current.as_ref(), event)?;
@@ -239,7 +290,6 @@ fn append_in(
                 .map_err(sql_err)?;
         }
     }
-    tx.commit().map_err(sql_err)?;
     Ok(StoredEvent {
         id,
         event: event.clone(),
@@ -255,6 +305,16 @@ impl EventStore for SqliteStore {
     ) -> Result<StoredEvent, StoreError> {
         let (event, messages) = (event.clone(), messages.to_vec());
         self.with(move |conn| append_in(conn, &event, &messages))
+            .await
+    }
+
+    async fn commit_unit(
+        &self,
+        appends: &[(Event, Vec<DomainMessage>)],
+        inbox: Option<&InboxEntry>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let (appends, inbox) = (appends.to_vec(), inbox.cloned());
+        self.with(move |conn| commit_unit_in(conn, &appends, inbox.as_ref()))
             .await
     }
 
@@ -541,6 +601,25 @@ impl OutboxStore for SqliteStore {
                 }
             }
             tx.commit().map_err(sql_err)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl InboxStore for SqliteStore {
+    async fn is_processed(&self, entry: &InboxEntry) -> Result<bool, StoreError> {
+        let entry = entry.clone();
+        self.with(move |conn| {
+            conn.prepare_cached("SELECT 1 FROM inbox WHERE consumer = ?1 AND identifier = ?2")
+                .map_err(sql_err)?
+                .query_row(
+                    params![entry.consumer, entry.identifier.to_string()],
+                    |_| Ok(()),
+                )
+                .optional()
+                .map(|found| found.is_some())
+                .map_err(sql_err)
         })
         .await
     }

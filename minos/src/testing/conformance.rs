@@ -49,7 +49,10 @@ macro_rules! conformance_tests {
             find_one_reports_no_match,
             references_store_only_the_uuid,
             create_json_rejects_caller_identity,
-            events_read_in_global_order
+            events_read_in_global_order,
+            units_commit_all_or_nothing,
+            units_record_the_inbox_once,
+            staged_writes_wait_for_the_unit_commit
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -933,4 +936,116 @@ pub async fn events_read_in_global_order(repo: Repository) {
 #[allow(dead_code)]
 fn assert_address_is_a_value(address: Address) -> Address {
     address
+}
+
+fn event_of(root: &Root<Customer>, version: u64, action: Action, name: &str) -> Event {
+    Event {
+        uuid: root.uuid(),
+        name: "Customer".into(),
+        version,
+        action,
+        created_at: crate::store::now(),
+        fields_diff: vec![crate::FieldDiff::whole("name", "String", json!(name))],
+    }
+}
+
+/// A unit whose second append conflicts stores nothing at all.
+pub async fn units_commit_all_or_nothing(repo: Repository) {
+    let a = repo.create(Customer { name: "a".into() }).await.unwrap();
+    let b = repo.create(Customer { name: "b".into() }).await.unwrap();
+    let pending = repo.store().pending(100).await.unwrap().len();
+    let good = event_of(&a, 2, Action::Update, "a2");
+    let stale = event_of(&b, 5, Action::Update, "b5");
+    let writes = vec![
+        (good.clone(), good.domain_messages().unwrap()),
+        (stale.clone(), stale.domain_messages().unwrap()),
+    ];
+    let error = repo.commit_unit(&writes, None).await.unwrap_err();
+    assert!(error.is_conflict(), "{error}");
+    assert_eq!(
+        repo.get::<Customer>(a.uuid()).await.unwrap().name,
+        "a",
+        "the first append was rolled back"
+    );
+    assert_eq!(repo.store().pending(100).await.unwrap().len(), pending);
+
+    let next = event_of(&b, 2, Action::Update, "b2");
+    let writes = vec![
+        (good.clone(), good.domain_messages().unwrap()),
+        (next.clone(), next.domain_messages().unwrap()),
+    ];
+    let stored = repo.commit_unit(&writes, None).await.unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(repo.get::<Customer>(a.uuid()).await.unwrap().name, "a2");
+    assert_eq!(repo.get::<Customer>(b.uuid()).await.unwrap().name, "b2");
+}
+
+/// A unit with an inbox entry is committed once; a redelivery writes nothing.
+pub async fn units_record_the_inbox_once(repo: Repository) {
+    let a = repo.create(Customer { name: "a".into() }).await.unwrap();
+    let entry = crate::store::InboxEntry {
+        consumer: "svc".into(),
+        identifier: Uuid::new_v4(),
+    };
+    assert!(!repo.store().is_processed(&entry).await.unwrap());
+    let update = event_of(&a, 2, Action::Update, "once");
+    let writes = vec![(update.clone(), update.domain_messages().unwrap())];
+    repo.commit_unit(&writes, Some(&entry)).await.unwrap();
+    assert!(repo.store().is_processed(&entry).await.unwrap());
+    let again = event_of(&a, 3, Action::Update, "twice");
+    let error = repo
+        .commit_unit(
+            &vec![(again.clone(), again.domain_messages().unwrap())],
+            Some(&entry),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::Store(StoreError::AlreadyProcessed { .. })),
+        "{error}"
+    );
+    let read = repo.get::<Customer>(a.uuid()).await.unwrap();
+    assert_eq!((read.name.as_str(), read.version()), ("once", 2));
+    let other = crate::store::InboxEntry {
+        consumer: "other".into(),
+        identifier: entry.identifier,
+    };
+    repo.commit_unit(&Vec::new(), Some(&other)).await.unwrap();
+    assert!(repo.store().is_processed(&other).await.unwrap());
+}
+
+/// Writes inside `staged` reach the store only through `commit_unit`.
+pub async fn staged_writes_wait_for_the_unit_commit(repo: Repository) {
+    let (result, writes) = repo
+        .staged(in_scope(&repo, async {
+            let mut customer = Customer::create(Customer { name: "x".into() }).await?;
+            customer.name = "y".into();
+            customer.save().await?;
+            Ok::<_, Error>(customer)
+        }))
+        .await;
+    let customer = result.unwrap();
+    assert_eq!(customer.version(), 2);
+    assert_eq!(writes.len(), 2);
+    assert!(repo
+        .get::<Customer>(customer.uuid())
+        .await
+        .unwrap_err()
+        .is_not_found());
+    assert!(repo.store().pending(10).await.unwrap().is_empty());
+    repo.commit_unit(&writes, None).await.unwrap();
+    let read = repo.get::<Customer>(customer.uuid()).await.unwrap();
+    assert_eq!((read.name.as_str(), read.version()), ("y", 2));
+    let topics: Vec<String> = repo
+        .store()
+        .pending(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.message.topic)
+        .collect();
+    assert_eq!(
+        topics,
+        ["CustomerCreated", "CustomerUpdated", "CustomerUpdated.name"]
+    );
 }

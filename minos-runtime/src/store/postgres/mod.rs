@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime,
+};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::error::SqlState;
@@ -23,12 +25,16 @@ use super::{
     EventFilter, EventStore, OutboxRecord, OutboxStore, Query, Snapshot, SnapshotStore, StoreError,
     StoredEvent,
 };
+use super::{InboxEntry, InboxStore};
 use crate::domain::{Action, DomainMessage, Event};
 
 const BACKEND: &str = "postgres";
 
 /// Versioned schema migrations, applied in order and recorded in `schema_migrations`.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("sql/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("sql/0001_init.sql")),
+    (2, include_str!("sql/0002_inbox.sql")),
+];
 
 /// Connection settings beyond the URL.
 #[derive(Clone, Debug)]
@@ -447,6 +453,14 @@ async fn commit(
     items: &[(&Event, &[DomainMessage])],
 ) -> Result<Vec<Result<StoredEvent, StoreError>>, StoreError> {
     let client = pool.get().await.map_err(pool_error)?;
+    commit_with(&client, items).await
+}
+
+/// [`commit`] on a given client or transaction.
+async fn commit_with<C: GenericClient + Sync>(
+    client: &C,
+    items: &[(&Event, &[DomainMessage])],
+) -> Result<Vec<Result<StoredEvent, StoreError>>, StoreError> {
     // Snapshots before the batch: creations need none.
     let mut wanted: Vec<Uuid> = items
         .iter()
@@ -592,7 +606,7 @@ async fn commit(
                     event: event.clone(),
                 }),
                 // The snapshot moved on (or appeared) since it was read: another writer won.
-                None => Err(lost_race(&client, event).await),
+                None => Err(lost_race(client, event).await),
             },
         });
     }
@@ -600,7 +614,7 @@ async fn commit(
 }
 
 /// The conflict error for an append another writer beat, with the version now stored.
-async fn lost_race(client: &Object, event: &Event) -> StoreError {
+async fn lost_race<C: GenericClient + Sync>(client: &C, event: &Event) -> StoreError {
     let actual = client
         .query_opt(
             "SELECT version, data IS NULL FROM snapshots WHERE uuid = $1",
@@ -646,6 +660,41 @@ impl EventStore for PostgresStore {
         answer
             .await
             .map_err(|_| StoreError::backend(BACKEND, "the append writer dropped the request"))?
+    }
+
+    async fn commit_unit(
+        &self,
+        appends: &[(Event, Vec<DomainMessage>)],
+        inbox: Option<&InboxEntry>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut client = self.client().await?;
+        // Dropping `tx` on an early return rolls everything back.
+        let tx = client.transaction().await.map_err(db_error)?;
+        if let Some(entry) = inbox {
+            let inserted = tx
+                .execute(
+                    "INSERT INTO inbox (consumer, identifier) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&entry.consumer, &entry.identifier],
+                )
+                .await
+                .map_err(db_error)?;
+            if inserted == 0 {
+                return Err(StoreError::AlreadyProcessed {
+                    consumer: entry.consumer.clone(),
+                    identifier: entry.identifier,
+                });
+            }
+        }
+        let mut stored = Vec::with_capacity(appends.len());
+        if !appends.is_empty() {
+            let items: Vec<(&Event, &[DomainMessage])> =
+                appends.iter().map(|(e, m)| (e, m.as_slice())).collect();
+            for result in commit_with(&tx, &items).await? {
+                stored.push(result?);
+            }
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(stored)
     }
 
     async fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
@@ -735,6 +784,21 @@ impl SnapshotStore for PostgresStore {
             builder.params.iter().map(|p| p.as_ref() as _).collect();
         let rows = client.query(&sql, &params).await.map_err(db_error)?;
         rows.iter().map(decode_snapshot).collect()
+    }
+}
+
+#[async_trait]
+impl InboxStore for PostgresStore {
+    async fn is_processed(&self, entry: &InboxEntry) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT 1 FROM inbox WHERE consumer = $1 AND identifier = $2",
+                &[&entry.consumer, &entry.identifier],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(row.is_some())
     }
 }
 
