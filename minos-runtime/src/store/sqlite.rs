@@ -229,7 +229,7 @@ fn append_tx(
     messages: &[DomainMessage],
 ) -> Result<StoredEvent, StoreError> {
     let uuid = event.uuid.to_string();
-    let current = load_snapshot(&tx, &uuid)?;
+    let current = load_snapshot(tx, &uuid)?;
     check_append(current.as_ref(), event)?;
     let snapshot = Snapshot::next(current.as_ref(), event)?;
     let created_at = format_time(event.created_at);
