@@ -15,7 +15,8 @@ use crate::http::HttpSettings;
 /// ```yaml
 /// name: foo                       # consumer group and topic prefix of replies
 /// storage: sqlite://.minos/foo.db # or `memory`, or `postgres://user@host/db`
-/// broker: memory                  # the in-process broker
+/// broker: memory                  # the in-process broker, or kafka://HOST:PORT
+/// kafka: { partitions: 3, replication: 1, publish_timeout_ms: 10000 }
 /// http: { host: 0.0.0.0, port: 4545, body_limit: 1048576 }
 /// handlers: { retries: 3, request_timeout_ms: 10000 }
 /// relay: { batch: 256, poll_interval_ms: 500 }
@@ -34,7 +35,7 @@ pub struct Config {
     /// Where events, snapshots and the outbox live: `postgres://…`, `sqlite://PATH` or `memory`. Empty: an SQLite file
     /// `.minos/{name}.db` in the working directory.
     pub storage: String,
-    /// The broker: `memory` (in-process).
+    /// The broker: `memory` (in-process) or `kafka://HOST:PORT[,HOST:PORT]`.
     pub broker: String,
     /// HTTP interface.
     pub http: HttpConfig,
@@ -42,6 +43,8 @@ pub struct Config {
     pub handlers: HandlersConfig,
     /// Outbox relay.
     pub relay: RelayConfig,
+    /// Kafka settings, for `broker: kafka://HOST:PORT`.
+    pub kafka: KafkaConfig,
     /// Middleware registered with `#[middleware]`, by name, first listed outermost.
     pub middleware: Vec<String>,
     /// The log filter (overridden by `RUST_LOG`).
@@ -74,6 +77,28 @@ pub struct HandlersConfig {
     pub request_timeout_ms: u64,
 }
 
+/// Kafka settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Partitions of the topics the service creates.
+    pub partitions: i32,
+    /// Replication factor of the topics the service creates.
+    pub replication: i32,
+    /// How long a publish waits for the broker's acknowledgement.
+    pub publish_timeout_ms: u64,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            partitions: 3,
+            replication: 1,
+            publish_timeout_ms: 10_000,
+        }
+    }
+}
+
 /// Outbox relay settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -93,6 +118,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             handlers: HandlersConfig::default(),
             relay: RelayConfig::default(),
+            kafka: KafkaConfig::default(),
             middleware: Vec::new(),
             log: "info".into(),
         }
@@ -129,7 +155,7 @@ impl Default for RelayConfig {
     }
 }
 
-const SECTIONS: &[&str] = &["http", "handlers", "relay"];
+const SECTIONS: &[&str] = &["http", "handlers", "relay", "kafka"];
 
 /// `MINOS_HTTP_BODY_LIMIT` → `http.body_limit`; `None` for variables that are not configuration keys.
 fn env_key(var: &str) -> Option<String> {

@@ -2,7 +2,7 @@
 
 mod config;
 
-pub use config::{Config, HandlersConfig, HttpConfig, RelayConfig};
+pub use config::{Config, HandlersConfig, HttpConfig, KafkaConfig, RelayConfig};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -130,12 +130,24 @@ impl Launcher {
     }
 
     fn open_broker(&self) -> Result<SharedBroker> {
-        match self.config.broker.as_str() {
-            "memory" => Ok(Arc::new(MemoryBroker::new())),
-            other => Err(Error::Config(format!(
-                "unsupported broker `{other}`: use `memory`"
-            ))),
+        let broker = self.config.broker.as_str();
+        if broker == "memory" {
+            return Ok(Arc::new(MemoryBroker::new()));
         }
+        #[cfg(feature = "kafka")]
+        if let Some(bootstrap) = broker.strip_prefix("kafka://") {
+            let options = crate::messaging::KafkaOptions {
+                partitions: self.config.kafka.partitions.max(1),
+                replication: self.config.kafka.replication.max(1),
+                publish_timeout: Duration::from_millis(self.config.kafka.publish_timeout_ms),
+            };
+            return Ok(Arc::new(crate::messaging::KafkaBroker::connect(
+                bootstrap, options,
+            )?));
+        }
+        Err(Error::Config(format!(
+            "unsupported broker `{broker}`: use `kafka://HOST:PORT` or `memory`"
+        )))
     }
 
     fn middleware_chain(&self) -> Result<Arc<[Middleware]>> {

@@ -2,10 +2,14 @@
 //! the request/reply client.
 
 mod client;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub(crate) mod memory;
 mod relay;
 
 pub use client::{BrokerClient, Reply};
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaBroker, KafkaOptions};
 pub use memory::MemoryBroker;
 pub use relay::{outbox_message, OutboxRelay, RelayHandle};
 

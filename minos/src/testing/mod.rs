@@ -2,6 +2,8 @@
 
 pub mod conformance;
 pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod models;
 #[cfg(feature = "postgres")]
 pub mod postgres;

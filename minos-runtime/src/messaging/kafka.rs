@@ -1,0 +1,330 @@
+//! The Kafka broker on rdkafka: an idempotent producer awaiting acknowledgements from all replicas,
+//! consumer groups per service, offsets committed only up to messages already handled, topics created
+//! at start-up with a configured partition count.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::{Broker, BrokerMessage, Delivery, Subscription};
+use crate::error::{Error, Result};
+
+/// Kafka settings beyond the bootstrap servers.
+#[derive(Clone, Debug)]
+pub struct KafkaOptions {
+    /// Partitions of the topics this service creates.
+    pub partitions: i32,
+    /// Replication factor of the topics this service creates.
+    pub replication: i32,
+    /// How long a publish may wait for the broker's acknowledgement before it fails.
+    pub publish_timeout: Duration,
+}
+
+impl Default for KafkaOptions {
+    fn default() -> Self {
+        KafkaOptions {
+            partitions: 3,
+            replication: 1,
+            publish_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A Kafka cluster as the broker of a service.
+pub struct KafkaBroker {
+    bootstrap: String,
+    options: KafkaOptions,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    known_topics: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for KafkaBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBroker")
+            .field("bootstrap", &self.bootstrap)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+fn kafka_error(context: &str, error: impl std::fmt::Display) -> Error {
+    Error::Broker(format!("kafka {context}: {error}"))
+}
+
+impl KafkaBroker {
+    /// Connects to the cluster at `bootstrap` (`host:port[,host:port]`).
+    pub fn connect(bootstrap: &str, options: KafkaOptions) -> Result<Self> {
+        let timeout_ms = options.publish_timeout.as_millis().to_string();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", &timeout_ms)
+            .set("linger.ms", "1")
+            .create()
+            .map_err(|e| kafka_error("producer", e))?;
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()
+            .map_err(|e| kafka_error("admin client", e))?;
+        Ok(KafkaBroker {
+            bootstrap: bootstrap.to_owned(),
+            options,
+            producer,
+            admin,
+            known_topics: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.known_topics
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Creates the topics that do not exist yet (an existing topic is left as it is).
+    pub async fn ensure_topics(&self, topics: &[String]) -> Result<()> {
+        let missing: Vec<&String> = {
+            let known = self.known();
+            topics.iter().filter(|t| !known.contains(*t)).collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let new: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|t| {
+                NewTopic::new(
+                    t,
+                    self.options.partitions,
+                    TopicReplication::Fixed(self.options.replication),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = self
+            .admin
+            .create_topics(&new, &options)
+            .await
+            .map_err(|e| kafka_error("creating topics", e))?;
+        for result in results {
+            match result {
+                Ok(topic) => {
+                    self.known().insert(topic);
+                }
+                Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    self.known().insert(topic);
+                }
+                Err((topic, code)) => {
+                    return Err(kafka_error(&format!("creating topic `{topic}`"), code))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Broker for KafkaBroker {
+    async fn publish(&self, message: BrokerMessage) -> Result<()> {
+        self.ensure_topics(std::slice::from_ref(&message.topic))
+            .await?;
+        let payload = message.to_json();
+        let key = message
+            .key
+            .clone()
+            .unwrap_or_else(|| message.identifier.to_string());
+        let record = FutureRecord::to(&message.topic).key(&key).payload(&payload);
+        self.producer
+            .send(record, self.options.publish_timeout)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| kafka_error(&format!("publishing to `{}`", message.topic), e))
+    }
+
+    async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Subscription> {
+        self.ensure_topics(topics).await?;
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", "10000")
+            .create()
+            .map_err(|e| kafka_error("consumer", e))?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|e| kafka_error("subscribing", e))?;
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let dead_letters = DeadLetters {
+            producer: self.producer.clone(),
+            topic: format!("{group}.dead-letter"),
+            timeout: self.options.publish_timeout,
+        };
+        self.ensure_topics(std::slice::from_ref(&dead_letters.topic))
+            .await?;
+        tokio::spawn(consume(consumer, sender, dead_letters));
+        Ok(Subscription::new(receiver))
+    }
+}
+
+struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+    timeout: Duration,
+}
+
+impl DeadLetters {
+    /// Parks a message that cannot even be decoded, so the partition moves on.
+    async fn park_raw(&self, topic: &str, raw: &[u8], error: &str) -> Result<()> {
+        let mut message = BrokerMessage::new(
+            self.topic.clone(),
+            json!({"raw": String::from_utf8_lossy(raw)}),
+        );
+        message
+            .payload
+            .headers
+            .insert("error".into(), error.to_owned());
+        message
+            .payload
+            .headers
+            .insert("original_topic".into(), topic.to_owned());
+        let payload = message.to_json();
+        let key = message.identifier.to_string();
+        self.producer
+            .send(
+                FutureRecord::to(&self.topic).key(&key).payload(&payload),
+                self.timeout,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| kafka_error("publishing a dead letter", e))
+    }
+}
+
+/// Offsets handed out but not yet handled, per partition; commits move only past handled ones.
+#[derive(Default)]
+struct Offsets {
+    pending: HashMap<(String, i32), BTreeMap<i64, bool>>,
+}
+
+impl Offsets {
+    fn received(&mut self, topic: &str, partition: i32, offset: i64) {
+        self.pending
+            .entry((topic.to_owned(), partition))
+            .or_default()
+            .insert(offset, false);
+    }
+
+    /// Marks an offset handled; returns the offset to commit (one past the last contiguous handled one).
+    fn handled(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
+        let offsets = self.pending.get_mut(&(topic.to_owned(), partition))?;
+        if let Some(done) = offsets.get_mut(&offset) {
+            *done = true;
+        }
+        let mut commit = None;
+        while let Some((&first, &done)) = offsets.iter().next() {
+            if !done {
+                break;
+            }
+            offsets.remove(&first);
+            commit = Some(first + 1);
+        }
+        commit
+    }
+}
+
+async fn consume(
+    consumer: StreamConsumer,
+    sender: mpsc::UnboundedSender<Delivery>,
+    dead_letters: DeadLetters,
+) {
+    let (acks, mut acked) = mpsc::unbounded_channel::<(String, i32, i64)>();
+    let mut offsets = Offsets::default();
+    loop {
+        tokio::select! {
+            received = consumer.recv() => {
+                let message = match received {
+                    Ok(message) => message,
+                    Err(error) => {
+                        tracing::warn!(%error, "kafka consumer error; continuing");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
+                let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
+                offsets.received(&topic, partition, offset);
+                let raw = message.payload().unwrap_or_default();
+                match BrokerMessage::from_json(raw) {
+                    Ok(mut decoded) => {
+                        decoded.key = message.key().map(|k| String::from_utf8_lossy(k).into_owned());
+                        let acks = acks.clone();
+                        let ack_topic = topic.clone();
+                        let ack = Box::new(move || {
+                            let _ = acks.send((ack_topic, partition, offset));
+                        });
+                        if sender.send(Delivery::new(decoded, Some(ack))).is_err() {
+                            return;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, %topic, partition, offset, "undecodable message; parking it on {}", dead_letters.topic);
+                        match dead_letters.park_raw(&topic, raw, &error).await {
+                            Ok(()) => {
+                                let _ = acks.send((topic, partition, offset));
+                            }
+                            Err(park_error) => tracing::error!(error = %park_error, "could not park an undecodable message; it will be delivered again"),
+                        }
+                    }
+                }
+            }
+            Some((topic, partition, offset)) = acked.recv() => {
+                if let Some(next) = offsets.handled(&topic, partition, offset) {
+                    let mut list = TopicPartitionList::new();
+                    if list.add_partition_offset(&topic, partition, Offset::Offset(next)).is_ok() {
+                        if let Err(error) = consumer.commit(&list, CommitMode::Async) {
+                            tracing::warn!(%error, %topic, partition, "offset commit failed; the messages may be delivered again");
+                        }
+                    }
+                }
+            }
+            // The subscription was dropped: leave the group now, so its partitions move at once.
+            _ = sender.closed() => return,
+            else => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_move_only_past_contiguous_handled_offsets() {
+        let mut offsets = Offsets::default();
+        for o in 10..14 {
+            offsets.received("t", 0, o);
+        }
+        assert_eq!(offsets.handled("t", 0, 11), None);
+        assert_eq!(offsets.handled("t", 0, 10), Some(12));
+        assert_eq!(offsets.handled("t", 0, 13), None);
+        assert_eq!(offsets.handled("t", 0, 12), Some(14));
+        assert_eq!(offsets.handled("t", 1, 5), None);
+    }
+}

@@ -1,0 +1,420 @@
+//! Messaging against a real Kafka-protocol broker (`MINOS_TEST_KAFKA`, default 127.0.0.1:9092):
+//! consumer groups and fan-out, redelivery of unacknowledged messages, the inbox, dead letters,
+//! request/reply, and a broker outage.
+#![allow(missing_docs, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use minos::messaging::{Broker, BrokerMessage};
+use minos::prelude::*;
+use minos::testing::http::Client;
+use minos::testing::kafka::{bootstrap, broker, unique};
+use minos::{Config, Launcher, RunningService};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+#[root_entity]
+pub struct Tally {
+    pub tag: String,
+}
+
+pub struct KafkaCommands;
+
+#[command_service]
+impl KafkaCommands {
+    /// Answers after `delay_ms`, so replies can come back in another order than requests went out.
+    #[enroute(broker = "KSlowEcho")]
+    async fn slow_echo(&self, request: Request) -> Result<Response> {
+        let delay = request.json()["delay_ms"].as_u64().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        Ok(Response::json(request.json().clone()))
+    }
+
+    #[enroute(rest = "POST /ktallies")]
+    async fn create(&self, request: Request) -> Result<Response> {
+        let tag = request.json()["tag"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let tally = Tally::create(Tally { tag }).await?;
+        Ok(Response::json(json!({"uuid": tally.uuid()})))
+    }
+}
+
+pub struct KafkaReactions;
+
+#[query_service]
+impl KafkaReactions {
+    /// Records the tag of every `KRecord` event as a `Tally`.
+    #[enroute(event = "KRecord")]
+    async fn record(&self, request: Request) -> Result<()> {
+        let tag = request.json()["tag"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        Tally::create(Tally {
+            tag: format!("recorded:{tag}"),
+        })
+        .await?;
+        Ok(())
+    }
+
+    #[enroute(event = "KPoison")]
+    async fn poison(&self, _request: Request) -> Result<()> {
+        Err(Error::bad_request("indigestible"))
+    }
+
+    /// Every created tally, seen through the outbox, the relay and Kafka.
+    #[enroute(event = "TallyCreated")]
+    async fn tally_created(&self, request: Request) -> Result<()> {
+        let event: minos::Event = request.content()?;
+        let tag = event
+            .fields_diff
+            .iter()
+            .find(|d| d.name == "tag")
+            .and_then(|d| d.value.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        if !tag.starts_with("seen:") && !tag.starts_with("recorded:") {
+            Tally::create(Tally {
+                tag: format!("seen:{tag}"),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+async fn start(name: &str) -> RunningService {
+    broker().await; // fails loudly when Kafka is down
+    let mut config = Config::from_yaml("").unwrap();
+    config.name = name.to_owned();
+    config.storage = minos::testing::postgres::fresh_schema_url();
+    config.broker = format!("kafka://{}", bootstrap());
+    config.http.host = "127.0.0.1".into();
+    config.http.port = 0;
+    config.handlers.retries = 1;
+    config.relay.poll_interval_ms = 100;
+    Launcher::with_config(config)
+        .start()
+        .await
+        .expect("start the service on Kafka")
+}
+
+async fn tallies(service: &RunningService, tag: &str) -> usize {
+    Tally::find(Condition::eq("tag", tag))
+        .on(service.context().repository())
+        .await
+        .unwrap()
+        .len()
+}
+
+async fn eventually<F, Fut>(what: &str, timeout: Duration, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_group_gets_every_message_once() {
+    let broker = broker().await;
+    let topic = unique("fanout");
+    let topics = [topic.clone()];
+    let mut first = broker.subscribe(&unique("group-a"), &topics).await.unwrap();
+    let mut second = broker.subscribe(&unique("group-b"), &topics).await.unwrap();
+    let sent: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
+    for (i, id) in sent.iter().enumerate() {
+        let mut message = BrokerMessage::new(topic.clone(), json!(i));
+        message.identifier = *id;
+        message.key = Some(format!("key-{}", i % 4));
+        broker.publish(message).await.unwrap();
+    }
+    for subscription in [&mut first, &mut second] {
+        let mut got = Vec::new();
+        while got.len() < sent.len() {
+            let delivery = tokio::time::timeout(Duration::from_secs(30), subscription.next())
+                .await
+                .expect("delivery")
+                .unwrap();
+            got.push(delivery.message.identifier);
+            delivery.ack();
+        }
+        got.sort();
+        let mut expected = sent.clone();
+        expected.sort();
+        assert_eq!(got, expected);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), subscription.next())
+                .await
+                .is_err(),
+            "no duplicates"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_messages_are_delivered_again() {
+    let broker = broker().await;
+    let topic = unique("redeliver");
+    let group = unique("group");
+    let topics = [topic.clone()];
+    let mut consumer = broker.subscribe(&group, &topics).await.unwrap();
+    let message = BrokerMessage::new(topic.clone(), json!("once"));
+    broker.publish(message.clone()).await.unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivery.message.identifier, message.identifier);
+    // The consumer dies before committing: no ack.
+    drop(delivery);
+    drop(consumer);
+    let mut replacement = broker.subscribe(&group, &topics).await.unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(60), replacement.next())
+        .await
+        .expect("redelivered")
+        .unwrap();
+    assert_eq!(again.message.identifier, message.identifier);
+    again.ack();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_event_is_handled_once() {
+    let service = start(&unique("kinbox")).await;
+    let tag = unique("tag");
+    let message = BrokerMessage::new("KRecord", json!({"tag": tag}));
+    for _ in 0..3 {
+        service
+            .context()
+            .broker()
+            .publish(message.clone())
+            .await
+            .unwrap();
+    }
+    let recorded = format!("recorded:{tag}");
+    eventually("the event was handled", Duration::from_secs(30), || async {
+        tallies(&service, &recorded).await >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        tallies(&service, &recorded).await,
+        1,
+        "three deliveries, one effect"
+    );
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_and_undecodable_messages_are_parked_and_the_partition_moves_on() {
+    let name = unique("kpoison");
+    let service = start(&name).await;
+    let kafka = broker().await;
+    let mut parked = kafka
+        .subscribe(&unique("observer"), &[format!("{name}.dead-letter")])
+        .await
+        .unwrap();
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to("KRecord")
+                .key("k")
+                .payload("this is not an envelope"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let poison = BrokerMessage::new("KPoison", json!({"bad": true}));
+    kafka.publish(poison.clone()).await.unwrap();
+    let tag = unique("after");
+    kafka
+        .publish(BrokerMessage::new("KRecord", json!({"tag": tag})))
+        .await
+        .unwrap();
+
+    let mut headers = Vec::new();
+    while headers.len() < 2 {
+        let delivery = tokio::time::timeout(Duration::from_secs(60), parked.next())
+            .await
+            .expect("a dead letter")
+            .unwrap();
+        let message = delivery.message.clone();
+        delivery.ack();
+        if message.identifier == poison.identifier {
+            assert_eq!(
+                message.payload.headers.get("error").map(String::as_str),
+                Some("indigestible")
+            );
+        }
+        if message
+            .payload
+            .content
+            .get("raw")
+            .is_some_and(|raw| raw == "this is not an envelope")
+        {
+            assert!(
+                message.payload.headers["error"].contains("undecodable"),
+                "{:?}",
+                message.payload.headers
+            );
+        }
+        headers.push(
+            message
+                .payload
+                .headers
+                .get("original_topic")
+                .cloned()
+                .unwrap_or_default(),
+        );
+    }
+    headers.sort();
+    assert_eq!(headers, ["KPoison", "KRecord"]);
+    let recorded = format!("recorded:{tag}");
+    eventually(
+        "a later message still flows",
+        Duration::from_secs(30),
+        || async { tallies(&service, &recorded).await == 1 },
+    )
+    .await;
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_are_matched_by_identifier_not_arrival_order() {
+    let service = start(&unique("kreply")).await;
+    let client = service.context().client().clone();
+    let delays = [800u64, 600, 400, 200, 0];
+    let tasks: Vec<_> = delays
+        .iter()
+        .map(|delay| {
+            let client = client.clone();
+            let delay = *delay;
+            tokio::spawn(async move {
+                let reply = client
+                    .send("KSlowEcho", json!({"delay_ms": delay}))
+                    .await
+                    .unwrap();
+                (delay, reply, std::time::Instant::now())
+            })
+        })
+        .collect();
+    let mut arrivals = Vec::new();
+    for task in tasks {
+        let (delay, reply, at) = task.await.unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.content, json!({"delay_ms": delay}));
+        arrivals.push((at, delay));
+    }
+    arrivals.sort();
+    assert_eq!(
+        arrivals.first().map(|a| a.1),
+        Some(0),
+        "the quickest reply came first: {arrivals:?}"
+    );
+
+    let timeout = client
+        .request(
+            BrokerMessage::new(unique("NobodyAnswers"), json!({})),
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(timeout, Error::Timeout { .. }), "{timeout}");
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domain_events_travel_from_the_outbox_through_kafka() {
+    let service = start(&unique("kflow")).await;
+    let http = Client::new(format!("http://{}", service.addr()));
+    let tag = unique("flow");
+    let body = json!({"tag": tag}).to_string();
+    let answer = tokio::task::spawn_blocking(move || http.post("/ktallies", &body).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let seen = format!("seen:{tag}");
+    eventually(
+        "TallyCreated reached the handler",
+        Duration::from_secs(30),
+        || async { tallies(&service, &seen).await == 1 },
+    )
+    .await;
+    service.stop().await;
+}
+
+/// The broker is paused (SIGSTOP) for 20 s while commands arrive; once it resumes every event is
+/// published and handled, none twice. Runs when `MINOS_TEST_KAFKA_PID` names the broker's process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_delays_events_without_losing_or_doubling_them() {
+    let Ok(pid) = std::env::var("MINOS_TEST_KAFKA_PID") else {
+        eprintln!("not run: set MINOS_TEST_KAFKA_PID to the broker's process id to let this test pause it");
+        return;
+    };
+    let service = Arc::new(start(&unique("koutage")).await);
+    let http = Client::new(format!("http://{}", service.addr()));
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let result = std::panic::AssertUnwindSafe(async {
+        let mut tags = Vec::new();
+        for i in 0..10 {
+            let tag = unique(&format!("outage{i}"));
+            let (http, body) = (http.clone(), json!({"tag": tag}).to_string());
+            let answer =
+                tokio::task::spawn_blocking(move || http.post("/ktallies", &body).unwrap())
+                    .await
+                    .unwrap();
+            assert_eq!(
+                answer.status, 200,
+                "commands are accepted while the broker is down: {}",
+                answer.body
+            );
+            tags.push(tag);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        tags
+    });
+    let tags = futures_util::FutureExt::catch_unwind(result).await;
+    signal("-CONT");
+    let tags = tags.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    for tag in &tags {
+        let seen = format!("seen:{tag}");
+        eventually(
+            &format!("{seen} after the outage"),
+            Duration::from_secs(90),
+            || async { tallies(&service, &seen).await >= 1 },
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for tag in &tags {
+        assert_eq!(
+            tallies(&service, &format!("seen:{tag}")).await,
+            1,
+            "handled once: {tag}"
+        );
+    }
+    if let Ok(service) = Arc::try_unwrap(service) {
+        service.stop().await;
+    }
+}
