@@ -74,6 +74,7 @@ impl KafkaBroker {
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", &timeout_ms)
             .set("linger.ms", "1")
+            .set("socket.nagle.disable", "true")
             .create()
             .map_err(|e| kafka_error("producer", e))?;
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -155,6 +156,44 @@ impl Broker for KafkaBroker {
             .map_err(|(e, _)| kafka_error(&format!("publishing to `{}`", message.topic), e))
     }
 
+    async fn publish_all(&self, messages: Vec<BrokerMessage>) -> Vec<Result<()>> {
+        let mut topics: Vec<String> = messages.iter().map(|m| m.topic.clone()).collect();
+        topics.sort();
+        topics.dedup();
+        if let Err(error) = self.ensure_topics(&topics).await {
+            let text = error.to_string();
+            return messages
+                .iter()
+                .map(|_| Err(Error::Broker(text.clone())))
+                .collect();
+        }
+        let encoded: Vec<(String, String, Vec<u8>)> = messages
+            .iter()
+            .map(|m| {
+                let key = m.key.clone().unwrap_or_else(|| m.identifier.to_string());
+                (m.topic.clone(), key, m.to_json())
+            })
+            .collect();
+        // Every send is queued, in order, before any delivery report is awaited: the idempotent
+        // producer keeps that order per partition while the reports come back together.
+        let sends = encoded.iter().map(|(topic, key, payload)| {
+            self.producer.send(
+                FutureRecord::to(topic).key(key).payload(payload),
+                self.options.publish_timeout,
+            )
+        });
+        futures_util::future::join_all(sends)
+            .await
+            .into_iter()
+            .zip(&encoded)
+            .map(|(result, (topic, _, _))| {
+                result
+                    .map(|_| ())
+                    .map_err(|(e, _)| kafka_error(&format!("publishing to `{topic}`"), e))
+            })
+            .collect()
+    }
+
     async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Subscription> {
         self.ensure_topics(topics).await?;
         let consumer: StreamConsumer = ClientConfig::new()
@@ -165,6 +204,9 @@ impl Broker for KafkaBroker {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("session.timeout.ms", "10000")
+            // Hand messages over as soon as they are there: latency matters more than fetch sizes here.
+            .set("fetch.wait.max.ms", "5")
+            .set("socket.nagle.disable", "true")
             .create()
             .map_err(|e| kafka_error("consumer", e))?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();

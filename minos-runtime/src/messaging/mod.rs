@@ -173,6 +173,16 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Publishes a message (returns once the broker has it).
     async fn publish(&self, message: BrokerMessage) -> Result<()>;
 
+    /// Publishes messages in order; answers for each. Messages with one key keep their order. The
+    /// default publishes one at a time; brokers that can pipeline do so.
+    async fn publish_all(&self, messages: Vec<BrokerMessage>) -> Vec<Result<()>> {
+        let mut results = Vec::with_capacity(messages.len());
+        for message in messages {
+            results.push(self.publish(message).await);
+        }
+        results
+    }
+
     /// Subscribes `group` to `topics`: each unicast message reaches one subscription of each group.
     async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Subscription>;
 }

@@ -78,10 +78,14 @@ impl OutboxRelay {
             if records.is_empty() {
                 return Ok(sent);
             }
+            let messages = records.iter().map(outbox_message).collect();
+            let results = self.broker.publish_all(messages).await;
+            // Only the rows before the first failure count as sent, so order holds; rows after it are
+            // published again (consumers drop the repeats through their inbox).
             let mut done = Vec::with_capacity(records.len());
             let mut failure = None;
-            for record in &records {
-                match self.broker.publish(outbox_message(record)).await {
+            for (record, result) in records.iter().zip(results) {
+                match result {
                     Ok(()) => done.push(record.id),
                     Err(error) => {
                         failure = Some(error);
