@@ -37,12 +37,15 @@ start)
         echo "something else listens on 127.0.0.1:$port; using it as the broker"
         exit 0
     fi
-    (cd "$dir" && nohup nisshi broker \
+    cd "$dir"
+    # A simple command in the background, so $! is the broker itself (nohup execs it).
+    nohup nisshi broker \
         --listener-url "tcp://127.0.0.1:$port" \
         --advertised-listener-url "tcp://127.0.0.1:$port" \
         --group-initial-rebalance-delay 0s \
         --storage-engine "memory://nisshi/" >"$dir/nisshi.log" 2>&1 &
-        echo $! >"$pidfile")
+    echo $! >"$pidfile"
+    cd "$root"
     for _ in $(seq 1 100); do
         listening && break
         sleep 0.2

