@@ -2,6 +2,7 @@
 
 pub mod domain;
 mod error;
+mod hash;
 pub mod http;
 pub mod launcher;
 pub mod messaging;

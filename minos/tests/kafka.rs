@@ -1,129 +1,19 @@
 //! Messaging against a real Kafka-protocol broker (`MINOS_TEST_KAFKA`, default 127.0.0.1:9092):
-//! consumer groups and fan-out, redelivery of unacknowledged messages, the inbox, dead letters,
-//! request/reply, and a broker outage.
+//! consumer groups and fan-out, redelivery of unacknowledged messages, the inbox, dead letters and
+//! request/reply.
 #![allow(missing_docs, unreachable_pub)]
 
-use std::sync::Arc;
+mod kafka_support;
+
 use std::time::Duration;
 
+use kafka_support::{eventually, start, tallies};
 use minos::messaging::{Broker, BrokerMessage};
 use minos::prelude::*;
 use minos::testing::http::Client;
 use minos::testing::kafka::{bootstrap, broker, unique};
-use minos::{Config, Launcher, RunningService};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-
-#[root_entity]
-pub struct Tally {
-    pub tag: String,
-}
-
-pub struct KafkaCommands;
-
-#[command_service]
-impl KafkaCommands {
-    /// Answers after `delay_ms`, so replies can come back in another order than requests went out.
-    #[enroute(broker = "KSlowEcho")]
-    async fn slow_echo(&self, request: Request) -> Result<Response> {
-        let delay = request.json()["delay_ms"].as_u64().unwrap_or(0);
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        Ok(Response::json(request.json().clone()))
-    }
-
-    #[enroute(rest = "POST /ktallies")]
-    async fn create(&self, request: Request) -> Result<Response> {
-        let tag = request.json()["tag"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let tally = Tally::create(Tally { tag }).await?;
-        Ok(Response::json(json!({"uuid": tally.uuid()})))
-    }
-}
-
-pub struct KafkaReactions;
-
-#[query_service]
-impl KafkaReactions {
-    /// Records the tag of every `KRecord` event as a `Tally`.
-    #[enroute(event = "KRecord")]
-    async fn record(&self, request: Request) -> Result<()> {
-        let tag = request.json()["tag"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        Tally::create(Tally {
-            tag: format!("recorded:{tag}"),
-        })
-        .await?;
-        Ok(())
-    }
-
-    #[enroute(event = "KPoison")]
-    async fn poison(&self, _request: Request) -> Result<()> {
-        Err(Error::bad_request("indigestible"))
-    }
-
-    /// Every created tally, seen through the outbox, the relay and Kafka.
-    #[enroute(event = "TallyCreated")]
-    async fn tally_created(&self, request: Request) -> Result<()> {
-        let event: minos::Event = request.content()?;
-        let tag = event
-            .fields_diff
-            .iter()
-            .find(|d| d.name == "tag")
-            .and_then(|d| d.value.as_str())
-            .unwrap_or_default()
-            .to_owned();
-        if !tag.starts_with("seen:") && !tag.starts_with("recorded:") {
-            Tally::create(Tally {
-                tag: format!("seen:{tag}"),
-            })
-            .await?;
-        }
-        Ok(())
-    }
-}
-
-async fn start(name: &str) -> RunningService {
-    broker().await; // fails loudly when Kafka is down
-    let mut config = Config::from_yaml("").unwrap();
-    config.name = name.to_owned();
-    config.storage = minos::testing::postgres::fresh_schema_url();
-    config.broker = format!("kafka://{}", bootstrap());
-    config.http.host = "127.0.0.1".into();
-    config.http.port = 0;
-    config.handlers.retries = 1;
-    config.relay.poll_interval_ms = 100;
-    Launcher::with_config(config)
-        .start()
-        .await
-        .expect("start the service on Kafka")
-}
-
-async fn tallies(service: &RunningService, tag: &str) -> usize {
-    Tally::find(Condition::eq("tag", tag))
-        .on(service.context().repository())
-        .await
-        .unwrap()
-        .len()
-}
-
-async fn eventually<F, Fut>(what: &str, timeout: Duration, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_group_gets_every_message_once() {
@@ -351,69 +241,4 @@ async fn domain_events_travel_from_the_outbox_through_kafka() {
     )
     .await;
     service.stop().await;
-}
-
-/// The broker is paused (SIGSTOP) for 20 s while commands arrive; once it resumes every event is
-/// published and handled, none twice. Runs when `MINOS_TEST_KAFKA_PID` names the broker's process.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_outage_delays_events_without_losing_or_doubling_them() {
-    let Some(pid) = std::env::var("MINOS_TEST_KAFKA_PID")
-        .ok()
-        .filter(|p| !p.is_empty())
-    else {
-        eprintln!("not run: set MINOS_TEST_KAFKA_PID to the broker's process id to let this test pause it");
-        return;
-    };
-    let service = Arc::new(start(&unique("koutage")).await);
-    let http = Client::new(format!("http://{}", service.addr()));
-    let signal = |sig: &str| {
-        let status = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {sig} {pid}");
-    };
-    signal("-STOP");
-    let result = std::panic::AssertUnwindSafe(async {
-        let mut tags = Vec::new();
-        for i in 0..10 {
-            let tag = unique(&format!("outage{i}"));
-            let (http, body) = (http.clone(), json!({"tag": tag}).to_string());
-            let answer =
-                tokio::task::spawn_blocking(move || http.post("/ktallies", &body).unwrap())
-                    .await
-                    .unwrap();
-            assert_eq!(
-                answer.status, 200,
-                "commands are accepted while the broker is down: {}",
-                answer.body
-            );
-            tags.push(tag);
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
-        tags
-    });
-    let tags = futures_util::FutureExt::catch_unwind(result).await;
-    signal("-CONT");
-    let tags = tags.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-    for tag in &tags {
-        let seen = format!("seen:{tag}");
-        eventually(
-            &format!("{seen} after the outage"),
-            Duration::from_secs(90),
-            || async { tallies(&service, &seen).await >= 1 },
-        )
-        .await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for tag in &tags {
-        assert_eq!(
-            tallies(&service, &format!("seen:{tag}")).await,
-            1,
-            "handled once: {tag}"
-        );
-    }
-    if let Ok(service) = Arc::try_unwrap(service) {
-        service.stop().await;
-    }
 }

@@ -88,14 +88,9 @@ impl Broker for MemoryBroker {
     }
 }
 
-/// FNV-1a: stable across runs and platforms, unlike the std hasher.
+/// The stable hash of `key`, for picking a group member or a worker.
 pub(crate) fn stable_hash(key: &str) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash as usize
+    crate::hash::stable_hash(key) as usize
 }
 
 #[cfg(test)]

@@ -100,14 +100,9 @@ fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
     }
 }
 
-/// FNV-1a of `key` as a PostgreSQL advisory lock key: the same in every process and release.
+/// The PostgreSQL advisory lock key of `key`: the same in every process and release.
 pub fn lock_key(key: &str) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash as i64
+    crate::hash::stable_hash(key) as i64
 }
 
 /// Splits our `schema=` parameter off a connection URL.

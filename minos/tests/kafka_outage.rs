@@ -1,0 +1,78 @@
+//! The Kafka broker paused (SIGSTOP) for 20 s while commands arrive. In a binary of its own, so no other
+//! test publishes while the broker is paused.
+#![allow(missing_docs, unreachable_pub)]
+
+mod kafka_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_support::{eventually, start, tallies};
+use minos::prelude::*;
+use minos::testing::http::Client;
+use minos::testing::kafka::unique;
+
+/// The broker is paused (SIGSTOP) for 20 s while commands arrive; once it resumes every event is
+/// published and handled, none twice. Runs when `MINOS_TEST_KAFKA_PID` names the broker's process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_delays_events_without_losing_or_doubling_them() {
+    let Some(pid) = std::env::var("MINOS_TEST_KAFKA_PID")
+        .ok()
+        .filter(|p| !p.is_empty())
+    else {
+        eprintln!("not run: set MINOS_TEST_KAFKA_PID to the broker's process id to let this test pause it");
+        return;
+    };
+    let service = Arc::new(start(&unique("koutage")).await);
+    let http = Client::new(format!("http://{}", service.addr()));
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let result = std::panic::AssertUnwindSafe(async {
+        let mut tags = Vec::new();
+        for i in 0..10 {
+            let tag = unique(&format!("outage{i}"));
+            let (http, body) = (http.clone(), json!({"tag": tag}).to_string());
+            let answer =
+                tokio::task::spawn_blocking(move || http.post("/ktallies", &body).unwrap())
+                    .await
+                    .unwrap();
+            assert_eq!(
+                answer.status, 200,
+                "commands are accepted while the broker is down: {}",
+                answer.body
+            );
+            tags.push(tag);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        tags
+    });
+    let tags = futures_util::FutureExt::catch_unwind(result).await;
+    signal("-CONT");
+    let tags = tags.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    for tag in &tags {
+        let seen = format!("seen:{tag}");
+        eventually(
+            &format!("{seen} after the outage"),
+            Duration::from_secs(90),
+            || async { tallies(&service, &seen).await >= 1 },
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for tag in &tags {
+        assert_eq!(
+            tallies(&service, &format!("seen:{tag}")).await,
+            1,
+            "handled once: {tag}"
+        );
+    }
+    if let Ok(service) = Arc::try_unwrap(service) {
+        service.stop().await;
+    }
+}

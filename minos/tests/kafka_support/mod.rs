@@ -1,0 +1,119 @@
+//! The service the Kafka tests run: models, handlers and helpers shared by the Kafka test binaries.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use minos::prelude::*;
+use minos::testing::kafka::{bootstrap, broker};
+use minos::{Config, Launcher, RunningService};
+
+#[root_entity]
+pub struct Tally {
+    pub tag: String,
+}
+
+pub struct KafkaCommands;
+
+#[command_service]
+impl KafkaCommands {
+    /// Answers after `delay_ms`, so replies can come back in another order than requests went out.
+    #[enroute(broker = "KSlowEcho")]
+    async fn slow_echo(&self, request: Request) -> Result<Response> {
+        let delay = request.json()["delay_ms"].as_u64().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        Ok(Response::json(request.json().clone()))
+    }
+
+    #[enroute(rest = "POST /ktallies")]
+    async fn create(&self, request: Request) -> Result<Response> {
+        let tag = request.json()["tag"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let tally = Tally::create(Tally { tag }).await?;
+        Ok(Response::json(json!({"uuid": tally.uuid()})))
+    }
+}
+
+pub struct KafkaReactions;
+
+#[query_service]
+impl KafkaReactions {
+    /// Records the tag of every `KRecord` event as a `Tally`.
+    #[enroute(event = "KRecord")]
+    async fn record(&self, request: Request) -> Result<()> {
+        let tag = request.json()["tag"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        Tally::create(Tally {
+            tag: format!("recorded:{tag}"),
+        })
+        .await?;
+        Ok(())
+    }
+
+    #[enroute(event = "KPoison")]
+    async fn poison(&self, _request: Request) -> Result<()> {
+        Err(Error::bad_request("indigestible"))
+    }
+
+    /// Every created tally, seen through the outbox, the relay and Kafka.
+    #[enroute(event = "TallyCreated")]
+    async fn tally_created(&self, request: Request) -> Result<()> {
+        let event: minos::Event = request.content()?;
+        let tag = event
+            .fields_diff
+            .iter()
+            .find(|d| d.name == "tag")
+            .and_then(|d| d.value.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        if !tag.starts_with("seen:") && !tag.starts_with("recorded:") {
+            Tally::create(Tally {
+                tag: format!("seen:{tag}"),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+pub async fn start(name: &str) -> RunningService {
+    broker().await; // fails loudly when Kafka is down
+    let mut config = Config::from_yaml("").unwrap();
+    config.name = name.to_owned();
+    config.storage = minos::testing::postgres::fresh_schema_url();
+    config.broker = format!("kafka://{}", bootstrap());
+    config.http.host = "127.0.0.1".into();
+    config.http.port = 0;
+    config.handlers.retries = 1;
+    config.relay.poll_interval_ms = 100;
+    Launcher::with_config(config)
+        .start()
+        .await
+        .expect("start the service on Kafka")
+}
+
+pub async fn tallies(service: &RunningService, tag: &str) -> usize {
+    Tally::find(Condition::eq("tag", tag))
+        .on(service.context().repository())
+        .await
+        .unwrap()
+        .len()
+}
+
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
