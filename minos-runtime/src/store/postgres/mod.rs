@@ -55,7 +55,7 @@ impl Default for PostgresOptions {
             pool_size: 16,
             timeout: Duration::from_secs(5),
             max_batch: 128,
-            writers: 4,
+            writers: 2,
         }
     }
 }
