@@ -190,3 +190,77 @@ async fn an_unreachable_server_is_a_clear_unavailable_error() {
     let error = minos::Error::from(error);
     assert_eq!(error.status(), 503, "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_relay_per_database_publishes_and_another_takes_over() {
+    use minos::messaging::{Broker, MemoryBroker, OutboxRelay};
+    use std::time::Duration;
+
+    let url = fresh_schema_url();
+    let first = Repository::new(PostgresStore::connect(&url).await.unwrap());
+    let second = Repository::new(PostgresStore::connect(&url).await.unwrap());
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+    let mut received = broker
+        .subscribe("observer", &["CustomerCreated".to_owned()])
+        .await
+        .unwrap();
+    let relay = |repository: &Repository| {
+        OutboxRelay::new(
+            repository.store().clone(),
+            Arc::clone(&broker),
+            repository.commits(),
+        )
+        .poll_interval(Duration::from_millis(50))
+        .spawn()
+    };
+    let relay_one = relay(&first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let relay_two = relay(&second);
+    for i in 0..30 {
+        let repository = if i % 2 == 0 { &first } else { &second };
+        repository
+            .create(Customer {
+                name: format!("c{i}"),
+            })
+            .await
+            .unwrap();
+    }
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 30 {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), received.next())
+            .await
+            .expect("published")
+            .unwrap();
+        assert!(
+            seen.insert(delivery.message.identifier),
+            "published twice: {}",
+            delivery.message.identifier
+        );
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), received.next())
+            .await
+            .is_err(),
+        "nothing twice"
+    );
+
+    // The leader goes away; the other relay takes over.
+    relay_one.stop().await;
+    drop(first);
+    for i in 0..10 {
+        second
+            .create(Customer {
+                name: format!("after{i}"),
+            })
+            .await
+            .unwrap();
+    }
+    for _ in 0..10 {
+        let delivery = tokio::time::timeout(Duration::from_secs(15), received.next())
+            .await
+            .expect("taken over")
+            .unwrap();
+        assert!(seen.insert(delivery.message.identifier));
+    }
+    relay_two.stop().await;
+}

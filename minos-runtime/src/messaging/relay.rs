@@ -103,25 +103,36 @@ impl OutboxRelay {
         }
     }
 
-    /// Runs the relay in the background until stopped.
+    /// Runs the relay in the background until stopped. Only the process holding the store's relay lease
+    /// publishes; the others wait and take over when it goes away.
     pub fn spawn(self) -> RelayHandle {
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
+            let mut lease = None;
             loop {
-                match self.relay_pending().await {
-                    Ok(_) => backoff = Duration::from_millis(100),
-                    Err(error) => {
-                        tracing::warn!(%error, retry_in = ?backoff, "outbox relay: publishing failed; rows stay pending");
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = stopped.changed() => {}
+                if lease.is_none() {
+                    match self.store.relay_lease().await {
+                        Ok(Some(granted)) => lease = Some(granted),
+                        Ok(None) => tracing::debug!("another process relays this outbox; waiting"),
+                        Err(error) => {
+                            tracing::warn!(%error, "outbox relay: could not ask for the relay lease")
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                        if *stopped.borrow() {
-                            break;
+                    }
+                }
+                if lease.is_some() {
+                    match self.relay_pending().await {
+                        Ok(_) => backoff = Duration::from_millis(100),
+                        Err(error) => {
+                            tracing::warn!(%error, retry_in = ?backoff, "outbox relay: publishing failed; rows stay pending");
+                            // A lost database connection may have lost the lease with it: ask again.
+                            lease = None;
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {}
+                                _ = stopped.changed() => {}
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(10));
                         }
-                        continue;
                     }
                 }
                 if *stopped.borrow() {
@@ -133,8 +144,10 @@ impl OutboxRelay {
                     _ = stopped.changed() => {}
                 }
             }
-            if let Err(error) = self.relay_pending().await {
-                tracing::warn!(%error, "outbox relay: rows left pending at shutdown; they are sent on the next start");
+            if lease.is_some() {
+                if let Err(error) = self.relay_pending().await {
+                    tracing::warn!(%error, "outbox relay: rows left pending at shutdown; they are sent on the next start");
+                }
             }
         });
         RelayHandle { stop, task }

@@ -303,6 +303,39 @@ pub trait OutboxStore: Send + Sync {
 
     /// Marks messages as published.
     async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError>;
+
+    /// Leadership of the relay for this store: `Some` while this process may publish the outbox, `None`
+    /// when another process's relay holds it (replicas of a service share one database, and only one
+    /// relay should publish its rows, in order). Held until the lease is dropped or its process ends.
+    /// Stores used by one process at a time grant it always.
+    async fn relay_lease(&self) -> Result<Option<RelayLease>, StoreError> {
+        Ok(Some(RelayLease::unconditional()))
+    }
+}
+
+/// Permission to relay a store's outbox, released when dropped.
+pub struct RelayLease {
+    _held: Option<Box<dyn Send + Sync>>,
+}
+
+impl fmt::Debug for RelayLease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RelayLease")
+    }
+}
+
+impl RelayLease {
+    /// A lease that nothing else can hold.
+    pub fn unconditional() -> Self {
+        RelayLease { _held: None }
+    }
+
+    /// A lease that lasts as long as `held` (e.g. a database lock's guard).
+    pub fn holding(held: impl Send + Sync + 'static) -> Self {
+        RelayLease {
+            _held: Some(Box::new(held)),
+        }
+    }
 }
 
 /// A backend implementing every port.

@@ -828,6 +828,14 @@ impl OutboxStore for PostgresStore {
             .collect())
     }
 
+    async fn relay_lease(&self) -> Result<Option<super::RelayLease>, StoreError> {
+        let key = format!(
+            "minos:outbox-relay:{}",
+            self.schema.as_deref().unwrap_or("public")
+        );
+        Ok(self.try_lock(&key).await?.map(super::RelayLease::holding))
+    }
+
     async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {
         let client = self.client().await?;
         let ids = ids.to_vec();
