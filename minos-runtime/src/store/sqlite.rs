@@ -31,6 +31,69 @@ const MIGRATIONS: &[(i64, &str)] = &[
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: Option<PathBuf>,
+    // Appends go to one writer thread, which commits those waiting together (group commit).
+    appends: std::sync::mpsc::Sender<AppendJob>,
+}
+
+struct AppendJob {
+    event: Event,
+    messages: Vec<DomainMessage>,
+    reply: tokio::sync::oneshot::Sender<Result<StoredEvent, StoreError>>,
+}
+
+/// Most appends committed in one transaction.
+const MAX_BATCH: usize = 256;
+
+fn writer(conn: Arc<Mutex<Connection>>, jobs: std::sync::mpsc::Receiver<AppendJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = {
+            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            append_batch(&mut guard, &batch)
+        };
+        for (job, result) in batch.into_iter().zip(results) {
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+/// Appends a batch in one transaction, each append in a savepoint of its own: a failing append (a
+/// conflict) is rolled back alone and answered with its error; the others commit together.
+fn append_batch(
+    conn: &mut Connection,
+    batch: &[AppendJob],
+) -> Vec<Result<StoredEvent, StoreError>> {
+    let all_failed = |error: &dyn std::fmt::Display| {
+        let text = error.to_string();
+        batch
+            .iter()
+            .map(|_| Err(StoreError::backend(BACKEND, text.clone())))
+            .collect()
+    };
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(error) => return all_failed(&error),
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let result = tx.savepoint().map_err(sql_err).and_then(|savepoint| {
+            // Dropping the savepoint on an error rolls this append back.
+            let stored = append_tx(&savepoint, &job.event, &job.messages)?;
+            savepoint.commit().map_err(sql_err)?;
+            Ok(stored)
+        });
+        results.push(result);
+    }
+    match tx.commit() {
+        Ok(()) => results,
+        Err(error) => all_failed(&error),
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -76,9 +139,17 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql_err)?;
         migrate(&mut conn)?;
+        let conn = Arc::new(Mutex::new(conn));
+        let (appends, jobs) = std::sync::mpsc::channel();
+        let writer_conn = Arc::clone(&conn);
+        std::thread::Builder::new()
+            .name("minos-sqlite-writer".into())
+            .spawn(move || writer(writer_conn, jobs))
+            .map_err(|e| StoreError::backend(BACKEND, e))?;
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            conn,
             path,
+            appends,
         })
     }
 
@@ -172,19 +243,6 @@ fn load_snapshot(conn: &Connection, uuid: &str) -> Result<Option<Snapshot>, Stor
     .transpose()
 }
 
-fn append_in(
-    conn: &mut Connection,
-    event: &Event,
-    messages: &[DomainMessage],
-) -> Result<StoredEvent, StoreError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(sql_err)?;
-    let stored = append_tx(&tx, event, messages)?;
-    tx.commit().map_err(sql_err)?;
-    Ok(stored)
-}
-
 /// Appends every event and records the inbox entry, all or nothing.
 fn commit_unit_in(
     conn: &mut Connection,
@@ -224,7 +282,7 @@ fn commit_unit_in(
 }
 
 fn append_tx(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     event: &Event,
     messages: &[DomainMessage],
 ) -> Result<StoredEvent, StoreError> {
@@ -303,9 +361,18 @@ impl EventStore for SqliteStore {
         event: &Event,
         messages: &[DomainMessage],
     ) -> Result<StoredEvent, StoreError> {
-        let (event, messages) = (event.clone(), messages.to_vec());
-        self.with(move |conn| append_in(conn, &event, &messages))
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = AppendJob {
+            event: event.clone(),
+            messages: messages.to_vec(),
+            reply,
+        };
+        self.appends
+            .send(job)
+            .map_err(|_| StoreError::backend(BACKEND, "the writer thread stopped"))?;
+        answer
             .await
+            .map_err(|_| StoreError::backend(BACKEND, "the writer thread dropped an append"))?
     }
 
     async fn commit_unit(
