@@ -264,3 +264,17 @@ async fn one_relay_per_database_publishes_and_another_takes_over() {
     }
     relay_two.stop().await;
 }
+
+#[tokio::test]
+async fn statements_running_too_long_are_cancelled() {
+    let options = minos::store::PostgresOptions {
+        statement_timeout: std::time::Duration::from_millis(200),
+        ..Default::default()
+    };
+    let store = PostgresStore::connect_with(&fresh_schema_url(), options)
+        .await
+        .unwrap();
+    let client = store.pool().get().await.unwrap();
+    let error = client.query("SELECT pg_sleep(2)", &[]).await.unwrap_err();
+    assert_eq!(error.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED), "{error:?}");
+}

@@ -47,6 +47,8 @@ pub struct PostgresOptions {
     pub max_batch: usize,
     /// Concurrent append transactions.
     pub writers: usize,
+    /// Longest a statement may run before the server cancels it.
+    pub statement_timeout: Duration,
 }
 
 impl Default for PostgresOptions {
@@ -56,6 +58,7 @@ impl Default for PostgresOptions {
             timeout: Duration::from_secs(5),
             max_batch: 128,
             writers: 2,
+            statement_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -153,9 +156,18 @@ impl PostgresStore {
         let mut config = tokio_postgres::Config::from_str(&url)
             .map_err(|e| StoreError::backend(BACKEND, format!("invalid connection URL: {e}")))?;
         config.connect_timeout(options.timeout);
+        let mut server_options = config
+            .get_options()
+            .map(|o| format!("{o} "))
+            .unwrap_or_default();
+        server_options.push_str(&format!(
+            "-c statement_timeout={}",
+            options.statement_timeout.as_millis().max(1)
+        ));
         if let Some(schema) = &schema {
-            config.options(format!("-c search_path={schema}"));
+            server_options.push_str(&format!(" -c search_path={schema}"));
         }
+        config.options(server_options);
         let manager = Manager::from_config(
             config,
             NoTls,
