@@ -276,5 +276,9 @@ async fn statements_running_too_long_are_cancelled() {
         .unwrap();
     let client = store.pool().get().await.unwrap();
     let error = client.query("SELECT pg_sleep(2)", &[]).await.unwrap_err();
-    assert_eq!(error.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED), "{error:?}");
+    assert_eq!(
+        error.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+        "{error:?}"
+    );
 }

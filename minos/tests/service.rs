@@ -16,6 +16,12 @@ pub struct Counter {
     pub value: i64,
 }
 
+/// Another service's view of `Counter`: resolved through `_GetCounterSnapshots`.
+#[external_entity(name = "Counter")]
+pub struct RemoteCounter {
+    pub value: i64,
+}
+
 pub struct Commands;
 
 #[command_service]
@@ -617,5 +623,74 @@ async fn a_poison_message_is_parked_and_later_messages_flow() {
         })
     })
     .await;
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_answers_snapshot_queries_and_refs_resolve() {
+    let (service, _client) = start("snapshots").await;
+    let repository = service.context().repository().clone();
+    let a = repository.create(Counter { value: 1 }).await.unwrap();
+    let b = repository.create(Counter { value: 2 }).await.unwrap();
+    let client = service.context().client().clone();
+
+    let reply = client
+        .send(
+            "_GetCounterSnapshots",
+            json!({"uuids": [b.uuid(), a.uuid()]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply.content);
+    let values: Vec<i64> = reply
+        .content
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].as_i64().unwrap())
+        .collect();
+    assert_eq!(values, [2, 1]);
+    assert_eq!(reply.content[0]["uuid"], json!(b.uuid().to_string()));
+    assert_eq!(reply.content[0]["version"], json!(1));
+
+    let unknown = Uuid::new_v4();
+    let missing = client
+        .send(
+            "_GetCounterSnapshots",
+            json!({"uuids": [a.uuid(), unknown]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(missing.status, 404);
+    assert!(missing.content["error"]
+        .as_str()
+        .unwrap()
+        .contains(&unknown.to_string()));
+    let bad = client
+        .send("_GetCounterSnapshots", json!({"ids": []}))
+        .await
+        .unwrap();
+    assert_eq!(bad.status, 400);
+
+    let (remote, local, failed) = service
+        .context()
+        .clone()
+        .scope(async {
+            let mut remote = vec![Ref::<RemoteCounter>::new(a.uuid()), Ref::new(b.uuid())];
+            minos::routing::resolve_all(&mut remote).await.unwrap();
+            let mut local = Ref::<Counter>::new(b.uuid());
+            let value = local.resolve().await.unwrap().value;
+            let failed = Ref::<RemoteCounter>::new(unknown)
+                .resolve()
+                .await
+                .map(|r| r.value);
+            (remote, value, failed)
+        })
+        .await;
+    assert_eq!(remote[0].model().unwrap().value, 1);
+    assert_eq!(remote[1].model().unwrap().version(), 1);
+    assert_eq!(local, 2);
+    let error = failed.unwrap_err();
+    assert_eq!(error.status(), 404, "{error}");
     service.stop().await;
 }

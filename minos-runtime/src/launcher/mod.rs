@@ -185,7 +185,10 @@ impl Launcher {
         );
         tracing::info!(service = %self.config.name, storage = %self.config.storage, broker = %self.config.broker, "starting; routes:\n{}", table.describe());
 
-        let dispatcher = match table.broker_topics() {
+        // Every service answers `_Get{Type}Snapshots` for its root entities (reference resolution).
+        let mut topics = table.broker_topics();
+        topics.extend(crate::routing::snapshot_query_topics());
+        let dispatcher = match topics {
             topics if topics.is_empty() => None,
             topics => {
                 let subscription = broker.subscribe(&self.config.name, &topics).await?;

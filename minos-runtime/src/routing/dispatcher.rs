@@ -23,6 +23,22 @@ pub struct Dispatcher {
     workers: usize,
 }
 
+/// The root entity a `_Get{Type}Snapshots` topic asks for, if it is one of this binary's.
+pub fn snapshot_query_model(topic: &str) -> Option<&'static str> {
+    let name = topic.strip_prefix("_Get")?.strip_suffix("Snapshots")?;
+    crate::registry::root_entity_names()
+        .into_iter()
+        .find(|n| *n == name)
+}
+
+/// The `_Get{Type}Snapshots` topics this binary answers, one per root entity.
+pub fn snapshot_query_topics() -> Vec<String> {
+    crate::registry::root_entity_names()
+        .into_iter()
+        .map(|name| format!("_Get{name}Snapshots"))
+        .collect()
+}
+
 /// What became of a received message.
 #[derive(Debug)]
 pub enum Outcome {
@@ -91,6 +107,11 @@ impl Dispatcher {
     /// reply topic is set. A failing event handler is retried with backoff, then the message is parked on
     /// the dead-letter topic with the error and original topic in its headers.
     pub async fn dispatch(&self, message: BrokerMessage) -> Outcome {
+        if let Some(name) = snapshot_query_model(&message.topic) {
+            let result = self.snapshots(name, &message).await;
+            self.reply(&message, result).await;
+            return Outcome::Handled;
+        }
         let handlers = self.table.broker_handlers(&message.topic);
         let Some((_, kind)) = handlers.first().copied() else {
             tracing::warn!(topic = %message.topic, "no handler for this topic");
@@ -172,6 +193,38 @@ impl Dispatcher {
             tracing::debug!(error = %inbox_error, "could not record the parked message in the inbox");
         }
         Outcome::DeadLettered(error)
+    }
+
+    /// Answers `_Get{Type}Snapshots` with `{"uuids": [...]}`: the roots in the order asked, each with its
+    /// fields, uuid, version and timestamps; a 404 naming the uuids that are unknown or deleted.
+    async fn snapshots(&self, name: &str, message: &BrokerMessage) -> Result<Response, Error> {
+        #[derive(serde::Deserialize)]
+        struct Wanted {
+            uuids: Vec<uuid::Uuid>,
+        }
+        let wanted: Wanted =
+            serde_json::from_value(message.payload.content.clone()).map_err(|e| {
+                Error::bad_request(format!(
+                    "`{}` takes {{\"uuids\": [...]}}: {e}",
+                    message.topic
+                ))
+            })?;
+        let store = self.context.repository().store();
+        let mut found = Vec::with_capacity(wanted.uuids.len());
+        let mut missing = Vec::new();
+        for uuid in wanted.uuids {
+            match store.snapshot(name, uuid).await? {
+                Some(snapshot) if snapshot.data.is_some() => found.push(snapshot.document()),
+                _ => missing.push(uuid.to_string()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(Error::not_found(format!(
+                "no {name} with uuid {}",
+                missing.join(", ")
+            )));
+        }
+        Ok(Response::json(found))
     }
 
     async fn run_handlers(

@@ -3,11 +3,15 @@
 
 mod context;
 mod dispatcher;
+mod refs;
 mod request;
 mod table;
 
 pub use context::{Context, Service, ServiceExt};
-pub use dispatcher::{Dispatcher, DispatcherHandle, Outcome};
+pub use dispatcher::{
+    snapshot_query_model, snapshot_query_topics, Dispatcher, DispatcherHandle, Outcome,
+};
+pub use refs::resolve_all;
 pub use request::{IntoResponse, Origin, Request, Response};
 pub use table::{BrokerKind, RestKind, Route, RouteEntry, RouteTable, ServiceKind};
 
