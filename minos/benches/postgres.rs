@@ -69,30 +69,22 @@ async fn raw(concurrency: usize, total: usize) -> Run {
             .expect("prepare");
         clients.push((client, statement));
     }
-    let start = Instant::now();
-    let tasks: Vec<_> = clients
-        .into_iter()
-        .map(|(client, statement)| {
-            tokio::spawn(async move {
-                let data = serde_json::json!([{"name": "name", "type": "String", "value": "x"}]);
-                let mut latencies = Vec::with_capacity(per_client);
-                for _ in 0..per_client {
-                    let sent = Instant::now();
-                    client
-                        .execute(&statement, &[&Uuid::new_v4(), &data])
-                        .await
-                        .expect("insert");
-                    latencies.push(sent.elapsed());
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await.expect("client task"));
-    }
-    let run = summarize(latencies, start.elapsed());
+    let data = serde_json::json!([{"name": "name", "type": "String", "value": "x"}]);
+    let run = drive(
+        clients,
+        per_client,
+        move |pair: Arc<(tokio_postgres::Client, tokio_postgres::Statement)>, _| {
+            let data = data.clone();
+            async move {
+                pair.0
+                    .execute(&pair.1, &[&Uuid::new_v4(), &data])
+                    .await
+                    .expect("insert");
+            }
+        },
+    )
+    .await;
+
     setup
         .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
         .await
@@ -112,20 +104,58 @@ async fn framework(concurrency: usize, total: usize) -> Run {
             .expect("connect"),
     ));
     let per_client = total / concurrency;
+    let clients: Vec<(usize, Arc<Repository>)> = (0..concurrency)
+        .map(|c| (c, Arc::clone(&repository)))
+        .collect();
+    let run = drive(
+        clients,
+        per_client,
+        |pair: Arc<(usize, Arc<Repository>)>, i| async move {
+            let c = pair.0;
+            pair.1
+                .create(Customer {
+                    name: format!("c{c}-{i}"),
+                })
+                .await
+                .expect("create");
+        },
+    )
+    .await;
+
+    let schema = url.rsplit("schema=").next().unwrap_or_default().to_owned();
+    let client = connect().await;
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .expect("drop");
+    run
+}
+
+async fn connect() -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&url(), NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+/// Runs `per_client` operations on every client at once; their latencies and the rate.
+async fn drive<C, F, Fut>(clients: Vec<C>, per_client: usize, op: F) -> Run
+where
+    C: Send + Sync + 'static,
+    F: Fn(Arc<C>, usize) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let start = Instant::now();
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|c| {
-            let repository = Arc::clone(&repository);
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|client| {
+            let (op, client) = (op.clone(), Arc::new(client));
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(per_client);
                 for i in 0..per_client {
                     let sent = Instant::now();
-                    repository
-                        .create(Customer {
-                            name: format!("c{c}-{i}"),
-                        })
-                        .await
-                        .expect("create");
+                    op(Arc::clone(&client), i).await;
                     latencies.push(sent.elapsed());
                 }
                 latencies
@@ -136,22 +166,7 @@ async fn framework(concurrency: usize, total: usize) -> Run {
     for task in tasks {
         latencies.extend(task.await.expect("client task"));
     }
-    let run = summarize(latencies, start.elapsed());
-    let schema = url.rsplit("schema=").next().unwrap_or_default().to_owned();
-    let client = repository_client(&repository).await;
-    client
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await
-        .expect("drop");
-    run
-}
-
-async fn repository_client(_repository: &Repository) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&url(), NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
-    client
+    summarize(latencies, start.elapsed())
 }
 
 fn main() {
