@@ -694,3 +694,31 @@ async fn every_service_answers_snapshot_queries_and_refs_resolve() {
     assert_eq!(error.status(), 404, "{error}");
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn specs_list_the_rest_routes_and_broker_channels() {
+    let (service, client) = start("specs").await;
+    let openapi = call(&client, "GET", "/spec/openapi", None).await.json();
+    assert_eq!(openapi["openapi"], json!("3.0.3"));
+    assert_eq!(openapi["info"]["title"], json!("specs"));
+    let get = &openapi["paths"]["/counters/{uuid}"]["get"];
+    assert!(
+        get["operationId"]
+            .as_str()
+            .unwrap()
+            .ends_with("Reactions::get"),
+        "{get}"
+    );
+    assert_eq!(get["parameters"][0]["name"], json!("uuid"));
+    assert!(openapi["paths"]["/counters"]["post"].is_object());
+    let asyncapi = call(&client, "GET", "/spec/asyncapi", None).await.json();
+    assert!(
+        asyncapi["channels"]["CreateCounter"].is_object(),
+        "{asyncapi}"
+    );
+    assert!(
+        asyncapi["channels"]["CounterCreated"].is_object(),
+        "{asyncapi}"
+    );
+    service.stop().await;
+}

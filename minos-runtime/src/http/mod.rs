@@ -162,6 +162,44 @@ async fn handle(
     }
 }
 
+/// `GET /spec/openapi`: the REST routes as an OpenAPI 3 document (paths, methods, path parameters,
+/// the handler of each).
+pub fn openapi(name: &str, table: &RouteTable) -> Value {
+    let mut paths = serde_json::Map::new();
+    for (method, path, entry) in table.rest_routes() {
+        let parameters: Vec<Value> = path
+            .split('/')
+            .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
+            .map(|param| json!({"name": param, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let operation = json!({
+            "operationId": format!("{}::{}", entry.service, entry.function),
+            "parameters": parameters,
+            "responses": {"200": {"description": "success"}, "default": {"description": "an error: {\"error\", \"status\"}"}},
+        });
+        let item = paths.entry(path.to_owned()).or_insert_with(|| json!({}));
+        if let Value::Object(item) = item {
+            item.insert(method.to_ascii_lowercase(), operation);
+        }
+    }
+    json!({"openapi": "3.0.3", "info": {"title": name, "version": "1"}, "paths": paths})
+}
+
+/// `GET /spec/asyncapi`: the broker channels as an AsyncAPI 2 document (commands and queries it answers,
+/// events it subscribes to).
+pub fn asyncapi(name: &str, table: &RouteTable) -> Value {
+    let mut channels = serde_json::Map::new();
+    for entry in table.entries() {
+        if let crate::routing::Route::Broker { kind, topic } = entry.route {
+            channels.insert(
+                topic.to_owned(),
+                json!({"subscribe": {"operationId": format!("{}::{}", entry.service, entry.function), "description": format!("{kind:?}")}}),
+            );
+        }
+    }
+    json!({"asyncapi": "2.6.0", "info": {"title": name, "version": "1"}, "channels": channels})
+}
+
 fn health(name: String, addr: SocketAddr) -> HttpResponse {
     HttpResponse::Ok().json(
         json!({"status": "ok", "name": name, "host": addr.ip().to_string(), "port": addr.port()}),
@@ -190,6 +228,8 @@ pub async fn serve(
     }
     let by_path = Arc::new(by_path);
     let name = shared.context.name().to_owned();
+    let openapi_doc = Arc::new(openapi(&name, &table));
+    let asyncapi_doc = Arc::new(asyncapi(&name, &table));
     let addr_cell: Arc<std::sync::OnceLock<SocketAddr>> = Arc::default();
     let addr_for_app = Arc::clone(&addr_cell);
     let factory = move || {
@@ -199,6 +239,22 @@ pub async fn serve(
             .copied()
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let health_name = name.clone();
+        let (openapi_doc, asyncapi_doc) = (Arc::clone(&openapi_doc), Arc::clone(&asyncapi_doc));
+        app = app
+            .route(
+                "/spec/openapi",
+                web::get().to(move || {
+                    let doc = Arc::clone(&openapi_doc);
+                    async move { HttpResponse::Ok().json(&*doc) }
+                }),
+            )
+            .route(
+                "/spec/asyncapi",
+                web::get().to(move || {
+                    let doc = Arc::clone(&asyncapi_doc);
+                    async move { HttpResponse::Ok().json(&*doc) }
+                }),
+            );
         app = app.route(
             "/system/health",
             web::get().to(move || {

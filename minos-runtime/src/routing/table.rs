@@ -115,7 +115,11 @@ fn path_shape(path: &str) -> String {
 }
 
 /// Routes the runtime itself answers.
-const SYSTEM_ROUTES: &[(&str, &str)] = &[("GET", "/system/health")];
+const SYSTEM_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/system/health"),
+    ("GET", "/spec/openapi"),
+    ("GET", "/spec/asyncapi"),
+];
 
 /// The checked, sorted routes of a service.
 #[derive(Debug)]
