@@ -28,6 +28,9 @@ pub enum Error {
         /// The field.
         field: String,
     },
+    /// A transaction was asked for a status change its status machine forbids.
+    #[error(transparent)]
+    Transaction(#[from] crate::transaction::InvalidTransition),
     /// A handler's answer with a status, e.g. `Error::bad_request("bar is empty")`.
     #[error("{message}")]
     Status {
@@ -115,7 +118,7 @@ impl Error {
     /// 410 deleted, 500 for failures of the service itself.
     pub fn status(&self) -> u16 {
         match self {
-            Error::Store(StoreError::Conflict { .. }) => 409,
+            Error::Store(StoreError::Conflict { .. }) | Error::Transaction(_) => 409,
             Error::Store(StoreError::NotFound { .. }) | Error::NoMatch { .. } => 404,
             Error::Store(StoreError::AlreadyDeleted { .. }) => 410,
             Error::Store(StoreError::InvalidQuery(_)) | Error::ReservedField { .. } => 400,

@@ -11,6 +11,7 @@ mod repository;
 pub mod routing;
 pub mod scheduler;
 pub mod store;
+pub mod transaction;
 
 pub use domain::{
     Action, Condition, Entity, EntitySet, Event, ExternalEntity, FieldDiff, Model, ModelKind,
