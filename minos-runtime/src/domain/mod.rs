@@ -7,6 +7,7 @@ mod model;
 mod reference;
 mod root;
 mod sets;
+mod transaction;
 
 pub(crate) use condition::lookup_segments;
 pub use condition::{Comparison, Condition, Direction, Document, FieldPath, Ordering};
@@ -17,6 +18,7 @@ pub use model::{Entity, ExternalEntity, Model, ModelKind, Referable, RootEntity,
 pub use reference::Ref;
 pub use root::{Meta, Root};
 pub use sets::{EntitySet, ValueObjectSet};
+pub use transaction::{InvalidTransition, TransactionEntry, TransactionStatus};
 
 use uuid::Uuid;
 

@@ -10,7 +10,10 @@ use super::{
     EventFilter, EventStore, InboxEntry, InboxStore, OutboxRecord, OutboxStore, Query, Snapshot,
     SnapshotStore, StoreError, StoredEvent,
 };
-use crate::domain::{Action, DomainMessage, Event};
+use chrono::{DateTime, Utc};
+
+use super::{HeldWrites, TransactionStore};
+use crate::domain::{Action, DomainMessage, Event, TransactionEntry, TransactionStatus};
 
 /// Keeps everything in process memory; lost when the process ends.
 #[derive(Debug, Default)]
@@ -26,6 +29,8 @@ struct Inner {
     outbox: std::collections::VecDeque<OutboxRecord>,
     next_outbox_id: i64,
     inbox: std::collections::HashSet<InboxEntry>,
+    transactions: std::collections::HashMap<Uuid, TransactionEntry>,
+    held: std::collections::HashMap<Uuid, HeldWrites>,
 }
 
 impl MemoryStore {
@@ -190,6 +195,61 @@ impl SnapshotStore for MemoryStore {
         // A stable sort keeps insertion order among equal keys.
         found.sort_by(|a, b| ordering.compare(*a, *b));
         Ok(found.into_iter().take(limit).cloned().collect())
+    }
+}
+
+#[async_trait]
+impl TransactionStore for MemoryStore {
+    async fn save_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError> {
+        self.lock().transactions.insert(entry.uuid, entry.clone());
+        Ok(())
+    }
+
+    async fn transaction(&self, uuid: Uuid) -> Result<Option<TransactionEntry>, StoreError> {
+        Ok(self.lock().transactions.get(&uuid).cloned())
+    }
+
+    async fn transactions_in(
+        &self,
+        status: TransactionStatus,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<TransactionEntry>, StoreError> {
+        let inner = self.lock();
+        let mut found: Vec<TransactionEntry> = inner
+            .transactions
+            .values()
+            .filter(|t| t.status == status && t.updated_at < before)
+            .cloned()
+            .collect();
+        found.sort_by_key(|t| (t.updated_at, t.uuid));
+        Ok(found)
+    }
+
+    async fn hold(
+        &self,
+        transaction: Uuid,
+        writes: &[(Event, Vec<DomainMessage>)],
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .held
+            .entry(transaction)
+            .or_default()
+            .extend(writes.iter().cloned());
+        Ok(())
+    }
+
+    async fn held(&self, transaction: Uuid) -> Result<HeldWrites, StoreError> {
+        Ok(self
+            .lock()
+            .held
+            .get(&transaction)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn release(&self, transaction: Uuid) -> Result<(), StoreError> {
+        self.lock().held.remove(&transaction);
+        Ok(())
     }
 }
 

@@ -21,7 +21,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::domain::{Condition, DomainError, DomainMessage, Event, Ordering};
+use crate::domain::{
+    Condition, DomainError, DomainMessage, Event, Ordering, TransactionEntry, TransactionStatus,
+};
 
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
@@ -338,13 +340,56 @@ impl RelayLease {
     }
 }
 
+/// Writes held by a transaction, in the order they were made.
+pub type HeldWrites = Vec<(Event, Vec<DomainMessage>)>;
+
+/// The transaction port: application transaction entries and the writes each one holds.
+#[async_trait]
+pub trait TransactionStore: Send + Sync {
+    /// Inserts or updates an entry.
+    async fn save_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError>;
+
+    /// The entry with this uuid.
+    async fn transaction(&self, uuid: Uuid) -> Result<Option<TransactionEntry>, StoreError>;
+
+    /// Entries in `status` last changed before `before` (e.g. reserved for too long).
+    async fn transactions_in(
+        &self,
+        status: TransactionStatus,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<TransactionEntry>, StoreError>;
+
+    /// Adds writes to those the transaction holds.
+    async fn hold(
+        &self,
+        transaction: Uuid,
+        writes: &[(Event, Vec<DomainMessage>)],
+    ) -> Result<(), StoreError>;
+
+    /// The writes the transaction holds, in the order they were added.
+    async fn held(&self, transaction: Uuid) -> Result<HeldWrites, StoreError>;
+
+    /// Forgets the writes the transaction holds (after a reject, or once committed).
+    async fn release(&self, transaction: Uuid) -> Result<(), StoreError>;
+}
+
 /// A backend implementing every port.
 pub trait Store:
-    EventStore + SnapshotStore + OutboxStore + InboxStore + fmt::Debug + 'static
+    EventStore + SnapshotStore + OutboxStore + InboxStore + TransactionStore + fmt::Debug + 'static
 {
 }
 
-impl<T: EventStore + SnapshotStore + OutboxStore + InboxStore + fmt::Debug + 'static> Store for T {}
+impl<
+        T: EventStore
+            + SnapshotStore
+            + OutboxStore
+            + InboxStore
+            + TransactionStore
+            + fmt::Debug
+            + 'static,
+    > Store for T
+{
+}
 
 /// A shared backend.
 pub type SharedStore = Arc<dyn Store>;

@@ -13,10 +13,13 @@ use uuid::Uuid;
 
 use super::memory::check_append;
 use super::{
-    format_time, EventFilter, EventStore, InboxEntry, InboxStore, OutboxRecord, OutboxStore, Query,
-    Snapshot, SnapshotStore, StoreError, StoredEvent,
+    format_time, EventFilter, EventStore, HeldWrites, InboxEntry, InboxStore, OutboxRecord,
+    OutboxStore, Query, Snapshot, SnapshotStore, StoreError, StoredEvent, TransactionStore,
 };
-use crate::domain::{Action, Comparison, Condition, Direction, DomainMessage, Event, FieldPath};
+use crate::domain::{
+    Action, Comparison, Condition, Direction, DomainMessage, Event, FieldPath, TransactionEntry,
+    TransactionStatus,
+};
 
 const BACKEND: &str = "sqlite";
 
@@ -24,6 +27,7 @@ const BACKEND: &str = "sqlite";
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("sql/sqlite/0001_init.sql")),
     (2, include_str!("sql/sqlite/0002_inbox.sql")),
+    (3, include_str!("sql/sqlite/0003_transactions.sql")),
 ];
 
 /// SQLite store. One connection serialises writers, which SQLite does anyway.
@@ -668,6 +672,152 @@ impl OutboxStore for SqliteStore {
                 }
             }
             tx.commit().map_err(sql_err)
+        })
+        .await
+    }
+}
+
+fn status_text(status: TransactionStatus) -> Result<String, StoreError> {
+    match serde_json::to_value(status) {
+        Ok(serde_json::Value::String(text)) => Ok(text),
+        _ => Err(StoreError::backend(
+            BACKEND,
+            "a transaction status does not encode",
+        )),
+    }
+}
+
+fn decode_transaction(
+    row: (String, String, Option<String>, String),
+) -> Result<TransactionEntry, StoreError> {
+    let (uuid, status, destination, updated_at) = row;
+    Ok(TransactionEntry {
+        uuid: parse_uuid(&uuid)?,
+        status: serde_json::from_value(serde_json::Value::String(status))
+            .map_err(|e| StoreError::backend(BACKEND, e))?,
+        destination: destination.as_deref().map(parse_uuid).transpose()?,
+        updated_at: parse_time(&updated_at)?,
+    })
+}
+
+type TransactionRow = (String, String, Option<String>, String);
+
+fn transaction_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TransactionRow> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+}
+
+#[async_trait]
+impl TransactionStore for SqliteStore {
+    async fn save_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError> {
+        let entry = entry.clone();
+        self.with(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO transactions (uuid, status, destination, updated_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (uuid) DO UPDATE SET status = excluded.status, destination = excluded.destination, \
+                 updated_at = excluded.updated_at",
+            )
+            .map_err(sql_err)?
+            .execute(params![
+                entry.uuid.to_string(),
+                status_text(entry.status)?,
+                entry.destination.map(|d| d.to_string()),
+                format_time(entry.updated_at)
+            ])
+            .map_err(sql_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn transaction(&self, uuid: Uuid) -> Result<Option<TransactionEntry>, StoreError> {
+        self.with(move |conn| {
+            conn.prepare_cached(
+                "SELECT uuid, status, destination, updated_at FROM transactions WHERE uuid = ?1",
+            )
+            .map_err(sql_err)?
+            .query_row([uuid.to_string()], transaction_row)
+            .optional()
+            .map_err(sql_err)?
+            .map(decode_transaction)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn transactions_in(
+        &self,
+        status: TransactionStatus,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<TransactionEntry>, StoreError> {
+        let status = status_text(status)?;
+        self.with(move |conn| {
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT uuid, status, destination, updated_at FROM transactions \
+                     WHERE status = ?1 AND updated_at < ?2 ORDER BY updated_at, uuid",
+                )
+                .map_err(sql_err)?;
+            let rows = statement
+                .query_map(params![status, format_time(before)], transaction_row)
+                .map_err(sql_err)?;
+            rows.map(|row| decode_transaction(row.map_err(sql_err)?))
+                .collect()
+        })
+        .await
+    }
+
+    async fn hold(
+        &self,
+        transaction: Uuid,
+        writes: &[(Event, Vec<DomainMessage>)],
+    ) -> Result<(), StoreError> {
+        let writes = writes.to_vec();
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(sql_err)?;
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO transaction_writes (transaction_uuid, event, messages) VALUES (?1, ?2, ?3)",
+                    )
+                    .map_err(sql_err)?;
+                for (event, messages) in &writes {
+                    insert
+                        .execute(params![transaction.to_string(), to_text(event)?, to_text(messages)?])
+                        .map_err(sql_err)?;
+                }
+            }
+            tx.commit().map_err(sql_err)
+        })
+        .await
+    }
+
+    async fn held(&self, transaction: Uuid) -> Result<HeldWrites, StoreError> {
+        self.with(move |conn| {
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT event, messages FROM transaction_writes WHERE transaction_uuid = ?1 ORDER BY id",
+                )
+                .map_err(sql_err)?;
+            let rows = statement
+                .query_map([transaction.to_string()], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))
+                .map_err(sql_err)?;
+            rows.map(|row| {
+                let (event, messages) = row.map_err(sql_err)?;
+                Ok((from_text(&event)?, from_text(&messages)?))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn release(&self, transaction: Uuid) -> Result<(), StoreError> {
+        self.with(move |conn| {
+            conn.execute(
+                "DELETE FROM transaction_writes WHERE transaction_uuid = ?1",
+                [transaction.to_string()],
+            )
+            .map(|_| ())
+            .map_err(sql_err)
         })
         .await
     }

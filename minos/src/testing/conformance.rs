@@ -52,7 +52,9 @@ macro_rules! conformance_tests {
             events_read_in_global_order,
             units_commit_all_or_nothing,
             units_record_the_inbox_once,
-            staged_writes_wait_for_the_unit_commit
+            staged_writes_wait_for_the_unit_commit,
+            transactions_are_saved_and_found_by_status,
+            transactions_hold_writes_until_released
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1047,5 +1049,88 @@ pub async fn staged_writes_wait_for_the_unit_commit(repo: Repository) {
     assert_eq!(
         topics,
         ["CustomerCreated", "CustomerUpdated", "CustomerUpdated.name"]
+    );
+}
+
+/// Transaction entries are stored, updated, and found by status and age.
+pub async fn transactions_are_saved_and_found_by_status(repo: Repository) {
+    use crate::transaction::{TransactionEntry, TransactionStatus};
+    let store = repo.store();
+    let outer = TransactionEntry::new(Uuid::new_v4(), None);
+    let mut inner = TransactionEntry::new(Uuid::new_v4(), Some(outer.uuid));
+    store.save_transaction(&outer).await.unwrap();
+    store.save_transaction(&inner).await.unwrap();
+    assert_eq!(
+        store.transaction(inner.uuid).await.unwrap().as_ref(),
+        Some(&inner)
+    );
+    assert_eq!(store.transaction(Uuid::new_v4()).await.unwrap(), None);
+    inner.transition(TransactionStatus::Reserving).unwrap();
+    inner.transition(TransactionStatus::Reserved).unwrap();
+    store.save_transaction(&inner).await.unwrap();
+    let read = store.transaction(inner.uuid).await.unwrap().unwrap();
+    assert_eq!(
+        (read.status, read.destination),
+        (TransactionStatus::Reserved, Some(outer.uuid))
+    );
+    let later = crate::store::now() + chrono::Duration::seconds(1);
+    let reserved = store
+        .transactions_in(TransactionStatus::Reserved, later)
+        .await
+        .unwrap();
+    assert_eq!(
+        reserved.iter().map(|t| t.uuid).collect::<Vec<_>>(),
+        [inner.uuid]
+    );
+    let earlier = inner.updated_at - chrono::Duration::seconds(1);
+    assert!(store
+        .transactions_in(TransactionStatus::Reserved, earlier)
+        .await
+        .unwrap()
+        .is_empty());
+    let pending = store
+        .transactions_in(TransactionStatus::Pending, later)
+        .await
+        .unwrap();
+    assert_eq!(
+        pending.iter().map(|t| t.uuid).collect::<Vec<_>>(),
+        [outer.uuid]
+    );
+}
+
+/// A transaction's held writes come back in order, apart from other transactions', until released.
+pub async fn transactions_hold_writes_until_released(repo: Repository) {
+    let store = repo.store();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let ((), writes) = repo
+        .staged(in_scope(&repo, async {
+            let mut customer = Customer::create(Customer { name: "x".into() })
+                .await
+                .unwrap();
+            customer.name = "y".into();
+            customer.save().await.unwrap();
+        }))
+        .await;
+    store.hold(a, &writes[..1]).await.unwrap();
+    store.hold(b, &writes).await.unwrap();
+    store.hold(a, &writes[1..]).await.unwrap();
+    let held = store.held(a).await.unwrap();
+    assert_eq!(held, writes);
+    assert_eq!(store.held(b).await.unwrap().len(), 2);
+    // Nothing held reached the store.
+    assert!(repo
+        .get::<Customer>(writes[0].0.uuid)
+        .await
+        .unwrap_err()
+        .is_not_found());
+    store.release(a).await.unwrap();
+    assert!(store.held(a).await.unwrap().is_empty());
+    assert_eq!(store.held(b).await.unwrap().len(), 2);
+    repo.commit_unit(&store.held(b).await.unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        repo.get::<Customer>(writes[0].0.uuid).await.unwrap().name,
+        "y"
     );
 }

@@ -25,8 +25,9 @@ use super::{
     EventFilter, EventStore, OutboxRecord, OutboxStore, Query, Snapshot, SnapshotStore, StoreError,
     StoredEvent,
 };
-use super::{InboxEntry, InboxStore};
+use super::{InboxEntry, InboxStore, TransactionStore};
 use crate::domain::{Action, DomainMessage, Event};
+use crate::domain::{TransactionEntry, TransactionStatus};
 
 const BACKEND: &str = "postgres";
 
@@ -34,6 +35,7 @@ const BACKEND: &str = "postgres";
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("sql/0001_init.sql")),
     (2, include_str!("sql/0002_inbox.sql")),
+    (3, include_str!("sql/0003_transactions.sql")),
 ];
 
 /// Connection settings beyond the URL.
@@ -791,6 +793,133 @@ impl SnapshotStore for PostgresStore {
             builder.params.iter().map(|p| p.as_ref() as _).collect();
         let rows = client.query(&sql, &params).await.map_err(db_error)?;
         rows.iter().map(decode_snapshot).collect()
+    }
+}
+
+fn status_text(status: TransactionStatus) -> Result<String, StoreError> {
+    match serde_json::to_value(status) {
+        Ok(Value::String(text)) => Ok(text),
+        _ => Err(StoreError::backend(
+            BACKEND,
+            "a transaction status does not encode",
+        )),
+    }
+}
+
+fn decode_transaction(row: &Row) -> Result<TransactionEntry, StoreError> {
+    let status: String = row.get("status");
+    Ok(TransactionEntry {
+        uuid: row.get("uuid"),
+        status: serde_json::from_value(Value::String(status))
+            .map_err(|e| StoreError::backend(BACKEND, e))?,
+        destination: row.get("destination"),
+        updated_at: row.get("updated_at"),
+    })
+}
+
+#[async_trait]
+impl TransactionStore for PostgresStore {
+    async fn save_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO transactions (uuid, status, destination, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (uuid) DO UPDATE SET status = EXCLUDED.status, destination = EXCLUDED.destination, \
+                 updated_at = EXCLUDED.updated_at",
+                &[&entry.uuid, &status_text(entry.status)?, &entry.destination, &entry.updated_at],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn transaction(&self, uuid: Uuid) -> Result<Option<TransactionEntry>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT uuid, status, destination, updated_at FROM transactions WHERE uuid = $1",
+                &[&uuid],
+            )
+            .await
+            .map_err(db_error)?;
+        row.as_ref().map(decode_transaction).transpose()
+    }
+
+    async fn transactions_in(
+        &self,
+        status: TransactionStatus,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<TransactionEntry>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT uuid, status, destination, updated_at FROM transactions \
+                 WHERE status = $1 AND updated_at < $2 ORDER BY updated_at, uuid",
+                &[&status_text(status)?, &before],
+            )
+            .await
+            .map_err(db_error)?;
+        rows.iter().map(decode_transaction).collect()
+    }
+
+    async fn hold(
+        &self,
+        transaction: Uuid,
+        writes: &[(Event, Vec<DomainMessage>)],
+    ) -> Result<(), StoreError> {
+        let events: Vec<Value> = writes
+            .iter()
+            .map(|(e, _)| serde_json::to_value(e))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))?;
+        let messages: Vec<Value> = writes
+            .iter()
+            .map(|(_, m)| serde_json::to_value(m))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))?;
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO transaction_writes (transaction_uuid, event, messages) \
+                 SELECT $1, e, m FROM UNNEST($2::jsonb[], $3::jsonb[]) WITH ORDINALITY AS w(e, m, position) \
+                 ORDER BY position",
+                &[&transaction, &events, &messages],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn held(&self, transaction: Uuid) -> Result<super::HeldWrites, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT event, messages FROM transaction_writes WHERE transaction_uuid = $1 ORDER BY id",
+                &[&transaction],
+            )
+            .await
+            .map_err(db_error)?;
+        rows.iter()
+            .map(|row| {
+                let event: Event = serde_json::from_value(row.get("event"))
+                    .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))?;
+                let messages: Vec<DomainMessage> = serde_json::from_value(row.get("messages"))
+                    .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))?;
+                Ok((event, messages))
+            })
+            .collect()
+    }
+
+    async fn release(&self, transaction: Uuid) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM transaction_writes WHERE transaction_uuid = $1",
+                &[&transaction],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(())
     }
 }
 
