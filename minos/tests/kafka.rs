@@ -182,15 +182,22 @@ async fn poison_and_undecodable_messages_are_parked_and_the_partition_moves_on()
 async fn replies_are_matched_by_identifier_not_arrival_order() {
     let service = start(&unique("kreply")).await;
     let client = service.context().client().clone();
-    let delays = [700u64, 600, 500, 400, 300, 200, 100, 0];
+    // Once one request is answered, the service's consumer group has its partitions.
+    let warm = BrokerMessage::new("KSlowEcho", json!({"delay_ms": 0}));
+    client
+        .request(warm, Duration::from_secs(60))
+        .await
+        .expect("a first reply");
+    let delays = [350u64, 300, 250, 200, 150, 100, 50, 0];
     let tasks: Vec<_> = delays
         .iter()
         .map(|delay| {
             let client = client.clone();
             let delay = *delay;
             tokio::spawn(async move {
+                let request = BrokerMessage::new("KSlowEcho", json!({"delay_ms": delay}));
                 let reply = client
-                    .send("KSlowEcho", json!({"delay_ms": delay}))
+                    .request(request, Duration::from_secs(30))
                     .await
                     .unwrap();
                 (delay, reply, std::time::Instant::now())
