@@ -3,24 +3,12 @@
 //!
 //! `cargo bench -p minos-examples --bench http` (`MINOS_BENCH_SCALE=0.1` for a quick run).
 
+use minos::testing::bench::{percentile, scale};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use minos::testing::http::Client;
-
-fn scale(n: usize) -> usize {
-    let factor: f64 = std::env::var("MINOS_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    ((n as f64 * factor) as usize).max(20)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index]
-}
 
 fn main() {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -58,7 +46,7 @@ fn main() {
         "concurrency", "requests", "requests/s", "p50", "p99"
     );
     for concurrency in [1usize, 8, 32] {
-        let per_client = scale(4000) / concurrency;
+        let per_client = scale(4000, 20) / concurrency;
         let start = Instant::now();
         let workers: Vec<_> = (0..concurrency)
             .map(|c| {

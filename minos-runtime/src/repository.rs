@@ -229,21 +229,17 @@ impl Repository {
 
     async fn commit(&self, event: &Event) -> Result<()> {
         let messages = event.domain_messages()?;
-        let mut pending = Some((event.clone(), messages));
-        // Inside `staged`, hold the write back for the unit's commit.
-        let held = UNIT.try_with(|unit| {
-            if let Some(write) = pending.take() {
-                unit.lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .push(write);
+        // Inside `staged`, hold the write back for the unit's commit; otherwise append it now.
+        let unit = UNIT.try_with(Arc::clone).ok();
+        match unit {
+            Some(unit) => unit
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push((event.clone(), messages)),
+            None => {
+                self.store.append(event, &messages).await?;
+                self.committed.notify_one();
             }
-        });
-        if held.is_ok() {
-            return Ok(());
-        }
-        if let Some((event, messages)) = pending {
-            self.store.append(&event, &messages).await?;
-            self.committed.notify_one();
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! `scripts/kafka-dev.sh start` runs one; `MINOS_BENCH_SCALE=0.1` for a quick run).
 #![allow(missing_docs, unreachable_pub)]
 
+use minos::testing::bench::{percentile, scale};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,14 +40,6 @@ impl BenchReactions {
         HANDLED.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
-}
-
-fn scale(n: usize) -> usize {
-    let factor: f64 = std::env::var("MINOS_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    ((n as f64 * factor) as usize).max(20)
 }
 
 fn main() {
@@ -89,7 +82,7 @@ fn main() {
             last = now;
         }
 
-        let events = scale(5000);
+        let events = scale(5000, 20);
         let before = HANDLED.load(Ordering::SeqCst);
         let start = Instant::now();
         let repository = Arc::new(repository);
@@ -130,7 +123,7 @@ fn main() {
         );
 
         let client = service.context().client().clone();
-        let rounds = scale(1000);
+        let rounds = scale(1000, 20);
         let mut latencies = Vec::with_capacity(rounds);
         for i in 0..rounds {
             let sent = Instant::now();
@@ -142,9 +135,7 @@ fn main() {
             assert_eq!(reply.status, 200);
         }
         latencies.sort();
-        let at = |p: f64| {
-            latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
-        };
+        let at = |p: f64| percentile(&latencies, p);
         println!(
             "command round trip (sequential, {rounds}): p50 {:.2?}, p99 {:.2?}",
             at(0.5),

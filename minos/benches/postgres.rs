@@ -5,6 +5,7 @@
 //! `cargo bench -p minos --bench postgres` (server: `MINOS_TEST_POSTGRES_URL`, default
 //! `postgresql://postgres@127.0.0.1:5432/test`; `MINOS_BENCH_SCALE=0.1` for a quick run).
 
+use minos::testing::bench::{percentile, scale};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,14 +15,6 @@ use minos::testing::models::Customer;
 use minos::testing::postgres::{fresh_schema_url, url};
 use tokio_postgres::NoTls;
 
-fn scale(n: usize) -> usize {
-    let factor: f64 = std::env::var("MINOS_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    ((n as f64 * factor) as usize).max(64)
-}
-
 struct Run {
     per_second: f64,
     p50: Duration,
@@ -30,9 +23,7 @@ struct Run {
 
 fn summarize(mut latencies: Vec<Duration>, elapsed: Duration) -> Run {
     latencies.sort();
-    let at = |p: f64| {
-        latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1]
-    };
+    let at = |p: f64| percentile(&latencies, p);
     Run {
         per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50: at(0.50),
@@ -175,7 +166,7 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let total = scale(8000);
+        let total = scale(8000, 64);
         println!("PostgreSQL at {} — {total} operations per row, {} cores", url(), std::thread::available_parallelism().map_or(1, |n| n.get()));
         println!(
             "{:>5} | {:>12} {:>9} {:>9} | {:>15} {:>9} {:>9} | {:>6}",

@@ -3,20 +3,13 @@
 //!
 //! `cargo bench -p minos --bench store` (set `MINOS_BENCH_SCALE=0.1` for a quick run).
 
+use minos::testing::bench::scale;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use minos::prelude::*;
 use minos::store::SqliteStore;
 use minos::testing::models::Order;
-
-fn scale(n: usize) -> usize {
-    let factor: f64 = std::env::var("MINOS_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    ((n as f64 * factor) as usize).max(10)
-}
 
 fn rate(count: usize, elapsed: Duration) -> String {
     format!("{:>10.0}", count as f64 / elapsed.as_secs_f64())
@@ -69,7 +62,7 @@ async fn updates_and_replay(repo: &Repository, n: usize) -> (Duration, Duration,
 }
 
 async fn run(label: &str, make: impl Fn() -> Repository) {
-    let n = scale(20_000);
+    let n = scale(20_000, 10);
     for writers in [1, 8] {
         let repo = make();
         let elapsed = creates(&repo, n, writers).await;
@@ -79,7 +72,7 @@ async fn run(label: &str, make: impl Fn() -> Repository) {
         );
     }
     let repo = make();
-    let (updates, read, fold, events) = updates_and_replay(&repo, scale(20_000)).await;
+    let (updates, read, fold, events) = updates_and_replay(&repo, scale(20_000, 10)).await;
     println!(
         "{label:<8} updates of one root       {} appends/s",
         rate(events - 1, updates)
@@ -89,11 +82,11 @@ async fn run(label: &str, make: impl Fn() -> Repository) {
         rate(events, read + fold)
     );
     let query_repo = make();
-    creates(&query_repo, scale(10_000), 1).await;
-    let queries = scale(500);
+    creates(&query_repo, scale(10_000, 10), 1).await;
+    let queries = scale(500, 10);
     let start = Instant::now();
     for i in 0..queries {
-        let condition = Condition::eq("customer", format!("c0-{}", i * 7 % scale(10_000)))
+        let condition = Condition::eq("customer", format!("c0-{}", i * 7 % scale(10_000, 10)))
             & Condition::ge("total", 0);
         let found = Order::find(condition)
             .on(&query_repo)
@@ -105,7 +98,7 @@ async fn run(label: &str, make: impl Fn() -> Repository) {
     let elapsed = start.elapsed();
     println!(
         "{label:<8} find over {} roots   {} queries/s",
-        scale(10_000),
+        scale(10_000, 10),
         rate(queries, elapsed)
     );
 }

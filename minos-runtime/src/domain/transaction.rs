@@ -27,6 +27,32 @@ pub enum TransactionStatus {
 }
 
 impl TransactionStatus {
+    /// The lowercase name used on the wire and in storage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransactionStatus::Pending => "pending",
+            TransactionStatus::Reserving => "reserving",
+            TransactionStatus::Reserved => "reserved",
+            TransactionStatus::Committing => "committing",
+            TransactionStatus::Committed => "committed",
+            TransactionStatus::Rejected => "rejected",
+        }
+    }
+
+    /// Parses the lowercase name.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            TransactionStatus::Pending,
+            TransactionStatus::Reserving,
+            TransactionStatus::Reserved,
+            TransactionStatus::Committing,
+            TransactionStatus::Committed,
+            TransactionStatus::Rejected,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+
     /// Whether `self → next` is allowed: pending → {pending, reserving, rejected}; reserving → {reserved,
     /// rejected}; reserved → {committing, rejected}; committing → committed; committed and rejected are
     /// final.
@@ -138,6 +164,13 @@ mod tests {
             }
         }
         assert!(Committed.is_final() && Rejected.is_final() && !Reserved.is_final());
+        for status in ALL {
+            assert_eq!(TransactionStatus::parse(status.as_str()), Some(status));
+            assert_eq!(
+                serde_json::to_value(status).unwrap(),
+                serde_json::json!(status.as_str())
+            );
+        }
     }
 
     #[test]

@@ -677,24 +677,15 @@ impl OutboxStore for SqliteStore {
     }
 }
 
-fn status_text(status: TransactionStatus) -> Result<String, StoreError> {
-    match serde_json::to_value(status) {
-        Ok(serde_json::Value::String(text)) => Ok(text),
-        _ => Err(StoreError::backend(
-            BACKEND,
-            "a transaction status does not encode",
-        )),
-    }
-}
-
 fn decode_transaction(
     row: (String, String, Option<String>, String),
 ) -> Result<TransactionEntry, StoreError> {
     let (uuid, status, destination, updated_at) = row;
     Ok(TransactionEntry {
         uuid: parse_uuid(&uuid)?,
-        status: serde_json::from_value(serde_json::Value::String(status))
-            .map_err(|e| StoreError::backend(BACKEND, e))?,
+        status: TransactionStatus::parse(&status).ok_or_else(|| {
+            StoreError::backend(BACKEND, format!("unknown transaction status `{status}`"))
+        })?,
         destination: destination.as_deref().map(parse_uuid).transpose()?,
         updated_at: parse_time(&updated_at)?,
     })
@@ -719,7 +710,7 @@ impl TransactionStore for SqliteStore {
             .map_err(sql_err)?
             .execute(params![
                 entry.uuid.to_string(),
-                status_text(entry.status)?,
+                entry.status.as_str(),
                 entry.destination.map(|d| d.to_string()),
                 format_time(entry.updated_at)
             ])
@@ -749,7 +740,7 @@ impl TransactionStore for SqliteStore {
         status: TransactionStatus,
         before: DateTime<Utc>,
     ) -> Result<Vec<TransactionEntry>, StoreError> {
-        let status = status_text(status)?;
+        let status = status.as_str();
         self.with(move |conn| {
             let mut statement = conn
                 .prepare_cached(

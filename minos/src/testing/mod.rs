@@ -1,5 +1,6 @@
 //! Test helpers (feature `testing`): sample models and the store conformance suite.
 
+pub mod bench;
 pub mod conformance;
 pub mod http;
 #[cfg(feature = "kafka")]

@@ -796,22 +796,13 @@ impl SnapshotStore for PostgresStore {
     }
 }
 
-fn status_text(status: TransactionStatus) -> Result<String, StoreError> {
-    match serde_json::to_value(status) {
-        Ok(Value::String(text)) => Ok(text),
-        _ => Err(StoreError::backend(
-            BACKEND,
-            "a transaction status does not encode",
-        )),
-    }
-}
-
 fn decode_transaction(row: &Row) -> Result<TransactionEntry, StoreError> {
     let status: String = row.get("status");
     Ok(TransactionEntry {
         uuid: row.get("uuid"),
-        status: serde_json::from_value(Value::String(status))
-            .map_err(|e| StoreError::backend(BACKEND, e))?,
+        status: TransactionStatus::parse(&status).ok_or_else(|| {
+            StoreError::backend(BACKEND, format!("unknown transaction status `{status}`"))
+        })?,
         destination: row.get("destination"),
         updated_at: row.get("updated_at"),
     })
@@ -826,7 +817,7 @@ impl TransactionStore for PostgresStore {
                 "INSERT INTO transactions (uuid, status, destination, updated_at) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (uuid) DO UPDATE SET status = EXCLUDED.status, destination = EXCLUDED.destination, \
                  updated_at = EXCLUDED.updated_at",
-                &[&entry.uuid, &status_text(entry.status)?, &entry.destination, &entry.updated_at],
+                &[&entry.uuid, &entry.status.as_str(), &entry.destination, &entry.updated_at],
             )
             .await
             .map_err(db_error)?;
@@ -855,7 +846,7 @@ impl TransactionStore for PostgresStore {
             .query(
                 "SELECT uuid, status, destination, updated_at FROM transactions \
                  WHERE status = $1 AND updated_at < $2 ORDER BY updated_at, uuid",
-                &[&status_text(status)?, &before],
+                &[&status.as_str(), &before],
             )
             .await
             .map_err(db_error)?;
