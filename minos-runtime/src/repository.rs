@@ -16,6 +16,8 @@ use crate::store::{
     now, EventFilter, MemoryStore, Query, SharedStore, Snapshot, Store, StoreError,
 };
 use crate::store::{InboxEntry, StoredEvent};
+use crate::transaction::{check_applies, TransactionScope};
+use indexmap::IndexMap;
 
 tokio::task_local! {
     static CURRENT: Repository;
@@ -128,17 +130,37 @@ impl Repository {
         Ok(Root::from_parts(meta, value))
     }
 
-    /// The root with this uuid.
+    /// The root with this uuid (inside a transaction: with the transaction's writes applied).
     pub async fn get<T: RootEntity>(&self, uuid: Uuid) -> Result<Root<T>> {
-        let snapshot =
-            self.store
-                .snapshot(T::NAME, uuid)
-                .await?
-                .ok_or_else(|| StoreError::NotFound {
-                    name: T::NAME.to_owned(),
-                    uuid,
-                })?;
+        let chain = TransactionScope::current();
+        let chain = chain.as_ref().map_or(&[][..], TransactionScope::chain);
+        let snapshot = self
+            .snapshot_in(chain, T::NAME, uuid)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                name: T::NAME.to_owned(),
+                uuid,
+            })?;
         decode(snapshot)
+    }
+
+    /// The snapshot of one root as seen inside the transactions `chain` (outermost first): the stored
+    /// snapshot with their held writes applied in order.
+    pub async fn snapshot_in(
+        &self,
+        chain: &[Uuid],
+        name: &str,
+        uuid: Uuid,
+    ) -> Result<Option<Snapshot>> {
+        let mut snapshot = self.store.snapshot(name, uuid).await?;
+        for transaction in chain {
+            for (event, _) in self.store.held(*transaction).await? {
+                if event.uuid == uuid && event.name == name {
+                    snapshot = Some(Snapshot::next(snapshot.as_ref(), &event)?);
+                }
+            }
+        }
+        Ok(snapshot)
     }
 
     /// Stores the changed fields of `root` as one update event (with one `{Name}Updated.{field}` message
@@ -188,10 +210,54 @@ impl Repository {
         Ok(())
     }
 
-    /// Live roots of type `T` matching `query`.
+    /// Live roots of type `T` matching `query` (inside a transaction: with its writes applied).
     pub async fn find<T: RootEntity>(&self, query: &Query) -> Result<Vec<Root<T>>> {
-        let snapshots = self.store.find(T::NAME, query).await?;
+        let snapshots = match TransactionScope::current() {
+            Some(scope) => self.find_in(scope.chain(), T::NAME, query).await?,
+            None => self.store.find(T::NAME, query).await?,
+        };
         snapshots.into_iter().map(decode).collect()
+    }
+
+    async fn find_in(&self, chain: &[Uuid], name: &str, query: &Query) -> Result<Vec<Snapshot>> {
+        let mut touched: IndexMap<Uuid, Option<Snapshot>> = IndexMap::new();
+        for transaction in chain {
+            for (event, _) in self.store.held(*transaction).await? {
+                if event.name != name {
+                    continue;
+                }
+                let previous = match touched.get(&event.uuid) {
+                    Some(snapshot) => snapshot.clone(),
+                    None => self.store.snapshot(name, event.uuid).await?,
+                };
+                touched.insert(event.uuid, Some(Snapshot::next(previous.as_ref(), &event)?));
+            }
+        }
+        if touched.is_empty() {
+            return Ok(self.store.find(name, query).await?);
+        }
+        let unlimited = Query {
+            limit: None,
+            ..query.clone()
+        };
+        let mut found: Vec<Snapshot> = self
+            .store
+            .find(name, &unlimited)
+            .await?
+            .into_iter()
+            .filter(|s| !touched.contains_key(&s.uuid))
+            .collect();
+        found.extend(
+            touched
+                .into_values()
+                .flatten()
+                .filter(|s| s.data.is_some() && query.condition.matches(s)),
+        );
+        if let Some(ordering) = &query.ordering {
+            found.sort_by(|a, b| ordering.compare(a, b));
+        }
+        found.truncate(query.limit.unwrap_or(usize::MAX));
+        Ok(found)
     }
 
     /// The events of one root, oldest first.
@@ -229,6 +295,18 @@ impl Repository {
 
     async fn commit(&self, event: &Event) -> Result<()> {
         let messages = event.domain_messages()?;
+        // Inside a transaction, the write is held under it until the transaction commits.
+        if let Some(scope) = TransactionScope::current() {
+            scope.open(self).await?;
+            let current = self
+                .snapshot_in(scope.chain(), &event.name, event.uuid)
+                .await?;
+            check_applies(current.as_ref(), event)?;
+            self.store
+                .hold(scope.uuid(), &[(event.clone(), messages)])
+                .await?;
+            return Ok(());
+        }
         // Inside `staged`, hold the write back for the unit's commit; otherwise append it now.
         let unit = UNIT.try_with(Arc::clone).ok();
         match unit {

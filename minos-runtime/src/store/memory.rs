@@ -12,7 +12,7 @@ use super::{
 };
 use chrono::{DateTime, Utc};
 
-use super::{HeldWrites, TransactionStore};
+use super::{ExecutionRecord, HeldWrites, SagaStore, TransactionStore};
 use crate::domain::{Action, DomainMessage, Event, TransactionEntry, TransactionStatus};
 
 /// Keeps everything in process memory; lost when the process ends.
@@ -31,6 +31,7 @@ struct Inner {
     inbox: std::collections::HashSet<InboxEntry>,
     transactions: std::collections::HashMap<Uuid, TransactionEntry>,
     held: std::collections::HashMap<Uuid, HeldWrites>,
+    executions: std::collections::HashMap<Uuid, ExecutionRecord>,
 }
 
 impl MemoryStore {
@@ -250,6 +251,35 @@ impl TransactionStore for MemoryStore {
     async fn release(&self, transaction: Uuid) -> Result<(), StoreError> {
         self.lock().held.remove(&transaction);
         Ok(())
+    }
+}
+
+#[async_trait]
+impl SagaStore for MemoryStore {
+    async fn save_execution(&self, record: &ExecutionRecord) -> Result<(), StoreError> {
+        self.lock().executions.insert(record.uuid, record.clone());
+        Ok(())
+    }
+
+    async fn execution(&self, uuid: Uuid) -> Result<Option<ExecutionRecord>, StoreError> {
+        Ok(self.lock().executions.get(&uuid).cloned())
+    }
+
+    async fn executions(
+        &self,
+        status: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ExecutionRecord>, StoreError> {
+        let inner = self.lock();
+        let mut found: Vec<ExecutionRecord> = inner
+            .executions
+            .values()
+            .filter(|r| status.is_none_or(|s| r.status == s))
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| (b.updated_at, b.uuid).cmp(&(a.updated_at, a.uuid)));
+        found.truncate(limit);
+        Ok(found)
     }
 }
 

@@ -373,9 +373,50 @@ pub trait TransactionStore: Send + Sync {
     async fn release(&self, transaction: Uuid) -> Result<(), StoreError>;
 }
 
+/// The persisted state of one saga execution.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecutionRecord {
+    /// The execution (also its transaction's uuid).
+    pub uuid: Uuid,
+    /// The saga's name.
+    pub saga: String,
+    /// `created`, `running`, `paused`, `finished` or `errored`.
+    pub status: String,
+    /// Everything else (context, position, participants), as the saga layer writes it.
+    pub data: Value,
+    /// When it started.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The saga execution port.
+#[async_trait]
+pub trait SagaStore: Send + Sync {
+    /// Inserts or replaces an execution.
+    async fn save_execution(&self, record: &ExecutionRecord) -> Result<(), StoreError>;
+
+    /// The execution with this uuid.
+    async fn execution(&self, uuid: Uuid) -> Result<Option<ExecutionRecord>, StoreError>;
+
+    /// Executions, newest change first, only those in `status` when given; at most `limit`.
+    async fn executions(
+        &self,
+        status: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ExecutionRecord>, StoreError>;
+}
+
 /// A backend implementing every port.
 pub trait Store:
-    EventStore + SnapshotStore + OutboxStore + InboxStore + TransactionStore + fmt::Debug + 'static
+    EventStore
+    + SnapshotStore
+    + OutboxStore
+    + InboxStore
+    + TransactionStore
+    + SagaStore
+    + fmt::Debug
+    + 'static
 {
 }
 
@@ -385,6 +426,7 @@ impl<
             + OutboxStore
             + InboxStore
             + TransactionStore
+            + SagaStore
             + fmt::Debug
             + 'static,
     > Store for T

@@ -16,6 +16,7 @@ use super::{
     format_time, EventFilter, EventStore, HeldWrites, InboxEntry, InboxStore, OutboxRecord,
     OutboxStore, Query, Snapshot, SnapshotStore, StoreError, StoredEvent, TransactionStore,
 };
+use super::{ExecutionRecord, SagaStore};
 use crate::domain::{
     Action, Comparison, Condition, Direction, DomainMessage, Event, FieldPath, TransactionEntry,
     TransactionStatus,
@@ -28,6 +29,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("sql/sqlite/0001_init.sql")),
     (2, include_str!("sql/sqlite/0002_inbox.sql")),
     (3, include_str!("sql/sqlite/0003_transactions.sql")),
+    (4, include_str!("sql/sqlite/0004_saga_executions.sql")),
 ];
 
 /// SQLite store. One connection serialises writers, which SQLite does anyway.
@@ -672,6 +674,94 @@ impl OutboxStore for SqliteStore {
                 }
             }
             tx.commit().map_err(sql_err)
+        })
+        .await
+    }
+}
+
+type ExecutionRow = (String, String, String, String, String, String);
+
+fn execution_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ExecutionRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+    ))
+}
+
+fn decode_execution(row: ExecutionRow) -> Result<ExecutionRecord, StoreError> {
+    let (uuid, saga, status, data, created_at, updated_at) = row;
+    Ok(ExecutionRecord {
+        uuid: parse_uuid(&uuid)?,
+        saga,
+        status,
+        data: from_text(&data)?,
+        created_at: parse_time(&created_at)?,
+        updated_at: parse_time(&updated_at)?,
+    })
+}
+
+#[async_trait]
+impl SagaStore for SqliteStore {
+    async fn save_execution(&self, record: &ExecutionRecord) -> Result<(), StoreError> {
+        let record = record.clone();
+        self.with(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO saga_executions (uuid, saga, status, data, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (uuid) DO UPDATE SET saga = excluded.saga, \
+                 status = excluded.status, data = excluded.data, updated_at = excluded.updated_at",
+            )
+            .map_err(sql_err)?
+            .execute(params![
+                record.uuid.to_string(),
+                record.saga,
+                record.status,
+                to_text(&record.data)?,
+                format_time(record.created_at),
+                format_time(record.updated_at)
+            ])
+            .map_err(sql_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn execution(&self, uuid: Uuid) -> Result<Option<ExecutionRecord>, StoreError> {
+        self.with(move |conn| {
+            conn.prepare_cached(
+                "SELECT uuid, saga, status, data, created_at, updated_at FROM saga_executions WHERE uuid = ?1",
+            )
+            .map_err(sql_err)?
+            .query_row([uuid.to_string()], execution_row)
+            .optional()
+            .map_err(sql_err)?
+            .map(decode_execution)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn executions(
+        &self,
+        status: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ExecutionRecord>, StoreError> {
+        let status = status.map(str::to_owned);
+        self.with(move |conn| {
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT uuid, saga, status, data, created_at, updated_at FROM saga_executions \
+                     WHERE (?1 IS NULL OR status = ?1) ORDER BY updated_at DESC, uuid DESC LIMIT ?2",
+                )
+                .map_err(sql_err)?;
+            let rows = statement
+                .query_map(params![status, limit as i64], execution_row)
+                .map_err(sql_err)?;
+            rows.map(|row| decode_execution(row.map_err(sql_err)?))
+                .collect()
         })
         .await
     }

@@ -1,4 +1,466 @@
-//! Application transactions (used by sagas). The entries and their status machine live in the domain
-//! layer, so the stores can keep them; this layer will run reserve, commit and reject.
+//! Application transactions (used by sagas).
+//!
+//! Inside [`TransactionScope::run`], entity operations (`Foo::create`, `root.save()`, …) do not reach the
+//! store: their events are *held* under the innermost transaction, reads see them on top of the store, and
+//! nothing is published. [`Transactions::reserve`] checks that the held writes still apply to the
+//! destination (the enclosing transaction, or the store itself at the top level) and that no sibling
+//! transaction touched the same roots; [`Transactions::commit`] moves the writes into the destination —
+//! at the top level that is one atomic store commit, which is when domain events are published;
+//! [`Transactions::reject`] drops them.
 
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::domain::Event;
 pub use crate::domain::{InvalidTransition, TransactionEntry, TransactionStatus};
+use crate::error::{Error, Result};
+use crate::repository::Repository;
+use crate::store::{HeldWrites, Snapshot, StoreError};
+
+tokio::task_local! {
+    static SCOPE: TransactionScope;
+}
+
+/// The transactions the current task writes into: outermost first, the innermost receives the writes.
+#[derive(Clone, Debug)]
+pub struct TransactionScope {
+    chain: Arc<[Uuid]>,
+    opened: Arc<tokio::sync::OnceCell<()>>,
+}
+
+impl TransactionScope {
+    /// A scope writing into the last of `chain`, nested in the ones before it. `None` when empty.
+    pub fn new(chain: Vec<Uuid>) -> Option<Self> {
+        (!chain.is_empty()).then(|| TransactionScope {
+            chain: chain.into(),
+            opened: Arc::default(),
+        })
+    }
+
+    /// A top-level transaction.
+    pub fn top(uuid: Uuid) -> Self {
+        TransactionScope {
+            chain: Arc::from([uuid]),
+            opened: Arc::default(),
+        }
+    }
+
+    /// The scope of the current task, if any.
+    pub fn current() -> Option<TransactionScope> {
+        SCOPE.try_with(TransactionScope::clone).ok()
+    }
+
+    /// Parses a `transactions` header: comma-separated uuids, outermost first.
+    pub fn from_header(header: &str) -> Result<Option<Self>> {
+        let chain = header
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                Uuid::parse_str(s).map_err(|e| {
+                    Error::bad_request(format!("`transactions` header: `{s}` is not a uuid: {e}"))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::new(chain))
+    }
+
+    /// The `transactions` header value: comma-separated uuids, outermost first.
+    pub fn header(&self) -> String {
+        self.chain
+            .iter()
+            .map(Uuid::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// This scope with `uuid` nested inside its innermost transaction.
+    pub fn nested(&self, uuid: Uuid) -> Self {
+        let mut chain = self.chain.to_vec();
+        chain.push(uuid);
+        TransactionScope {
+            chain: chain.into(),
+            opened: Arc::default(),
+        }
+    }
+
+    /// The transaction receiving the writes.
+    pub fn uuid(&self) -> Uuid {
+        self.chain[self.chain.len() - 1]
+    }
+
+    /// The enclosing transaction of [`uuid`](Self::uuid), `None` at the top level.
+    pub fn destination(&self) -> Option<Uuid> {
+        (self.chain.len() > 1).then(|| self.chain[self.chain.len() - 2])
+    }
+
+    /// Every transaction, outermost first.
+    pub fn chain(&self) -> &[Uuid] {
+        &self.chain
+    }
+
+    /// Runs `future` inside this scope.
+    pub async fn run<F: Future>(self, future: F) -> F::Output {
+        SCOPE.scope(self, future).await
+    }
+
+    /// Creates the entries of the chain that the store does not know yet (pending, each inside the one
+    /// before), once per scope; refuses writes into a transaction that is no longer pending.
+    pub(crate) async fn open(&self, repository: &Repository) -> Result<()> {
+        self.opened
+            .get_or_try_init(|| async {
+                let store = repository.store();
+                let mut destination = None;
+                for uuid in self.chain.iter().copied() {
+                    match store.transaction(uuid).await? {
+                        None => {
+                            store
+                                .save_transaction(&TransactionEntry::new(uuid, destination))
+                                .await?
+                        }
+                        Some(entry)
+                            if uuid == self.uuid()
+                                && entry.status != TransactionStatus::Pending =>
+                        {
+                            return Err(Error::with_status(
+                                409,
+                                format!(
+                                    "transaction {uuid} is {}: it takes no more writes",
+                                    entry.status.as_str()
+                                ),
+                            ))
+                        }
+                        Some(_) => {}
+                    }
+                    destination = Some(uuid);
+                }
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+/// The broker topic on which a service answers a transaction command: `_{Verb}{Service}Transaction`,
+/// the service's name in upper camel case (`foo-bar` → `_ReserveFooBarTransaction`).
+pub fn command_topic(verb: TransactionCommand, service: &str) -> String {
+    format!("_{}{}Transaction", verb.as_str(), upper_camel(service))
+}
+
+/// `foo-bar_baz` → `FooBarBaz`.
+pub fn upper_camel(name: &str) -> String {
+    name.split(['-', '_', '.', ' '])
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map(|first| first.to_uppercase().chain(chars).collect::<String>())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The commands every service answers for the transactions it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TransactionCommand {
+    /// `_Reserve{Service}Transaction`.
+    Reserve,
+    /// `_Commit{Service}Transaction`.
+    Commit,
+    /// `_Reject{Service}Transaction`.
+    Reject,
+}
+
+impl TransactionCommand {
+    /// `Reserve`, `Commit` or `Reject`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransactionCommand::Reserve => "Reserve",
+            TransactionCommand::Commit => "Commit",
+            TransactionCommand::Reject => "Reject",
+        }
+    }
+
+    /// All three.
+    pub const ALL: [TransactionCommand; 3] = [
+        TransactionCommand::Reserve,
+        TransactionCommand::Commit,
+        TransactionCommand::Reject,
+    ];
+}
+
+/// Reserve, commit and reject over one repository's store.
+#[derive(Clone, Debug)]
+pub struct Transactions {
+    repository: Repository,
+}
+
+/// Serializes reservations in this process: two siblings reserving at once must not both pass.
+static RESERVING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+impl Repository {
+    /// Reserve, commit and reject the transactions of this repository's store.
+    pub fn transactions(&self) -> Transactions {
+        Transactions {
+            repository: self.clone(),
+        }
+    }
+}
+
+impl Transactions {
+    /// Runs one command on transaction `uuid`.
+    pub async fn run(&self, command: TransactionCommand, uuid: Uuid) -> Result<TransactionStatus> {
+        match command {
+            TransactionCommand::Reserve => self.reserve(uuid).await,
+            TransactionCommand::Commit => self.commit(uuid).await,
+            TransactionCommand::Reject => self.reject(uuid).await,
+        }
+    }
+
+    async fn entry_or(
+        &self,
+        uuid: Uuid,
+        status: TransactionStatus,
+    ) -> Result<Option<TransactionEntry>> {
+        let store = self.repository.store();
+        match store.transaction(uuid).await? {
+            Some(entry) => Ok(Some(entry)),
+            None => {
+                // Nothing was written in it here: record the outcome so a late write is refused.
+                let mut entry = TransactionEntry::new(uuid, None);
+                entry.status = status;
+                store.save_transaction(&entry).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn move_to(&self, entry: &mut TransactionEntry, next: TransactionStatus) -> Result<()> {
+        entry.transition(next)?;
+        self.repository.store().save_transaction(entry).await?;
+        Ok(())
+    }
+
+    /// Checks that the transaction's writes still apply to its destination and that no sibling being
+    /// reserved or committed touched the same roots: reserved, or rejected with a 409 conflict. Reserving
+    /// a reserved or committed transaction again answers its status.
+    pub async fn reserve(&self, uuid: Uuid) -> Result<TransactionStatus> {
+        let Some(mut entry) = self.entry_or(uuid, TransactionStatus::Reserved).await? else {
+            return Ok(TransactionStatus::Reserved);
+        };
+        match entry.status {
+            TransactionStatus::Reserved
+            | TransactionStatus::Committing
+            | TransactionStatus::Committed => return Ok(entry.status),
+            _ => {}
+        }
+        let _serial = RESERVING.lock().await;
+        self.move_to(&mut entry, TransactionStatus::Reserving)
+            .await?;
+        match self.validate(&entry).await {
+            Ok(()) => {
+                self.move_to(&mut entry, TransactionStatus::Reserved)
+                    .await?;
+                Ok(TransactionStatus::Reserved)
+            }
+            Err(error) => {
+                self.move_to(&mut entry, TransactionStatus::Rejected)
+                    .await?;
+                self.repository.store().release(uuid).await?;
+                tracing::info!(transaction = %uuid, %error, "reservation refused: transaction rejected");
+                Err(error)
+            }
+        }
+    }
+
+    async fn validate(&self, entry: &TransactionEntry) -> Result<()> {
+        let store = self.repository.store();
+        let mut destination_chain = Vec::new();
+        let mut next = entry.destination;
+        while let Some(uuid) = next {
+            let parent = store.transaction(uuid).await?.ok_or_else(|| {
+                Error::with_status(409, format!("destination transaction {uuid} is unknown"))
+            })?;
+            if destination_chain.is_empty() && parent.status != TransactionStatus::Pending {
+                return Err(Error::with_status(
+                    409,
+                    format!(
+                        "destination transaction {uuid} is {}, not pending",
+                        parent.status.as_str()
+                    ),
+                ));
+            }
+            destination_chain.insert(0, uuid);
+            next = parent.destination;
+        }
+        let held = store.held(entry.uuid).await?;
+        // Per root: the held versions follow each other, starting right after the destination's.
+        let mut firsts: BTreeMap<Uuid, &Event> = BTreeMap::new();
+        let mut last_version: BTreeMap<Uuid, u64> = BTreeMap::new();
+        for (event, _) in &held {
+            if let Some(last) = last_version.get(&event.uuid) {
+                if event.version != last + 1 {
+                    return Err(StoreError::Conflict {
+                        name: event.name.clone(),
+                        uuid: event.uuid,
+                        expected: event.version - 1,
+                        actual: *last,
+                    }
+                    .into());
+                }
+            } else {
+                firsts.insert(event.uuid, event);
+            }
+            last_version.insert(event.uuid, event.version);
+        }
+        for event in firsts.values() {
+            let current = self
+                .repository
+                .snapshot_in(&destination_chain, &event.name, event.uuid)
+                .await?;
+            check_applies(current.as_ref(), event)?;
+        }
+        // Siblings in flight touching the same roots.
+        let touched: HashSet<Uuid> = firsts.keys().copied().collect();
+        let far = chrono::Utc::now() + chrono::Duration::days(3650);
+        for status in [
+            TransactionStatus::Reserving,
+            TransactionStatus::Reserved,
+            TransactionStatus::Committing,
+        ] {
+            for sibling in store.transactions_in(status, far).await? {
+                if sibling.uuid == entry.uuid || sibling.destination != entry.destination {
+                    continue;
+                }
+                let theirs = store.held(sibling.uuid).await?;
+                if let Some((event, _)) = theirs.iter().find(|(e, _)| touched.contains(&e.uuid)) {
+                    return Err(Error::with_status(
+                        409,
+                        format!(
+                            "{} {} is also changed by transaction {} ({})",
+                            event.name,
+                            event.uuid,
+                            sibling.uuid,
+                            sibling.status.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reserves (when still pending), then moves the writes into the destination — at the top level one
+    /// atomic store commit that publishes the domain events — and marks the transaction committed.
+    /// Committing a committed transaction again does nothing.
+    pub async fn commit(&self, uuid: Uuid) -> Result<TransactionStatus> {
+        let Some(mut entry) = self.entry_or(uuid, TransactionStatus::Committed).await? else {
+            return Ok(TransactionStatus::Committed);
+        };
+        match entry.status {
+            TransactionStatus::Committed => return Ok(TransactionStatus::Committed),
+            TransactionStatus::Pending => {
+                self.reserve(uuid).await?;
+                entry.status = TransactionStatus::Reserved;
+            }
+            _ => {}
+        }
+        if entry.status != TransactionStatus::Committing {
+            self.move_to(&mut entry, TransactionStatus::Committing)
+                .await?;
+        }
+        let store = self.repository.store();
+        let held = store.held(uuid).await?;
+        match entry.destination {
+            None => {
+                if let Err(error) = self.repository.commit_unit(&held, None).await {
+                    if !(error.is_conflict() && self.already_applied(&held).await?) {
+                        return Err(error);
+                    }
+                }
+            }
+            Some(destination) => store.hold(destination, &held).await?,
+        }
+        store.release(uuid).await?;
+        self.move_to(&mut entry, TransactionStatus::Committed)
+            .await?;
+        Ok(TransactionStatus::Committed)
+    }
+
+    /// Whether a top-level commit interrupted after the store commit already stored these writes.
+    async fn already_applied(&self, held: &HeldWrites) -> Result<bool> {
+        let Some((first, _)) = held.first() else {
+            return Ok(true);
+        };
+        let stored = self.repository.events(first.uuid).await?;
+        Ok(stored.iter().any(|e| e == first))
+    }
+
+    /// Drops the transaction's writes: from pending, reserving or reserved. Rejecting a rejected
+    /// transaction again does nothing; a committing or committed one answers a 409 conflict.
+    pub async fn reject(&self, uuid: Uuid) -> Result<TransactionStatus> {
+        let Some(mut entry) = self.entry_or(uuid, TransactionStatus::Rejected).await? else {
+            return Ok(TransactionStatus::Rejected);
+        };
+        if entry.status == TransactionStatus::Rejected {
+            return Ok(TransactionStatus::Rejected);
+        }
+        self.move_to(&mut entry, TransactionStatus::Rejected)
+            .await?;
+        self.repository.store().release(uuid).await?;
+        Ok(TransactionStatus::Rejected)
+    }
+
+    /// Rejects transactions left reserved for longer than `max_age` and finishes commits that were
+    /// interrupted (committing for longer than `max_age`). Returns how many it handled.
+    pub async fn tidy(&self, max_age: Duration) -> Result<usize> {
+        let store = self.repository.store();
+        let before = chrono::Utc::now()
+            - chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::seconds(60));
+        let mut handled = 0;
+        for entry in store
+            .transactions_in(TransactionStatus::Reserved, before)
+            .await?
+        {
+            tracing::warn!(transaction = %entry.uuid, "reserved for too long: rejecting it");
+            self.reject(entry.uuid).await?;
+            handled += 1;
+        }
+        for entry in store
+            .transactions_in(TransactionStatus::Committing, before)
+            .await?
+        {
+            tracing::warn!(transaction = %entry.uuid, "commit was interrupted: finishing it");
+            self.commit(entry.uuid).await?;
+            handled += 1;
+        }
+        Ok(handled)
+    }
+}
+
+/// Whether `event` applies on top of `current` (the destination's view of its root).
+pub(crate) fn check_applies(current: Option<&Snapshot>, event: &Event) -> Result<(), StoreError> {
+    match current {
+        None if event.version == 1 => Ok(()),
+        None => Err(StoreError::NotFound {
+            name: event.name.clone(),
+            uuid: event.uuid,
+        }),
+        Some(snapshot) if snapshot.data.is_none() => Err(StoreError::AlreadyDeleted {
+            name: event.name.clone(),
+            uuid: event.uuid,
+        }),
+        Some(snapshot) if snapshot.version + 1 != event.version => Err(StoreError::Conflict {
+            name: event.name.clone(),
+            uuid: event.uuid,
+            expected: event.version - 1,
+            actual: snapshot.version,
+        }),
+        Some(_) => Ok(()),
+    }
+}

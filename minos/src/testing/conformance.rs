@@ -54,7 +54,11 @@ macro_rules! conformance_tests {
             units_record_the_inbox_once,
             staged_writes_wait_for_the_unit_commit,
             transactions_are_saved_and_found_by_status,
-            transactions_hold_writes_until_released
+            transactions_hold_writes_until_released,
+            transaction_writes_are_private_until_committed,
+            reserve_refuses_conflicts_and_reject_drops_writes,
+            nested_transactions_commit_into_their_destination,
+            saga_executions_are_saved_and_listed
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1133,4 +1137,232 @@ pub async fn transactions_hold_writes_until_released(repo: Repository) {
         repo.get::<Customer>(writes[0].0.uuid).await.unwrap().name,
         "y"
     );
+}
+
+fn customer_names(roots: &[Root<Customer>]) -> Vec<String> {
+    let mut names: Vec<String> = roots.iter().map(|c| c.name.clone()).collect();
+    names.sort();
+    names
+}
+
+/// Writes inside a transaction are seen only inside it, publish nothing, and reach the store (and the
+/// outbox) when it commits.
+pub async fn transaction_writes_are_private_until_committed(repo: Repository) {
+    use crate::transaction::{TransactionScope, TransactionStatus};
+    let existing = repo.create(Customer { name: "ann".into() }).await.unwrap();
+    let sent = repo.store().pending(100).await.unwrap().len();
+    let tx = Uuid::new_v4();
+    let existing_uuid = existing.uuid();
+    let created = in_scope(
+        &repo,
+        TransactionScope::top(tx).run(async move {
+            let created = Customer::create(Customer { name: "bob".into() }).await?;
+            let mut ann = Customer::get(existing_uuid).await?;
+            ann.name = "anna".into();
+            assert!(ann.save().await?);
+            // Inside: the writes are visible to reads and queries.
+            assert_eq!(Customer::get(existing_uuid).await?.name, "anna");
+            assert_eq!(Customer::get(existing_uuid).await?.version(), 2);
+            let all = Customer::get_all().await?;
+            assert_eq!(customer_names(&all), ["anna", "bob"]);
+            let found = Customer::find(Condition::eq("name", "bob")).await?;
+            assert_eq!(found.len(), 1);
+            let none = Customer::find(Condition::eq("name", "ann")).await?;
+            assert!(none.is_empty());
+            Ok::<_, Error>(created)
+        }),
+    )
+    .await
+    .unwrap();
+    // Outside: nothing changed, nothing to publish.
+    assert!(repo
+        .get::<Customer>(created.uuid())
+        .await
+        .unwrap_err()
+        .is_not_found());
+    assert_eq!(
+        repo.get::<Customer>(existing_uuid).await.unwrap().name,
+        "ann"
+    );
+    assert_eq!(repo.store().pending(100).await.unwrap().len(), sent);
+    assert_eq!(repo.store().held(tx).await.unwrap().len(), 2);
+    // Commit reserves first, then stores and publishes.
+    let status = repo.transactions().commit(tx).await.unwrap();
+    assert_eq!(status, TransactionStatus::Committed);
+    assert_eq!(
+        repo.get::<Customer>(existing_uuid).await.unwrap().name,
+        "anna"
+    );
+    assert_eq!(
+        repo.get::<Customer>(created.uuid()).await.unwrap().name,
+        "bob"
+    );
+    let topics: Vec<String> = repo.store().pending(100).await.unwrap()[sent..]
+        .iter()
+        .map(|r| r.message.topic.clone())
+        .collect();
+    assert_eq!(
+        topics,
+        ["CustomerCreated", "CustomerUpdated", "CustomerUpdated.name"]
+    );
+    assert!(repo.store().held(tx).await.unwrap().is_empty());
+    // Committing again does nothing; a committed transaction takes no more writes and cannot be rejected.
+    assert_eq!(
+        repo.transactions().commit(tx).await.unwrap(),
+        TransactionStatus::Committed
+    );
+    let late = in_scope(
+        &repo,
+        TransactionScope::top(tx).run(Customer::create(Customer {
+            name: "late".into(),
+        })),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(late.status(), 409, "{late}");
+    assert_eq!(
+        repo.transactions().reject(tx).await.unwrap_err().status(),
+        409
+    );
+}
+
+/// Reserve refuses writes based on stale versions and siblings touching the same root; a refused or
+/// rejected transaction's writes vanish.
+pub async fn reserve_refuses_conflicts_and_reject_drops_writes(repo: Repository) {
+    use crate::transaction::{TransactionScope, TransactionStatus};
+    let ann = repo.create(Customer { name: "ann".into() }).await.unwrap();
+    let uuid = ann.uuid();
+    let rename = |name: &'static str| async move {
+        let mut customer = Customer::get(uuid).await?;
+        customer.name = name.into();
+        customer.save().await
+    };
+    let (first, second, third) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    for (tx, name) in [(first, "one"), (second, "two"), (third, "three")] {
+        in_scope(&repo, TransactionScope::top(tx).run(rename(name)))
+            .await
+            .unwrap();
+    }
+    let transactions = repo.transactions();
+    assert_eq!(
+        transactions.reserve(first).await.unwrap(),
+        TransactionStatus::Reserved
+    );
+    // A sibling touching the same root while `first` is reserved: refused, and rejected.
+    let error = transactions.reserve(second).await.unwrap_err();
+    assert_eq!(error.status(), 409, "{error}");
+    let entry = repo.store().transaction(second).await.unwrap().unwrap();
+    assert_eq!(entry.status, TransactionStatus::Rejected);
+    assert!(repo.store().held(second).await.unwrap().is_empty());
+    // `first` commits; `third` was based on version 1, which is stale now.
+    transactions.commit(first).await.unwrap();
+    assert_eq!(repo.get::<Customer>(uuid).await.unwrap().name, "one");
+    let error = transactions.commit(third).await.unwrap_err();
+    assert!(error.is_conflict(), "{error}");
+    assert_eq!(repo.get::<Customer>(uuid).await.unwrap().version(), 2);
+    // Reject drops the writes; rejecting again is fine; committing a rejected one is a conflict.
+    let fourth = Uuid::new_v4();
+    in_scope(&repo, TransactionScope::top(fourth).run(rename("four")))
+        .await
+        .unwrap();
+    assert_eq!(
+        transactions.reject(fourth).await.unwrap(),
+        TransactionStatus::Rejected
+    );
+    assert_eq!(
+        transactions.reject(fourth).await.unwrap(),
+        TransactionStatus::Rejected
+    );
+    assert_eq!(transactions.commit(fourth).await.unwrap_err().status(), 409);
+    assert_eq!(repo.get::<Customer>(uuid).await.unwrap().name, "one");
+    // Unknown transactions (nothing written here) answer at once and refuse later writes.
+    let unknown = Uuid::new_v4();
+    assert_eq!(
+        transactions.reserve(unknown).await.unwrap(),
+        TransactionStatus::Reserved
+    );
+    let late = in_scope(&repo, TransactionScope::top(unknown).run(rename("late")))
+        .await
+        .unwrap_err();
+    assert_eq!(late.status(), 409);
+    // Left reserved too long: the tidy job rejects it.
+    let fifth = Uuid::new_v4();
+    in_scope(&repo, TransactionScope::top(fifth).run(rename("five")))
+        .await
+        .unwrap();
+    transactions.reserve(fifth).await.unwrap();
+    assert!(transactions.tidy(std::time::Duration::ZERO).await.unwrap() >= 1);
+    let entry = repo.store().transaction(fifth).await.unwrap().unwrap();
+    assert_eq!(entry.status, TransactionStatus::Rejected);
+}
+
+/// A nested transaction commits into its destination: visible there, still unpublished, and stored when
+/// the destination commits at the top level.
+pub async fn nested_transactions_commit_into_their_destination(repo: Repository) {
+    use crate::transaction::{TransactionScope, TransactionStatus};
+    let (outer, inner) = (Uuid::new_v4(), Uuid::new_v4());
+    let scope = TransactionScope::new(vec![outer, inner]).unwrap();
+    let created = in_scope(
+        &repo,
+        scope.run(Customer::create(Customer { name: "kid".into() })),
+    )
+    .await
+    .unwrap();
+    let uuid = created.uuid();
+    let seen_outer = in_scope(&repo, TransactionScope::top(outer).run(Customer::get(uuid))).await;
+    assert!(seen_outer.unwrap_err().is_not_found());
+    let transactions = repo.transactions();
+    assert_eq!(
+        transactions.commit(inner).await.unwrap(),
+        TransactionStatus::Committed
+    );
+    let seen_outer = in_scope(&repo, TransactionScope::top(outer).run(Customer::get(uuid)))
+        .await
+        .unwrap();
+    assert_eq!(seen_outer.name, "kid");
+    assert!(repo.get::<Customer>(uuid).await.unwrap_err().is_not_found());
+    assert!(repo.store().pending(10).await.unwrap().is_empty());
+    transactions.commit(outer).await.unwrap();
+    assert_eq!(repo.get::<Customer>(uuid).await.unwrap().name, "kid");
+    assert_eq!(repo.store().pending(10).await.unwrap().len(), 1);
+}
+
+/// Saga executions are stored, replaced, read back and listed newest first, by status.
+pub async fn saga_executions_are_saved_and_listed(repo: Repository) {
+    use crate::store::ExecutionRecord;
+    let store = repo.store();
+    let start = crate::store::now();
+    let mut records = Vec::new();
+    for (i, status) in ["paused", "finished", "paused"].into_iter().enumerate() {
+        let record = ExecutionRecord {
+            uuid: Uuid::new_v4(),
+            saga: "AddFooBar".into(),
+            status: status.into(),
+            data: json!({"context": {"n": i}}),
+            created_at: start,
+            updated_at: start + chrono::Duration::milliseconds(i as i64),
+        };
+        store.save_execution(&record).await.unwrap();
+        records.push(record);
+    }
+    assert_eq!(
+        store.execution(records[1].uuid).await.unwrap().as_ref(),
+        Some(&records[1])
+    );
+    assert_eq!(store.execution(Uuid::new_v4()).await.unwrap(), None);
+    let paused: Vec<Uuid> = store
+        .executions(Some("paused"), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.uuid)
+        .collect();
+    assert_eq!(paused, [records[2].uuid, records[0].uuid]);
+    records[0].status = "errored".into();
+    records[0].updated_at = start + chrono::Duration::seconds(1);
+    store.save_execution(&records[0]).await.unwrap();
+    let all = store.executions(None, 2).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0], records[0]);
+    assert_eq!(store.executions(Some("paused"), 10).await.unwrap().len(), 1);
 }

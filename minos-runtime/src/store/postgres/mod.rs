@@ -25,7 +25,7 @@ use super::{
     EventFilter, EventStore, OutboxRecord, OutboxStore, Query, Snapshot, SnapshotStore, StoreError,
     StoredEvent,
 };
-use super::{InboxEntry, InboxStore, TransactionStore};
+use super::{ExecutionRecord, InboxEntry, InboxStore, SagaStore, TransactionStore};
 use crate::domain::{Action, DomainMessage, Event};
 use crate::domain::{TransactionEntry, TransactionStatus};
 
@@ -36,6 +36,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("sql/0001_init.sql")),
     (2, include_str!("sql/0002_inbox.sql")),
     (3, include_str!("sql/0003_transactions.sql")),
+    (4, include_str!("sql/0004_saga_executions.sql")),
 ];
 
 /// Connection settings beyond the URL.
@@ -793,6 +794,70 @@ impl SnapshotStore for PostgresStore {
             builder.params.iter().map(|p| p.as_ref() as _).collect();
         let rows = client.query(&sql, &params).await.map_err(db_error)?;
         rows.iter().map(decode_snapshot).collect()
+    }
+}
+
+fn decode_execution(row: &Row) -> ExecutionRecord {
+    ExecutionRecord {
+        uuid: row.get("uuid"),
+        saga: row.get("saga"),
+        status: row.get("status"),
+        data: row.get("data"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+    }
+}
+
+#[async_trait]
+impl SagaStore for PostgresStore {
+    async fn save_execution(&self, record: &ExecutionRecord) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO saga_executions (uuid, saga, status, data, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (uuid) DO UPDATE SET saga = EXCLUDED.saga, \
+                 status = EXCLUDED.status, data = EXCLUDED.data, updated_at = EXCLUDED.updated_at",
+                &[
+                    &record.uuid,
+                    &record.saga,
+                    &record.status,
+                    &record.data,
+                    &record.created_at,
+                    &record.updated_at,
+                ],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn execution(&self, uuid: Uuid) -> Result<Option<ExecutionRecord>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT uuid, saga, status, data, created_at, updated_at FROM saga_executions WHERE uuid = $1",
+                &[&uuid],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(row.as_ref().map(decode_execution))
+    }
+
+    async fn executions(
+        &self,
+        status: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ExecutionRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT uuid, saga, status, data, created_at, updated_at FROM saga_executions \
+                 WHERE ($1::TEXT IS NULL OR status = $1) ORDER BY updated_at DESC, uuid DESC LIMIT $2",
+                &[&status, &(limit.min(i64::MAX as usize) as i64)],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(rows.iter().map(decode_execution).collect())
     }
 }
 

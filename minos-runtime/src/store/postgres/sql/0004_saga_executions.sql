@@ -1,0 +1,10 @@
+-- Saga executions: the persisted state of each run, written at every pause and at the end.
+CREATE TABLE saga_executions (
+    uuid UUID PRIMARY KEY,
+    saga TEXT NOT NULL,
+    status TEXT NOT NULL,
+    data JSONB NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX saga_executions_status ON saga_executions (status, updated_at);
