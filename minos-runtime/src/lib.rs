@@ -9,6 +9,7 @@ pub mod messaging;
 pub mod registry;
 mod repository;
 pub mod routing;
+pub mod saga;
 pub mod scheduler;
 pub mod store;
 pub mod transaction;

@@ -8,11 +8,12 @@ pub use minos_macros::{
     value_object,
 };
 pub use minos_runtime::{
-    domain, http, launcher, messaging, registry, routing, scheduler, store, transaction, Action,
-    BrokerClient, BrokerMessage, Condition, Config, Context, Entity, EntitySet, Error, Event,
-    ExternalEntity, FieldDiff, Find, IntoResponse, Launcher, Model, ModelKind, Next, Ordering, Ref,
-    Referable, Reply, Repository, Request, Response, Result, Root, RootEntity, RootEntityExt,
-    RunningService, ServiceExt, SetAction, ValueObject, ValueObjectSet, RESERVED_FIELDS,
+    domain, http, launcher, messaging, registry, routing, saga, scheduler, store, transaction,
+    Action, BrokerClient, BrokerMessage, Condition, Config, Context, Entity, EntitySet, Error,
+    Event, ExternalEntity, FieldDiff, Find, IntoResponse, Launcher, Model, ModelKind, Next,
+    Ordering, Ref, Referable, Reply, Repository, Request, Response, Result, Root, RootEntity,
+    RootEntityExt, RunningService, ServiceExt, SetAction, ValueObject, ValueObjectSet,
+    RESERVED_FIELDS,
 };
 
 pub use chrono;
@@ -24,6 +25,9 @@ pub use uuid::{self, Uuid};
 /// It brings `Result` (= `minos::Result`, whose error type defaults to [`Error`]), the attributes,
 /// the entity operations ([`RootEntityExt`]) and `json!`.
 pub mod prelude {
+    pub use crate::saga::{
+        Conditional, Saga, SagaContext, SagaExecution, SagaRequest, SagaResponse, SagaServiceExt,
+    };
     pub use crate::{
         command_service, enroute, entity, external_entity, middleware, query_service, root_entity,
         value_object, Condition, EntitySet, Error, Next, Ordering, Ref, Repository, Request,

@@ -212,6 +212,7 @@ pub async fn serve(
     chain: Arc<[Middleware]>,
     context: Context,
     settings: HttpSettings,
+    system_routes: &[(&'static str, &'static str, HandlerFn)],
 ) -> Result<HttpServer> {
     let shared = Shared {
         chain,
@@ -225,6 +226,9 @@ pub async fn serve(
             .entry(path)
             .or_default()
             .push((method, entry.handler));
+    }
+    for (method, path, handler) in system_routes {
+        by_path.entry(path).or_default().push((method, *handler));
     }
     let by_path = Arc::new(by_path);
     let name = shared.context.name().to_owned();

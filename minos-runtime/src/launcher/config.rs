@@ -45,8 +45,13 @@ pub struct Config {
     pub relay: RelayConfig,
     /// Kafka settings, for `broker: kafka://HOST:PORT`.
     pub kafka: KafkaConfig,
+    /// Sagas and application transactions.
+    pub saga: SagaConfig,
     /// Middleware registered with `#[middleware]`, by name, first listed outermost.
     pub middleware: Vec<String>,
+    /// The service types (`#[command_service]`/`#[query_service]` impls, by type name) this service
+    /// serves; empty: every one linked into the binary. Lets one binary run several services.
+    pub services: Vec<String>,
     /// The log filter (overridden by `RUST_LOG`).
     pub log: String,
 }
@@ -109,6 +114,34 @@ pub struct RelayConfig {
     pub poll_interval_ms: u64,
 }
 
+/// Saga and transaction settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SagaConfig {
+    /// How long an execution may wait for remote replies before it fails and compensates.
+    pub timeout_ms: u64,
+    /// How long the end of a saga waits for each participant's reserve/commit/reject answer.
+    pub command_timeout_ms: u64,
+    /// Transactions left reserved (or committing) longer than this are rejected (or finished).
+    pub reserved_max_ms: u64,
+    /// Transactions left pending longer than this are rejected (their saga ended without them).
+    pub pending_max_ms: u64,
+    /// How often timeouts and stale transactions are looked for.
+    pub tidy_interval_ms: u64,
+}
+
+impl Default for SagaConfig {
+    fn default() -> Self {
+        SagaConfig {
+            timeout_ms: 60_000,
+            command_timeout_ms: 10_000,
+            reserved_max_ms: 60_000,
+            pending_max_ms: 600_000,
+            tidy_interval_ms: 5_000,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -119,7 +152,9 @@ impl Default for Config {
             handlers: HandlersConfig::default(),
             relay: RelayConfig::default(),
             kafka: KafkaConfig::default(),
+            saga: SagaConfig::default(),
             middleware: Vec::new(),
+            services: Vec::new(),
             log: "info".into(),
         }
     }
@@ -155,7 +190,7 @@ impl Default for RelayConfig {
     }
 }
 
-const SECTIONS: &[&str] = &["http", "handlers", "relay", "kafka"];
+const SECTIONS: &[&str] = &["http", "handlers", "relay", "kafka", "saga"];
 
 /// `MINOS_HTTP_BODY_LIMIT` → `http.body_limit`; `None` for variables that are not configuration keys.
 fn env_key(var: &str) -> Option<String> {
@@ -165,7 +200,7 @@ fn env_key(var: &str) -> Option<String> {
             return Some(format!("{section}.{rest}"));
         }
     }
-    ["name", "storage", "broker", "middleware", "log"]
+    ["name", "storage", "broker", "middleware", "services", "log"]
         .contains(&key.as_str())
         .then_some(key)
 }

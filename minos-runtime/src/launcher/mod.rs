@@ -2,7 +2,7 @@
 
 mod config;
 
-pub use config::{Config, HandlersConfig, HttpConfig, KafkaConfig, RelayConfig};
+pub use config::{Config, HandlersConfig, HttpConfig, KafkaConfig, RelayConfig, SagaConfig};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,8 +17,10 @@ use crate::routing::{
     middleware, registered_middleware, Context, Dispatcher, DispatcherHandle, Middleware, Next,
     Request, Response, RouteTable,
 };
+use crate::saga::SagaManager;
 use crate::scheduler::SchedulerHandle;
 use crate::store::MemoryStore;
+use crate::transaction::{command_topic, TransactionCommand};
 
 /// Builds and runs a service: storage, broker, outbox relay, broker dispatcher, scheduler and HTTP.
 ///
@@ -165,7 +167,7 @@ impl Launcher {
 
     /// Starts everything and returns the running service.
     pub async fn start(self) -> Result<RunningService> {
-        let table = Arc::new(RouteTable::collect()?);
+        let table = Arc::new(RouteTable::collect_for(&self.config.services)?);
         let chain = self.middleware_chain()?;
         let repository = match &self.repository {
             Some(repository) => repository.clone(),
@@ -185,19 +187,54 @@ impl Launcher {
         );
         tracing::info!(service = %self.config.name, storage = %self.config.storage, broker = %self.config.broker, "starting; routes:\n{}", table.describe());
 
-        // Every service answers `_Get{Type}Snapshots` for its root entities (reference resolution).
+        // Every service answers `_Get{Type}Snapshots` for its root entities (reference resolution),
+        // the commands of its application transactions, and the replies to its sagas' remote steps.
+        let definitions = crate::saga::registered()?;
+        let sagas = SagaManager::new(context.clone());
+        let mut dispatcher =
+            Dispatcher::new(Arc::clone(&table), Arc::clone(&chain), context.clone())
+                .retries(self.config.handlers.retries);
         let mut topics = table.broker_topics();
         topics.extend(crate::routing::snapshot_query_topics());
-        let dispatcher = match topics {
-            topics if topics.is_empty() => None,
-            topics => {
-                let subscription = broker.subscribe(&self.config.name, &topics).await?;
-                let dispatcher =
-                    Dispatcher::new(Arc::clone(&table), Arc::clone(&chain), context.clone())
-                        .retries(self.config.handlers.retries);
-                Some(dispatcher.spawn(subscription))
-            }
-        };
+        for command in TransactionCommand::ALL {
+            let topic = command_topic(command, &self.config.name);
+            let transactions = repository.transactions();
+            topics.push(topic.clone());
+            dispatcher = dispatcher.system(
+                topic,
+                Arc::new(move |message| {
+                    let transactions = transactions.clone();
+                    Box::pin(async move {
+                        let uuid = transaction_uuid(&message.payload.content)?;
+                        let status = transactions.run(command, uuid).await?;
+                        Ok(Response::json(
+                            serde_json::json!({"uuid": uuid, "status": status}),
+                        ))
+                    })
+                }),
+            );
+        }
+        let reply_topic = sagas.reply_topic();
+        topics.push(reply_topic.clone());
+        let replies = sagas.clone();
+        dispatcher = dispatcher.system(
+            reply_topic,
+            Arc::new(move |message| {
+                let sagas = replies.clone();
+                Box::pin(async move {
+                    sagas.handle_reply(message).await?;
+                    Ok(Response::empty())
+                })
+            }),
+        );
+        let subscription = broker.subscribe(&self.config.name, &topics).await?;
+        let dispatcher = Some(dispatcher.spawn(subscription));
+        let tidy = spawn_tidy(
+            repository.clone(),
+            sagas.clone(),
+            &self.config.saga,
+            !definitions.is_empty(),
+        );
         let relay = OutboxRelay::new(
             repository.store().clone(),
             Arc::clone(&broker),
@@ -213,6 +250,7 @@ impl Launcher {
             chain,
             context.clone(),
             self.config.http_settings(),
+            &crate::saga::http_routes(),
         )
         .await?;
         tracing::info!(
@@ -226,8 +264,61 @@ impl Launcher {
             dispatcher,
             relay,
             scheduler,
+            tidy,
         })
     }
+}
+
+/// The transaction a `_Reserve/_Commit/_Reject{Service}Transaction` command names: a uuid string, or
+/// `{"uuid": ...}`.
+fn transaction_uuid(content: &serde_json::Value) -> Result<uuid::Uuid> {
+    let text = content
+        .as_str()
+        .or_else(|| content.get("uuid").and_then(serde_json::Value::as_str))
+        .ok_or_else(|| {
+            Error::bad_request("a transaction command takes the transaction's uuid as content")
+        })?;
+    uuid::Uuid::parse_str(text)
+        .map_err(|e| Error::bad_request(format!("`{text}` is not a transaction uuid: {e}")))
+}
+
+/// Resumes executions interrupted by a stop, then periodically fails executions past their deadline and
+/// rejects transactions left reserved too long.
+fn spawn_tidy(
+    repository: Repository,
+    sagas: SagaManager,
+    config: &SagaConfig,
+    resume: bool,
+) -> tokio::task::JoinHandle<()> {
+    let interval = Duration::from_millis(config.tidy_interval_ms.max(10));
+    let max_age = Duration::from_millis(config.reserved_max_ms);
+    let pending_max_age = Duration::from_millis(config.pending_max_ms);
+    tokio::spawn(async move {
+        if resume {
+            match sagas.resume().await {
+                Ok(0) => {}
+                Ok(resumed) => tracing::info!(resumed, "resumed interrupted saga executions"),
+                Err(error) => tracing::error!(%error, "could not resume saga executions"),
+            }
+        }
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(error) = repository
+                .transactions()
+                .tidy(max_age, pending_max_age)
+                .await
+            {
+                tracing::warn!(%error, "could not tidy transactions");
+            }
+            if resume {
+                if let Err(error) = sagas.expire().await {
+                    tracing::warn!(%error, "could not time out saga executions");
+                }
+            }
+        }
+    })
 }
 
 /// A started service.
@@ -238,6 +329,7 @@ pub struct RunningService {
     dispatcher: Option<DispatcherHandle>,
     relay: RelayHandle,
     scheduler: SchedulerHandle,
+    tidy: tokio::task::JoinHandle<()>,
 }
 
 impl RunningService {
@@ -273,6 +365,7 @@ impl RunningService {
     pub async fn stop(self) {
         self.http.stop().await;
         self.scheduler.stop();
+        self.tidy.abort();
         if let Some(dispatcher) = self.dispatcher {
             dispatcher.stop().await;
         }

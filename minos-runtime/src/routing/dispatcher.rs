@@ -12,6 +12,17 @@ use crate::messaging::memory::stable_hash;
 use crate::messaging::{BrokerMessage, Delivery, Payload, Subscription};
 use crate::store::{InboxEntry, StoreError};
 
+/// A handler the runtime itself registers for a topic (transaction commands, saga replies). Its result
+/// is the reply when the message asks for one.
+pub type SystemHandler = Arc<
+    dyn Fn(
+            BrokerMessage,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Error>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Runs broker handlers. Messages with the same key (one root's events) are handled one at a time in
 /// arrival order; different keys run in parallel on a few workers.
 #[derive(Clone)]
@@ -21,6 +32,7 @@ pub struct Dispatcher {
     context: Context,
     retries: u32,
     workers: usize,
+    system: Arc<std::collections::HashMap<String, SystemHandler>>,
 }
 
 /// The root entity a `_Get{Type}Snapshots` topic asks for, if it is one of this binary's.
@@ -88,7 +100,14 @@ impl Dispatcher {
             context,
             retries: 3,
             workers: 4,
+            system: Arc::default(),
         }
+    }
+
+    /// Answers `topic` with `handler` instead of a route (the runtime's own topics).
+    pub fn system(mut self, topic: impl Into<String>, handler: SystemHandler) -> Self {
+        Arc::make_mut(&mut self.system).insert(topic.into(), handler);
+        self
     }
 
     /// How often a failing event handler is retried (with backoff) before the failure is logged.
@@ -107,6 +126,20 @@ impl Dispatcher {
     /// reply topic is set. A failing event handler is retried with backoff, then the message is parked on
     /// the dead-letter topic with the error and original topic in its headers.
     pub async fn dispatch(&self, message: BrokerMessage) -> Outcome {
+        if let Some(handler) = self.system.get(&message.topic) {
+            let result = self.context.clone().scope(handler(message.clone())).await;
+            if let Err(error) = &result {
+                if message.reply_topic.is_none() && error.status() == 503 {
+                    // The store is down: leave the message to be delivered again.
+                    tracing::warn!(%error, topic = %message.topic, "system topic: store unavailable; will retry");
+                    return Outcome::Failed(
+                        result.err().unwrap_or(Error::Broker("unavailable".into())),
+                    );
+                }
+            }
+            self.reply(&message, result).await;
+            return Outcome::Handled;
+        }
         if let Some(name) = snapshot_query_model(&message.topic) {
             let result = self.snapshots(name, &message).await;
             self.reply(&message, result).await;
@@ -139,10 +172,25 @@ impl Dispatcher {
             1
         };
         let mut last_error = None;
+        // A command sent by a saga step runs inside the saga's (nested) transactions.
+        let scope = match message.payload.headers.get("transactions") {
+            Some(header) if kind != BrokerKind::Event => {
+                match crate::transaction::TransactionScope::from_header(header) {
+                    Ok(scope) => scope,
+                    Err(error) => {
+                        self.reply(&message, Err(error)).await;
+                        return Outcome::Handled;
+                    }
+                }
+            }
+            _ => None,
+        };
         for attempt in 1..=attempts {
-            let (result, writes) = repository
-                .staged(self.run_handlers(&handlers, &message))
-                .await;
+            let run = self.run_handlers(&handlers, &message);
+            let (result, writes) = match &scope {
+                Some(scope) => repository.staged(scope.clone().run(run)).await,
+                None => repository.staged(run).await,
+            };
             let error = match result {
                 Ok(response) => match repository.commit_unit(&writes, Some(&inbox)).await {
                     Ok(_) => {
@@ -262,6 +310,17 @@ impl Dispatcher {
         };
         let mut headers = request.payload.headers.clone();
         headers.extend(response.headers().clone());
+        if request.payload.headers.contains_key("transactions") {
+            // The saga reserves, then commits or rejects, the transaction in every service that ran one
+            // of its steps.
+            let name = self.context.name();
+            let services = match headers.get("related_services") {
+                Some(existing) if existing.split(',').any(|s| s == name) => existing.clone(),
+                Some(existing) if !existing.is_empty() => format!("{existing},{name}"),
+                _ => name.to_owned(),
+            };
+            headers.insert("related_services".into(), services);
+        }
         let reply = BrokerMessage {
             topic: reply_topic.clone(),
             identifier: request.identifier,

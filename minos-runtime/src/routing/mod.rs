@@ -10,6 +10,7 @@ mod table;
 pub use context::{Context, Service, ServiceExt};
 pub use dispatcher::{
     snapshot_query_model, snapshot_query_topics, Dispatcher, DispatcherHandle, Outcome,
+    SystemHandler,
 };
 pub use refs::resolve_all;
 pub use request::{IntoResponse, Origin, Request, Response};

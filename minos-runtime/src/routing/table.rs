@@ -119,6 +119,8 @@ const SYSTEM_ROUTES: &[(&str, &str)] = &[
     ("GET", "/system/health"),
     ("GET", "/spec/openapi"),
     ("GET", "/spec/asyncapi"),
+    ("GET", "/saga/executions"),
+    ("GET", "/saga/executions/{uuid}"),
 ];
 
 /// The checked, sorted routes of a service.
@@ -131,6 +133,31 @@ impl RouteTable {
     /// Every route registered in the binary.
     pub fn collect() -> Result<Self> {
         Self::from_entries(inventory::iter::<RouteEntry>.into_iter().collect())
+    }
+
+    /// The routes of these service types (every one when `services` is empty); naming a type that
+    /// has no route is an error.
+    pub fn collect_for(services: &[String]) -> Result<Self> {
+        if services.is_empty() {
+            return Self::collect();
+        }
+        let all: Vec<&'static RouteEntry> = inventory::iter::<RouteEntry>.into_iter().collect();
+        for wanted in services {
+            if !all.iter().any(|e| e.service == wanted) {
+                let mut known: Vec<&str> = all.iter().map(|e| e.service).collect();
+                known.sort_unstable();
+                known.dedup();
+                return Err(Error::Routes(format!(
+                    "`services` names `{wanted}`, which has no route in this binary; known: {}",
+                    known.join(", ")
+                )));
+            }
+        }
+        Self::from_entries(
+            all.into_iter()
+                .filter(|e| services.iter().any(|s| s == e.service))
+                .collect(),
+        )
     }
 
     /// A table of these routes: refuses an empty table and duplicate command/query topics or REST

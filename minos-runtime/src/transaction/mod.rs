@@ -417,12 +417,24 @@ impl Transactions {
     }
 
     /// Rejects transactions left reserved for longer than `max_age` and finishes commits that were
-    /// interrupted (committing for longer than `max_age`). Returns how many it handled.
-    pub async fn tidy(&self, max_age: Duration) -> Result<usize> {
+    /// interrupted (committing for longer than `max_age`); rejects transactions pending for longer than
+    /// `pending_max_age` (their saga ended without telling this service, e.g. it timed out before this
+    /// service's reply). Returns how many it handled.
+    pub async fn tidy(&self, max_age: Duration, pending_max_age: Duration) -> Result<usize> {
         let store = self.repository.store();
-        let before = chrono::Utc::now()
-            - chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::seconds(60));
+        let ago = |age: Duration| {
+            chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX)
+        };
+        let before = ago(max_age);
         let mut handled = 0;
+        for entry in store
+            .transactions_in(TransactionStatus::Pending, ago(pending_max_age))
+            .await?
+        {
+            tracing::warn!(transaction = %entry.uuid, "pending for too long: rejecting it");
+            self.reject(entry.uuid).await?;
+            handled += 1;
+        }
         for entry in store
             .transactions_in(TransactionStatus::Reserved, before)
             .await?

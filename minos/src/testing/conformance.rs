@@ -1291,7 +1291,16 @@ pub async fn reserve_refuses_conflicts_and_reject_drops_writes(repo: Repository)
         .await
         .unwrap();
     transactions.reserve(fifth).await.unwrap();
-    assert!(transactions.tidy(std::time::Duration::ZERO).await.unwrap() >= 1);
+    assert!(
+        transactions
+            .tidy(
+                std::time::Duration::ZERO,
+                std::time::Duration::from_secs(3600)
+            )
+            .await
+            .unwrap()
+            >= 1
+    );
     let entry = repo.store().transaction(fifth).await.unwrap().unwrap();
     assert_eq!(entry.status, TransactionStatus::Rejected);
 }

@@ -1,0 +1,687 @@
+//! The saga manager: runs executions, pauses them on remote steps, resumes them on replies, commits or
+//! rejects their participants' transactions at the end, and compensates failures.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::definition::Step;
+use super::{
+    ExecutionStatus, Saga, SagaContext, SagaDefinition, SagaExecution, SagaResponse, Waiting,
+};
+use crate::error::{Error, Result};
+use crate::messaging::BrokerMessage;
+use crate::routing::{Context, Service};
+use crate::store::now;
+use crate::transaction::{command_topic, upper_camel, TransactionCommand, TransactionScope};
+
+/// Runs the sagas of one service. Reach it from a handler with `self.sagas()?`.
+#[derive(Clone, Debug)]
+pub struct SagaManager {
+    context: Context,
+    timeout: Duration,
+    command_timeout: Duration,
+}
+
+/// Executions are driven one step at a time: a reply and a timeout for the same execution never run at
+/// once in this process.
+static STRIPES: [tokio::sync::Mutex<()>; 64] = [const { tokio::sync::Mutex::const_new(()) }; 64];
+
+/// Callers waiting for executions to end.
+static WATCHERS: Mutex<Option<HashMap<Uuid, Vec<oneshot::Sender<SagaExecution>>>>> =
+    Mutex::new(None);
+
+fn stripe(uuid: Uuid) -> &'static tokio::sync::Mutex<()> {
+    &STRIPES[(uuid.as_u128() % STRIPES.len() as u128) as usize]
+}
+
+fn watchers(
+) -> std::sync::MutexGuard<'static, Option<HashMap<Uuid, Vec<oneshot::Sender<SagaExecution>>>>> {
+    WATCHERS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What became of a step.
+enum Progress {
+    Next(SagaContext),
+    Paused,
+}
+
+impl SagaManager {
+    /// The manager of the service whose context this is. Its timeouts come from the configuration's
+    /// `saga:` section (`timeout_ms`, `command_timeout_ms`).
+    pub fn new(context: Context) -> Self {
+        let section = context.config().get("saga");
+        let millis = |key: &str, default: u64| {
+            Duration::from_millis(
+                section
+                    .and_then(|s| s.get(key))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(default),
+            )
+        };
+        SagaManager {
+            timeout: millis("timeout_ms", 60_000),
+            command_timeout: millis("command_timeout_ms", 10_000),
+            context,
+        }
+    }
+
+    /// The manager of the current handler's service.
+    pub fn current() -> Result<Self> {
+        Ok(Self::new(Context::current()?))
+    }
+
+    /// Changes the time an execution may take before it fails and compensates.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The topic replies to this service's remote steps come back on: `{Service}Reply`.
+    pub fn reply_topic(&self) -> String {
+        reply_topic(self.context.name())
+    }
+
+    /// Starts an execution of `definition` with `context` and runs it until it pauses on a remote step or
+    /// ends. Started inside a transaction (a handler of another saga's remote step), it runs nested in
+    /// that transaction.
+    pub async fn run(
+        &self,
+        definition: &SagaDefinition,
+        context: impl Into<SagaContext>,
+    ) -> Result<SagaExecution> {
+        self.run_for(definition, context, None).await
+    }
+
+    /// [`run`](Self::run) on behalf of `user` (sent in the `user` header of remote steps).
+    pub async fn run_for(
+        &self,
+        definition: &SagaDefinition,
+        context: impl Into<SagaContext>,
+        user: Option<Uuid>,
+    ) -> Result<SagaExecution> {
+        let saga = definition.saga()?;
+        let started = now();
+        let execution = SagaExecution {
+            uuid: Uuid::new_v4(),
+            saga: definition.name().to_owned(),
+            status: ExecutionStatus::Running,
+            context: context.into(),
+            cursor: vec![0],
+            done: Vec::new(),
+            waiting: None,
+            related_services: Default::default(),
+            inherited: TransactionScope::current()
+                .map(|s| s.chain().to_vec())
+                .unwrap_or_default(),
+            user,
+            error: None,
+            deadline: started
+                + chrono::Duration::from_std(self.timeout).unwrap_or(chrono::Duration::MAX),
+            created_at: started,
+            updated_at: started,
+        };
+        let _guard = stripe(execution.uuid).lock().await;
+        self.save(&execution).await?;
+        self.drive(saga, execution).await
+    }
+
+    /// The execution with this uuid (404 when unknown).
+    pub async fn get(&self, uuid: Uuid) -> Result<SagaExecution> {
+        let record = self
+            .context
+            .repository()
+            .store()
+            .execution(uuid)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("no saga execution {uuid}")))?;
+        SagaExecution::from_record(record)
+    }
+
+    /// Executions, newest change first, only those in `status` when given.
+    pub async fn list(
+        &self,
+        status: Option<ExecutionStatus>,
+        limit: usize,
+    ) -> Result<Vec<SagaExecution>> {
+        let records = self
+            .context
+            .repository()
+            .store()
+            .executions(status.map(ExecutionStatus::as_str), limit)
+            .await?;
+        records
+            .into_iter()
+            .map(SagaExecution::from_record)
+            .collect()
+    }
+
+    /// Waits up to `timeout` for the execution to finish or error, and returns it.
+    pub async fn wait(&self, uuid: Uuid, timeout: Duration) -> Result<SagaExecution> {
+        let (sender, receiver) = oneshot::channel();
+        watchers()
+            .get_or_insert_with(HashMap::new)
+            .entry(uuid)
+            .or_default()
+            .push(sender);
+        let current = self.get(uuid).await?;
+        if current.status.is_final() {
+            return Ok(current);
+        }
+        match tokio::time::timeout(timeout, receiver).await {
+            Ok(Ok(execution)) => Ok(execution),
+            _ => {
+                let current = self.get(uuid).await?;
+                if current.status.is_final() {
+                    return Ok(current);
+                }
+                Err(Error::Timeout {
+                    topic: format!("saga execution {uuid}"),
+                    timeout_ms: timeout.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    async fn save(&self, execution: &SagaExecution) -> Result<()> {
+        self.context
+            .repository()
+            .store()
+            .save_execution(&execution.to_record())
+            .await?;
+        if execution.status.is_final() {
+            let waiting = watchers().as_mut().and_then(|w| w.remove(&execution.uuid));
+            for sender in waiting.into_iter().flatten() {
+                let _ = sender.send(execution.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn scope(&self, execution: &SagaExecution) -> TransactionScope {
+        let mut chain = execution.inherited.clone();
+        chain.push(execution.uuid);
+        TransactionScope::new(chain).unwrap_or_else(|| TransactionScope::top(execution.uuid))
+    }
+
+    /// Runs a callback in the service's context, inside the execution's transaction.
+    async fn in_transaction<F: std::future::Future>(
+        &self,
+        execution: &SagaExecution,
+        future: F,
+    ) -> F::Output {
+        let scope = self.scope(execution);
+        self.context.clone().scope(scope.run(future)).await
+    }
+
+    /// Runs steps from the cursor until a pause or the end.
+    async fn drive(&self, saga: &Saga, mut execution: SagaExecution) -> Result<SagaExecution> {
+        loop {
+            let Some(step) = saga.step_at(&execution.cursor) else {
+                if execution.cursor.len() <= 1 {
+                    return self.finish(saga, execution).await;
+                }
+                // The end of a branch: continue after its conditional step.
+                let len = execution.cursor.len();
+                execution.cursor.truncate(len - 2);
+                advance(&mut execution.cursor);
+                continue;
+            };
+            let result = match step {
+                Step::Conditional(conditional) => {
+                    match conditional.choose(&execution.context) {
+                        Some(branch) => {
+                            execution.cursor.extend([branch, 0]);
+                        }
+                        None => advance(&mut execution.cursor),
+                    }
+                    continue;
+                }
+                Step::Local { on_execute, .. } => {
+                    let context = execution.context.clone();
+                    self.in_transaction(&execution, on_execute(context))
+                        .await
+                        .map(Progress::Next)
+                }
+                Step::Remote { on_execute, .. } => {
+                    let context = execution.context.clone();
+                    match self.in_transaction(&execution, on_execute(context)).await {
+                        Ok(request) => self.send(&mut execution, request).await,
+                        Err(error) => Err(error),
+                    }
+                }
+            };
+            match result {
+                Ok(Progress::Next(context)) => {
+                    execution.context = context;
+                    execution.done.push(execution.cursor.clone());
+                    advance(&mut execution.cursor);
+                }
+                Ok(Progress::Paused) => return Ok(execution),
+                Err(error) => return self.fail(saga, execution, error.to_string()).await,
+            }
+        }
+    }
+
+    /// Sends a remote step's request with the saga headers and pauses (stored before it is sent, so a
+    /// reply can never find the execution running).
+    async fn send(
+        &self,
+        execution: &mut SagaExecution,
+        request: super::SagaRequest,
+    ) -> Result<Progress> {
+        let (topic, content) = request.into_parts()?;
+        let mut message = BrokerMessage::new(topic.clone(), content);
+        message.reply_topic = Some(self.reply_topic());
+        message.key = Some(execution.uuid.to_string());
+        let headers = &mut message.payload.headers;
+        headers.insert("saga".into(), execution.uuid.to_string());
+        headers.insert("transactions".into(), self.scope(execution).header());
+        if let Some(user) = execution.user {
+            headers.insert("user".into(), user.to_string());
+        }
+        execution.waiting = Some(Waiting {
+            identifier: message.identifier,
+            topic,
+        });
+        execution.status = ExecutionStatus::Paused;
+        execution.updated_at = now();
+        self.save(execution).await?;
+        self.context.broker().publish(message).await?;
+        Ok(Progress::Paused)
+    }
+
+    /// Resumes the execution a reply belongs to. Replies nobody waits for (a duplicate, a late reply
+    /// to an ended execution) are ignored.
+    pub async fn handle_reply(&self, reply: BrokerMessage) -> Result<()> {
+        let Some(uuid) = reply
+            .payload
+            .headers
+            .get("saga")
+            .and_then(|s| Uuid::parse_str(s).ok())
+        else {
+            tracing::warn!(identifier = %reply.identifier, "saga reply without a `saga` header: ignored");
+            return Ok(());
+        };
+        let _guard = stripe(uuid).lock().await;
+        let mut execution = match self.get(uuid).await {
+            Ok(execution) => execution,
+            Err(error) if error.status() == 404 => {
+                tracing::warn!(saga = %uuid, "reply for an unknown saga execution: ignored");
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        };
+        let waits_for_it = execution.status == ExecutionStatus::Paused
+            && execution
+                .waiting
+                .as_ref()
+                .is_some_and(|w| w.identifier == reply.identifier);
+        if !waits_for_it {
+            tracing::info!(saga = %uuid, status = execution.status.as_str(), "reply the execution does not wait for: ignored");
+            return Ok(());
+        }
+        let saga = self.definition(&execution)?;
+        if let Some(services) = reply.payload.headers.get("related_services") {
+            execution.related_services.extend(
+                services
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        let topic = execution
+            .waiting
+            .take()
+            .map(|w| w.topic)
+            .unwrap_or_default();
+        execution.status = ExecutionStatus::Running;
+        let response = SagaResponse::new(
+            reply.payload.status,
+            reply.payload.content,
+            reply.payload.headers,
+        );
+        let Some(Step::Remote {
+            on_success,
+            on_error,
+            ..
+        }) = saga.step_at(&execution.cursor)
+        else {
+            return self
+                .fail(
+                    saga,
+                    execution,
+                    "the saga definition changed: no remote step at its position".into(),
+                )
+                .await
+                .map(|_| ());
+        };
+        let context = execution.context.clone();
+        let outcome = match response.status {
+            200..=299 => match on_success {
+                Some(callback) => {
+                    self.in_transaction(&execution, callback(context, response))
+                        .await
+                }
+                None => Ok(context),
+            },
+            400..=499 => match on_error {
+                Some(callback) => {
+                    self.in_transaction(&execution, callback(context, response))
+                        .await
+                }
+                None => Ok(context),
+            },
+            status => Err(Error::with_status(
+                status,
+                format!(
+                    "remote step `{topic}` failed ({status}): {}",
+                    response.message()
+                ),
+            )),
+        };
+        match outcome {
+            Ok(context) => {
+                execution.context = context;
+                execution.done.push(execution.cursor.clone());
+                advance(&mut execution.cursor);
+                self.drive(saga, execution).await.map(|_| ())
+            }
+            Err(error) => self
+                .fail(saga, execution, error.to_string())
+                .await
+                .map(|_| ()),
+        }
+    }
+
+    fn definition(&self, execution: &SagaExecution) -> Result<&'static Saga> {
+        super::find(&execution.saga)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "saga `{}` is not registered in this binary: declare it with `saga!`",
+                    execution.saga
+                ))
+            })?
+            .saga()
+    }
+
+    /// Sends one transaction command to every participant (this service directly), concurrently.
+    async fn command_all(
+        &self,
+        execution: &SagaExecution,
+        command: TransactionCommand,
+    ) -> Vec<(String, Result<()>)> {
+        let own = self.context.name();
+        let mut remote = Vec::new();
+        for service in execution.related_services.iter().filter(|s| *s != own) {
+            let mut message = BrokerMessage::new(
+                command_topic(command, service),
+                json!(execution.uuid.to_string()),
+            );
+            message.key = Some(execution.uuid.to_string());
+            let client = self.context.client().clone();
+            let timeout = self.command_timeout;
+            let service = service.clone();
+            remote.push(async move {
+                let result = match client.request(message, timeout).await {
+                    Ok(reply) if reply.is_success() => Ok(()),
+                    Ok(reply) => Err(Error::with_status(
+                        reply.status,
+                        format!(
+                            "{service}: {}",
+                            reply
+                                .content
+                                .get("error")
+                                .and_then(Value::as_str)
+                                .unwrap_or("refused")
+                        ),
+                    )),
+                    Err(error) => Err(error),
+                };
+                (service, result)
+            });
+        }
+        let mut results = join_all(remote).await;
+        let local = self
+            .context
+            .repository()
+            .transactions()
+            .run(command, execution.uuid)
+            .await
+            .map(|_| ());
+        results.push((own.to_owned(), local));
+        results
+    }
+
+    /// Two-phase commit: every participant reserves; then all commit, or all reject and the steps are
+    /// compensated.
+    async fn finish(&self, saga: &Saga, mut execution: SagaExecution) -> Result<SagaExecution> {
+        let reserved = self
+            .command_all(&execution, TransactionCommand::Reserve)
+            .await;
+        let refused: Vec<String> = reserved
+            .into_iter()
+            .filter_map(|(service, result)| result.err().map(|e| format!("{service}: {e}")))
+            .collect();
+        if !refused.is_empty() {
+            let error = format!("reservation refused: {}", refused.join("; "));
+            return self.fail(saga, execution, error).await;
+        }
+        let committed = self
+            .command_all(&execution, TransactionCommand::Commit)
+            .await;
+        let failed: Vec<String> = committed
+            .into_iter()
+            .filter_map(|(service, result)| result.err().map(|e| format!("{service}: {e}")))
+            .collect();
+        execution.updated_at = now();
+        if failed.is_empty() {
+            execution.status = ExecutionStatus::Finished;
+        } else {
+            // Reserved participants that fail to commit cannot be compensated safely: report it.
+            tracing::error!(saga = %execution.uuid, "commit failed after every participant reserved: {}", failed.join("; "));
+            execution.status = ExecutionStatus::Errored;
+            execution.error = Some(format!("commit failed: {}", failed.join("; ")));
+        }
+        self.save(&execution).await?;
+        Ok(execution)
+    }
+
+    /// Compensates the steps that ran, newest first, rejects every participant's transaction, and
+    /// stores the execution as errored.
+    async fn fail(
+        &self,
+        saga: &Saga,
+        mut execution: SagaExecution,
+        error: String,
+    ) -> Result<SagaExecution> {
+        tracing::warn!(saga = %execution.uuid, name = %execution.saga, %error, "saga failed: compensating");
+        let mut problems = Vec::new();
+        let rejected = self
+            .command_all(&execution, TransactionCommand::Reject)
+            .await;
+        for (service, result) in rejected {
+            if let Err(e) = result {
+                problems.push(format!("reject in {service}: {e}"));
+            }
+        }
+        for path in execution.done.clone().into_iter().rev() {
+            let context = execution.context.clone();
+            match saga.step_at(&path) {
+                Some(Step::Local {
+                    on_failure: Some(compensate),
+                    ..
+                }) => match self.context.clone().scope(compensate(context)).await {
+                    Ok(context) => execution.context = context,
+                    Err(e) => problems.push(format!("compensation of step {path:?}: {e}")),
+                },
+                Some(Step::Remote {
+                    on_failure: Some(compensate),
+                    ..
+                }) => {
+                    let sent = match self.context.clone().scope(compensate(context)).await {
+                        Ok(request) => match request.into_parts() {
+                            Ok((topic, content)) => {
+                                let mut message = BrokerMessage::new(topic, content);
+                                message
+                                    .payload
+                                    .headers
+                                    .insert("saga".into(), execution.uuid.to_string());
+                                if let Some(user) = execution.user {
+                                    message
+                                        .payload
+                                        .headers
+                                        .insert("user".into(), user.to_string());
+                                }
+                                match self
+                                    .context
+                                    .client()
+                                    .request(message, self.command_timeout)
+                                    .await
+                                {
+                                    Ok(reply) if reply.is_success() => Ok(()),
+                                    Ok(reply) => Err(Error::with_status(
+                                        reply.status,
+                                        reply.content.to_string(),
+                                    )),
+                                    Err(e) => Err(e),
+                                }
+                            }
+                            Err(e) => Err(e),
+                        },
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = sent {
+                        problems.push(format!("compensation of step {path:?}: {e}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        execution.status = ExecutionStatus::Errored;
+        execution.waiting = None;
+        execution.error = Some(if problems.is_empty() {
+            error
+        } else {
+            format!("{error} (then: {})", problems.join("; "))
+        });
+        execution.updated_at = now();
+        self.save(&execution).await?;
+        Ok(execution)
+    }
+
+    /// Fails and compensates paused executions past their deadline. Returns how many.
+    pub async fn expire(&self) -> Result<usize> {
+        let paused = self.list(Some(ExecutionStatus::Paused), 1000).await?;
+        let mut expired = 0;
+        let current = now();
+        for candidate in paused.into_iter().filter(|e| e.deadline < current) {
+            let _guard = stripe(candidate.uuid).lock().await;
+            let execution = self.get(candidate.uuid).await?;
+            if execution.status != ExecutionStatus::Paused || execution.deadline >= current {
+                continue;
+            }
+            let saga = self.definition(&execution)?;
+            let topic = execution
+                .waiting
+                .as_ref()
+                .map_or_else(String::new, |w| w.topic.clone());
+            self.fail(
+                saga,
+                execution,
+                format!("timed out waiting for the reply of `{topic}`"),
+            )
+            .await?;
+            expired += 1;
+        }
+        Ok(expired)
+    }
+
+    /// Continues executions that were running when the service stopped (paused ones wait for their
+    /// replies, which the broker still holds). Returns how many.
+    pub async fn resume(&self) -> Result<usize> {
+        let running = self.list(Some(ExecutionStatus::Running), 1000).await?;
+        let mut resumed = 0;
+        for candidate in running {
+            let _guard = stripe(candidate.uuid).lock().await;
+            let execution = self.get(candidate.uuid).await?;
+            if execution.status != ExecutionStatus::Running {
+                continue;
+            }
+            let saga = self.definition(&execution)?;
+            tracing::info!(saga = %execution.uuid, name = %execution.saga, "resuming an interrupted execution");
+            self.drive(saga, execution).await?;
+            resumed += 1;
+        }
+        Ok(resumed)
+    }
+}
+
+/// The topic the replies to a service's remote steps come back on: `{Service}Reply`.
+pub fn reply_topic(service: &str) -> String {
+    format!("{}Reply", upper_camel(service))
+}
+
+fn advance(cursor: &mut [usize]) {
+    if let Some(last) = cursor.last_mut() {
+        *last += 1;
+    }
+}
+
+/// `self.sagas()?` in a service's handlers.
+pub trait SagaServiceExt: Service {
+    /// The saga manager of this service.
+    fn sagas(&self) -> Result<SagaManager> {
+        SagaManager::current()
+    }
+}
+
+impl<T: Service> SagaServiceExt for T {}
+
+/// `GET /saga/executions/{uuid}`: the execution's uuid, saga, status, context and error.
+fn execution_endpoint(request: crate::routing::Request) -> crate::routing::HandlerFuture {
+    Box::pin(async move {
+        let uuid: Uuid = request.param("uuid")?;
+        let execution = SagaManager::current()?.get(uuid).await?;
+        Ok(crate::routing::Response::json(execution.summary()))
+    })
+}
+
+/// `GET /saga/executions[?status=paused&limit=100]`: executions, newest change first.
+fn executions_endpoint(request: crate::routing::Request) -> crate::routing::HandlerFuture {
+    Box::pin(async move {
+        let status = match request.params().get("status") {
+            Some(text) => Some(
+                serde_json::from_value::<ExecutionStatus>(Value::String(text.clone())).map_err(
+                    |_| {
+                        Error::bad_request(format!(
+                        "unknown status `{text}`: use created, running, paused, finished or errored"
+                    ))
+                    },
+                )?,
+            ),
+            None => None,
+        };
+        let limit = match request.params().get("limit") {
+            Some(_) => request.param::<usize>("limit")?,
+            None => 100,
+        };
+        let executions = SagaManager::current()?.list(status, limit).await?;
+        let summaries: Vec<Value> = executions.iter().map(SagaExecution::summary).collect();
+        Ok(crate::routing::Response::json(summaries))
+    })
+}
+
+/// The HTTP routes of the saga manager.
+pub fn http_routes() -> [(&'static str, &'static str, crate::routing::HandlerFn); 2] {
+    [
+        ("GET", "/saga/executions", executions_endpoint),
+        ("GET", "/saga/executions/{uuid}", execution_endpoint),
+    ]
+}

@@ -1,0 +1,467 @@
+//! Two services in one process over the in-process broker: a saga with a local step, a remote step and
+//! a final local step; success, a remote refusal, a local failure after the remote write, a timeout,
+//! conditional steps, and the status endpoints.
+#![allow(missing_docs, unreachable_pub)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use minos::messaging::MemoryBroker;
+use minos::prelude::*;
+use minos::saga::{ExecutionStatus, SagaManager};
+use minos::testing::http::{Answer, Client};
+use minos::{Config, Launcher, RunningService};
+
+#[root_entity]
+pub struct Foo {
+    pub bar: String,
+    pub foobar: Option<Ref<FooBar>>,
+}
+
+#[root_entity]
+pub struct FooBar {
+    pub something: String,
+}
+
+static SEEN: Mutex<Vec<Value>> = Mutex::new(Vec::new());
+use minos::serde_json::Value;
+
+pub struct FooCommands;
+
+#[command_service]
+impl FooCommands {
+    #[enroute(rest = "POST /foos")]
+    async fn create_foo(&self, request: Request) -> Result<Response> {
+        let bar: String = request.json()["bar"].as_str().unwrap_or("").to_owned();
+        let foo = Foo::create(Foo { bar, foobar: None }).await?;
+        Ok(Response::json(json!({"uuid": foo.uuid()})))
+    }
+
+    #[enroute(rest = "GET /foos/{uuid}")]
+    async fn get_foo(&self, request: Request) -> Result<Response> {
+        Ok(Response::json(Foo::get(request.param("uuid")?).await?))
+    }
+
+    #[enroute(rest = "POST /foos/add-foobar")]
+    async fn add_foobar(&self, request: Request) -> Result<Response> {
+        let context = SagaContext::from(request.content::<Value>()?);
+        let execution = self.sagas()?.run(&ADD_FOOBAR_SAGA, context).await?;
+        Ok(Response::json(execution.summary()))
+    }
+}
+
+pub struct FooQueries;
+
+#[query_service]
+impl FooQueries {
+    #[enroute(event = "FooUpdated.foobar")]
+    async fn foobar_updated(&self, request: Request) -> Result<()> {
+        SEEN.lock().unwrap().push(request.json().clone());
+        Ok(())
+    }
+}
+
+pub struct FooBarCommands;
+
+#[command_service]
+impl FooBarCommands {
+    #[enroute(broker = "CreateFooBar")]
+    async fn create_foobar(&self, request: Request) -> Result<Response> {
+        let something: String = request.content::<Value>()?["text"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        match something.as_str() {
+            "" => return Err(Error::bad_request("`text` is empty")),
+            "crash" => return Err(Error::with_status(500, "the foobar store is on fire")),
+            "slow" => tokio::time::sleep(Duration::from_millis(800)).await,
+            _ => {}
+        }
+        let foobar = FooBar::create(FooBar { something }).await?;
+        Ok(Response::json(foobar.uuid()))
+    }
+
+    #[enroute(rest = "GET /foobars")]
+    async fn list_foobars(&self, _request: Request) -> Result<Response> {
+        Ok(Response::json(FooBar::get_all().await?))
+    }
+}
+
+async fn check_foo(mut ctx: SagaContext) -> Result<SagaContext> {
+    let foo = Foo::get(ctx.get("uuid")?).await?;
+    ctx.set("bar_before", &foo.bar);
+    Ok(ctx)
+}
+
+async fn forget_check(ctx: SagaContext) -> Result<SagaContext> {
+    Ok(ctx.with("compensated", true))
+}
+
+async fn create_foobar(ctx: SagaContext) -> Result<SagaRequest> {
+    let text: String = ctx.get("something")?;
+    Ok(SagaRequest::new(
+        "CreateFooBar",
+        json!({"number": 56, "text": text}),
+    ))
+}
+
+async fn foobar_created(mut ctx: SagaContext, reply: SagaResponse) -> Result<SagaContext> {
+    ctx.set("foobar_uuid", reply.content::<Uuid>()?);
+    Ok(ctx)
+}
+
+async fn foobar_refused(_ctx: SagaContext, reply: SagaResponse) -> Result<SagaContext> {
+    Err(Error::bad_request(format!(
+        "the foobar could not be created: {}",
+        reply.message()
+    )))
+}
+
+async fn update_foo(ctx: SagaContext) -> Result<SagaContext> {
+    if ctx.contains("fail_locally") {
+        return Err(Error::bad_request("asked to fail after the remote step"));
+    }
+    let mut foo = Foo::get(ctx.get("uuid")?).await?;
+    foo.foobar = Some(Ref::new(ctx.get("foobar_uuid")?));
+    foo.save().await?;
+    Ok(ctx)
+}
+
+minos::saga! {
+    pub static ADD_FOOBAR_SAGA = Saga::builder()
+        .local_step(check_foo)
+        .on_failure(forget_check)
+        .remote_step(create_foobar)
+        .on_success(foobar_created)
+        .on_error(foobar_refused)
+        .local_step(update_foo)
+        .commit();
+}
+
+async fn mark(label: &'static str, ctx: SagaContext) -> Result<SagaContext> {
+    let mut path: Vec<String> = ctx.get("path").unwrap_or_default();
+    path.push(label.to_owned());
+    Ok(ctx.with("path", path))
+}
+
+minos::saga! {
+    pub static BRANCHING_SAGA = Saga::builder()
+        .local_step(|ctx| mark("start", ctx))
+        .conditional_step(
+            Conditional::new()
+                .if_then(
+                    |ctx| ctx.get::<i64>("n").unwrap_or(0) > 10,
+                    Saga::builder().local_step(|ctx| mark("big", ctx)),
+                )
+                .if_then(
+                    |ctx| ctx.get::<i64>("n").unwrap_or(0) > 0,
+                    Saga::builder()
+                        .local_step(|ctx| mark("small", ctx))
+                        .local_step(|ctx| mark("small-2", ctx)),
+                )
+                .else_then(Saga::builder().local_step(|ctx| mark("none", ctx))),
+        )
+        .local_step(|ctx| mark("end", ctx))
+        .commit();
+}
+
+fn config(name: &str, services: &[&str]) -> Config {
+    let mut config = Config::from_yaml("").unwrap();
+    config.name = name.into();
+    config.storage = "memory".into();
+    config.http.host = "127.0.0.1".into();
+    config.http.port = 0;
+    config.services = services.iter().map(|s| s.to_string()).collect();
+    config.saga.timeout_ms = 5_000;
+    config.saga.tidy_interval_ms = 50;
+    config
+}
+
+struct Pair {
+    foo: RunningService,
+    foobar: RunningService,
+    foo_http: Client,
+    foobar_http: Client,
+}
+
+async fn start(timeout_ms: u64) -> Pair {
+    let broker: minos::messaging::SharedBroker = Arc::new(MemoryBroker::new());
+    let foobar = Launcher::with_config(config("foobar", &["FooBarCommands"]))
+        .broker(Arc::clone(&broker))
+        .start()
+        .await
+        .unwrap();
+    let foo = Launcher::with_config(config("foo", &["FooCommands", "FooQueries"]))
+        .configure(|c| c.saga.timeout_ms = timeout_ms)
+        .broker(broker)
+        .start()
+        .await
+        .unwrap();
+    Pair {
+        foo_http: Client::new(format!("http://{}", foo.addr())),
+        foobar_http: Client::new(format!("http://{}", foobar.addr())),
+        foo,
+        foobar,
+    }
+}
+
+async fn call(client: &Client, method: &'static str, path: &str, body: Option<Value>) -> Answer {
+    let (client, path) = (client.clone(), path.to_owned());
+    let body = body.map(|b| b.to_string());
+    tokio::task::spawn_blocking(move || client.request(method, &path, body.as_deref()).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn create_foo(pair: &Pair) -> Uuid {
+    let created = call(&pair.foo_http, "POST", "/foos", Some(json!({"bar": "b"}))).await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    created.json()["uuid"].as_str().unwrap().parse().unwrap()
+}
+
+async fn run_saga(pair: &Pair, content: Value) -> minos::saga::SagaExecution {
+    let started = call(&pair.foo_http, "POST", "/foos/add-foobar", Some(content)).await;
+    assert_eq!(started.status, 200, "{}", started.body);
+    let uuid: Uuid = started.json()["uuid"].as_str().unwrap().parse().unwrap();
+    SagaManager::new(pair.foo.context().clone())
+        .wait(uuid, Duration::from_secs(10))
+        .await
+        .unwrap()
+}
+
+async fn foobars(pair: &Pair) -> Vec<Value> {
+    let listed = call(&pair.foobar_http, "GET", "/foobars", None).await;
+    listed.json().as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_saga_commits_both_services_and_publishes_at_the_end() {
+    let pair = start(5_000).await;
+    let foo = create_foo(&pair).await;
+    let execution = run_saga(&pair, json!({"uuid": foo, "something": "hello"})).await;
+    assert_eq!(
+        execution.status,
+        ExecutionStatus::Finished,
+        "{:?}",
+        execution.error
+    );
+    assert!(execution.related_services.contains("foobar"));
+    let foobar_uuid: Uuid = execution.context.get("foobar_uuid").unwrap();
+    // Both writes are committed: the Foo references the FooBar, which the foobar service stores.
+    let read = call(&pair.foo_http, "GET", &format!("/foos/{foo}"), None).await;
+    assert_eq!(read.json()["foobar"], json!(foobar_uuid.to_string()));
+    assert_eq!(read.json()["version"], json!(2));
+    let stored = foobars(&pair).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0]["something"], json!("hello"));
+    // The domain event was published at commit and handled.
+    for _ in 0..200 {
+        if SEEN
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e["uuid"] == json!(foo.to_string()))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(SEEN
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| e["uuid"] == json!(foo.to_string())));
+    // The status endpoint and the list.
+    let status = call(
+        &pair.foo_http,
+        "GET",
+        &format!("/saga/executions/{}", execution.uuid),
+        None,
+    )
+    .await;
+    assert_eq!(status.status, 200);
+    assert_eq!(status.json()["status"], json!("finished"));
+    assert_eq!(status.json()["context"]["something"], json!("hello"));
+    let listed = call(
+        &pair.foo_http,
+        "GET",
+        "/saga/executions?status=finished",
+        None,
+    )
+    .await;
+    assert!(listed
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["uuid"] == json!(execution.uuid.to_string())));
+    let bad = call(
+        &pair.foo_http,
+        "GET",
+        "/saga/executions?status=sleeping",
+        None,
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    let unknown = call(
+        &pair.foo_http,
+        "GET",
+        &format!("/saga/executions/{}", Uuid::new_v4()),
+        None,
+    )
+    .await;
+    assert_eq!(unknown.status, 404);
+    pair.foo.stop().await;
+    pair.foobar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_remote_step_compensates_and_leaves_nothing() {
+    let pair = start(5_000).await;
+    let foo = create_foo(&pair).await;
+    let execution = run_saga(&pair, json!({"uuid": foo, "something": ""})).await;
+    assert_eq!(execution.status, ExecutionStatus::Errored);
+    let error = execution.error.clone().unwrap();
+    assert!(
+        error.contains("could not be created") && error.contains("`text` is empty"),
+        "{error}"
+    );
+    assert_eq!(execution.context.get::<bool>("compensated").unwrap(), true);
+    let read = call(&pair.foo_http, "GET", &format!("/foos/{foo}"), None).await;
+    assert_eq!(read.json()["foobar"], Value::Null);
+    assert!(foobars(&pair).await.is_empty());
+
+    // A 5xx reply fails the step without on_error.
+    let execution = run_saga(&pair, json!({"uuid": foo, "something": "crash"})).await;
+    assert_eq!(execution.status, ExecutionStatus::Errored);
+    assert!(execution.error.unwrap().contains("on fire"));
+    pair.foo.stop().await;
+    pair.foobar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_failure_after_the_remote_write_rejects_it_in_the_other_service() {
+    let pair = start(5_000).await;
+    let foo = create_foo(&pair).await;
+    let execution = run_saga(
+        &pair,
+        json!({"uuid": foo, "something": "kept?", "fail_locally": true}),
+    )
+    .await;
+    assert_eq!(execution.status, ExecutionStatus::Errored);
+    assert!(execution.related_services.contains("foobar"));
+    // The FooBar was written inside the saga's transaction in foobar, then rejected: never visible.
+    assert!(foobars(&pair).await.is_empty());
+    let transaction = pair
+        .foobar
+        .context()
+        .repository()
+        .store()
+        .transaction(execution.uuid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(transaction.status.as_str(), "rejected");
+    assert_eq!(execution.context.get::<bool>("compensated").unwrap(), true);
+    pair.foo.stop().await;
+    pair.foobar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_waiting_too_long_times_out_and_compensates() {
+    let pair = start(300).await;
+    let foo = create_foo(&pair).await;
+    let execution = run_saga(&pair, json!({"uuid": foo, "something": "slow"})).await;
+    assert_eq!(execution.status, ExecutionStatus::Errored);
+    assert!(
+        execution.error.clone().unwrap().contains("timed out"),
+        "{:?}",
+        execution.error
+    );
+    assert_eq!(execution.context.get::<bool>("compensated").unwrap(), true);
+    // The late reply is ignored, and the late write in foobar was rejected.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let again = SagaManager::new(pair.foo.context().clone())
+        .get(execution.uuid)
+        .await
+        .unwrap();
+    assert_eq!(again.status, ExecutionStatus::Errored);
+    assert!(foobars(&pair).await.is_empty());
+    pair.foo.stop().await;
+    pair.foobar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_steps_take_the_first_true_branch() {
+    let pair = start(5_000).await;
+    let manager = SagaManager::new(pair.foo.context().clone());
+    for (n, expected) in [
+        (50, vec!["start", "big", "end"]),
+        (5, vec!["start", "small", "small-2", "end"]),
+        (0, vec!["start", "none", "end"]),
+    ] {
+        let execution = manager
+            .run(&BRANCHING_SAGA, SagaContext::new().with("n", n))
+            .await
+            .unwrap();
+        assert_eq!(
+            execution.status,
+            ExecutionStatus::Finished,
+            "{:?}",
+            execution.error
+        );
+        assert_eq!(
+            execution.context.get::<Vec<String>>("path").unwrap(),
+            expected
+        );
+    }
+    pair.foo.stop().await;
+    pair.foobar.stop().await;
+}
+
+#[test]
+fn invalid_definitions_are_refused_when_built() {
+    async fn step(ctx: SagaContext) -> Result<SagaContext> {
+        Ok(ctx)
+    }
+    async fn reply(ctx: SagaContext, _r: SagaResponse) -> Result<SagaContext> {
+        Ok(ctx)
+    }
+    let empty = Saga::builder().commit().unwrap_err();
+    assert!(empty.to_string().contains("at least one step"), "{empty}");
+    let misplaced = Saga::builder()
+        .local_step(step)
+        .on_success(reply)
+        .commit()
+        .unwrap_err();
+    assert!(
+        misplaced
+            .to_string()
+            .contains("`on_success` follows only a `remote_step`"),
+        "{misplaced}"
+    );
+    let twice = Saga::builder()
+        .local_step(step)
+        .on_failure(step)
+        .on_failure(step)
+        .commit()
+        .unwrap_err();
+    assert!(twice.to_string().contains("set twice"), "{twice}");
+    let empty_branch = Saga::builder()
+        .conditional_step(Conditional::new().if_then(|_| true, Saga::builder()))
+        .commit()
+        .unwrap_err();
+    assert!(
+        empty_branch.to_string().contains("branch 1"),
+        "{empty_branch}"
+    );
+    let no_branch = Saga::builder()
+        .conditional_step(Conditional::new())
+        .commit()
+        .unwrap_err();
+    assert!(
+        no_branch.to_string().contains("at least one `if_then("),
+        "{no_branch}"
+    );
+    assert!(ADD_FOOBAR_SAGA.saga().is_ok());
+}
