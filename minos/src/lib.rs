@@ -34,7 +34,7 @@ pub mod prelude {
         Response, Result, Root, RootEntityExt, ServiceExt, ValueObjectSet,
     };
     pub use chrono::{DateTime, Utc};
-    pub use serde_json::json;
+    pub use serde_json::{json, Value};
     pub use uuid::Uuid;
 }
 

@@ -71,6 +71,11 @@ impl SagaManager {
         }
     }
 
+    /// The service context it runs in.
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
     /// The manager of the current handler's service.
     pub fn current() -> Result<Self> {
         Ok(Self::new(Context::current()?))
@@ -176,6 +181,14 @@ impl SagaManager {
         match tokio::time::timeout(timeout, receiver).await {
             Ok(Ok(execution)) => Ok(execution),
             _ => {
+                if let Some(map) = watchers().as_mut() {
+                    if let Some(senders) = map.get_mut(&uuid) {
+                        senders.retain(|s| !s.is_closed());
+                        if senders.is_empty() {
+                            map.remove(&uuid);
+                        }
+                    }
+                }
                 let current = self.get(uuid).await?;
                 if current.status.is_final() {
                     return Ok(current);
