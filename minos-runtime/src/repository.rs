@@ -298,10 +298,14 @@ impl Repository {
         // Inside a transaction, the write is held under it until the transaction commits.
         if let Some(scope) = TransactionScope::current() {
             scope.open(self).await?;
-            let current = self
-                .snapshot_in(scope.chain(), &event.name, event.uuid)
-                .await?;
-            check_applies(current.as_ref(), event)?;
+            // A creation has a new random uuid: only changes are checked against what the
+            // transaction sees.
+            if event.action != Action::Create {
+                let current = self
+                    .snapshot_in(scope.chain(), &event.name, event.uuid)
+                    .await?;
+                check_applies(current.as_ref(), event)?;
+            }
             self.store
                 .hold(scope.uuid(), &[(event.clone(), messages)])
                 .await?;

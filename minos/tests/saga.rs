@@ -326,7 +326,7 @@ async fn a_refused_remote_step_compensates_and_leaves_nothing() {
         error.contains("could not be created") && error.contains("`text` is empty"),
         "{error}"
     );
-    assert_eq!(execution.context.get::<bool>("compensated").unwrap(), true);
+    assert!(execution.context.get::<bool>("compensated").unwrap());
     let read = call(&pair.foo_http, "GET", &format!("/foos/{foo}"), None).await;
     assert_eq!(read.json()["foobar"], Value::Null);
     assert!(foobars(&pair).await.is_empty());
@@ -362,7 +362,7 @@ async fn a_local_failure_after_the_remote_write_rejects_it_in_the_other_service(
         .unwrap()
         .unwrap();
     assert_eq!(transaction.status.as_str(), "rejected");
-    assert_eq!(execution.context.get::<bool>("compensated").unwrap(), true);
+    assert!(execution.context.get::<bool>("compensated").unwrap());
     pair.foo.stop().await;
     pair.foobar.stop().await;
 }
@@ -378,7 +378,7 @@ async fn a_saga_waiting_too_long_times_out_and_compensates() {
         "{:?}",
         execution.error
     );
-    assert_eq!(execution.context.get::<bool>("compensated").unwrap(), true);
+    assert!(execution.context.get::<bool>("compensated").unwrap());
     // The late reply is ignored, and the late write in foobar was rejected.
     tokio::time::sleep(Duration::from_millis(900)).await;
     let again = SagaManager::new(pair.foo.context().clone())

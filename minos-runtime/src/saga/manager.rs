@@ -133,7 +133,8 @@ impl SagaManager {
         };
         let _guard = stripe(execution.uuid).lock().await;
         self.save(&execution).await?;
-        self.drive(saga, execution).await
+        let scope = self.scope(&execution);
+        self.drive(saga, execution, &scope).await
     }
 
     /// The execution with this uuid (404 when unknown).
@@ -225,15 +226,19 @@ impl SagaManager {
     /// Runs a callback in the service's context, inside the execution's transaction.
     async fn in_transaction<F: std::future::Future>(
         &self,
-        execution: &SagaExecution,
+        scope: &TransactionScope,
         future: F,
     ) -> F::Output {
-        let scope = self.scope(execution);
-        self.context.clone().scope(scope.run(future)).await
+        self.context.clone().scope(scope.clone().run(future)).await
     }
 
     /// Runs steps from the cursor until a pause or the end.
-    async fn drive(&self, saga: &Saga, mut execution: SagaExecution) -> Result<SagaExecution> {
+    async fn drive(
+        &self,
+        saga: &Saga,
+        mut execution: SagaExecution,
+        scope: &TransactionScope,
+    ) -> Result<SagaExecution> {
         loop {
             let Some(step) = saga.step_at(&execution.cursor) else {
                 if execution.cursor.len() <= 1 {
@@ -257,13 +262,13 @@ impl SagaManager {
                 }
                 Step::Local { on_execute, .. } => {
                     let context = execution.context.clone();
-                    self.in_transaction(&execution, on_execute(context))
+                    self.in_transaction(scope, on_execute(context))
                         .await
                         .map(Progress::Next)
                 }
                 Step::Remote { on_execute, .. } => {
                     let context = execution.context.clone();
-                    match self.in_transaction(&execution, on_execute(context)).await {
+                    match self.in_transaction(scope, on_execute(context)).await {
                         Ok(request) => self.send(&mut execution, request).await,
                         Err(error) => Err(error),
                     }
@@ -376,17 +381,18 @@ impl SagaManager {
                 .map(|_| ());
         };
         let context = execution.context.clone();
+        let scope = self.scope(&execution);
         let outcome = match response.status {
             200..=299 => match on_success {
                 Some(callback) => {
-                    self.in_transaction(&execution, callback(context, response))
+                    self.in_transaction(&scope, callback(context, response))
                         .await
                 }
                 None => Ok(context),
             },
             400..=499 => match on_error {
                 Some(callback) => {
-                    self.in_transaction(&execution, callback(context, response))
+                    self.in_transaction(&scope, callback(context, response))
                         .await
                 }
                 None => Ok(context),
@@ -404,7 +410,7 @@ impl SagaManager {
                 execution.context = context;
                 execution.done.push(execution.cursor.clone());
                 advance(&mut execution.cursor);
-                self.drive(saga, execution).await.map(|_| ())
+                self.drive(saga, execution, &scope).await.map(|_| ())
             }
             Err(error) => self
                 .fail(saga, execution, error.to_string())
@@ -629,7 +635,8 @@ impl SagaManager {
             }
             let saga = self.definition(&execution)?;
             tracing::info!(saga = %execution.uuid, name = %execution.saga, "resuming an interrupted execution");
-            self.drive(saga, execution).await?;
+            let scope = self.scope(&execution);
+            self.drive(saga, execution, &scope).await?;
             resumed += 1;
         }
         Ok(resumed)

@@ -212,14 +212,14 @@ impl TransactionStore for MemoryStore {
 
     async fn transactions_in(
         &self,
-        status: TransactionStatus,
+        statuses: &[TransactionStatus],
         before: DateTime<Utc>,
     ) -> Result<Vec<TransactionEntry>, StoreError> {
         let inner = self.lock();
         let mut found: Vec<TransactionEntry> = inner
             .transactions
             .values()
-            .filter(|t| t.status == status && t.updated_at < before)
+            .filter(|t| statuses.contains(&t.status) && t.updated_at < before)
             .cloned()
             .collect();
         found.sort_by_key(|t| (t.updated_at, t.uuid));
@@ -277,7 +277,7 @@ impl SagaStore for MemoryStore {
             .filter(|r| status.is_none_or(|s| r.status == s))
             .cloned()
             .collect();
-        found.sort_by(|a, b| (b.updated_at, b.uuid).cmp(&(a.updated_at, a.uuid)));
+        found.sort_by_key(|r| std::cmp::Reverse((r.updated_at, r.uuid)));
         found.truncate(limit);
         Ok(found)
     }

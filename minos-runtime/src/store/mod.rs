@@ -352,10 +352,11 @@ pub trait TransactionStore: Send + Sync {
     /// The entry with this uuid.
     async fn transaction(&self, uuid: Uuid) -> Result<Option<TransactionEntry>, StoreError>;
 
-    /// Entries in `status` last changed before `before` (e.g. reserved for too long).
+    /// Entries in one of `statuses` last changed before `before` (e.g. reserved for too long), oldest
+    /// first.
     async fn transactions_in(
         &self,
-        status: TransactionStatus,
+        statuses: &[TransactionStatus],
         before: DateTime<Utc>,
     ) -> Result<Vec<TransactionEntry>, StoreError>;
 

@@ -827,19 +827,23 @@ impl TransactionStore for SqliteStore {
 
     async fn transactions_in(
         &self,
-        status: TransactionStatus,
+        statuses: &[TransactionStatus],
         before: DateTime<Utc>,
     ) -> Result<Vec<TransactionEntry>, StoreError> {
-        let status = status.as_str();
+        // The six status names are the only values: a JSON array of them is matched with json_each.
+        let statuses =
+            serde_json::to_string(&statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+                .map_err(|e| StoreError::backend(BACKEND, e))?;
         self.with(move |conn| {
             let mut statement = conn
                 .prepare_cached(
                     "SELECT uuid, status, destination, updated_at FROM transactions \
-                     WHERE status = ?1 AND updated_at < ?2 ORDER BY updated_at, uuid",
+                     WHERE status IN (SELECT value FROM json_each(?1)) AND updated_at < ?2 \
+                     ORDER BY updated_at, uuid",
                 )
                 .map_err(sql_err)?;
             let rows = statement
-                .query_map(params![status, format_time(before)], transaction_row)
+                .query_map(params![statuses, format_time(before)], transaction_row)
                 .map_err(sql_err)?;
             rows.map(|row| decode_transaction(row.map_err(sql_err)?))
                 .collect()

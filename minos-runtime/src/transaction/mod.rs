@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::domain::Event;
+use crate::domain::{Action, Event};
 pub use crate::domain::{InvalidTransition, TransactionEntry, TransactionStatus};
 use crate::error::{Error, Result};
 use crate::repository::Repository;
@@ -200,8 +200,9 @@ pub struct Transactions {
     repository: Repository,
 }
 
-/// Serializes reservations in this process: two siblings reserving at once must not both pass.
-static RESERVING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Serializes the reservations of transactions touching the same roots in this process (two siblings
+/// reserving at once must not both pass); transactions on other roots reserve in parallel.
+static RESERVING: [tokio::sync::Mutex<()>; 64] = [const { tokio::sync::Mutex::const_new(()) }; 64];
 
 impl Repository {
     /// Reserve, commit and reject the transactions of this repository's store.
@@ -259,10 +260,19 @@ impl Transactions {
             | TransactionStatus::Committed => return Ok(entry.status),
             _ => {}
         }
-        let _serial = RESERVING.lock().await;
+        let held = self.repository.store().held(uuid).await?;
+        // Stripes in increasing order, so two reservations never wait on each other in a cycle.
+        let stripes: std::collections::BTreeSet<usize> = held
+            .iter()
+            .map(|(event, _)| (event.uuid.as_u128() % RESERVING.len() as u128) as usize)
+            .collect();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for stripe in stripes {
+            guards.push(RESERVING[stripe].lock().await);
+        }
         self.move_to(&mut entry, TransactionStatus::Reserving)
             .await?;
-        match self.validate(&entry).await {
+        match self.validate(&entry, &held).await {
             Ok(()) => {
                 self.move_to(&mut entry, TransactionStatus::Reserved)
                     .await?;
@@ -278,7 +288,7 @@ impl Transactions {
         }
     }
 
-    async fn validate(&self, entry: &TransactionEntry) -> Result<()> {
+    async fn validate(&self, entry: &TransactionEntry, held: &HeldWrites) -> Result<()> {
         let store = self.repository.store();
         let mut destination_chain = Vec::new();
         let mut next = entry.destination;
@@ -298,11 +308,10 @@ impl Transactions {
             destination_chain.insert(0, uuid);
             next = parent.destination;
         }
-        let held = store.held(entry.uuid).await?;
         // Per root: the held versions follow each other, starting right after the destination's.
         let mut firsts: BTreeMap<Uuid, &Event> = BTreeMap::new();
         let mut last_version: BTreeMap<Uuid, u64> = BTreeMap::new();
-        for (event, _) in &held {
+        for (event, _) in held {
             if let Some(last) = last_version.get(&event.uuid) {
                 if event.version != last + 1 {
                     return Err(StoreError::Conflict {
@@ -318,7 +327,8 @@ impl Transactions {
             }
             last_version.insert(event.uuid, event.version);
         }
-        for event in firsts.values() {
+        // Creations carry new random uuids; changes must follow the destination's version.
+        for event in firsts.values().filter(|e| e.action != Action::Create) {
             let current = self
                 .repository
                 .snapshot_in(&destination_chain, &event.name, event.uuid)
@@ -327,29 +337,31 @@ impl Transactions {
         }
         // Siblings in flight touching the same roots.
         let touched: HashSet<Uuid> = firsts.keys().copied().collect();
+        if touched.is_empty() {
+            return Ok(());
+        }
         let far = chrono::Utc::now() + chrono::Duration::days(3650);
-        for status in [
+        let in_flight = [
             TransactionStatus::Reserving,
             TransactionStatus::Reserved,
             TransactionStatus::Committing,
-        ] {
-            for sibling in store.transactions_in(status, far).await? {
-                if sibling.uuid == entry.uuid || sibling.destination != entry.destination {
-                    continue;
-                }
-                let theirs = store.held(sibling.uuid).await?;
-                if let Some((event, _)) = theirs.iter().find(|(e, _)| touched.contains(&e.uuid)) {
-                    return Err(Error::with_status(
-                        409,
-                        format!(
-                            "{} {} is also changed by transaction {} ({})",
-                            event.name,
-                            event.uuid,
-                            sibling.uuid,
-                            sibling.status.as_str()
-                        ),
-                    ));
-                }
+        ];
+        for sibling in store.transactions_in(&in_flight, far).await? {
+            if sibling.uuid == entry.uuid || sibling.destination != entry.destination {
+                continue;
+            }
+            let theirs = store.held(sibling.uuid).await?;
+            if let Some((event, _)) = theirs.iter().find(|(e, _)| touched.contains(&e.uuid)) {
+                return Err(Error::with_status(
+                    409,
+                    format!(
+                        "{} {} is also changed by transaction {} ({})",
+                        event.name,
+                        event.uuid,
+                        sibling.uuid,
+                        sibling.status.as_str()
+                    ),
+                ));
             }
         }
         Ok(())
@@ -428,7 +440,7 @@ impl Transactions {
         let before = ago(max_age);
         let mut handled = 0;
         for entry in store
-            .transactions_in(TransactionStatus::Pending, ago(pending_max_age))
+            .transactions_in(&[TransactionStatus::Pending], ago(pending_max_age))
             .await?
         {
             tracing::warn!(transaction = %entry.uuid, "pending for too long: rejecting it");
@@ -436,7 +448,7 @@ impl Transactions {
             handled += 1;
         }
         for entry in store
-            .transactions_in(TransactionStatus::Reserved, before)
+            .transactions_in(&[TransactionStatus::Reserved], before)
             .await?
         {
             tracing::warn!(transaction = %entry.uuid, "reserved for too long: rejecting it");
@@ -444,7 +456,7 @@ impl Transactions {
             handled += 1;
         }
         for entry in store
-            .transactions_in(TransactionStatus::Committing, before)
+            .transactions_in(&[TransactionStatus::Committing], before)
             .await?
         {
             tracing::warn!(transaction = %entry.uuid, "commit was interrupted: finishing it");

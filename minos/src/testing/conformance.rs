@@ -1079,7 +1079,7 @@ pub async fn transactions_are_saved_and_found_by_status(repo: Repository) {
     );
     let later = crate::store::now() + chrono::Duration::seconds(1);
     let reserved = store
-        .transactions_in(TransactionStatus::Reserved, later)
+        .transactions_in(&[TransactionStatus::Reserved], later)
         .await
         .unwrap();
     assert_eq!(
@@ -1088,12 +1088,20 @@ pub async fn transactions_are_saved_and_found_by_status(repo: Repository) {
     );
     let earlier = inner.updated_at - chrono::Duration::seconds(1);
     assert!(store
-        .transactions_in(TransactionStatus::Reserved, earlier)
+        .transactions_in(&[TransactionStatus::Reserved], earlier)
         .await
         .unwrap()
         .is_empty());
+    let both = store
+        .transactions_in(
+            &[TransactionStatus::Pending, TransactionStatus::Reserved],
+            later,
+        )
+        .await
+        .unwrap();
+    assert_eq!(both.len(), 2);
     let pending = store
-        .transactions_in(TransactionStatus::Pending, later)
+        .transactions_in(&[TransactionStatus::Pending], later)
         .await
         .unwrap();
     assert_eq!(

@@ -903,15 +903,16 @@ impl TransactionStore for PostgresStore {
 
     async fn transactions_in(
         &self,
-        status: TransactionStatus,
+        statuses: &[TransactionStatus],
         before: DateTime<Utc>,
     ) -> Result<Vec<TransactionEntry>, StoreError> {
         let client = self.client().await?;
+        let statuses: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
         let rows = client
             .query(
                 "SELECT uuid, status, destination, updated_at FROM transactions \
-                 WHERE status = $1 AND updated_at < $2 ORDER BY updated_at, uuid",
-                &[&status.as_str(), &before],
+                 WHERE status = ANY($1) AND updated_at < $2 ORDER BY updated_at, uuid",
+                &[&statuses, &before],
             )
             .await
             .map_err(db_error)?;
