@@ -24,6 +24,7 @@ pub struct FooBar {
 }
 
 static SEEN: Mutex<Vec<Value>> = Mutex::new(Vec::new());
+static NOTES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 use minos::serde_json::Value;
 
 pub struct FooCommands;
@@ -79,6 +80,25 @@ impl FooBarCommands {
         }
         let foobar = FooBar::create(FooBar { something }).await?;
         Ok(Response::json(foobar.uuid()))
+    }
+
+    /// A side effect outside any transaction (e.g. an email): undone only by a compensation.
+    #[enroute(broker = "Note")]
+    async fn note(&self, request: Request) -> Result<Response> {
+        NOTES
+            .lock()
+            .unwrap()
+            .push(format!("note {}", request.json()["n"]));
+        Ok(Response::empty())
+    }
+
+    #[enroute(broker = "Unnote")]
+    async fn unnote(&self, request: Request) -> Result<Response> {
+        NOTES
+            .lock()
+            .unwrap()
+            .push(format!("unnote {}", request.json()["n"]));
+        Ok(Response::empty())
     }
 
     #[enroute(rest = "GET /foobars")]
@@ -162,6 +182,39 @@ minos::saga! {
                 .else_then(Saga::builder().local_step(|ctx| mark("none", ctx))),
         )
         .local_step(|ctx| mark("end", ctx))
+        .commit();
+}
+
+async fn undo(label: &'static str, ctx: SagaContext) -> Result<SagaContext> {
+    let mut undone: Vec<String> = ctx.get("undone").unwrap_or_default();
+    undone.push(label.to_owned());
+    Ok(ctx.with("undone", undone))
+}
+
+async fn send_note(ctx: SagaContext) -> Result<SagaRequest> {
+    Ok(SagaRequest::new("Note", json!({"n": ctx.get::<i64>("n")?})))
+}
+
+async fn send_unnote(ctx: SagaContext) -> Result<SagaRequest> {
+    Ok(SagaRequest::new(
+        "Unnote",
+        json!({"n": ctx.get::<i64>("n")?}),
+    ))
+}
+
+async fn fail(_ctx: SagaContext) -> Result<SagaContext> {
+    Err(Error::bad_request("the last step fails"))
+}
+
+minos::saga! {
+    pub static COMPENSATED_SAGA = Saga::builder()
+        .local_step(|ctx| mark("a", ctx))
+        .on_failure(|ctx| undo("a", ctx))
+        .remote_step(send_note)
+        .on_failure_send(send_unnote)
+        .local_step(|ctx| mark("b", ctx))
+        .on_failure(|ctx| undo("b", ctx))
+        .local_step(fail)
         .commit();
 }
 
@@ -464,4 +517,40 @@ fn invalid_definitions_are_refused_when_built() {
         "{no_branch}"
     );
     assert!(ADD_FOOBAR_SAGA.saga().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compensations_run_newest_first_remote_ones_as_requests() {
+    let pair = start(5_000).await;
+    let manager = SagaManager::new(pair.foo.context().clone());
+    let started = manager
+        .run(&COMPENSATED_SAGA, SagaContext::new().with("n", 7))
+        .await
+        .unwrap();
+    let execution = manager
+        .wait(started.uuid, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(execution.status, ExecutionStatus::Errored);
+    assert!(execution
+        .error
+        .clone()
+        .unwrap()
+        .contains("the last step fails"));
+    assert_eq!(
+        execution.context.get::<Vec<String>>("path").unwrap(),
+        ["a", "b"]
+    );
+    // b, then the remote step's compensation request, then a.
+    assert_eq!(
+        execution.context.get::<Vec<String>>("undone").unwrap(),
+        ["b", "a"]
+    );
+    let notes = NOTES.lock().unwrap().clone();
+    assert_eq!(notes, ["note 7", "unnote 7"]);
+    // Running a finished or errored execution's reply again changes nothing.
+    let again = manager.get(execution.uuid).await.unwrap();
+    assert_eq!(again, execution);
+    pair.foo.stop().await;
+    pair.foobar.stop().await;
 }
