@@ -124,7 +124,8 @@ pub struct SagaConfig {
     pub command_timeout_ms: u64,
     /// Transactions left reserved (or committing) longer than this are rejected (or finished).
     pub reserved_max_ms: u64,
-    /// Transactions left pending longer than this are rejected (their saga ended without them).
+    /// Transactions left pending longer than this are rejected (their saga ended without them); keep
+    /// it above the longest `timeout_ms` of the sagas that call this service.
     pub pending_max_ms: u64,
     /// How often timeouts and stale transactions are looked for.
     pub tidy_interval_ms: u64,

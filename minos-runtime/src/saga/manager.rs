@@ -430,12 +430,13 @@ impl SagaManager {
             .saga()
     }
 
-    /// Sends one transaction command to every participant (this service directly), concurrently.
+    /// Sends one transaction command to every participant (this service directly), concurrently;
+    /// returns the failures, each as `service: error`.
     async fn command_all(
         &self,
         execution: &SagaExecution,
         command: TransactionCommand,
-    ) -> Vec<(String, Result<()>)> {
+    ) -> Vec<String> {
         let own = self.context.name();
         let mut remote = Vec::new();
         for service in execution.related_services.iter().filter(|s| *s != own) {
@@ -476,29 +477,24 @@ impl SagaManager {
             .map(|_| ());
         results.push((own.to_owned(), local));
         results
+            .into_iter()
+            .filter_map(|(service, result)| result.err().map(|e| format!("{service}: {e}")))
+            .collect()
     }
 
     /// Two-phase commit: every participant reserves; then all commit, or all reject and the steps are
     /// compensated.
     async fn finish(&self, saga: &Saga, mut execution: SagaExecution) -> Result<SagaExecution> {
-        let reserved = self
+        let refused = self
             .command_all(&execution, TransactionCommand::Reserve)
             .await;
-        let refused: Vec<String> = reserved
-            .into_iter()
-            .filter_map(|(service, result)| result.err().map(|e| format!("{service}: {e}")))
-            .collect();
         if !refused.is_empty() {
             let error = format!("reservation refused: {}", refused.join("; "));
             return self.fail(saga, execution, error).await;
         }
-        let committed = self
+        let failed = self
             .command_all(&execution, TransactionCommand::Commit)
             .await;
-        let failed: Vec<String> = committed
-            .into_iter()
-            .filter_map(|(service, result)| result.err().map(|e| format!("{service}: {e}")))
-            .collect();
         execution.updated_at = now();
         if failed.is_empty() {
             execution.status = ExecutionStatus::Finished;
@@ -521,15 +517,12 @@ impl SagaManager {
         error: String,
     ) -> Result<SagaExecution> {
         tracing::warn!(saga = %execution.uuid, name = %execution.saga, %error, "saga failed: compensating");
-        let mut problems = Vec::new();
-        let rejected = self
+        let mut problems: Vec<String> = self
             .command_all(&execution, TransactionCommand::Reject)
-            .await;
-        for (service, result) in rejected {
-            if let Err(e) = result {
-                problems.push(format!("reject in {service}: {e}"));
-            }
-        }
+            .await
+            .into_iter()
+            .map(|problem| format!("reject in {problem}"))
+            .collect();
         for path in execution.done.clone().into_iter().rev() {
             let context = execution.context.clone();
             match saga.step_at(&path) {

@@ -428,40 +428,47 @@ impl Transactions {
         Ok(TransactionStatus::Rejected)
     }
 
-    /// Rejects transactions left reserved for longer than `max_age` and finishes commits that were
+    /// Rejects transactions left reserving or reserved for longer than `max_age` and finishes commits that were
     /// interrupted (committing for longer than `max_age`); rejects transactions pending for longer than
     /// `pending_max_age` (their saga ended without telling this service, e.g. it timed out before this
     /// service's reply). Returns how many it handled.
     pub async fn tidy(&self, max_age: Duration, pending_max_age: Duration) -> Result<usize> {
+        use TransactionStatus::*;
         let store = self.repository.store();
         let ago = |age: Duration| {
             chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX)
         };
-        let before = ago(max_age);
+        let rounds = [
+            (
+                &[Pending][..],
+                pending_max_age,
+                TransactionCommand::Reject,
+                "pending for too long: rejecting it",
+            ),
+            (
+                &[Reserving, Reserved][..],
+                max_age,
+                TransactionCommand::Reject,
+                "reserved for too long: rejecting it",
+            ),
+            (
+                &[Committing][..],
+                max_age,
+                TransactionCommand::Commit,
+                "commit was interrupted: finishing it",
+            ),
+        ];
         let mut handled = 0;
-        for entry in store
-            .transactions_in(&[TransactionStatus::Pending], ago(pending_max_age))
-            .await?
-        {
-            tracing::warn!(transaction = %entry.uuid, "pending for too long: rejecting it");
-            self.reject(entry.uuid).await?;
-            handled += 1;
-        }
-        for entry in store
-            .transactions_in(&[TransactionStatus::Reserved], before)
-            .await?
-        {
-            tracing::warn!(transaction = %entry.uuid, "reserved for too long: rejecting it");
-            self.reject(entry.uuid).await?;
-            handled += 1;
-        }
-        for entry in store
-            .transactions_in(&[TransactionStatus::Committing], before)
-            .await?
-        {
-            tracing::warn!(transaction = %entry.uuid, "commit was interrupted: finishing it");
-            self.commit(entry.uuid).await?;
-            handled += 1;
+        for (statuses, age, command, why) in rounds {
+            for entry in store.transactions_in(statuses, ago(age)).await? {
+                tracing::warn!(transaction = %entry.uuid, status = entry.status.as_str(), "{why}");
+                match self.run(command, entry.uuid).await {
+                    Ok(_) => handled += 1,
+                    Err(error) => {
+                        tracing::error!(transaction = %entry.uuid, %error, "could not tidy the transaction")
+                    }
+                }
+            }
         }
         Ok(handled)
     }
