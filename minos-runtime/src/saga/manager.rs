@@ -2,7 +2,7 @@
 //! rejects their participants' transactions at the end, and compensates failures.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -29,15 +29,32 @@ pub struct SagaManager {
 }
 
 /// Executions are driven one step at a time: a reply and a timeout for the same execution never run at
-/// once in this process.
-static STRIPES: [tokio::sync::Mutex<()>; 64] = [const { tokio::sync::Mutex::const_new(()) }; 64];
+/// once in this process. One lock per execution (not shared stripes), so a saga started from another
+/// one's step never waits on itself.
+type Locks = HashMap<Uuid, Weak<tokio::sync::Mutex<()>>>;
+static LOCKS: Mutex<Option<Locks>> = Mutex::new(None);
 
 /// Callers waiting for executions to end.
 static WATCHERS: Mutex<Option<HashMap<Uuid, Vec<oneshot::Sender<SagaExecution>>>>> =
     Mutex::new(None);
 
-fn stripe(uuid: Uuid) -> &'static tokio::sync::Mutex<()> {
-    &STRIPES[(uuid.as_u128() % STRIPES.len() as u128) as usize]
+async fn lock_execution(uuid: Uuid) -> tokio::sync::OwnedMutexGuard<()> {
+    let lock = {
+        let mut locks = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+        let locks = locks.get_or_insert_with(HashMap::new);
+        match locks.get(&uuid).and_then(Weak::upgrade) {
+            Some(lock) => lock,
+            None => {
+                if locks.len() >= 1024 {
+                    locks.retain(|_, lock| lock.strong_count() > 0);
+                }
+                let lock = Arc::new(tokio::sync::Mutex::new(()));
+                locks.insert(uuid, Arc::downgrade(&lock));
+                lock
+            }
+        }
+    };
+    lock.lock_owned().await
 }
 
 fn watchers(
@@ -131,7 +148,7 @@ impl SagaManager {
             created_at: started,
             updated_at: started,
         };
-        let _guard = stripe(execution.uuid).lock().await;
+        let _guard = lock_execution(execution.uuid).await;
         self.save(&execution).await?;
         let scope = self.scope(&execution);
         self.drive(saga, execution, &scope).await
@@ -326,7 +343,7 @@ impl SagaManager {
             tracing::warn!(identifier = %reply.identifier, "saga reply without a `saga` header: ignored");
             return Ok(());
         };
-        let _guard = stripe(uuid).lock().await;
+        let _guard = lock_execution(uuid).await;
         let mut execution = match self.get(uuid).await {
             Ok(execution) => execution,
             Err(error) if error.status() == 404 => {
@@ -594,7 +611,7 @@ impl SagaManager {
         let mut expired = 0;
         let current = now();
         for candidate in paused.into_iter().filter(|e| e.deadline < current) {
-            let _guard = stripe(candidate.uuid).lock().await;
+            let _guard = lock_execution(candidate.uuid).await;
             let execution = self.get(candidate.uuid).await?;
             if execution.status != ExecutionStatus::Paused || execution.deadline >= current {
                 continue;
@@ -621,7 +638,7 @@ impl SagaManager {
         let running = self.list(Some(ExecutionStatus::Running), 1000).await?;
         let mut resumed = 0;
         for candidate in running {
-            let _guard = stripe(candidate.uuid).lock().await;
+            let _guard = lock_execution(candidate.uuid).await;
             let execution = self.get(candidate.uuid).await?;
             if execution.status != ExecutionStatus::Running {
                 continue;
