@@ -554,3 +554,57 @@ async fn compensations_run_newest_first_remote_ones_as_requests() {
     pair.foo.stop().await;
     pair.foobar.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_answers_its_transaction_commands() {
+    let pair = start(5_000).await;
+    let client = pair.foo.context().client().clone();
+    let bad = client
+        .send("_ReserveFoobarTransaction", "not-a-uuid")
+        .await
+        .unwrap();
+    assert_eq!(bad.status, 400, "{}", bad.content);
+    assert!(bad.content["error"]
+        .as_str()
+        .unwrap()
+        .contains("not a transaction uuid"));
+    // A transaction nobody wrote in here: answered at once, and the outcome is kept.
+    let uuid = Uuid::new_v4();
+    let reserved = client
+        .send("_ReserveFoobarTransaction", uuid.to_string())
+        .await
+        .unwrap();
+    assert_eq!(
+        (reserved.status, &reserved.content["status"]),
+        (200, &json!("reserved"))
+    );
+    let committed = client
+        .send("_CommitFoobarTransaction", json!({"uuid": uuid}))
+        .await
+        .unwrap();
+    assert_eq!(committed.content["status"], json!("committed"));
+    let again = client
+        .send("_CommitFoobarTransaction", uuid.to_string())
+        .await
+        .unwrap();
+    assert_eq!(again.content["status"], json!("committed"));
+    let refused = client
+        .send("_RejectFoobarTransaction", uuid.to_string())
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 409, "{}", refused.content);
+    let other = Uuid::new_v4();
+    let rejected = client
+        .send("_RejectFoobarTransaction", other.to_string())
+        .await
+        .unwrap();
+    assert_eq!(rejected.content["status"], json!("rejected"));
+    // foo answers its own.
+    let own = client
+        .send("_ReserveFooTransaction", Uuid::new_v4().to_string())
+        .await
+        .unwrap();
+    assert_eq!(own.status, 200);
+    pair.foo.stop().await;
+    pair.foobar.stop().await;
+}
