@@ -80,6 +80,8 @@ pub struct HandlersConfig {
     pub retries: u32,
     /// How long a request through the broker waits for its reply.
     pub request_timeout_ms: u64,
+    /// Broker messages handled at once (messages with one key, e.g. one root's events, stay in order).
+    pub workers: usize,
 }
 
 /// Kafka settings.
@@ -178,6 +180,7 @@ impl Default for HandlersConfig {
         HandlersConfig {
             retries: 3,
             request_timeout_ms: 10_000,
+            workers: 8,
         }
     }
 }

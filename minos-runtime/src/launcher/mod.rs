@@ -193,7 +193,8 @@ impl Launcher {
         let sagas = SagaManager::new(context.clone());
         let mut dispatcher =
             Dispatcher::new(Arc::clone(&table), Arc::clone(&chain), context.clone())
-                .retries(self.config.handlers.retries);
+                .retries(self.config.handlers.retries)
+                .workers(self.config.handlers.workers);
         let mut topics = table.broker_topics();
         topics.extend(crate::routing::snapshot_query_topics());
         for command in TransactionCommand::ALL {

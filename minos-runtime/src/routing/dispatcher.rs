@@ -116,6 +116,12 @@ impl Dispatcher {
         self
     }
 
+    /// How many messages are handled at once (at least one); one key's messages stay in order.
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
+    }
+
     /// The topic failing messages are parked on: `{service}.dead-letter`.
     pub fn dead_letter_topic(&self) -> String {
         format!("{}.dead-letter", self.context.name())
