@@ -132,16 +132,33 @@ impl Repository {
 
     /// The root with this uuid (inside a transaction: with the transaction's writes applied).
     pub async fn get<T: RootEntity>(&self, uuid: Uuid) -> Result<Root<T>> {
-        let chain = TransactionScope::current();
-        let chain = chain.as_ref().map_or(&[][..], TransactionScope::chain);
         let snapshot = self
-            .snapshot_in(chain, T::NAME, uuid)
+            .snapshot_in_scope(TransactionScope::current().as_ref(), T::NAME, uuid)
             .await?
             .ok_or_else(|| StoreError::NotFound {
                 name: T::NAME.to_owned(),
                 uuid,
             })?;
         decode(snapshot)
+    }
+
+    /// The snapshot of one root as seen inside `scope` (its chain's held writes, then its buffered ones).
+    async fn snapshot_in_scope(
+        &self,
+        scope: Option<&TransactionScope>,
+        name: &str,
+        uuid: Uuid,
+    ) -> Result<Option<Snapshot>> {
+        let Some(scope) = scope else {
+            return Ok(self.store.snapshot(name, uuid).await?);
+        };
+        let mut snapshot = self.snapshot_in(scope.chain(), name, uuid).await?;
+        for (event, _) in scope.buffered_writes() {
+            if event.uuid == uuid && event.name == name {
+                snapshot = Some(Snapshot::next(snapshot.as_ref(), &event)?);
+            }
+        }
+        Ok(snapshot)
     }
 
     /// The snapshot of one root as seen inside the transactions `chain` (outermost first): the stored
@@ -213,16 +230,26 @@ impl Repository {
     /// Live roots of type `T` matching `query` (inside a transaction: with its writes applied).
     pub async fn find<T: RootEntity>(&self, query: &Query) -> Result<Vec<Root<T>>> {
         let snapshots = match TransactionScope::current() {
-            Some(scope) => self.find_in(scope.chain(), T::NAME, query).await?,
+            Some(scope) => self.find_in(&scope, T::NAME, query).await?,
             None => self.store.find(T::NAME, query).await?,
         };
         snapshots.into_iter().map(decode).collect()
     }
 
-    async fn find_in(&self, chain: &[Uuid], name: &str, query: &Query) -> Result<Vec<Snapshot>> {
+    async fn find_in(
+        &self,
+        scope: &TransactionScope,
+        name: &str,
+        query: &Query,
+    ) -> Result<Vec<Snapshot>> {
         let mut touched: IndexMap<Uuid, Option<Snapshot>> = IndexMap::new();
-        for transaction in chain {
-            for (event, _) in self.store.held(*transaction).await? {
+        let mut layers = Vec::with_capacity(scope.chain().len() + 1);
+        for transaction in scope.chain() {
+            layers.push(self.store.held(*transaction).await?);
+        }
+        layers.push(scope.buffered_writes());
+        for layer in layers {
+            for (event, _) in layer {
                 if event.name != name {
                     continue;
                 }
@@ -302,13 +329,13 @@ impl Repository {
             // transaction sees.
             if event.action != Action::Create {
                 let current = self
-                    .snapshot_in(scope.chain(), &event.name, event.uuid)
+                    .snapshot_in_scope(Some(&scope), &event.name, event.uuid)
                     .await?;
                 check_applies(current.as_ref(), event)?;
             }
-            self.store
-                .hold(scope.uuid(), &[(event.clone(), messages)])
-                .await?;
+            if let Some(write) = scope.buffer_write((event.clone(), messages)) {
+                self.store.hold(scope.uuid(), &[write], None).await?;
+            }
             return Ok(());
         }
         // Inside `staged`, hold the write back for the unit's commit; otherwise append it now.

@@ -608,3 +608,41 @@ async fn every_service_answers_its_transaction_commands() {
     pair.foo.stop().await;
     pair.foobar.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_saga_command_is_held_once() {
+    let pair = start(5_000).await;
+    let transaction = Uuid::new_v4();
+    let mut message =
+        minos::BrokerMessage::new("CreateFooBar", json!({"number": 1, "text": "once"}));
+    message
+        .payload
+        .headers
+        .insert("transactions".into(), transaction.to_string());
+    let broker = pair.foo.context().broker().clone();
+    broker.publish(message.clone()).await.unwrap();
+    broker.publish(message).await.unwrap();
+    let store = pair.foobar.context().repository().store().clone();
+    for _ in 0..100 {
+        if !store.held(transaction).await.unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let held = store.held(transaction).await.unwrap();
+    assert_eq!(held.len(), 1, "the second delivery was skipped");
+    assert_eq!(held[0].0.name, "FooBar");
+    // Held, not stored: nothing visible until the transaction commits.
+    assert!(foobars(&pair).await.is_empty());
+    pair.foobar
+        .context()
+        .repository()
+        .transactions()
+        .commit(transaction)
+        .await
+        .unwrap();
+    assert_eq!(foobars(&pair).await.len(), 1);
+    pair.foo.stop().await;
+    pair.foobar.stop().await;
+}

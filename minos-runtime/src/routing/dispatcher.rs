@@ -193,10 +193,40 @@ impl Dispatcher {
         };
         for attempt in 1..=attempts {
             let run = self.run_handlers(&handlers, &message);
-            let (result, writes) = match &scope {
-                Some(scope) => repository.staged(scope.clone().run(run)).await,
-                None => repository.staged(run).await,
-            };
+            if let Some(scope) = &scope {
+                // Inside the saga's transaction: the writes are held with the inbox entry, at once.
+                let scope = scope.clone().buffered();
+                let result = scope.clone().run(run).await;
+                let writes = scope.take_buffered();
+                let held = match result {
+                    Ok(response) => repository
+                        .store()
+                        .hold(scope.uuid(), &writes, Some(&inbox))
+                        .await
+                        .map(|()| response)
+                        .map_err(Error::from),
+                    Err(error) => Err(error),
+                };
+                match held {
+                    Ok(response) => {
+                        self.reply(&message, Ok(response)).await;
+                        return Outcome::Handled;
+                    }
+                    Err(Error::Store(StoreError::AlreadyProcessed { .. })) => {
+                        return Outcome::Duplicate
+                    }
+                    Err(error) => {
+                        if let Err(inbox_error) =
+                            repository.commit_unit(&Vec::new(), Some(&inbox)).await
+                        {
+                            tracing::debug!(error = %inbox_error, "could not record the refused command in the inbox");
+                        }
+                        self.reply(&message, Err(error)).await;
+                        return Outcome::Handled;
+                    }
+                }
+            }
+            let (result, writes) = repository.staged(run).await;
             let error = match result {
                 Ok(response) => match repository.commit_unit(&writes, Some(&inbox)).await {
                     Ok(_) => {

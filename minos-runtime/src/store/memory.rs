@@ -230,8 +230,18 @@ impl TransactionStore for MemoryStore {
         &self,
         transaction: Uuid,
         writes: &[(Event, Vec<DomainMessage>)],
+        inbox: Option<&InboxEntry>,
     ) -> Result<(), StoreError> {
-        self.lock()
+        let mut inner = self.lock();
+        if let Some(entry) = inbox {
+            if !inner.inbox.insert(entry.clone()) {
+                return Err(StoreError::AlreadyProcessed {
+                    consumer: entry.consumer.clone(),
+                    identifier: entry.identifier,
+                });
+            }
+        }
+        inner
             .held
             .entry(transaction)
             .or_default()

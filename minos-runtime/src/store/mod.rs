@@ -360,11 +360,14 @@ pub trait TransactionStore: Send + Sync {
         before: DateTime<Utc>,
     ) -> Result<Vec<TransactionEntry>, StoreError>;
 
-    /// Adds writes to those the transaction holds.
+    /// Adds writes to those the transaction holds and records `inbox` (the message that caused them),
+    /// all or nothing. With `inbox` already recorded, nothing is written and the answer is
+    /// [`StoreError::AlreadyProcessed`].
     async fn hold(
         &self,
         transaction: Uuid,
         writes: &[(Event, Vec<DomainMessage>)],
+        inbox: Option<&InboxEntry>,
     ) -> Result<(), StoreError>;
 
     /// The writes the transaction holds, in the order they were added.

@@ -249,6 +249,29 @@ fn load_snapshot(conn: &Connection, uuid: &str) -> Result<Option<Snapshot>, Stor
     .transpose()
 }
 
+/// Records that `entry`'s message was handled; [`StoreError::AlreadyProcessed`] if it already was.
+fn record_inbox(tx: &rusqlite::Transaction<'_>, entry: &InboxEntry) -> Result<(), StoreError> {
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO inbox (consumer, identifier, processed_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (consumer, identifier) DO NOTHING",
+        )
+        .map_err(sql_err)?
+        .execute(params![
+            entry.consumer,
+            entry.identifier.to_string(),
+            format_time(super::now())
+        ])
+        .map_err(sql_err)?;
+    if inserted == 0 {
+        return Err(StoreError::AlreadyProcessed {
+            consumer: entry.consumer.clone(),
+            identifier: entry.identifier,
+        });
+    }
+    Ok(())
+}
+
 /// Appends every event and records the inbox entry, all or nothing.
 fn commit_unit_in(
     conn: &mut Connection,
@@ -259,24 +282,7 @@ fn commit_unit_in(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql_err)?;
     if let Some(entry) = inbox {
-        let inserted = tx
-            .prepare_cached(
-                "INSERT INTO inbox (consumer, identifier, processed_at) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (consumer, identifier) DO NOTHING",
-            )
-            .map_err(sql_err)?
-            .execute(params![
-                entry.consumer,
-                entry.identifier.to_string(),
-                format_time(super::now())
-            ])
-            .map_err(sql_err)?;
-        if inserted == 0 {
-            return Err(StoreError::AlreadyProcessed {
-                consumer: entry.consumer.clone(),
-                identifier: entry.identifier,
-            });
-        }
+        record_inbox(&tx, entry)?;
     }
     let mut stored = Vec::with_capacity(appends.len());
     for (event, messages) in appends {
@@ -855,10 +861,16 @@ impl TransactionStore for SqliteStore {
         &self,
         transaction: Uuid,
         writes: &[(Event, Vec<DomainMessage>)],
+        inbox: Option<&InboxEntry>,
     ) -> Result<(), StoreError> {
-        let writes = writes.to_vec();
+        let (writes, inbox) = (writes.to_vec(), inbox.cloned());
         self.with(move |conn| {
-            let tx = conn.transaction().map_err(sql_err)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql_err)?;
+            if let Some(entry) = &inbox {
+                record_inbox(&tx, entry)?;
+            }
             {
                 let mut insert = tx
                     .prepare_cached(

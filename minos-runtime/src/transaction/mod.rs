@@ -30,6 +30,7 @@ tokio::task_local! {
 pub struct TransactionScope {
     chain: Arc<[Uuid]>,
     opened: Arc<tokio::sync::OnceCell<()>>,
+    buffer: Option<Arc<std::sync::Mutex<HeldWrites>>>,
 }
 
 impl TransactionScope {
@@ -38,6 +39,7 @@ impl TransactionScope {
         (!chain.is_empty()).then(|| TransactionScope {
             chain: chain.into(),
             opened: Arc::default(),
+            buffer: None,
         })
     }
 
@@ -46,6 +48,7 @@ impl TransactionScope {
         TransactionScope {
             chain: Arc::from([uuid]),
             opened: Arc::default(),
+            buffer: None,
         }
     }
 
@@ -85,6 +88,45 @@ impl TransactionScope {
         TransactionScope {
             chain: chain.into(),
             opened: Arc::default(),
+            buffer: None,
+        }
+    }
+
+    /// This scope keeping its writes in memory (reads see them) until [`take_buffered`]
+    /// (Self::take_buffered), so the caller can hold them together with the inbox entry of the message
+    /// that caused them, in one store transaction.
+    pub fn buffered(mut self) -> Self {
+        self.buffer = Some(Arc::default());
+        self
+    }
+
+    /// The writes kept by a [`buffered`](Self::buffered) scope, in order; empties the buffer.
+    pub fn take_buffered(&self) -> HeldWrites {
+        self.buffer
+            .as_ref()
+            .map(|b| std::mem::take(&mut *b.lock().unwrap_or_else(|p| p.into_inner())))
+            .unwrap_or_default()
+    }
+
+    /// The writes kept so far by a buffered scope.
+    pub(crate) fn buffered_writes(&self) -> HeldWrites {
+        self.buffer
+            .as_ref()
+            .map(|b| b.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .unwrap_or_default()
+    }
+
+    /// Keeps a write in the buffer; gives it back when the scope is not buffered.
+    pub(crate) fn buffer_write(
+        &self,
+        write: (Event, Vec<crate::domain::DomainMessage>),
+    ) -> Option<(Event, Vec<crate::domain::DomainMessage>)> {
+        match &self.buffer {
+            Some(buffer) => {
+                buffer.lock().unwrap_or_else(|p| p.into_inner()).push(write);
+                None
+            }
+            None => Some(write),
         }
     }
 
@@ -396,7 +438,7 @@ impl Transactions {
                     }
                 }
             }
-            Some(destination) => store.hold(destination, &held).await?,
+            Some(destination) => store.hold(destination, &held, None).await?,
         }
         store.release(uuid).await?;
         self.move_to(&mut entry, TransactionStatus::Committed)

@@ -1123,9 +1123,20 @@ pub async fn transactions_hold_writes_until_released(repo: Repository) {
             customer.save().await.unwrap();
         }))
         .await;
-    store.hold(a, &writes[..1]).await.unwrap();
-    store.hold(b, &writes).await.unwrap();
-    store.hold(a, &writes[1..]).await.unwrap();
+    store.hold(a, &writes[..1], None).await.unwrap();
+    store.hold(b, &writes, None).await.unwrap();
+    let inbox = crate::store::InboxEntry {
+        consumer: "svc".into(),
+        identifier: Uuid::new_v4(),
+    };
+    store.hold(a, &writes[1..], Some(&inbox)).await.unwrap();
+    assert!(store.is_processed(&inbox).await.unwrap());
+    // The same message again: refused, nothing added.
+    let again = store.hold(a, &writes[1..], Some(&inbox)).await.unwrap_err();
+    assert!(
+        matches!(again, StoreError::AlreadyProcessed { .. }),
+        "{again}"
+    );
     let held = store.held(a).await.unwrap();
     assert_eq!(held, writes);
     assert_eq!(store.held(b).await.unwrap().len(), 2);

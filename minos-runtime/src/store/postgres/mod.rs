@@ -923,6 +923,7 @@ impl TransactionStore for PostgresStore {
         &self,
         transaction: Uuid,
         writes: &[(Event, Vec<DomainMessage>)],
+        inbox: Option<&InboxEntry>,
     ) -> Result<(), StoreError> {
         let events: Vec<Value> = writes
             .iter()
@@ -935,15 +936,38 @@ impl TransactionStore for PostgresStore {
             .collect::<Result<_, _>>()
             .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))?;
         let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO transaction_writes (transaction_uuid, event, messages) \
-                 SELECT $1, e, m FROM UNNEST($2::jsonb[], $3::jsonb[]) WITH ORDINALITY AS w(e, m, position) \
-                 ORDER BY position",
-                &[&transaction, &events, &messages],
+        let insert_writes = "INSERT INTO transaction_writes (transaction_uuid, event, messages) \
+             SELECT $1, e, m FROM UNNEST($2::jsonb[], $3::jsonb[]) WITH ORDINALITY AS w(e, m, position) \
+             ORDER BY position";
+        let Some(entry) = inbox else {
+            client
+                .execute(insert_writes, &[&transaction, &events, &messages])
+                .await
+                .map_err(db_error)?;
+            return Ok(());
+        };
+        // One statement: the writes are added only if the inbox row is new.
+        let row = client
+            .query_one(
+                "WITH recorded AS ( \
+                     INSERT INTO inbox (consumer, identifier) VALUES ($4, $5) ON CONFLICT DO NOTHING \
+                     RETURNING 1), \
+                 held AS ( \
+                     INSERT INTO transaction_writes (transaction_uuid, event, messages) \
+                     SELECT $1, e, m FROM UNNEST($2::jsonb[], $3::jsonb[]) WITH ORDINALITY AS w(e, m, position) \
+                     WHERE EXISTS (SELECT 1 FROM recorded) ORDER BY position) \
+                 SELECT count(*) FROM recorded",
+                &[&transaction, &events, &messages, &entry.consumer, &entry.identifier],
             )
             .await
             .map_err(db_error)?;
+        let recorded: i64 = row.get(0);
+        if recorded == 0 {
+            return Err(StoreError::AlreadyProcessed {
+                consumer: entry.consumer.clone(),
+                identifier: entry.identifier,
+            });
+        }
         Ok(())
     }
 
