@@ -82,6 +82,22 @@ impl FooBarCommands {
         Ok(Response::json(foobar.uuid()))
     }
 
+    /// Runs a saga of its own inside the caller's saga transaction (nested).
+    #[enroute(broker = "CreateFooBarBySaga")]
+    async fn create_by_saga(&self, request: Request) -> Result<Response> {
+        let context = SagaContext::from(request.content::<Value>()?);
+        let execution = self.sagas()?.run(&INNER_SAGA, context).await?;
+        if execution.status != minos::saga::ExecutionStatus::Finished {
+            return Err(Error::bad_request(format!(
+                "inner saga: {:?}",
+                execution.error
+            )));
+        }
+        Ok(Response::json(
+            execution.context.get::<Uuid>("foobar_uuid")?,
+        ))
+    }
+
     /// A side effect outside any transaction (e.g. an email): undone only by a compensation.
     #[enroute(broker = "Note")]
     async fn note(&self, request: Request) -> Result<Response> {
@@ -215,6 +231,31 @@ minos::saga! {
         .local_step(|ctx| mark("b", ctx))
         .on_failure(|ctx| undo("b", ctx))
         .local_step(fail)
+        .commit();
+}
+
+async fn inner_create(ctx: SagaContext) -> Result<SagaContext> {
+    let something: String = ctx.get("text")?;
+    let foobar = FooBar::create(FooBar { something }).await?;
+    Ok(ctx.with("foobar_uuid", foobar.uuid()))
+}
+
+minos::saga! {
+    pub static INNER_SAGA = Saga::builder().local_step(inner_create).commit();
+}
+
+async fn create_by_saga(ctx: SagaContext) -> Result<SagaRequest> {
+    Ok(SagaRequest::new(
+        "CreateFooBarBySaga",
+        json!({"text": ctx.get::<String>("something")?}),
+    ))
+}
+
+minos::saga! {
+    pub static OUTER_SAGA = Saga::builder()
+        .remote_step(create_by_saga)
+        .on_success(foobar_created)
+        .local_step(update_foo)
         .commit();
 }
 
@@ -643,6 +684,46 @@ async fn a_redelivered_saga_command_is_held_once() {
         .await
         .unwrap();
     assert_eq!(foobars(&pair).await.len(), 1);
+    pair.foo.stop().await;
+    pair.foobar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_run_by_a_saga_step_commits_into_the_outer_transaction() {
+    let pair = start(5_000).await;
+    let foo = create_foo(&pair).await;
+    let manager = SagaManager::new(pair.foo.context().clone());
+    let started = manager
+        .run(
+            &OUTER_SAGA,
+            SagaContext::new()
+                .with("uuid", foo)
+                .with("something", "nested"),
+        )
+        .await
+        .unwrap();
+    let execution = manager
+        .wait(started.uuid, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        execution.status,
+        ExecutionStatus::Finished,
+        "{:?}",
+        execution.error
+    );
+    let stored = foobars(&pair).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0]["something"], json!("nested"));
+    // The inner execution ran in foobar, nested in the outer transaction, and finished first.
+    let inner = SagaManager::new(pair.foobar.context().clone())
+        .list(Some(ExecutionStatus::Finished), 10)
+        .await
+        .unwrap();
+    assert_eq!(inner.len(), 1);
+    assert_eq!(inner[0].inherited, [execution.uuid]);
+    let read = call(&pair.foo_http, "GET", &format!("/foos/{foo}"), None).await;
+    assert_eq!(read.json()["foobar"], json!(stored[0]["uuid"]));
     pair.foo.stop().await;
     pair.foobar.stop().await;
 }
