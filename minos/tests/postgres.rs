@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use minos::prelude::*;
-use minos::store::{EventFilter, PostgresStore};
+use minos::store::{EventFilter, PostgresStore, TransactionStore};
 use minos::testing::models::{Customer, Order};
 use minos::testing::postgres::{fresh_repository, fresh_schema_url};
 
@@ -133,7 +133,7 @@ async fn migrations_apply_once_and_reconnecting_keeps_data() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 4, "each migration applied once");
+    assert_eq!(applied, 5, "each migration applied once");
     let read = Repository::new(again)
         .get::<Customer>(customer.uuid())
         .await
@@ -281,4 +281,26 @@ async fn statements_running_too_long_are_cancelled() {
         Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
         "{error:?}"
     );
+}
+
+/// Two processes (two stores on one schema) claiming the same root at once: exactly one wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_from_two_stores_have_one_winner() {
+    let url = fresh_schema_url();
+    let first = Arc::new(PostgresStore::connect(&url).await.unwrap());
+    let second = Arc::new(PostgresStore::connect(&url).await.unwrap());
+    for _ in 0..10 {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let roots = [Uuid::new_v4(), Uuid::new_v4()];
+        let reversed = [roots[1], roots[0]];
+        let (one, two) = tokio::join!(
+            first.claim(None, a, &roots),
+            second.claim(None, b, &reversed)
+        );
+        let winners = [one.unwrap(), two.unwrap()]
+            .iter()
+            .filter(|conflict| conflict.is_none())
+            .count();
+        assert_eq!(winners, 1);
+    }
 }

@@ -32,6 +32,7 @@ struct Inner {
     transactions: std::collections::HashMap<Uuid, TransactionEntry>,
     held: std::collections::HashMap<Uuid, HeldWrites>,
     executions: std::collections::HashMap<Uuid, ExecutionRecord>,
+    claims: std::collections::HashMap<(Option<Uuid>, Uuid), Uuid>,
 }
 
 impl MemoryStore {
@@ -258,8 +259,30 @@ impl TransactionStore for MemoryStore {
             .unwrap_or_default())
     }
 
+    async fn claim(
+        &self,
+        destination: Option<Uuid>,
+        transaction: Uuid,
+        roots: &[Uuid],
+    ) -> Result<Option<(Uuid, Uuid)>, StoreError> {
+        let mut inner = self.lock();
+        for root in roots {
+            if let Some(holder) = inner.claims.get(&(destination, *root)) {
+                if *holder != transaction {
+                    return Ok(Some((*root, *holder)));
+                }
+            }
+        }
+        for root in roots {
+            inner.claims.insert((destination, *root), transaction);
+        }
+        Ok(None)
+    }
+
     async fn release(&self, transaction: Uuid) -> Result<(), StoreError> {
-        self.lock().held.remove(&transaction);
+        let mut inner = self.lock();
+        inner.claims.retain(|_, holder| *holder != transaction);
+        inner.held.remove(&transaction);
         Ok(())
     }
 }

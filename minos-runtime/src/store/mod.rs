@@ -373,8 +373,18 @@ pub trait TransactionStore: Send + Sync {
     /// The writes the transaction holds, in the order they were added.
     async fn held(&self, transaction: Uuid) -> Result<HeldWrites, StoreError>;
 
-    /// Forgets the writes the transaction holds (after a reject, or once committed).
+    /// Forgets the writes the transaction holds and its claims (after a reject, or once committed).
     async fn release(&self, transaction: Uuid) -> Result<(), StoreError>;
+
+    /// Claims `roots` for `transaction` among the transactions with the same `destination`, atomically
+    /// (also between processes sharing the store): all of them, or — when another transaction holds one
+    /// — none, answering `Some((root, holder))`. Claiming roots the transaction already holds succeeds.
+    async fn claim(
+        &self,
+        destination: Option<Uuid>,
+        transaction: Uuid,
+        roots: &[Uuid],
+    ) -> Result<Option<(Uuid, Uuid)>, StoreError>;
 }
 
 /// The persisted state of one saga execution.

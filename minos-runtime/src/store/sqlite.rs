@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("sql/sqlite/0002_inbox.sql")),
     (3, include_str!("sql/sqlite/0003_transactions.sql")),
     (4, include_str!("sql/sqlite/0004_saga_executions.sql")),
+    (5, include_str!("sql/sqlite/0005_transaction_claims.sql")),
 ];
 
 /// SQLite store. One connection serialises writers, which SQLite does anyway.
@@ -909,12 +910,63 @@ impl TransactionStore for SqliteStore {
 
     async fn release(&self, transaction: Uuid) -> Result<(), StoreError> {
         self.with(move |conn| {
-            conn.execute(
-                "DELETE FROM transaction_writes WHERE transaction_uuid = ?1",
-                [transaction.to_string()],
-            )
-            .map(|_| ())
-            .map_err(sql_err)
+            let tx = conn.transaction().map_err(sql_err)?;
+            for table in ["transaction_writes", "transaction_claims"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE transaction_uuid = ?1"),
+                    [transaction.to_string()],
+                )
+                .map_err(sql_err)?;
+            }
+            tx.commit().map_err(sql_err)
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        destination: Option<Uuid>,
+        transaction: Uuid,
+        roots: &[Uuid],
+    ) -> Result<Option<(Uuid, Uuid)>, StoreError> {
+        let destination = destination.unwrap_or(Uuid::nil()).to_string();
+        let roots = roots.to_vec();
+        self.with(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql_err)?;
+            {
+                let mut holder = tx
+                    .prepare_cached(
+                        "SELECT transaction_uuid FROM transaction_claims WHERE destination = ?1 AND root = ?2",
+                    )
+                    .map_err(sql_err)?;
+                for root in &roots {
+                    let held: Option<String> = holder
+                        .query_row(params![destination, root.to_string()], |row| row.get(0))
+                        .optional()
+                        .map_err(sql_err)?;
+                    if let Some(held) = held {
+                        let held = parse_uuid(&held)?;
+                        if held != transaction {
+                            return Ok(Some((*root, held)));
+                        }
+                    }
+                }
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO transaction_claims (destination, root, transaction_uuid) VALUES (?1, ?2, ?3) \
+                         ON CONFLICT (destination, root) DO NOTHING",
+                    )
+                    .map_err(sql_err)?;
+                for root in &roots {
+                    insert
+                        .execute(params![destination, root.to_string(), transaction.to_string()])
+                        .map_err(sql_err)?;
+                }
+            }
+            tx.commit().map_err(sql_err)?;
+            Ok(None)
         })
         .await
     }

@@ -8,7 +8,7 @@
 //! at the top level that is one atomic store commit, which is when domain events are published;
 //! [`Transactions::reject`] drops them.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -242,10 +242,6 @@ pub struct Transactions {
     repository: Repository,
 }
 
-/// Serializes the reservations of transactions touching the same roots in this process (two siblings
-/// reserving at once must not both pass); transactions on other roots reserve in parallel.
-static RESERVING: [tokio::sync::Mutex<()>; 64] = [const { tokio::sync::Mutex::const_new(()) }; 64];
-
 impl Repository {
     /// Reserve, commit and reject the transactions of this repository's store.
     pub fn transactions(&self) -> Transactions {
@@ -303,15 +299,6 @@ impl Transactions {
             _ => {}
         }
         let held = self.repository.store().held(uuid).await?;
-        // Stripes in increasing order, so two reservations never wait on each other in a cycle.
-        let stripes: std::collections::BTreeSet<usize> = held
-            .iter()
-            .map(|(event, _)| (event.uuid.as_u128() % RESERVING.len() as u128) as usize)
-            .collect();
-        let mut guards = Vec::with_capacity(stripes.len());
-        for stripe in stripes {
-            guards.push(RESERVING[stripe].lock().await);
-        }
         self.move_to(&mut entry, TransactionStatus::Reserving)
             .await?;
         match self.validate(&entry, &held).await {
@@ -369,6 +356,25 @@ impl Transactions {
             }
             last_version.insert(event.uuid, event.version);
         }
+        // Claim the roots among the siblings first (atomic, also between processes), then check the
+        // versions: a sibling that committed before the claim is seen by the version check.
+        // (Created roots are new: nobody else can change them.)
+        let roots: Vec<Uuid> = firsts
+            .values()
+            .filter(|e| e.action != Action::Create)
+            .map(|e| e.uuid)
+            .collect();
+        let conflict = match roots.is_empty() {
+            true => None,
+            false => store.claim(entry.destination, entry.uuid, &roots).await?,
+        };
+        if let Some((root, holder)) = conflict {
+            let name = firsts.get(&root).map_or("root", |e| e.name.as_str());
+            return Err(Error::with_status(
+                409,
+                format!("{name} {root} is also changed by transaction {holder}, reserved first"),
+            ));
+        }
         // Creations carry new random uuids; changes must follow the destination's version.
         for event in firsts.values().filter(|e| e.action != Action::Create) {
             let current = self
@@ -376,35 +382,6 @@ impl Transactions {
                 .snapshot_in(&destination_chain, &event.name, event.uuid)
                 .await?;
             check_applies(current.as_ref(), event)?;
-        }
-        // Siblings in flight touching the same roots.
-        let touched: HashSet<Uuid> = firsts.keys().copied().collect();
-        if touched.is_empty() {
-            return Ok(());
-        }
-        let far = chrono::Utc::now() + chrono::Duration::days(3650);
-        let in_flight = [
-            TransactionStatus::Reserving,
-            TransactionStatus::Reserved,
-            TransactionStatus::Committing,
-        ];
-        for sibling in store.transactions_in(&in_flight, far).await? {
-            if sibling.uuid == entry.uuid || sibling.destination != entry.destination {
-                continue;
-            }
-            let theirs = store.held(sibling.uuid).await?;
-            if let Some((event, _)) = theirs.iter().find(|(e, _)| touched.contains(&e.uuid)) {
-                return Err(Error::with_status(
-                    409,
-                    format!(
-                        "{} {} is also changed by transaction {} ({})",
-                        event.name,
-                        event.uuid,
-                        sibling.uuid,
-                        sibling.status.as_str()
-                    ),
-                ));
-            }
         }
         Ok(())
     }

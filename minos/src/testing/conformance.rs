@@ -58,6 +58,7 @@ macro_rules! conformance_tests {
             transaction_writes_are_private_until_committed,
             reserve_refuses_conflicts_and_reject_drops_writes,
             nested_transactions_commit_into_their_destination,
+            claims_are_exclusive_per_destination_until_released,
             saga_executions_are_saved_and_listed
         );
     };
@@ -1393,4 +1394,29 @@ pub async fn saga_executions_are_saved_and_listed(repo: Repository) {
     assert_eq!(all.len(), 2);
     assert_eq!(all[0], records[0]);
     assert_eq!(store.executions(Some("paused"), 10).await.unwrap().len(), 1);
+}
+
+/// A root is claimed by one transaction per destination at a time, all of a claim or none, until the
+/// holder is released.
+pub async fn claims_are_exclusive_per_destination_until_released(repo: Repository) {
+    let store = repo.store();
+    let (t1, t2, outer) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let (r1, r2, r3) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    assert_eq!(store.claim(None, t1, &[r1, r2]).await.unwrap(), None);
+    // Again by the holder: fine.
+    assert_eq!(store.claim(None, t1, &[r1]).await.unwrap(), None);
+    // r2 is taken: nothing of this claim is kept (r3 stays free).
+    assert_eq!(
+        store.claim(None, t2, &[r3, r2]).await.unwrap(),
+        Some((r2, t1))
+    );
+    assert_eq!(
+        store.claim(Some(outer), t2, &[r2]).await.unwrap(),
+        None,
+        "another destination"
+    );
+    let t3 = Uuid::new_v4();
+    assert_eq!(store.claim(None, t3, &[r3]).await.unwrap(), None);
+    store.release(t1).await.unwrap();
+    assert_eq!(store.claim(None, t2, &[r1, r2]).await.unwrap(), None);
 }

@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("sql/0002_inbox.sql")),
     (3, include_str!("sql/0003_transactions.sql")),
     (4, include_str!("sql/0004_saga_executions.sql")),
+    (5, include_str!("sql/0005_transaction_claims.sql")),
 ];
 
 /// Connection settings beyond the URL.
@@ -995,12 +996,53 @@ impl TransactionStore for PostgresStore {
         let client = self.client().await?;
         client
             .execute(
-                "DELETE FROM transaction_writes WHERE transaction_uuid = $1",
+                "WITH claims AS (DELETE FROM transaction_claims WHERE transaction_uuid = $1) \
+                 DELETE FROM transaction_writes WHERE transaction_uuid = $1",
                 &[&transaction],
             )
             .await
             .map_err(db_error)?;
         Ok(())
+    }
+
+    async fn claim(
+        &self,
+        destination: Option<Uuid>,
+        transaction: Uuid,
+        roots: &[Uuid],
+    ) -> Result<Option<(Uuid, Uuid)>, StoreError> {
+        let destination = destination.unwrap_or(Uuid::nil());
+        let mut roots = roots.to_vec();
+        // One order for every claimer: two claims never wait on each other in a cycle.
+        roots.sort();
+        roots.dedup();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        // A concurrent claimer of the same root waits for this transaction, then sees the row.
+        tx.execute(
+            "INSERT INTO transaction_claims (destination, root, transaction_uuid) \
+             SELECT $1, r, $2 FROM UNNEST($3::uuid[]) WITH ORDINALITY AS c(r, position) ORDER BY position \
+             ON CONFLICT (destination, root) DO NOTHING",
+            &[&destination, &transaction, &roots],
+        )
+        .await
+        .map_err(db_error)?;
+        let other = tx
+            .query_opt(
+                "SELECT root, transaction_uuid FROM transaction_claims \
+                 WHERE destination = $1 AND root = ANY($3) AND transaction_uuid <> $2 LIMIT 1",
+                &[&destination, &transaction, &roots],
+            )
+            .await
+            .map_err(db_error)?;
+        match other {
+            // Dropping `tx` rolls this claim back: none of the roots stay claimed.
+            Some(row) => Ok(Some((row.get(0), row.get(1)))),
+            None => {
+                tx.commit().await.map_err(db_error)?;
+                Ok(None)
+            }
+        }
     }
 }
 
