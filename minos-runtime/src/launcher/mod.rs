@@ -228,6 +228,8 @@ impl Launcher {
                 })
             }),
         );
+        // Sagas and reference resolution send requests: be ready for their replies from the start.
+        context.client().prepare().await?;
         let subscription = broker.subscribe(&self.config.name, &topics).await?;
         let dispatcher = Some(dispatcher.spawn(subscription));
         let tidy = spawn_tidy(

@@ -132,6 +132,12 @@ impl BrokerClient {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Subscribes to this client's reply topic now rather than on the first request (with Kafka, joining
+    /// the consumer group takes a moment; a service does this at start).
+    pub async fn prepare(&self) -> Result<()> {
+        self.listen().await
+    }
+
     async fn listen(&self) -> Result<()> {
         self.listening
             .get_or_try_init(|| async {
@@ -142,6 +148,7 @@ impl BrokerClient {
                     while let Some(delivery) = subscription.next().await {
                         let message = delivery.message.clone();
                         delivery.ack();
+                        tracing::trace!(topic = %message.topic, identifier = %message.identifier, "reply received");
                         let waiter = pending
                             .lock()
                             .unwrap_or_else(|poisoned| poisoned.into_inner())

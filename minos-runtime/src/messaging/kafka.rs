@@ -13,7 +13,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -134,7 +134,41 @@ impl KafkaBroker {
                 }
             }
         }
-        Ok(())
+        self.wait_until_listed(&missing).await
+    }
+
+    /// Waits (up to 10 s) until the cluster's metadata lists `topics` with their partitions: a consumer
+    /// subscribing to a topic the metadata does not list yet is not assigned its partitions until a
+    /// later rebalance.
+    async fn wait_until_listed(&self, topics: &[&String]) -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let wanted: Vec<String> = topics.iter().map(|t| (*t).clone()).collect();
+        loop {
+            let producer = self.producer.clone();
+            let names = wanted.clone();
+            let listed = tokio::task::spawn_blocking(move || {
+                let metadata = producer
+                    .client()
+                    .fetch_metadata(None, Duration::from_secs(2))
+                    .map_err(|e| kafka_error("reading the cluster metadata", e))?;
+                Ok::<bool, Error>(names.iter().all(|name| {
+                    metadata.topics().iter().any(|t| {
+                        t.name() == name && t.error().is_none() && !t.partitions().is_empty()
+                    })
+                }))
+            })
+            .await
+            .map_err(|e| Error::Broker(format!("reading the cluster metadata: {e}")))??;
+            if listed {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Broker(format!(
+                    "topics {wanted:?} were created but the cluster does not list them after 10 s"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -204,6 +238,9 @@ impl Broker for KafkaBroker {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("session.timeout.ms", "10000")
+            // A subscribed topic the cluster did not list yet (just created) is assigned at the next
+            // metadata refresh: keep that soon, not the default five minutes.
+            .set("topic.metadata.refresh.interval.ms", "1000")
             // Hand messages over as soon as they are there: latency matters more than fetch sizes here.
             .set("fetch.wait.max.ms", "5")
             .set("socket.nagle.disable", "true")

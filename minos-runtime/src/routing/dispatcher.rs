@@ -132,6 +132,7 @@ impl Dispatcher {
     /// reply topic is set. A failing event handler is retried with backoff, then the message is parked on
     /// the dead-letter topic with the error and original topic in its headers.
     pub async fn dispatch(&self, message: BrokerMessage) -> Outcome {
+        tracing::trace!(service = self.context.name(), topic = %message.topic, identifier = %message.identifier, "dispatching");
         if let Some(handler) = self.system.get(&message.topic) {
             let result = self.context.clone().scope(handler(message.clone())).await;
             if let Err(error) = &result {
@@ -397,6 +398,17 @@ impl Dispatcher {
             loop {
                 tokio::select! {
                     delivery = subscription.next() => match delivery {
+                        // The runtime's own topics (transaction commands, saga replies) need no order
+                        // and must not wait behind a backlog of other messages.
+                        Some(delivery) if this.system.contains_key(&delivery.message.topic) => {
+                            let this = Arc::clone(&this);
+                            tokio::spawn(async move {
+                                match this.dispatch(delivery.message.clone()).await {
+                                    Outcome::Failed(_) => drop(delivery),
+                                    _ => delivery.ack(),
+                                }
+                            });
+                        }
                         Some(delivery) => {
                             let key = delivery
                                 .message
