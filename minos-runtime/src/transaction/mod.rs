@@ -92,9 +92,9 @@ impl TransactionScope {
         }
     }
 
-    /// This scope keeping its writes in memory (reads see them) until [`take_buffered`]
-    /// (Self::take_buffered), so the caller can hold them together with the inbox entry of the message
-    /// that caused them, in one store transaction.
+    /// This scope keeping its writes in memory (reads see them) until
+    /// [`take_buffered`](Self::take_buffered), so the caller can hold them together with the inbox entry
+    /// of the message that caused them, in one store transaction.
     pub fn buffered(mut self) -> Self {
         self.buffer = Some(Arc::default());
         self
