@@ -727,3 +727,71 @@ async fn a_saga_run_by_a_saga_step_commits_into_the_outer_transaction() {
     pair.foo.stop().await;
     pair.foobar.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_interrupted_mid_step_is_resumed() {
+    use minos::saga::SagaExecution;
+    use minos::store::ExecutionRecord;
+    let pair = start(5_000).await;
+    let long_ago = minos::chrono::Utc::now() - minos::chrono::Duration::hours(1);
+    // As a process killed during the conditional step would have left it.
+    let interrupted = SagaExecution {
+        uuid: Uuid::new_v4(),
+        saga: "BRANCHING_SAGA".into(),
+        status: ExecutionStatus::Running,
+        context: SagaContext::new().with("n", 50).with("path", ["start"]),
+        cursor: vec![1],
+        done: vec![vec![0]],
+        waiting: None,
+        related_services: Default::default(),
+        inherited: Vec::new(),
+        user: None,
+        error: None,
+        deadline: minos::chrono::Utc::now() + minos::chrono::Duration::hours(1),
+        created_at: long_ago,
+        updated_at: long_ago,
+    };
+    let forgotten = SagaExecution {
+        uuid: Uuid::new_v4(),
+        saga: "NO_LONGER_HERE".into(),
+        ..interrupted.clone()
+    };
+    let store = pair.foo.context().repository().store().clone();
+    for execution in [&interrupted, &forgotten] {
+        store
+            .save_execution(&ExecutionRecord {
+                uuid: execution.uuid,
+                saga: execution.saga.clone(),
+                status: "running".into(),
+                data: minos::serde_json::to_value(execution).unwrap(),
+                created_at: long_ago,
+                updated_at: long_ago,
+            })
+            .await
+            .unwrap();
+    }
+    let manager = SagaManager::new(pair.foo.context().clone());
+    // The service's periodic job picks both up.
+    let resumed = manager
+        .wait(interrupted.uuid, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        resumed.status,
+        ExecutionStatus::Finished,
+        "{:?}",
+        resumed.error
+    );
+    assert_eq!(
+        resumed.context.get::<Vec<String>>("path").unwrap(),
+        ["start", "big", "end"]
+    );
+    let abandoned = manager
+        .wait(forgotten.uuid, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(abandoned.status, ExecutionStatus::Errored);
+    assert!(abandoned.error.unwrap().contains("not registered"));
+    pair.foo.stop().await;
+    pair.foobar.stop().await;
+}

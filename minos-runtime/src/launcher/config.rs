@@ -129,6 +129,9 @@ pub struct SagaConfig {
     /// Transactions left pending longer than this are rejected (their saga ended without them); keep
     /// it above the longest `timeout_ms` of the sagas that call this service.
     pub pending_max_ms: u64,
+    /// An execution left `running` and unchanged this long was interrupted (its process stopped
+    /// mid-step) and is resumed by any replica; keep it above the longest local step.
+    pub resume_after_ms: u64,
     /// How often timeouts and stale transactions are looked for.
     pub tidy_interval_ms: u64,
 }
@@ -140,6 +143,7 @@ impl Default for SagaConfig {
             command_timeout_ms: 10_000,
             reserved_max_ms: 60_000,
             pending_max_ms: 600_000,
+            resume_after_ms: 30_000,
             tidy_interval_ms: 5_000,
         }
     }

@@ -189,7 +189,8 @@ impl Launcher {
 
         // Every service answers `_Get{Type}Snapshots` for its root entities (reference resolution),
         // the commands of its application transactions, and the replies to its sagas' remote steps.
-        let definitions = crate::saga::registered()?;
+        // Refuse to start with an invalid saga definition.
+        crate::saga::registered()?;
         let sagas = SagaManager::new(context.clone());
         let mut dispatcher =
             Dispatcher::new(Arc::clone(&table), Arc::clone(&chain), context.clone())
@@ -232,12 +233,7 @@ impl Launcher {
         context.client().prepare().await?;
         let subscription = broker.subscribe(&self.config.name, &topics).await?;
         let dispatcher = Some(dispatcher.spawn(subscription));
-        let tidy = spawn_tidy(
-            repository.clone(),
-            sagas.clone(),
-            &self.config.saga,
-            !definitions.is_empty(),
-        );
+        let tidy = spawn_tidy(repository.clone(), sagas.clone(), &self.config.saga);
         let relay = OutboxRelay::new(
             repository.store().clone(),
             Arc::clone(&broker),
@@ -285,25 +281,18 @@ fn transaction_uuid(content: &serde_json::Value) -> Result<uuid::Uuid> {
         .map_err(|e| Error::bad_request(format!("`{text}` is not a transaction uuid: {e}")))
 }
 
-/// Resumes executions interrupted by a stop, then periodically fails executions past their deadline and
+/// Periodically fails executions past their deadline, resumes executions interrupted by a stop, and
 /// rejects transactions left reserved too long.
 fn spawn_tidy(
     repository: Repository,
     sagas: SagaManager,
     config: &SagaConfig,
-    resume: bool,
 ) -> tokio::task::JoinHandle<()> {
     let interval = Duration::from_millis(config.tidy_interval_ms.max(10));
     let max_age = Duration::from_millis(config.reserved_max_ms);
     let pending_max_age = Duration::from_millis(config.pending_max_ms);
+    let resume_after = Duration::from_millis(config.resume_after_ms);
     tokio::spawn(async move {
-        if resume {
-            match sagas.resume().await {
-                Ok(0) => {}
-                Ok(resumed) => tracing::info!(resumed, "resumed interrupted saga executions"),
-                Err(error) => tracing::error!(%error, "could not resume saga executions"),
-            }
-        }
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -315,10 +304,13 @@ fn spawn_tidy(
             {
                 tracing::warn!(%error, "could not tidy transactions");
             }
-            if resume {
-                if let Err(error) = sagas.expire().await {
-                    tracing::warn!(%error, "could not time out saga executions");
-                }
+            if let Err(error) = sagas.expire().await {
+                tracing::warn!(%error, "could not time out saga executions");
+            }
+            match sagas.resume(resume_after).await {
+                Ok(0) => {}
+                Ok(resumed) => tracing::info!(resumed, "resumed interrupted saga executions"),
+                Err(error) => tracing::warn!(%error, "could not resume saga executions"),
             }
         }
     })

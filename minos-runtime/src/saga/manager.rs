@@ -361,7 +361,15 @@ impl SagaManager {
             tracing::info!(saga = %uuid, status = execution.status.as_str(), "reply the execution does not wait for: ignored");
             return Ok(());
         }
-        let saga = self.definition(&execution)?;
+        let saga = match self.definition(&execution) {
+            Ok(saga) => saga,
+            Err(error) => {
+                return self
+                    .fail_or_abandon(execution, error.to_string())
+                    .await
+                    .map(|_| ())
+            }
+        };
         if let Some(services) = reply.payload.headers.get("related_services") {
             execution.related_services.extend(
                 services
@@ -608,48 +616,98 @@ impl SagaManager {
     /// Fails and compensates paused executions past their deadline. Returns how many.
     pub async fn expire(&self) -> Result<usize> {
         let paused = self.list(Some(ExecutionStatus::Paused), 1000).await?;
-        let mut expired = 0;
         let current = now();
+        let mut expired = 0;
         for candidate in paused.into_iter().filter(|e| e.deadline < current) {
             let _guard = lock_execution(candidate.uuid).await;
-            let execution = self.get(candidate.uuid).await?;
-            if execution.status != ExecutionStatus::Paused || execution.deadline >= current {
-                continue;
+            let outcome = async {
+                let execution = self.get(candidate.uuid).await?;
+                if execution.status != ExecutionStatus::Paused || execution.deadline >= current {
+                    return Ok(false);
+                }
+                let topic = execution
+                    .waiting
+                    .as_ref()
+                    .map_or_else(String::new, |w| w.topic.clone());
+                let reason = format!("timed out waiting for the reply of `{topic}`");
+                self.fail_or_abandon(execution, reason).await.map(|_| true)
             }
-            let saga = self.definition(&execution)?;
-            let topic = execution
-                .waiting
-                .as_ref()
-                .map_or_else(String::new, |w| w.topic.clone());
-            self.fail(
-                saga,
-                execution,
-                format!("timed out waiting for the reply of `{topic}`"),
-            )
-            .await?;
-            expired += 1;
+            .await;
+            match outcome {
+                Ok(true) => expired += 1,
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::error!(saga = %candidate.uuid, %error, "could not time out the execution")
+                }
+            }
         }
         Ok(expired)
     }
 
-    /// Continues executions that were running when the service stopped (paused ones wait for their
-    /// replies, which the broker still holds). Returns how many.
-    pub async fn resume(&self) -> Result<usize> {
+    /// Continues executions left `running` and unchanged for longer than `idle` (their service stopped
+    /// mid-step; paused ones wait for their replies, which the broker still holds). Returns how many.
+    pub async fn resume(&self, idle: Duration) -> Result<usize> {
         let running = self.list(Some(ExecutionStatus::Running), 1000).await?;
+        let before = now() - chrono::Duration::from_std(idle).unwrap_or(chrono::Duration::MAX);
         let mut resumed = 0;
-        for candidate in running {
+        for candidate in running.into_iter().filter(|e| e.updated_at < before) {
             let _guard = lock_execution(candidate.uuid).await;
-            let execution = self.get(candidate.uuid).await?;
-            if execution.status != ExecutionStatus::Running {
-                continue;
+            let outcome = async {
+                let execution = self.get(candidate.uuid).await?;
+                if execution.status != ExecutionStatus::Running || execution.updated_at >= before {
+                    return Ok(false);
+                }
+                tracing::info!(saga = %execution.uuid, name = %execution.saga, "resuming an interrupted execution");
+                match self.definition(&execution) {
+                    Ok(saga) => {
+                        let scope = self.scope(&execution);
+                        self.drive(saga, execution, &scope).await.map(|_| true)
+                    }
+                    Err(error) => self
+                        .fail_or_abandon(execution, error.to_string())
+                        .await
+                        .map(|_| true),
+                }
             }
-            let saga = self.definition(&execution)?;
-            tracing::info!(saga = %execution.uuid, name = %execution.saga, "resuming an interrupted execution");
-            let scope = self.scope(&execution);
-            self.drive(saga, execution, &scope).await?;
-            resumed += 1;
+            .await;
+            match outcome {
+                Ok(true) => resumed += 1,
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::error!(saga = %candidate.uuid, %error, "could not resume the execution")
+                }
+            }
         }
         Ok(resumed)
+    }
+
+    /// Fails the execution, compensating when its definition is known; without it (the saga is not in
+    /// this binary any more) the participants still reject and the execution is stored as errored.
+    async fn fail_or_abandon(
+        &self,
+        mut execution: SagaExecution,
+        reason: String,
+    ) -> Result<SagaExecution> {
+        if let Ok(saga) = self.definition(&execution) {
+            return self.fail(saga, execution, reason).await;
+        }
+        let problems = self
+            .command_all(&execution, TransactionCommand::Reject)
+            .await;
+        execution.status = ExecutionStatus::Errored;
+        execution.waiting = None;
+        execution.error = Some(format!(
+            "{reason}; saga `{}` is not registered here, so nothing was compensated{}",
+            execution.saga,
+            if problems.is_empty() {
+                String::new()
+            } else {
+                format!(" (then: {})", problems.join("; "))
+            }
+        ));
+        execution.updated_at = now();
+        self.save(&execution).await?;
+        Ok(execution)
     }
 }
 
