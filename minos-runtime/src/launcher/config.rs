@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::http::HttpSettings;
+pub use crate::saga::SagaConfig;
 
 /// The configuration of a service. Every key has a default, so a service runs with no file at all.
 ///
@@ -114,39 +115,6 @@ pub struct RelayConfig {
     pub batch: usize,
     /// How often the relay looks for rows written by other processes.
     pub poll_interval_ms: u64,
-}
-
-/// Saga and transaction settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SagaConfig {
-    /// How long an execution may wait for remote replies before it fails and compensates.
-    pub timeout_ms: u64,
-    /// How long the end of a saga waits for each participant's reserve/commit/reject answer.
-    pub command_timeout_ms: u64,
-    /// Transactions left reserved (or committing) longer than this are rejected (or finished).
-    pub reserved_max_ms: u64,
-    /// Transactions left pending longer than this are rejected (their saga ended without them); keep
-    /// it above the longest `timeout_ms` of the sagas that call this service.
-    pub pending_max_ms: u64,
-    /// An execution left `running` and unchanged this long was interrupted (its process stopped
-    /// mid-step) and is resumed by any replica; keep it above the longest local step.
-    pub resume_after_ms: u64,
-    /// How often timeouts and stale transactions are looked for.
-    pub tidy_interval_ms: u64,
-}
-
-impl Default for SagaConfig {
-    fn default() -> Self {
-        SagaConfig {
-            timeout_ms: 60_000,
-            command_timeout_ms: 10_000,
-            reserved_max_ms: 60_000,
-            pending_max_ms: 600_000,
-            resume_after_ms: 30_000,
-            tidy_interval_ms: 5_000,
-        }
-    }
 }
 
 impl Default for Config {

@@ -187,8 +187,9 @@ impl Launcher {
         );
         tracing::info!(service = %self.config.name, storage = %self.config.storage, broker = %self.config.broker, "starting; routes:\n{}", table.describe());
 
-        // Every service answers `_Get{Type}Snapshots` for its root entities (reference resolution),
-        // the commands of its application transactions, and the replies to its sagas' remote steps.
+        // Besides its routes, every service answers `_Get{Type}Snapshots` for its root entities
+        // (reference resolution), the commands of its application transactions, and the replies to its
+        // sagas' remote steps.
         // Refuse to start with an invalid saga definition.
         crate::saga::registered()?;
         let sagas = SagaManager::new(context.clone());
@@ -196,12 +197,9 @@ impl Launcher {
             Dispatcher::new(Arc::clone(&table), Arc::clone(&chain), context.clone())
                 .retries(self.config.handlers.retries)
                 .workers(self.config.handlers.workers);
-        let mut topics = table.broker_topics();
-        topics.extend(crate::routing::snapshot_query_topics());
         for command in TransactionCommand::ALL {
             let topic = command_topic(command, &self.config.name);
             let transactions = repository.transactions();
-            topics.push(topic.clone());
             dispatcher = dispatcher.system(
                 topic,
                 Arc::new(move |message| {
@@ -216,11 +214,9 @@ impl Launcher {
                 }),
             );
         }
-        let reply_topic = sagas.reply_topic();
-        topics.push(reply_topic.clone());
         let replies = sagas.clone();
         dispatcher = dispatcher.system(
-            reply_topic,
+            sagas.reply_topic(),
             Arc::new(move |message| {
                 let sagas = replies.clone();
                 Box::pin(async move {
@@ -231,6 +227,9 @@ impl Launcher {
         );
         // Sagas and reference resolution send requests: be ready for their replies from the start.
         context.client().prepare().await?;
+        let mut topics = table.broker_topics();
+        topics.extend(dispatcher.system_topics());
+        topics.sort();
         let subscription = broker.subscribe(&self.config.name, &topics).await?;
         let dispatcher = Some(dispatcher.spawn(subscription));
         let tidy = spawn_tidy(repository.clone(), sagas.clone(), &self.config.saga);

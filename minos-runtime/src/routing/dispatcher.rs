@@ -35,22 +35,6 @@ pub struct Dispatcher {
     system: Arc<std::collections::HashMap<String, SystemHandler>>,
 }
 
-/// The root entity a `_Get{Type}Snapshots` topic asks for, if it is one of this binary's.
-pub fn snapshot_query_model(topic: &str) -> Option<&'static str> {
-    let name = topic.strip_prefix("_Get")?.strip_suffix("Snapshots")?;
-    crate::registry::root_entity_names()
-        .into_iter()
-        .find(|n| *n == name)
-}
-
-/// The `_Get{Type}Snapshots` topics this binary answers, one per root entity.
-pub fn snapshot_query_topics() -> Vec<String> {
-    crate::registry::root_entity_names()
-        .into_iter()
-        .map(|name| format!("_Get{name}Snapshots"))
-        .collect()
-}
-
 /// What became of a received message.
 #[derive(Debug)]
 pub enum Outcome {
@@ -94,14 +78,28 @@ impl std::fmt::Debug for Dispatcher {
 impl Dispatcher {
     /// A dispatcher of `table`'s broker routes.
     pub fn new(table: Arc<RouteTable>, chain: Arc<[Middleware]>, context: Context) -> Self {
-        Dispatcher {
+        let dispatcher = Dispatcher {
             table,
             chain,
             context,
             retries: 3,
             workers: 4,
             system: Arc::default(),
-        }
+        };
+        // Every service answers `_Get{Type}Snapshots` for each of its root entities.
+        crate::registry::root_entity_names()
+            .into_iter()
+            .fold(dispatcher, |dispatcher, name| {
+                dispatcher.system(
+                    format!("_Get{name}Snapshots"),
+                    Arc::new(move |message| Box::pin(super::refs::answer_snapshots(name, message))),
+                )
+            })
+    }
+
+    /// The runtime's own topics this dispatcher answers (to subscribe to with the routes' topics).
+    pub fn system_topics(&self) -> Vec<String> {
+        self.system.keys().cloned().collect()
     }
 
     /// Answers `topic` with `handler` instead of a route (the runtime's own topics).
@@ -135,22 +133,17 @@ impl Dispatcher {
         tracing::trace!(service = self.context.name(), topic = %message.topic, identifier = %message.identifier, "dispatching");
         if let Some(handler) = self.system.get(&message.topic) {
             let result = self.context.clone().scope(handler(message.clone())).await;
-            if let Err(error) = &result {
-                if message.reply_topic.is_none() && error.status() == 503 {
-                    // The store is down: leave the message to be delivered again.
-                    tracing::warn!(%error, topic = %message.topic, "system topic: store unavailable; will retry");
-                    return Outcome::Failed(
-                        result.err().unwrap_or(Error::Broker("unavailable".into())),
-                    );
+            return match result {
+                // The store is down and nobody waits for an answer: have the message delivered again.
+                Err(error) if message.reply_topic.is_none() && error.status() == 503 => {
+                    tracing::warn!(%error, topic = %message.topic, "runtime topic: store unavailable; will retry");
+                    Outcome::Failed(error)
                 }
-            }
-            self.reply(&message, result).await;
-            return Outcome::Handled;
-        }
-        if let Some(name) = snapshot_query_model(&message.topic) {
-            let result = self.snapshots(name, &message).await;
-            self.reply(&message, result).await;
-            return Outcome::Handled;
+                result => {
+                    self.reply(&message, result).await;
+                    Outcome::Handled
+                }
+            };
         }
         let handlers = self.table.broker_handlers(&message.topic);
         let Some((_, kind)) = handlers.first().copied() else {
@@ -194,51 +187,36 @@ impl Dispatcher {
         };
         for attempt in 1..=attempts {
             let run = self.run_handlers(&handlers, &message);
-            if let Some(scope) = &scope {
+            let committed = match &scope {
                 // Inside the saga's transaction: the writes are held with the inbox entry, at once.
-                let scope = scope.clone().buffered();
-                let result = scope.clone().run(run).await;
-                let writes = scope.take_buffered();
-                let held = match result {
-                    Ok(response) => repository
-                        .store()
-                        .hold(scope.uuid(), &writes, Some(&inbox))
-                        .await
-                        .map(|()| response)
-                        .map_err(Error::from),
-                    Err(error) => Err(error),
-                };
-                match held {
-                    Ok(response) => {
-                        self.reply(&message, Ok(response)).await;
-                        return Outcome::Handled;
-                    }
-                    Err(Error::Store(StoreError::AlreadyProcessed { .. })) => {
-                        return Outcome::Duplicate
-                    }
-                    Err(error) => {
-                        if let Err(inbox_error) =
-                            repository.commit_unit(&Vec::new(), Some(&inbox)).await
-                        {
-                            tracing::debug!(error = %inbox_error, "could not record the refused command in the inbox");
-                        }
-                        self.reply(&message, Err(error)).await;
-                        return Outcome::Handled;
+                Some(scope) => {
+                    let scope = scope.clone().buffered();
+                    match scope.clone().run(run).await {
+                        Ok(response) => repository
+                            .store()
+                            .hold(scope.uuid(), &scope.take_buffered(), Some(&inbox))
+                            .await
+                            .map(|()| response)
+                            .map_err(Error::from),
+                        Err(error) => Err(error),
                     }
                 }
-            }
-            let (result, writes) = repository.staged(run).await;
-            let error = match result {
-                Ok(response) => match repository.commit_unit(&writes, Some(&inbox)).await {
-                    Ok(_) => {
-                        self.reply(&message, Ok(response)).await;
-                        return Outcome::Handled;
-                    }
-                    Err(Error::Store(StoreError::AlreadyProcessed { .. })) => {
-                        return Outcome::Duplicate
-                    }
-                    Err(error) => error,
+                None => match repository.staged(run).await {
+                    (Ok(response), writes) => repository
+                        .commit_unit(&writes, Some(&inbox))
+                        .await
+                        .map(|_| response),
+                    (Err(error), _) => Err(error),
                 },
+            };
+            let error = match committed {
+                Ok(response) => {
+                    self.reply(&message, Ok(response)).await;
+                    return Outcome::Handled;
+                }
+                Err(Error::Store(StoreError::AlreadyProcessed { .. })) => {
+                    return Outcome::Duplicate
+                }
                 Err(error) => error,
             };
             if kind != BrokerKind::Event {
@@ -278,38 +256,6 @@ impl Dispatcher {
             tracing::debug!(error = %inbox_error, "could not record the parked message in the inbox");
         }
         Outcome::DeadLettered(error)
-    }
-
-    /// Answers `_Get{Type}Snapshots` with `{"uuids": [...]}`: the roots in the order asked, each with its
-    /// fields, uuid, version and timestamps; a 404 naming the uuids that are unknown or deleted.
-    async fn snapshots(&self, name: &str, message: &BrokerMessage) -> Result<Response, Error> {
-        #[derive(serde::Deserialize)]
-        struct Wanted {
-            uuids: Vec<uuid::Uuid>,
-        }
-        let wanted: Wanted =
-            serde_json::from_value(message.payload.content.clone()).map_err(|e| {
-                Error::bad_request(format!(
-                    "`{}` takes {{\"uuids\": [...]}}: {e}",
-                    message.topic
-                ))
-            })?;
-        let store = self.context.repository().store();
-        let mut found = Vec::with_capacity(wanted.uuids.len());
-        let mut missing = Vec::new();
-        for uuid in wanted.uuids {
-            match store.snapshot(name, uuid).await? {
-                Some(snapshot) if snapshot.data.is_some() => found.push(snapshot.document()),
-                _ => missing.push(uuid.to_string()),
-            }
-        }
-        if !missing.is_empty() {
-            return Err(Error::not_found(format!(
-                "no {name} with uuid {}",
-                missing.join(", ")
-            )));
-        }
-        Ok(Response::json(found))
     }
 
     async fn run_handlers(

@@ -8,10 +8,7 @@ mod request;
 mod table;
 
 pub use context::{Context, Service, ServiceExt};
-pub use dispatcher::{
-    snapshot_query_model, snapshot_query_topics, Dispatcher, DispatcherHandle, Outcome,
-    SystemHandler,
-};
+pub use dispatcher::{Dispatcher, DispatcherHandle, Outcome, SystemHandler};
 pub use refs::resolve_all;
 pub use request::{IntoResponse, Origin, Request, Response};
 pub use table::{BrokerKind, RestKind, Route, RouteEntry, RouteTable, ServiceKind};

@@ -80,3 +80,39 @@ pub async fn resolve_all<T: Referable>(refs: &mut [Ref<T>]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Answers `_Get{Type}Snapshots` for the root entity `name` with `{"uuids": [...]}`: the roots in the order
+/// asked, each with its fields, uuid, version and timestamps; a 404 naming the uuids that are unknown or
+/// deleted, a 400 for other content.
+pub(crate) async fn answer_snapshots(
+    name: &'static str,
+    message: crate::messaging::BrokerMessage,
+) -> Result<crate::routing::Response> {
+    #[derive(serde::Deserialize)]
+    struct Wanted {
+        uuids: Vec<Uuid>,
+    }
+    let wanted: Wanted = serde_json::from_value(message.payload.content).map_err(|e| {
+        Error::bad_request(format!(
+            "`{}` takes {{\"uuids\": [...]}}: {e}",
+            message.topic
+        ))
+    })?;
+    let repository = Repository::current()?;
+    let store = repository.store();
+    let mut found = Vec::with_capacity(wanted.uuids.len());
+    let mut missing = Vec::new();
+    for uuid in wanted.uuids {
+        match store.snapshot(name, uuid).await? {
+            Some(snapshot) if snapshot.data.is_some() => found.push(snapshot.document()),
+            _ => missing.push(uuid.to_string()),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::not_found(format!(
+            "no {name} with uuid {}",
+            missing.join(", ")
+        )));
+    }
+    Ok(crate::routing::Response::json(found))
+}

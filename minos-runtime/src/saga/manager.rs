@@ -12,7 +12,8 @@ use uuid::Uuid;
 
 use super::definition::Step;
 use super::{
-    ExecutionStatus, Saga, SagaContext, SagaDefinition, SagaExecution, SagaResponse, Waiting,
+    ExecutionStatus, Saga, SagaConfig, SagaContext, SagaDefinition, SagaExecution, SagaResponse,
+    Waiting,
 };
 use crate::error::{Error, Result};
 use crate::messaging::BrokerMessage;
@@ -69,21 +70,16 @@ enum Progress {
 }
 
 impl SagaManager {
-    /// The manager of the service whose context this is. Its timeouts come from the configuration's
-    /// `saga:` section (`timeout_ms`, `command_timeout_ms`).
+    /// The manager of the service whose context this is, with the configuration's `saga:` section.
     pub fn new(context: Context) -> Self {
-        let section = context.config().get("saga");
-        let millis = |key: &str, default: u64| {
-            Duration::from_millis(
-                section
-                    .and_then(|s| s.get(key))
-                    .and_then(Value::as_u64)
-                    .unwrap_or(default),
-            )
-        };
+        let config = context
+            .config()
+            .get("saga")
+            .and_then(|section| serde_json::from_value::<SagaConfig>(section.clone()).ok())
+            .unwrap_or_default();
         SagaManager {
-            timeout: millis("timeout_ms", 60_000),
-            command_timeout: millis("command_timeout_ms", 10_000),
+            timeout: Duration::from_millis(config.timeout_ms),
+            command_timeout: Duration::from_millis(config.command_timeout_ms),
             context,
         }
     }
@@ -470,27 +466,8 @@ impl SagaManager {
                 json!(execution.uuid.to_string()),
             );
             message.key = Some(execution.uuid.to_string());
-            let client = self.context.client().clone();
-            let timeout = self.command_timeout;
             let service = service.clone();
-            remote.push(async move {
-                let result = match client.request(message, timeout).await {
-                    Ok(reply) if reply.is_success() => Ok(()),
-                    Ok(reply) => Err(Error::with_status(
-                        reply.status,
-                        format!(
-                            "{service}: {}",
-                            reply
-                                .content
-                                .get("error")
-                                .and_then(Value::as_str)
-                                .unwrap_or("refused")
-                        ),
-                    )),
-                    Err(error) => Err(error),
-                };
-                (service, result)
-            });
+            remote.push(async move { (service, self.request(message).await) });
         }
         let mut results = join_all(remote).await;
         let local = self
@@ -505,6 +482,41 @@ impl SagaManager {
             .into_iter()
             .filter_map(|(service, result)| result.err().map(|e| format!("{service}: {e}")))
             .collect()
+    }
+
+    /// Sends `message` and waits for its reply: `Ok` for a 2xx reply, else an error with the reply's
+    /// status and error text.
+    async fn request(&self, message: BrokerMessage) -> Result<()> {
+        let reply = self
+            .context
+            .client()
+            .request(message, self.command_timeout)
+            .await?;
+        if reply.is_success() {
+            return Ok(());
+        }
+        let text = reply
+            .content
+            .get("error")
+            .and_then(Value::as_str)
+            .map_or_else(|| reply.content.to_string(), str::to_owned);
+        Err(Error::with_status(reply.status, text))
+    }
+
+    /// Sends a remote step's compensation: outside any transaction, with the `saga` and `user` headers.
+    async fn send_compensation(
+        &self,
+        execution: &SagaExecution,
+        request: super::SagaRequest,
+    ) -> Result<()> {
+        let (topic, content) = request.into_parts()?;
+        let mut message = BrokerMessage::new(topic, content);
+        let headers = &mut message.payload.headers;
+        headers.insert("saga".into(), execution.uuid.to_string());
+        if let Some(user) = execution.user {
+            headers.insert("user".into(), user.to_string());
+        }
+        self.request(message).await
     }
 
     /// Two-phase commit: every participant reserves; then all commit, or all reject and the steps are
@@ -563,35 +575,7 @@ impl SagaManager {
                     ..
                 }) => {
                     let sent = match self.context.clone().scope(compensate(context)).await {
-                        Ok(request) => match request.into_parts() {
-                            Ok((topic, content)) => {
-                                let mut message = BrokerMessage::new(topic, content);
-                                message
-                                    .payload
-                                    .headers
-                                    .insert("saga".into(), execution.uuid.to_string());
-                                if let Some(user) = execution.user {
-                                    message
-                                        .payload
-                                        .headers
-                                        .insert("user".into(), user.to_string());
-                                }
-                                match self
-                                    .context
-                                    .client()
-                                    .request(message, self.command_timeout)
-                                    .await
-                                {
-                                    Ok(reply) if reply.is_success() => Ok(()),
-                                    Ok(reply) => Err(Error::with_status(
-                                        reply.status,
-                                        reply.content.to_string(),
-                                    )),
-                                    Err(e) => Err(e),
-                                }
-                            }
-                            Err(e) => Err(e),
-                        },
+                        Ok(request) => self.send_compensation(&execution, request).await,
                         Err(e) => Err(e),
                     };
                     if let Err(e) = sent {
@@ -613,10 +597,29 @@ impl SagaManager {
         Ok(execution)
     }
 
+    /// Up to 1000 executions in `status` unchanged since before `before`, oldest first.
+    async fn stale(
+        &self,
+        status: ExecutionStatus,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<SagaExecution>> {
+        let records = self
+            .context
+            .repository()
+            .store()
+            .stale_executions(status.as_str(), before, 1000)
+            .await?;
+        records
+            .into_iter()
+            .map(SagaExecution::from_record)
+            .collect()
+    }
+
     /// Fails and compensates paused executions past their deadline. Returns how many.
     pub async fn expire(&self) -> Result<usize> {
-        let paused = self.list(Some(ExecutionStatus::Paused), 1000).await?;
         let current = now();
+        // Paused longest first: those are the ones past their deadline.
+        let paused = self.stale(ExecutionStatus::Paused, current).await?;
         let mut expired = 0;
         for candidate in paused.into_iter().filter(|e| e.deadline < current) {
             let _guard = lock_execution(candidate.uuid).await;
@@ -647,10 +650,9 @@ impl SagaManager {
     /// Continues executions left `running` and unchanged for longer than `idle` (their service stopped
     /// mid-step; paused ones wait for their replies, which the broker still holds). Returns how many.
     pub async fn resume(&self, idle: Duration) -> Result<usize> {
-        let running = self.list(Some(ExecutionStatus::Running), 1000).await?;
         let before = now() - chrono::Duration::from_std(idle).unwrap_or(chrono::Duration::MAX);
         let mut resumed = 0;
-        for candidate in running.into_iter().filter(|e| e.updated_at < before) {
+        for candidate in self.stale(ExecutionStatus::Running, before).await? {
             let _guard = lock_execution(candidate.uuid).await;
             let outcome = async {
                 let execution = self.get(candidate.uuid).await?;

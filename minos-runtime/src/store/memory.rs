@@ -314,6 +314,24 @@ impl SagaStore for MemoryStore {
         found.truncate(limit);
         Ok(found)
     }
+
+    async fn stale_executions(
+        &self,
+        status: &str,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<ExecutionRecord>, StoreError> {
+        let inner = self.lock();
+        let mut found: Vec<ExecutionRecord> = inner
+            .executions
+            .values()
+            .filter(|r| r.status == status && r.updated_at < before)
+            .cloned()
+            .collect();
+        found.sort_by_key(|r| (r.updated_at, r.uuid));
+        found.truncate(limit);
+        Ok(found)
+    }
 }
 
 #[async_trait]

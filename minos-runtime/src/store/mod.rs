@@ -419,6 +419,15 @@ pub trait SagaStore: Send + Sync {
         status: Option<&str>,
         limit: usize,
     ) -> Result<Vec<ExecutionRecord>, StoreError>;
+
+    /// Executions in `status` unchanged since before `before`, oldest change first; at most `limit`
+    /// (for the jobs that time out and resume executions).
+    async fn stale_executions(
+        &self,
+        status: &str,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<ExecutionRecord>, StoreError>;
 }
 
 /// A backend implementing every port.

@@ -772,6 +772,32 @@ impl SagaStore for SqliteStore {
         })
         .await
     }
+
+    async fn stale_executions(
+        &self,
+        status: &str,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<ExecutionRecord>, StoreError> {
+        let status = status.to_owned();
+        self.with(move |conn| {
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT uuid, saga, status, data, created_at, updated_at FROM saga_executions \
+                     WHERE status = ?1 AND updated_at < ?2 ORDER BY updated_at, uuid LIMIT ?3",
+                )
+                .map_err(sql_err)?;
+            let rows = statement
+                .query_map(
+                    params![status, format_time(before), limit as i64],
+                    execution_row,
+                )
+                .map_err(sql_err)?;
+            rows.map(|row| decode_execution(row.map_err(sql_err)?))
+                .collect()
+        })
+        .await
+    }
 }
 
 fn decode_transaction(

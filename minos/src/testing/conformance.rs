@@ -1394,6 +1394,22 @@ pub async fn saga_executions_are_saved_and_listed(repo: Repository) {
     assert_eq!(all.len(), 2);
     assert_eq!(all[0], records[0]);
     assert_eq!(store.executions(Some("paused"), 10).await.unwrap().len(), 1);
+    // Unchanged since before a time, oldest first.
+    records[1].status = "paused".into();
+    store.save_execution(&records[1]).await.unwrap();
+    let stale: Vec<Uuid> = store
+        .stale_executions("paused", start + chrono::Duration::milliseconds(2), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.uuid)
+        .collect();
+    assert_eq!(stale, [records[1].uuid]);
+    let stale = store
+        .stale_executions("paused", start + chrono::Duration::seconds(5), 1)
+        .await
+        .unwrap();
+    assert_eq!(stale[0].uuid, records[1].uuid, "oldest first, limited");
 }
 
 /// A root is claimed by one transaction per destination at a time, all of a claim or none, until the

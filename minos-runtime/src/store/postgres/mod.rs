@@ -860,6 +860,24 @@ impl SagaStore for PostgresStore {
             .map_err(db_error)?;
         Ok(rows.iter().map(decode_execution).collect())
     }
+
+    async fn stale_executions(
+        &self,
+        status: &str,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<ExecutionRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT uuid, saga, status, data, created_at, updated_at FROM saga_executions \
+                 WHERE status = $1 AND updated_at < $2 ORDER BY updated_at, uuid LIMIT $3",
+                &[&status, &before, &(limit.min(i64::MAX as usize) as i64)],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(rows.iter().map(decode_execution).collect())
+    }
 }
 
 fn decode_transaction(row: &Row) -> Result<TransactionEntry, StoreError> {
