@@ -12,11 +12,12 @@ use uuid::Uuid;
 
 use crate::domain::{Action, Condition, DomainMessage, Event, Meta, Ordering, Root, RootEntity};
 use crate::error::{Error, Result};
+use crate::store::check_applies;
 use crate::store::{
     now, EventFilter, MemoryStore, Query, SharedStore, Snapshot, Store, StoreError,
 };
 use crate::store::{InboxEntry, StoredEvent};
-use crate::transaction::{check_applies, TransactionScope};
+use crate::transaction::TransactionScope;
 use indexmap::IndexMap;
 
 tokio::task_local! {

@@ -762,7 +762,7 @@ async fn an_execution_interrupted_mid_step_is_resumed() {
             .save_execution(&ExecutionRecord {
                 uuid: execution.uuid,
                 saga: execution.saga.clone(),
-                status: "running".into(),
+                status: ExecutionStatus::Running,
                 data: minos::serde_json::to_value(execution).unwrap(),
                 created_at: long_ago,
                 updated_at: long_ago,

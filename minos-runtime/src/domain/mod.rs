@@ -6,6 +6,7 @@ mod field;
 mod model;
 mod reference;
 mod root;
+mod saga;
 mod sets;
 mod transaction;
 
@@ -17,6 +18,7 @@ pub use field::{from_json, to_json, Field};
 pub use model::{Entity, ExternalEntity, Model, ModelKind, Referable, RootEntity, ValueObject};
 pub use reference::Ref;
 pub use root::{Meta, Root};
+pub use saga::ExecutionStatus;
 pub use sets::{EntitySet, ValueObjectSet};
 pub use transaction::{InvalidTransition, TransactionEntry, TransactionStatus};
 

@@ -172,7 +172,7 @@ impl SagaManager {
             .context
             .repository()
             .store()
-            .executions(status.map(ExecutionStatus::as_str), limit)
+            .executions(status, limit)
             .await?;
         records
             .into_iter()
@@ -607,7 +607,7 @@ impl SagaManager {
             .context
             .repository()
             .store()
-            .stale_executions(status.as_str(), before, 1000)
+            .stale_executions(status, before, 1000)
             .await?;
         records
             .into_iter()

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
+pub use crate::domain::ExecutionStatus;
 use crate::error::{Error, Result};
 use crate::store::ExecutionRecord;
 
@@ -190,40 +191,6 @@ impl SagaResponse {
     }
 }
 
-/// Where an execution stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExecutionStatus {
-    /// Not started.
-    Created,
-    /// Running steps (or committing at the end).
-    Running,
-    /// Waiting for a remote step's reply (persisted).
-    Paused,
-    /// Every step ran and the participants committed.
-    Finished,
-    /// A step failed: compensations ran and the participants rejected.
-    Errored,
-}
-
-impl ExecutionStatus {
-    /// The lowercase name used on the wire and in storage.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExecutionStatus::Created => "created",
-            ExecutionStatus::Running => "running",
-            ExecutionStatus::Paused => "paused",
-            ExecutionStatus::Finished => "finished",
-            ExecutionStatus::Errored => "errored",
-        }
-    }
-
-    /// Whether the execution ended.
-    pub fn is_final(self) -> bool {
-        matches!(self, ExecutionStatus::Finished | ExecutionStatus::Errored)
-    }
-}
-
 /// The request a paused execution waits on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Waiting {
@@ -285,7 +252,7 @@ impl SagaExecution {
         ExecutionRecord {
             uuid: self.uuid,
             saga: self.saga.clone(),
-            status: self.status.as_str().to_owned(),
+            status: self.status,
             data: serde_json::to_value(self).unwrap_or(Value::Null),
             created_at: self.created_at,
             updated_at: self.updated_at,

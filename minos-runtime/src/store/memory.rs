@@ -7,13 +7,13 @@ use indexmap::IndexMap;
 use uuid::Uuid;
 
 use super::{
-    EventFilter, EventStore, InboxEntry, InboxStore, OutboxRecord, OutboxStore, Query, Snapshot,
-    SnapshotStore, StoreError, StoredEvent,
+    check_applies, EventFilter, EventStore, InboxEntry, InboxStore, OutboxRecord, OutboxStore,
+    Query, Snapshot, SnapshotStore, StoreError, StoredEvent,
 };
 use chrono::{DateTime, Utc};
 
 use super::{ExecutionRecord, HeldWrites, SagaStore, TransactionStore};
-use crate::domain::{Action, DomainMessage, Event, TransactionEntry, TransactionStatus};
+use crate::domain::{DomainMessage, Event, ExecutionStatus, TransactionEntry, TransactionStatus};
 
 /// Keeps everything in process memory; lost when the process ends.
 #[derive(Debug, Default)]
@@ -50,35 +50,6 @@ impl MemoryStore {
     }
 }
 
-/// Checks that `event` may follow `current`, the way every backend must.
-pub(crate) fn check_append(current: Option<&Snapshot>, event: &Event) -> Result<(), StoreError> {
-    let conflict = |actual: u64| StoreError::Conflict {
-        name: event.name.clone(),
-        uuid: event.uuid,
-        expected: event.version.saturating_sub(1),
-        actual,
-    };
-    match (current, event.action) {
-        (None, Action::Create) if event.version == 1 => Ok(()),
-        (None, Action::Create) => Err(conflict(0)),
-        (None, _) => Err(StoreError::NotFound {
-            name: event.name.clone(),
-            uuid: event.uuid,
-        }),
-        (Some(s), _) if s.name != event.name => Err(StoreError::NotFound {
-            name: event.name.clone(),
-            uuid: event.uuid,
-        }),
-        (Some(s), Action::Create) => Err(conflict(s.version)),
-        (Some(s), _) if s.data.is_none() => Err(StoreError::AlreadyDeleted {
-            name: event.name.clone(),
-            uuid: event.uuid,
-        }),
-        (Some(s), _) if s.version + 1 != event.version => Err(conflict(s.version)),
-        (Some(_), _) => Ok(()),
-    }
-}
-
 impl Inner {
     /// Checks every append against the state left by the ones before it; writes nothing.
     fn check_unit(&self, appends: &[(Event, Vec<DomainMessage>)]) -> Result<(), StoreError> {
@@ -88,7 +59,7 @@ impl Inner {
             let current = staged
                 .get(&event.uuid)
                 .or_else(|| self.snapshots.get(&event.uuid));
-            check_append(current, event)?;
+            check_applies(current, event)?;
             let next = Snapshot::next(current, event)?;
             staged.insert(event.uuid, next);
         }
@@ -101,7 +72,7 @@ impl Inner {
         messages: &[DomainMessage],
     ) -> Result<StoredEvent, StoreError> {
         let current = self.snapshots.get(&event.uuid);
-        check_append(current, event)?;
+        check_applies(current, event)?;
         let snapshot = Snapshot::next(current, event)?;
         let stored = StoredEvent {
             id: self.events.len() as i64 + 1,
@@ -300,7 +271,7 @@ impl SagaStore for MemoryStore {
 
     async fn executions(
         &self,
-        status: Option<&str>,
+        status: Option<ExecutionStatus>,
         limit: usize,
     ) -> Result<Vec<ExecutionRecord>, StoreError> {
         let inner = self.lock();
@@ -317,7 +288,7 @@ impl SagaStore for MemoryStore {
 
     async fn stale_executions(
         &self,
-        status: &str,
+        status: ExecutionStatus,
         before: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<ExecutionRecord>, StoreError> {

@@ -22,7 +22,8 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::domain::{
-    Condition, DomainError, DomainMessage, Event, Ordering, TransactionEntry, TransactionStatus,
+    Condition, DomainError, DomainMessage, Event, ExecutionStatus, Ordering, TransactionEntry,
+    TransactionStatus,
 };
 
 /// Errors of the store layer.
@@ -394,8 +395,8 @@ pub struct ExecutionRecord {
     pub uuid: Uuid,
     /// The saga's name.
     pub saga: String,
-    /// `created`, `running`, `paused`, `finished` or `errored`.
-    pub status: String,
+    /// Where it stands.
+    pub status: ExecutionStatus,
     /// Everything else (context, position, participants), as the saga layer writes it.
     pub data: Value,
     /// When it started.
@@ -416,7 +417,7 @@ pub trait SagaStore: Send + Sync {
     /// Executions, newest change first, only those in `status` when given; at most `limit`.
     async fn executions(
         &self,
-        status: Option<&str>,
+        status: Option<ExecutionStatus>,
         limit: usize,
     ) -> Result<Vec<ExecutionRecord>, StoreError>;
 
@@ -424,7 +425,7 @@ pub trait SagaStore: Send + Sync {
     /// (for the jobs that time out and resume executions).
     async fn stale_executions(
         &self,
-        status: &str,
+        status: ExecutionStatus,
         before: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<ExecutionRecord>, StoreError>;
@@ -458,6 +459,39 @@ impl<
 
 /// A shared backend.
 pub type SharedStore = Arc<dyn Store>;
+
+/// Checks that `event` applies on top of `current`, the latest state of its root as the writer's
+/// destination sees it (a store, or a transaction's view): the one version check of every backend and of
+/// transactions. A creation needs no root yet; a change or deletion needs the live root at the version
+/// before its own.
+pub(crate) fn check_applies(current: Option<&Snapshot>, event: &Event) -> Result<(), StoreError> {
+    let conflict = |actual: u64| StoreError::Conflict {
+        name: event.name.clone(),
+        uuid: event.uuid,
+        expected: event.version.saturating_sub(1),
+        actual,
+    };
+    use crate::domain::Action;
+    match (current, event.action) {
+        (None, Action::Create) if event.version == 1 => Ok(()),
+        (None, Action::Create) => Err(conflict(0)),
+        (None, _) => Err(StoreError::NotFound {
+            name: event.name.clone(),
+            uuid: event.uuid,
+        }),
+        (Some(s), _) if s.name != event.name => Err(StoreError::NotFound {
+            name: event.name.clone(),
+            uuid: event.uuid,
+        }),
+        (Some(s), Action::Create) => Err(conflict(s.version)),
+        (Some(s), _) if s.data.is_none() => Err(StoreError::AlreadyDeleted {
+            name: event.name.clone(),
+            uuid: event.uuid,
+        }),
+        (Some(s), _) if s.version + 1 != event.version => Err(conflict(s.version)),
+        (Some(_), _) => Ok(()),
+    }
+}
 
 /// The one text format of timestamps in stores and queries: RFC 3339, UTC, microseconds.
 pub fn format_time(time: DateTime<Utc>) -> String {

@@ -11,15 +11,15 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::memory::check_append;
+use super::check_applies;
 use super::{
     format_time, EventFilter, EventStore, HeldWrites, InboxEntry, InboxStore, OutboxRecord,
     OutboxStore, Query, Snapshot, SnapshotStore, StoreError, StoredEvent, TransactionStore,
 };
 use super::{ExecutionRecord, SagaStore};
 use crate::domain::{
-    Action, Comparison, Condition, Direction, DomainMessage, Event, FieldPath, TransactionEntry,
-    TransactionStatus,
+    Action, Comparison, Condition, Direction, DomainMessage, Event, ExecutionStatus, FieldPath,
+    TransactionEntry, TransactionStatus,
 };
 
 const BACKEND: &str = "sqlite";
@@ -301,7 +301,7 @@ fn append_tx(
 ) -> Result<StoredEvent, StoreError> {
     let uuid = event.uuid.to_string();
     let current = load_snapshot(tx, &uuid)?;
-    check_append(current.as_ref(), event)?;
+    check_applies(current.as_ref(), event)?;
     let snapshot = Snapshot::next(current.as_ref(), event)?;
     let created_at = format_time(event.created_at);
     let inserted = tx
@@ -704,7 +704,9 @@ fn decode_execution(row: ExecutionRow) -> Result<ExecutionRecord, StoreError> {
     Ok(ExecutionRecord {
         uuid: parse_uuid(&uuid)?,
         saga,
-        status,
+        status: ExecutionStatus::parse(&status).ok_or_else(|| {
+            StoreError::backend(BACKEND, format!("unknown saga execution status `{status}`"))
+        })?,
         data: from_text(&data)?,
         created_at: parse_time(&created_at)?,
         updated_at: parse_time(&updated_at)?,
@@ -725,7 +727,7 @@ impl SagaStore for SqliteStore {
             .execute(params![
                 record.uuid.to_string(),
                 record.saga,
-                record.status,
+                record.status.as_str(),
                 to_text(&record.data)?,
                 format_time(record.created_at),
                 format_time(record.updated_at)
@@ -753,10 +755,10 @@ impl SagaStore for SqliteStore {
 
     async fn executions(
         &self,
-        status: Option<&str>,
+        status: Option<ExecutionStatus>,
         limit: usize,
     ) -> Result<Vec<ExecutionRecord>, StoreError> {
-        let status = status.map(str::to_owned);
+        let status = status.map(ExecutionStatus::as_str);
         self.with(move |conn| {
             let mut statement = conn
                 .prepare_cached(
@@ -775,11 +777,11 @@ impl SagaStore for SqliteStore {
 
     async fn stale_executions(
         &self,
-        status: &str,
+        status: ExecutionStatus,
         before: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<ExecutionRecord>, StoreError> {
-        let status = status.to_owned();
+        let status = status.as_str();
         self.with(move |conn| {
             let mut statement = conn
                 .prepare_cached(

@@ -19,7 +19,7 @@ use crate::domain::{Action, Event};
 pub use crate::domain::{InvalidTransition, TransactionEntry, TransactionStatus};
 use crate::error::{Error, Result};
 use crate::repository::Repository;
-use crate::store::{HeldWrites, Snapshot, StoreError};
+use crate::store::{check_applies, HeldWrites, StoreError};
 
 tokio::task_local! {
     static SCOPE: TransactionScope;
@@ -490,27 +490,5 @@ impl Transactions {
             }
         }
         Ok(handled)
-    }
-}
-
-/// Whether `event` applies on top of `current` (the destination's view of its root).
-pub(crate) fn check_applies(current: Option<&Snapshot>, event: &Event) -> Result<(), StoreError> {
-    match current {
-        None if event.version == 1 => Ok(()),
-        None => Err(StoreError::NotFound {
-            name: event.name.clone(),
-            uuid: event.uuid,
-        }),
-        Some(snapshot) if snapshot.data.is_none() => Err(StoreError::AlreadyDeleted {
-            name: event.name.clone(),
-            uuid: event.uuid,
-        }),
-        Some(snapshot) if snapshot.version + 1 != event.version => Err(StoreError::Conflict {
-            name: event.name.clone(),
-            uuid: event.uuid,
-            expected: event.version - 1,
-            actual: snapshot.version,
-        }),
-        Some(_) => Ok(()),
     }
 }

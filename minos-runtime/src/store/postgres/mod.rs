@@ -20,14 +20,14 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
-use super::memory::check_append;
+use super::check_applies;
 use super::{
     EventFilter, EventStore, OutboxRecord, OutboxStore, Query, Snapshot, SnapshotStore, StoreError,
     StoredEvent,
 };
 use super::{ExecutionRecord, InboxEntry, InboxStore, SagaStore, TransactionStore};
 use crate::domain::{Action, DomainMessage, Event};
-use crate::domain::{TransactionEntry, TransactionStatus};
+use crate::domain::{ExecutionStatus, TransactionEntry, TransactionStatus};
 
 const BACKEND: &str = "postgres";
 
@@ -503,7 +503,7 @@ async fn commit_with<C: GenericClient + Sync>(
     let mut accepted: Vec<usize> = Vec::new();
     let mut touched: Vec<Uuid> = Vec::new();
     for (i, (event, _)) in items.iter().enumerate() {
-        match check_append(current.get(&event.uuid), event) {
+        match check_applies(current.get(&event.uuid), event) {
             Err(error) => results.push(Some(Err(error))),
             Ok(()) => {
                 let next = Snapshot::next(current.get(&event.uuid), event)?;
@@ -798,15 +798,18 @@ impl SnapshotStore for PostgresStore {
     }
 }
 
-fn decode_execution(row: &Row) -> ExecutionRecord {
-    ExecutionRecord {
+fn decode_execution(row: &Row) -> Result<ExecutionRecord, StoreError> {
+    let status: String = row.get("status");
+    Ok(ExecutionRecord {
         uuid: row.get("uuid"),
         saga: row.get("saga"),
-        status: row.get("status"),
+        status: ExecutionStatus::parse(&status).ok_or_else(|| {
+            StoreError::backend(BACKEND, format!("unknown saga execution status `{status}`"))
+        })?,
         data: row.get("data"),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
-    }
+    })
 }
 
 #[async_trait]
@@ -821,7 +824,7 @@ impl SagaStore for PostgresStore {
                 &[
                     &record.uuid,
                     &record.saga,
-                    &record.status,
+                    &record.status.as_str(),
                     &record.data,
                     &record.created_at,
                     &record.updated_at,
@@ -841,12 +844,12 @@ impl SagaStore for PostgresStore {
             )
             .await
             .map_err(db_error)?;
-        Ok(row.as_ref().map(decode_execution))
+        row.as_ref().map(decode_execution).transpose()
     }
 
     async fn executions(
         &self,
-        status: Option<&str>,
+        status: Option<ExecutionStatus>,
         limit: usize,
     ) -> Result<Vec<ExecutionRecord>, StoreError> {
         let client = self.client().await?;
@@ -854,16 +857,16 @@ impl SagaStore for PostgresStore {
             .query(
                 "SELECT uuid, saga, status, data, created_at, updated_at FROM saga_executions \
                  WHERE ($1::TEXT IS NULL OR status = $1) ORDER BY updated_at DESC, uuid DESC LIMIT $2",
-                &[&status, &(limit.min(i64::MAX as usize) as i64)],
+                &[&status.map(ExecutionStatus::as_str), &(limit.min(i64::MAX as usize) as i64)],
             )
             .await
             .map_err(db_error)?;
-        Ok(rows.iter().map(decode_execution).collect())
+        rows.iter().map(decode_execution).collect()
     }
 
     async fn stale_executions(
         &self,
-        status: &str,
+        status: ExecutionStatus,
         before: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<ExecutionRecord>, StoreError> {
@@ -872,11 +875,15 @@ impl SagaStore for PostgresStore {
             .query(
                 "SELECT uuid, saga, status, data, created_at, updated_at FROM saga_executions \
                  WHERE status = $1 AND updated_at < $2 ORDER BY updated_at, uuid LIMIT $3",
-                &[&status, &before, &(limit.min(i64::MAX as usize) as i64)],
+                &[
+                    &status.as_str(),
+                    &before,
+                    &(limit.min(i64::MAX as usize) as i64),
+                ],
             )
             .await
             .map_err(db_error)?;
-        Ok(rows.iter().map(decode_execution).collect())
+        rows.iter().map(decode_execution).collect()
     }
 }
 

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The test command: provisions what the tests need, then runs every test of the workspace.
+#   scripts/test.sh                 every test (arguments go to `cargo test`, e.g. `-p minos --test saga`)
+#
+# 1. PostgreSQL at MINOS_TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/test): the local
+#    cluster is started, or installed from Debian's packages when there is none (scripts/postgres-dev.sh).
+#    Schemas left by earlier runs' tests are dropped.
+# 2. A Kafka-protocol broker at MINOS_TEST_KAFKA (default 127.0.0.1:9092): nisshi from crates.io, installed
+#    on first use (about 14 minutes) and started fresh for this run, stopped at the end
+#    (scripts/kafka-dev.sh). Set MINOS_TEST_KAFKA yourself to use a broker you run.
+# 3. Python's confluent-kafka for the stock-client test (pip).
+# 4. cargo test --workspace.
+#
+# The restart test restarts the local PostgreSQL server under load; set MINOS_TEST_PG_RESTART=0 to keep
+# your server running (the test then says it did not run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "PostgreSQL"
+default_pg="postgresql://postgres@127.0.0.1:5432/test"
+export MINOS_TEST_POSTGRES_URL="${MINOS_TEST_POSTGRES_URL:-$default_pg}"
+if [ "$MINOS_TEST_POSTGRES_URL" = "$default_pg" ]; then
+    scripts/postgres-dev.sh start
+    # The local server is ours to restart (the restart test), unless told otherwise.
+    export MINOS_TEST_PG_RESTART="${MINOS_TEST_PG_RESTART:-1}"
+fi
+# Schemas left by earlier runs' tests, one transaction each (a single one would need a lock per table of
+# every schema at once).
+psql "$MINOS_TEST_POSTGRES_URL" -v ON_ERROR_STOP=1 -q <<'SQL'
+SET client_min_messages = warning;
+SELECT format('DROP SCHEMA %I CASCADE', nspname) FROM pg_namespace
+ WHERE nspname LIKE 'minos\_t\_%' OR nspname LIKE 'minos\_bench\_%' \gexec
+SQL
+
+step "Kafka"
+if [ -z "${MINOS_TEST_KAFKA:-}" ]; then
+    # A fresh broker (memory storage): no messages left by earlier runs.
+    scripts/kafka-dev.sh stop
+    scripts/kafka-dev.sh start
+    trap 'scripts/kafka-dev.sh stop' EXIT
+    export MINOS_TEST_KAFKA=127.0.0.1:9092
+    # The outage test pauses this broker (SIGSTOP/SIGCONT): it is ours.
+    MINOS_TEST_KAFKA_PID="$(scripts/kafka-dev.sh pid)"
+    export MINOS_TEST_KAFKA_PID
+fi
+
+step "Python client for the stock-client test"
+if ! python3 -c "import confluent_kafka" 2>/dev/null; then
+    python3 -m pip install -q confluent-kafka 2>/dev/null ||
+        python3 -m pip install -q --break-system-packages confluent-kafka
+fi
+
+step "tests: cargo test --workspace $*"
+cargo test --workspace "$@"
