@@ -18,10 +18,17 @@ pub enum Error {
     Domain(#[from] DomainError),
     /// An entity operation ran with no repository to use.
     #[error(
-        "no repository for this task: run inside a minos service, wrap the call in `repository.scope(...)`, \
-         or call `Repository::set_default(...)` once at start-up"
+        "no repository for this task: run inside a minos handler, wrap the call in `repository.scope(...)` \
+         (a task spawned from a handler: `Context::current()?.scope(...)`), or opt into a process-wide \
+         one with `Repository::set_default(...)`"
     )]
     NoRepository,
+    /// Something that needs the service (its broker, sagas, configuration) ran outside its handlers.
+    #[error(
+        "no service context: this runs outside a minos handler (a task spawned from a handler keeps the \
+         context when spawned as `tokio::spawn(context.scope(...))`)"
+    )]
+    NoContext,
     /// A caller tried to set a field minos manages.
     #[error("`{field}` is set by minos and cannot be supplied by the caller")]
     ReservedField {
@@ -30,7 +37,7 @@ pub enum Error {
     },
     /// A transaction was asked for a status change its status machine forbids.
     #[error(transparent)]
-    Transaction(#[from] crate::transaction::InvalidTransition),
+    Transaction(#[from] crate::domain::InvalidTransition),
     /// A handler's answer with a status, e.g. `Error::bad_request("bar is empty")`.
     #[error("{message}")]
     Status {
@@ -40,8 +47,14 @@ pub enum Error {
         message: String,
     },
     /// A broker failed or refused a message.
-    #[error("broker: {0}")]
-    Broker(String),
+    #[error("broker: {message}")]
+    Broker {
+        /// What failed, with the broker's own words.
+        message: String,
+        /// The broker client's error, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// A request through the broker got no reply in time.
     #[error("no reply on `{topic}` within {timeout_ms} ms")]
     Timeout {
@@ -53,6 +66,39 @@ pub enum Error {
     /// The service's configuration is invalid.
     #[error("configuration: {0}")]
     Config(String),
+    /// The HTTP server cannot listen on its address.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// `host:port`.
+        address: String,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A saga definition is invalid (found when the service starts, or when the saga first runs).
+    #[error("saga `{saga}`: {source}")]
+    InvalidSaga {
+        /// The saga's name.
+        saga: String,
+        /// The problems found.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A stored execution names a saga this binary does not declare.
+    #[error("saga `{saga}` is not registered in this binary: declare it with `saga!`")]
+    UnknownSaga {
+        /// The saga's name.
+        saga: String,
+    },
+    /// Stored or received data does not decode (a saga execution, another service's snapshot).
+    #[error("{what} does not decode: {source}")]
+    Undecodable {
+        /// What was read.
+        what: String,
+        /// Why it does not decode.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The route table is invalid (duplicates, no routes).
     #[error("routes: {0}")]
     Routes(String),
@@ -81,6 +127,37 @@ impl Error {
         Self::with_status(400, message)
     }
 
+    /// A broker failure: `message` (with the client's own words) and the client's error as its source.
+    pub fn broker(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        let source = source.into();
+        Error::Broker {
+            message: format!("{}: {source}", message.into()),
+            source: Some(source),
+        }
+    }
+
+    /// A broker failure without an underlying client error.
+    pub fn broker_message(message: impl Into<String>) -> Self {
+        Error::Broker {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Data that does not decode: `what` names it.
+    pub fn undecodable(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Undecodable {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
     /// 404: what the request names does not exist.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::with_status(404, message)
@@ -107,6 +184,11 @@ impl Error {
             self,
             Error::Store(StoreError::NotFound { .. }) | Error::NoMatch { .. }
         )
+    }
+
+    /// Whether the store could not be reached (try again later), as opposed to refusing the operation.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::Store(StoreError::Unavailable { .. }))
     }
 
     /// Whether the root was deleted.

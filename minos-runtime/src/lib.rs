@@ -21,7 +21,7 @@ pub use domain::{
 pub use error::{Error, Result};
 pub use launcher::{Config, Launcher, RunningService};
 pub use messaging::{BrokerClient, BrokerMessage, Reply};
-pub use repository::{Find, Repository, RootEntityExt, StagedWrites, RESERVED_FIELDS};
+pub use repository::{Find, Repository, RootEntityExt, RESERVED_FIELDS};
 pub use routing::{Context, IntoResponse, Next, Request, Response, ServiceExt};
 
 #[doc(hidden)]

@@ -10,31 +10,26 @@ use tokio::sync::Notify;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::domain::{Action, Condition, DomainMessage, Event, Meta, Ordering, Root, RootEntity};
+use crate::domain::{Action, Condition, Event, Meta, Ordering, Root, RootEntity};
 use crate::error::{Error, Result};
-use crate::store::check_applies;
 use crate::store::{
-    now, EventFilter, MemoryStore, Query, SharedStore, Snapshot, Store, StoreError,
+    check_applies, now, EventFilter, HeldWrites, InboxEntry, MemoryStore, Query, SharedStore,
+    Snapshot, Store, StoreError, StoredEvent,
 };
-use crate::store::{InboxEntry, StoredEvent};
-use crate::transaction::TransactionScope;
-use indexmap::IndexMap;
+use crate::transaction::{TransactionScope, Transactions, View, WriteScope};
 
 tokio::task_local! {
     static CURRENT: Repository;
-    static UNIT: Arc<std::sync::Mutex<Vec<(Event, Vec<DomainMessage>)>>>;
 }
-
-/// Writes held back by [`Repository::staged`], to be committed together.
-pub type StagedWrites = Vec<(Event, Vec<DomainMessage>)>;
 
 static DEFAULT: RwLock<Option<Repository>> = RwLock::new(None);
 
 /// Typed event-sourced operations over one store.
 ///
 /// Entity operations such as `Foo::create(..)` use the repository of the current task (set by the
-/// service runtime for every handler, or by [`Repository::scope`]), else the process default
-/// ([`Repository::set_default`]).
+/// service runtime for every handler, or by [`Repository::scope`]), else the process default if the
+/// application opted into one ([`Repository::set_default`]; a service never sets it by itself, so
+/// several services in one process each keep their own).
 #[derive(Clone, Debug)]
 pub struct Repository {
     store: SharedStore,
@@ -97,7 +92,8 @@ impl Repository {
         default.clone().ok_or(Error::NoRepository)
     }
 
-    /// Makes this repository the process default (for tasks that have none of their own).
+    /// Makes this repository the process default, for tasks that have none of their own (scripts, tools,
+    /// tests). Services never call it: each handler runs with its service's repository.
     pub fn set_default(self) {
         *DEFAULT
             .write()
@@ -134,7 +130,7 @@ impl Repository {
     /// The root with this uuid (inside a transaction: with the transaction's writes applied).
     pub async fn get<T: RootEntity>(&self, uuid: Uuid) -> Result<Root<T>> {
         let snapshot = self
-            .snapshot_in_scope(TransactionScope::current().as_ref(), T::NAME, uuid)
+            .snapshot(T::NAME, uuid)
             .await?
             .ok_or_else(|| StoreError::NotFound {
                 name: T::NAME.to_owned(),
@@ -143,42 +139,14 @@ impl Repository {
         decode(snapshot)
     }
 
-    /// The snapshot of one root as seen inside `scope` (its chain's held writes, then its buffered ones).
-    async fn snapshot_in_scope(
-        &self,
-        scope: Option<&TransactionScope>,
-        name: &str,
-        uuid: Uuid,
-    ) -> Result<Option<Snapshot>> {
-        let Some(scope) = scope else {
+    /// The snapshot of one root as the current task sees it: the store's, with the held writes of the
+    /// task's transactions and its buffered writes applied.
+    pub async fn snapshot(&self, name: &str, uuid: Uuid) -> Result<Option<Snapshot>> {
+        let Some(scope) = WriteScope::current() else {
             return Ok(self.store.snapshot(name, uuid).await?);
         };
-        let mut snapshot = self.snapshot_in(scope.chain(), name, uuid).await?;
-        for (event, _) in scope.buffered_writes() {
-            if event.uuid == uuid && event.name == name {
-                snapshot = Some(Snapshot::next(snapshot.as_ref(), &event)?);
-            }
-        }
-        Ok(snapshot)
-    }
-
-    /// The snapshot of one root as seen inside the transactions `chain` (outermost first): the stored
-    /// snapshot with their held writes applied in order.
-    pub async fn snapshot_in(
-        &self,
-        chain: &[Uuid],
-        name: &str,
-        uuid: Uuid,
-    ) -> Result<Option<Snapshot>> {
-        let mut snapshot = self.store.snapshot(name, uuid).await?;
-        for transaction in chain {
-            for (event, _) in self.store.held(*transaction).await? {
-                if event.uuid == uuid && event.name == name {
-                    snapshot = Some(Snapshot::next(snapshot.as_ref(), &event)?);
-                }
-            }
-        }
-        Ok(snapshot)
+        let view = View::new(self.store.as_ref(), scope.chain(), scope.buffered_writes());
+        Ok(view.snapshot(name, uuid).await?)
     }
 
     /// Stores the changed fields of `root` as one update event (with one `{Name}Updated.{field}` message
@@ -230,62 +198,15 @@ impl Repository {
 
     /// Live roots of type `T` matching `query` (inside a transaction: with its writes applied).
     pub async fn find<T: RootEntity>(&self, query: &Query) -> Result<Vec<Root<T>>> {
-        let snapshots = match TransactionScope::current() {
-            Some(scope) => self.find_in(&scope, T::NAME, query).await?,
+        let snapshots = match WriteScope::current() {
+            Some(scope) => {
+                View::new(self.store.as_ref(), scope.chain(), scope.buffered_writes())
+                    .find(T::NAME, query)
+                    .await?
+            }
             None => self.store.find(T::NAME, query).await?,
         };
         snapshots.into_iter().map(decode).collect()
-    }
-
-    async fn find_in(
-        &self,
-        scope: &TransactionScope,
-        name: &str,
-        query: &Query,
-    ) -> Result<Vec<Snapshot>> {
-        let mut touched: IndexMap<Uuid, Option<Snapshot>> = IndexMap::new();
-        let mut layers = Vec::with_capacity(scope.chain().len() + 1);
-        for transaction in scope.chain() {
-            layers.push(self.store.held(*transaction).await?);
-        }
-        layers.push(scope.buffered_writes());
-        for layer in layers {
-            for (event, _) in layer {
-                if event.name != name {
-                    continue;
-                }
-                let previous = match touched.get(&event.uuid) {
-                    Some(snapshot) => snapshot.clone(),
-                    None => self.store.snapshot(name, event.uuid).await?,
-                };
-                touched.insert(event.uuid, Some(Snapshot::next(previous.as_ref(), &event)?));
-            }
-        }
-        if touched.is_empty() {
-            return Ok(self.store.find(name, query).await?);
-        }
-        let unlimited = Query {
-            limit: None,
-            ..query.clone()
-        };
-        let mut found: Vec<Snapshot> = self
-            .store
-            .find(name, &unlimited)
-            .await?
-            .into_iter()
-            .filter(|s| !touched.contains_key(&s.uuid))
-            .collect();
-        found.extend(
-            touched
-                .into_values()
-                .flatten()
-                .filter(|s| s.data.is_some() && query.condition.matches(s)),
-        );
-        if let Some(ordering) = &query.ordering {
-            found.sort_by(|a, b| ordering.compare(a, b));
-        }
-        found.truncate(query.limit.unwrap_or(usize::MAX));
-        Ok(found)
     }
 
     /// The events of one root, oldest first.
@@ -321,32 +242,31 @@ impl Repository {
         Ok(Snapshot::next(None, &event)?)
     }
 
+    /// Writes one event where the current task's writes go: held under its transaction, kept in its
+    /// buffer, or appended to the store (publishing its messages through the outbox).
     async fn commit(&self, event: &Event) -> Result<()> {
         let messages = event.domain_messages()?;
-        // Inside a transaction, the write is held under it until the transaction commits.
-        if let Some(scope) = TransactionScope::current() {
-            scope.open(self).await?;
-            // A creation has a new random uuid: only changes are checked against what the
-            // transaction sees.
+        let scope = WriteScope::current().unwrap_or_default();
+        if let Some(transaction) = &scope.transaction {
+            transaction.open(self.store.as_ref()).await?;
+            // Inside a transaction a change is checked against what the transaction sees (a creation
+            // has a new random uuid); the store checks again when the transaction commits.
             if event.action != Action::Create {
-                let current = self
-                    .snapshot_in_scope(Some(&scope), &event.name, event.uuid)
-                    .await?;
-                check_applies(current.as_ref(), event)?;
+                let view = View::new(self.store.as_ref(), scope.chain(), scope.buffered_writes());
+                check_applies(
+                    view.snapshot(&event.name, event.uuid).await?.as_ref(),
+                    event,
+                )?;
             }
-            if let Some(write) = scope.buffer_write((event.clone(), messages)) {
-                self.store.hold(scope.uuid(), &[write], None).await?;
-            }
-            return Ok(());
         }
-        // Inside `staged`, hold the write back for the unit's commit; otherwise append it now.
-        let unit = UNIT.try_with(Arc::clone).ok();
-        match unit {
-            Some(unit) => unit
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .push((event.clone(), messages)),
-            None => {
+        match (&scope.buffer, &scope.transaction) {
+            (Some(buffer), _) => buffer.push((event.clone(), messages)),
+            (None, Some(transaction)) => {
+                self.store
+                    .hold(transaction.uuid(), &[(event.clone(), messages)], None)
+                    .await?
+            }
+            (None, None) => {
                 self.store.append(event, &messages).await?;
                 self.committed.notify_one();
             }
@@ -354,20 +274,42 @@ impl Repository {
         Ok(())
     }
 
-    /// Runs `future` holding back every write it makes; returns its output and the writes, for
-    /// [`Repository::commit_unit`]. Reads inside do not see the held-back writes.
-    pub async fn staged<F: Future>(&self, future: F) -> (F::Output, StagedWrites) {
-        let unit = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let output = UNIT.scope(Arc::clone(&unit), future).await;
-        let writes =
-            std::mem::take(&mut *unit.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
-        (output, writes)
+    /// Runs `future` keeping every write it makes in a buffer (inside the current transaction, if any);
+    /// returns its output and the writes, for [`Repository::commit_unit`] or
+    /// [`Repository::flush`]. Reads inside see the buffered writes; nothing reaches the store.
+    pub async fn staged<F: Future>(&self, future: F) -> (F::Output, HeldWrites) {
+        WriteScope::buffered(TransactionScope::current(), future).await
+    }
+
+    /// [`staged`](Self::staged) inside `transaction` (none: at the top level, whatever the current
+    /// task's scope): how the service runtime runs a handler.
+    pub async fn staged_in<F: Future>(
+        &self,
+        transaction: Option<TransactionScope>,
+        future: F,
+    ) -> (F::Output, HeldWrites) {
+        WriteScope::buffered(transaction, future).await
+    }
+
+    /// Stores staged writes where they belong, together with the inbox entry of the message that caused
+    /// them, all or nothing: held under `transaction`, or committed to the store (published) at the top
+    /// level. With `inbox` already recorded nothing is written: [`StoreError::AlreadyProcessed`].
+    pub async fn flush(
+        &self,
+        transaction: Option<&TransactionScope>,
+        writes: &HeldWrites,
+        inbox: Option<&InboxEntry>,
+    ) -> Result<()> {
+        match transaction {
+            Some(transaction) => Ok(self.store.hold(transaction.uuid(), writes, inbox).await?),
+            None => self.commit_unit(writes, inbox).await.map(|_| ()),
+        }
     }
 
     /// Commits staged writes and the inbox entry of the message that caused them, all or nothing.
     pub async fn commit_unit(
         &self,
-        writes: &StagedWrites,
+        writes: &HeldWrites,
         inbox: Option<&InboxEntry>,
     ) -> Result<Vec<StoredEvent>> {
         let stored = self.store.commit_unit(writes, inbox).await?;
@@ -375,6 +317,11 @@ impl Repository {
             self.committed.notify_one();
         }
         Ok(stored)
+    }
+
+    /// Reserve, commit and reject the transactions of this repository's store.
+    pub fn transactions(&self) -> Transactions {
+        Transactions::new(Arc::clone(&self.store), Arc::clone(&self.committed))
     }
 }
 

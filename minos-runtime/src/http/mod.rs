@@ -317,17 +317,17 @@ pub async fn serve(
     }
     let server = server
         .bind((settings.host.as_str(), settings.port))
-        .map_err(|e| {
-            Error::Config(format!(
-                "cannot listen on {}:{}: {e}",
-                settings.host, settings.port
-            ))
+        .map_err(|source| Error::Bind {
+            address: format!("{}:{}", settings.host, settings.port),
+            source,
         })?;
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .ok_or_else(|| Error::Config("the HTTP server bound no address".into()))?;
+    let addr = server.addrs().first().copied().ok_or_else(|| Error::Bind {
+        address: format!("{}:{}", settings.host, settings.port),
+        source: std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            "the server bound no address",
+        ),
+    })?;
     let _ = addr_cell.set(addr);
     let running = server.run();
     let handle = running.handle();

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::http::HttpServer;
+use crate::messaging::topics;
 use crate::messaging::{MemoryBroker, OutboxRelay, RelayHandle, SharedBroker};
 use crate::repository::Repository;
 use crate::routing::{
@@ -20,7 +21,7 @@ use crate::routing::{
 use crate::saga::SagaManager;
 use crate::scheduler::SchedulerHandle;
 use crate::store::MemoryStore;
-use crate::transaction::{command_topic, TransactionCommand};
+use crate::transaction::TransactionCommand;
 
 /// Builds and runs a service: storage, broker, outbox relay, broker dispatcher, scheduler and HTTP.
 ///
@@ -173,7 +174,6 @@ impl Launcher {
             Some(repository) => repository.clone(),
             None => self.open_repository().await?,
         };
-        repository.clone().set_default();
         let broker = match &self.broker {
             Some(broker) => Arc::clone(broker),
             None => self.open_broker()?,
@@ -198,7 +198,7 @@ impl Launcher {
                 .retries(self.config.handlers.retries)
                 .workers(self.config.handlers.workers);
         for command in TransactionCommand::ALL {
-            let topic = command_topic(command, &self.config.name);
+            let topic = topics::transaction_command(command, &self.config.name);
             let transactions = repository.transactions();
             dispatcher = dispatcher.system(
                 topic,
@@ -232,7 +232,8 @@ impl Launcher {
         topics.sort();
         let subscription = broker.subscribe(&self.config.name, &topics).await?;
         let dispatcher = Some(dispatcher.spawn(subscription));
-        let tidy = spawn_tidy(repository.clone(), sagas.clone(), &self.config.saga);
+        let tidy =
+            crate::saga::spawn_jobs(repository.transactions(), sagas.clone(), &self.config.saga);
         let relay = OutboxRelay::new(
             repository.store().clone(),
             Arc::clone(&broker),
@@ -278,41 +279,6 @@ fn transaction_uuid(content: &serde_json::Value) -> Result<uuid::Uuid> {
         })?;
     uuid::Uuid::parse_str(text)
         .map_err(|e| Error::bad_request(format!("`{text}` is not a transaction uuid: {e}")))
-}
-
-/// Periodically fails executions past their deadline, resumes executions interrupted by a stop, and
-/// rejects transactions left reserved too long.
-fn spawn_tidy(
-    repository: Repository,
-    sagas: SagaManager,
-    config: &SagaConfig,
-) -> tokio::task::JoinHandle<()> {
-    let interval = Duration::from_millis(config.tidy_interval_ms.max(10));
-    let max_age = Duration::from_millis(config.reserved_max_ms);
-    let pending_max_age = Duration::from_millis(config.pending_max_ms);
-    let resume_after = Duration::from_millis(config.resume_after_ms);
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            if let Err(error) = repository
-                .transactions()
-                .tidy(max_age, pending_max_age)
-                .await
-            {
-                tracing::warn!(%error, "could not tidy transactions");
-            }
-            if let Err(error) = sagas.expire().await {
-                tracing::warn!(%error, "could not time out saga executions");
-            }
-            match sagas.resume(resume_after).await {
-                Ok(0) => {}
-                Ok(resumed) => tracing::info!(resumed, "resumed interrupted saga executions"),
-                Err(error) => tracing::warn!(%error, "could not resume saga executions"),
-            }
-        }
-    })
 }
 
 /// A started service.

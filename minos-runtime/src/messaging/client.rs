@@ -115,7 +115,7 @@ impl BrokerClient {
                 content: reply.payload.content,
                 headers: reply.payload.headers,
             }),
-            Ok(Err(_)) => Err(Error::Broker("the reply listener stopped".into())),
+            Ok(Err(_)) => Err(Error::broker_message("the reply listener stopped")),
             Err(_) => {
                 self.lock().remove(&identifier);
                 Err(Error::Timeout {

@@ -60,8 +60,8 @@ impl std::fmt::Debug for KafkaBroker {
     }
 }
 
-fn kafka_error(context: &str, error: impl std::fmt::Display) -> Error {
-    Error::Broker(format!("kafka {context}: {error}"))
+fn kafka_error(context: &str, error: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::broker(format!("kafka {context}"), error)
 }
 
 impl KafkaBroker {
@@ -158,12 +158,12 @@ impl KafkaBroker {
                 }))
             })
             .await
-            .map_err(|e| Error::Broker(format!("reading the cluster metadata: {e}")))??;
+            .map_err(|e| Error::broker("kafka: reading the cluster metadata", e))??;
             if listed {
                 return Ok(());
             }
             if std::time::Instant::now() > deadline {
-                return Err(Error::Broker(format!(
+                return Err(Error::broker_message(format!(
                     "topics {wanted:?} were created but the cluster does not list them after 10 s"
                 )));
             }
@@ -198,7 +198,7 @@ impl Broker for KafkaBroker {
             let text = error.to_string();
             return messages
                 .iter()
-                .map(|_| Err(Error::Broker(text.clone())))
+                .map(|_| Err(Error::broker_message(text.clone())))
                 .collect();
         }
         let encoded: Vec<(String, String, Vec<u8>)> = messages
@@ -253,7 +253,7 @@ impl Broker for KafkaBroker {
         let (sender, receiver) = mpsc::unbounded_channel();
         let dead_letters = DeadLetters {
             producer: self.producer.clone(),
-            topic: format!("{group}.dead-letter"),
+            topic: super::topics::dead_letter(group),
             timeout: self.options.publish_timeout,
         };
         self.ensure_topics(std::slice::from_ref(&dead_letters.topic))
@@ -279,11 +279,11 @@ impl DeadLetters {
         message
             .payload
             .headers
-            .insert("error".into(), error.to_owned());
+            .insert(super::headers::ERROR.into(), error.to_owned());
         message
             .payload
             .headers
-            .insert("original_topic".into(), topic.to_owned());
+            .insert(super::headers::ORIGINAL_TOPIC.into(), topic.to_owned());
         let payload = message.to_json();
         let key = message.identifier.to_string();
         self.producer

@@ -55,7 +55,7 @@ impl Broker for MemoryBroker {
                 Strategy::Unicast if !group.members.is_empty() => {
                     // Same key, same member: one root's messages keep their order within the group.
                     let index = match &message.key {
-                        Some(key) => stable_hash(key) % group.members.len(),
+                        Some(key) => crate::hash::stable_hash(key) as usize % group.members.len(),
                         None => {
                             group.next = group.next.wrapping_add(1);
                             group.next % group.members.len()
@@ -86,11 +86,6 @@ impl Broker for MemoryBroker {
         }
         Ok(Subscription::new(receiver))
     }
-}
-
-/// The stable hash of `key`, for picking a group member or a worker.
-pub(crate) fn stable_hash(key: &str) -> usize {
-    crate::hash::stable_hash(key) as usize
 }
 
 #[cfg(test)]

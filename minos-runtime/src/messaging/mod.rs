@@ -2,10 +2,12 @@
 //! the request/reply client.
 
 mod client;
+pub mod headers;
 #[cfg(feature = "kafka")]
 pub mod kafka;
-pub(crate) mod memory;
+mod memory;
 mod relay;
+pub mod topics;
 
 pub use client::{BrokerClient, Reply};
 #[cfg(feature = "kafka")]

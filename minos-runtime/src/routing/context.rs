@@ -1,7 +1,9 @@
 //! The service context: what a handler can reach without globals of its own.
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -26,6 +28,8 @@ struct Inner {
     broker: SharedBroker,
     client: BrokerClient,
     config: Value,
+    /// State the runtime keeps once per service, by type (e.g. the saga manager's locks).
+    shared: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
 impl Context {
@@ -45,15 +49,16 @@ impl Context {
                 broker,
                 client,
                 config,
+                shared: Mutex::default(),
             }),
         }
     }
 
     /// The context of the current handler.
     pub fn current() -> Result<Context> {
-        CURRENT.try_with(Context::clone).map_err(|_| {
-            Error::Config("no service context: this runs outside a minos handler".into())
-        })
+        CURRENT
+            .try_with(Context::clone)
+            .map_err(|_| Error::NoContext)
     }
 
     /// Runs `future` with this context, and its repository, as the current ones.
@@ -80,6 +85,23 @@ impl Context {
     /// The request/reply client of this service.
     pub fn client(&self) -> &BrokerClient {
         &self.inner.client
+    }
+
+    /// The service's one `T`, made on first use: state the runtime keeps per service rather than per
+    /// process, so that several services in one process never share it.
+    pub(crate) fn shared<T: Any + Default + Send + Sync>(&self) -> Arc<T> {
+        let mut shared = self
+            .inner
+            .shared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = shared
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()));
+        // The entry under `T`'s id is always a `T`.
+        Arc::clone(entry)
+            .downcast::<T>()
+            .unwrap_or_else(|_| Arc::new(T::default()))
     }
 
     /// The effective configuration, as JSON.

@@ -8,9 +8,10 @@ use tokio::task::JoinHandle;
 
 use super::{invoke, BrokerKind, Context, Middleware, Origin, Request, Response, RouteTable};
 use crate::error::Error;
-use crate::messaging::memory::stable_hash;
-use crate::messaging::{BrokerMessage, Delivery, Payload, Subscription};
+use crate::hash::stable_hash;
+use crate::messaging::{headers, topics, BrokerMessage, Delivery, Payload, Subscription};
 use crate::store::{InboxEntry, StoreError};
+use crate::transaction::TransactionScope;
 
 /// A handler the runtime itself registers for a topic (transaction commands, saga replies). Its result
 /// is the reply when the message asks for one.
@@ -91,7 +92,7 @@ impl Dispatcher {
             .into_iter()
             .fold(dispatcher, |dispatcher, name| {
                 dispatcher.system(
-                    format!("_Get{name}Snapshots"),
+                    topics::snapshots(name),
                     Arc::new(move |message| Box::pin(super::refs::answer_snapshots(name, message))),
                 )
             })
@@ -122,7 +123,7 @@ impl Dispatcher {
 
     /// The topic failing messages are parked on: `{service}.dead-letter`.
     pub fn dead_letter_topic(&self) -> String {
-        format!("{}.dead-letter", self.context.name())
+        topics::dead_letter(self.context.name())
     }
 
     /// Handles one message: skips it if this service already handled it (inbox), runs its handlers with
@@ -132,18 +133,7 @@ impl Dispatcher {
     pub async fn dispatch(&self, message: BrokerMessage) -> Outcome {
         tracing::trace!(service = self.context.name(), topic = %message.topic, identifier = %message.identifier, "dispatching");
         if let Some(handler) = self.system.get(&message.topic) {
-            let result = self.context.clone().scope(handler(message.clone())).await;
-            return match result {
-                // The store is down and nobody waits for an answer: have the message delivered again.
-                Err(error) if message.reply_topic.is_none() && error.status() == 503 => {
-                    tracing::warn!(%error, topic = %message.topic, "runtime topic: store unavailable; will retry");
-                    Outcome::Failed(error)
-                }
-                result => {
-                    self.reply(&message, result).await;
-                    Outcome::Handled
-                }
-            };
+            return self.dispatch_system(handler, message).await;
         }
         let handlers = self.table.broker_handlers(&message.topic);
         let Some((_, kind)) = handlers.first().copied() else {
@@ -152,64 +142,32 @@ impl Dispatcher {
             self.reply(&message, Err(error)).await;
             return Outcome::NoHandler;
         };
-        let repository = self.context.repository();
         let inbox = InboxEntry {
             consumer: self.context.name().to_owned(),
             identifier: message.identifier,
         };
-        match repository.store().is_processed(&inbox).await {
-            Ok(true) => {
-                tracing::debug!(identifier = %message.identifier, topic = %message.topic, "already handled: skipped");
-                return Outcome::Duplicate;
-            }
-            Ok(false) => {}
-            // The commit below checks the inbox again, atomically.
-            Err(error) => tracing::warn!(%error, "could not read the inbox"),
+        if self.already_handled(&inbox).await {
+            tracing::debug!(identifier = %message.identifier, topic = %message.topic, "already handled: skipped");
+            return Outcome::Duplicate;
         }
-        let attempts = if kind == BrokerKind::Event {
-            self.retries + 1
-        } else {
-            1
+        // A command sent by a saga step runs inside the saga's (nested) transactions.
+        let transaction = match self.transaction_of(&message, kind) {
+            Ok(transaction) => transaction,
+            Err(error) => {
+                self.reply(&message, Err(error)).await;
+                return Outcome::Handled;
+            }
+        };
+        let attempts = match kind {
+            BrokerKind::Event => self.retries + 1,
+            _ => 1,
         };
         let mut last_error = None;
-        // A command sent by a saga step runs inside the saga's (nested) transactions.
-        let scope = match message.payload.headers.get("transactions") {
-            Some(header) if kind != BrokerKind::Event => {
-                match crate::transaction::TransactionScope::from_header(header) {
-                    Ok(scope) => scope,
-                    Err(error) => {
-                        self.reply(&message, Err(error)).await;
-                        return Outcome::Handled;
-                    }
-                }
-            }
-            _ => None,
-        };
         for attempt in 1..=attempts {
-            let run = self.run_handlers(&handlers, &message);
-            let committed = match &scope {
-                // Inside the saga's transaction: the writes are held with the inbox entry, at once.
-                Some(scope) => {
-                    let scope = scope.clone().buffered();
-                    match scope.clone().run(run).await {
-                        Ok(response) => repository
-                            .store()
-                            .hold(scope.uuid(), &scope.take_buffered(), Some(&inbox))
-                            .await
-                            .map(|()| response)
-                            .map_err(Error::from),
-                        Err(error) => Err(error),
-                    }
-                }
-                None => match repository.staged(run).await {
-                    (Ok(response), writes) => repository
-                        .commit_unit(&writes, Some(&inbox))
-                        .await
-                        .map(|_| response),
-                    (Err(error), _) => Err(error),
-                },
-            };
-            let error = match committed {
+            let error = match self
+                .handle_once(&handlers, &message, transaction.as_ref(), &inbox)
+                .await
+            {
                 Ok(response) => {
                     self.reply(&message, Ok(response)).await;
                     return Outcome::Handled;
@@ -221,9 +179,7 @@ impl Dispatcher {
             };
             if kind != BrokerKind::Event {
                 // A refused command is answered, and counts as handled: a redelivery is not run again.
-                if let Err(inbox_error) = repository.commit_unit(&Vec::new(), Some(&inbox)).await {
-                    tracing::debug!(error = %inbox_error, "could not record the refused command in the inbox");
-                }
+                self.record_handled(&inbox, "refused command").await;
                 self.reply(&message, Err(error)).await;
                 return Outcome::Handled;
             }
@@ -234,27 +190,96 @@ impl Dispatcher {
             }
             last_error = Some(error);
         }
-        let error = last_error.unwrap_or_else(|| Error::Broker("handler failed".into()));
+        let error = last_error.unwrap_or_else(|| Error::broker_message("handler failed"));
+        self.park(message, &inbox, error).await
+    }
+
+    /// A runtime topic (transaction commands, saga replies, snapshot requests): its handler's result is
+    /// the reply.
+    async fn dispatch_system(&self, handler: &SystemHandler, message: BrokerMessage) -> Outcome {
+        let result = self.context.clone().scope(handler(message.clone())).await;
+        match result {
+            // The store is down and nobody waits for an answer: have the message delivered again.
+            Err(error) if message.reply_topic.is_none() && error.is_unavailable() => {
+                tracing::warn!(%error, topic = %message.topic, "runtime topic: store unavailable; will retry");
+                Outcome::Failed(error)
+            }
+            result => {
+                self.reply(&message, result).await;
+                Outcome::Handled
+            }
+        }
+    }
+
+    /// Whether the inbox already records the message (a redelivery). When the inbox cannot be read the
+    /// message is handled: the commit checks the inbox again, atomically.
+    async fn already_handled(&self, inbox: &InboxEntry) -> bool {
+        match self.context.repository().store().is_processed(inbox).await {
+            Ok(processed) => processed,
+            Err(error) => {
+                tracing::warn!(%error, "could not read the inbox");
+                false
+            }
+        }
+    }
+
+    /// The transactions named by the message's `transactions` header (commands only).
+    fn transaction_of(
+        &self,
+        message: &BrokerMessage,
+        kind: BrokerKind,
+    ) -> Result<Option<TransactionScope>, Error> {
+        match message.payload.headers.get(headers::TRANSACTIONS) {
+            Some(header) if kind != BrokerKind::Event => TransactionScope::from_header(header),
+            _ => Ok(None),
+        }
+    }
+
+    /// Runs the handlers once with their writes staged, then stores the writes with the inbox entry,
+    /// all or nothing (held under the transaction when the message runs inside one).
+    async fn handle_once(
+        &self,
+        handlers: &[(&'static super::RouteEntry, BrokerKind)],
+        message: &BrokerMessage,
+        transaction: Option<&TransactionScope>,
+        inbox: &InboxEntry,
+    ) -> Result<Response, Error> {
+        let repository = self.context.repository();
+        let run = self.run_handlers(handlers, message);
+        let (result, writes) = repository.staged_in(transaction.cloned(), run).await;
+        let response = result?;
+        repository.flush(transaction, &writes, Some(inbox)).await?;
+        Ok(response)
+    }
+
+    /// Records the message as handled without writes (a refused command, a parked event).
+    async fn record_handled(&self, inbox: &InboxEntry, what: &str) {
+        let repository = self.context.repository();
+        if let Err(error) = repository.commit_unit(&Vec::new(), Some(inbox)).await {
+            tracing::debug!(%error, "could not record the {what} in the inbox");
+        }
+    }
+
+    /// Parks a message whose handling failed after retries on the dead-letter topic, with the error and
+    /// its original topic in its headers, and records it as handled so the partition moves on.
+    async fn park(&self, message: BrokerMessage, inbox: &InboxEntry, error: Error) -> Outcome {
         tracing::error!(%error, topic = %message.topic, identifier = %message.identifier, "event handling failed after retries; parking the message on {}", self.dead_letter_topic());
         let mut parked = message.clone();
         parked
             .payload
             .headers
-            .insert("error".into(), error.to_string());
+            .insert(headers::ERROR.into(), error.to_string());
         parked
             .payload
             .headers
-            .insert("original_topic".into(), message.topic.clone());
+            .insert(headers::ORIGINAL_TOPIC.into(), message.topic.clone());
         parked.topic = self.dead_letter_topic();
         parked.reply_topic = None;
         if let Err(publish_error) = self.context.broker().publish(parked).await {
             tracing::error!(error = %publish_error, "could not publish to the dead-letter topic");
             return Outcome::Failed(error);
         }
-        // Parked: record it as handled so the partition moves on.
-        if let Err(inbox_error) = repository.commit_unit(&Vec::new(), Some(&inbox)).await {
-            tracing::debug!(error = %inbox_error, "could not record the parked message in the inbox");
-        }
+        self.record_handled(inbox, "parked message").await;
         Outcome::DeadLettered(error)
     }
 
@@ -291,18 +316,18 @@ impl Dispatcher {
             Ok(response) => response,
             Err(error) => Response::from_error(&error),
         };
-        let mut headers = request.payload.headers.clone();
-        headers.extend(response.headers().clone());
-        if request.payload.headers.contains_key("transactions") {
+        let mut reply_headers = request.payload.headers.clone();
+        reply_headers.extend(response.headers().clone());
+        if request.payload.headers.contains_key(headers::TRANSACTIONS) {
             // The saga reserves, then commits or rejects, the transaction in every service that ran one
             // of its steps.
             let name = self.context.name();
-            let services = match headers.get("related_services") {
+            let services = match reply_headers.get(headers::RELATED_SERVICES) {
                 Some(existing) if existing.split(',').any(|s| s == name) => existing.clone(),
                 Some(existing) if !existing.is_empty() => format!("{existing},{name}"),
                 _ => name.to_owned(),
             };
-            headers.insert("related_services".into(), services);
+            reply_headers.insert(headers::RELATED_SERVICES.into(), services);
         }
         let reply = BrokerMessage {
             topic: reply_topic.clone(),
@@ -311,7 +336,7 @@ impl Dispatcher {
             payload: Payload {
                 content: response.content().clone(),
                 status: response.status(),
-                headers,
+                headers: reply_headers,
             },
             ..BrokerMessage::new(reply_topic.clone(), serde_json::Value::Null)
         };
@@ -361,7 +386,7 @@ impl Dispatcher {
                                 .key
                                 .clone()
                                 .unwrap_or_else(|| delivery.message.identifier.to_string());
-                            let _ = senders[stable_hash(&key) % senders.len()].send(delivery);
+                            let _ = senders[stable_hash(&key) as usize % senders.len()].send(delivery);
                         }
                         None => break,
                     },

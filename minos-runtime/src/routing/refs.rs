@@ -44,7 +44,7 @@ pub async fn resolve_all<T: Referable>(refs: &mut [Ref<T>]) -> Result<()> {
                 Some(snapshot) if snapshot.data.is_some() => {
                     let root: Root<T> =
                         serde_json::from_value(snapshot.document()).map_err(|e| {
-                            Error::Broker(format!("a {} snapshot does not decode: {e}", T::NAME))
+                            Error::undecodable(format!("a stored {} snapshot", T::NAME), e)
                         })?;
                     models.insert(*uuid, root);
                 }
@@ -60,15 +60,12 @@ pub async fn resolve_all<T: Referable>(refs: &mut [Ref<T>]) -> Result<()> {
         }
     } else {
         let client = Context::current()?.client().clone();
-        let topic = format!("_Get{}Snapshots", T::NAME);
+        let topic = crate::messaging::topics::snapshots(T::NAME);
         let reply = client.send(&topic, json!({ "uuids": uuids })).await?;
         let found: Vec<Value> = reply.into_content()?;
         for value in found {
             let root: Root<T> = serde_json::from_value(value).map_err(|e| {
-                Error::Broker(format!(
-                    "`{topic}` answered a {} that does not decode: {e}",
-                    T::NAME
-                ))
+                Error::undecodable(format!("the {} answered on `{topic}`", T::NAME), e)
             })?;
             models.insert(root.uuid(), root);
         }

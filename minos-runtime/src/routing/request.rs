@@ -131,7 +131,8 @@ impl Request {
 
     /// The user the request acts for, from the `user` header.
     pub fn user(&self) -> Option<Uuid> {
-        self.header("user").and_then(|u| Uuid::parse_str(u).ok())
+        self.header(crate::messaging::headers::USER)
+            .and_then(|u| Uuid::parse_str(u).ok())
     }
 
     /// Where the request came from.

@@ -401,7 +401,10 @@ impl SagaDefinition {
         self.saga
             .get_or_init(self.build)
             .as_ref()
-            .map_err(|e| Error::Config(format!("saga `{}`: {e}", self.name)))
+            .map_err(|e| Error::InvalidSaga {
+                saga: self.name.to_owned(),
+                source: Box::new(e.clone()),
+            })
     }
 }
 
@@ -418,10 +421,10 @@ pub fn registered() -> Result<Vec<&'static SagaDefinition>> {
         let definition = registration.0;
         definition.saga()?;
         if found.iter().any(|d| d.name() == definition.name()) {
-            return Err(Error::Config(format!(
-                "two sagas are named `{}`: give each `saga!` its own name",
-                definition.name()
-            )));
+            return Err(Error::InvalidSaga {
+                saga: definition.name().to_owned(),
+                source: "two sagas have this name: give each `saga!` its own name".into(),
+            });
         }
         found.push(definition);
     }

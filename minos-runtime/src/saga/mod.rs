@@ -2,13 +2,19 @@
 //! executed as a persisted state machine inside an application transaction.
 
 mod definition;
+mod execution;
+mod http;
+mod jobs;
 mod manager;
+mod two_phase;
 
 pub use definition::{
     find, registered, Conditional, Saga, SagaBuilder, SagaDefinition, SagaDefinitionError,
     SagaRegistration,
 };
-pub use manager::{http_routes, reply_topic, SagaManager, SagaServiceExt};
+pub use http::http_routes;
+pub use jobs::spawn_jobs;
+pub use manager::{SagaManager, SagaServiceExt};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -260,11 +266,7 @@ impl SagaExecution {
     }
 
     pub(crate) fn from_record(record: ExecutionRecord) -> Result<Self> {
-        serde_json::from_value(record.data).map_err(|e| {
-            Error::Config(format!(
-                "saga execution {} does not decode: {e}",
-                record.uuid
-            ))
-        })
+        serde_json::from_value(record.data)
+            .map_err(|e| Error::undecodable(format!("saga execution {}", record.uuid), e))
     }
 }

@@ -1,0 +1,225 @@
+//! The state machine of an execution: runs steps from its cursor, pauses on a remote step until its
+//! reply, and goes on from the reply.
+
+use uuid::Uuid;
+
+use super::definition::Step;
+use super::{ExecutionStatus, Saga, SagaExecution, SagaManager, SagaResponse, Waiting};
+use crate::error::{Error, Result};
+use crate::messaging::{headers, BrokerMessage};
+use crate::store::now;
+use crate::transaction::TransactionScope;
+
+/// What became of a step.
+pub(super) enum Progress {
+    Next(super::SagaContext),
+    Paused,
+}
+
+impl SagaManager {
+    /// Runs steps from the cursor until a pause or the end.
+    pub(super) async fn drive(
+        &self,
+        saga: &Saga,
+        mut execution: SagaExecution,
+        scope: &TransactionScope,
+    ) -> Result<SagaExecution> {
+        loop {
+            let Some(step) = saga.step_at(&execution.cursor) else {
+                if execution.cursor.len() <= 1 {
+                    return self.finish(saga, execution).await;
+                }
+                // The end of a branch: continue after its conditional step.
+                let len = execution.cursor.len();
+                execution.cursor.truncate(len - 2);
+                advance(&mut execution.cursor);
+                continue;
+            };
+            let result = match step {
+                Step::Conditional(conditional) => {
+                    match conditional.choose(&execution.context) {
+                        Some(branch) => {
+                            execution.cursor.extend([branch, 0]);
+                        }
+                        None => advance(&mut execution.cursor),
+                    }
+                    continue;
+                }
+                Step::Local { on_execute, .. } => {
+                    let context = execution.context.clone();
+                    self.in_transaction(scope, on_execute(context))
+                        .await
+                        .map(Progress::Next)
+                }
+                Step::Remote { on_execute, .. } => {
+                    let context = execution.context.clone();
+                    match self.in_transaction(scope, on_execute(context)).await {
+                        Ok(request) => self.send(&mut execution, request).await,
+                        Err(error) => Err(error),
+                    }
+                }
+            };
+            match result {
+                Ok(Progress::Next(context)) => {
+                    execution.context = context;
+                    execution.done.push(execution.cursor.clone());
+                    advance(&mut execution.cursor);
+                }
+                Ok(Progress::Paused) => return Ok(execution),
+                Err(error) => return self.fail(saga, execution, error.to_string()).await,
+            }
+        }
+    }
+
+    /// Sends a remote step's request with the saga headers and pauses (stored before it is sent, so a
+    /// reply can never find the execution running).
+    async fn send(
+        &self,
+        execution: &mut SagaExecution,
+        request: super::SagaRequest,
+    ) -> Result<Progress> {
+        let (topic, content) = request.into_parts()?;
+        let mut message = BrokerMessage::new(topic.clone(), content);
+        message.reply_topic = Some(self.reply_topic());
+        message.key = Some(execution.uuid.to_string());
+        let headers = &mut message.payload.headers;
+        headers.insert(headers::SAGA.into(), execution.uuid.to_string());
+        headers.insert(headers::TRANSACTIONS.into(), self.scope(execution).header());
+        if let Some(user) = execution.user {
+            headers.insert(headers::USER.into(), user.to_string());
+        }
+        execution.waiting = Some(Waiting {
+            identifier: message.identifier,
+            topic,
+        });
+        execution.status = ExecutionStatus::Paused;
+        execution.updated_at = now();
+        self.save(execution).await?;
+        self.context.broker().publish(message).await?;
+        Ok(Progress::Paused)
+    }
+
+    /// Resumes the execution a reply belongs to. Replies nobody waits for (a duplicate, a late reply
+    /// to an ended execution) are ignored.
+    pub async fn handle_reply(&self, reply: BrokerMessage) -> Result<()> {
+        let Some(uuid) = reply
+            .payload
+            .headers
+            .get(headers::SAGA)
+            .and_then(|s| Uuid::parse_str(s).ok())
+        else {
+            tracing::warn!(identifier = %reply.identifier, "saga reply without a `saga` header: ignored");
+            return Ok(());
+        };
+        let _guard = self.lock(uuid).await;
+        let Some(mut execution) = self.find(uuid).await? else {
+            tracing::warn!(saga = %uuid, "reply for an unknown saga execution: ignored");
+            return Ok(());
+        };
+        let waits_for_it = execution.status == ExecutionStatus::Paused
+            && execution
+                .waiting
+                .as_ref()
+                .is_some_and(|w| w.identifier == reply.identifier);
+        if !waits_for_it {
+            tracing::info!(saga = %uuid, status = execution.status.as_str(), "reply the execution does not wait for: ignored");
+            return Ok(());
+        }
+        let saga = match self.definition(&execution) {
+            Ok(saga) => saga,
+            Err(error) => {
+                return self
+                    .fail_or_abandon(execution, error.to_string())
+                    .await
+                    .map(|_| ())
+            }
+        };
+        if let Some(services) = reply.payload.headers.get(headers::RELATED_SERVICES) {
+            execution.related_services.extend(
+                services
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        let topic = execution
+            .waiting
+            .take()
+            .map(|w| w.topic)
+            .unwrap_or_default();
+        execution.status = ExecutionStatus::Running;
+        let response = SagaResponse::new(
+            reply.payload.status,
+            reply.payload.content,
+            reply.payload.headers,
+        );
+        let Some(Step::Remote {
+            on_success,
+            on_error,
+            ..
+        }) = saga.step_at(&execution.cursor)
+        else {
+            return self
+                .fail(
+                    saga,
+                    execution,
+                    "the saga definition changed: no remote step at its position".into(),
+                )
+                .await
+                .map(|_| ());
+        };
+        let context = execution.context.clone();
+        let scope = self.scope(&execution);
+        let outcome = match response.status {
+            200..=299 => match on_success {
+                Some(callback) => {
+                    self.in_transaction(&scope, callback(context, response))
+                        .await
+                }
+                None => Ok(context),
+            },
+            400..=499 => match on_error {
+                Some(callback) => {
+                    self.in_transaction(&scope, callback(context, response))
+                        .await
+                }
+                None => Ok(context),
+            },
+            status => Err(Error::with_status(
+                status,
+                format!(
+                    "remote step `{topic}` failed ({status}): {}",
+                    response.message()
+                ),
+            )),
+        };
+        match outcome {
+            Ok(context) => {
+                execution.context = context;
+                execution.done.push(execution.cursor.clone());
+                advance(&mut execution.cursor);
+                self.drive(saga, execution, &scope).await.map(|_| ())
+            }
+            Err(error) => self
+                .fail(saga, execution, error.to_string())
+                .await
+                .map(|_| ()),
+        }
+    }
+
+    pub(super) fn definition(&self, execution: &SagaExecution) -> Result<&'static Saga> {
+        super::find(&execution.saga)
+            .ok_or_else(|| Error::UnknownSaga {
+                saga: execution.saga.clone(),
+            })?
+            .saga()
+    }
+}
+
+/// Moves the cursor to the next step of its branch.
+pub(super) fn advance(cursor: &mut [usize]) {
+    if let Some(last) = cursor.last_mut() {
+        *last += 1;
+    }
+}

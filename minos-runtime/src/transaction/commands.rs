@@ -1,0 +1,303 @@
+//! Reserve, commit and reject: the commands that end a transaction, and the job that tidies the ones
+//! left behind.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::view::View;
+use crate::domain::{Action, Event, TransactionEntry, TransactionStatus};
+use crate::error::{Error, Result};
+use crate::store::{check_applies, EventFilter, HeldWrites, SharedStore, StoreError};
+
+/// The commands every service answers for the transactions it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TransactionCommand {
+    /// `_Reserve{Service}Transaction`.
+    Reserve,
+    /// `_Commit{Service}Transaction`.
+    Commit,
+    /// `_Reject{Service}Transaction`.
+    Reject,
+}
+
+impl TransactionCommand {
+    /// `Reserve`, `Commit` or `Reject`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransactionCommand::Reserve => "Reserve",
+            TransactionCommand::Commit => "Commit",
+            TransactionCommand::Reject => "Reject",
+        }
+    }
+
+    /// All three.
+    pub const ALL: [TransactionCommand; 3] = [
+        TransactionCommand::Reserve,
+        TransactionCommand::Commit,
+        TransactionCommand::Reject,
+    ];
+}
+
+/// Reserve, commit and reject over one store (`repository.transactions()`).
+#[derive(Clone, Debug)]
+pub struct Transactions {
+    store: SharedStore,
+    committed: Arc<Notify>,
+}
+
+impl Transactions {
+    /// The transactions of `store`; `committed` is signalled after a top-level commit stored writes (so
+    /// an outbox relay publishes them at once).
+    pub fn new(store: SharedStore, committed: Arc<Notify>) -> Self {
+        Transactions { store, committed }
+    }
+
+    /// Runs one command on transaction `uuid`.
+    pub async fn run(&self, command: TransactionCommand, uuid: Uuid) -> Result<TransactionStatus> {
+        match command {
+            TransactionCommand::Reserve => self.reserve(uuid).await,
+            TransactionCommand::Commit => self.commit(uuid).await,
+            TransactionCommand::Reject => self.reject(uuid).await,
+        }
+    }
+
+    async fn entry_or(
+        &self,
+        uuid: Uuid,
+        status: TransactionStatus,
+    ) -> Result<Option<TransactionEntry>> {
+        let store = &self.store;
+        match store.transaction(uuid).await? {
+            Some(entry) => Ok(Some(entry)),
+            None => {
+                // Nothing was written in it here: record the outcome so a late write is refused.
+                let mut entry = TransactionEntry::new(uuid, None);
+                entry.status = status;
+                store.save_transaction(&entry).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn move_to(&self, entry: &mut TransactionEntry, next: TransactionStatus) -> Result<()> {
+        entry.transition(next)?;
+        self.store.save_transaction(entry).await?;
+        Ok(())
+    }
+
+    /// Checks that the transaction's writes still apply to its destination and that no sibling being
+    /// reserved or committed touched the same roots: reserved, or rejected with a 409 conflict. Reserving
+    /// a reserved or committed transaction again answers its status.
+    pub async fn reserve(&self, uuid: Uuid) -> Result<TransactionStatus> {
+        let Some(mut entry) = self.entry_or(uuid, TransactionStatus::Reserved).await? else {
+            return Ok(TransactionStatus::Reserved);
+        };
+        match entry.status {
+            TransactionStatus::Reserved
+            | TransactionStatus::Committing
+            | TransactionStatus::Committed => return Ok(entry.status),
+            _ => {}
+        }
+        let held = self.store.held(uuid).await?;
+        self.move_to(&mut entry, TransactionStatus::Reserving)
+            .await?;
+        match self.validate(&entry, &held).await {
+            Ok(()) => {
+                self.move_to(&mut entry, TransactionStatus::Reserved)
+                    .await?;
+                Ok(TransactionStatus::Reserved)
+            }
+            Err(error) => {
+                self.move_to(&mut entry, TransactionStatus::Rejected)
+                    .await?;
+                self.store.release(uuid).await?;
+                tracing::info!(transaction = %uuid, %error, "reservation refused: transaction rejected");
+                Err(error)
+            }
+        }
+    }
+
+    async fn validate(&self, entry: &TransactionEntry, held: &HeldWrites) -> Result<()> {
+        let store = &self.store;
+        let mut destination_chain = Vec::new();
+        let mut next = entry.destination;
+        while let Some(uuid) = next {
+            let parent = store.transaction(uuid).await?.ok_or_else(|| {
+                Error::with_status(409, format!("destination transaction {uuid} is unknown"))
+            })?;
+            if destination_chain.is_empty() && parent.status != TransactionStatus::Pending {
+                return Err(Error::with_status(
+                    409,
+                    format!(
+                        "destination transaction {uuid} is {}, not pending",
+                        parent.status.as_str()
+                    ),
+                ));
+            }
+            destination_chain.insert(0, uuid);
+            next = parent.destination;
+        }
+        // Per root: the held versions follow each other, starting right after the destination's.
+        let mut firsts: BTreeMap<Uuid, &Event> = BTreeMap::new();
+        let mut last_version: BTreeMap<Uuid, u64> = BTreeMap::new();
+        for (event, _) in held {
+            if let Some(last) = last_version.get(&event.uuid) {
+                if event.version != last + 1 {
+                    return Err(StoreError::Conflict {
+                        name: event.name.clone(),
+                        uuid: event.uuid,
+                        expected: event.version - 1,
+                        actual: *last,
+                    }
+                    .into());
+                }
+            } else {
+                firsts.insert(event.uuid, event);
+            }
+            last_version.insert(event.uuid, event.version);
+        }
+        // Claim the roots among the siblings first (atomic, also between processes), then check the
+        // versions: a sibling that committed before the claim is seen by the version check.
+        // (Created roots are new: nobody else can change them.)
+        let roots: Vec<Uuid> = firsts
+            .values()
+            .filter(|e| e.action != Action::Create)
+            .map(|e| e.uuid)
+            .collect();
+        let conflict = match roots.is_empty() {
+            true => None,
+            false => store.claim(entry.destination, entry.uuid, &roots).await?,
+        };
+        if let Some((root, holder)) = conflict {
+            let name = firsts.get(&root).map_or("root", |e| e.name.as_str());
+            return Err(Error::with_status(
+                409,
+                format!("{name} {root} is also changed by transaction {holder}, reserved first"),
+            ));
+        }
+        // Creations carry new random uuids; changes must follow the destination's version.
+        for event in firsts.values().filter(|e| e.action != Action::Create) {
+            let current = View::new(self.store.as_ref(), &destination_chain, Vec::new())
+                .snapshot(&event.name, event.uuid)
+                .await?;
+            check_applies(current.as_ref(), event)?;
+        }
+        Ok(())
+    }
+
+    /// Reserves (when still pending), then moves the writes into the destination — at the top level one
+    /// atomic store commit that publishes the domain events — and marks the transaction committed.
+    /// Committing a committed transaction again does nothing.
+    pub async fn commit(&self, uuid: Uuid) -> Result<TransactionStatus> {
+        let Some(mut entry) = self.entry_or(uuid, TransactionStatus::Committed).await? else {
+            return Ok(TransactionStatus::Committed);
+        };
+        match entry.status {
+            TransactionStatus::Committed => return Ok(TransactionStatus::Committed),
+            TransactionStatus::Pending => {
+                self.reserve(uuid).await?;
+                entry.status = TransactionStatus::Reserved;
+            }
+            _ => {}
+        }
+        if entry.status != TransactionStatus::Committing {
+            self.move_to(&mut entry, TransactionStatus::Committing)
+                .await?;
+        }
+        let store = &self.store;
+        let held = store.held(uuid).await?;
+        match entry.destination {
+            None => match store.commit_unit(&held, None).await {
+                Ok(_) => self.committed.notify_one(),
+                Err(error) => {
+                    let error = Error::from(error);
+                    if !(error.is_conflict() && self.already_applied(&held).await?) {
+                        return Err(error);
+                    }
+                }
+            },
+            Some(destination) => store.hold(destination, &held, None).await?,
+        }
+        store.release(uuid).await?;
+        self.move_to(&mut entry, TransactionStatus::Committed)
+            .await?;
+        Ok(TransactionStatus::Committed)
+    }
+
+    /// Whether a top-level commit interrupted after the store commit already stored these writes.
+    async fn already_applied(&self, held: &HeldWrites) -> Result<bool> {
+        let Some((first, _)) = held.first() else {
+            return Ok(true);
+        };
+        let filter = EventFilter {
+            uuid: Some(first.uuid),
+            ..EventFilter::default()
+        };
+        let stored = self.store.events(&filter).await?;
+        Ok(stored.iter().any(|e| e.event == *first))
+    }
+
+    /// Drops the transaction's writes: from pending, reserving or reserved. Rejecting a rejected
+    /// transaction again does nothing; a committing or committed one answers a 409 conflict.
+    pub async fn reject(&self, uuid: Uuid) -> Result<TransactionStatus> {
+        let Some(mut entry) = self.entry_or(uuid, TransactionStatus::Rejected).await? else {
+            return Ok(TransactionStatus::Rejected);
+        };
+        if entry.status == TransactionStatus::Rejected {
+            return Ok(TransactionStatus::Rejected);
+        }
+        self.move_to(&mut entry, TransactionStatus::Rejected)
+            .await?;
+        self.store.release(uuid).await?;
+        Ok(TransactionStatus::Rejected)
+    }
+
+    /// Rejects transactions left reserving or reserved for longer than `max_age` and finishes commits that were
+    /// interrupted (committing for longer than `max_age`); rejects transactions pending for longer than
+    /// `pending_max_age` (their saga ended without telling this service, e.g. it timed out before this
+    /// service's reply). Returns how many it handled.
+    pub async fn tidy(&self, max_age: Duration, pending_max_age: Duration) -> Result<usize> {
+        use TransactionStatus::*;
+        let store = &self.store;
+        let ago = |age: Duration| {
+            chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX)
+        };
+        let rounds = [
+            (
+                &[Pending][..],
+                pending_max_age,
+                TransactionCommand::Reject,
+                "pending for too long: rejecting it",
+            ),
+            (
+                &[Reserving, Reserved][..],
+                max_age,
+                TransactionCommand::Reject,
+                "reserved for too long: rejecting it",
+            ),
+            (
+                &[Committing][..],
+                max_age,
+                TransactionCommand::Commit,
+                "commit was interrupted: finishing it",
+            ),
+        ];
+        let mut handled = 0;
+        for (statuses, age, command, why) in rounds {
+            for entry in store.transactions_in(statuses, ago(age)).await? {
+                tracing::warn!(transaction = %entry.uuid, status = entry.status.as_str(), "{why}");
+                match self.run(command, entry.uuid).await {
+                    Ok(_) => handled += 1,
+                    Err(error) => {
+                        tracing::error!(transaction = %entry.uuid, %error, "could not tidy the transaction")
+                    }
+                }
+            }
+        }
+        Ok(handled)
+    }
+}

@@ -1,0 +1,218 @@
+//! Where the writes of the current task go: the task-local write scope.
+//!
+//! A task writes either straight to the store, or into a *write scope*: the innermost transaction of a
+//! chain (its writes are held under it until it commits), and/or a buffer that keeps the writes in
+//! memory until the caller flushes them — the service runtime buffers each handler's writes and stores
+//! them together with the inbox entry of the message that caused them, all or nothing. Reads inside a
+//! scope see its writes.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use uuid::Uuid;
+
+use crate::domain::{TransactionEntry, TransactionStatus};
+use crate::error::{Error, Result};
+use crate::store::{HeldWrites, Store};
+
+tokio::task_local! {
+    static SCOPE: WriteScope;
+}
+
+/// The transactions the current task writes into: outermost first, the innermost receives the writes.
+#[derive(Clone, Debug)]
+pub struct TransactionScope {
+    chain: Arc<[Uuid]>,
+    opened: Arc<tokio::sync::OnceCell<()>>,
+}
+
+impl TransactionScope {
+    /// A scope writing into the last of `chain`, nested in the ones before it. `None` when empty.
+    pub fn new(chain: Vec<Uuid>) -> Option<Self> {
+        (!chain.is_empty()).then(|| TransactionScope {
+            chain: chain.into(),
+            opened: Arc::default(),
+        })
+    }
+
+    /// A top-level transaction.
+    pub fn top(uuid: Uuid) -> Self {
+        TransactionScope {
+            chain: Arc::from([uuid]),
+            opened: Arc::default(),
+        }
+    }
+
+    /// The transaction scope of the current task, if any.
+    pub fn current() -> Option<TransactionScope> {
+        SCOPE
+            .try_with(|scope| scope.transaction.clone())
+            .ok()
+            .flatten()
+    }
+
+    /// Parses a `transactions` header: comma-separated uuids, outermost first.
+    pub fn from_header(header: &str) -> Result<Option<Self>> {
+        let chain = header
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                Uuid::parse_str(s).map_err(|e| {
+                    Error::bad_request(format!(
+                        "`{}` header: `{s}` is not a uuid: {e}",
+                        crate::messaging::headers::TRANSACTIONS
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::new(chain))
+    }
+
+    /// The `transactions` header value: comma-separated uuids, outermost first.
+    pub fn header(&self) -> String {
+        self.chain
+            .iter()
+            .map(Uuid::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// This scope with `uuid` nested inside its innermost transaction.
+    pub fn nested(&self, uuid: Uuid) -> Self {
+        let mut chain = self.chain.to_vec();
+        chain.push(uuid);
+        TransactionScope {
+            chain: chain.into(),
+            opened: Arc::default(),
+        }
+    }
+
+    /// The transaction receiving the writes.
+    pub fn uuid(&self) -> Uuid {
+        self.chain[self.chain.len() - 1]
+    }
+
+    /// The enclosing transaction of [`uuid`](Self::uuid), `None` at the top level.
+    pub fn destination(&self) -> Option<Uuid> {
+        (self.chain.len() > 1).then(|| self.chain[self.chain.len() - 2])
+    }
+
+    /// Every transaction, outermost first.
+    pub fn chain(&self) -> &[Uuid] {
+        &self.chain
+    }
+
+    /// Runs `future` inside this scope: its writes are held under [`uuid`](Self::uuid) as they are made.
+    pub async fn run<F: Future>(self, future: F) -> F::Output {
+        let scope = WriteScope {
+            transaction: Some(self),
+            buffer: None,
+        };
+        SCOPE.scope(scope, future).await
+    }
+
+    /// Creates the entries of the chain that the store does not know yet (pending, each inside the one
+    /// before), once per scope; refuses writes into a transaction that is no longer pending.
+    pub(crate) async fn open(&self, store: &dyn Store) -> Result<()> {
+        self.opened
+            .get_or_try_init(|| async {
+                let mut destination = None;
+                for uuid in self.chain.iter().copied() {
+                    match store.transaction(uuid).await? {
+                        None => {
+                            store
+                                .save_transaction(&TransactionEntry::new(uuid, destination))
+                                .await?
+                        }
+                        Some(entry)
+                            if uuid == self.uuid()
+                                && entry.status != TransactionStatus::Pending =>
+                        {
+                            return Err(Error::with_status(
+                                409,
+                                format!(
+                                    "transaction {uuid} is {}: it takes no more writes",
+                                    entry.status.as_str()
+                                ),
+                            ))
+                        }
+                        Some(_) => {}
+                    }
+                    destination = Some(uuid);
+                }
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Writes kept in memory until flushed, in the order they were made.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct WriteBuffer(Arc<Mutex<HeldWrites>>);
+
+impl WriteBuffer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HeldWrites> {
+        // Pushing and cloning a vector cannot leave it half-written.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn push(&self, write: (crate::domain::Event, Vec<crate::domain::DomainMessage>)) {
+        self.lock().push(write);
+    }
+
+    /// The writes so far.
+    pub(crate) fn writes(&self) -> HeldWrites {
+        self.lock().clone()
+    }
+
+    fn take(&self) -> HeldWrites {
+        std::mem::take(&mut *self.lock())
+    }
+}
+
+/// The write scope of a task: the transaction receiving its writes (none: the store) and the buffer
+/// keeping them until flushed (none: written as they are made).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct WriteScope {
+    pub(crate) transaction: Option<TransactionScope>,
+    pub(crate) buffer: Option<WriteBuffer>,
+}
+
+impl WriteScope {
+    /// The scope of the current task, if any.
+    pub(crate) fn current() -> Option<WriteScope> {
+        SCOPE.try_with(WriteScope::clone).ok()
+    }
+
+    /// Runs `future` with its writes kept in a buffer (inside `transaction` when given: reads see the
+    /// transaction's held writes too) and returns them with its output, to be flushed by the caller.
+    pub(crate) async fn buffered<F: Future>(
+        transaction: Option<TransactionScope>,
+        future: F,
+    ) -> (F::Output, HeldWrites) {
+        let buffer = WriteBuffer::default();
+        let scope = WriteScope {
+            transaction,
+            buffer: Some(buffer.clone()),
+        };
+        let output = SCOPE.scope(scope, future).await;
+        (output, buffer.take())
+    }
+
+    /// The transactions whose held writes this scope reads through, outermost first.
+    pub(crate) fn chain(&self) -> &[Uuid] {
+        self.transaction.as_ref().map_or(&[], |t| t.chain())
+    }
+
+    /// The buffered writes so far.
+    pub(crate) fn buffered_writes(&self) -> HeldWrites {
+        self.buffer
+            .as_ref()
+            .map(WriteBuffer::writes)
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,116 @@
+//! Reading through transactions: the store's snapshots with the held writes of a chain of transactions,
+//! then a scope's buffered writes, applied in order.
+
+use indexmap::IndexMap;
+use uuid::Uuid;
+
+use crate::store::{HeldWrites, Query, Snapshot, Store, StoreError};
+
+/// What a writer sees: the store, then the writes held by `chain` (outermost first), then `buffered`.
+pub(crate) struct View<'a> {
+    store: &'a dyn Store,
+    chain: &'a [Uuid],
+    buffered: HeldWrites,
+}
+
+impl<'a> View<'a> {
+    /// The view through `chain` and `buffered`.
+    pub(crate) fn new(store: &'a dyn Store, chain: &'a [Uuid], buffered: HeldWrites) -> Self {
+        View {
+            store,
+            chain,
+            buffered,
+        }
+    }
+
+    /// Whether the view is the store itself (nothing held or buffered on top).
+    fn is_plain(&self) -> bool {
+        self.chain.is_empty() && self.buffered.is_empty()
+    }
+
+    /// The layers of writes on top of the store, in the order they apply.
+    async fn layers(&self) -> Result<Vec<HeldWrites>, StoreError> {
+        let mut layers = Vec::with_capacity(self.chain.len() + 1);
+        for transaction in self.chain {
+            layers.push(self.store.held(*transaction).await?);
+        }
+        layers.push(self.buffered.clone());
+        Ok(layers)
+    }
+
+    /// The snapshot of one root as seen here.
+    pub(crate) async fn snapshot(
+        &self,
+        name: &str,
+        uuid: Uuid,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let mut snapshot = self.store.snapshot(name, uuid).await?;
+        if self.is_plain() {
+            return Ok(snapshot);
+        }
+        for layer in self.layers().await? {
+            for (event, _) in layer {
+                if event.uuid == uuid && event.name == name {
+                    snapshot = Some(Snapshot::next(snapshot.as_ref(), &event)?);
+                }
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// Live roots of type `name` matching `query` as seen here: the store's answer with the roots the
+    /// layers touched replaced by their state here, then sorted and limited again.
+    pub(crate) async fn find(
+        &self,
+        name: &str,
+        query: &Query,
+    ) -> Result<Vec<Snapshot>, StoreError> {
+        if self.is_plain() {
+            return self.store.find(name, query).await;
+        }
+        let touched = self.touched(name).await?;
+        if touched.is_empty() {
+            return self.store.find(name, query).await;
+        }
+        let unlimited = Query {
+            limit: None,
+            ..query.clone()
+        };
+        let mut found: Vec<Snapshot> = self
+            .store
+            .find(name, &unlimited)
+            .await?
+            .into_iter()
+            .filter(|s| !touched.contains_key(&s.uuid))
+            .collect();
+        found.extend(
+            touched
+                .into_values()
+                .flatten()
+                .filter(|s| s.data.is_some() && query.condition.matches(s)),
+        );
+        if let Some(ordering) = &query.ordering {
+            found.sort_by(|a, b| ordering.compare(a, b));
+        }
+        found.truncate(query.limit.unwrap_or(usize::MAX));
+        Ok(found)
+    }
+
+    /// The roots of type `name` that the layers change, with their state here.
+    async fn touched(&self, name: &str) -> Result<IndexMap<Uuid, Option<Snapshot>>, StoreError> {
+        let mut touched: IndexMap<Uuid, Option<Snapshot>> = IndexMap::new();
+        for layer in self.layers().await? {
+            for (event, _) in layer {
+                if event.name != name {
+                    continue;
+                }
+                let previous = match touched.get(&event.uuid) {
+                    Some(snapshot) => snapshot.clone(),
+                    None => self.store.snapshot(name, event.uuid).await?,
+                };
+                touched.insert(event.uuid, Some(Snapshot::next(previous.as_ref(), &event)?));
+            }
+        }
+        Ok(touched)
+    }
+}
