@@ -1,0 +1,116 @@
+//! One REST request: its body (size limit, JSON), query and path parameters, the handler behind the
+//! middleware chain, and the response or the JSON error.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::routing::{invoke, Context, HandlerFn, Middleware, Origin, Request, Response};
+
+#[derive(Clone)]
+pub(super) struct Shared {
+    pub(super) chain: Arc<[Middleware]>,
+    pub(super) context: Context,
+    pub(super) body_limit: usize,
+}
+
+pub(super) fn error_response(status: u16, message: impl Into<String>) -> HttpResponse {
+    let status_code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    HttpResponse::build(status_code).json(json!({"error": message.into(), "status": status}))
+}
+
+fn to_http(response: Response) -> HttpResponse {
+    let status =
+        StatusCode::from_u16(response.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut builder = HttpResponse::build(status);
+    for (name, value) in response.headers() {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            builder.insert_header((name, value));
+        }
+    }
+    match response.content() {
+        Value::Null => builder.finish(),
+        content => builder
+            .insert_header((CONTENT_TYPE, "application/json"))
+            .body(content.to_string()),
+    }
+}
+
+async fn read_body(
+    request: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Value, HttpResponse> {
+    let too_large = || {
+        error_response(
+            413,
+            format!("request body larger than the {limit}-byte limit (http.body_limit)"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| error_response(400, format!("unreadable request body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| error_response(400, format!("malformed JSON body: {e}")))
+}
+
+pub(super) async fn handle(
+    shared: Shared,
+    handler: HandlerFn,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let content = match read_body(&request, payload, shared.body_limit).await {
+        Ok(content) => content,
+        Err(response) => return response,
+    };
+    let mut params: BTreeMap<String, String> =
+        match web::Query::<BTreeMap<String, String>>::from_query(request.query_string()) {
+            Ok(query) => query.into_inner(),
+            Err(e) => return error_response(400, format!("malformed query string: {e}")),
+        };
+    for (name, value) in request.match_info().iter() {
+        params.insert(name.to_owned(), value.to_owned());
+    }
+    let headers = request
+        .headers()
+        .iter()
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect();
+    let origin = Origin::Http {
+        method: request.method().to_string(),
+        path: request.path().to_owned(),
+    };
+    let minos_request = Request::from_parts(content, params, headers, origin);
+    match invoke(&shared.chain, handler, minos_request, &shared.context).await {
+        Ok(response) => to_http(response),
+        Err(error) => to_http(Response::from_error(&error)),
+    }
+}
