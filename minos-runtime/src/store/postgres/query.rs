@@ -76,56 +76,7 @@ impl Builder {
             Condition::And { all } => self.join(all, " AND "),
             Condition::Or { any } => self.join(any, " OR "),
             Condition::Not { inner } => format!("(NOT {})", self.condition(inner)),
-            Condition::Compare { field, cmp, value } => {
-                let x = self.field(field);
-                if value.is_null() {
-                    return match cmp {
-                        Comparison::Equal => format!("({x} IS NULL OR {x} = 'null'::jsonb)"),
-                        _ => "FALSE".into(),
-                    };
-                }
-                match cmp {
-                    Comparison::Equal => {
-                        let v = self.bind(value.clone());
-                        format!("COALESCE({x} = {v}::jsonb, FALSE)")
-                    }
-                    Comparison::NotEqual => {
-                        let v = self.bind(value.clone());
-                        format!("({x} IS NOT NULL AND {x} <> 'null'::jsonb AND {x} <> {v}::jsonb)")
-                    }
-                    _ => {
-                        let op = match cmp {
-                            Comparison::Lower => "<",
-                            Comparison::LowerEqual => "<=",
-                            Comparison::Greater => ">",
-                            _ => ">=",
-                        };
-                        let r = rank_of(value);
-                        let typed = match value {
-                            Value::Bool(b) => format!(
-                                "{} {op} {}::float8",
-                                number(&x),
-                                self.bind(f64::from(u8::from(*b)))
-                            ),
-                            Value::Number(n) => {
-                                format!(
-                                    "{} {op} {}::float8",
-                                    number(&x),
-                                    self.bind(n.as_f64().unwrap_or(f64::NAN))
-                                )
-                            }
-                            Value::String(s) => {
-                                format!("{} {op} {}::text", text(&x), self.bind(s.clone()))
-                            }
-                            other => {
-                                format!("{} {op} {}::text", text(&x), self.bind(other.to_string()))
-                            }
-                        };
-                        let rx = rank(&x);
-                        format!("COALESCE(CASE WHEN {rx} = 0 THEN FALSE WHEN {rx} <> {r} THEN {rx} {op} {r} ELSE {typed} END, FALSE)")
-                    }
-                }
-            }
+            Condition::Compare { field, cmp, value } => self.compare(field, *cmp, value),
             Condition::In { field, values } => {
                 let values: Vec<Value> = values.iter().filter(|v| !v.is_null()).cloned().collect();
                 if values.is_empty() {
@@ -148,6 +99,58 @@ impl Builder {
                 format!(
                     "(jsonb_typeof({x}) = 'string' AND ({x} #>> '{{}}') LIKE {p}::text ESCAPE '')"
                 )
+            }
+        }
+    }
+
+    /// `field cmp value`: a missing value or null never compares; values of different kinds order by kind.
+    fn compare(&mut self, field: &FieldPath, cmp: Comparison, value: &Value) -> String {
+        let x = self.field(field);
+        if value.is_null() {
+            return match cmp {
+                Comparison::Equal => format!("({x} IS NULL OR {x} = 'null'::jsonb)"),
+                _ => "FALSE".into(),
+            };
+        }
+        match cmp {
+            Comparison::Equal => {
+                let v = self.bind(value.clone());
+                format!("COALESCE({x} = {v}::jsonb, FALSE)")
+            }
+            Comparison::NotEqual => {
+                let v = self.bind(value.clone());
+                format!("({x} IS NOT NULL AND {x} <> 'null'::jsonb AND {x} <> {v}::jsonb)")
+            }
+            _ => {
+                let op = match cmp {
+                    Comparison::Lower => "<",
+                    Comparison::LowerEqual => "<=",
+                    Comparison::Greater => ">",
+                    _ => ">=",
+                };
+                let r = rank_of(value);
+                let typed = match value {
+                    Value::Bool(b) => format!(
+                        "{} {op} {}::float8",
+                        number(&x),
+                        self.bind(f64::from(u8::from(*b)))
+                    ),
+                    Value::Number(n) => {
+                        format!(
+                            "{} {op} {}::float8",
+                            number(&x),
+                            self.bind(n.as_f64().unwrap_or(f64::NAN))
+                        )
+                    }
+                    Value::String(s) => {
+                        format!("{} {op} {}::text", text(&x), self.bind(s.clone()))
+                    }
+                    other => {
+                        format!("{} {op} {}::text", text(&x), self.bind(other.to_string()))
+                    }
+                };
+                let rx = rank(&x);
+                format!("COALESCE(CASE WHEN {rx} = 0 THEN FALSE WHEN {rx} <> {r} THEN {rx} {op} {r} ELSE {typed} END, FALSE)")
             }
         }
     }

@@ -1,0 +1,114 @@
+//! [`EventStore`] for PostgreSQL: appends go to the batch writer, units of work commit in a transaction of
+//! their own, and events are read in global order.
+
+use async_trait::async_trait;
+use tokio::sync::oneshot;
+
+use crate::domain::{Action, DomainMessage, Event};
+use crate::store::{EventFilter, EventStore, InboxEntry, StoreError, StoredEvent};
+
+use super::writer::{commit_with, AppendRequest};
+use super::{db_error, query, PostgresStore, BACKEND};
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn append(
+        &self,
+        event: &Event,
+        messages: &[DomainMessage],
+    ) -> Result<StoredEvent, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let request = AppendRequest {
+            event: event.clone(),
+            messages: messages.to_vec(),
+            reply,
+        };
+        self.appends
+            .send(request)
+            .map_err(|_| StoreError::backend(BACKEND, "the append writers stopped"))?;
+        answer
+            .await
+            .map_err(|_| StoreError::backend(BACKEND, "the append writer dropped the request"))?
+    }
+
+    async fn commit_unit(
+        &self,
+        appends: &[(Event, Vec<DomainMessage>)],
+        inbox: Option<&InboxEntry>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut client = self.client().await?;
+        // Dropping `tx` on an early return rolls everything back.
+        let tx = client.transaction().await.map_err(db_error)?;
+        if let Some(entry) = inbox {
+            let inserted = tx
+                .execute(
+                    "INSERT INTO inbox (consumer, identifier) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&entry.consumer, &entry.identifier],
+                )
+                .await
+                .map_err(db_error)?;
+            if inserted == 0 {
+                return Err(StoreError::AlreadyProcessed {
+                    consumer: entry.consumer.clone(),
+                    identifier: entry.identifier,
+                });
+            }
+        }
+        let mut stored = Vec::with_capacity(appends.len());
+        if !appends.is_empty() {
+            let items: Vec<(&Event, &[DomainMessage])> =
+                appends.iter().map(|(e, m)| (e, m.as_slice())).collect();
+            for result in commit_with(&tx, &items).await? {
+                stored.push(result?);
+            }
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(stored)
+    }
+
+    async fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
+        let client = self.client().await?;
+        let mut sql = String::from(
+            "SELECT id, uuid, name, version, action, data, created_at FROM events WHERE TRUE",
+        );
+        let mut builder = query::Builder::default();
+        if let Some(uuid) = filter.uuid {
+            sql.push_str(&format!(" AND uuid = {}", builder.bind(uuid)));
+        }
+        if let Some(name) = &filter.name {
+            sql.push_str(&format!(" AND name = {}", builder.bind(name.clone())));
+        }
+        if let Some(after) = filter.after_id {
+            sql.push_str(&format!(" AND id > {}", builder.bind(after)));
+        }
+        sql.push_str(" ORDER BY id");
+        if let Some(limit) = filter.limit {
+            sql.push_str(&format!(
+                " LIMIT {}",
+                builder.bind(limit.min(i64::MAX as usize) as i64)
+            ));
+        }
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            builder.params.iter().map(|p| p.as_ref() as _).collect();
+        let rows = client.query(&sql, &params).await.map_err(db_error)?;
+        rows.iter().map(decode_event).collect()
+    }
+}
+
+fn decode_event(row: &tokio_postgres::Row) -> Result<StoredEvent, StoreError> {
+    let action: String = row.get("action");
+    Ok(StoredEvent {
+        id: row.get("id"),
+        event: Event {
+            uuid: row.get("uuid"),
+            name: row.get("name"),
+            version: row.get::<_, i64>("version") as u64,
+            action: Action::parse(&action).ok_or_else(|| {
+                StoreError::backend(BACKEND, format!("unknown action `{action}`"))
+            })?,
+            created_at: row.get("created_at"),
+            fields_diff: serde_json::from_value(row.get("data"))
+                .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))?,
+        },
+    })
+}

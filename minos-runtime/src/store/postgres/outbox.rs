@@ -1,0 +1,73 @@
+//! [`OutboxStore`] and [`InboxStore`] for PostgreSQL: the messages waiting to be published, the relay
+//! lease, and which messages a consumer has handled.
+
+use async_trait::async_trait;
+
+use crate::domain::DomainMessage;
+use crate::store::{InboxEntry, InboxStore, OutboxRecord, OutboxStore, RelayLease, StoreError};
+
+use super::{db_error, PostgresStore};
+
+#[async_trait]
+impl OutboxStore for PostgresStore {
+    async fn pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT id, identifier, topic, key, payload, created_at FROM outbox \
+                 WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+            )
+            .await
+            .map_err(db_error)?;
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let rows = client
+            .query(&statement, &[&limit])
+            .await
+            .map_err(db_error)?;
+        Ok(rows
+            .iter()
+            .map(|row| OutboxRecord {
+                id: row.get("id"),
+                message: DomainMessage {
+                    identifier: row.get("identifier"),
+                    topic: row.get("topic"),
+                    key: row.get("key"),
+                    content: row.get("payload"),
+                },
+                created_at: row.get("created_at"),
+            })
+            .collect())
+    }
+
+    async fn relay_lease(&self) -> Result<Option<RelayLease>, StoreError> {
+        Ok(self.try_relay_lock().await?.map(RelayLease::holding))
+    }
+
+    async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let ids = ids.to_vec();
+        client
+            .execute(
+                "UPDATE outbox SET sent_at = now() WHERE id = ANY($1) AND sent_at IS NULL",
+                &[&ids],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl InboxStore for PostgresStore {
+    async fn is_processed(&self, entry: &InboxEntry) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT 1 FROM inbox WHERE consumer = $1 AND identifier = $2",
+                &[&entry.consumer, &entry.identifier],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(row.is_some())
+    }
+}

@@ -1,0 +1,436 @@
+//! The batch append writer: appends wait in a channel, a few writer tasks take what is waiting and
+//! commit it in one atomic statement ([`commit_with`], also the path of `commit_unit`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Pool};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use crate::domain::{Action, DomainMessage, Event};
+use crate::store::{check_applies, Snapshot, StoreError, StoredEvent};
+
+use super::snapshots::{decode_snapshot, SNAPSHOT_COLUMNS};
+use super::{db_error, pool_error, PostgresOptions, BACKEND};
+
+/// One append waiting for a writer, with where to send its answer.
+pub(super) struct AppendRequest {
+    pub(super) event: Event,
+    pub(super) messages: Vec<DomainMessage>,
+    pub(super) reply: oneshot::Sender<Result<StoredEvent, StoreError>>,
+}
+
+/// Starts `options.writers` writer tasks sharing `receiver`.
+pub(super) fn spawn(
+    pool: &Pool,
+    receiver: mpsc::UnboundedReceiver<AppendRequest>,
+    options: &PostgresOptions,
+) {
+    let receiver = Arc::new(Mutex::new(receiver));
+    for _ in 0..options.writers.max(1) {
+        tokio::spawn(writer(
+            pool.clone(),
+            Arc::clone(&receiver),
+            options.max_batch.max(1),
+        ));
+    }
+}
+
+async fn writer(
+    pool: Pool,
+    receiver: Arc<Mutex<mpsc::UnboundedReceiver<AppendRequest>>>,
+    max_batch: usize,
+) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut receiver = receiver.lock().await;
+            match receiver.recv().await {
+                Some(request) => batch.push(request),
+                None => return,
+            }
+            while batch.len() < max_batch {
+                match receiver.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+        }
+        run_batch(&pool, batch).await;
+    }
+}
+
+async fn run_batch(pool: &Pool, batch: Vec<AppendRequest>) {
+    let items: Vec<(&Event, &[DomainMessage])> = batch
+        .iter()
+        .map(|r| (&r.event, r.messages.as_slice()))
+        .collect();
+    match commit(pool, &items).await {
+        Ok(results) => {
+            for (request, result) in batch.into_iter().zip(results) {
+                let _ = request.reply.send(result);
+            }
+        }
+        // One append of a larger batch failed in the database (e.g. another process wrote the same
+        // version first): commit each on its own, so only that one fails.
+        Err(error) if batch.len() > 1 && !matches!(error, StoreError::Unavailable { .. }) => {
+            for request in batch {
+                let result =
+                    match commit(pool, &[(&request.event, request.messages.as_slice())]).await {
+                        Ok(mut results) => results.remove(0),
+                        Err(error) => Err(error),
+                    };
+                let _ = request.reply.send(result);
+            }
+        }
+        Err(error) => {
+            let unavailable = matches!(error, StoreError::Unavailable { .. });
+            let text = error.to_string();
+            let mut first = Some(error);
+            for request in batch {
+                let error = first.take().unwrap_or_else(|| {
+                    if unavailable {
+                        StoreError::Unavailable {
+                            backend: BACKEND,
+                            source: text.clone().into(),
+                        }
+                    } else {
+                        StoreError::backend(BACKEND, text.clone())
+                    }
+                });
+                let _ = request.reply.send(Err(error));
+            }
+        }
+    }
+}
+
+/// The one statement that commits a batch: snapshots are created (expected version 0) or updated only
+/// where the stored version is still the expected one; events and outbox rows are written only for the
+/// roots whose snapshot was written. A single statement is atomic, so no BEGIN/COMMIT round trips.
+const COMMIT_SQL: &str = "\
+WITH input AS (
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::jsonb[], $5::timestamptz[], $6::timestamptz[], $7::int8[])
+        AS t(uuid, name, version, data, created_at, updated_at, expected)
+), created AS (
+    INSERT INTO snapshots (uuid, name, version, data, created_at, updated_at)
+    SELECT uuid, name, version, data, created_at, updated_at FROM input WHERE expected = 0
+    ON CONFLICT (uuid) DO NOTHING
+    RETURNING uuid
+), updated AS (
+    UPDATE snapshots AS s SET version = i.version, data = i.data, updated_at = i.updated_at
+    FROM input AS i
+    WHERE i.expected > 0 AND s.uuid = i.uuid AND s.version = i.expected AND s.data IS NOT NULL
+    RETURNING s.uuid
+), written AS (
+    SELECT uuid FROM created UNION ALL SELECT uuid FROM updated
+), event_rows AS (
+    INSERT INTO events (uuid, name, version, action, data, created_at)
+    SELECT e.uuid, e.name, e.version, e.action, e.data, e.created_at
+    FROM UNNEST($8::uuid[], $9::text[], $10::int8[], $11::text[], $12::jsonb[], $13::timestamptz[])
+        WITH ORDINALITY AS e(uuid, name, version, action, data, created_at, position)
+    WHERE e.uuid IN (SELECT uuid FROM written)
+    ORDER BY e.position
+    RETURNING id, uuid, version
+), outbox_rows AS (
+    INSERT INTO outbox (identifier, topic, key, payload, created_at)
+    SELECT o.identifier, o.topic, o.key, o.payload, o.created_at
+    FROM UNNEST($14::uuid[], $15::text[], $16::text[], $17::jsonb[], $18::timestamptz[], $19::uuid[])
+        WITH ORDINALITY AS o(identifier, topic, key, payload, created_at, root, position)
+    WHERE o.root IN (SELECT uuid FROM written)
+    ORDER BY o.position
+)
+SELECT id, uuid, version FROM event_rows";
+
+/// Commits `items`: version checks in Rust against the stored snapshots (read only when a batch holds
+/// updates), then one atomic statement for the whole batch.
+async fn commit(
+    pool: &Pool,
+    items: &[(&Event, &[DomainMessage])],
+) -> Result<Vec<Result<StoredEvent, StoreError>>, StoreError> {
+    let client = pool.get().await.map_err(pool_error)?;
+    commit_with(&client, items).await
+}
+
+/// [`commit`] on a given client or transaction.
+pub(super) async fn commit_with<C: GenericClient + Sync>(
+    client: &C,
+    items: &[(&Event, &[DomainMessage])],
+) -> Result<Vec<Result<StoredEvent, StoreError>>, StoreError> {
+    let stored = stored_snapshots(client, items).await?;
+    let checked = check(items, stored)?;
+    if checked.accepted.is_empty() {
+        return Ok(checked
+            .results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(unreachable_result))
+            .collect());
+    }
+    let ids = write(client, items, &checked).await?;
+    Ok(answer(client, items, checked.results, &ids).await)
+}
+
+/// The stored snapshots of the roots `items` change: creations need none.
+async fn stored_snapshots<C: GenericClient + Sync>(
+    client: &C,
+    items: &[(&Event, &[DomainMessage])],
+) -> Result<HashMap<Uuid, Snapshot>, StoreError> {
+    let mut wanted: Vec<Uuid> = items
+        .iter()
+        .filter(|(e, _)| e.action != Action::Create)
+        .map(|(e, _)| e.uuid)
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    let mut current: HashMap<Uuid, Snapshot> = HashMap::new();
+    if !wanted.is_empty() {
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE uuid = ANY($1)"
+            ))
+            .await
+            .map_err(db_error)?;
+        for row in client
+            .query(&statement, &[&wanted])
+            .await
+            .map_err(db_error)?
+        {
+            let snapshot = decode_snapshot(&row)?;
+            current.insert(snapshot.uuid, snapshot);
+        }
+    }
+    Ok(current)
+}
+
+/// A batch after the version checks.
+struct Checked {
+    /// Per item: its answer when it failed its check, `None` when accepted.
+    results: Vec<Option<Result<StoredEvent, StoreError>>>,
+    /// The accepted items, by index, in order.
+    accepted: Vec<usize>,
+    /// The roots the accepted items change, in order of first change.
+    touched: Vec<Uuid>,
+    /// The snapshots after the accepted items (and those read, of roots no item changed).
+    current: HashMap<Uuid, Snapshot>,
+    /// The stored version of each root read before the batch.
+    before: HashMap<Uuid, u64>,
+}
+
+/// Checks each item against the snapshots as the items before it in the batch leave them.
+fn check(
+    items: &[(&Event, &[DomainMessage])],
+    mut current: HashMap<Uuid, Snapshot>,
+) -> Result<Checked, StoreError> {
+    let before: HashMap<Uuid, u64> = current.iter().map(|(u, s)| (*u, s.version)).collect();
+    let mut results: Vec<Option<Result<StoredEvent, StoreError>>> = Vec::with_capacity(items.len());
+    let mut accepted: Vec<usize> = Vec::new();
+    let mut touched: Vec<Uuid> = Vec::new();
+    for (i, (event, _)) in items.iter().enumerate() {
+        match check_applies(current.get(&event.uuid), event) {
+            Err(error) => results.push(Some(Err(error))),
+            Ok(()) => {
+                let next = Snapshot::next(current.get(&event.uuid), event)?;
+                current.insert(event.uuid, next);
+                if !touched.contains(&event.uuid) {
+                    touched.push(event.uuid);
+                }
+                accepted.push(i);
+                results.push(None);
+            }
+        }
+    }
+    Ok(Checked {
+        results,
+        accepted,
+        touched,
+        current,
+        before,
+    })
+}
+
+/// The parameters of [`COMMIT_SQL`]: one array per column of its snapshot, event and outbox input.
+struct Columns<'a> {
+    s_uuid: Vec<Uuid>,
+    s_name: Vec<&'a str>,
+    s_version: Vec<i64>,
+    s_data: Vec<Option<Value>>,
+    s_created: Vec<DateTime<Utc>>,
+    s_updated: Vec<DateTime<Utc>>,
+    s_expected: Vec<i64>,
+    e_uuid: Vec<Uuid>,
+    e_name: Vec<&'a str>,
+    e_version: Vec<i64>,
+    e_action: Vec<&'a str>,
+    e_data: Vec<Value>,
+    e_created: Vec<DateTime<Utc>>,
+    o_identifier: Vec<Uuid>,
+    o_topic: Vec<&'a str>,
+    o_key: Vec<&'a str>,
+    o_payload: Vec<&'a Value>,
+    o_created: Vec<DateTime<Utc>>,
+    o_root: Vec<Uuid>,
+}
+
+impl<'a> Columns<'a> {
+    fn new(
+        items: &[(&'a Event, &'a [DomainMessage])],
+        checked: &'a Checked,
+    ) -> Result<Self, StoreError> {
+        let snapshots: Vec<&Snapshot> = checked
+            .touched
+            .iter()
+            .filter_map(|u| checked.current.get(u))
+            .collect();
+        let events: Vec<&Event> = checked.accepted.iter().map(|&i| items[i].0).collect();
+        let messages: Vec<(&DomainMessage, &Event)> = checked
+            .accepted
+            .iter()
+            .flat_map(|&i| items[i].1.iter().map(move |m| (m, items[i].0)))
+            .collect();
+        Ok(Columns {
+            s_uuid: snapshots.iter().map(|s| s.uuid).collect(),
+            s_name: snapshots.iter().map(|s| s.name.as_str()).collect(),
+            s_version: snapshots.iter().map(|s| s.version as i64).collect(),
+            s_data: snapshots
+                .iter()
+                .map(|s| s.data.clone().map(Value::Object))
+                .collect(),
+            s_created: snapshots.iter().map(|s| s.created_at).collect(),
+            s_updated: snapshots.iter().map(|s| s.updated_at).collect(),
+            s_expected: snapshots
+                .iter()
+                .map(|s| checked.before.get(&s.uuid).copied().unwrap_or(0) as i64)
+                .collect(),
+            e_uuid: events.iter().map(|e| e.uuid).collect(),
+            e_name: events.iter().map(|e| e.name.as_str()).collect(),
+            e_version: events.iter().map(|e| e.version as i64).collect(),
+            e_action: events.iter().map(|e| e.action.as_str()).collect(),
+            e_data: events
+                .iter()
+                .map(|e| serde_json::to_value(&e.fields_diff))
+                .collect::<Result<_, _>>()
+                .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))?,
+            e_created: events.iter().map(|e| e.created_at).collect(),
+            o_identifier: messages.iter().map(|(m, _)| m.identifier).collect(),
+            o_topic: messages.iter().map(|(m, _)| m.topic.as_str()).collect(),
+            o_key: messages.iter().map(|(m, _)| m.key.as_str()).collect(),
+            o_payload: messages.iter().map(|(m, _)| &m.content).collect(),
+            o_created: messages.iter().map(|(_, e)| e.created_at).collect(),
+            o_root: messages.iter().map(|(_, e)| e.uuid).collect(),
+        })
+    }
+
+    /// `$1` to `$19`, in order.
+    fn params(&self) -> [&(dyn ToSql + Sync); 19] {
+        [
+            &self.s_uuid,
+            &self.s_name,
+            &self.s_version,
+            &self.s_data,
+            &self.s_created,
+            &self.s_updated,
+            &self.s_expected,
+            &self.e_uuid,
+            &self.e_name,
+            &self.e_version,
+            &self.e_action,
+            &self.e_data,
+            &self.e_created,
+            &self.o_identifier,
+            &self.o_topic,
+            &self.o_key,
+            &self.o_payload,
+            &self.o_created,
+            &self.o_root,
+        ]
+    }
+}
+
+/// Runs [`COMMIT_SQL`] for the accepted items; the global position of each event written, by root and
+/// version.
+async fn write<C: GenericClient + Sync>(
+    client: &C,
+    items: &[(&Event, &[DomainMessage])],
+    checked: &Checked,
+) -> Result<HashMap<(Uuid, i64), i64>, StoreError> {
+    let columns = Columns::new(items, checked)?;
+    let statement = client.prepare_cached(COMMIT_SQL).await.map_err(db_error)?;
+    let rows = client
+        .query(&statement, &columns.params())
+        .await
+        .map_err(|e| match e.code() {
+            // Another writer inserted the same version between our read and write.
+            Some(code) if *code == SqlState::UNIQUE_VIOLATION => {
+                let first = items[checked.accepted[0]].0;
+                StoreError::Conflict {
+                    name: first.name.clone(),
+                    uuid: first.uuid,
+                    expected: first.version.saturating_sub(1),
+                    actual: first.version,
+                }
+            }
+            _ => db_error(e),
+        })?;
+    Ok(rows
+        .iter()
+        .map(|r| ((r.get(1), r.get(2)), r.get(0)))
+        .collect())
+}
+
+/// The answer of each item: its failed check, its stored event, or the conflict of an accepted append
+/// whose event was not written.
+async fn answer<C: GenericClient + Sync>(
+    client: &C,
+    items: &[(&Event, &[DomainMessage])],
+    results: Vec<Option<Result<StoredEvent, StoreError>>>,
+    ids: &HashMap<(Uuid, i64), i64>,
+) -> Vec<Result<StoredEvent, StoreError>> {
+    let mut out = Vec::with_capacity(items.len());
+    for (i, result) in results.into_iter().enumerate() {
+        let event = items[i].0;
+        out.push(match result {
+            Some(result) => result,
+            None => match ids.get(&(event.uuid, event.version as i64)) {
+                Some(&id) => Ok(StoredEvent {
+                    id,
+                    event: event.clone(),
+                }),
+                // The snapshot moved on (or appeared) since it was read: another writer won.
+                None => Err(lost_race(client, event).await),
+            },
+        });
+    }
+    out
+}
+
+/// The conflict error for an append another writer beat, with the version now stored.
+async fn lost_race<C: GenericClient + Sync>(client: &C, event: &Event) -> StoreError {
+    let actual = client
+        .query_opt(
+            "SELECT version, data IS NULL FROM snapshots WHERE uuid = $1",
+            &[&event.uuid],
+        )
+        .await
+        .ok()
+        .flatten();
+    match actual {
+        Some(row) if row.get::<_, bool>(1) => StoreError::AlreadyDeleted {
+            name: event.name.clone(),
+            uuid: event.uuid,
+        },
+        row => StoreError::Conflict {
+            name: event.name.clone(),
+            uuid: event.uuid,
+            expected: event.version.saturating_sub(1),
+            actual: row.map_or(0, |r| r.get::<_, i64>(0) as u64),
+        },
+    }
+}
+
+fn unreachable_result() -> Result<StoredEvent, StoreError> {
+    Err(StoreError::backend(BACKEND, "append result missing"))
+}

@@ -1,0 +1,138 @@
+//! [`EventStore`] for SQLite: appends go to the writer thread, units of work commit in a transaction of
+//! their own, and events are read in global order.
+
+use async_trait::async_trait;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use crate::domain::{Action, DomainMessage, Event};
+use crate::store::{EventFilter, EventStore, InboxEntry, StoreError, StoredEvent};
+
+use super::outbox::record_inbox;
+use super::writer::{append_tx, AppendJob};
+use super::{from_text, parse_time, parse_uuid, sql_err, SqliteStore, BACKEND};
+
+/// Appends every event and records the inbox entry, all or nothing.
+fn commit_unit_in(
+    conn: &mut Connection,
+    appends: &[(Event, Vec<DomainMessage>)],
+    inbox: Option<&InboxEntry>,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_err)?;
+    if let Some(entry) = inbox {
+        record_inbox(&tx, entry)?;
+    }
+    let mut stored = Vec::with_capacity(appends.len());
+    for (event, messages) in appends {
+        // An error drops `tx`, which rolls everything back.
+        stored.push(append_tx(&tx, event, messages)?);
+    }
+    tx.commit().map_err(sql_err)?;
+    Ok(stored)
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn append(
+        &self,
+        event: &Event,
+        messages: &[DomainMessage],
+    ) -> Result<StoredEvent, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = AppendJob {
+            event: event.clone(),
+            messages: messages.to_vec(),
+            reply,
+        };
+        self.appends
+            .send(job)
+            .map_err(|_| StoreError::backend(BACKEND, "the writer thread stopped"))?;
+        answer
+            .await
+            .map_err(|_| StoreError::backend(BACKEND, "the writer thread dropped an append"))?
+    }
+
+    async fn commit_unit(
+        &self,
+        appends: &[(Event, Vec<DomainMessage>)],
+        inbox: Option<&InboxEntry>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let (appends, inbox) = (appends.to_vec(), inbox.cloned());
+        self.with(move |conn| commit_unit_in(conn, &appends, inbox.as_ref()))
+            .await
+    }
+
+    async fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
+        let (sql, args) = select_events(filter.clone());
+        self.with(move |conn| {
+            let mut statement = conn.prepare_cached(&sql).map_err(sql_err)?;
+            let rows = statement
+                .query_map(rusqlite::params_from_iter(args), |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, String>(5)?,
+                        row.get::<_, String>(6)?,
+                    ))
+                })
+                .map_err(sql_err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(decode_event(row.map_err(sql_err)?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// The query reading the events `filter` selects, and its parameters.
+fn select_events(filter: EventFilter) -> (String, Vec<SqlValue>) {
+    let mut sql = String::from(
+        "SELECT id, uuid, name, version, action, data, created_at FROM events WHERE 1 = 1",
+    );
+    let mut args: Vec<SqlValue> = Vec::new();
+    if let Some(uuid) = filter.uuid {
+        args.push(SqlValue::Text(uuid.to_string()));
+        sql.push_str(&format!(" AND uuid = ?{}", args.len()));
+    }
+    if let Some(name) = filter.name {
+        args.push(SqlValue::Text(name));
+        sql.push_str(&format!(" AND name = ?{}", args.len()));
+    }
+    if let Some(after) = filter.after_id {
+        args.push(SqlValue::Integer(after));
+        sql.push_str(&format!(" AND id > ?{}", args.len()));
+    }
+    sql.push_str(" ORDER BY id");
+    if let Some(limit) = filter.limit {
+        args.push(SqlValue::Integer(limit.min(i64::MAX as usize) as i64));
+        sql.push_str(&format!(" LIMIT ?{}", args.len()));
+    }
+    (sql, args)
+}
+
+type EventRow = (i64, String, String, i64, String, String, String);
+
+fn decode_event(row: EventRow) -> Result<StoredEvent, StoreError> {
+    let (id, uuid, name, version, action, data, created_at) = row;
+    let action = Action::parse(&action)
+        .ok_or_else(|| StoreError::backend(BACKEND, format!("unknown action `{action}`")))?;
+    Ok(StoredEvent {
+        id,
+        event: Event {
+            uuid: parse_uuid(&uuid)?,
+            name,
+            version: version as u64,
+            action,
+            created_at: parse_time(&created_at)?,
+            fields_diff: from_text(&data)?,
+        },
+    })
+}

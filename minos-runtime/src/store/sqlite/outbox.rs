@@ -1,0 +1,115 @@
+//! [`OutboxStore`] and [`InboxStore`] for SQLite: the messages waiting to be published, and which
+//! messages a consumer has handled (recorded by [`record_inbox`] in the transaction of its writes).
+
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension};
+
+use crate::domain::DomainMessage;
+use crate::store::{format_time, InboxEntry, InboxStore, OutboxRecord, OutboxStore, StoreError};
+
+use super::{from_text, parse_time, parse_uuid, sql_err, SqliteStore};
+
+#[async_trait]
+impl OutboxStore for SqliteStore {
+    async fn pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
+        let limit = limit.min(i64::MAX as usize) as i64;
+        self.with(move |conn| {
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT id, identifier, topic, key, payload, created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?1",
+                )
+                .map_err(sql_err)?;
+            let rows = statement
+                .query_map([limit], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, String>(5)?,
+                    ))
+                })
+                .map_err(sql_err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, identifier, topic, key, payload, created_at) = row.map_err(sql_err)?;
+                out.push(OutboxRecord {
+                    id,
+                    message: DomainMessage {
+                        identifier: parse_uuid(&identifier)?,
+                        topic,
+                        key,
+                        content: from_text(&payload)?,
+                    },
+                    created_at: parse_time(&created_at)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let ids = ids.to_vec();
+        self.with(move |conn| {
+            let tx = conn.transaction().map_err(sql_err)?;
+            {
+                let now = format_time(crate::store::now());
+                let mut update = tx
+                    .prepare_cached("UPDATE outbox SET sent_at = ?1 WHERE id = ?2")
+                    .map_err(sql_err)?;
+                for id in ids {
+                    update.execute(params![now, id]).map_err(sql_err)?;
+                }
+            }
+            tx.commit().map_err(sql_err)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl InboxStore for SqliteStore {
+    async fn is_processed(&self, entry: &InboxEntry) -> Result<bool, StoreError> {
+        let entry = entry.clone();
+        self.with(move |conn| {
+            conn.prepare_cached("SELECT 1 FROM inbox WHERE consumer = ?1 AND identifier = ?2")
+                .map_err(sql_err)?
+                .query_row(
+                    params![entry.consumer, entry.identifier.to_string()],
+                    |_| Ok(()),
+                )
+                .optional()
+                .map(|found| found.is_some())
+                .map_err(sql_err)
+        })
+        .await
+    }
+}
+
+/// Records that `entry`'s message was handled; [`StoreError::AlreadyProcessed`] if it already was.
+pub(super) fn record_inbox(
+    tx: &rusqlite::Transaction<'_>,
+    entry: &InboxEntry,
+) -> Result<(), StoreError> {
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO inbox (consumer, identifier, processed_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (consumer, identifier) DO NOTHING",
+        )
+        .map_err(sql_err)?
+        .execute(params![
+            entry.consumer,
+            entry.identifier.to_string(),
+            format_time(crate::store::now())
+        ])
+        .map_err(sql_err)?;
+    if inserted == 0 {
+        return Err(StoreError::AlreadyProcessed {
+            consumer: entry.consumer.clone(),
+            identifier: entry.identifier,
+        });
+    }
+    Ok(())
+}
