@@ -30,8 +30,8 @@ pub mod __private {
     pub use crate::domain::{Entity, ExternalEntity, Referable, RootEntity, ValueObject};
     pub use crate::registry::ModelRegistration;
     pub use crate::routing::{
-        BrokerKind, HandlerFuture, IntoResponse, MiddlewareEntry, Next, Request, RestKind, Route,
-        RouteEntry, Service,
+        BrokerKind, HandlerFuture, IntoResponse, MiddlewareEntry, Next, Request, Route, RouteEntry,
+        Service, ServiceKind,
     };
     pub use inventory;
     pub use serde;

@@ -37,7 +37,7 @@ pub struct Repository {
 }
 
 /// Keys of a stored root that the caller never supplies.
-pub const RESERVED_FIELDS: [&str; 4] = ["uuid", "version", "created_at", "updated_at"];
+pub use minos_rules::RESERVED_FIELDS;
 
 impl Repository {
     /// A repository over `store`.

@@ -1,6 +1,5 @@
 //! Periodic handlers: cron schedules, and `@reboot` once at start.
 
-use std::str::FromStr;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -12,13 +11,7 @@ use crate::routing::{invoke, Context, Middleware, Origin, Request, RouteTable};
 /// Parses a cron expression: 5 fields (minute precision, like crontab), or 6–7 fields starting with
 /// seconds. `@reboot` is not a schedule: it runs once at start.
 pub fn parse_schedule(expression: &str) -> Result<Schedule, String> {
-    let fields = expression.split_whitespace().count();
-    let normalized = if fields == 5 {
-        format!("0 {expression}")
-    } else {
-        expression.to_owned()
-    };
-    Schedule::from_str(&normalized)
+    minos_rules::cron_schedule(expression)
         .map_err(|e| format!("invalid cron expression `{expression}`: {e}"))
 }
 
@@ -60,7 +53,7 @@ pub fn spawn(
                 },
             )
         };
-        if expression == "@reboot" {
+        if expression == minos_rules::REBOOT {
             tasks.push(tokio::spawn(async move {
                 if let Err(error) = invoke(&chain, handler, request(), &context).await {
                     tracing::error!(%error, handler = %location, "@reboot handler failed");

@@ -64,7 +64,7 @@ pub(crate) fn expand(
                     #private::Route::Broker { kind: #private::BrokerKind::Event, topic: #topic }
                 },
                 RouteSpec::Rest { method, path } => quote! {
-                    #private::Route::Rest { kind: #private::RestKind::#rest_kind, method: #method, path: #path }
+                    #private::Route::Rest { kind: #private::ServiceKind::#rest_kind, method: #method, path: #path }
                 },
                 RouteSpec::Periodic(cron) => quote! { #private::Route::Periodic { cron: #cron } },
             };

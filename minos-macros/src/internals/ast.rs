@@ -27,17 +27,15 @@ impl Kind {
     }
 
     /// Field names minos manages for this kind, with where the value lives instead.
-    pub(crate) fn reserved(self) -> &'static [(&'static str, &'static str)] {
-        const ROOT: &[(&str, &str)] = &[
-            ("uuid", "`.uuid()`"),
-            ("version", "`.version()`"),
-            ("created_at", "`.created_at()`"),
-            ("updated_at", "`.updated_at()`"),
-        ];
+    pub(crate) fn reserved(self) -> Vec<(&'static str, String)> {
         match self {
-            Kind::RootEntity | Kind::ExternalEntity => ROOT,
-            Kind::Entity => &[("uuid", "the key of its `EntitySet`")],
-            Kind::ValueObject => &[],
+            // Every reserved key of a stored root has an accessor of the same name.
+            Kind::RootEntity | Kind::ExternalEntity => minos_rules::RESERVED_FIELDS
+                .iter()
+                .map(|name| (*name, format!("`.{name}()`")))
+                .collect(),
+            Kind::Entity => vec![("uuid", "the key of its `EntitySet`".to_owned())],
+            Kind::ValueObject => Vec::new(),
         }
     }
 }

@@ -64,7 +64,7 @@ fn check_reserved(cx: &Ctxt, model: &Model<'_>, ident: &syn::Ident) {
     if let Some((_, instead)) = model
         .kind
         .reserved()
-        .iter()
+        .into_iter()
         .find(|(name, _)| *name == unraw)
     {
         cx.error_spanned_by(

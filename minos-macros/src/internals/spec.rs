@@ -1,8 +1,6 @@
 //! Route specifications inside string literals: `rest = "POST /foos/{uuid}"`, `periodic = "0 */5 * * * *"`.
 //! Errors show the literal with a caret under the offending part.
 
-use std::str::FromStr;
-
 pub(crate) const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 
 /// A parsed REST route.
@@ -128,16 +126,11 @@ pub(crate) fn parse_rest(text: &str) -> Result<RestSpec, SpecError> {
 
 /// Checks a cron expression the way the runtime reads it (5 fields like crontab, or 6–7 with seconds).
 pub(crate) fn check_periodic(text: &str) -> Result<(), SpecError> {
-    if text == "@reboot" {
+    if text == minos_rules::REBOOT {
         return Ok(());
     }
-    let fields = text.split_whitespace().count();
-    let normalized = if fields == 5 {
-        format!("0 {text}")
-    } else {
-        text.to_owned()
-    };
-    cron::Schedule::from_str(&normalized).map(|_| ()).map_err(|e| {
+    let normalized = minos_rules::cron_expression(text);
+    minos_rules::cron_schedule(text).map(|_| ()).map_err(|e| {
         // The parser's message repeats the expression with its own caret; keep only its explanation.
         let text = e.to_string();
         let reason = text.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("unreadable").to_owned();

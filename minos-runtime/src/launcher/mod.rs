@@ -16,12 +16,12 @@ use crate::messaging::{MemoryBroker, OutboxRelay, RelayHandle, SharedBroker};
 use crate::repository::Repository;
 use crate::routing::{
     middleware, registered_middleware, Context, Dispatcher, DispatcherHandle, Middleware, Next,
-    Request, Response, RouteTable,
+    Request, Response, RouteTable, SystemHandler,
 };
 use crate::saga::SagaManager;
 use crate::scheduler::SchedulerHandle;
 use crate::store::MemoryStore;
-use crate::transaction::TransactionCommand;
+use crate::transaction::{TransactionCommand, Transactions};
 
 /// Builds and runs a service: storage, broker, outbox relay, broker dispatcher, scheduler and HTTP.
 ///
@@ -168,75 +168,22 @@ impl Launcher {
 
     /// Starts everything and returns the running service.
     pub async fn start(self) -> Result<RunningService> {
-        let table = Arc::new(RouteTable::collect_for(&self.config.services)?);
-        let chain = self.middleware_chain()?;
-        let repository = match &self.repository {
-            Some(repository) => repository.clone(),
-            None => self.open_repository().await?,
-        };
-        let broker = match &self.broker {
-            Some(broker) => Arc::clone(broker),
-            None => self.open_broker()?,
-        };
-        let config_json = serde_json::to_value(&self.config).unwrap_or_default();
-        let context = Context::new(
-            self.config.name.clone(),
-            repository.clone(),
-            Arc::clone(&broker),
-            config_json,
-        );
-        tracing::info!(service = %self.config.name, storage = %self.config.storage, broker = %self.config.broker, "starting; routes:\n{}", table.describe());
-
-        // Besides its routes, every service answers `_Get{Type}Snapshots` for its root entities
-        // (reference resolution), the commands of its application transactions, and the replies to its
-        // sagas' remote steps.
         // Refuse to start with an invalid saga definition.
         crate::saga::registered()?;
+        let table = Arc::new(RouteTable::collect_for(&self.config.services)?);
+        let chain = self.middleware_chain()?;
+        let context = self.open_context().await?;
+        tracing::info!(service = %self.config.name, storage = %self.config.storage, broker = %self.config.broker, "starting; routes:\n{}", table.describe());
         let sagas = SagaManager::new(context.clone());
-        let mut dispatcher =
-            Dispatcher::new(Arc::clone(&table), Arc::clone(&chain), context.clone())
-                .retries(self.config.handlers.retries)
-                .workers(self.config.handlers.workers);
-        for command in TransactionCommand::ALL {
-            let topic = topics::transaction_command(command, &self.config.name);
-            let transactions = repository.transactions();
-            dispatcher = dispatcher.system(
-                topic,
-                Arc::new(move |message| {
-                    let transactions = transactions.clone();
-                    Box::pin(async move {
-                        let uuid = transaction_uuid(&message.payload.content)?;
-                        let status = transactions.run(command, uuid).await?;
-                        Ok(Response::json(
-                            serde_json::json!({"uuid": uuid, "status": status}),
-                        ))
-                    })
-                }),
-            );
-        }
-        let replies = sagas.clone();
-        dispatcher = dispatcher.system(
-            sagas.reply_topic(),
-            Arc::new(move |message| {
-                let sagas = replies.clone();
-                Box::pin(async move {
-                    sagas.handle_reply(message).await?;
-                    Ok(Response::empty())
-                })
-            }),
-        );
-        // Sagas and reference resolution send requests: be ready for their replies from the start.
-        context.client().prepare().await?;
-        let mut topics = table.broker_topics();
-        topics.extend(dispatcher.system_topics());
-        topics.sort();
-        let subscription = broker.subscribe(&self.config.name, &topics).await?;
-        let dispatcher = Some(dispatcher.spawn(subscription));
+        let dispatcher = self
+            .start_dispatcher(&table, &chain, &context, &sagas)
+            .await?;
+        let repository = context.repository();
         let tidy =
             crate::saga::spawn_jobs(repository.transactions(), sagas.clone(), &self.config.saga);
         let relay = OutboxRelay::new(
             repository.store().clone(),
-            Arc::clone(&broker),
+            Arc::clone(context.broker()),
             repository.commits(),
         )
         .batch(self.config.relay.batch)
@@ -260,12 +207,90 @@ impl Launcher {
         Ok(RunningService {
             context,
             http,
-            dispatcher,
+            dispatcher: Some(dispatcher),
             relay,
             scheduler,
             tidy,
         })
     }
+
+    /// The service's context: its repository and broker (given, or opened from the configuration).
+    async fn open_context(&self) -> Result<Context> {
+        let repository = match &self.repository {
+            Some(repository) => repository.clone(),
+            None => self.open_repository().await?,
+        };
+        let broker = match &self.broker {
+            Some(broker) => Arc::clone(broker),
+            None => self.open_broker()?,
+        };
+        let config_json = serde_json::to_value(&self.config).unwrap_or_default();
+        Ok(Context::new(
+            self.config.name.clone(),
+            repository,
+            broker,
+            config_json,
+        ))
+    }
+
+    /// Subscribes to the routes' topics and the runtime's own, and handles them in the background.
+    /// Besides its routes, every service answers `_Get{Type}Snapshots` for its root entities
+    /// (reference resolution), the commands of its application transactions, and the replies to its
+    /// sagas' remote steps.
+    async fn start_dispatcher(
+        &self,
+        table: &Arc<RouteTable>,
+        chain: &Arc<[Middleware]>,
+        context: &Context,
+        sagas: &SagaManager,
+    ) -> Result<DispatcherHandle> {
+        let mut dispatcher = Dispatcher::new(Arc::clone(table), Arc::clone(chain), context.clone())
+            .retries(self.config.handlers.retries)
+            .workers(self.config.handlers.workers);
+        for command in TransactionCommand::ALL {
+            let topic = topics::transaction_command(command, &self.config.name);
+            let handler = transaction_command_handler(context.repository().transactions(), command);
+            dispatcher = dispatcher.system(topic, handler);
+        }
+        let replies = sagas.clone();
+        dispatcher = dispatcher.system(
+            sagas.reply_topic(),
+            Arc::new(move |message| {
+                let sagas = replies.clone();
+                Box::pin(async move {
+                    sagas.handle_reply(message).await?;
+                    Ok(Response::empty())
+                })
+            }),
+        );
+        // Sagas and reference resolution send requests: be ready for their replies from the start.
+        context.client().prepare().await?;
+        let mut topics = table.broker_topics();
+        topics.extend(dispatcher.system_topics());
+        topics.sort();
+        let subscription = context
+            .broker()
+            .subscribe(&self.config.name, &topics)
+            .await?;
+        Ok(dispatcher.spawn(subscription))
+    }
+}
+
+/// Answers `_{Verb}{Service}Transaction`: runs the command, replies `{"uuid", "status"}`.
+fn transaction_command_handler(
+    transactions: Transactions,
+    command: TransactionCommand,
+) -> SystemHandler {
+    Arc::new(move |message| {
+        let transactions = transactions.clone();
+        Box::pin(async move {
+            let uuid = transaction_uuid(&message.payload.content)?;
+            let status = transactions.run(command, uuid).await?;
+            Ok(Response::json(
+                serde_json::json!({"uuid": uuid, "status": status}),
+            ))
+        })
+    })
 }
 
 /// The transaction a `_Reserve/_Commit/_Reject{Service}Transaction` command names: a uuid string, or

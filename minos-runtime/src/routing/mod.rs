@@ -11,7 +11,7 @@ pub use context::{Context, Service, ServiceExt};
 pub use dispatcher::{Dispatcher, DispatcherHandle, Outcome, SystemHandler};
 pub use refs::resolve_all;
 pub use request::{IntoResponse, Origin, Request, Response};
-pub use table::{BrokerKind, RestKind, Route, RouteEntry, RouteTable, ServiceKind};
+pub use table::{BrokerKind, Route, RouteEntry, RouteTable, ServiceKind};
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;

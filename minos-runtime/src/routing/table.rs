@@ -6,7 +6,7 @@ use std::fmt::{self, Write as _};
 use super::HandlerFn;
 use crate::error::{Error, Result};
 
-/// Which service declared a route.
+/// Which kind of service declared a route (a REST route answers a command or a query by it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ServiceKind {
     /// `#[command_service]`
@@ -26,15 +26,6 @@ pub enum BrokerKind {
     Event,
 }
 
-/// What a REST route answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum RestKind {
-    /// In a command service.
-    Command,
-    /// In a query service.
-    Query,
-}
-
 /// One route of a handler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Route {
@@ -48,7 +39,7 @@ pub enum Route {
     /// An HTTP method and path (`/foos/{uuid}`).
     Rest {
         /// Command or query.
-        kind: RestKind,
+        kind: ServiceKind,
         /// Upper-case method.
         method: &'static str,
         /// The path pattern.
@@ -352,7 +343,7 @@ mod tests {
 
         let c = entry(
             Route::Rest {
-                kind: RestKind::Query,
+                kind: ServiceKind::Query,
                 method: "GET",
                 path: "/foos/{id}",
             },
@@ -361,7 +352,7 @@ mod tests {
         );
         let d = entry(
             Route::Rest {
-                kind: RestKind::Query,
+                kind: ServiceKind::Query,
                 method: "GET",
                 path: "/foos/{uuid}",
             },
@@ -378,7 +369,7 @@ mod tests {
 
         let e = entry(
             Route::Rest {
-                kind: RestKind::Query,
+                kind: ServiceKind::Query,
                 method: "GET",
                 path: "/system/health",
             },
@@ -408,7 +399,7 @@ mod tests {
         );
         let c = entry(
             Route::Rest {
-                kind: RestKind::Command,
+                kind: ServiceKind::Command,
                 method: "POST",
                 path: "/foos",
             },

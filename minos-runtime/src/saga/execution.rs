@@ -112,9 +112,25 @@ impl SagaManager {
             return Ok(());
         };
         let _guard = self.lock(uuid).await;
-        let Some(mut execution) = self.find(uuid).await? else {
-            tracing::warn!(saga = %uuid, "reply for an unknown saga execution: ignored");
+        let Some(execution) = self.waiting_for(uuid, &reply).await? else {
             return Ok(());
+        };
+        match self.definition(&execution) {
+            Ok(saga) => self.resume_with(saga, execution, reply).await,
+            Err(error) => self.fail_or_abandon(execution, error.to_string()).await,
+        }
+        .map(|_| ())
+    }
+
+    /// Execution `uuid` if it is paused waiting for `reply`.
+    async fn waiting_for(
+        &self,
+        uuid: Uuid,
+        reply: &BrokerMessage,
+    ) -> Result<Option<SagaExecution>> {
+        let Some(execution) = self.find(uuid).await? else {
+            tracing::warn!(saga = %uuid, "reply for an unknown saga execution: ignored");
+            return Ok(None);
         };
         let waits_for_it = execution.status == ExecutionStatus::Paused
             && execution
@@ -123,17 +139,19 @@ impl SagaManager {
                 .is_some_and(|w| w.identifier == reply.identifier);
         if !waits_for_it {
             tracing::info!(saga = %uuid, status = execution.status.as_str(), "reply the execution does not wait for: ignored");
-            return Ok(());
+            return Ok(None);
         }
-        let saga = match self.definition(&execution) {
-            Ok(saga) => saga,
-            Err(error) => {
-                return self
-                    .fail_or_abandon(execution, error.to_string())
-                    .await
-                    .map(|_| ())
-            }
-        };
+        Ok(Some(execution))
+    }
+
+    /// Runs the paused remote step's callback for `reply` (2xx `on_success`, 4xx `on_error`, 5xx a
+    /// failure), then goes on with the next steps, or fails and compensates.
+    async fn resume_with(
+        &self,
+        saga: &Saga,
+        mut execution: SagaExecution,
+        reply: BrokerMessage,
+    ) -> Result<SagaExecution> {
         if let Some(services) = reply.payload.headers.get(headers::RELATED_SERVICES) {
             execution.related_services.extend(
                 services
@@ -149,62 +167,48 @@ impl SagaManager {
             .map(|w| w.topic)
             .unwrap_or_default();
         execution.status = ExecutionStatus::Running;
-        let response = SagaResponse::new(
-            reply.payload.status,
-            reply.payload.content,
-            reply.payload.headers,
-        );
         let Some(Step::Remote {
             on_success,
             on_error,
             ..
         }) = saga.step_at(&execution.cursor)
         else {
-            return self
-                .fail(
-                    saga,
-                    execution,
-                    "the saga definition changed: no remote step at its position".into(),
-                )
-                .await
-                .map(|_| ());
+            let error = "the saga definition changed: no remote step at its position";
+            return self.fail(saga, execution, error.into()).await;
         };
-        let context = execution.context.clone();
+        let response = SagaResponse::new(
+            reply.payload.status,
+            reply.payload.content,
+            reply.payload.headers,
+        );
         let scope = self.scope(&execution);
-        let outcome = match response.status {
-            200..=299 => match on_success {
-                Some(callback) => {
-                    self.in_transaction(&scope, callback(context, response))
-                        .await
-                }
-                None => Ok(context),
-            },
-            400..=499 => match on_error {
-                Some(callback) => {
-                    self.in_transaction(&scope, callback(context, response))
-                        .await
-                }
-                None => Ok(context),
-            },
-            status => Err(Error::with_status(
-                status,
-                format!(
+        let callback = match response.status {
+            200..=299 => on_success.as_ref(),
+            400..=499 => on_error.as_ref(),
+            status => {
+                let error = format!(
                     "remote step `{topic}` failed ({status}): {}",
                     response.message()
-                ),
-            )),
+                );
+                return self.fail(saga, execution, error).await;
+            }
+        };
+        let context = execution.context.clone();
+        let outcome = match callback {
+            Some(callback) => {
+                self.in_transaction(&scope, callback(context, response))
+                    .await
+            }
+            None => Ok(context),
         };
         match outcome {
             Ok(context) => {
                 execution.context = context;
                 execution.done.push(execution.cursor.clone());
                 advance(&mut execution.cursor);
-                self.drive(saga, execution, &scope).await.map(|_| ())
+                self.drive(saga, execution, &scope).await
             }
-            Err(error) => self
-                .fail(saga, execution, error.to_string())
-                .await
-                .map(|_| ()),
+            Err(error) => self.fail(saga, execution, error.to_string()).await,
         }
     }
 

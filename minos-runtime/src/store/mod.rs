@@ -148,7 +148,7 @@ impl Snapshot {
     /// The document a `Condition` is evaluated on: the fields plus the meta keys.
     pub fn document(&self) -> Value {
         let mut doc = self.data.clone().unwrap_or_default();
-        for column in ["uuid", "version", "created_at", "updated_at"] {
+        for column in minos_rules::RESERVED_FIELDS {
             doc.insert(column.into(), self.meta_value(column));
         }
         Value::Object(doc)
