@@ -3,12 +3,12 @@
 //!
 //! `cargo bench -p minos-examples --bench http` (`MINOS_BENCH_SCALE=0.1` for a quick run).
 
-use minos::testing::bench::{percentile, scale};
+use minos_support::bench::{percentile, scale};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use minos::testing::http::Client;
+use minos_support::http::Client;
 
 fn main() {
     let dir = tempfile::tempdir().expect("temporary directory");

@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use minos::testing::http::Client;
-use minos::testing::postgres::fresh_schema_url;
+use minos_support::http::Client;
+use minos_support::postgres::fresh_schema_url;
 use serde_json::{json, Value};
 
 struct Service {

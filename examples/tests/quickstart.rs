@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use minos::testing::http::Client;
+use minos_support::http::Client;
 use serde_json::json;
 
 struct Service {
@@ -157,7 +157,7 @@ fn quickstart_over_http() {
 
 #[test]
 fn quickstart_runs_unchanged_on_postgres() {
-    let storage = minos::testing::postgres::fresh_schema_url();
+    let storage = minos_support::postgres::fresh_schema_url();
     let service = Service::start_with(&storage);
     let created = service
         .client

@@ -1,5 +1,8 @@
 //! Attribute macros of Minos for Rust. Use them through the `minos` crate: `use minos::prelude::*;`.
 //!
+//! Their documentation, examples included, is shown on the `minos` crate's re-exports
+//! (`minos::root_entity`, …); the examples are compiled and run as this crate's doctests.
+//!
 //! Each macro checks the item and reports mistakes on the user's own tokens, with what to write instead.
 //! Set `MINOS_MACROS_DEBUG=1` while building to print every expansion.
 
@@ -15,7 +18,7 @@ use internals::ast::Kind;
 /// Stored roots are [`Root<T>`](../minos/struct.Root.html), which carries the uuid, version and timestamps
 /// and derefs to the struct. Type operations come from `minos::prelude::RootEntityExt`.
 ///
-/// ```text
+/// ```rust
 /// use minos::prelude::*;
 ///
 /// #[root_entity]
@@ -23,12 +26,27 @@ use internals::ast::Kind;
 ///     pub bar: String,
 /// }
 ///
-/// # async fn demo() -> minos::Result<()> {
-/// let mut foo = Foo::create(Foo { bar: "x".into() }).await?;  // FooCreated
+/// # #[tokio::main]
+/// # async fn main() -> minos::Result<()> {
+/// # let repository = Repository::memory();
+/// # repository.clone().scope(async {
+/// let mut foo = Foo::create(Foo { bar: "x".into() }).await?; // FooCreated
 /// foo.bar = "y".into();
-/// foo.save().await?;                                             // FooUpdated, FooUpdated.bar
-/// # Ok(()) }
+/// foo.save().await?; // FooUpdated, FooUpdated.bar
+///
+/// let read = Foo::get(foo.uuid()).await?;
+/// assert_eq!((read.bar.as_str(), read.version()), ("y", 2));
+/// # Ok::<(), minos::Error>(())
+/// # }).await?;
+/// # let topics: Vec<String> = repository.store().pending(10).await?
+/// #     .into_iter().map(|r| r.message.topic).collect();
+/// # assert_eq!(topics, ["FooCreated", "FooUpdated", "FooUpdated.bar"]);
+/// # Ok(())
+/// # }
 /// ```
+///
+/// Operations run on the repository of the running service, or of the enclosing
+/// `Repository::scope` (as in tests).
 ///
 /// Arguments: `name = "Foo"` sets the name used in events and topics (default: the struct's name);
 /// `crate = "path"` names the minos facade when it is re-exported under another path.
@@ -43,6 +61,39 @@ pub fn root_entity(args: TokenStream, input: TokenStream) -> TokenStream {
 
 /// An entity inside a root entity: the member type of `EntitySet<T>`, identified by its uuid there.
 ///
+/// ```rust
+/// use minos::prelude::*;
+///
+/// #[root_entity]
+/// pub struct Order {
+///     pub lines: EntitySet<Line>,
+/// }
+///
+/// #[entity]
+/// pub struct Line {
+///     pub product: String,
+///     pub amount: i64,
+/// }
+///
+/// # #[tokio::main]
+/// # async fn main() -> minos::Result<()> {
+/// # Repository::memory().scope(async {
+/// let mut order = Order::create(Order { lines: EntitySet::new() }).await?;
+/// let line = order.lines.add(Line { product: "pen".into(), amount: 2 });
+/// order.save().await?; // OrderUpdated, OrderUpdated.lines.create
+///
+/// if let Some(line) = order.lines.get_mut(&line) {
+///     line.amount = 3;
+/// }
+/// order.save().await?; // OrderUpdated, OrderUpdated.lines.update
+///
+/// let read = Order::get(order.uuid()).await?;
+/// assert_eq!(read.lines.get(&line).map(|l| l.amount), Some(3));
+/// # Ok(())
+/// # }).await
+/// # }
+/// ```
+///
 /// Takes the same arguments as [`macro@root_entity`].
 #[proc_macro_attribute]
 pub fn entity(args: TokenStream, input: TokenStream) -> TokenStream {
@@ -50,7 +101,64 @@ pub fn entity(args: TokenStream, input: TokenStream) -> TokenStream {
 }
 
 /// A value object: identified by its value and replaced rather than changed; the member type of
-/// `ValueObjectSet<T>`. It cannot hold an `EntitySet`.
+/// `ValueObjectSet<T>`, or a plain field of a model.
+///
+/// ```rust
+/// use minos::prelude::*;
+///
+/// #[root_entity]
+/// pub struct Parcel {
+///     pub to: Address,
+///     pub labels: ValueObjectSet<Label>,
+/// }
+///
+/// #[value_object]
+/// pub struct Address {
+///     pub city: String,
+/// }
+///
+/// #[value_object]
+/// pub struct Label {
+///     pub text: String,
+/// }
+///
+/// # #[tokio::main]
+/// # async fn main() -> minos::Result<()> {
+/// # Repository::memory().scope(async {
+/// let mut parcel = Parcel::create(Parcel {
+///     to: Address { city: "Lyon".into() },
+///     labels: ValueObjectSet::new(),
+/// })
+/// .await?;
+/// parcel.to = Address { city: "Paris".into() }; // replaced, not changed
+/// assert!(parcel.labels.insert(Label { text: "fragile".into() }));
+/// assert!(!parcel.labels.insert(Label { text: "fragile".into() })); // already there: same value
+/// parcel.save().await?; // ParcelUpdated, ParcelUpdated.to, ParcelUpdated.labels.create
+/// # let read = Parcel::get(parcel.uuid()).await?;
+/// # assert_eq!(read.to.city, "Paris");
+/// # assert_eq!(read.labels.len(), 1);
+/// # Ok(())
+/// # }).await
+/// # }
+/// ```
+///
+/// A value object cannot hold an `EntitySet` (entities have an identity and change, value objects do
+/// not); the macro refuses it, saying to use a `ValueObjectSet` or make the struct an `#[entity]`:
+///
+/// ```compile_fail
+/// use minos::prelude::*;
+///
+/// #[entity]
+/// pub struct Line {
+///     pub product: String,
+/// }
+///
+/// #[value_object]
+/// pub struct Basket {
+///     pub lines: EntitySet<Line>,
+/// }
+/// # fn main() {}
+/// ```
 ///
 /// Takes the same arguments as [`macro@root_entity`].
 #[proc_macro_attribute]
@@ -59,6 +167,37 @@ pub fn value_object(args: TokenStream, input: TokenStream) -> TokenStream {
 }
 
 /// A local read copy of another service's root entity, the target of a `Ref<T>` across services.
+///
+/// The struct lists the fields this service reads; `name = "..."` is the root entity's name in the service
+/// that owns it (default: the struct's name). A `Ref<T>` stores only the uuid, and `resolve()` fetches the
+/// model from its owner with one `_Get{Name}Snapshots` request over the broker.
+///
+/// ```rust
+/// use minos::prelude::*;
+///
+/// /// The `Customer` root entity of the customers service, as this service reads it.
+/// #[external_entity(name = "Customer")]
+/// pub struct RemoteCustomer {
+///     pub name: String,
+/// }
+///
+/// #[root_entity]
+/// pub struct Order {
+///     pub customer: Ref<RemoteCustomer>,
+/// }
+///
+/// # #[tokio::main]
+/// # async fn main() -> minos::Result<()> {
+/// # Repository::memory().scope(async {
+/// let customer = Uuid::new_v4(); // known from the customers service
+/// let order = Order::create(Order { customer: Ref::new(customer) }).await?;
+/// let read = Order::get(order.uuid()).await?;
+/// assert_eq!(read.customer.uuid(), customer);
+/// assert!(!read.customer.is_resolved()); // `read.customer.resolve().await?` asks the owner
+/// # Ok(())
+/// # }).await
+/// # }
+/// ```
 ///
 /// Takes the same arguments as [`macro@root_entity`].
 #[proc_macro_attribute]
@@ -69,8 +208,19 @@ pub fn external_entity(args: TokenStream, input: TokenStream) -> TokenStream {
 /// A command service: `#[enroute]` methods answer commands on the broker (`broker = "CreateFoo"`) and
 /// over HTTP (`rest = "POST /foos"`); periodic handlers (`periodic = "0 */5 * * * *"`) are allowed too.
 ///
-/// ```text
+/// ```rust
 /// use minos::prelude::*;
+/// use serde::Deserialize;
+///
+/// #[root_entity]
+/// pub struct Foo {
+///     pub bar: String,
+/// }
+///
+/// #[derive(Deserialize)]
+/// struct CreateFoo {
+///     bar: String,
+/// }
 ///
 /// pub struct FooCommandService;
 ///
@@ -83,6 +233,19 @@ pub fn external_entity(args: TokenStream, input: TokenStream) -> TokenStream {
 ///         Ok(Response::json(json!({ "uuid": foo.uuid() })))
 ///     }
 /// }
+///
+/// // `minos::Launcher::new()?.run()` serves it; a handler is also a plain method, for tests:
+/// # #[tokio::main]
+/// # async fn main() -> minos::Result<()> {
+/// # Repository::memory().scope(async {
+/// let response = FooCommandService
+///     .create_foo(Request::new(json!({ "bar": "x" })))
+///     .await?;
+/// let uuid: Uuid = response.content()["uuid"].as_str().unwrap().parse().unwrap();
+/// assert_eq!(Foo::get(uuid).await?.bar, "x");
+/// # Ok(())
+/// # }).await
+/// # }
 /// ```
 ///
 /// A handler is `async fn name(&self, request: Request) -> R` where `R` is `Result<Response>`,
@@ -98,6 +261,39 @@ pub fn command_service(args: TokenStream, input: TokenStream) -> TokenStream {
 /// A query service: `#[enroute]` methods answer queries on the broker and over HTTP
 /// (`rest = "GET /foos/{uuid}"`), react to domain events (`event = "FooCreated"`), or run periodically
 /// (`periodic = "*/5 * * * *"`, `periodic = "@reboot"`). See [`macro@command_service`].
+///
+/// ```rust,no_run
+/// use minos::prelude::*;
+///
+/// #[root_entity]
+/// pub struct Foo {
+///     pub bar: String,
+/// }
+///
+/// pub struct FooQueryService;
+///
+/// #[query_service]
+/// impl FooQueryService {
+///     #[enroute(broker = "GetFoo", rest = "GET /foos/{uuid}")]
+///     async fn get_foo(&self, request: Request) -> Result<Response> {
+///         Ok(Response::json(Foo::get(request.param("uuid")?).await?))
+///     }
+///
+///     #[enroute(event = "FooCreated")]
+///     async fn foo_created(&self, request: Request) -> Result<()> {
+///         let event: minos::Event = request.content()?;
+///         println!("A Foo was created: {}", event.uuid);
+///         Ok(())
+///     }
+///
+///     #[enroute(periodic = "*/5 * * * *")]
+///     async fn tidy(&self, _request: Request) {}
+/// }
+///
+/// fn main() -> minos::Result<()> {
+///     minos::Launcher::new()?.run() // HTTP, the broker dispatcher and the scheduler
+/// }
+/// ```
 #[proc_macro_attribute]
 pub fn query_service(args: TokenStream, input: TokenStream) -> TokenStream {
     expand_service(internals::service::ServiceKind::Query, args, input)
@@ -106,6 +302,41 @@ pub fn query_service(args: TokenStream, input: TokenStream) -> TokenStream {
 /// Declares the routes of a handler inside a `#[command_service]` or `#[query_service]` impl block:
 /// `broker = "Topic"`, `event = "FooCreated"`, `rest = "METHOD /path/{param}"`, `periodic = "cron"`.
 /// Several routes of one kind may share a handler; repeat the attribute for several routes of one key.
+///
+/// ```rust
+/// use minos::prelude::*;
+///
+/// pub struct FooQueryService;
+///
+/// #[query_service]
+/// impl FooQueryService {
+///     // A broker route and an HTTP route on one handler, and a second HTTP route.
+///     #[enroute(broker = "GetFoos", rest = "GET /foos")]
+///     #[enroute(rest = "GET /foos/all")]
+///     async fn list(&self, _request: Request) -> Result<Response> {
+///         Ok(Response::json(json!([])))
+///     }
+///
+///     // Cron with seconds first: at second 0 of every fifth minute.
+///     #[enroute(periodic = "0 */5 * * * *")]
+///     async fn tidy(&self, _request: Request) -> Result<()> {
+///         Ok(())
+///     }
+/// }
+/// # fn main() {}
+/// ```
+///
+/// On its own, outside such an impl block, it is an error that says where to put the handler:
+///
+/// ```compile_fail
+/// use minos::prelude::*;
+///
+/// #[enroute(broker = "CreateFoo")]
+/// async fn create_foo(_request: Request) -> Result<Response> {
+///     Ok(Response::empty())
+/// }
+/// # fn main() {}
+/// ```
 #[proc_macro_attribute]
 pub fn enroute(_args: TokenStream, input: TokenStream) -> TokenStream {
     let input: proc_macro2::TokenStream = input.into();
@@ -124,12 +355,20 @@ pub fn enroute(_args: TokenStream, input: TokenStream) -> TokenStream {
 
 /// A middleware that the configuration can name: `middleware: [log_requests]`.
 ///
-/// ```text
+/// ```rust,no_run
+/// use minos::prelude::*;
+///
 /// #[middleware]
 /// async fn log_requests(request: Request, next: Next) -> Result<Response> {
 ///     let response = next.run(request).await;
-///     tracing::info!(ok = response.is_ok());
+///     eprintln!("answered: {}", if response.is_ok() { "ok" } else { "an error" });
 ///     response
+/// }
+///
+/// fn main() -> minos::Result<()> {
+///     // Usually in config.yml; every middleware named here runs around every handler.
+///     let config = minos::Config::from_yaml("name: foo\nmiddleware: [log_requests]\n")?;
+///     minos::Launcher::with_config(config).run()
 /// }
 /// ```
 ///

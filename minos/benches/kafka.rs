@@ -5,14 +5,14 @@
 //! `scripts/kafka-dev.sh start` runs one; `MINOS_BENCH_SCALE=0.1` for a quick run).
 #![allow(missing_docs, unreachable_pub)]
 
-use minos::testing::bench::{percentile, scale};
+use minos_support::bench::{percentile, scale};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use minos::prelude::*;
-use minos::testing::kafka::{bootstrap, unique};
 use minos::{Config, Launcher};
+use minos_support::kafka::{bootstrap, unique};
 
 #[root_entity]
 pub struct BenchItem {

@@ -5,14 +5,14 @@
 //! `cargo bench -p minos --bench postgres` (server: `MINOS_TEST_POSTGRES_URL`, default
 //! `postgresql://postgres@127.0.0.1:5432/test`; `MINOS_BENCH_SCALE=0.1` for a quick run).
 
-use minos::testing::bench::{percentile, scale};
+use minos_support::bench::{percentile, scale};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use minos::prelude::*;
 use minos::store::{PostgresOptions, PostgresStore};
 use minos::testing::models::Customer;
-use minos::testing::postgres::{fresh_schema_url, url};
+use minos_support::postgres::{fresh_schema_url, url};
 use tokio_postgres::NoTls;
 
 struct Run {

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use minos::messaging::{MemoryBroker, SharedBroker};
 use minos::prelude::*;
 use minos::saga::{ExecutionStatus, SagaManager};
-use minos::testing::bench::{percentile, scale};
 use minos::{Config, Launcher, RunningService};
+use minos_support::bench::{percentile, scale};
 
 #[root_entity]
 pub struct BenchFoo {
@@ -108,14 +108,14 @@ async fn start(mode: &str) -> (RunningService, RunningService) {
             "memory".to_owned(),
         ),
         "postgres" => (
-            minos::testing::postgres::fresh_schema_url().replace("minos_t_", "minos_bench_"),
-            minos::testing::postgres::fresh_schema_url().replace("minos_t_", "minos_bench_"),
+            minos_support::postgres::fresh_schema_url().replace("minos_t_", "minos_bench_"),
+            minos_support::postgres::fresh_schema_url().replace("minos_t_", "minos_bench_"),
             "memory".to_owned(),
         ),
         _ => (
-            minos::testing::postgres::fresh_schema_url().replace("minos_t_", "minos_bench_"),
-            minos::testing::postgres::fresh_schema_url().replace("minos_t_", "minos_bench_"),
-            format!("kafka://{}", minos::testing::kafka::bootstrap()),
+            minos_support::postgres::fresh_schema_url().replace("minos_t_", "minos_bench_"),
+            minos_support::postgres::fresh_schema_url().replace("minos_t_", "minos_bench_"),
+            format!("kafka://{}", minos_support::kafka::bootstrap()),
         ),
     };
     let shared: Option<SharedBroker> =

@@ -3,7 +3,7 @@
 //!
 //! `cargo bench -p minos --bench store` (set `MINOS_BENCH_SCALE=0.1` for a quick run).
 
-use minos::testing::bench::scale;
+use minos_support::bench::scale;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 use kafka_support::{eventually, start, tallies};
 use minos::messaging::{Broker, BrokerMessage};
 use minos::prelude::*;
-use minos::testing::http::Client;
-use minos::testing::kafka::{bootstrap, broker, unique};
+use minos_support::http::Client;
+use minos_support::kafka::{bootstrap, broker, unique};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 

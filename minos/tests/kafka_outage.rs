@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use kafka_support::{eventually, start, tallies};
 use minos::prelude::*;
-use minos::testing::http::Client;
-use minos::testing::kafka::unique;
+use minos_support::http::Client;
+use minos_support::kafka::unique;
 
 /// The broker is paused (SIGSTOP) for 20 s while commands arrive; once it resumes every event is
 /// published and handled, none twice. Runs when `MINOS_TEST_KAFKA_PID` names the broker's process.

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use minos::prelude::*;
 use minos::store::{EventFilter, PostgresStore, TransactionStore};
 use minos::testing::models::{Customer, Order};
-use minos::testing::postgres::{fresh_repository, fresh_schema_url};
+use minos_support::postgres::{fresh_repository, fresh_schema_url};
 
 mod conformance {
-    minos::conformance_tests!(minos::testing::postgres::fresh_repository());
+    minos::conformance_tests!(minos_support::postgres::fresh_repository());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,7 +143,7 @@ async fn migrations_apply_once_and_reconnecting_keeps_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn advisory_locks_exclude_each_other_until_released() {
-    let store = minos::testing::postgres::fresh_store().await;
+    let store = minos_support::postgres::fresh_store().await;
     let key = format!("test-lock-{}", Uuid::new_v4());
     let held = store.try_lock(&key).await.unwrap().expect("free at first");
     assert!(
@@ -172,7 +172,7 @@ async fn advisory_locks_exclude_each_other_until_released() {
 async fn schema_names_cannot_inject_sql() {
     let url = format!(
         "{}?schema=x\";DROP TABLE events;--",
-        minos::testing::postgres::url()
+        minos_support::postgres::url()
     );
     let error = PostgresStore::connect(&url).await.unwrap_err();
     assert!(error.to_string().contains("schema"), "{error}");

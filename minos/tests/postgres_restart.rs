@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use minos::testing::models::Customer;
-use minos::testing::postgres::fresh_repository;
+use minos_support::postgres::fresh_repository;
 
 fn restart_command() -> String {
     std::env::var("MINOS_TEST_PG_RESTART_COMMAND").unwrap_or_else(|_| {

@@ -9,8 +9,8 @@ use std::time::Duration;
 use minos::messaging::MemoryBroker;
 use minos::prelude::*;
 use minos::saga::{ExecutionStatus, SagaManager};
-use minos::testing::http::{Answer, Client};
 use minos::{Config, Launcher, RunningService};
+use minos_support::http::{Answer, Client};
 
 #[root_entity]
 pub struct Foo {

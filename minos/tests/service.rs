@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use minos::messaging::{BrokerMessage, MemoryBroker};
 use minos::prelude::*;
-use minos::testing::http::{Answer, Client};
 use minos::{Config, Launcher, RunningService};
+use minos_support::http::{Answer, Client};
 
 #[root_entity]
 pub struct Counter {

@@ -1,10 +1,7 @@
-//! Test helpers (feature `testing`): sample models and the store conformance suite.
+//! The store conformance suite (feature `testing`), for every store backend, this crate's and others'.
+//!
+//! [`conformance`] holds the cases and [`conformance_tests!`](crate::conformance_tests) generates one
+//! test per case; [`models`] holds the models the suite stores.
 
-pub mod bench;
 pub mod conformance;
-pub mod http;
-#[cfg(feature = "kafka")]
-pub mod kafka;
 pub mod models;
-#[cfg(feature = "postgres")]
-pub mod postgres;

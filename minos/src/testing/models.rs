@@ -1,4 +1,4 @@
-//! Sample models covering every supported kind of field, used by the conformance suite.
+//! The models the conformance suite stores: sample models covering every supported kind of field.
 
 use std::collections::BTreeMap;
 

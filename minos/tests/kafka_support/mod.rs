@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use minos::prelude::*;
-use minos::testing::kafka::{bootstrap, broker};
 use minos::{Config, Launcher, RunningService};
+use minos_support::kafka::{bootstrap, broker};
 
 #[root_entity]
 pub struct Tally {
@@ -83,7 +83,7 @@ pub async fn start(name: &str) -> RunningService {
     broker().await; // fails loudly when Kafka is down
     let mut config = Config::from_yaml("").unwrap();
     config.name = name.to_owned();
-    config.storage = minos::testing::postgres::fresh_schema_url();
+    config.storage = minos_support::postgres::fresh_schema_url();
     config.broker = format!("kafka://{}", bootstrap());
     config.http.host = "127.0.0.1".into();
     config.http.port = 0;

@@ -1,8 +1,8 @@
 //! PostgreSQL for tests: the server at `MINOS_TEST_POSTGRES_URL` (default
 //! `postgresql://postgres@127.0.0.1:5432/test`), a fresh schema per repository.
 
-use crate::store::PostgresStore;
-use crate::Repository;
+use minos::store::PostgresStore;
+use minos::Repository;
 
 /// The test server's URL.
 pub fn url() -> String {
@@ -16,7 +16,7 @@ pub fn fresh_schema_url() -> String {
     let separator = if base.contains('?') { '&' } else { '?' };
     format!(
         "{base}{separator}schema=minos_t_{}",
-        uuid::Uuid::new_v4().simple()
+        minos::Uuid::new_v4().simple()
     )
 }
 

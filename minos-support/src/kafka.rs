@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::messaging::{KafkaBroker, KafkaOptions};
+use minos::messaging::{KafkaBroker, KafkaOptions};
 
 /// The test broker's bootstrap address.
 pub fn bootstrap() -> String {
@@ -12,7 +12,7 @@ pub fn bootstrap() -> String {
 
 /// `prefix` with a unique suffix, for topics and consumer groups no other run uses.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+    format!("{prefix}-{}", minos::Uuid::new_v4().simple())
 }
 
 /// A broker client. Panics, naming the address, when the broker cannot be reached: a test that needs

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use minos::serde_json::{self, Value};
 
 /// An HTTP answer: status, raw body, and the body as JSON when it is JSON.
 #[derive(Clone, Debug)]
