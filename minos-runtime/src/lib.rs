@@ -2,15 +2,15 @@
 
 pub mod domain;
 mod error;
-mod hash;
-pub mod http;
+pub(crate) mod hash;
+pub(crate) mod http;
 pub mod launcher;
 pub mod messaging;
 pub mod registry;
 mod repository;
 pub mod routing;
 pub mod saga;
-pub mod scheduler;
+pub(crate) mod scheduler;
 pub mod store;
 pub mod transaction;
 

@@ -10,20 +10,20 @@ use crate::routing::{invoke, Context, Middleware, Origin, Request, RouteTable};
 
 /// Parses a cron expression: 5 fields (minute precision, like crontab), or 6–7 fields starting with
 /// seconds. `@reboot` is not a schedule: it runs once at start.
-pub fn parse_schedule(expression: &str) -> Result<Schedule, String> {
+pub(crate) fn parse_schedule(expression: &str) -> Result<Schedule, String> {
     minos_rules::cron_schedule(expression)
         .map_err(|e| format!("invalid cron expression `{expression}`: {e}"))
 }
 
 /// The running periodic handlers.
 #[derive(Debug, Default)]
-pub struct SchedulerHandle {
+pub(crate) struct SchedulerHandle {
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl SchedulerHandle {
     /// Stops every schedule (a handler running now is cut at its next await).
-    pub fn stop(self) {
+    pub(crate) fn stop(self) {
         for task in self.tasks {
             task.abort();
         }
@@ -31,7 +31,7 @@ impl SchedulerHandle {
 }
 
 /// Starts `table`'s periodic handlers.
-pub fn spawn(
+pub(crate) fn spawn(
     table: &RouteTable,
     chain: Arc<[Middleware]>,
     context: Context,

@@ -8,7 +8,7 @@ pub use minos_macros::{
     value_object,
 };
 pub use minos_runtime::{
-    domain, http, launcher, messaging, registry, routing, saga, scheduler, store, transaction,
+    domain, launcher, messaging, registry, routing, saga, store, transaction,
     Action, BrokerClient, BrokerMessage, Condition, Config, Context, Entity, EntitySet, Error,
     Event, ExternalEntity, FieldDiff, Find, IntoResponse, Launcher, Model, ModelKind, Next,
     Ordering, Ref, Referable, Reply, Repository, Request, Response, Result, Root, RootEntity,

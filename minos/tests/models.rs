@@ -160,7 +160,7 @@ fn serde_default_fields_read_old_snapshots() {
 }
 
 fn meta() -> Meta {
-    let now = minos::store::now();
+    let now = minos::chrono::Utc::now();
     Meta {
         uuid: Uuid::new_v4(),
         version: 3,
@@ -230,7 +230,7 @@ fn entity_sets_serialize_members_with_their_uuid() {
 #[test]
 fn replay_rejects_broken_streams() {
     let uuid = Uuid::new_v4();
-    let now = minos::store::now();
+    let now = minos::chrono::Utc::now();
     let event = |version, action, fields_diff| Event {
         uuid,
         name: "Customer".into(),
@@ -271,7 +271,7 @@ fn domain_messages_follow_the_original_topics() {
         name: "Foo".into(),
         version: 4,
         action: Action::Update,
-        created_at: minos::store::now(),
+        created_at: minos::chrono::Utc::now(),
         fields_diff: vec![
             FieldDiff::whole("bar", "String", json!("x")),
             FieldDiff::incremental(

@@ -3,7 +3,7 @@
 mod handler;
 mod spec;
 
-pub use spec::{asyncapi, openapi};
+pub(crate) use spec::{asyncapi, openapi};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,7 +21,7 @@ use handler::{error_response, handle, Shared};
 
 /// HTTP settings.
 #[derive(Clone, Debug)]
-pub struct HttpSettings {
+pub(crate) struct HttpSettings {
     /// Address to bind.
     pub host: String,
     /// Port to bind (0 picks a free one).
@@ -35,7 +35,7 @@ pub struct HttpSettings {
 }
 
 /// A started HTTP server.
-pub struct HttpServer {
+pub(crate) struct HttpServer {
     handle: actix_web::dev::ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     addr: SocketAddr,
@@ -51,12 +51,12 @@ impl std::fmt::Debug for HttpServer {
 
 impl HttpServer {
     /// The bound address.
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Stops accepting connections and waits for requests in flight (up to the shutdown timeout).
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.handle.stop(true).await;
         let _ = self.task.await;
     }
@@ -180,7 +180,7 @@ async fn no_route(request: HttpRequest) -> HttpResponse {
 }
 
 /// Starts the HTTP server for `table`'s REST routes, `system_routes` and the built-in endpoints.
-pub async fn serve(
+pub(crate) async fn serve(
     table: Arc<RouteTable>,
     chain: Arc<[Middleware]>,
     context: Context,

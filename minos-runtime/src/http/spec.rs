@@ -6,7 +6,7 @@ use crate::routing::RouteTable;
 
 /// `GET /spec/openapi`: the REST routes as an OpenAPI 3 document (paths, methods, path parameters,
 /// the handler of each).
-pub fn openapi(name: &str, table: &RouteTable) -> Value {
+pub(crate) fn openapi(name: &str, table: &RouteTable) -> Value {
     let mut paths = serde_json::Map::new();
     for (method, path, entry) in table.rest_routes() {
         let parameters: Vec<Value> = path
@@ -29,7 +29,7 @@ pub fn openapi(name: &str, table: &RouteTable) -> Value {
 
 /// `GET /spec/asyncapi`: the broker channels as an AsyncAPI 2 document (commands and queries it answers,
 /// events it subscribes to).
-pub fn asyncapi(name: &str, table: &RouteTable) -> Value {
+pub(crate) fn asyncapi(name: &str, table: &RouteTable) -> Value {
     let mut channels = serde_json::Map::new();
     for entry in table.entries() {
         if let crate::routing::Route::Broker { kind, topic } = entry.route {

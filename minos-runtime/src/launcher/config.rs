@@ -241,7 +241,7 @@ impl Config {
     }
 
     /// The HTTP settings.
-    pub fn http_settings(&self) -> HttpSettings {
+    pub(crate) fn http_settings(&self) -> HttpSettings {
         HttpSettings {
             host: self.http.host.clone(),
             port: self.http.port,

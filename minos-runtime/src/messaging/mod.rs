@@ -13,7 +13,7 @@ pub use client::{BrokerClient, Reply};
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaBroker, KafkaOptions};
 pub use memory::MemoryBroker;
-pub use relay::{outbox_message, OutboxRelay, RelayHandle};
+pub use relay::{OutboxRelay, RelayHandle};
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -37,7 +37,7 @@ impl RelayHandle {
 }
 
 /// The broker message of an outbox row: same identifier, topic and key.
-pub fn outbox_message(record: &OutboxRecord) -> BrokerMessage {
+pub(crate) fn outbox_message(record: &OutboxRecord) -> BrokerMessage {
     let mut message =
         BrokerMessage::new(record.message.topic.clone(), record.message.content.clone());
     message.identifier = record.message.identifier;

@@ -15,7 +15,7 @@ use crate::transaction::TransactionScope;
 
 /// A handler the runtime itself registers for a topic (transaction commands, saga replies). Its result
 /// is the reply when the message asks for one.
-pub type SystemHandler = Arc<
+pub(crate) type SystemHandler = Arc<
     dyn Fn(
             BrokerMessage,
         )
@@ -27,7 +27,7 @@ pub type SystemHandler = Arc<
 /// Runs broker handlers. Messages with the same key (one root's events) are handled one at a time in
 /// arrival order; different keys run in parallel on a few workers.
 #[derive(Clone)]
-pub struct Dispatcher {
+pub(crate) struct Dispatcher {
     table: Arc<RouteTable>,
     chain: Arc<[Middleware]>,
     context: Context,
@@ -53,14 +53,14 @@ pub enum Outcome {
 
 /// A running dispatcher.
 #[derive(Debug)]
-pub struct DispatcherHandle {
+pub(crate) struct DispatcherHandle {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
 impl DispatcherHandle {
     /// Stops taking messages and waits for the ones being handled.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
@@ -78,7 +78,7 @@ impl std::fmt::Debug for Dispatcher {
 
 impl Dispatcher {
     /// A dispatcher of `table`'s broker routes.
-    pub fn new(table: Arc<RouteTable>, chain: Arc<[Middleware]>, context: Context) -> Self {
+    pub(crate) fn new(table: Arc<RouteTable>, chain: Arc<[Middleware]>, context: Context) -> Self {
         let dispatcher = Dispatcher {
             table,
             chain,
@@ -99,30 +99,30 @@ impl Dispatcher {
     }
 
     /// The runtime's own topics this dispatcher answers (to subscribe to with the routes' topics).
-    pub fn system_topics(&self) -> Vec<String> {
+    pub(crate) fn system_topics(&self) -> Vec<String> {
         self.system.keys().cloned().collect()
     }
 
     /// Answers `topic` with `handler` instead of a route (the runtime's own topics).
-    pub fn system(mut self, topic: impl Into<String>, handler: SystemHandler) -> Self {
+    pub(crate) fn system(mut self, topic: impl Into<String>, handler: SystemHandler) -> Self {
         Arc::make_mut(&mut self.system).insert(topic.into(), handler);
         self
     }
 
     /// How often a failing event handler is retried (with backoff) before the failure is logged.
-    pub fn retries(mut self, retries: u32) -> Self {
+    pub(crate) fn retries(mut self, retries: u32) -> Self {
         self.retries = retries;
         self
     }
 
     /// How many messages are handled at once (at least one); one key's messages stay in order.
-    pub fn workers(mut self, workers: usize) -> Self {
+    pub(crate) fn workers(mut self, workers: usize) -> Self {
         self.workers = workers.max(1);
         self
     }
 
     /// The topic failing messages are parked on: `{service}.dead-letter`.
-    pub fn dead_letter_topic(&self) -> String {
+    pub(crate) fn dead_letter_topic(&self) -> String {
         topics::dead_letter(self.context.name())
     }
 
@@ -130,7 +130,7 @@ impl Dispatcher {
     /// their writes held back, commits the writes together with the inbox entry, then replies when a
     /// reply topic is set. A failing event handler is retried with backoff, then the message is parked on
     /// the dead-letter topic with the error and original topic in its headers.
-    pub async fn dispatch(&self, message: BrokerMessage) -> Outcome {
+    pub(crate) async fn dispatch(&self, message: BrokerMessage) -> Outcome {
         tracing::trace!(service = self.context.name(), topic = %message.topic, identifier = %message.identifier, "dispatching");
         if let Some(handler) = self.system.get(&message.topic) {
             return self.dispatch_system(handler, message).await;
@@ -346,7 +346,7 @@ impl Dispatcher {
     }
 
     /// Handles `subscription` in the background until stopped.
-    pub fn spawn(self, mut subscription: Subscription) -> DispatcherHandle {
+    pub(crate) fn spawn(self, mut subscription: Subscription) -> DispatcherHandle {
         let (stop, mut stopped) = watch::channel(false);
         let this = Arc::new(self);
         let task = tokio::spawn(async move {

@@ -8,7 +8,8 @@ mod request;
 mod table;
 
 pub use context::{Context, Service, ServiceExt};
-pub use dispatcher::{Dispatcher, DispatcherHandle, Outcome, SystemHandler};
+pub(crate) use dispatcher::{Dispatcher, DispatcherHandle, SystemHandler};
+pub use dispatcher::Outcome;
 pub use refs::resolve_all;
 pub use request::{IntoResponse, Origin, Request, Response};
 pub use table::{BrokerKind, Route, RouteEntry, RouteTable, ServiceKind};
@@ -23,16 +24,18 @@ use futures_util::FutureExt;
 use crate::error::{Error, Result};
 
 /// The future a handler returns once boxed.
+#[doc(hidden)]
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Response>> + Send>>;
 
 /// A handler as registered by the service macros.
+#[doc(hidden)]
 pub type HandlerFn = fn(Request) -> HandlerFuture;
 
 /// A middleware: `async fn(request, next) -> Result<Response>`; calls `next.run(request)` to go on.
-pub type Middleware = Arc<dyn Fn(Request, Next) -> HandlerFuture + Send + Sync>;
+pub(crate) type Middleware = Arc<dyn Fn(Request, Next) -> HandlerFuture + Send + Sync>;
 
 /// Wraps an `async fn(Request, Next) -> Result<Response>` as a [`Middleware`].
-pub fn middleware<F, Fut>(f: F) -> Middleware
+pub(crate) fn middleware<F, Fut>(f: F) -> Middleware
 where
     F: Fn(Request, Next) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Response>> + Send + 'static,
@@ -41,6 +44,7 @@ where
 }
 
 /// A middleware registered with `#[middleware]`, to be named in the configuration.
+#[doc(hidden)]
 #[derive(Debug)]
 pub struct MiddlewareEntry {
     /// The name used in `middleware:` of the configuration (the function's name).
@@ -56,7 +60,7 @@ pub struct MiddlewareEntry {
 inventory::collect!(MiddlewareEntry);
 
 /// The registered middleware with this name.
-pub fn registered_middleware(name: &str) -> Option<Middleware> {
+pub(crate) fn registered_middleware(name: &str) -> Option<Middleware> {
     inventory::iter::<MiddlewareEntry>
         .into_iter()
         .find(|m| m.name == name)
@@ -97,7 +101,7 @@ impl Next {
 
 /// Runs `handler` behind `chain` (first listed outermost), inside the request's context. A panicking
 /// handler becomes a 500 error instead of taking the service down.
-pub async fn invoke(
+pub(crate) async fn invoke(
     chain: &Arc<[Middleware]>,
     handler: HandlerFn,
     request: Request,

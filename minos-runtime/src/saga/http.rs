@@ -41,7 +41,7 @@ fn executions_endpoint(request: crate::routing::Request) -> crate::routing::Hand
 }
 
 /// The HTTP routes of the saga manager.
-pub fn http_routes() -> [(&'static str, &'static str, crate::routing::HandlerFn); 2] {
+pub(crate) fn http_routes() -> [(&'static str, &'static str, crate::routing::HandlerFn); 2] {
     [
         ("GET", "/saga/executions", executions_endpoint),
         ("GET", "/saga/executions/{uuid}", execution_endpoint),

@@ -99,7 +99,7 @@ impl SagaManager {
 /// Runs the jobs every `tidy_interval_ms` until aborted: rejects transactions left reserved (or
 /// pending) too long and finishes interrupted commits, fails executions past their deadline, resumes
 /// executions interrupted by a stop.
-pub fn spawn_jobs(
+pub(crate) fn spawn_jobs(
     transactions: Transactions,
     sagas: SagaManager,
     config: &SagaConfig,

@@ -12,8 +12,8 @@ pub use definition::{
     find, registered, Conditional, Saga, SagaBuilder, SagaDefinition, SagaDefinitionError,
     SagaRegistration,
 };
-pub use http::http_routes;
-pub use jobs::spawn_jobs;
+pub(crate) use http::http_routes;
+pub(crate) use jobs::spawn_jobs;
 pub use manager::{SagaManager, SagaServiceExt};
 
 use std::collections::{BTreeMap, BTreeSet};

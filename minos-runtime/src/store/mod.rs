@@ -499,6 +499,7 @@ pub fn format_time(time: DateTime<Utc>) -> String {
 }
 
 /// The current time at the precision stores keep (microseconds).
+#[doc(hidden)]
 pub fn now() -> DateTime<Utc> {
     let now = Utc::now();
     let micros = now.timestamp_micros();

@@ -8,7 +8,7 @@ use crate::store::StoreError;
 use super::{db_error, PostgresStore};
 
 /// The PostgreSQL advisory lock key of `key`: the same in every process and release.
-pub fn lock_key(key: &str) -> i64 {
+pub(crate) fn lock_key(key: &str) -> i64 {
     crate::hash::stable_hash(key) as i64
 }
 

@@ -17,7 +17,8 @@ mod snapshots;
 mod transactions;
 mod writer;
 
-pub use lock::{lock_key, AdvisoryLock};
+pub use lock::AdvisoryLock;
+pub(crate) use lock::lock_key;
 
 use std::str::FromStr;
 use std::time::Duration;
