@@ -63,6 +63,22 @@ impl Commands {
         Ok(Response::empty())
     }
 
+    /// Reads inside a handler see the handler's own writes, held back until it returns.
+    #[enroute(broker = "CreateAndRead")]
+    async fn create_and_read(&self, request: Request) -> Result<Response> {
+        let value: i64 = request.content()?;
+        let mut counter = Counter::create(Counter { value }).await?;
+        counter.value += 1;
+        counter.save().await?;
+        let read = Counter::get(counter.uuid()).await?;
+        let found = Counter::find(Condition::eq("value", value + 1)).await?;
+        Ok(Response::json(json!({
+            "uuid": counter.uuid(),
+            "read": {"value": read.value, "version": read.version()},
+            "found": found.iter().map(|c| c.uuid()).collect::<Vec<_>>(),
+        })))
+    }
+
     #[enroute(rest = "GET /panic")]
     async fn panics(&self, _request: Request) -> Result<Response> {
         panic!("a bug in a handler")
@@ -720,5 +736,53 @@ async fn specs_list_the_rest_routes_and_broker_channels() {
         asyncapi["channels"]["CounterCreated"].is_object(),
         "{asyncapi}"
     );
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_reads_its_own_writes_before_they_are_committed() {
+    let (service, _client) = start("read-own-writes").await;
+    let client = service.context().client().clone();
+    let reply = client.send("CreateAndRead", json!(41)).await.unwrap();
+    assert_eq!(reply.status, 200, "{:?}", reply.content);
+    let uuid = reply.content["uuid"].clone();
+    assert_eq!(reply.content["read"], json!({"value": 42, "version": 2}));
+    assert_eq!(reply.content["found"], json!([uuid]));
+    // Committed together when the handler returned.
+    let uuid: Uuid = serde_json::from_value(uuid).unwrap();
+    let stored = service
+        .context()
+        .repository()
+        .get::<Counter>(uuid)
+        .await
+        .unwrap();
+    assert_eq!((stored.value, stored.version()), (42, 2));
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_keeps_its_repository_to_itself() {
+    let (service, _client) = start("no-default").await;
+    // Outside the service's handlers there is no repository unless the application opts into one.
+    let error = Counter::get(Uuid::new_v4()).await.unwrap_err();
+    assert!(matches!(error, Error::NoRepository), "{error}");
+    // A task spawned from outside reaches the service's repository through its context.
+    let uuid = service
+        .context()
+        .clone()
+        .scope(async {
+            Counter::create(Counter { value: 7 })
+                .await
+                .map(|c| c.uuid())
+        })
+        .await
+        .unwrap();
+    let stored = service
+        .context()
+        .repository()
+        .get::<Counter>(uuid)
+        .await
+        .unwrap();
+    assert_eq!(stored.value, 7);
     service.stop().await;
 }

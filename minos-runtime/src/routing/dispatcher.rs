@@ -230,7 +230,10 @@ impl Dispatcher {
         kind: BrokerKind,
     ) -> Result<Option<TransactionScope>, Error> {
         match message.payload.headers.get(headers::TRANSACTIONS) {
-            Some(header) if kind != BrokerKind::Event => TransactionScope::from_header(header),
+            Some(header) if kind != BrokerKind::Event => TransactionScope::from_header(header)
+                .map_err(|error| {
+                    Error::bad_request(format!("`{}` header: {error}", headers::TRANSACTIONS))
+                }),
             _ => Ok(None),
         }
     }

@@ -8,8 +8,8 @@ mod request;
 mod table;
 
 pub use context::{Context, Service, ServiceExt};
-pub(crate) use dispatcher::{Dispatcher, DispatcherHandle, SystemHandler};
 pub use dispatcher::Outcome;
+pub(crate) use dispatcher::{Dispatcher, DispatcherHandle, SystemHandler};
 pub use refs::resolve_all;
 pub use request::{IntoResponse, Origin, Request, Response};
 pub use table::{BrokerKind, Route, RouteEntry, RouteTable, ServiceKind};

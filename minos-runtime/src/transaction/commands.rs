@@ -122,44 +122,8 @@ impl Transactions {
     }
 
     async fn validate(&self, entry: &TransactionEntry, held: &HeldWrites) -> Result<()> {
-        let store = &self.store;
-        let mut destination_chain = Vec::new();
-        let mut next = entry.destination;
-        while let Some(uuid) = next {
-            let parent = store.transaction(uuid).await?.ok_or_else(|| {
-                Error::with_status(409, format!("destination transaction {uuid} is unknown"))
-            })?;
-            if destination_chain.is_empty() && parent.status != TransactionStatus::Pending {
-                return Err(Error::with_status(
-                    409,
-                    format!(
-                        "destination transaction {uuid} is {}, not pending",
-                        parent.status.as_str()
-                    ),
-                ));
-            }
-            destination_chain.insert(0, uuid);
-            next = parent.destination;
-        }
-        // Per root: the held versions follow each other, starting right after the destination's.
-        let mut firsts: BTreeMap<Uuid, &Event> = BTreeMap::new();
-        let mut last_version: BTreeMap<Uuid, u64> = BTreeMap::new();
-        for (event, _) in held {
-            if let Some(last) = last_version.get(&event.uuid) {
-                if event.version != last + 1 {
-                    return Err(StoreError::Conflict {
-                        name: event.name.clone(),
-                        uuid: event.uuid,
-                        expected: event.version - 1,
-                        actual: *last,
-                    }
-                    .into());
-                }
-            } else {
-                firsts.insert(event.uuid, event);
-            }
-            last_version.insert(event.uuid, event.version);
-        }
+        let destination_chain = self.destination_chain(entry).await?;
+        let firsts = first_write_per_root(held)?;
         // Claim the roots among the siblings first (atomic, also between processes), then check the
         // versions: a sibling that committed before the claim is seen by the version check.
         // (Created roots are new: nobody else can change them.)
@@ -170,7 +134,11 @@ impl Transactions {
             .collect();
         let conflict = match roots.is_empty() {
             true => None,
-            false => store.claim(entry.destination, entry.uuid, &roots).await?,
+            false => {
+                self.store
+                    .claim(entry.destination, entry.uuid, &roots)
+                    .await?
+            }
         };
         if let Some((root, holder)) = conflict {
             let name = firsts.get(&root).map_or("root", |e| e.name.as_str());
@@ -180,13 +148,35 @@ impl Transactions {
             ));
         }
         // Creations carry new random uuids; changes must follow the destination's version.
+        let destination = View::new(self.store.as_ref(), &destination_chain, Vec::new());
         for event in firsts.values().filter(|e| e.action != Action::Create) {
-            let current = View::new(self.store.as_ref(), &destination_chain, Vec::new())
-                .snapshot(&event.name, event.uuid)
-                .await?;
+            let current = destination.snapshot(&event.name, event.uuid).await?;
             check_applies(current.as_ref(), event)?;
         }
         Ok(())
+    }
+
+    /// The transactions the entry's writes go into, outermost first; the nearest must still be pending.
+    async fn destination_chain(&self, entry: &TransactionEntry) -> Result<Vec<Uuid>> {
+        let mut chain = Vec::new();
+        let mut next = entry.destination;
+        while let Some(uuid) = next {
+            let parent = self.store.transaction(uuid).await?.ok_or_else(|| {
+                Error::with_status(409, format!("destination transaction {uuid} is unknown"))
+            })?;
+            if chain.is_empty() && parent.status != TransactionStatus::Pending {
+                return Err(Error::with_status(
+                    409,
+                    format!(
+                        "destination transaction {uuid} is {}, not pending",
+                        parent.status.as_str()
+                    ),
+                ));
+            }
+            chain.insert(0, uuid);
+            next = parent.destination;
+        }
+        Ok(chain)
     }
 
     /// Reserves (when still pending), then moves the writes into the destination — at the top level one
@@ -300,4 +290,26 @@ impl Transactions {
         }
         Ok(handled)
     }
+}
+
+/// The first held write of each root, after checking that each root's held versions follow each other.
+fn first_write_per_root(held: &HeldWrites) -> Result<BTreeMap<Uuid, &Event>, StoreError> {
+    let mut firsts: BTreeMap<Uuid, &Event> = BTreeMap::new();
+    let mut last_version: BTreeMap<Uuid, u64> = BTreeMap::new();
+    for (event, _) in held {
+        if let Some(last) = last_version.get(&event.uuid) {
+            if event.version != last + 1 {
+                return Err(StoreError::Conflict {
+                    name: event.name.clone(),
+                    uuid: event.uuid,
+                    expected: event.version - 1,
+                    actual: *last,
+                });
+            }
+        } else {
+            firsts.insert(event.uuid, event);
+        }
+        last_version.insert(event.uuid, event.version);
+    }
+    Ok(firsts)
 }

@@ -51,7 +51,7 @@ impl TransactionScope {
             .flatten()
     }
 
-    /// Parses a `transactions` header: comma-separated uuids, outermost first.
+    /// Parses a chain as the `transactions` header carries it: comma-separated uuids, outermost first.
     pub fn from_header(header: &str) -> Result<Option<Self>> {
         let chain = header
             .split(',')
@@ -59,10 +59,7 @@ impl TransactionScope {
             .filter(|s| !s.is_empty())
             .map(|s| {
                 Uuid::parse_str(s).map_err(|e| {
-                    Error::bad_request(format!(
-                        "`{}` header: `{s}` is not a uuid: {e}",
-                        crate::messaging::headers::TRANSACTIONS
-                    ))
+                    Error::bad_request(format!("`{s}` is not a transaction uuid: {e}"))
                 })
             })
             .collect::<Result<Vec<_>>>()?;

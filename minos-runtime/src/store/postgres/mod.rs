@@ -17,8 +17,8 @@ mod snapshots;
 mod transactions;
 mod writer;
 
-pub use lock::AdvisoryLock;
 pub(crate) use lock::lock_key;
+pub use lock::AdvisoryLock;
 
 use std::str::FromStr;
 use std::time::Duration;
