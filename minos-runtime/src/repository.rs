@@ -1,7 +1,6 @@
 //! The repository: typed entity operations over a store, and how a task finds the one to use.
 
-use std::future::{Future, IntoFuture};
-use std::marker::PhantomData;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
@@ -399,11 +398,27 @@ impl<T: RootEntity> Root<T> {
 }
 
 /// A snapshot query being built: `Foo::find(cond).order_by(Ordering::desc("bar")).limit(10).await`.
+///
+/// It is a [`Future`]: await it, or hand it to anything that takes one (`repository.scope(Foo::get_all())`).
+/// The query runs on the first poll, on the repository of the task polling it (or the one given with
+/// [`on`](Self::on)); refine it before.
 #[must_use = "a query does nothing until awaited"]
 pub struct Find<T> {
     query: Query,
     repository: Option<Repository>,
-    _type: PhantomData<fn() -> T>,
+    running: Option<Running<T>>,
+}
+
+/// A query running on its repository.
+type Running<T> = Pin<Box<dyn Future<Output = Result<Vec<Root<T>>>> + Send>>;
+
+impl<T> std::fmt::Debug for Find<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Find")
+            .field("query", &self.query)
+            .field("running", &self.running.is_some())
+            .finish()
+    }
 }
 
 impl<T: RootEntity> Find<T> {
@@ -414,7 +429,7 @@ impl<T: RootEntity> Find<T> {
                 ..Query::default()
             },
             repository: None,
-            _type: PhantomData,
+            running: None,
         }
     }
 
@@ -437,17 +452,25 @@ impl<T: RootEntity> Find<T> {
     }
 }
 
-impl<T: RootEntity> IntoFuture for Find<T> {
+impl<T: RootEntity> Future for Find<T> {
     type Output = Result<Vec<Root<T>>>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
 
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
-            let repository = match self.repository {
-                Some(repository) => repository,
-                None => Repository::current()?,
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        if self.running.is_none() {
+            // The repository is looked up now, inside the task that polls: its scope decides.
+            let repository = match self.repository.take() {
+                Some(repository) => Ok(repository),
+                None => Repository::current(),
             };
-            repository.find(&self.query).await
-        })
+            let query = std::mem::take(&mut self.query);
+            self.running = Some(Box::pin(async move { repository?.find(&query).await }));
+        }
+        match self.running.as_mut() {
+            Some(running) => running.as_mut().poll(cx),
+            None => std::task::Poll::Pending,
+        }
     }
 }

@@ -125,13 +125,15 @@ async fn start(mode: &str) -> (RunningService, RunningService) {
         &storage_bar,
         &broker_url,
         &["BarCommands"],
-    ));
+    ))
+    .configure(|c| c.root_entities = vec!["BenchBar".into()]);
     let mut foo = Launcher::with_config(config(
         &format!("foo-{suffix}"),
         &storage_foo,
         &broker_url,
         &["FooCommands"],
-    ));
+    ))
+    .configure(|c| c.root_entities = vec!["BenchFoo".into()]);
     if let Some(broker) = shared {
         bar = bar.broker(Arc::clone(&broker));
         foo = foo.broker(broker);

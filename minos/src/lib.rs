@@ -22,15 +22,21 @@ pub use uuid::{self, Uuid};
 /// What a service module needs: `use minos::prelude::*;`.
 ///
 /// It brings `Result` (= `minos::Result`, whose error type defaults to [`Error`]), the attributes,
-/// the entity operations ([`RootEntityExt`]) and `json!`.
+/// the entity operations ([`RootEntityExt`]), requests and where they came from ([`Origin`](routing::Origin)),
+/// the service [`Context`], sagas and their [`SagaManager`](saga::SagaManager), explicit transactions
+/// ([`TransactionScope`](transaction::TransactionScope), `repository.transactions()`) with their statuses,
+/// and `json!`.
 pub mod prelude {
+    pub use crate::routing::Origin;
     pub use crate::saga::{
-        Conditional, Saga, SagaContext, SagaExecution, SagaRequest, SagaResponse, SagaServiceExt,
+        Conditional, ExecutionStatus, Saga, SagaContext, SagaExecution, SagaManager, SagaRequest,
+        SagaResponse, SagaServiceExt,
     };
+    pub use crate::transaction::{TransactionScope, TransactionStatus};
     pub use crate::{
         command_service, enroute, entity, external_entity, middleware, query_service, root_entity,
-        value_object, Condition, EntitySet, Error, Next, Ordering, Ref, Repository, Request,
-        Response, Result, Root, RootEntityExt, ServiceExt, ValueObjectSet,
+        value_object, Condition, Context, EntitySet, Error, Next, Ordering, Ref, Repository,
+        Request, Response, Result, Root, RootEntityExt, ServiceExt, ValueObjectSet,
     };
     pub use chrono::{DateTime, Utc};
     pub use serde_json::{json, Value};

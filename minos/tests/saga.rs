@@ -281,12 +281,16 @@ struct Pair {
 async fn start(timeout_ms: u64) -> Pair {
     let broker: minos::messaging::SharedBroker = Arc::new(MemoryBroker::new());
     let foobar = Launcher::with_config(config("foobar", &["FooBarCommands"]))
+        .configure(|c| c.root_entities = vec!["FooBar".into()])
         .broker(Arc::clone(&broker))
         .start()
         .await
         .unwrap();
     let foo = Launcher::with_config(config("foo", &["FooCommands", "FooQueries"]))
-        .configure(|c| c.saga.timeout_ms = timeout_ms)
+        .configure(|c| {
+            c.saga.timeout_ms = timeout_ms;
+            c.root_entities = vec!["Foo".into()];
+        })
         .broker(broker)
         .start()
         .await
@@ -794,4 +798,46 @@ async fn an_execution_interrupted_mid_step_is_resumed() {
     assert!(abandoned.error.unwrap().contains("not registered"));
     pair.foo.stop().await;
     pair.foobar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_answers_snapshot_queries_only_for_its_own_root_entities() {
+    let pair = start(5_000).await;
+    let foobar = pair
+        .foobar
+        .context()
+        .clone()
+        .scope(FooBar::create(FooBar {
+            something: "mine".into(),
+        }))
+        .await
+        .unwrap();
+    let foo = create_foo(&pair).await;
+    // Both services share one binary and one broker; only the owner of each type answers for it, so
+    // every answer is the owner's, never another service's 404.
+    let client = pair.foo.context().client().clone();
+    for _ in 0..20 {
+        let reply = client
+            .send("_GetFooBarSnapshots", json!({"uuids": [foobar.uuid()]}))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{:?}", reply.content);
+        assert_eq!(reply.content[0]["something"], json!("mine"));
+        let reply = client
+            .send("_GetFooSnapshots", json!({"uuids": [foo]}))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{:?}", reply.content);
+        assert_eq!(reply.content[0]["uuid"], json!(foo));
+    }
+    // A type no service of the binary owns is refused at start.
+    let error = Launcher::with_config(config("other", &["FooCommands"]))
+        .configure(|c| c.root_entities = vec!["Nope".into()])
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("`Nope` is not a #[root_entity]"),
+        "{error}"
+    );
 }

@@ -1,5 +1,12 @@
 //! `Condition` and `Ordering`: queries over stored snapshots, evaluated in SQL by the SQL stores and in
 //! memory by the in-memory store, with the same results.
+//!
+//! The rule every store follows: a condition is true or false for each root, never unknown, and `!c`
+//! is exactly its negation. A missing field is null. `eq` needs the same JSON kind and value (numbers
+//! by value, so `1` equals `1.0`; `"1"` is not `1` and `true` is not `1`); `eq(f, null)` matches a
+//! missing or null field. `ne` is `!eq`, so it also matches roots whose field is missing or null.
+//! `lt`, `le`, `gt`, `ge` compare values of one kind (numbers, strings byte-wise, booleans
+//! `false < true`) and are false for nulls, arrays, objects and mixed kinds. `is_in` is any `eq`.
 
 use std::borrow::Cow;
 use std::cmp::Ordering as CmpOrdering;
@@ -142,11 +149,11 @@ fn compare(field: impl Into<FieldPath>, cmp: Comparison, value: impl Into<Value>
 }
 
 impl Condition {
-    /// `field = value`
+    /// `field = value`: the same JSON kind and value (`eq(f, Value::Null)`: missing or null).
     pub fn eq(field: impl Into<FieldPath>, value: impl Into<Value>) -> Self {
         compare(field, Comparison::Equal, value)
     }
-    /// `field ≠ value`
+    /// `field ≠ value`: exactly `!eq(field, value)`, so also true where the field is missing or null.
     pub fn ne(field: impl Into<FieldPath>, value: impl Into<Value>) -> Self {
         compare(field, Comparison::NotEqual, value)
     }
@@ -166,7 +173,7 @@ impl Condition {
     pub fn ge(field: impl Into<FieldPath>, value: impl Into<Value>) -> Self {
         compare(field, Comparison::GreaterEqual, value)
     }
-    /// `field IN values`
+    /// `field IN values`: any of `eq(field, value)`.
     pub fn is_in<V: Into<Value>>(
         field: impl Into<FieldPath>,
         values: impl IntoIterator<Item = V>,
@@ -243,11 +250,9 @@ impl Condition {
                 let actual = actual.as_ref();
                 match cmp {
                     Comparison::Equal => json_eq(actual, value),
-                    Comparison::NotEqual => {
-                        // Like SQL: comparing with a missing value is never true.
-                        !actual.is_null() && !value.is_null() && !json_eq(actual, value)
-                    }
-                    _ => match sql_order(actual, value) {
+                    // Exactly the negation of `eq`: a missing or null field differs from any value.
+                    Comparison::NotEqual => !json_eq(actual, value),
+                    _ => match same_kind_order(actual, value) {
                         Some(ord) => match cmp {
                             Comparison::Lower => ord == CmpOrdering::Less,
                             Comparison::LowerEqual => ord != CmpOrdering::Greater,
@@ -260,8 +265,7 @@ impl Condition {
             }
             Condition::In { field, values } => {
                 let actual = doc.field(field);
-                let actual = actual.as_ref();
-                !actual.is_null() && values.iter().any(|v| json_eq(actual, v))
+                values.iter().any(|v| json_eq(actual.as_ref(), v))
             }
             Condition::Contains { field, value } => match doc.field(field).as_ref() {
                 Value::Array(items) => items.iter().any(|item| json_eq(item, value)),
@@ -330,24 +334,26 @@ pub(crate) fn lookup_segments<'a, 's>(
     current
 }
 
+/// Equality of a field's value and a query value: the same JSON kind and the same value (numbers by
+/// value: `1` equals `1.0`); a missing field is null. Values of different kinds are never equal: `"1"` is
+/// not `1`, `true` is not `1`.
 fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Null, Value::Null) => true,
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        // SQL stores booleans as integers: keep the two backends in agreement.
-        (Value::Bool(x), Value::Number(y)) | (Value::Number(y), Value::Bool(x)) => {
-            y.as_f64() == Some(f64::from(u8::from(*x)))
-        }
         _ => a == b,
     }
 }
 
-/// Order of two JSON values the way SQL compares them; `None` when either is NULL.
-fn sql_order(a: &Value, b: &Value) -> Option<CmpOrdering> {
-    if a.is_null() || b.is_null() {
-        return None;
+/// The order of a field's value and a query value of the same kind (numbers, strings byte-wise,
+/// booleans `false < true`); `None` for nulls, arrays, objects and values of different kinds, which
+/// never satisfy `<`, `≤`, `>` or `≥`.
+fn same_kind_order(a: &Value, b: &Value) -> Option<CmpOrdering> {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        (Value::String(x), Value::String(y)) => Some(x.as_bytes().cmp(y.as_bytes())),
+        (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
+        _ => None,
     }
-    Some(total_order(a, b))
 }
 
 fn as_number(v: &Value) -> Option<f64> {

@@ -22,6 +22,7 @@ pub use crate::saga::SagaConfig;
 /// handlers: { retries: 3, request_timeout_ms: 10000 }
 /// relay: { batch: 256, poll_interval_ms: 500 }
 /// middleware: [log_requests]      # functions marked #[middleware], first listed outermost
+/// root_entities: [Foo]            # the root entities it owns (default: all of the binary's)
 /// log: info                       # tracing filter, e.g. `info,minos_runtime=debug`
 /// ```
 ///
@@ -53,6 +54,11 @@ pub struct Config {
     /// The service types (`#[command_service]`/`#[query_service]` impls, by type name) this service
     /// serves; empty: every one linked into the binary. Lets one binary run several services.
     pub services: Vec<String>,
+    /// The root entities this service owns (by the name used in events, `Foo`): it answers
+    /// `_Get{Type}Snapshots` for them and for no other type. Empty: every `#[root_entity]` of the binary
+    /// when the binary runs one service (`services` empty); none when it runs several, which must each
+    /// list theirs.
+    pub root_entities: Vec<String>,
     /// The log filter (overridden by `RUST_LOG`).
     pub log: String,
 }
@@ -130,6 +136,7 @@ impl Default for Config {
             saga: SagaConfig::default(),
             middleware: Vec::new(),
             services: Vec::new(),
+            root_entities: Vec::new(),
             log: "info".into(),
         }
     }
@@ -176,9 +183,17 @@ fn env_key(var: &str) -> Option<String> {
             return Some(format!("{section}.{rest}"));
         }
     }
-    ["name", "storage", "broker", "middleware", "services", "log"]
-        .contains(&key.as_str())
-        .then_some(key)
+    [
+        "name",
+        "storage",
+        "broker",
+        "middleware",
+        "services",
+        "root_entities",
+        "log",
+    ]
+    .contains(&key.as_str())
+    .then_some(key)
 }
 
 impl Config {
@@ -238,6 +253,38 @@ impl Config {
             return Err(Error::Config("http.body_limit must be above 0".into()));
         }
         Ok(self)
+    }
+
+    /// The root entities this service owns (see [`root_entities`](Self::root_entities)), checked
+    /// against the binary's `#[root_entity]` types.
+    pub fn owned_root_entities(&self) -> Result<Vec<&'static str>> {
+        let declared = crate::registry::root_entity_names();
+        if self.root_entities.is_empty() {
+            if self.services.is_empty() {
+                return Ok(declared);
+            }
+            tracing::warn!(
+                service = %self.name,
+                "`services` picks some of the binary's services but `root_entities` lists none: \
+                 this service answers no snapshot queries"
+            );
+            return Ok(Vec::new());
+        }
+        self.root_entities
+            .iter()
+            .map(|name| {
+                declared
+                    .iter()
+                    .find(|declared| **declared == name.as_str())
+                    .copied()
+                    .ok_or_else(|| {
+                        Error::Config(format!(
+                            "root_entities: `{name}` is not a #[root_entity] of this binary (it has: {})",
+                            declared.join(", ")
+                        ))
+                    })
+            })
+            .collect()
     }
 
     /// The HTTP settings.

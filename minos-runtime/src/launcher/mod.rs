@@ -246,7 +246,8 @@ impl Launcher {
     ) -> Result<DispatcherHandle> {
         let mut dispatcher = Dispatcher::new(Arc::clone(table), Arc::clone(chain), context.clone())
             .retries(self.config.handlers.retries)
-            .workers(self.config.handlers.workers);
+            .workers(self.config.handlers.workers)
+            .snapshots_of(&self.config.owned_root_entities()?);
         for command in TransactionCommand::ALL {
             let topic = topics::transaction_command(command, &self.config.name);
             let handler = transaction_command_handler(context.repository().transactions(), command);

@@ -79,23 +79,25 @@ impl std::fmt::Debug for Dispatcher {
 impl Dispatcher {
     /// A dispatcher of `table`'s broker routes.
     pub(crate) fn new(table: Arc<RouteTable>, chain: Arc<[Middleware]>, context: Context) -> Self {
-        let dispatcher = Dispatcher {
+        Dispatcher {
             table,
             chain,
             context,
             retries: 3,
             workers: 4,
             system: Arc::default(),
-        };
-        // Every service answers `_Get{Type}Snapshots` for each of its root entities.
-        crate::registry::root_entity_names()
-            .into_iter()
-            .fold(dispatcher, |dispatcher, name| {
-                dispatcher.system(
-                    topics::snapshots(name),
-                    Arc::new(move |message| Box::pin(super::refs::answer_snapshots(name, message))),
-                )
-            })
+        }
+    }
+
+    /// Answers `_Get{Type}Snapshots` for each of `root_entities` (the ones this service owns).
+    pub(crate) fn snapshots_of(self, root_entities: &[&'static str]) -> Self {
+        root_entities.iter().fold(self, |dispatcher, name| {
+            let name: &'static str = name;
+            dispatcher.system(
+                topics::snapshots(name),
+                Arc::new(move |message| Box::pin(super::refs::answer_snapshots(name, message))),
+            )
+        })
     }
 
     /// The runtime's own topics this dispatcher answers (to subscribe to with the routes' topics).

@@ -140,6 +140,15 @@ impl Request {
         &self.origin
     }
 
+    /// The broker topic the request came on (an event handler's `FooCreated`, a command's topic);
+    /// `None` for HTTP and periodic requests.
+    pub fn topic(&self) -> Option<&str> {
+        match &self.origin {
+            Origin::Broker { topic, .. } => Some(topic),
+            _ => None,
+        }
+    }
+
     /// The service context.
     pub fn context(&self) -> Result<Context> {
         Context::current()

@@ -40,6 +40,7 @@ macro_rules! conformance_tests {
             replaying_events_gives_the_snapshot,
             timestamps_survive_a_reload,
             comparisons_on_scalars_and_paths,
+            one_rule_for_nulls_and_mismatched_kinds,
             boolean_combinations,
             in_contains_and_like,
             meta_fields_are_queryable,
@@ -564,7 +565,7 @@ pub async fn comparisons_on_scalars_and_paths(repo: Repository) {
     );
     assert_eq!(
         customers(&repo, Condition::ne("note", "gift")).await,
-        ["Cy", "dee_x"]
+        ["bob", "Cy", "dee_x"]
     );
     assert_eq!(customers(&repo, Condition::lt("total", 10.0)).await, ["Cy"]);
     assert_eq!(
@@ -594,6 +595,129 @@ pub async fn comparisons_on_scalars_and_paths(repo: Repository) {
     assert!(customers(&repo, Condition::eq("address.nowhere", "x"))
         .await
         .is_empty());
+}
+
+/// One rule on every store: `ne` is `!eq` (null and missing fields included), `eq(f, null)` matches
+/// missing or null fields, values of different kinds are never equal and never ordered.
+pub async fn one_rule_for_nulls_and_mismatched_kinds(repo: Repository) {
+    seed(&repo).await;
+    let all = ["ada", "bob", "Cy", "dee_x"];
+    // Null.
+    assert_eq!(
+        customers(&repo, Condition::ne("note", Value::Null)).await,
+        ["ada", "Cy", "dee_x"]
+    );
+    assert_eq!(
+        customers(&repo, Condition::eq("nowhere", Value::Null)).await,
+        all
+    );
+    assert!(customers(&repo, Condition::ne("nowhere", Value::Null))
+        .await
+        .is_empty());
+    assert_eq!(customers(&repo, Condition::ne("nowhere", "x")).await, all);
+    for cmp in [
+        Condition::lt("note", Value::Null),
+        Condition::ge("note", Value::Null),
+        Condition::gt("nowhere", 1),
+    ] {
+        assert!(customers(&repo, cmp.clone()).await.is_empty(), "{cmp:?}");
+    }
+    // `ne` and `!eq` agree, and so do `!ne` and `eq`.
+    for (field, value) in [
+        ("note", json!("gift")),
+        ("note", Value::Null),
+        ("paid", json!(true)),
+        ("quantity", json!(2)),
+        ("nowhere", json!(1)),
+    ] {
+        assert_eq!(
+            customers(&repo, Condition::ne(field, value.clone())).await,
+            customers(&repo, !Condition::eq(field, value.clone())).await,
+            "ne and !eq on {field} {value}"
+        );
+        assert_eq!(
+            customers(&repo, !Condition::ne(field, value.clone())).await,
+            customers(&repo, Condition::eq(field, value.clone())).await,
+            "!ne and eq on {field} {value}"
+        );
+    }
+    // A string is not a number, a number is not a boolean, on data and meta fields alike.
+    assert!(customers(&repo, Condition::eq("version", "1"))
+        .await
+        .is_empty());
+    assert_eq!(customers(&repo, Condition::eq("version", 1)).await, all);
+    assert!(customers(&repo, Condition::eq("quantity", "1"))
+        .await
+        .is_empty());
+    assert!(customers(&repo, Condition::eq("paid", 1)).await.is_empty());
+    assert!(customers(&repo, Condition::eq("paid", 0)).await.is_empty());
+    assert!(customers(&repo, Condition::eq("customer", 1))
+        .await
+        .is_empty());
+    assert!(customers(&repo, Condition::gt("customer", 1))
+        .await
+        .is_empty());
+    assert!(customers(&repo, Condition::lt("quantity", "9"))
+        .await
+        .is_empty());
+    assert!(customers(&repo, Condition::lt("paid", 5)).await.is_empty());
+    assert!(customers(&repo, Condition::gt("version", "0"))
+        .await
+        .is_empty());
+    assert_eq!(customers(&repo, Condition::ne("paid", 1)).await, all);
+    // Numbers compare by value; booleans order false < true.
+    assert_eq!(
+        customers(&repo, Condition::eq("quantity", 3.0)).await,
+        ["Cy"]
+    );
+    assert_eq!(
+        customers(&repo, Condition::gt("paid", false)).await,
+        ["ada", "Cy"]
+    );
+    // `is_in` is any `eq`: a null candidate matches missing or null fields.
+    assert_eq!(
+        customers(
+            &repo,
+            Condition::is_in("note", [json!("gift"), Value::Null])
+        )
+        .await,
+        ["ada", "bob"]
+    );
+    assert!(customers(&repo, Condition::is_in("quantity", ["1", "2"]))
+        .await
+        .is_empty());
+    // Arrays and objects: equal as values, never ordered.
+    assert_eq!(
+        customers(&repo, Condition::eq("tags", json!(["red", "big"]))).await,
+        ["ada"]
+    );
+    assert_eq!(
+        customers(
+            &repo,
+            Condition::eq("address", json!({"city": "Nice", "zip": "69001"}))
+        )
+        .await,
+        ["dee_x"]
+    );
+    assert!(customers(&repo, Condition::gt("tags", json!(["a"])))
+        .await
+        .is_empty());
+    // Membership and patterns follow the same kinds; their negations include missing fields.
+    assert!(customers(&repo, Condition::contains("tags", 1))
+        .await
+        .is_empty());
+    assert_eq!(
+        customers(&repo, !Condition::like("note", "gift")).await,
+        ["bob", "Cy", "dee_x"]
+    );
+    assert_eq!(
+        customers(&repo, !Condition::like("nowhere", "%")).await,
+        all
+    );
+    assert_eq!(
+        customers(&repo, !Condition::contains("nowhere", "red")).await,
+        all
+    );
 }
 
 /// TRUE, FALSE, AND, OR, NOT and their empty forms.

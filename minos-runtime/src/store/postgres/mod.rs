@@ -74,8 +74,10 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
+/// Unavailable (503: try again later) only when the server cannot be reached or refuses connections;
+/// a statement it cannot run is the service's failure (500), never "unavailable".
 fn db_error(error: tokio_postgres::Error) -> StoreError {
-    if error.is_closed() || error.as_db_error().is_none() {
+    if is_unreachable(&error) {
         StoreError::Unavailable {
             backend: BACKEND,
             source: Box::new(error),
@@ -83,6 +85,28 @@ fn db_error(error: tokio_postgres::Error) -> StoreError {
     } else {
         StoreError::backend(BACKEND, error)
     }
+}
+
+fn is_unreachable(error: &tokio_postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    if let Some(db) = error.as_db_error() {
+        // Class 08: connection exception; 57P01–57P03: shutting down or not accepting connections;
+        // 53300: too many connections.
+        let code = db.code().code();
+        return code.starts_with("08") || code.starts_with("57P0") || code == "53300";
+    }
+    // Without a server answer: an I/O failure is the connection; anything else (a parameter the
+    // statement does not use, a value that does not encode) is ours.
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if cause.is::<std::io::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {

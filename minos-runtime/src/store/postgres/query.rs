@@ -1,8 +1,9 @@
 //! `Condition` and `Ordering` as SQL over the JSONB snapshot column, every value a bind parameter.
 //!
-//! Comparisons follow the in-memory and SQLite semantics: a missing value or JSON null never compares;
-//! values of different kinds order as null < numbers and booleans < strings < arrays and objects; strings
-//! compare byte-wise (`COLLATE "C"`), whatever the database's collation.
+//! Conditions follow the rule every store follows (see `Condition`): each is true or false, never NULL;
+//! `eq` needs the same JSON kind (jsonb equality); ordering comparisons hold only between values of one
+//! kind, strings byte-wise (`COLLATE "C"`), whatever the database's collation. Orderings sort values of
+//! different kinds as null < numbers and booleans < strings < arrays and objects.
 
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
@@ -14,15 +15,6 @@ pub(super) type Param = Box<dyn ToSql + Sync + Send>;
 #[derive(Default)]
 pub(super) struct Builder {
     pub(super) params: Vec<Param>,
-}
-
-fn rank_of(value: &Value) -> u8 {
-    match value {
-        Value::Null => 0,
-        Value::Bool(_) | Value::Number(_) => 1,
-        Value::String(_) => 2,
-        Value::Array(_) | Value::Object(_) => 3,
-    }
 }
 
 fn rank(x: &str) -> String {
@@ -78,80 +70,80 @@ impl Builder {
             Condition::Not { inner } => format!("(NOT {})", self.condition(inner)),
             Condition::Compare { field, cmp, value } => self.compare(field, *cmp, value),
             Condition::In { field, values } => {
-                let values: Vec<Value> = values.iter().filter(|v| !v.is_null()).cloned().collect();
                 if values.is_empty() {
                     return "FALSE".into();
                 }
                 let x = self.field(field);
-                let v = self.bind(values);
-                format!("COALESCE({x} = ANY({v}::jsonb[]), FALSE)")
+                let any: Vec<String> = values.iter().map(|v| self.equal(&x, v)).collect();
+                format!("({})", any.join(" OR "))
             }
             Condition::Contains { field, value } => {
                 let x = self.field(field);
-                let v = self.bind(value.clone());
+                let equal = self.equal("item.value", value);
                 format!(
-                    "(jsonb_typeof({x}) = 'array' AND EXISTS (SELECT 1 FROM jsonb_array_elements({x}) AS item(value) WHERE item.value = {v}::jsonb))"
+                    "COALESCE(jsonb_typeof({x}) = 'array' AND EXISTS (SELECT 1 FROM jsonb_array_elements({x}) AS item(value) WHERE {equal}), FALSE)"
                 )
             }
             Condition::Like { field, pattern } => {
                 let x = self.field(field);
                 let p = self.bind(pattern.clone());
                 format!(
-                    "(jsonb_typeof({x}) = 'string' AND ({x} #>> '{{}}') LIKE {p}::text ESCAPE '')"
+                    "COALESCE(jsonb_typeof({x}) = 'string' AND ({x} #>> '{{}}') LIKE {p}::text ESCAPE '', FALSE)"
                 )
             }
         }
     }
 
-    /// `field cmp value`: a missing value or null never compares; values of different kinds order by kind.
-    fn compare(&mut self, field: &FieldPath, cmp: Comparison, value: &Value) -> String {
-        let x = self.field(field);
+    /// `x = value`: the same JSON kind and value (jsonb equality); null matches a missing or null
+    /// value. Never NULL.
+    fn equal(&mut self, x: &str, value: &Value) -> String {
         if value.is_null() {
-            return match cmp {
-                Comparison::Equal => format!("({x} IS NULL OR {x} = 'null'::jsonb)"),
-                _ => "FALSE".into(),
-            };
+            return format!("({x} IS NULL OR jsonb_typeof({x}) = 'null')");
         }
-        match cmp {
+        let v = self.bind(value.clone());
+        format!("COALESCE({x} = {v}::jsonb, FALSE)")
+    }
+
+    /// `field cmp value` by the rule every store follows (see `Condition`): never NULL.
+    fn compare(&mut self, field: &FieldPath, cmp: Comparison, value: &Value) -> String {
+        let op = match cmp {
             Comparison::Equal => {
-                let v = self.bind(value.clone());
-                format!("COALESCE({x} = {v}::jsonb, FALSE)")
+                let x = self.field(field);
+                return self.equal(&x, value);
             }
             Comparison::NotEqual => {
-                let v = self.bind(value.clone());
-                format!("({x} IS NOT NULL AND {x} <> 'null'::jsonb AND {x} <> {v}::jsonb)")
+                let x = self.field(field);
+                return format!("(NOT {})", self.equal(&x, value));
             }
-            _ => {
-                let op = match cmp {
-                    Comparison::Lower => "<",
-                    Comparison::LowerEqual => "<=",
-                    Comparison::Greater => ">",
-                    _ => ">=",
-                };
-                let r = rank_of(value);
-                let typed = match value {
-                    Value::Bool(b) => format!(
-                        "{} {op} {}::float8",
-                        number(&x),
-                        self.bind(f64::from(u8::from(*b)))
-                    ),
-                    Value::Number(n) => {
-                        format!(
-                            "{} {op} {}::float8",
-                            number(&x),
-                            self.bind(n.as_f64().unwrap_or(f64::NAN))
-                        )
-                    }
-                    Value::String(s) => {
-                        format!("{} {op} {}::text", text(&x), self.bind(s.clone()))
-                    }
-                    other => {
-                        format!("{} {op} {}::text", text(&x), self.bind(other.to_string()))
-                    }
-                };
-                let rx = rank(&x);
-                format!("COALESCE(CASE WHEN {rx} = 0 THEN FALSE WHEN {rx} <> {r} THEN {rx} {op} {r} ELSE {typed} END, FALSE)")
+            Comparison::Lower => "<",
+            Comparison::LowerEqual => "<=",
+            Comparison::Greater => ">",
+            Comparison::GreaterEqual => ">=",
+        };
+        match value {
+            Value::Number(n) => {
+                let x = self.field(field);
+                let v = self.bind(n.as_f64().unwrap_or(f64::NAN));
+                format!(
+                    "COALESCE((CASE WHEN jsonb_typeof({x}) = 'number' THEN ({x} #>> '{{}}')::float8 END) {op} {v}::float8, FALSE)"
+                )
             }
+            Value::String(s) => {
+                let x = self.field(field);
+                let v = self.bind(s.clone());
+                format!(
+                    "COALESCE(((CASE WHEN jsonb_typeof({x}) = 'string' THEN {x} #>> '{{}}' END) COLLATE \"C\") {op} {v}::text, FALSE)"
+                )
+            }
+            Value::Bool(b) => {
+                let x = self.field(field);
+                let v = self.bind(*b);
+                format!(
+                    "COALESCE((CASE WHEN jsonb_typeof({x}) = 'boolean' THEN {x} = 'true'::jsonb END) {op} {v}::boolean, FALSE)"
+                )
+            }
+            // Nulls, arrays and objects have no order.
+            _ => "FALSE".into(),
         }
     }
 

@@ -6,6 +6,12 @@ use serde_json::Value;
 
 use crate::domain::{Comparison, Condition, Direction, FieldPath, Ordering};
 
+/// A value read by a condition and the SQL expression of its JSON type.
+struct Typed {
+    value: String,
+    kind: String,
+}
+
 /// Builds a WHERE clause with every value bound as a parameter.
 #[derive(Default)]
 pub(super) struct Builder {
@@ -47,6 +53,18 @@ impl Builder {
         (format!("json_extract(data, {p})"), Some(p))
     }
 
+    /// The value of `path` and its JSON type as SQLite names it (`null`, `true`, `false`, `integer`,
+    /// `real`, `text`, `array`, `object`; SQL NULL when missing). Meta columns have fixed types.
+    fn typed(&mut self, path: &FieldPath) -> Typed {
+        let (value, json_path) = self.field(path);
+        let kind = match (json_path, path.meta()) {
+            (Some(p), _) => format!("json_type(data, {p})"),
+            (None, Some("version")) => "'integer'".into(),
+            (None, _) => "'text'".into(),
+        };
+        Typed { value, kind }
+    }
+
     pub(super) fn condition(&mut self, condition: &Condition) -> String {
         match condition {
             Condition::True => "1".into(),
@@ -55,57 +73,107 @@ impl Builder {
             Condition::Or { any } if any.is_empty() => "0".into(),
             Condition::And { all } => self.join(all, " AND "),
             Condition::Or { any } => self.join(any, " OR "),
-            Condition::Not { inner } => format!("(NOT COALESCE({}, 0))", self.condition(inner)),
+            Condition::Not { inner } => format!("(NOT {})", self.condition(inner)),
             Condition::Compare { field, cmp, value } => self.compare(field, *cmp, value),
             Condition::In { field, values } => {
-                let values: Vec<&Value> = values.iter().filter(|v| !v.is_null()).collect();
                 if values.is_empty() {
                     return "0".into();
                 }
-                let (expr, _) = self.field(field);
-                let list: Vec<String> = values.into_iter().map(|v| self.bind_json(v)).collect();
-                format!("COALESCE({expr} IN ({}), 0)", list.join(", "))
+                let typed = self.typed(field);
+                let any: Vec<String> = values.iter().map(|v| self.equal(&typed, v)).collect();
+                format!("({})", any.join(" OR "))
             }
             Condition::Contains { field, value } => {
                 let Some(path) = self.field(field).1 else {
                     return "0".into();
                 };
-                let v = self.bind_json(value);
+                let item = Typed {
+                    value: "item.value".into(),
+                    kind: "item.type".into(),
+                };
+                let equal = self.equal(&item, value);
                 format!(
-                    "(json_type(data, {path}) = 'array' AND EXISTS (SELECT 1 FROM json_each(data, {path}) AS item WHERE item.value = {v}))"
+                    "COALESCE(json_type(data, {path}) = 'array' AND EXISTS (SELECT 1 FROM json_each(data, {path}) AS item WHERE {equal}), 0)"
                 )
             }
             Condition::Like { field, pattern } => {
-                let (expr, path) = self.field(field);
+                let typed = self.typed(field);
                 let glob = self.bind(SqlValue::Text(like_to_glob(pattern)));
-                let is_text = match path {
-                    Some(p) => format!("json_type(data, {p}) = 'text'"),
-                    None => format!("typeof({expr}) = 'text'"),
-                };
-                format!("({is_text} AND {expr} GLOB {glob})")
+                format!(
+                    "COALESCE({} = 'text' AND {} GLOB {glob}, 0)",
+                    typed.kind, typed.value
+                )
             }
         }
     }
 
-    /// `field cmp value`: a missing value or null never compares.
+    /// `field cmp value` by the rule every store follows (see `Condition`): never NULL.
     fn compare(&mut self, field: &FieldPath, cmp: Comparison, value: &Value) -> String {
-        let (expr, _) = self.field(field);
-        if value.is_null() {
-            return match cmp {
-                Comparison::Equal => format!("({expr} IS NULL)"),
-                _ => "0".into(),
-            };
-        }
-        let v = self.bind_json(value);
         let op = match cmp {
-            Comparison::Equal => "=",
-            Comparison::NotEqual => "<>",
+            Comparison::Equal => {
+                let typed = self.typed(field);
+                return self.equal(&typed, value);
+            }
+            Comparison::NotEqual => {
+                let typed = self.typed(field);
+                return format!("(NOT {})", self.equal(&typed, value));
+            }
             Comparison::Lower => "<",
             Comparison::LowerEqual => "<=",
             Comparison::Greater => ">",
             Comparison::GreaterEqual => ">=",
         };
-        format!("COALESCE({expr} {op} {v}, 0)")
+        match value {
+            Value::Number(_) => {
+                let typed = self.typed(field);
+                let v = self.bind_json(value);
+                format!(
+                    "COALESCE({} IN ('integer', 'real') AND {} {op} {v}, 0)",
+                    typed.kind, typed.value
+                )
+            }
+            Value::String(_) => {
+                let typed = self.typed(field);
+                let v = self.bind_json(value);
+                format!(
+                    "COALESCE({} = 'text' AND {} {op} {v}, 0)",
+                    typed.kind, typed.value
+                )
+            }
+            Value::Bool(_) => {
+                let typed = self.typed(field);
+                let v = self.bind_json(value);
+                let kind = typed.kind;
+                format!("COALESCE({kind} IN ('true', 'false') AND ({kind} = 'true') {op} {v}, 0)")
+            }
+            // Nulls, arrays and objects have no order.
+            _ => "0".into(),
+        }
+    }
+
+    /// `typed = value`: the same JSON kind and value; null matches a missing or null value. Never NULL.
+    fn equal(&mut self, typed: &Typed, value: &Value) -> String {
+        let Typed { value: x, kind } = typed;
+        match value {
+            Value::Null => format!("COALESCE({kind} = 'null', {kind} IS NULL)"),
+            Value::Bool(true) => format!("COALESCE({kind} = 'true', 0)"),
+            Value::Bool(false) => format!("COALESCE({kind} = 'false', 0)"),
+            Value::Number(_) => {
+                let v = self.bind_json(value);
+                format!("COALESCE({kind} IN ('integer', 'real') AND {x} = {v}, 0)")
+            }
+            Value::String(_) => {
+                let v = self.bind_json(value);
+                format!("COALESCE({kind} = 'text' AND {x} = {v}, 0)")
+            }
+            Value::Array(_) | Value::Object(_) => {
+                let expected = if value.is_array() { "array" } else { "object" };
+                let v = self.bind_json(value);
+                // CASE, not AND: `json()` of a text that is not JSON is an error, so it runs only on
+                // values of the right kind.
+                format!("COALESCE(CASE WHEN {kind} = '{expected}' THEN json({x}) = json({v}) ELSE 0 END, 0)")
+            }
+        }
     }
 
     fn join(&mut self, items: &[Condition], separator: &str) -> String {
