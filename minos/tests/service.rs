@@ -140,6 +140,8 @@ mod reactions {
         #[enroute(event = "CounterCreated")]
         async fn second(&self, request: Request) -> Result<()> {
             let event: minos::Event = request.content()?;
+            // An event handler learns its topic without matching on the origin.
+            assert_eq!(request.topic(), Some("CounterCreated"));
             CREATED_B.lock().unwrap().push(event.uuid);
             Ok(())
         }

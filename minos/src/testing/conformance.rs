@@ -48,6 +48,7 @@ macro_rules! conformance_tests {
             query_values_are_inert,
             invalid_field_paths_are_rejected,
             find_one_reports_no_match,
+            queries_are_futures,
             references_store_only_the_uuid,
             create_json_rejects_caller_identity,
             events_read_in_global_order,
@@ -979,6 +980,22 @@ pub async fn find_one_reports_no_match(repo: Repository) {
         assert!(error.is_not_found(), "{error}");
     })
     .await
+}
+
+/// `Foo::find(..)` and `Foo::get_all()` are futures: they can be handed to anything that takes one,
+/// and run on the repository of the task that polls them.
+pub async fn queries_are_futures(repo: Repository) {
+    seed(&repo).await;
+    let all = repo.clone().scope(Order::get_all()).await.unwrap();
+    assert_eq!(all.len(), 4);
+    let query = Order::find(Condition::eq("paid", true))
+        .order_by(crate::Ordering::desc("quantity"))
+        .limit(1);
+    let spawned = tokio::spawn(repo.clone().scope(query)).await.unwrap().unwrap();
+    assert_eq!(spawned.len(), 1);
+    assert_eq!(spawned[0].customer, "Cy");
+    let no_repository = tokio::spawn(Order::get_all()).await.unwrap().unwrap_err();
+    assert!(matches!(no_repository, Error::NoRepository), "{no_repository}");
 }
 
 /// A `Ref` is stored as the uuid alone and reads back unresolved.
