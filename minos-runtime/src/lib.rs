@@ -16,7 +16,7 @@ pub mod transaction;
 
 pub use domain::{
     Action, Condition, Entity, EntitySet, Event, ExternalEntity, FieldDiff, Model, ModelKind,
-    Ordering, Ref, Referable, Root, RootEntity, SetAction, ValueObject, ValueObjectSet,
+    Ordering, QueryValue, Ref, Referable, Root, RootEntity, SetAction, ValueObject, ValueObjectSet,
 };
 pub use error::{Error, Result};
 pub use launcher::{Config, Launcher, RunningService};

@@ -10,9 +10,9 @@ pub use minos_macros::{
 pub use minos_runtime::{
     domain, launcher, messaging, registry, routing, saga, store, transaction, Action, BrokerClient,
     BrokerMessage, Condition, Config, Context, Entity, EntitySet, Error, Event, ExternalEntity,
-    FieldDiff, Find, IntoResponse, Launcher, Model, ModelKind, Next, Ordering, Ref, Referable,
-    Reply, Repository, Request, Response, Result, Root, RootEntity, RootEntityExt, RunningService,
-    ServiceExt, SetAction, ValueObject, ValueObjectSet, RESERVED_FIELDS,
+    FieldDiff, Find, IntoResponse, Launcher, Model, ModelKind, Next, Ordering, QueryValue, Ref,
+    Referable, Reply, Repository, Request, Response, Result, Root, RootEntity, RootEntityExt,
+    RunningService, ServiceExt, SetAction, ValueObject, ValueObjectSet, RESERVED_FIELDS,
 };
 
 pub use chrono;

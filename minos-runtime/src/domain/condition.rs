@@ -140,54 +140,134 @@ pub enum Condition {
     },
 }
 
-fn compare(field: impl Into<FieldPath>, cmp: Comparison, value: impl Into<Value>) -> Condition {
+/// A value a condition compares a field with: anything a model field holds — numbers, `bool`, `char`,
+/// strings, `Uuid`, `DateTime<Utc>`, `NaiveDate`, `Ref<T>`, `Option<T>`, `Vec<T>`, `serde_json::Value` —
+/// as the stores keep it (a uuid as its text, a time in the RFC 3339 form of `created_at`).
+pub trait QueryValue {
+    /// The JSON the stores compare.
+    fn into_query_value(self) -> Value;
+}
+
+macro_rules! json_query_values {
+    ($($t:ty),* $(,)?) => {
+        $(impl QueryValue for $t {
+            fn into_query_value(self) -> Value {
+                Value::from(self)
+            }
+        })*
+    };
+}
+
+json_query_values!(
+    i8, i16, i32, i64, u8, u16, u32, u64, isize, usize, f32, f64, bool, String, &str, Value
+);
+
+impl QueryValue for char {
+    fn into_query_value(self) -> Value {
+        Value::String(self.to_string())
+    }
+}
+
+impl QueryValue for &String {
+    fn into_query_value(self) -> Value {
+        Value::String(self.clone())
+    }
+}
+
+impl QueryValue for uuid::Uuid {
+    fn into_query_value(self) -> Value {
+        Value::String(self.to_string())
+    }
+}
+
+impl QueryValue for &uuid::Uuid {
+    fn into_query_value(self) -> Value {
+        Value::String(self.to_string())
+    }
+}
+
+impl QueryValue for chrono::DateTime<chrono::Utc> {
+    /// The form stores keep `created_at` and `updated_at` in: RFC 3339, UTC, microseconds.
+    fn into_query_value(self) -> Value {
+        Value::String(self.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    }
+}
+
+impl QueryValue for chrono::NaiveDate {
+    fn into_query_value(self) -> Value {
+        Value::String(self.to_string())
+    }
+}
+
+impl<T> QueryValue for super::Ref<T> {
+    fn into_query_value(self) -> Value {
+        Value::String(self.uuid().to_string())
+    }
+}
+
+impl<T: QueryValue> QueryValue for Option<T> {
+    fn into_query_value(self) -> Value {
+        self.map_or(Value::Null, QueryValue::into_query_value)
+    }
+}
+
+impl<T: QueryValue> QueryValue for Vec<T> {
+    fn into_query_value(self) -> Value {
+        Value::Array(self.into_iter().map(QueryValue::into_query_value).collect())
+    }
+}
+
+fn compare(field: impl Into<FieldPath>, cmp: Comparison, value: impl QueryValue) -> Condition {
     Condition::Compare {
         field: field.into(),
         cmp,
-        value: value.into(),
+        value: value.into_query_value(),
     }
 }
 
 impl Condition {
     /// `field = value`: the same JSON kind and value (`eq(f, Value::Null)`: missing or null).
-    pub fn eq(field: impl Into<FieldPath>, value: impl Into<Value>) -> Self {
+    pub fn eq(field: impl Into<FieldPath>, value: impl QueryValue) -> Self {
         compare(field, Comparison::Equal, value)
     }
     /// `field ≠ value`: exactly `!eq(field, value)`, so also true where the field is missing or null.
-    pub fn ne(field: impl Into<FieldPath>, value: impl Into<Value>) -> Self {
+    pub fn ne(field: impl Into<FieldPath>, value: impl QueryValue) -> Self {
         compare(field, Comparison::NotEqual, value)
     }
     /// `field < value`
-    pub fn lt(field: impl Into<FieldPath>, value: impl Into<Value>) -> Self {
+    pub fn lt(field: impl Into<FieldPath>, value: impl QueryValue) -> Self {
         compare(field, Comparison::Lower, value)
     }
     /// `field ≤ value`
-    pub fn le(field: impl Into<FieldPath>, value: impl Into<Value>) -> Self {
+    pub fn le(field: impl Into<FieldPath>, value: impl QueryValue) -> Self {
         compare(field, Comparison::LowerEqual, value)
     }
     /// `field > value`
-    pub fn gt(field: impl Into<FieldPath>, value: impl Into<Value>) -> Self {
+    pub fn gt(field: impl Into<FieldPath>, value: impl QueryValue) -> Self {
         compare(field, Comparison::Greater, value)
     }
     /// `field ≥ value`
-    pub fn ge(field: impl Into<FieldPath>, value: impl Into<Value>) -> Self {
+    pub fn ge(field: impl Into<FieldPath>, value: impl QueryValue) -> Self {
         compare(field, Comparison::GreaterEqual, value)
     }
     /// `field IN values`: any of `eq(field, value)`.
-    pub fn is_in<V: Into<Value>>(
+    pub fn is_in<V: QueryValue>(
         field: impl Into<FieldPath>,
         values: impl IntoIterator<Item = V>,
     ) -> Self {
         Condition::In {
             field: field.into(),
-            values: values.into_iter().map(Into::into).collect(),
+            values: values
+                .into_iter()
+                .map(QueryValue::into_query_value)
+                .collect(),
         }
     }
     /// The array at `field` contains `value`.
-    pub fn contains(field: impl Into<FieldPath>, value: impl Into<Value>) -> Self {
+    pub fn contains(field: impl Into<FieldPath>, value: impl QueryValue) -> Self {
         Condition::Contains {
             field: field.into(),
-            value: value.into(),
+            value: value.into_query_value(),
         }
     }
     /// The string at `field` fully matches `pattern` (`%` any run, `_` one character).

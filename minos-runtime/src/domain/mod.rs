@@ -11,7 +11,7 @@ mod sets;
 mod transaction;
 
 pub(crate) use condition::lookup_segments;
-pub use condition::{Comparison, Condition, Direction, Document, FieldPath, Ordering};
+pub use condition::{Comparison, Condition, Direction, Document, FieldPath, Ordering, QueryValue};
 pub(crate) use event::ENTITY_SET_TYPE_PREFIX;
 pub use event::{Action, DomainMessage, Event, FieldDiff, SetAction};
 pub use field::{from_json, to_json, Field};

@@ -829,6 +829,30 @@ pub async fn meta_fields_are_queryable(repo: Repository) {
         customers(&repo, Condition::ge("created_at", since)).await,
         ["Cy", "dee_x"]
     );
+    // Uuids, times and references are condition values as they are, no `.to_string()`.
+    assert_eq!(
+        customers(&repo, Condition::eq("uuid", orders[2].uuid())).await,
+        ["Cy"]
+    );
+    let uuids: Vec<Uuid> = orders.iter().skip(2).map(|o| o.uuid()).collect();
+    assert_eq!(
+        customers(&repo, Condition::is_in("uuid", uuids)).await,
+        ["Cy", "dee_x"]
+    );
+    assert_eq!(
+        customers(&repo, Condition::ge("created_at", orders[2].created_at())).await,
+        ["Cy", "dee_x"]
+    );
+    assert_eq!(
+        customers(&repo, Condition::lt("created_at", orders[1].created_at())).await,
+        ["ada"]
+    );
+    assert_eq!(
+        customers(&repo, Condition::eq("customer_ref", None::<Ref<Customer>>))
+            .await
+            .len(),
+        4
+    );
     let query = Query {
         ordering: Some(Ordering::desc("updated_at")),
         limit: Some(1),
@@ -991,11 +1015,17 @@ pub async fn queries_are_futures(repo: Repository) {
     let query = Order::find(Condition::eq("paid", true))
         .order_by(crate::Ordering::desc("quantity"))
         .limit(1);
-    let spawned = tokio::spawn(repo.clone().scope(query)).await.unwrap().unwrap();
+    let spawned = tokio::spawn(repo.clone().scope(query))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(spawned.len(), 1);
     assert_eq!(spawned[0].customer, "Cy");
     let no_repository = tokio::spawn(Order::get_all()).await.unwrap().unwrap_err();
-    assert!(matches!(no_repository, Error::NoRepository), "{no_repository}");
+    assert!(
+        matches!(no_repository, Error::NoRepository),
+        "{no_repository}"
+    );
 }
 
 /// A `Ref` is stored as the uuid alone and reads back unresolved.
