@@ -250,9 +250,13 @@ pub fn external_entity(args: TokenStream, input: TokenStream) -> TokenStream {
 ///
 /// A handler is `async fn name(&self, request: Request) -> R` where `R` is `Result<Response>`,
 /// `Result<()>`, `Response` or `()`. The service is a unit struct, or names its constructor with
-/// `init = "FooService::new"`. Equivalent code: the impl block unchanged (without the `#[enroute]`
-/// attributes), a `Service` implementation, one lazily built instance, and one `RouteEntry` per route
-/// registered for the runtime's route table.
+/// `init = "FooService::new"`: `fn() -> Self`, or `async fn(Context) -> minos::Result<Self>` for a service
+/// holding something built from its settings (`context.settings::<MySettings>()?`, the `app:` section of
+/// the configuration), repository or broker. Each running service builds its own instance when it starts
+/// (a failing constructor stops the start, saying why); two services in one process never share one.
+/// Equivalent code: the impl block unchanged (without the `#[enroute]` attributes), a `Service`
+/// implementation, a registered constructor, and one `RouteEntry` per route registered for the runtime's
+/// route table.
 #[proc_macro_attribute]
 pub fn command_service(args: TokenStream, input: TokenStream) -> TokenStream {
     expand_service(internals::service::ServiceKind::Command, args, input)

@@ -75,6 +75,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A service type's constructor failed when the service started.
+    #[error("service `{service}` could not be built: {source}")]
+    ServiceInit {
+        /// The service type.
+        service: String,
+        /// What its constructor answered.
+        #[source]
+        source: Box<Error>,
+    },
     /// A saga definition is invalid (found when the service starts, or when the saga first runs).
     #[error("saga `{saga}`: {source}")]
     InvalidSaga {

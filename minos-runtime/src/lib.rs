@@ -29,6 +29,7 @@ pub mod __private {
     pub use crate::domain::{from_json, to_json, DomainError, Field, FieldDiff, Model, ModelKind};
     pub use crate::domain::{Entity, ExternalEntity, Referable, RootEntity, ValueObject};
     pub use crate::registry::ModelRegistration;
+    pub use crate::routing::{service_instance, BuildFuture, Context, ServiceEntry, ServiceInit};
     pub use crate::routing::{
         BrokerKind, HandlerFuture, IntoResponse, MiddlewareEntry, Next, Request, Route, RouteEntry,
         Service, ServiceKind,

@@ -22,10 +22,17 @@ pub(crate) fn expand(
         }
     }
     let service_name = quote!(#self_ty).to_string().replace(' ', "");
-    // A unit struct is its own value; other services name a constructor with `init = "..."`.
-    let instance = match init {
-        Some(path) => quote!(#path()),
-        None => quote_spanned!(syn::spanned::Spanned::span(self_ty)=> #self_ty),
+    // A unit struct is its own value; other services name a constructor with `init = "..."`, spanned
+    // there so a constructor of the wrong shape is reported on the user's path.
+    let constructor = match init {
+        Some(path) => quote_spanned!(syn::spanned::Spanned::span(path)=> #path),
+        None => quote_spanned!(syn::spanned::Spanned::span(self_ty)=> || #self_ty),
+    };
+    let build = match init {
+        Some(path) => quote_spanned! {syn::spanned::Spanned::span(path)=>
+            #private::ServiceInit::<#self_ty, _>::build(#constructor, __minos_context)
+        },
+        None => quote!(#private::ServiceInit::<#self_ty, _>::build(#constructor, __minos_context)),
     };
     let (broker_kind, rest_kind) = match kind {
         ServiceKind::Command => (quote!(Command), quote!(Command)),
@@ -48,7 +55,8 @@ pub(crate) fn expand(
         items.push(quote! {
             fn #shim(__minos_request: #private::Request) -> #private::HandlerFuture {
                 ::std::boxed::Box::pin(async move {
-                    let __minos_output = <#self_ty>::#method(__minos_service(), #request).await;
+                    let __minos_service = #private::service_instance::<#self_ty>()?;
+                    let __minos_output = <#self_ty>::#method(&__minos_service, #request).await;
                     #into_response
                 })
             }
@@ -88,9 +96,16 @@ pub(crate) fn expand(
         const _: () = {
             impl #private::Service for #self_ty {}
 
-            fn __minos_service() -> &'static #self_ty {
-                static INSTANCE: ::std::sync::OnceLock<#self_ty> = ::std::sync::OnceLock::new();
-                INSTANCE.get_or_init(|| #instance)
+            fn __minos_build(__minos_context: #private::Context) -> #private::BuildFuture {
+                ::std::boxed::Box::pin(async move {
+                    let __minos_instance: #self_ty = #build.await?;
+                    ::core::result::Result::Ok(::std::sync::Arc::new(__minos_instance)
+                        as ::std::sync::Arc<dyn ::core::any::Any + ::core::marker::Send + ::core::marker::Sync>)
+                })
+            }
+
+            #private::inventory::submit! {
+                #private::ServiceEntry { name: #service_name, build: __minos_build }
             }
 
             #(#items)*

@@ -24,6 +24,7 @@ pub use crate::saga::SagaConfig;
 /// middleware: [log_requests]      # functions marked #[middleware], first listed outermost
 /// root_entities: [Foo]            # the root entities it owns (default: all of the binary's)
 /// log: info                       # tracing filter, e.g. `info,minos_runtime=debug`
+/// app: { partner_url: "https://…" } # your own settings: `context.settings::<MySettings>()`
 /// ```
 ///
 /// Environment variables override the file: `MINOS_NAME`, `MINOS_STORAGE`, `MINOS_BROKER`,
@@ -61,6 +62,11 @@ pub struct Config {
     pub root_entities: Vec<String>,
     /// The log filter (overridden by `RUST_LOG`).
     pub log: String,
+    /// The application's own settings, free-form (`app: {partner_url: …, pool_size: 4}`), read as a
+    /// type of your own with [`Context::settings`](crate::Context::settings). Environment variables
+    /// `MINOS_APP_*` override them (`MINOS_APP_PARTNER_URL`). Every other key is the framework's, and a
+    /// misspelled one is refused.
+    pub app: serde_json::Value,
 }
 
 /// HTTP interface settings.
@@ -138,6 +144,7 @@ impl Default for Config {
             services: Vec::new(),
             root_entities: Vec::new(),
             log: "info".into(),
+            app: serde_json::Value::Object(serde_json::Map::new()),
         }
     }
 }
@@ -173,7 +180,7 @@ impl Default for RelayConfig {
     }
 }
 
-const SECTIONS: &[&str] = &["http", "handlers", "relay", "kafka", "saga"];
+const SECTIONS: &[&str] = &["http", "handlers", "relay", "kafka", "saga", "app"];
 
 /// `MINOS_HTTP_BODY_LIMIT` → `http.body_limit`; `None` for variables that are not configuration keys.
 fn env_key(var: &str) -> Option<String> {

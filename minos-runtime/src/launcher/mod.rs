@@ -173,6 +173,7 @@ impl Launcher {
         let table = Arc::new(RouteTable::collect_for(&self.config.services)?);
         let chain = self.middleware_chain()?;
         let context = self.open_context().await?;
+        build_services(&table, &context).await?;
         tracing::info!(service = %self.config.name, storage = %self.config.storage, broker = %self.config.broker, "starting; routes:\n{}", table.describe());
         let sagas = SagaManager::new(context.clone());
         let dispatcher = self
@@ -275,6 +276,27 @@ impl Launcher {
             .await?;
         Ok(dispatcher.spawn(subscription))
     }
+}
+
+/// Builds one instance of each service type the table serves, with its constructor, into the context.
+async fn build_services(table: &RouteTable, context: &Context) -> Result<()> {
+    let served: std::collections::BTreeSet<&str> =
+        table.entries().iter().map(|entry| entry.service).collect();
+    let mut built = std::collections::BTreeSet::new();
+    for entry in crate::routing::service_entries() {
+        if !served.contains(entry.name) || !built.insert(entry.name) {
+            continue;
+        }
+        let instance =
+            (entry.build)(context.clone())
+                .await
+                .map_err(|error| Error::ServiceInit {
+                    service: entry.name.to_owned(),
+                    source: Box::new(error),
+                })?;
+        context.add_instance(instance);
+    }
+    Ok(())
 }
 
 /// Answers `_{Verb}{Service}Transaction`: runs the command, replies `{"uuid", "status"}`.

@@ -30,6 +30,8 @@ struct Inner {
     config: Value,
     /// State the runtime keeps once per service, by type (e.g. the saga manager's locks).
     shared: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+    /// The instances of the service types it serves, built at start, by type.
+    instances: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
 impl Context {
@@ -50,6 +52,7 @@ impl Context {
                 client,
                 config,
                 shared: Mutex::default(),
+                instances: Mutex::default(),
             }),
         }
     }
@@ -104,6 +107,56 @@ impl Context {
             .unwrap_or_else(|_| Arc::new(T::default()))
     }
 
+    /// Keeps a built service instance (see [`ServiceEntry`]).
+    pub(crate) fn add_instance(&self, instance: Arc<dyn Any + Send + Sync>) {
+        let type_id = (*instance).type_id();
+        self.inner
+            .instances
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(type_id, instance);
+    }
+
+    /// The instance of service type `T` built when this service started.
+    pub fn instance<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        let instances = self
+            .inner
+            .instances
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let instance = instances.get(&TypeId::of::<T>())?;
+        Arc::clone(instance).downcast::<T>().ok()
+    }
+
+    /// The application's own settings: the `app:` section of the configuration (with `MINOS_APP_*`
+    /// environment overrides), decoded as `T`. A missing section decodes as an empty one, so fields
+    /// with defaults or `Option` types need nothing in the file.
+    ///
+    /// ```
+    /// # use minos_runtime as minos;
+    /// #[derive(serde::Deserialize)]
+    /// struct Partner {
+    ///     url: String,
+    ///     #[serde(default)]
+    ///     pool_size: Option<usize>,
+    /// }
+    /// # let config = minos::Config::from_yaml("app: {url: 'https://partner.example'}").unwrap();
+    /// # let context = minos::Context::new("foo", minos::Repository::memory(),
+    /// #     std::sync::Arc::new(minos::messaging::MemoryBroker::new()),
+    /// #     serde_json::to_value(&config).unwrap());
+    /// let partner: Partner = context.settings()?;
+    /// assert_eq!(partner.url, "https://partner.example");
+    /// # Ok::<(), minos::Error>(())
+    /// ```
+    pub fn settings<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        let section = match self.inner.config.get("app") {
+            Some(Value::Null) | None => Value::Object(serde_json::Map::new()),
+            Some(section) => section.clone(),
+        };
+        serde_json::from_value(section)
+            .map_err(|e| Error::Config(format!("app settings (the `app:` section): {e}")))
+    }
+
     /// The effective configuration, as JSON.
     pub fn config(&self) -> &Value {
         &self.inner.config
@@ -132,3 +185,75 @@ pub trait ServiceExt: Service {
 }
 
 impl<T: Service> ServiceExt for T {}
+
+/// The future that builds one service instance.
+#[doc(hidden)]
+pub type BuildFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<Arc<dyn Any + Send + Sync>>> + Send>>;
+
+/// How a `#[command_service]`/`#[query_service]` type is built when a service serving it starts.
+/// Generated.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct ServiceEntry {
+    /// The type's name, as `services:` of the configuration names it.
+    pub name: &'static str,
+    /// Builds the instance from the service's context.
+    pub build: fn(Context) -> BuildFuture,
+}
+
+inventory::collect!(ServiceEntry);
+
+/// The registered service types, by name.
+pub(crate) fn service_entries() -> impl Iterator<Item = &'static ServiceEntry> {
+    inventory::iter::<ServiceEntry>.into_iter()
+}
+
+/// A constructor of a service type: `fn() -> Self`, or `async fn(Context) -> Result<Self>` for a
+/// service that holds something built from its configuration, repository or broker (possibly failing,
+/// which stops the service from starting).
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot build a minos service",
+    label = "not a service constructor",
+    note = "a constructor is `fn() -> Self`, or `async fn(Context) -> minos::Result<Self>` to read the service's settings, repository or broker"
+)]
+pub trait ServiceInit<T, Args> {
+    /// Builds the instance.
+    fn build(self, context: Context) -> std::pin::Pin<Box<dyn Future<Output = Result<T>> + Send>>;
+}
+
+impl<F, T> ServiceInit<T, ()> for F
+where
+    F: FnOnce() -> T,
+    T: Send + 'static,
+{
+    fn build(self, _context: Context) -> std::pin::Pin<Box<dyn Future<Output = Result<T>> + Send>> {
+        let instance = self();
+        Box::pin(async move { Ok(instance) })
+    }
+}
+
+impl<F, Fut, T> ServiceInit<T, (Context,)> for F
+where
+    F: FnOnce(Context) -> Fut,
+    Fut: Future<Output = Result<T>> + Send + 'static,
+{
+    fn build(self, context: Context) -> std::pin::Pin<Box<dyn Future<Output = Result<T>> + Send>> {
+        Box::pin(self(context))
+    }
+}
+
+/// The instance of service type `T` of the current handler's service. Generated handlers call it.
+#[doc(hidden)]
+pub fn service_instance<T: Any + Send + Sync>() -> Result<Arc<T>> {
+    Context::current()?.instance::<T>().ok_or_else(|| {
+        Error::with_status(
+            500,
+            format!(
+                "`{}` was not built when this service started",
+                std::any::type_name::<T>()
+            ),
+        )
+    })
+}

@@ -7,7 +7,10 @@ mod refs;
 mod request;
 mod table;
 
-pub use context::{Context, Service, ServiceExt};
+pub(crate) use context::service_entries;
+pub use context::{
+    service_instance, BuildFuture, Context, Service, ServiceEntry, ServiceExt, ServiceInit,
+};
 pub use dispatcher::Outcome;
 pub(crate) use dispatcher::{Dispatcher, DispatcherHandle, SystemHandler};
 pub use refs::resolve_all;
