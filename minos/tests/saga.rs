@@ -9,8 +9,8 @@ use std::time::Duration;
 use minos::messaging::MemoryBroker;
 use minos::prelude::*;
 use minos::saga::{ExecutionStatus, SagaManager};
+use minos::testing::{TestClient as Client, TestResponse as Answer};
 use minos::{Config, Launcher, RunningService};
-use minos_support::http::{Answer, Client};
 
 #[root_entity]
 pub struct Foo {
@@ -304,9 +304,8 @@ async fn start(timeout_ms: u64) -> Pair {
 }
 
 async fn call(client: &Client, method: &'static str, path: &str, body: Option<Value>) -> Answer {
-    let (client, path) = (client.clone(), path.to_owned());
-    let body = body.map(|b| b.to_string());
-    tokio::task::spawn_blocking(move || client.request(method, &path, body.as_deref()).unwrap())
+    client
+        .request(method, path, body.map(|b| b.to_string()))
         .await
         .unwrap()
 }
@@ -840,4 +839,37 @@ async fn each_service_answers_snapshot_queries_only_for_its_own_root_entities() 
         error.to_string().contains("`Nope` is not a #[root_entity]"),
         "{error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_started_together_run_a_saga_between_them() {
+    use minos::testing::{test_config, TestService};
+    let mut foobar = test_config("foobar");
+    foobar.services = vec!["FooBarCommands".into()];
+    foobar.root_entities = vec!["FooBar".into()];
+    let mut foo = test_config("foo");
+    foo.services = vec!["FooCommands".into(), "FooQueries".into()];
+    foo.root_entities = vec!["Foo".into()];
+    let started = TestService::start_together([foobar, foo]).await.unwrap();
+    let foo = &started[1];
+    let created = foo.http().post("/foos", json!({"bar": "b"})).await.unwrap();
+    let uuid = created.json()["uuid"].clone();
+    let running = foo
+        .http()
+        .post(
+            "/foos/add-foobar",
+            json!({"uuid": uuid, "something": "together"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(running.status, 200, "{}", running.body);
+    let execution: Uuid = running.json()["uuid"].as_str().unwrap().parse().unwrap();
+    let done = SagaManager::new(foo.context().clone())
+        .wait(execution, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(done.status, ExecutionStatus::Finished, "{:?}", done.error);
+    for service in started {
+        service.stop().await;
+    }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use minos::messaging::{BrokerMessage, MemoryBroker};
 use minos::prelude::*;
+use minos::testing::{TestClient as Client, TestResponse as Answer};
 use minos::{Config, Launcher, RunningService};
-use minos_support::http::{Answer, Client};
 
 #[root_entity]
 pub struct Counter {
@@ -215,20 +215,18 @@ async fn start(name: &str) -> (RunningService, Client) {
 }
 
 async fn call(client: &Client, method: &'static str, path: &str, body: Option<&str>) -> Answer {
-    let (client, path, body) = (client.clone(), path.to_owned(), body.map(str::to_owned));
-    tokio::task::spawn_blocking(move || client.request(method, &path, body.as_deref()).unwrap())
+    client
+        .request(method, path, body.map(str::to_owned))
         .await
         .unwrap()
 }
 
 async fn eventually(what: &str, check: impl Fn() -> bool) {
-    for _ in 0..200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for: {what}");
+    minos::testing::eventually(what, Duration::from_secs(4), || {
+        let done = check();
+        async move { done }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,7 +269,7 @@ async fn http_errors_are_json_with_the_right_status() {
 
     let wrong_method = call(&client, "DELETE", "/counters", None).await;
     assert_eq!(wrong_method.status, 405);
-    assert_eq!(wrong_method.allow.as_deref(), Some("POST"));
+    assert_eq!(wrong_method.header("allow"), Some("POST"));
 
     let big = format!("{{\"value\": 1, \"pad\": \"{}\"}}", "x".repeat(4096));
     let too_large = call(&client, "POST", "/counters", Some(&big)).await;
@@ -786,5 +784,42 @@ async fn a_service_keeps_its_repository_to_itself() {
         .await
         .unwrap();
     assert_eq!(stored.value, 7);
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_starts_a_service_in_one_line() {
+    let service = minos::testing::TestService::named("one-line")
+        .await
+        .unwrap();
+    let created = service
+        .http()
+        .post("/counters", json!({"value": 2}))
+        .await
+        .unwrap();
+    assert_eq!(created.status, 201, "{}", created.body);
+    let uuid: Uuid = created.content::<Value>().unwrap()["uuid"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let read = service
+        .http()
+        .get(&format!("/counters/{uuid}"))
+        .await
+        .unwrap();
+    assert_eq!(read.json()["value"], json!(2));
+    assert_eq!(read.header("content-type"), Some("application/json"));
+    let reply = service
+        .send("CreateCounter", json!({"value": 3}))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 201);
+    minos::testing::eventually(
+        "the CounterCreated handler ran",
+        Duration::from_secs(4),
+        || async { reactions::CREATED_A.lock().unwrap().contains(&uuid) },
+    )
+    .await;
     service.stop().await;
 }
