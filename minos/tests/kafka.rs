@@ -10,7 +10,7 @@ use std::time::Duration;
 use kafka_support::{eventually, start, tallies};
 use minos::messaging::{Broker, BrokerMessage};
 use minos::prelude::*;
-use minos_support::http::Client;
+use minos::testing::TestClient;
 use minos_support::kafka::{bootstrap, broker, unique};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -233,12 +233,9 @@ async fn replies_are_matched_by_identifier_not_arrival_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn domain_events_travel_from_the_outbox_through_kafka() {
     let service = start(&unique("kflow")).await;
-    let http = Client::new(format!("http://{}", service.addr()));
+    let http = TestClient::new(service.addr());
     let tag = unique("flow");
-    let body = json!({"tag": tag}).to_string();
-    let answer = tokio::task::spawn_blocking(move || http.post("/ktallies", &body).unwrap())
-        .await
-        .unwrap();
+    let answer = http.post("/ktallies", json!({"tag": tag})).await.unwrap();
     assert_eq!(answer.status, 200, "{}", answer.body);
     let seen = format!("seen:{tag}");
     eventually(

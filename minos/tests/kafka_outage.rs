@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kafka_support::{eventually, start, tallies};
 use minos::prelude::*;
-use minos_support::http::Client;
+use minos::testing::TestClient;
 use minos_support::kafka::unique;
 
 /// The broker is paused (SIGSTOP) for 20 s while commands arrive; once it resumes every event is
@@ -24,7 +24,7 @@ async fn a_broker_outage_delays_events_without_losing_or_doubling_them() {
         return;
     };
     let service = Arc::new(start(&unique("koutage")).await);
-    let http = Client::new(format!("http://{}", service.addr()));
+    let http = TestClient::new(service.addr());
     let signal = |sig: &str| {
         let status = std::process::Command::new("kill")
             .args([sig, &pid])
@@ -37,11 +37,7 @@ async fn a_broker_outage_delays_events_without_losing_or_doubling_them() {
         let mut tags = Vec::new();
         for i in 0..10 {
             let tag = unique(&format!("outage{i}"));
-            let (http, body) = (http.clone(), json!({"tag": tag}).to_string());
-            let answer =
-                tokio::task::spawn_blocking(move || http.post("/ktallies", &body).unwrap())
-                    .await
-                    .unwrap();
+            let answer = http.post("/ktallies", json!({"tag": tag})).await.unwrap();
             assert_eq!(
                 answer.status, 200,
                 "commands are accepted while the broker is down: {}",

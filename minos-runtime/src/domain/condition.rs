@@ -141,7 +141,8 @@ pub enum Condition {
 }
 
 /// A value a condition compares a field with: anything a model field holds — numbers, `bool`, `char`,
-/// strings, `Uuid`, `DateTime<Utc>`, `NaiveDate`, `Ref<T>`, `Option<T>`, `Vec<T>`, `serde_json::Value` —
+/// strings, `Uuid`, `DateTime<Utc>`, `NaiveDate`, `Ref<T>`, `Option<T>`, `Vec<T>`, `Box<T>`,
+/// `BTreeSet<T>`, maps with string keys, `serde_json::Value` —
 /// as the stores keep it (a uuid as its text, a time in the RFC 3339 form of `created_at`).
 pub trait QueryValue {
     /// The JSON the stores compare.
@@ -214,6 +215,38 @@ impl<T: QueryValue> QueryValue for Option<T> {
 impl<T: QueryValue> QueryValue for Vec<T> {
     fn into_query_value(self) -> Value {
         Value::Array(self.into_iter().map(QueryValue::into_query_value).collect())
+    }
+}
+
+impl<T: QueryValue> QueryValue for Box<T> {
+    fn into_query_value(self) -> Value {
+        (*self).into_query_value()
+    }
+}
+
+impl<T: QueryValue> QueryValue for std::collections::BTreeSet<T> {
+    fn into_query_value(self) -> Value {
+        Value::Array(self.into_iter().map(QueryValue::into_query_value).collect())
+    }
+}
+
+impl<T: QueryValue> QueryValue for std::collections::BTreeMap<String, T> {
+    fn into_query_value(self) -> Value {
+        Value::Object(
+            self.into_iter()
+                .map(|(key, value)| (key, value.into_query_value()))
+                .collect(),
+        )
+    }
+}
+
+impl<T: QueryValue> QueryValue for std::collections::HashMap<String, T> {
+    fn into_query_value(self) -> Value {
+        Value::Object(
+            self.into_iter()
+                .map(|(key, value)| (key, value.into_query_value()))
+                .collect(),
+        )
     }
 }
 
