@@ -607,7 +607,9 @@ mod tests {
         assert!(!Condition::contains("tags", "z").matches(&doc));
         assert!(Condition::is_in("s", ["q", "abc"]).matches(&doc));
         assert!((Condition::eq("s", "abc") & !Condition::eq("a.b", 4)).matches(&doc));
-        assert!(!Condition::ne("missing", 1).matches(&doc));
+        // `ne` is `!eq`: a missing field differs from any value.
+        assert!(Condition::ne("missing", 1).matches(&doc));
+        assert!(!Condition::ne("missing", Value::Null).matches(&doc));
         assert!(Condition::eq("missing", Value::Null).matches(&doc));
     }
 
