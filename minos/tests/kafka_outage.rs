@@ -34,6 +34,16 @@ async fn a_broker_outage_delays_events_without_losing_or_doubling_them() {
     };
     signal("-STOP");
     let result = std::panic::AssertUnwindSafe(async {
+        // The health check names the broker while it does not answer.
+        let health = http.get("/system/health").await.unwrap();
+        assert_eq!(health.status, 503, "{}", health.body);
+        assert_eq!(
+            health.json()["checks"]["broker"]["status"],
+            json!("unavailable"),
+            "{}",
+            health.body
+        );
+        assert_eq!(health.json()["checks"]["store"]["status"], json!("ok"));
         let mut tags = Vec::new();
         for i in 0..10 {
             let tag = unique(&format!("outage{i}"));

@@ -91,28 +91,22 @@ struct Built {
     asyncapi: Value,
 }
 
-/// `GET /system/health`, `GET /spec/openapi`, `GET /spec/asyncapi`.
-fn built_in_endpoints(config: &mut web::ServiceConfig, built: &Arc<Built>) {
+/// How long the health check waits for the store and for the broker.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /system/health` (readiness: the store and the broker answer), `GET /system/live` (liveness: the
+/// process serves HTTP), `GET /spec/openapi`, `GET /spec/asyncapi`.
+fn built_in_endpoints(config: &mut web::ServiceConfig, built: &Arc<Built>, context: &Context) {
     let (health, openapi, asyncapi) = (Arc::clone(built), Arc::clone(built), Arc::clone(built));
+    let context = context.clone();
     config
         .route(
             "/system/health",
-            web::get().to(move || {
-                let built = Arc::clone(&health);
-                async move {
-                    let addr = built
-                        .addr
-                        .get()
-                        .copied()
-                        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-                    HttpResponse::Ok().json(json!({
-                        "status": "ok",
-                        "name": built.name,
-                        "host": addr.ip().to_string(),
-                        "port": addr.port(),
-                    }))
-                }
-            }),
+            web::get().to(move || health_response(Arc::clone(&health), context.clone())),
+        )
+        .route(
+            "/system/live",
+            web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }),
         )
         .route(
             "/spec/openapi",
@@ -128,6 +122,50 @@ fn built_in_endpoints(config: &mut web::ServiceConfig, built: &Arc<Built>) {
                 async move { HttpResponse::Ok().json(&built.asyncapi) }
             }),
         );
+}
+
+/// 200 when the store and the broker both answer within [`HEALTH_TIMEOUT`], else 503; each check's
+/// outcome and duration in `checks`.
+async fn health_response(built: Arc<Built>, context: Context) -> HttpResponse {
+    let store = context.repository().store();
+    let (store, broker) = tokio::join!(check(store.ping()), check(context.broker().ping()));
+    let healthy = store.0 && broker.0;
+    let addr = built
+        .addr
+        .get()
+        .copied()
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let body = json!({
+        "status": if healthy { "ok" } else { "unavailable" },
+        "name": built.name,
+        "host": addr.ip().to_string(),
+        "port": addr.port(),
+        "checks": {"store": store.1, "broker": broker.1},
+    });
+    match healthy {
+        true => HttpResponse::Ok().json(body),
+        false => HttpResponse::ServiceUnavailable().json(body),
+    }
+}
+
+/// Runs one check within [`HEALTH_TIMEOUT`]: whether it passed, and `{"status", "ms", "error"?}`.
+async fn check<E: std::fmt::Display>(
+    probe: impl std::future::Future<Output = std::result::Result<(), E>>,
+) -> (bool, Value) {
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(HEALTH_TIMEOUT, probe).await;
+    let ms = started.elapsed().as_millis() as u64;
+    match outcome {
+        Ok(Ok(())) => (true, json!({"status": "ok", "ms": ms})),
+        Ok(Err(error)) => (
+            false,
+            json!({"status": "unavailable", "ms": ms, "error": error.to_string()}),
+        ),
+        Err(_) => (
+            false,
+            json!({"status": "unavailable", "ms": ms, "error": format!("no answer within {HEALTH_TIMEOUT:?}")}),
+        ),
+    }
 }
 
 /// One resource per path: a route per method, and 405 with `Allow` for any other method.
@@ -204,7 +242,7 @@ pub(crate) async fn serve(
         let built = Arc::clone(&built);
         move || {
             App::new()
-                .configure(|config| built_in_endpoints(config, &built))
+                .configure(|config| built_in_endpoints(config, &built, &shared.context))
                 .configure(|config| rest_resources(config, &by_path, &shared))
                 .default_service(web::to(no_route))
         }

@@ -190,6 +190,19 @@ impl Broker for KafkaBroker {
             .map_err(|(e, _)| kafka_error(&format!("publishing to `{}`", message.topic), e))
     }
 
+    async fn ping(&self) -> Result<()> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map(|_| ())
+                .map_err(|e| kafka_error("reading the cluster metadata", e))
+        })
+        .await
+        .map_err(|e| Error::broker("kafka: reading the cluster metadata", e))?
+    }
+
     async fn publish_all(&self, messages: Vec<BrokerMessage>) -> Vec<Result<()>> {
         let mut topics: Vec<String> = messages.iter().map(|m| m.topic.clone()).collect();
         topics.sort();

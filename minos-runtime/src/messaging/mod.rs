@@ -187,6 +187,11 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// Subscribes `group` to `topics`: each unicast message reaches one subscription of each group.
     async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Subscription>;
+
+    /// Whether the broker answers now (the health check). In-process brokers always do.
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A shared broker.

@@ -262,6 +262,17 @@ pub trait EventStore: Send + Sync {
     /// Events in global order.
     async fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError>;
 
+    /// Whether the store answers now (the health check): by default, one indexed read that finds
+    /// nothing.
+    async fn ping(&self) -> Result<(), StoreError> {
+        let filter = EventFilter {
+            after_id: Some(i64::MAX),
+            limit: Some(1),
+            ..EventFilter::default()
+        };
+        self.events(&filter).await.map(|_| ())
+    }
+
     /// Appends every event (each with its messages) and records `inbox`, all in one transaction: either
     /// everything is stored or nothing is. With `inbox` already recorded, nothing is written and the
     /// answer is [`StoreError::AlreadyProcessed`].
