@@ -364,13 +364,24 @@ async fn write<C: GenericClient + Sync>(
         .await
         .map_err(|e| match e.code() {
             // Another writer inserted the same version between our read and write.
+            // The server names the duplicate key in its detail (`Key (uuid, version)=(…, 3) already
+            // exists.`): name that root, not merely the first of the batch.
             Some(code) if *code == SqlState::UNIQUE_VIOLATION => {
-                let first = items[checked.accepted[0]].0;
+                let detail = e
+                    .as_db_error()
+                    .and_then(|db| db.detail())
+                    .unwrap_or_default();
+                let culprit = checked
+                    .accepted
+                    .iter()
+                    .map(|&i| items[i].0)
+                    .find(|event| detail.contains(&event.uuid.to_string()))
+                    .unwrap_or(items[checked.accepted[0]].0);
                 StoreError::Conflict {
-                    name: first.name.clone(),
-                    uuid: first.uuid,
-                    expected: first.version.saturating_sub(1),
-                    actual: first.version,
+                    name: culprit.name.clone(),
+                    uuid: culprit.uuid,
+                    expected: culprit.version.saturating_sub(1),
+                    actual: culprit.version,
                 }
             }
             _ => db_error(e),

@@ -57,7 +57,9 @@ impl OutboxStore for SqliteStore {
             {
                 let now = format_time(crate::store::now());
                 let mut update = tx
-                    .prepare_cached("UPDATE outbox SET sent_at = ?1 WHERE id = ?2")
+                    .prepare_cached(
+                        "UPDATE outbox SET sent_at = ?1 WHERE id = ?2 AND sent_at IS NULL",
+                    )
                     .map_err(sql_err)?;
                 for id in ids {
                     update.execute(params![now, id]).map_err(sql_err)?;

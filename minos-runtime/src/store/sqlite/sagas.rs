@@ -91,7 +91,7 @@ impl SagaStore for SqliteStore {
                 )
                 .map_err(sql_err)?;
             let rows = statement
-                .query_map(params![status, limit as i64], execution_row)
+                .query_map(params![status, limit.min(i64::MAX as usize) as i64], execution_row)
                 .map_err(sql_err)?;
             rows.map(|row| decode_execution(row.map_err(sql_err)?))
                 .collect()
@@ -115,7 +115,11 @@ impl SagaStore for SqliteStore {
                 .map_err(sql_err)?;
             let rows = statement
                 .query_map(
-                    params![status, format_time(before), limit as i64],
+                    params![
+                        status,
+                        format_time(before),
+                        limit.min(i64::MAX as usize) as i64
+                    ],
                     execution_row,
                 )
                 .map_err(sql_err)?;

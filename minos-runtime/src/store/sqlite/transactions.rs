@@ -78,7 +78,7 @@ impl TransactionStore for SqliteStore {
         // The six status names are the only values: a JSON array of them is matched with json_each.
         let statuses =
             serde_json::to_string(&statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>())
-                .map_err(|e| StoreError::backend(BACKEND, e))?;
+                .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))?;
         self.with(move |conn| {
             let mut statement = conn
                 .prepare_cached(
