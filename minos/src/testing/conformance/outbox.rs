@@ -1,0 +1,227 @@
+//! The outbox, the global event order, units of writes and the inbox.
+
+use serde_json::json;
+
+use super::super::models::{Address, Customer, Order};
+use super::{in_scope, topics};
+use crate::prelude::*;
+use crate::store::{EventFilter, StoreError};
+use crate::{Action, Error, Event};
+
+/// Created, updated (with one message per field) and deleted messages, keyed by uuid, in order.
+pub async fn outbox_holds_domain_messages_in_order(repo: Repository) {
+    in_scope(&repo, async {
+        let mut order = Order::create(Order::sample("ada", 1.0)).await.unwrap();
+        order.total = 2.0;
+        order.note = Some("fragile".into());
+        order.save().await.unwrap();
+        let uuid = order.uuid();
+        order.delete().await.unwrap();
+        let pending = repo.store().pending(100).await.unwrap();
+        assert_eq!(
+            topics(&pending),
+            [
+                "OrderCreated",
+                "OrderUpdated",
+                "OrderUpdated.total",
+                "OrderUpdated.note",
+                "OrderDeleted"
+            ]
+        );
+        assert!(pending.windows(2).all(|w| w[0].id < w[1].id));
+        assert!(pending.iter().all(|r| r.message.key == uuid.to_string()));
+        let created: Event = serde_json::from_value(pending[0].message.content.clone()).unwrap();
+        assert_eq!(
+            (created.uuid, created.version, created.action),
+            (uuid, 1, Action::Create)
+        );
+        assert_eq!(
+            created.fields_diff.len(),
+            <Order as crate::Model>::FIELDS.len()
+        );
+        let updated: Event = serde_json::from_value(pending[1].message.content.clone()).unwrap();
+        assert_eq!(updated.fields_diff.len(), 2);
+        let single: Event = serde_json::from_value(pending[3].message.content.clone()).unwrap();
+        assert_eq!(single.version, 2);
+        assert_eq!(single.created_at, updated.created_at);
+        assert_eq!(single.fields_diff.len(), 1);
+        assert_eq!(single.fields_diff[0].name, "note");
+        assert_eq!(single.fields_diff[0].value, json!("fragile"));
+        let deleted: Event = serde_json::from_value(pending[4].message.content.clone()).unwrap();
+        assert_eq!((deleted.version, deleted.action), (3, Action::Delete));
+    })
+    .await
+}
+
+/// Sent messages leave the pending list; the rest keep their order.
+pub async fn outbox_marks_messages_sent(repo: Repository) {
+    for name in ["a", "b", "c"] {
+        repo.create(Customer { name: name.into() }).await.unwrap();
+    }
+    let pending = repo.store().pending(2).await.unwrap();
+    assert_eq!(pending.len(), 2);
+    repo.store().mark_sent(&[pending[0].id]).await.unwrap();
+    let rest = repo.store().pending(10).await.unwrap();
+    assert_eq!(rest.len(), 2);
+    assert_eq!(rest[0].id, pending[1].id);
+    let names: Vec<&str> = rest
+        .iter()
+        .map(|r| {
+            r.message.content["fields_diff"][0]["value"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(names, ["b", "c"]);
+    repo.store()
+        .mark_sent(&rest.iter().map(|r| r.id).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert!(repo.store().pending(10).await.unwrap().is_empty());
+}
+
+/// Events of several roots come back in commit order; filters by uuid, name and position work.
+pub async fn events_read_in_global_order(repo: Repository) {
+    let a = repo.create(Customer { name: "a".into() }).await.unwrap();
+    let b = repo.create(Order::sample("b", 1.0)).await.unwrap();
+    let mut a2 = a.clone();
+    a2.name = "a2".into();
+    repo.save(&mut a2).await.unwrap();
+    let all = repo.store().events(&EventFilter::default()).await.unwrap();
+    let order: Vec<(Uuid, u64)> = all
+        .iter()
+        .map(|s| (s.event.uuid, s.event.version))
+        .collect();
+    assert_eq!(order, [(a.uuid(), 1), (b.uuid(), 1), (a.uuid(), 2)]);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    let customers = EventFilter {
+        name: Some("Customer".into()),
+        ..EventFilter::default()
+    };
+    assert_eq!(repo.store().events(&customers).await.unwrap().len(), 2);
+    let after = EventFilter {
+        after_id: Some(all[0].id),
+        limit: Some(1),
+        ..EventFilter::default()
+    };
+    let next = repo.store().events(&after).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].event.uuid, b.uuid());
+}
+
+#[allow(dead_code)]
+fn assert_address_is_a_value(address: Address) -> Address {
+    address
+}
+
+fn event_of(root: &Root<Customer>, version: u64, action: Action, name: &str) -> Event {
+    Event {
+        uuid: root.uuid(),
+        name: "Customer".into(),
+        version,
+        action,
+        created_at: crate::store::now(),
+        fields_diff: vec![crate::FieldDiff::whole("name", "String", json!(name))],
+    }
+}
+
+/// A unit whose second append conflicts stores nothing at all.
+pub async fn units_commit_all_or_nothing(repo: Repository) {
+    let a = repo.create(Customer { name: "a".into() }).await.unwrap();
+    let b = repo.create(Customer { name: "b".into() }).await.unwrap();
+    let pending = repo.store().pending(100).await.unwrap().len();
+    let good = event_of(&a, 2, Action::Update, "a2");
+    let stale = event_of(&b, 5, Action::Update, "b5");
+    let writes = vec![
+        (good.clone(), good.domain_messages().unwrap()),
+        (stale.clone(), stale.domain_messages().unwrap()),
+    ];
+    let error = repo.commit_unit(&writes, None).await.unwrap_err();
+    assert!(error.is_conflict(), "{error}");
+    assert_eq!(
+        repo.get::<Customer>(a.uuid()).await.unwrap().name,
+        "a",
+        "the first append was rolled back"
+    );
+    assert_eq!(repo.store().pending(100).await.unwrap().len(), pending);
+
+    let next = event_of(&b, 2, Action::Update, "b2");
+    let writes = vec![
+        (good.clone(), good.domain_messages().unwrap()),
+        (next.clone(), next.domain_messages().unwrap()),
+    ];
+    let stored = repo.commit_unit(&writes, None).await.unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(repo.get::<Customer>(a.uuid()).await.unwrap().name, "a2");
+    assert_eq!(repo.get::<Customer>(b.uuid()).await.unwrap().name, "b2");
+}
+
+/// A unit with an inbox entry is committed once; a redelivery writes nothing.
+pub async fn units_record_the_inbox_once(repo: Repository) {
+    let a = repo.create(Customer { name: "a".into() }).await.unwrap();
+    let entry = crate::store::InboxEntry {
+        consumer: "svc".into(),
+        identifier: Uuid::new_v4(),
+    };
+    assert!(!repo.store().is_processed(&entry).await.unwrap());
+    let update = event_of(&a, 2, Action::Update, "once");
+    let writes = vec![(update.clone(), update.domain_messages().unwrap())];
+    repo.commit_unit(&writes, Some(&entry)).await.unwrap();
+    assert!(repo.store().is_processed(&entry).await.unwrap());
+    let again = event_of(&a, 3, Action::Update, "twice");
+    let error = repo
+        .commit_unit(
+            &vec![(again.clone(), again.domain_messages().unwrap())],
+            Some(&entry),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::Store(StoreError::AlreadyProcessed { .. })),
+        "{error}"
+    );
+    let read = repo.get::<Customer>(a.uuid()).await.unwrap();
+    assert_eq!((read.name.as_str(), read.version()), ("once", 2));
+    let other = crate::store::InboxEntry {
+        consumer: "other".into(),
+        identifier: entry.identifier,
+    };
+    repo.commit_unit(&Vec::new(), Some(&other)).await.unwrap();
+    assert!(repo.store().is_processed(&other).await.unwrap());
+}
+
+/// Writes inside `staged` reach the store only through `commit_unit`.
+pub async fn staged_writes_wait_for_the_unit_commit(repo: Repository) {
+    let (result, writes) = repo
+        .staged(in_scope(&repo, async {
+            let mut customer = Customer::create(Customer { name: "x".into() }).await?;
+            customer.name = "y".into();
+            customer.save().await?;
+            Ok::<_, Error>(customer)
+        }))
+        .await;
+    let customer = result.unwrap();
+    assert_eq!(customer.version(), 2);
+    assert_eq!(writes.len(), 2);
+    assert!(repo
+        .get::<Customer>(customer.uuid())
+        .await
+        .unwrap_err()
+        .is_not_found());
+    assert!(repo.store().pending(10).await.unwrap().is_empty());
+    repo.commit_unit(&writes, None).await.unwrap();
+    let read = repo.get::<Customer>(customer.uuid()).await.unwrap();
+    assert_eq!((read.name.as_str(), read.version()), ("y", 2));
+    let topics: Vec<String> = repo
+        .store()
+        .pending(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.message.topic)
+        .collect();
+    assert_eq!(
+        topics,
+        ["CustomerCreated", "CustomerUpdated", "CustomerUpdated.name"]
+    );
+}

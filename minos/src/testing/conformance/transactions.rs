@@ -1,0 +1,331 @@
+//! Application transactions: held writes, reservations, commits, nesting and claims.
+
+use super::super::models::Customer;
+use super::in_scope;
+use crate::prelude::*;
+use crate::store::StoreError;
+use crate::Error;
+
+/// Transaction entries are stored, updated, and found by status and age.
+pub async fn transactions_are_saved_and_found_by_status(repo: Repository) {
+    use crate::transaction::{TransactionEntry, TransactionStatus};
+    let store = repo.store();
+    let outer = TransactionEntry::new(Uuid::new_v4(), None);
+    let mut inner = TransactionEntry::new(Uuid::new_v4(), Some(outer.uuid));
+    store.save_transaction(&outer).await.unwrap();
+    store.save_transaction(&inner).await.unwrap();
+    assert_eq!(
+        store.transaction(inner.uuid).await.unwrap().as_ref(),
+        Some(&inner)
+    );
+    assert_eq!(store.transaction(Uuid::new_v4()).await.unwrap(), None);
+    inner.transition(TransactionStatus::Reserving).unwrap();
+    inner.transition(TransactionStatus::Reserved).unwrap();
+    store.save_transaction(&inner).await.unwrap();
+    let read = store.transaction(inner.uuid).await.unwrap().unwrap();
+    assert_eq!(
+        (read.status, read.destination),
+        (TransactionStatus::Reserved, Some(outer.uuid))
+    );
+    let later = crate::store::now() + chrono::Duration::seconds(1);
+    let reserved = store
+        .transactions_in(&[TransactionStatus::Reserved], later)
+        .await
+        .unwrap();
+    assert_eq!(
+        reserved.iter().map(|t| t.uuid).collect::<Vec<_>>(),
+        [inner.uuid]
+    );
+    let earlier = inner.updated_at - chrono::Duration::seconds(1);
+    assert!(store
+        .transactions_in(&[TransactionStatus::Reserved], earlier)
+        .await
+        .unwrap()
+        .is_empty());
+    let both = store
+        .transactions_in(
+            &[TransactionStatus::Pending, TransactionStatus::Reserved],
+            later,
+        )
+        .await
+        .unwrap();
+    assert_eq!(both.len(), 2);
+    let pending = store
+        .transactions_in(&[TransactionStatus::Pending], later)
+        .await
+        .unwrap();
+    assert_eq!(
+        pending.iter().map(|t| t.uuid).collect::<Vec<_>>(),
+        [outer.uuid]
+    );
+}
+
+/// A transaction's held writes come back in order, apart from other transactions', until released.
+pub async fn transactions_hold_writes_until_released(repo: Repository) {
+    let store = repo.store();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let ((), writes) = repo
+        .staged(in_scope(&repo, async {
+            let mut customer = Customer::create(Customer { name: "x".into() })
+                .await
+                .unwrap();
+            customer.name = "y".into();
+            customer.save().await.unwrap();
+        }))
+        .await;
+    store.hold(a, &writes[..1], None).await.unwrap();
+    store.hold(b, &writes, None).await.unwrap();
+    let inbox = crate::store::InboxEntry {
+        consumer: "svc".into(),
+        identifier: Uuid::new_v4(),
+    };
+    store.hold(a, &writes[1..], Some(&inbox)).await.unwrap();
+    assert!(store.is_processed(&inbox).await.unwrap());
+    // The same message again: refused, nothing added.
+    let again = store.hold(a, &writes[1..], Some(&inbox)).await.unwrap_err();
+    assert!(
+        matches!(again, StoreError::AlreadyProcessed { .. }),
+        "{again}"
+    );
+    let held = store.held(a).await.unwrap();
+    assert_eq!(held, writes);
+    assert_eq!(store.held(b).await.unwrap().len(), 2);
+    // Nothing held reached the store.
+    assert!(repo
+        .get::<Customer>(writes[0].0.uuid)
+        .await
+        .unwrap_err()
+        .is_not_found());
+    store.release(a).await.unwrap();
+    assert!(store.held(a).await.unwrap().is_empty());
+    assert_eq!(store.held(b).await.unwrap().len(), 2);
+    repo.commit_unit(&store.held(b).await.unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        repo.get::<Customer>(writes[0].0.uuid).await.unwrap().name,
+        "y"
+    );
+}
+
+fn customer_names(roots: &[Root<Customer>]) -> Vec<String> {
+    let mut names: Vec<String> = roots.iter().map(|c| c.name.clone()).collect();
+    names.sort();
+    names
+}
+
+/// Writes inside a transaction are seen only inside it, publish nothing, and reach the store (and the
+/// outbox) when it commits.
+pub async fn transaction_writes_are_private_until_committed(repo: Repository) {
+    use crate::transaction::{TransactionScope, TransactionStatus};
+    let existing = repo.create(Customer { name: "ann".into() }).await.unwrap();
+    let sent = repo.store().pending(100).await.unwrap().len();
+    let tx = Uuid::new_v4();
+    let existing_uuid = existing.uuid();
+    let created = in_scope(
+        &repo,
+        TransactionScope::top(tx).run(async move {
+            let created = Customer::create(Customer { name: "bob".into() }).await?;
+            let mut ann = Customer::get(existing_uuid).await?;
+            ann.name = "anna".into();
+            assert!(ann.save().await?);
+            // Inside: the writes are visible to reads and queries.
+            assert_eq!(Customer::get(existing_uuid).await?.name, "anna");
+            assert_eq!(Customer::get(existing_uuid).await?.version(), 2);
+            let all = Customer::get_all().await?;
+            assert_eq!(customer_names(&all), ["anna", "bob"]);
+            let found = Customer::find(Condition::eq("name", "bob")).await?;
+            assert_eq!(found.len(), 1);
+            let none = Customer::find(Condition::eq("name", "ann")).await?;
+            assert!(none.is_empty());
+            Ok::<_, Error>(created)
+        }),
+    )
+    .await
+    .unwrap();
+    // Outside: nothing changed, nothing to publish.
+    assert!(repo
+        .get::<Customer>(created.uuid())
+        .await
+        .unwrap_err()
+        .is_not_found());
+    assert_eq!(
+        repo.get::<Customer>(existing_uuid).await.unwrap().name,
+        "ann"
+    );
+    assert_eq!(repo.store().pending(100).await.unwrap().len(), sent);
+    assert_eq!(repo.store().held(tx).await.unwrap().len(), 2);
+    // Commit reserves first, then stores and publishes.
+    let status = repo.transactions().commit(tx).await.unwrap();
+    assert_eq!(status, TransactionStatus::Committed);
+    assert_eq!(
+        repo.get::<Customer>(existing_uuid).await.unwrap().name,
+        "anna"
+    );
+    assert_eq!(
+        repo.get::<Customer>(created.uuid()).await.unwrap().name,
+        "bob"
+    );
+    let topics: Vec<String> = repo.store().pending(100).await.unwrap()[sent..]
+        .iter()
+        .map(|r| r.message.topic.clone())
+        .collect();
+    assert_eq!(
+        topics,
+        ["CustomerCreated", "CustomerUpdated", "CustomerUpdated.name"]
+    );
+    assert!(repo.store().held(tx).await.unwrap().is_empty());
+    // Committing again does nothing; a committed transaction takes no more writes and cannot be rejected.
+    assert_eq!(
+        repo.transactions().commit(tx).await.unwrap(),
+        TransactionStatus::Committed
+    );
+    let late = in_scope(
+        &repo,
+        TransactionScope::top(tx).run(Customer::create(Customer {
+            name: "late".into(),
+        })),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(late.status(), 409, "{late}");
+    assert_eq!(
+        repo.transactions().reject(tx).await.unwrap_err().status(),
+        409
+    );
+}
+
+/// Reserve refuses writes based on stale versions and siblings touching the same root; a refused or
+/// rejected transaction's writes vanish.
+pub async fn reserve_refuses_conflicts_and_reject_drops_writes(repo: Repository) {
+    use crate::transaction::{TransactionScope, TransactionStatus};
+    let ann = repo.create(Customer { name: "ann".into() }).await.unwrap();
+    let uuid = ann.uuid();
+    let rename = |name: &'static str| async move {
+        let mut customer = Customer::get(uuid).await?;
+        customer.name = name.into();
+        customer.save().await
+    };
+    let (first, second, third) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    for (tx, name) in [(first, "one"), (second, "two"), (third, "three")] {
+        in_scope(&repo, TransactionScope::top(tx).run(rename(name)))
+            .await
+            .unwrap();
+    }
+    let transactions = repo.transactions();
+    assert_eq!(
+        transactions.reserve(first).await.unwrap(),
+        TransactionStatus::Reserved
+    );
+    // A sibling touching the same root while `first` is reserved: refused, and rejected.
+    let error = transactions.reserve(second).await.unwrap_err();
+    assert_eq!(error.status(), 409, "{error}");
+    let entry = repo.store().transaction(second).await.unwrap().unwrap();
+    assert_eq!(entry.status, TransactionStatus::Rejected);
+    assert!(repo.store().held(second).await.unwrap().is_empty());
+    // `first` commits; `third` was based on version 1, which is stale now.
+    transactions.commit(first).await.unwrap();
+    assert_eq!(repo.get::<Customer>(uuid).await.unwrap().name, "one");
+    let error = transactions.commit(third).await.unwrap_err();
+    assert!(error.is_conflict(), "{error}");
+    assert_eq!(repo.get::<Customer>(uuid).await.unwrap().version(), 2);
+    // Reject drops the writes; rejecting again is fine; committing a rejected one is a conflict.
+    let fourth = Uuid::new_v4();
+    in_scope(&repo, TransactionScope::top(fourth).run(rename("four")))
+        .await
+        .unwrap();
+    assert_eq!(
+        transactions.reject(fourth).await.unwrap(),
+        TransactionStatus::Rejected
+    );
+    assert_eq!(
+        transactions.reject(fourth).await.unwrap(),
+        TransactionStatus::Rejected
+    );
+    assert_eq!(transactions.commit(fourth).await.unwrap_err().status(), 409);
+    assert_eq!(repo.get::<Customer>(uuid).await.unwrap().name, "one");
+    // Unknown transactions (nothing written here) answer at once and refuse later writes.
+    let unknown = Uuid::new_v4();
+    assert_eq!(
+        transactions.reserve(unknown).await.unwrap(),
+        TransactionStatus::Reserved
+    );
+    let late = in_scope(&repo, TransactionScope::top(unknown).run(rename("late")))
+        .await
+        .unwrap_err();
+    assert_eq!(late.status(), 409);
+    // Left reserved too long: the tidy job rejects it.
+    let fifth = Uuid::new_v4();
+    in_scope(&repo, TransactionScope::top(fifth).run(rename("five")))
+        .await
+        .unwrap();
+    transactions.reserve(fifth).await.unwrap();
+    assert!(
+        transactions
+            .tidy(
+                std::time::Duration::ZERO,
+                std::time::Duration::from_secs(3600)
+            )
+            .await
+            .unwrap()
+            >= 1
+    );
+    let entry = repo.store().transaction(fifth).await.unwrap().unwrap();
+    assert_eq!(entry.status, TransactionStatus::Rejected);
+}
+
+/// A nested transaction commits into its destination: visible there, still unpublished, and stored when
+/// the destination commits at the top level.
+pub async fn nested_transactions_commit_into_their_destination(repo: Repository) {
+    use crate::transaction::{TransactionScope, TransactionStatus};
+    let (outer, inner) = (Uuid::new_v4(), Uuid::new_v4());
+    let scope = TransactionScope::new(vec![outer, inner]).unwrap();
+    let created = in_scope(
+        &repo,
+        scope.run(Customer::create(Customer { name: "kid".into() })),
+    )
+    .await
+    .unwrap();
+    let uuid = created.uuid();
+    let seen_outer = in_scope(&repo, TransactionScope::top(outer).run(Customer::get(uuid))).await;
+    assert!(seen_outer.unwrap_err().is_not_found());
+    let transactions = repo.transactions();
+    assert_eq!(
+        transactions.commit(inner).await.unwrap(),
+        TransactionStatus::Committed
+    );
+    let seen_outer = in_scope(&repo, TransactionScope::top(outer).run(Customer::get(uuid)))
+        .await
+        .unwrap();
+    assert_eq!(seen_outer.name, "kid");
+    assert!(repo.get::<Customer>(uuid).await.unwrap_err().is_not_found());
+    assert!(repo.store().pending(10).await.unwrap().is_empty());
+    transactions.commit(outer).await.unwrap();
+    assert_eq!(repo.get::<Customer>(uuid).await.unwrap().name, "kid");
+    assert_eq!(repo.store().pending(10).await.unwrap().len(), 1);
+}
+
+/// A root is claimed by one transaction per destination at a time, all of a claim or none, until the
+/// holder is released.
+pub async fn claims_are_exclusive_per_destination_until_released(repo: Repository) {
+    let store = repo.store();
+    let (t1, t2, outer) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let (r1, r2, r3) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    assert_eq!(store.claim(None, t1, &[r1, r2]).await.unwrap(), None);
+    // Again by the holder: fine.
+    assert_eq!(store.claim(None, t1, &[r1]).await.unwrap(), None);
+    // r2 is taken: nothing of this claim is kept (r3 stays free).
+    assert_eq!(
+        store.claim(None, t2, &[r3, r2]).await.unwrap(),
+        Some((r2, t1))
+    );
+    assert_eq!(
+        store.claim(Some(outer), t2, &[r2]).await.unwrap(),
+        None,
+        "another destination"
+    );
+    let t3 = Uuid::new_v4();
+    assert_eq!(store.claim(None, t3, &[r3]).await.unwrap(), None);
+    store.release(t1).await.unwrap();
+    assert_eq!(store.claim(None, t2, &[r1, r2]).await.unwrap(), None);
+}
