@@ -341,5 +341,27 @@ mod tests {
         );
         assert_eq!(env_key("NAME").as_deref(), Some("name"));
         assert_eq!(env_key("MACROS_DEBUG"), None);
+        assert_eq!(
+            env_key("ROOT_ENTITIES").as_deref(),
+            Some("root_entities")
+        );
+    }
+
+    #[test]
+    fn the_app_section_is_free_and_takes_environment_overrides() {
+        assert_eq!(
+            env_key("APP_PARTNER_URL").as_deref(),
+            Some("app.partner_url")
+        );
+        let config = Config::from_yaml("app: {partner_url: x, pool: {size: 4}}").unwrap();
+        assert_eq!(config.app["pool"]["size"], serde_json::json!(4));
+        // A variable only this test sets.
+        std::env::set_var("MINOS_APP_PARTNER_URL", "https://partner.example");
+        let config = Config::from_env();
+        std::env::remove_var("MINOS_APP_PARTNER_URL");
+        assert_eq!(
+            config.unwrap().app["partner_url"],
+            serde_json::json!("https://partner.example")
+        );
     }
 }
