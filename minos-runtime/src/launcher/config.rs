@@ -341,10 +341,7 @@ mod tests {
         );
         assert_eq!(env_key("NAME").as_deref(), Some("name"));
         assert_eq!(env_key("MACROS_DEBUG"), None);
-        assert_eq!(
-            env_key("ROOT_ENTITIES").as_deref(),
-            Some("root_entities")
-        );
+        assert_eq!(env_key("ROOT_ENTITIES").as_deref(), Some("root_entities"));
     }
 
     #[test]

@@ -1,0 +1,229 @@
+//! REST path templates (`/foos/{uuid}`) and resolution of a concrete request to the most specific one.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use super::RegistrationError;
+
+/// A REST path template: `/foos/{uuid}/bars`. Segments are literal, or a `{name}` parameter that
+/// matches any one non-empty segment.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PathTemplate {
+    text: String,
+    segments: Vec<Segment>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Segment {
+    Literal(String),
+    Parameter,
+}
+
+impl PathTemplate {
+    /// Parses a template: it starts with `/`; a segment is either literal (no `{` or `}`) or a whole
+    /// `{name}` with `name` made of letters, digits and `_`.
+    pub fn parse(text: &str) -> Result<Self, RegistrationError> {
+        let invalid = |why: &str| RegistrationError::InvalidPath {
+            path: text.to_owned(),
+            reason: why.to_owned(),
+        };
+        let rest = text
+            .strip_prefix('/')
+            .ok_or_else(|| invalid("a path starts with `/`"))?;
+        let mut segments = Vec::new();
+        if !rest.is_empty() {
+            for segment in rest.split('/') {
+                segments.push(match segment.strip_prefix('{') {
+                    Some(inner) => {
+                        let name = inner
+                            .strip_suffix('}')
+                            .ok_or_else(|| invalid("unclosed `{` in a segment"))?;
+                        let valid = !name.is_empty()
+                            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                        if !valid {
+                            return Err(invalid(
+                                "a parameter is `{name}`, letters, digits and `_`",
+                            ));
+                        }
+                        Segment::Parameter
+                    }
+                    None if segment.contains(['{', '}']) => {
+                        return Err(invalid("a parameter takes a whole segment: `/foos/{uuid}`"))
+                    }
+                    None => Segment::Literal(segment.to_owned()),
+                });
+            }
+        }
+        Ok(PathTemplate {
+            text: text.to_owned(),
+            segments,
+        })
+    }
+
+    /// The template as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether `path` (a concrete request path, without query) fits this template.
+    pub fn matches(&self, path: &str) -> bool {
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let parts: Vec<&str> = if rest.is_empty() {
+            Vec::new()
+        } else {
+            rest.split('/').collect()
+        };
+        parts.len() == self.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(parts)
+                .all(|(segment, part)| match segment {
+                    Segment::Literal(literal) => literal == part,
+                    Segment::Parameter => !part.is_empty(),
+                })
+    }
+
+    /// Which of two templates matching the same path is more specific: the first segment where they
+    /// differ decides, a literal beating a parameter (`/foos/example` before `/foos/{uuid}`).
+    pub fn specificity(&self, other: &PathTemplate) -> Ordering {
+        for (mine, theirs) in self.segments.iter().zip(&other.segments) {
+            match (mine, theirs) {
+                (Segment::Literal(_), Segment::Parameter) => return Ordering::Greater,
+                (Segment::Parameter, Segment::Literal(_)) => return Ordering::Less,
+                _ => {}
+            }
+        }
+        Ordering::Equal
+    }
+}
+
+impl fmt::Display for PathTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// A set of routes, each a method and a template with a value (the service or instance serving it):
+/// resolves a request to the most specific matching route, whatever the order they were added in.
+#[derive(Clone, Debug)]
+pub struct Routes<T> {
+    routes: Vec<(String, PathTemplate, T)>,
+}
+
+impl<T> Default for Routes<T> {
+    fn default() -> Self {
+        Routes { routes: Vec::new() }
+    }
+}
+
+impl<T> Routes<T> {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `method template → value` (methods compare case-insensitively).
+    pub fn add(&mut self, method: &str, template: PathTemplate, value: T) {
+        self.routes
+            .push((method.to_ascii_uppercase(), template, value));
+    }
+
+    /// The values of the most specific routes matching `method path`, in the order they were added
+    /// (several when several services registered the same route).
+    pub fn resolve(&self, method: &str, path: &str) -> Vec<&T> {
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        let method = method.to_ascii_uppercase();
+        let matching: Vec<&(String, PathTemplate, T)> = self
+            .routes
+            .iter()
+            .filter(|(m, template, _)| *m == method && template.matches(path))
+            .collect();
+        let Some(best) = matching
+            .iter()
+            .map(|(_, template, _)| template)
+            .max_by(|a, b| a.specificity(b))
+        else {
+            return Vec::new();
+        };
+        matching
+            .iter()
+            .filter(|(_, template, _)| template.specificity(best) == Ordering::Equal)
+            .map(|(_, _, value)| value)
+            .collect()
+    }
+
+    /// How many routes there are.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_parse_and_refuse_what_is_not_a_template() {
+        assert!(PathTemplate::parse("/foos/{uuid}").is_ok());
+        assert!(PathTemplate::parse("/").is_ok());
+        for bad in [
+            "foos",
+            "/foos/{uuid",
+            "/foos/{}",
+            "/foos/x{uuid}",
+            "/foos/{a-b}",
+        ] {
+            let error = PathTemplate::parse(bad).unwrap_err();
+            assert!(error.to_string().contains(bad), "{error}");
+        }
+    }
+
+    #[test]
+    fn templates_match_whole_segments() {
+        let template = PathTemplate::parse("/foos/{uuid}").unwrap();
+        assert!(template.matches("/foos/123"));
+        assert!(!template.matches("/foos"));
+        assert!(!template.matches("/foos/"));
+        assert!(!template.matches("/foos/1/bars"));
+        assert!(!template.matches("/bars/1"));
+        assert!(PathTemplate::parse("/").unwrap().matches("/"));
+    }
+
+    #[test]
+    fn the_most_specific_route_wins_whatever_the_order() {
+        for reversed in [false, true] {
+            let mut entries = vec![
+                ("GET", "/foos/{uuid}", "by-uuid"),
+                ("GET", "/foos/example", "example"),
+                ("GET", "/{kind}/example", "any-kind"),
+            ];
+            if reversed {
+                entries.reverse();
+            }
+            let mut routes = Routes::new();
+            for (method, path, value) in entries {
+                routes.add(method, PathTemplate::parse(path).unwrap(), value);
+            }
+            assert_eq!(routes.resolve("GET", "/foos/example"), [&"example"]);
+            assert_eq!(routes.resolve("get", "/foos/42?x=1"), [&"by-uuid"]);
+            assert_eq!(routes.resolve("GET", "/bars/example"), [&"any-kind"]);
+            assert!(routes.resolve("POST", "/foos/42").is_empty());
+        }
+    }
+
+    #[test]
+    fn equally_specific_routes_all_resolve() {
+        let mut routes = Routes::new();
+        routes.add("GET", PathTemplate::parse("/foos/{uuid}").unwrap(), 1);
+        routes.add("GET", PathTemplate::parse("/foos/{id}").unwrap(), 2);
+        assert_eq!(routes.resolve("GET", "/foos/7"), [&1, &2]);
+    }
+}
