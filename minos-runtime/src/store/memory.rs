@@ -12,7 +12,9 @@ use super::{
 };
 use chrono::{DateTime, Utc};
 
-use super::{ExecutionRecord, HeldWrites, SagaStore, TransactionStore};
+use super::{
+    ExecutionRecord, HeldWrites, InstanceRecord, RegistryStore, SagaStore, TransactionStore,
+};
 use crate::domain::{DomainMessage, Event, ExecutionStatus, TransactionEntry, TransactionStatus};
 
 /// Keeps everything in process memory; lost when the process ends.
@@ -33,6 +35,9 @@ struct Inner {
     held: std::collections::HashMap<Uuid, HeldWrites>,
     executions: std::collections::HashMap<Uuid, ExecutionRecord>,
     claims: std::collections::HashMap<(Option<Uuid>, Uuid), Uuid>,
+    // By service, then instance id: the order listings answer in.
+    instances: std::collections::BTreeMap<(String, String), InstanceRecord>,
+    registry_version: u64,
 }
 
 impl MemoryStore {
@@ -324,5 +329,100 @@ impl OutboxStore for MemoryStore {
         // Sent messages are dropped: nothing reads them again.
         inner.outbox.retain(|record| !ids.contains(&record.id));
         Ok(())
+    }
+}
+
+#[async_trait]
+impl RegistryStore for MemoryStore {
+    async fn register_instance(&self, record: &InstanceRecord) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        inner.instances.insert(
+            (record.service.clone(), record.instance.clone()),
+            record.clone(),
+        );
+        inner.registry_version += 1;
+        Ok(inner.registry_version)
+    }
+
+    async fn touch_instance(
+        &self,
+        service: &str,
+        instance: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let key = (service.to_owned(), instance.to_owned());
+        Ok(match inner.instances.get_mut(&key) {
+            Some(record) => {
+                record.last_seen = at;
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn set_instance_health(
+        &self,
+        service: &str,
+        instance: &str,
+        healthy: bool,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let key = (service.to_owned(), instance.to_owned());
+        let changed = match inner.instances.get_mut(&key) {
+            Some(record) if record.healthy != healthy => {
+                record.healthy = healthy;
+                true
+            }
+            Some(_) => false,
+            None => return Ok(false),
+        };
+        if changed {
+            inner.registry_version += 1;
+        }
+        Ok(true)
+    }
+
+    async fn remove_instances(
+        &self,
+        service: &str,
+        instance: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        let mut inner = self.lock();
+        let before = inner.instances.len();
+        inner
+            .instances
+            .retain(|(s, i), _| !(s == service && instance.is_none_or(|wanted| wanted == i)));
+        let removed = before - inner.instances.len();
+        if removed > 0 {
+            inner.registry_version += 1;
+        }
+        Ok(removed)
+    }
+
+    async fn expire_instances(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
+        let mut inner = self.lock();
+        let expired: Vec<InstanceRecord> = inner
+            .instances
+            .values()
+            .filter(|r| r.last_seen < before)
+            .cloned()
+            .collect();
+        if !expired.is_empty() {
+            inner.instances.retain(|_, r| r.last_seen >= before);
+            inner.registry_version += 1;
+        }
+        Ok(expired)
+    }
+
+    async fn registry(&self) -> Result<(u64, Vec<InstanceRecord>), StoreError> {
+        let inner = self.lock();
+        Ok((
+            inner.registry_version,
+            inner.instances.values().cloned().collect(),
+        ))
     }
 }

@@ -442,6 +442,71 @@ pub trait SagaStore: Send + Sync {
     ) -> Result<Vec<ExecutionRecord>, StoreError>;
 }
 
+/// One registered service instance, as a registry keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceRecord {
+    /// The service's name.
+    pub service: String,
+    /// The instance's id, unique within its service (replicas of a service each have one).
+    pub instance: String,
+    /// Where it listens.
+    pub address: String,
+    /// Its HTTP port.
+    pub port: u16,
+    /// Its REST endpoints: `[["GET", "/foos/{uuid}"], ...]`.
+    pub endpoints: Value,
+    /// Whether it declared itself able to serve when it registered.
+    pub status: bool,
+    /// The registry's last health probe of it passed (true until a probe fails).
+    pub healthy: bool,
+    /// When it (last) registered.
+    pub registered_at: DateTime<Utc>,
+    /// Its last registration or heartbeat.
+    pub last_seen: DateTime<Utc>,
+}
+
+/// The registry port: service instances with their leases and health, and a version bumped by every
+/// change, so readers cache the listing and ask only whether it changed. Replicas of a registry share
+/// one store.
+#[async_trait]
+pub trait RegistryStore: Send + Sync {
+    /// Inserts or replaces an instance (by service and instance id). Returns the registry's version.
+    async fn register_instance(&self, record: &InstanceRecord) -> Result<u64, StoreError>;
+
+    /// Records a heartbeat (`last_seen = at`); `false` when the instance is not registered.
+    async fn touch_instance(
+        &self,
+        service: &str,
+        instance: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Records a health probe's verdict; `false` when the instance is not registered. The version is
+    /// bumped only when the verdict changed.
+    async fn set_instance_health(
+        &self,
+        service: &str,
+        instance: &str,
+        healthy: bool,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes one instance of `service`, or all of them; returns how many were removed.
+    async fn remove_instances(
+        &self,
+        service: &str,
+        instance: Option<&str>,
+    ) -> Result<usize, StoreError>;
+
+    /// Removes the instances last seen before `before` (their lease ran out) and returns them.
+    async fn expire_instances(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<InstanceRecord>, StoreError>;
+
+    /// The registry's version and every instance, by service then instance id.
+    async fn registry(&self) -> Result<(u64, Vec<InstanceRecord>), StoreError>;
+}
+
 /// A backend implementing every port.
 pub trait Store:
     EventStore
@@ -450,6 +515,7 @@ pub trait Store:
     + InboxStore
     + TransactionStore
     + SagaStore
+    + RegistryStore
     + fmt::Debug
     + 'static
 {
@@ -462,6 +528,7 @@ impl<
             + InboxStore
             + TransactionStore
             + SagaStore
+            + RegistryStore
             + fmt::Debug
             + 'static,
     > Store for T

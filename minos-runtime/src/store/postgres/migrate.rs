@@ -11,6 +11,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("sql/0003_transactions.sql")),
     (4, include_str!("sql/0004_saga_executions.sql")),
     (5, include_str!("sql/0005_transaction_claims.sql")),
+    (6, include_str!("sql/0006_registry.sql")),
 ];
 
 impl PostgresStore {

@@ -12,6 +12,7 @@ mod lock;
 mod migrate;
 mod outbox;
 mod query;
+mod registry;
 mod sagas;
 mod snapshots;
 mod transactions;

@@ -10,6 +10,7 @@ mod events;
 mod migrate;
 mod outbox;
 mod query;
+mod registry;
 mod sagas;
 mod snapshots;
 mod transactions;

@@ -53,7 +53,8 @@ macro_rules! conformance_tests {
             reserve_refuses_conflicts_and_reject_drops_writes,
             nested_transactions_commit_into_their_destination,
             claims_are_exclusive_per_destination_until_released,
-            saga_executions_are_saved_and_listed
+            saga_executions_are_saved_and_listed,
+            registry_instances_have_leases_and_a_version
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -69,12 +70,14 @@ macro_rules! conformance_tests {
 
 mod outbox;
 mod queries;
+mod registry;
 mod sagas;
 mod transactions;
 mod writes;
 
 pub use outbox::*;
 pub use queries::*;
+pub use registry::*;
 pub use sagas::*;
 pub use transactions::*;
 pub use writes::*;
