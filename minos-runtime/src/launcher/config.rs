@@ -7,6 +7,7 @@ use figment::providers::{Env, Format, Serialized, Yaml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use crate::discovery::{DiscoveryConfig, RegistryConfig};
 use crate::error::{Error, Result};
 use crate::http::HttpSettings;
 pub use crate::saga::SagaConfig;
@@ -62,6 +63,10 @@ pub struct Config {
     pub root_entities: Vec<String>,
     /// The log filter (overridden by `RUST_LOG`).
     pub log: String,
+    /// The registry's settings, when this process runs `minos discovery`.
+    pub registry: RegistryConfig,
+    /// Registration with a registry (`discovery: {url: http://127.0.0.1:5567}`); off without a URL.
+    pub discovery: DiscoveryConfig,
     /// The application's own settings, free-form (`app: {partner_url: …, pool_size: 4}`), read as a
     /// type of your own with [`Context::settings`](crate::Context::settings). Environment variables
     /// `MINOS_APP_*` override them (`MINOS_APP_PARTNER_URL`). Every other key is the framework's, and a
@@ -144,6 +149,8 @@ impl Default for Config {
             services: Vec::new(),
             root_entities: Vec::new(),
             log: "info".into(),
+            registry: RegistryConfig::default(),
+            discovery: DiscoveryConfig::default(),
             app: serde_json::Value::Object(serde_json::Map::new()),
         }
     }
@@ -180,7 +187,16 @@ impl Default for RelayConfig {
     }
 }
 
-const SECTIONS: &[&str] = &["http", "handlers", "relay", "kafka", "saga", "app"];
+const SECTIONS: &[&str] = &[
+    "http",
+    "handlers",
+    "relay",
+    "kafka",
+    "saga",
+    "registry",
+    "discovery",
+    "app",
+];
 
 /// `MINOS_HTTP_BODY_LIMIT` → `http.body_limit`; `None` for variables that are not configuration keys.
 fn env_key(var: &str) -> Option<String> {

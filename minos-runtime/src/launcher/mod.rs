@@ -2,13 +2,17 @@
 
 mod config;
 
-pub use config::{Config, HandlersConfig, HttpConfig, KafkaConfig, RelayConfig, SagaConfig};
+pub use config::{
+    Config, DiscoveryConfig, HandlersConfig, HttpConfig, KafkaConfig, RegistryConfig, RelayConfig,
+    SagaConfig,
+};
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::discovery::{RegistrationHandle, SelfRegistration};
 use crate::error::{Error, Result};
 use crate::http::HttpServer;
 use crate::messaging::topics;
@@ -205,8 +209,22 @@ impl Launcher {
             self.config.name,
             http.addr()
         );
+        // Ready to serve: tell the registry, if there is one.
+        let endpoints = table
+            .rest_routes()
+            .map(|(method, path, _)| (method.to_owned(), path.to_owned()))
+            .collect();
+        let registration = SelfRegistration::new(
+            &self.config.discovery,
+            &self.config.name,
+            &self.config.http.host,
+            http.addr().port(),
+            endpoints,
+        )?
+        .map(SelfRegistration::spawn);
         Ok(RunningService {
             context,
+            registration,
             http,
             dispatcher: Some(dispatcher),
             relay,
@@ -333,6 +351,7 @@ fn transaction_uuid(content: &serde_json::Value) -> Result<uuid::Uuid> {
 #[derive(Debug)]
 pub struct RunningService {
     context: Context,
+    registration: Option<RegistrationHandle>,
     http: HttpServer,
     dispatcher: Option<DispatcherHandle>,
     relay: RelayHandle,
@@ -371,6 +390,10 @@ impl RunningService {
     /// Stops accepting requests, lets the ones in flight finish, stops the schedules and the dispatcher,
     /// and publishes what is left in the outbox.
     pub async fn stop(self) {
+        // Out of the registry first, so no new request is sent here while this instance drains.
+        if let Some(registration) = self.registration {
+            registration.stop().await;
+        }
         self.http.stop().await;
         self.scheduler.stop();
         self.tidy.abort();

@@ -1,0 +1,221 @@
+//! The registry's HTTP API: the original registry's routes, so minos-python services register too,
+//! plus instances, heartbeats and a versioned listing.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix_web::{web, App, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+
+use super::Registry;
+use crate::error::{Error, Result};
+
+/// A running registry: its HTTP server and its background jobs.
+#[derive(Debug)]
+pub struct RegistryServer {
+    handle: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    jobs: tokio::task::JoinHandle<()>,
+    addr: SocketAddr,
+}
+
+impl RegistryServer {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving (requests in flight finish) and stops the jobs.
+    pub async fn stop(self) {
+        self.jobs.abort();
+        self.handle.stop(true).await;
+        let _ = self.task.await;
+    }
+}
+
+fn answer(result: Result<Value>, created: bool) -> HttpResponse {
+    match result {
+        Ok(body) if created => HttpResponse::Created().json(body),
+        Ok(body) => HttpResponse::Ok().json(body),
+        Err(error) => {
+            let status = error.status();
+            if status >= 500 {
+                tracing::error!(%error, "registry request failed");
+            }
+            let code = actix_web::http::StatusCode::from_u16(status)
+                .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+            HttpResponse::build(code)
+                .json(json!({"error": error.public_message(), "status": status}))
+        }
+    }
+}
+
+/// The request body as JSON: a 400 naming the problem when it is empty or malformed.
+fn json_body(body: &web::Bytes) -> Result<Value> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::bad_request(
+            "empty body: send {\"address\", \"port\", \"endpoints\": [[\"GET\", \"/path\"], ...]}",
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| Error::bad_request(format!("malformed JSON body: {e}")))
+}
+
+async fn register(
+    registry: web::Data<Registry>,
+    name: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let result = match json_body(&body) {
+        Ok(body) => registry.register(&name, &body).await,
+        Err(error) => Err(error),
+    };
+    answer(result, true)
+}
+
+async fn unregister(registry: web::Data<Registry>, name: web::Path<String>) -> HttpResponse {
+    answer(registry.unregister(&name, None).await, false)
+}
+
+async fn unregister_instance(
+    registry: web::Data<Registry>,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
+    let (name, instance) = path.into_inner();
+    answer(registry.unregister(&name, Some(&instance)).await, false)
+}
+
+async fn heartbeat(
+    registry: web::Data<Registry>,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
+    let (name, instance) = path.into_inner();
+    answer(registry.heartbeat(&name, &instance).await, false)
+}
+
+/// `GET /microservices?verb=GET&path=/foos/1` resolves a request; without `verb` and `path` it lists
+/// every instance (`?since=VERSION&wait_ms=N` waits for a change).
+async fn microservices(registry: web::Data<Registry>, request: HttpRequest) -> HttpResponse {
+    let query = web::Query::<std::collections::BTreeMap<String, String>>::from_query(
+        request.query_string(),
+    );
+    let query = match query {
+        Ok(query) => query.into_inner(),
+        Err(e) => {
+            return answer(
+                Err(Error::bad_request(format!("malformed query string: {e}"))),
+                false,
+            )
+        }
+    };
+    match (query.get("verb"), query.get("path")) {
+        (Some(verb), Some(path)) => answer(registry.resolve(verb, path).await, false),
+        (None, None) => {
+            let since = match query.get("since").map(|s| s.parse::<u64>()) {
+                None => None,
+                Some(Ok(since)) => Some(since),
+                Some(Err(_)) => {
+                    return answer(
+                        Err(Error::bad_request("`since` is a version number")),
+                        false,
+                    )
+                }
+            };
+            let wait = match query.get("wait_ms").map(|s| s.parse::<u64>()) {
+                None => Duration::ZERO,
+                Some(Ok(ms)) => Duration::from_millis(ms.min(60_000)),
+                Some(Err(_)) => {
+                    return answer(
+                        Err(Error::bad_request("`wait_ms` is a number of milliseconds")),
+                        false,
+                    )
+                }
+            };
+            answer(registry.listing(since, wait).await, false)
+        }
+        _ => answer(
+            Err(Error::bad_request(
+                "Missing either 'verb' or 'path' query params",
+            )),
+            false,
+        ),
+    }
+}
+
+async fn endpoints(registry: web::Data<Registry>) -> HttpResponse {
+    answer(registry.endpoints().await, false)
+}
+
+async fn health(registry: web::Data<Registry>) -> HttpResponse {
+    let store = tokio::time::timeout(Duration::from_secs(2), registry.store().ping()).await;
+    match store {
+        Ok(Ok(())) => HttpResponse::Ok().json(json!({"status": "ok", "checks": {"store": {"status": "ok"}}})),
+        Ok(Err(error)) => HttpResponse::ServiceUnavailable().json(
+            json!({"status": "unavailable", "checks": {"store": {"status": "unavailable", "error": error.to_string()}}}),
+        ),
+        Err(_) => HttpResponse::ServiceUnavailable().json(
+            json!({"status": "unavailable", "checks": {"store": {"status": "unavailable", "error": "no answer within 2s"}}}),
+        ),
+    }
+}
+
+async fn not_found(request: HttpRequest) -> HttpResponse {
+    answer(
+        Err(Error::not_found(format!(
+            "no route for {} {}",
+            request.method(),
+            request.path()
+        ))),
+        false,
+    )
+}
+
+/// Serves `registry` on `host:port` (0 picks a free port) and runs its jobs.
+pub async fn serve_registry(registry: Registry, host: &str, port: u16) -> Result<RegistryServer> {
+    let jobs = registry.spawn_jobs();
+    let data = web::Data::new(registry);
+    let server = actix_web::HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::PayloadConfig::new(1024 * 1024))
+            .route("/microservices", web::get().to(microservices))
+            .route("/microservices/{name}", web::post().to(register))
+            .route("/microservices/{name}", web::delete().to(unregister))
+            .route(
+                "/microservices/{name}/instances/{instance}",
+                web::delete().to(unregister_instance),
+            )
+            .route(
+                "/microservices/{name}/instances/{instance}/heartbeat",
+                web::put().to(heartbeat),
+            )
+            .route("/endpoints", web::get().to(endpoints))
+            .route("/system/health", web::get().to(health))
+            .route(
+                "/system/live",
+                web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }),
+            )
+            .default_service(web::to(not_found))
+    })
+    .disable_signals()
+    .shutdown_timeout(5);
+    let address = format!("{host}:{port}");
+    let server = server.bind((host, port)).map_err(|source| Error::Bind {
+        address: address.clone(),
+        source,
+    })?;
+    let addr = server.addrs().first().copied().ok_or_else(|| Error::Bind {
+        address,
+        source: std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "no address bound"),
+    })?;
+    let running = server.run();
+    let handle = running.handle();
+    let task = tokio::spawn(running);
+    tracing::info!("registry listening on http://{addr}");
+    Ok(RegistryServer {
+        handle,
+        task,
+        jobs,
+        addr,
+    })
+}

@@ -1,0 +1,72 @@
+//! A small HTTP/1 client over hyper, for the runtime's own calls to other processes (the registry's
+//! health probes, registration with a registry): one request per connection, JSON in and out.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde_json::Value;
+use tokio::net::TcpStream;
+
+/// An HTTP answer.
+#[derive(Clone, Debug)]
+pub(crate) struct HttpAnswer {
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    /// The body as text, for messages.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends `method http://{authority}{path}` with an optional JSON body, waiting at most `timeout` for
+/// the whole exchange. The error says what failed.
+pub(crate) async fn request(
+    authority: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> Result<HttpAnswer, String> {
+    let exchange = async {
+        let stream = TcpStream::connect(authority)
+            .await
+            .map_err(|e| format!("connecting to {authority}: {e}"))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("HTTP handshake with {authority}: {e}"))?;
+        let driver = tokio::spawn(connection);
+        let mut builder = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, authority);
+        if body.is_some() {
+            builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let payload = body.map(Value::to_string).unwrap_or_default();
+        let request = builder
+            .body(Full::new(Bytes::from(payload)))
+            .map_err(|e| format!("building {method} {path}: {e}"))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("{method} http://{authority}{path}: {e}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer of {method} {path}: {e}"))?
+            .to_bytes()
+            .to_vec();
+        driver.abort();
+        Ok(HttpAnswer { status, body })
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("{method} http://{authority}{path}: no answer within {timeout:?}"))?
+}
