@@ -1,0 +1,213 @@
+//! `minos discovery` with real processes: two quickstart instances register with it, requests are
+//! resolved over both, SIGTERM unregisters one at once, SIGKILL makes the other unresolvable within the
+//! probe interval and gone after its lease, and a restarted registry keeps its registrations.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use minos_support::http::Client;
+use serde_json::Value;
+
+/// The `minos` binary, built beside the test binaries (built here when a narrower `cargo test` did
+/// not build it).
+fn minos_binary() -> PathBuf {
+    let binary = Path::new(env!("CARGO_BIN_EXE_quickstart")).with_file_name("minos");
+    if !binary.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "minos", "--bin", "minos"])
+            .status()
+            .expect("cargo build -p minos --bin minos");
+        assert!(status.success(), "the minos binary does not build");
+    }
+    binary
+}
+
+struct Process {
+    child: Child,
+    client: Client,
+    port: u16,
+}
+
+/// Starts `command`, waiting for the line saying where it listens.
+fn spawn(mut command: Command) -> Process {
+    let mut child = command
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the process");
+    let stdout = child.stdout.take().expect("stdout");
+    let (sender, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the process printed where it listens");
+        if let Some(at) = line.find("listening on http://") {
+            break line[at + "listening on http://".len()..].trim().to_owned();
+        }
+    };
+    let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+    // Keep reading the output, so the process never blocks on a full pipe.
+    std::thread::spawn(move || while lines.recv().is_ok() {});
+    Process {
+        child,
+        client: Client::new(format!("http://{addr}")),
+        port,
+    }
+}
+
+fn registry(db: &Path) -> Process {
+    let mut command = Command::new(minos_binary());
+    command
+        .args(["discovery", "--port", "0", "--storage"])
+        .arg(format!("sqlite://{}", db.display()))
+        .env("MINOS_HTTP_HOST", "127.0.0.1")
+        .env("MINOS_REGISTRY_PROBE_INTERVAL_MS", "300")
+        .env("MINOS_REGISTRY_LEASE_TTL_MS", "2000")
+        .env("MINOS_REGISTRY_REFRESH_MS", "50");
+    spawn(command)
+}
+
+fn quickstart(registry_port: u16) -> Process {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_quickstart"));
+    command
+        .env("MINOS_HTTP_PORT", "0")
+        .env("MINOS_HTTP_HOST", "127.0.0.1")
+        .env("MINOS_STORAGE", "memory")
+        .env(
+            "MINOS_DISCOVERY_URL",
+            format!("http://127.0.0.1:{registry_port}"),
+        )
+        .env("MINOS_DISCOVERY_HEARTBEAT_MS", "200");
+    spawn(command)
+}
+
+fn signal(process: &mut Process, signal: &str) {
+    let pid = process.child.id().to_string();
+    Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .expect("kill");
+    process.child.wait().expect("wait for the process");
+}
+
+fn get(client: &Client, path: &str) -> (u16, Value) {
+    let answer = client
+        .request("GET", path, None)
+        .expect("the registry answers");
+    let json = answer.json();
+    (answer.status, json)
+}
+
+fn instances(registry: &Client) -> Vec<u64> {
+    let (_, listing) = get(registry, "/microservices");
+    let mut ports: Vec<u64> = listing["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["name"] == "foo")
+        .flat_map(|s| s["instances"].as_array().cloned().unwrap_or_default())
+        .map(|i| i["port"].as_u64().unwrap())
+        .collect();
+    ports.sort_unstable();
+    ports
+}
+
+fn eventually(what: &str, timeout: Duration, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[test]
+fn instances_register_spread_leave_and_survive_a_registry_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("discovery.db");
+    let mut registry_process = registry(&db);
+    let registry_client = registry_process.client.clone();
+    let mut first = quickstart(registry_process.port);
+    let mut second = quickstart(registry_process.port);
+    let both = vec![u64::from(first.port), u64::from(second.port)];
+    let mut sorted = both.clone();
+    sorted.sort_unstable();
+    eventually("both instances registered", Duration::from_secs(10), || {
+        instances(&registry_client) == sorted
+    });
+    // Resolution spreads over both; each resolved instance really serves the route.
+    let mut seen = BTreeSet::new();
+    for _ in 0..6 {
+        let (status, found) = get(
+            &registry_client,
+            "/microservices?verb=GET&path=/foos/example",
+        );
+        assert_eq!(status, 200, "{found}");
+        let port = found["port"].as_u64().unwrap();
+        seen.insert(port);
+        let service = Client::new(format!("http://127.0.0.1:{port}"));
+        assert_eq!(
+            service
+                .request("GET", "/foos/example", None)
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    assert_eq!(seen.len(), 2, "resolved to {seen:?}");
+
+    // SIGTERM: out of the registry at once.
+    signal(&mut first, "-TERM");
+    assert_eq!(instances(&registry_client), [u64::from(second.port)]);
+
+    // SIGKILL: unresolvable within the probe interval, gone after the lease.
+    signal(&mut second, "-KILL");
+    eventually(
+        "the killed instance is not resolved",
+        Duration::from_secs(3),
+        || {
+            get(
+                &registry_client,
+                "/microservices?verb=GET&path=/foos/example",
+            )
+            .0 == 404
+        },
+    );
+    eventually(
+        "the killed instance's lease ran out",
+        Duration::from_secs(6),
+        || instances(&registry_client).is_empty(),
+    );
+
+    // A restarted registry keeps what was registered.
+    let third = quickstart(registry_process.port);
+    eventually(
+        "the third instance registered",
+        Duration::from_secs(10),
+        || instances(&registry_client) == [u64::from(third.port)],
+    );
+    signal(&mut registry_process, "-TERM");
+    let mut restarted = registry(&db);
+    let restarted_client = restarted.client.clone();
+    assert!(
+        instances(&restarted_client).contains(&u64::from(third.port)),
+        "registrations survive a restart"
+    );
+    let mut third = third;
+    signal(&mut third, "-TERM");
+    signal(&mut restarted, "-TERM");
+}
