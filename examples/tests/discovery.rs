@@ -68,10 +68,13 @@ fn spawn(mut command: Command) -> Process {
 }
 
 fn registry(db: &Path) -> Process {
+    registry_on(&format!("sqlite://{}", db.display()))
+}
+
+fn registry_on(storage: &str) -> Process {
     let mut command = Command::new(minos_binary());
     command
-        .args(["discovery", "--port", "0", "--storage"])
-        .arg(format!("sqlite://{}", db.display()))
+        .args(["discovery", "--port", "0", "--storage", storage])
         .env("MINOS_HTTP_HOST", "127.0.0.1")
         .env("MINOS_REGISTRY_PROBE_INTERVAL_MS", "300")
         .env("MINOS_REGISTRY_LEASE_TTL_MS", "2000")
@@ -210,4 +213,28 @@ fn instances_register_spread_leave_and_survive_a_registry_restart() {
     let mut third = third;
     signal(&mut third, "-TERM");
     signal(&mut restarted, "-TERM");
+}
+
+#[test]
+fn two_registry_processes_on_one_postgresql_agree() {
+    let storage = minos_support::postgres::fresh_schema_url();
+    let mut a = registry_on(&storage);
+    let mut b = registry_on(&storage);
+    let mut service = quickstart(a.port);
+    let port = u64::from(service.port);
+    // Registered through one, resolved through the other.
+    eventually(
+        "the other registry resolves it",
+        Duration::from_secs(10),
+        || {
+            let (status, found) = get(&b.client, "/microservices?verb=GET&path=/foos/example");
+            status == 200 && found["port"].as_u64() == Some(port)
+        },
+    );
+    signal(&mut service, "-TERM");
+    eventually("both forget it", Duration::from_secs(5), || {
+        instances(&a.client).is_empty() && instances(&b.client).is_empty()
+    });
+    signal(&mut a, "-TERM");
+    signal(&mut b, "-TERM");
 }

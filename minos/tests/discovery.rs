@@ -451,3 +451,53 @@ async fn a_service_registers_itself_and_unregisters_when_it_stops() {
     assert_eq!(gone.status, 404, "unregistered on stop: {}", gone.body);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_whose_store_fails_stops_being_resolved() {
+    let config = RegistryConfig {
+        probe_interval_ms: 100,
+        ..fast()
+    };
+    let (server, http) = registry_on(Repository::memory(), config).await;
+    let storage = minos_support::postgres::fresh_schema_url();
+    let schema = storage.rsplit("schema=").next().unwrap().to_owned();
+    let mut service_config = test_config("stored");
+    service_config.storage = storage;
+    service_config.discovery.url = format!("http://{}", server.addr());
+    let service = TestService::start(service_config).await.unwrap();
+    eventually("the service registered", Duration::from_secs(5), || async {
+        http.get("/microservices?verb=GET&path=/foos/1")
+            .await
+            .unwrap()
+            .status
+            == 200
+    })
+    .await;
+    let (client, connection) =
+        tokio_postgres::connect(&minos_support::postgres::url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+    assert_eq!(
+        service.http().get("/system/health").await.unwrap().status,
+        503
+    );
+    eventually(
+        "the registry stops resolving to it",
+        Duration::from_secs(5),
+        || async {
+            http.get("/microservices?verb=GET&path=/foos/1")
+                .await
+                .unwrap()
+                .status
+                == 404
+        },
+    )
+    .await;
+    service.stop().await;
+    server.stop().await;
+}
