@@ -305,10 +305,13 @@ impl Registry {
         let registry = self.clone();
         tokio::spawn(async move {
             let config = &registry.inner.config;
-            let mut expiry =
-                tokio::time::interval(Duration::from_millis((config.lease_ttl_ms / 3).max(10)));
-            let mut probes =
-                tokio::time::interval(Duration::from_millis(config.probe_interval_ms.max(10)));
+            // The first round after one period: instances just registered are healthy until probed.
+            let every = |ms: u64| {
+                let period = Duration::from_millis(ms.max(10));
+                tokio::time::interval_at(tokio::time::Instant::now() + period, period)
+            };
+            let mut expiry = every(config.lease_ttl_ms / 3);
+            let mut probes = every(config.probe_interval_ms);
             expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {

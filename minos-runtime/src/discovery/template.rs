@@ -1,6 +1,7 @@
 //! REST path templates (`/foos/{uuid}`) and resolution of a concrete request to the most specific one.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::fmt;
 
 use super::RegistrationError;
@@ -108,14 +109,24 @@ impl fmt::Display for PathTemplate {
 
 /// A set of routes, each a method and a template with a value (the service or instance serving it):
 /// resolves a request to the most specific matching route, whatever the order they were added in.
+/// Routes are indexed by method, segment count and first segment, so a resolution looks at the few
+/// routes that can match rather than at all of them.
 #[derive(Clone, Debug)]
 pub struct Routes<T> {
     routes: Vec<(String, PathTemplate, T)>,
+    index: HashMap<Key, Vec<usize>>,
 }
+
+/// Method, number of segments, and the first segment when it is literal (`None`: a parameter, which
+/// any first segment may match).
+type Key = (String, usize, Option<String>);
 
 impl<T> Default for Routes<T> {
     fn default() -> Self {
-        Routes { routes: Vec::new() }
+        Routes {
+            routes: Vec::new(),
+            index: HashMap::new(),
+        }
     }
 }
 
@@ -127,8 +138,14 @@ impl<T> Routes<T> {
 
     /// Adds `method template → value` (methods compare case-insensitively).
     pub fn add(&mut self, method: &str, template: PathTemplate, value: T) {
-        self.routes
-            .push((method.to_ascii_uppercase(), template, value));
+        let method = method.to_ascii_uppercase();
+        let first = match template.segments.first() {
+            Some(Segment::Literal(literal)) => Some(literal.clone()),
+            _ => None,
+        };
+        let key = (method.clone(), template.segments.len(), first);
+        self.index.entry(key).or_default().push(self.routes.len());
+        self.routes.push((method, template, value));
     }
 
     /// The values of the most specific routes matching `method path`, in the order they were added
@@ -136,10 +153,31 @@ impl<T> Routes<T> {
     pub fn resolve(&self, method: &str, path: &str) -> Vec<&T> {
         let path = path.split(['?', '#']).next().unwrap_or_default();
         let method = method.to_ascii_uppercase();
-        let matching: Vec<&(String, PathTemplate, T)> = self
-            .routes
+        let Some(rest) = path.strip_prefix('/') else {
+            return Vec::new();
+        };
+        let count = if rest.is_empty() {
+            0
+        } else {
+            rest.split('/').count()
+        };
+        let first = rest.split('/').next().filter(|_| count > 0);
+        // Templates starting with this literal, and those starting with a parameter.
+        let mut keys = vec![(method.clone(), count, None)];
+        if let Some(first) = first {
+            keys.push((method, count, Some(first.to_owned())));
+        }
+        let mut candidates: Vec<usize> = keys
             .iter()
-            .filter(|(m, template, _)| *m == method && template.matches(path))
+            .filter_map(|key| self.index.get(key))
+            .flatten()
+            .copied()
+            .collect();
+        candidates.sort_unstable();
+        let matching: Vec<&(String, PathTemplate, T)> = candidates
+            .into_iter()
+            .map(|i| &self.routes[i])
+            .filter(|(_, template, _)| template.matches(path))
             .collect();
         let Some(best) = matching
             .iter()
@@ -217,6 +255,23 @@ mod tests {
             assert_eq!(routes.resolve("GET", "/bars/example"), [&"any-kind"]);
             assert!(routes.resolve("POST", "/foos/42").is_empty());
         }
+    }
+
+    #[test]
+    fn the_index_finds_every_kind_of_template() {
+        let mut routes = Routes::new();
+        routes.add("GET", PathTemplate::parse("/").unwrap(), "root");
+        routes.add("GET", PathTemplate::parse("/{any}").unwrap(), "one");
+        for service in 0..100 {
+            let path = format!("/s{service}/{{uuid}}");
+            routes.add("GET", PathTemplate::parse(&path).unwrap(), "many");
+        }
+        assert_eq!(routes.len(), 102);
+        assert_eq!(routes.resolve("GET", "/"), [&"root"]);
+        assert_eq!(routes.resolve("GET", "/x"), [&"one"]);
+        assert_eq!(routes.resolve("GET", "/s42/7"), [&"many"]);
+        assert!(routes.resolve("GET", "/s42/7/8").is_empty());
+        assert!(routes.resolve("GET", "no-slash").is_empty());
     }
 
     #[test]
