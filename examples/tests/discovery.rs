@@ -173,8 +173,8 @@ fn instances_register_spread_leave_and_survive_a_registry_restart() {
     }
     assert_eq!(seen.len(), 2, "resolved to {seen:?}");
 
-    // SIGTERM: out of the registry at once.
-    signal(&mut first, "-TERM");
+    // SIGINT (Ctrl-C): out of the registry at once.
+    signal(&mut first, "-INT");
     assert_eq!(instances(&registry_client), [u64::from(second.port)]);
 
     // SIGKILL: unresolvable within the probe interval, gone after the lease.

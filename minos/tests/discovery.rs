@@ -501,3 +501,40 @@ async fn a_service_whose_store_fails_stops_being_resolved() {
     service.stop().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_is_down_at_start_is_joined_when_it_comes_up() {
+    // A port nothing listens on yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = test_config("patient");
+    config.discovery.url = format!("http://127.0.0.1:{port}");
+    config.discovery.heartbeat_ms = 100;
+    let service = TestService::start(config).await.unwrap();
+    assert_eq!(
+        service.http().get("/foos/1").await.unwrap().status,
+        200,
+        "the service serves while the registry is down"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let registry = Registry::new(Repository::memory().store().clone(), fast());
+    let server = serve_registry(registry, "127.0.0.1", port).await.unwrap();
+    let http = TestClient::new(server.addr());
+    eventually(
+        "the service registered once the registry came up",
+        Duration::from_secs(10),
+        || async {
+            http.get("/microservices?verb=GET&path=/foos/1")
+                .await
+                .unwrap()
+                .status
+                == 200
+        },
+    )
+    .await;
+    service.stop().await;
+    server.stop().await;
+}
