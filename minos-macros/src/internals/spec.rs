@@ -1,7 +1,7 @@
 //! Route specifications inside string literals: `rest = "POST /foos/{uuid}"`, `periodic = "0 */5 * * * *"`.
 //! Errors show the literal with a caret under the offending part.
 
-pub(crate) const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+use minos_rules::HTTP_METHODS as METHODS;
 
 /// A parsed REST route.
 pub(crate) struct RestSpec {
@@ -63,60 +63,12 @@ pub(crate) fn parse_rest(text: &str) -> Result<RestSpec, SpecError> {
     let after_method = &trimmed[space..];
     let path_start = start + space + (after_method.len() - after_method.trim_start().len());
     let path = text[path_start..].trim_end();
-    if !path.starts_with('/') {
-        return Err(err(path_start, "the path must start with `/`", example));
-    }
-    let mut names: Vec<&str> = Vec::new();
-    let mut offset = path_start;
-    for (i, segment) in path.split('/').enumerate() {
-        if i > 0 {
-            offset += 1;
-        }
-        if let Some(position) = segment.find(char::is_whitespace) {
-            return Err(err(
-                offset + position,
-                "a path cannot contain spaces",
-                "encode it or remove it",
-            ));
-        }
-        if segment.starts_with('{') || segment.contains('{') || segment.contains('}') {
-            if !segment.starts_with('{') {
-                return Err(err(
-                    offset + segment.find('{').unwrap_or(0),
-                    "a parameter must be a whole path segment",
-                    "write `/{name}` between slashes",
-                ));
-            }
-            if !segment.ends_with('}') || segment.len() < 2 {
-                return Err(err(
-                    offset,
-                    "unclosed `{` in the path",
-                    "close the parameter: `{uuid}`",
-                ));
-            }
-            let name = &segment[1..segment.len() - 1];
-            let valid = name
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
-                return Err(err(
-                    offset + 1,
-                    format!("`{name}` is not a parameter name"),
-                    "use letters, digits and `_`: `{uuid}`",
-                ));
-            }
-            if names.contains(&name) {
-                return Err(err(
-                    offset + 1,
-                    format!("the parameter `{name}` appears twice"),
-                    "give each parameter its own name",
-                ));
-            }
-            names.push(name);
-        }
-        offset += segment.len();
+    if let Err(problem) = minos_rules::check_path_template(path) {
+        return Err(err(
+            path_start + problem.offset,
+            problem.message,
+            problem.help,
+        ));
     }
     Ok(RestSpec {
         method: method.to_owned(),

@@ -58,8 +58,6 @@ pub enum RegistrationError {
     },
 }
 
-const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
-
 impl Registration {
     /// Reads a registration of service `name` from a request body.
     pub fn from_json(name: &str, body: &Value) -> Result<Self, RegistrationError> {
@@ -163,13 +161,18 @@ fn endpoint(index: usize, item: &Value) -> Result<Endpoint, RegistrationError> {
         }
     };
     let method = match method {
-        Value::String(method) if METHODS.contains(&method.to_ascii_uppercase().as_str()) => {
+        Value::String(method)
+            if minos_rules::HTTP_METHODS.contains(&method.to_ascii_uppercase().as_str()) =>
+        {
             method.to_ascii_uppercase()
         }
         _ => {
             return Err(invalid(
                 &key,
-                &format!("has no known HTTP method ({})", METHODS.join(", ")),
+                &format!(
+                    "has no known HTTP method ({})",
+                    minos_rules::HTTP_METHODS.join(", ")
+                ),
             ))
         }
     };

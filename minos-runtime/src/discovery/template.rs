@@ -21,40 +21,25 @@ enum Segment {
 }
 
 impl PathTemplate {
-    /// Parses a template: it starts with `/`; a segment is either literal (no `{` or `}`) or a whole
-    /// `{name}` with `name` made of letters, digits and `_`.
+    /// Parses a template, refusing what a `rest = "..."` route would refuse (see
+    /// `minos_rules::check_path_template`): it starts with `/`, and each parameter is a whole `{name}`
+    /// segment.
     pub fn parse(text: &str) -> Result<Self, RegistrationError> {
-        let invalid = |why: &str| RegistrationError::InvalidPath {
-            path: text.to_owned(),
-            reason: why.to_owned(),
-        };
-        let rest = text
-            .strip_prefix('/')
-            .ok_or_else(|| invalid("a path starts with `/`"))?;
-        let mut segments = Vec::new();
-        if !rest.is_empty() {
-            for segment in rest.split('/') {
-                segments.push(match segment.strip_prefix('{') {
-                    Some(inner) => {
-                        let name = inner
-                            .strip_suffix('}')
-                            .ok_or_else(|| invalid("unclosed `{` in a segment"))?;
-                        let valid = !name.is_empty()
-                            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                        if !valid {
-                            return Err(invalid(
-                                "a parameter is `{name}`, letters, digits and `_`",
-                            ));
-                        }
-                        Segment::Parameter
-                    }
-                    None if segment.contains(['{', '}']) => {
-                        return Err(invalid("a parameter takes a whole segment: `/foos/{uuid}`"))
-                    }
-                    None => Segment::Literal(segment.to_owned()),
-                });
+        minos_rules::check_path_template(text).map_err(|problem| {
+            RegistrationError::InvalidPath {
+                path: text.to_owned(),
+                reason: format!("{} ({})", problem.message, problem.help),
             }
-        }
+        })?;
+        let segments = text
+            .split('/')
+            .skip(1)
+            .filter(|segment| !segment.is_empty() || text != "/")
+            .map(|segment| match segment.starts_with('{') {
+                true => Segment::Parameter,
+                false => Segment::Literal(segment.to_owned()),
+            })
+            .collect();
         Ok(PathTemplate {
             text: text.to_owned(),
             segments,
