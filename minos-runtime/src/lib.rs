@@ -7,7 +7,8 @@ pub(crate) mod hash;
 pub(crate) mod http;
 pub mod launcher;
 pub mod messaging;
-pub(crate) mod net;
+#[doc(hidden)]
+pub mod net;
 pub mod registry;
 mod repository;
 pub mod routing;

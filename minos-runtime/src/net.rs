@@ -1,34 +1,39 @@
 //! A small HTTP/1 client over hyper, for the runtime's own calls to other processes (the registry's
-//! health probes, registration with a registry): one request per connection, JSON in and out.
+//! health probes, registration with a registry) and the test client: one request per connection.
 
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use serde_json::Value;
+use std::collections::BTreeMap;
 use tokio::net::TcpStream;
 
 /// An HTTP answer.
 #[derive(Clone, Debug)]
-pub(crate) struct HttpAnswer {
-    pub(crate) status: u16,
-    pub(crate) body: Vec<u8>,
+pub struct HttpAnswer {
+    /// The status code.
+    pub status: u16,
+    /// The headers, names in lower case.
+    pub headers: BTreeMap<String, String>,
+    /// The body.
+    pub body: Vec<u8>,
 }
 
 impl HttpAnswer {
-    /// The body as text, for messages.
-    pub(crate) fn text(&self) -> String {
+    /// The body as text.
+    pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
-/// Sends `method http://{authority}{path}` with an optional JSON body, waiting at most `timeout` for
-/// the whole exchange. The error says what failed.
-pub(crate) async fn request(
+/// Sends `method http://{authority}{path}` with an optional body sent as it is with
+/// `Content-Type: application/json` (so tests can send malformed JSON too), waiting at most `timeout`
+/// for the whole exchange. The error says what failed.
+pub async fn request(
     authority: &str,
     method: &str,
     path: &str,
-    body: Option<&Value>,
+    body: Option<String>,
     timeout: Duration,
 ) -> Result<HttpAnswer, String> {
     let exchange = async {
@@ -47,7 +52,7 @@ pub(crate) async fn request(
         if body.is_some() {
             builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
         }
-        let payload = body.map(Value::to_string).unwrap_or_default();
+        let payload = body.unwrap_or_default();
         let request = builder
             .body(Full::new(Bytes::from(payload)))
             .map_err(|e| format!("building {method} {path}: {e}"))?;
@@ -56,6 +61,13 @@ pub(crate) async fn request(
             .await
             .map_err(|e| format!("{method} http://{authority}{path}: {e}"))?;
         let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            })
+            .collect();
         let body = response
             .into_body()
             .collect()
@@ -64,7 +76,11 @@ pub(crate) async fn request(
             .to_bytes()
             .to_vec();
         driver.abort();
-        Ok(HttpAnswer { status, body })
+        Ok(HttpAnswer {
+            status,
+            headers,
+            body,
+        })
     };
     tokio::time::timeout(timeout, exchange)
         .await

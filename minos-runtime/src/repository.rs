@@ -75,6 +75,25 @@ impl Repository {
         Ok(Self::new(crate::store::PostgresStore::connect(url).await?))
     }
 
+    /// A repository over the store `storage` names, as `storage:` of a configuration does:
+    /// `memory`, `sqlite://PATH` (its folder is created) or `postgres://USER@HOST/DB` (migrated).
+    pub async fn open(storage: &str) -> Result<Self> {
+        if storage == "memory" {
+            return Ok(Self::memory());
+        }
+        #[cfg(feature = "postgres")]
+        if storage.starts_with("postgres://") || storage.starts_with("postgresql://") {
+            return Self::postgres(storage).await;
+        }
+        #[cfg(feature = "sqlite")]
+        if let Some(path) = storage.strip_prefix("sqlite://") {
+            return Self::sqlite(path);
+        }
+        Err(Error::Config(format!(
+            "unsupported storage `{storage}`: use `postgres://USER@HOST/DB`, `sqlite://PATH` or `memory`"
+        )))
+    }
+
     /// The store behind this repository.
     pub fn store(&self) -> &SharedStore {
         &self.store

@@ -103,8 +103,14 @@ impl SelfRegistration {
 
     async fn register(&self) -> Result<(), String> {
         let path = format!("/microservices/{}", self.name);
-        let answer =
-            crate::net::request(&self.registry, "POST", &path, Some(&self.body), TIMEOUT).await?;
+        let answer = crate::net::request(
+            &self.registry,
+            "POST",
+            &path,
+            Some(self.body.to_string()),
+            TIMEOUT,
+        )
+        .await?;
         match answer.status {
             200..=299 => Ok(()),
             status => Err(format!("the registry answered {status}: {}", answer.text())),

@@ -38,14 +38,10 @@ fn answer(result: Result<Value>, created: bool) -> HttpResponse {
         Ok(body) if created => HttpResponse::Created().json(body),
         Ok(body) => HttpResponse::Ok().json(body),
         Err(error) => {
-            let status = error.status();
-            if status >= 500 {
+            if error.status() >= 500 {
                 tracing::error!(%error, "registry request failed");
             }
-            let code = actix_web::http::StatusCode::from_u16(status)
-                .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
-            HttpResponse::build(code)
-                .json(json!({"error": error.public_message(), "status": status}))
+            crate::http::to_http(crate::routing::Response::from_error(&error))
         }
     }
 }
@@ -146,16 +142,16 @@ async fn endpoints(registry: web::Data<Registry>) -> HttpResponse {
     answer(registry.endpoints().await, false)
 }
 
+/// The registry's own health: its store answers within the services' health timeout.
 async fn health(registry: web::Data<Registry>) -> HttpResponse {
-    let store = tokio::time::timeout(Duration::from_secs(2), registry.store().ping()).await;
-    match store {
-        Ok(Ok(())) => HttpResponse::Ok().json(json!({"status": "ok", "checks": {"store": {"status": "ok"}}})),
-        Ok(Err(error)) => HttpResponse::ServiceUnavailable().json(
-            json!({"status": "unavailable", "checks": {"store": {"status": "unavailable", "error": error.to_string()}}}),
-        ),
-        Err(_) => HttpResponse::ServiceUnavailable().json(
-            json!({"status": "unavailable", "checks": {"store": {"status": "unavailable", "error": "no answer within 2s"}}}),
-        ),
+    let (healthy, store) = crate::http::check(registry.store().ping()).await;
+    let body = json!({
+        "status": if healthy { "ok" } else { "unavailable" },
+        "checks": {"store": store},
+    });
+    match healthy {
+        true => HttpResponse::Ok().json(body),
+        false => HttpResponse::ServiceUnavailable().json(body),
     }
 }
 

@@ -24,7 +24,7 @@ pub(super) fn error_response(status: u16, message: impl Into<String>) -> HttpRes
     HttpResponse::build(status_code).json(json!({"error": message.into(), "status": status}))
 }
 
-fn to_http(response: Response) -> HttpResponse {
+pub(crate) fn to_http(response: Response) -> HttpResponse {
     let status =
         StatusCode::from_u16(response.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut builder = HttpResponse::build(status);

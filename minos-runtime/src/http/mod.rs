@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::routing::{Context, HandlerFn, Middleware, RouteTable};
+pub(crate) use handler::to_http;
 use handler::{error_response, handle, Shared};
 
 /// HTTP settings.
@@ -92,7 +93,7 @@ struct Built {
 }
 
 /// How long the health check waits for the store and for the broker.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `GET /system/health` (readiness: the store and the broker answer), `GET /system/live` (liveness: the
 /// process serves HTTP), `GET /spec/openapi`, `GET /spec/asyncapi`.
@@ -149,7 +150,7 @@ async fn health_response(built: Arc<Built>, context: Context) -> HttpResponse {
 }
 
 /// Runs one check within [`HEALTH_TIMEOUT`]: whether it passed, and `{"status", "ms", "error"?}`.
-async fn check<E: std::fmt::Display>(
+pub(crate) async fn check<E: std::fmt::Display>(
     probe: impl std::future::Future<Output = std::result::Result<(), E>>,
 ) -> (bool, Value) {
     let started = std::time::Instant::now();

@@ -24,7 +24,6 @@ use crate::routing::{
 };
 use crate::saga::SagaManager;
 use crate::scheduler::SchedulerHandle;
-use crate::store::MemoryStore;
 use crate::transaction::{TransactionCommand, Transactions};
 
 /// Builds and runs a service: storage, broker, outbox relay, broker dispatcher, scheduler and HTTP.
@@ -116,24 +115,6 @@ impl Launcher {
             service.stop().await;
             Ok(())
         })
-    }
-
-    async fn open_repository(&self) -> Result<Repository> {
-        let storage = self.config.storage.as_str();
-        if storage == "memory" {
-            return Ok(Repository::new(MemoryStore::new()));
-        }
-        #[cfg(feature = "postgres")]
-        if storage.starts_with("postgres://") || storage.starts_with("postgresql://") {
-            return Repository::postgres(storage).await;
-        }
-        #[cfg(feature = "sqlite")]
-        if let Some(path) = storage.strip_prefix("sqlite://") {
-            return Repository::sqlite(path);
-        }
-        Err(Error::Config(format!(
-            "unsupported storage `{storage}`: use `postgres://USER@HOST/DB`, `sqlite://PATH` or `memory`"
-        )))
     }
 
     fn open_broker(&self) -> Result<SharedBroker> {
@@ -237,7 +218,7 @@ impl Launcher {
     async fn open_context(&self) -> Result<Context> {
         let repository = match &self.repository {
             Some(repository) => repository.clone(),
-            None => self.open_repository().await?,
+            None => Repository::open(&self.config.storage).await?,
         };
         let broker = match &self.broker {
             Some(broker) => Arc::clone(broker),
@@ -372,17 +353,7 @@ impl RunningService {
 
     /// Waits for SIGINT (Ctrl-C) or SIGTERM.
     pub async fn wait_for_signal(&self) -> Result<()> {
-        #[cfg(unix)]
-        {
-            let mut terminate =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            tokio::select! {
-                result = tokio::signal::ctrl_c() => result?,
-                _ = terminate.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        tokio::signal::ctrl_c().await?;
+        shutdown_signal().await?;
         tracing::info!("shutting down");
         Ok(())
     }
@@ -403,6 +374,22 @@ impl RunningService {
         self.relay.stop().await;
         tracing::info!("service `{}` stopped", self.context.name());
     }
+}
+
+/// Waits for SIGINT (Ctrl-C) or SIGTERM, the signals a process is asked to stop with.
+pub async fn shutdown_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result?,
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
+    Ok(())
 }
 
 /// Logs to stdout with `RUST_LOG`, else `filter`; does nothing if a subscriber is already set.

@@ -3,7 +3,7 @@
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
 
@@ -28,10 +28,10 @@ struct Inner {
     broker: SharedBroker,
     client: BrokerClient,
     config: Value,
-    /// State the runtime keeps once per service, by type (e.g. the saga manager's locks).
-    shared: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
-    /// The instances of the service types it serves, built at start, by type.
-    instances: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+    /// One value per type, kept for the service: the instances of the service types it serves (built
+    /// at start, read by every handler call) and the runtime's own state (e.g. the saga manager's
+    /// locks, made on first use).
+    values: RwLock<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
 impl Context {
@@ -51,8 +51,7 @@ impl Context {
                 broker,
                 client,
                 config,
-                shared: Mutex::default(),
-                instances: Mutex::default(),
+                values: RwLock::default(),
             }),
         }
     }
@@ -93,12 +92,15 @@ impl Context {
     /// The service's one `T`, made on first use: state the runtime keeps per service rather than per
     /// process, so that several services in one process never share it.
     pub(crate) fn shared<T: Any + Default + Send + Sync>(&self) -> Arc<T> {
-        let mut shared = self
+        if let Some(value) = self.instance::<T>() {
+            return value;
+        }
+        let mut values = self
             .inner
-            .shared
-            .lock()
+            .values
+            .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let entry = shared
+        let entry = values
             .entry(TypeId::of::<T>())
             .or_insert_with(|| Arc::new(T::default()));
         // The entry under `T`'s id is always a `T`.
@@ -111,21 +113,22 @@ impl Context {
     pub(crate) fn add_instance(&self, instance: Arc<dyn Any + Send + Sync>) {
         let type_id = (*instance).type_id();
         self.inner
-            .instances
-            .lock()
+            .values
+            .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert(type_id, instance);
     }
 
     /// The instance of service type `T` built when this service started.
     pub fn instance<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
-        let instances = self
+        // Read by every handler call: a read lock, shared between concurrent calls.
+        let values = self
             .inner
-            .instances
-            .lock()
+            .values
+            .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let instance = instances.get(&TypeId::of::<T>())?;
-        Arc::clone(instance).downcast::<T>().ok()
+        let value = values.get(&TypeId::of::<T>())?;
+        Arc::clone(value).downcast::<T>().ok()
     }
 
     /// The application's own settings: the `app:` section of the configuration (with `MINOS_APP_*`

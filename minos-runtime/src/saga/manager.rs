@@ -35,6 +35,8 @@ pub(crate) struct SagaState {
     locks: Mutex<HashMap<Uuid, Weak<tokio::sync::Mutex<()>>>>,
     /// Callers waiting for executions to end.
     watchers: Mutex<HashMap<Uuid, Vec<oneshot::Sender<SagaExecution>>>>,
+    /// The `saga:` section of the service's configuration.
+    config: std::sync::OnceLock<SagaConfig>,
 }
 
 impl SagaState {
@@ -53,15 +55,22 @@ impl SagaState {
 impl SagaManager {
     /// The manager of the service whose context this is, with the configuration's `saga:` section.
     pub fn new(context: Context) -> Self {
-        let config = context
-            .config()
-            .get("saga")
-            .and_then(|section| serde_json::from_value::<SagaConfig>(section.clone()).ok())
-            .unwrap_or_default();
+        let state = context.shared::<SagaState>();
+        // Read from the configuration once per service (a handler makes a manager per call).
+        let config = state
+            .config
+            .get_or_init(|| {
+                context
+                    .config()
+                    .get("saga")
+                    .and_then(|section| serde_json::from_value::<SagaConfig>(section.clone()).ok())
+                    .unwrap_or_default()
+            })
+            .clone();
         SagaManager {
             timeout: Duration::from_millis(config.timeout_ms),
             command_timeout: Duration::from_millis(config.command_timeout_ms),
-            state: context.shared::<SagaState>(),
+            state,
             context,
         }
     }

@@ -28,14 +28,15 @@ impl<'a> View<'a> {
         self.chain.is_empty() && self.buffered.is_empty()
     }
 
-    /// The layers of writes on top of the store, in the order they apply.
-    async fn layers(&self) -> Result<Vec<HeldWrites>, StoreError> {
-        let mut layers = Vec::with_capacity(self.chain.len() + 1);
+    /// The writes on top of the store, in the order they apply: each chain transaction's held writes
+    /// (read from the store), then the buffered ones.
+    async fn writes_on_top(&self) -> Result<HeldWrites, StoreError> {
+        let mut writes = HeldWrites::new();
         for transaction in self.chain {
-            layers.push(self.store.held(*transaction).await?);
+            writes.extend(self.store.held(*transaction).await?);
         }
-        layers.push(self.buffered.clone());
-        Ok(layers)
+        writes.extend(self.buffered.iter().cloned());
+        Ok(writes)
     }
 
     /// The snapshot of one root as seen here.
@@ -48,11 +49,9 @@ impl<'a> View<'a> {
         if self.is_plain() {
             return Ok(snapshot);
         }
-        for layer in self.layers().await? {
-            for (event, _) in layer {
-                if event.uuid == uuid && event.name == name {
-                    snapshot = Some(Snapshot::next(snapshot.as_ref(), &event)?);
-                }
+        for (event, _) in self.writes_on_top().await? {
+            if event.uuid == uuid && event.name == name {
+                snapshot = Some(Snapshot::next(snapshot.as_ref(), &event)?);
             }
         }
         Ok(snapshot)
@@ -99,17 +98,15 @@ impl<'a> View<'a> {
     /// The roots of type `name` that the layers change, with their state here.
     async fn touched(&self, name: &str) -> Result<IndexMap<Uuid, Option<Snapshot>>, StoreError> {
         let mut touched: IndexMap<Uuid, Option<Snapshot>> = IndexMap::new();
-        for layer in self.layers().await? {
-            for (event, _) in layer {
-                if event.name != name {
-                    continue;
-                }
-                let previous = match touched.get(&event.uuid) {
-                    Some(snapshot) => snapshot.clone(),
-                    None => self.store.snapshot(name, event.uuid).await?,
-                };
-                touched.insert(event.uuid, Some(Snapshot::next(previous.as_ref(), &event)?));
+        for (event, _) in self.writes_on_top().await? {
+            if event.name != name {
+                continue;
             }
+            let previous = match touched.get(&event.uuid) {
+                Some(snapshot) => snapshot.clone(),
+                None => self.store.snapshot(name, event.uuid).await?,
+            };
+            touched.insert(event.uuid, Some(Snapshot::next(previous.as_ref(), &event)?));
         }
         Ok(touched)
     }

@@ -89,47 +89,12 @@ fn discovery(
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let repository = open(&config.storage).await?;
+        let repository = Repository::open(&config.storage).await?;
         let registry = Registry::new(repository.store().clone(), config.registry.clone());
         let server = serve_registry(registry, &config.http.host, config.http.port).await?;
         println!("minos discovery listening on http://{}", server.addr());
-        wait_for_signal().await?;
+        minos::launcher::shutdown_signal().await?;
         server.stop().await;
         Ok(())
     })
-}
-
-async fn open(storage: &str) -> minos::Result<Repository> {
-    if storage == "memory" {
-        return Ok(Repository::memory());
-    }
-    if storage.starts_with("postgres://") || storage.starts_with("postgresql://") {
-        return Repository::postgres(storage).await;
-    }
-    match storage.strip_prefix("sqlite://") {
-        Some(path) => {
-            if let Some(parent) = std::path::Path::new(path).parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            Repository::sqlite(path)
-        }
-        None => Err(minos::Error::Config(format!(
-            "unsupported storage `{storage}`: use `sqlite://PATH`, `postgres://USER@HOST/DB` or `memory`"
-        ))),
-    }
-}
-
-async fn wait_for_signal() -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result?,
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await?;
-    Ok(())
 }

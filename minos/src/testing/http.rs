@@ -1,11 +1,8 @@
-//! An async HTTP client for tests: one request per connection, JSON in, status, headers and body out.
+//! An async HTTP client for tests: JSON in; status, headers and body out.
 
 use std::collections::BTreeMap;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use serde_json::Value;
-use tokio::net::TcpStream;
 
 use crate::{Error, Result};
 
@@ -84,61 +81,26 @@ impl TestClient {
     }
 
     /// `method path` with `body` sent as it is (raw text, `Content-Type: application/json`), so tests
-    /// can send malformed JSON too.
+    /// can send malformed JSON too. A service that does not answer within a minute is an error.
     pub async fn request(
         &self,
         method: &str,
         path: &str,
         body: Option<String>,
     ) -> Result<TestResponse> {
-        let failed = |what: &str, e: &dyn std::fmt::Display| {
-            Error::with_status(
-                502,
-                format!("{method} http://{}{path}: {what}: {e}", self.authority),
-            )
-        };
-        let stream = TcpStream::connect(&self.authority)
-            .await
-            .map_err(|e| failed("connect", &e))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| failed("handshake", &e))?;
-        // The connection is driven beside the request and ends with it.
-        let driver = tokio::spawn(connection);
-        let mut builder = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(hyper::header::HOST, &self.authority);
-        if body.is_some() {
-            builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
-        }
-        let request = builder
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| failed("building the request", &e))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| failed("sending", &e))?;
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .filter_map(|(name, value)| {
-                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
-            })
-            .collect();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| failed("reading the body", &e))?
-            .to_bytes();
-        driver.abort();
+        let answer = minos_runtime::net::request(
+            &self.authority,
+            method,
+            path,
+            body,
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .map_err(|error| Error::with_status(502, error))?;
         Ok(TestResponse {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&bytes).into_owned(),
+            status: answer.status,
+            body: answer.text(),
+            headers: answer.headers,
         })
     }
 }
