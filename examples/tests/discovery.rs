@@ -3,13 +3,12 @@
 //! probe interval and gone after its lease, and a restarted registry keeps its registrations.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use minos_support::http::Client;
+use minos_support::process::spawn_listening;
 use serde_json::Value;
 
 /// The `minos` binary, built beside the test binaries (built here when a narrower `cargo test` did
@@ -34,35 +33,16 @@ struct Process {
 }
 
 /// Starts `command`, waiting for the line saying where it listens.
-fn spawn(mut command: Command) -> Process {
-    let mut child = command
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the process");
-    let stdout = child.stdout.take().expect("stdout");
-    let (sender, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = sender.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let addr = loop {
-        let line = lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the process printed where it listens");
-        if let Some(at) = line.find("listening on http://") {
-            break line[at + "listening on http://".len()..].trim().to_owned();
-        }
-    };
-    let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+fn spawn(mut command: Command, label: &str) -> Process {
+    command.env("RUST_LOG", "info").stderr(Stdio::inherit());
+    let started = spawn_listening(&mut command, label, Duration::from_secs(30));
+    let port = started.addr.rsplit(':').next().unwrap().parse().unwrap();
     // Keep reading the output, so the process never blocks on a full pipe.
+    let lines = started.lines;
     std::thread::spawn(move || while lines.recv().is_ok() {});
     Process {
-        child,
-        client: Client::new(format!("http://{addr}")),
+        child: started.child,
+        client: Client::new(format!("http://{}", started.addr)),
         port,
     }
 }
@@ -79,7 +59,7 @@ fn registry_on(storage: &str) -> Process {
         .env("MINOS_REGISTRY_PROBE_INTERVAL_MS", "300")
         .env("MINOS_REGISTRY_LEASE_TTL_MS", "2000")
         .env("MINOS_REGISTRY_REFRESH_MS", "50");
-    spawn(command)
+    spawn(command, "discovery")
 }
 
 fn quickstart(registry_port: u16) -> Process {
@@ -93,15 +73,11 @@ fn quickstart(registry_port: u16) -> Process {
             format!("http://127.0.0.1:{registry_port}"),
         )
         .env("MINOS_DISCOVERY_HEARTBEAT_MS", "200");
-    spawn(command)
+    spawn(command, "quickstart")
 }
 
 fn signal(process: &mut Process, signal: &str) {
-    let pid = process.child.id().to_string();
-    Command::new("kill")
-        .args([signal, &pid])
-        .status()
-        .expect("kill");
+    minos_support::process::signal(&process.child, signal);
     process.child.wait().expect("wait for the process");
 }
 

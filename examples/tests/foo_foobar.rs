@@ -3,13 +3,13 @@
 //! refusal by foobar compensates foo's step and leaves nothing; and foo killed (SIGKILL) while its saga
 //! waits for foobar's reply finishes the saga once restarted.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use minos_support::http::Client;
 use minos_support::postgres::fresh_schema_url;
+use minos_support::process::spawn_listening;
 use serde_json::{json, Value};
 
 struct Service {
@@ -30,40 +30,20 @@ fn bootstrap() -> String {
 }
 
 fn start(binary: &str, name: &str, storage: &str) -> Service {
-    let mut child = Command::new(binary)
+    let mut command = Command::new(binary);
+    command
         .env("MINOS_NAME", name)
         .env("MINOS_STORAGE", storage)
         .env("MINOS_BROKER", format!("kafka://{}", bootstrap()))
         .env("MINOS_HTTP_HOST", "127.0.0.1")
         .env("MINOS_HTTP_PORT", "0")
-        .env("MINOS_SAGA_TIMEOUT_MS", "120000")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {binary}: {e}"));
-    let stdout = child.stdout.take().expect("stdout");
-    let (sender, lines) = std::sync::mpsc::channel();
-    let label = name.to_owned();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("[{label}] {line}");
-            let _ = sender.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let addr = loop {
-        let line = lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| {
-                panic!("{name} did not start (are PostgreSQL and Kafka running? scripts/kafka-dev.sh start)")
-            });
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
+        .env("MINOS_SAGA_TIMEOUT_MS", "120000");
+    // Starting against PostgreSQL and Kafka may take a while on a cold broker.
+    let started = spawn_listening(&mut command, name, Duration::from_secs(90));
     Service {
-        child,
-        http: Client::new(format!("http://{addr}")),
-        _lines: lines,
+        child: started.child,
+        http: Client::new(format!("http://{}", started.addr)),
+        _lines: started.lines,
     }
 }
 
@@ -95,13 +75,7 @@ fn wait_for_end(service: &Service, execution: &str, within: Duration) -> Value {
     }
 }
 
-fn signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill {signal}");
-}
+use minos_support::process::signal;
 
 #[test]
 fn foo_and_foobar_run_the_saga_over_postgres_and_kafka() {

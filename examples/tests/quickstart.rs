@@ -1,11 +1,11 @@
 //! The quickstart service as a user meets it: a separate process driven over HTTP.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use minos_support::http::Client;
+use minos_support::process::spawn_listening;
 use serde_json::json;
 
 struct Service {
@@ -22,35 +22,18 @@ impl Service {
 
     /// Starts the quickstart binary with `MINOS_STORAGE=storage`.
     fn start_with(storage: &str) -> Service {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_quickstart"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_quickstart"));
+        command
             .env("MINOS_HTTP_PORT", "0")
             .env("MINOS_HTTP_HOST", "127.0.0.1")
             .env("MINOS_STORAGE", storage)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the quickstart binary");
-        let stdout = child.stdout.take().expect("stdout");
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = sender.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = loop {
-            let line = lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("the service printed where it listens");
-            if let Some(at) = line.find("listening on http://") {
-                break line[at + "listening on ".len()..].trim().to_owned();
-            }
-        };
+            .stderr(Stdio::inherit());
+        let started = spawn_listening(&mut command, "quickstart", Duration::from_secs(30));
         Service {
-            child,
-            lines,
-            client: Client::new(addr),
+            child: started.child,
+            lines: started.lines,
+            client: Client::new(format!("http://{}", started.addr)),
         }
     }
 
@@ -70,11 +53,7 @@ impl Service {
 
     /// SIGTERM, then the exit status.
     fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill");
+        minos_support::process::signal(&self.child, "-TERM");
         self.child.wait().expect("wait for the service")
     }
 }

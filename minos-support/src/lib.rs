@@ -11,3 +11,4 @@ pub mod http;
 pub mod kafka;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod process;

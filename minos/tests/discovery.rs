@@ -45,6 +45,12 @@ async fn registry_on(
     (server, client)
 }
 
+/// The status the registry answers when asked which instance serves `GET path`.
+async fn resolves(http: &TestClient, path: &str) -> u16 {
+    let query = format!("/microservices?verb=GET&path={path}");
+    http.get(&query).await.unwrap().status
+}
+
 fn python_body(port: u16) -> Value {
     // Exactly what minos-python's discovery client sends.
     json!({"address": "127.0.0.1", "port": port, "endpoints": [["GET", "/foos/{uuid}"], ["POST", "/foos"]]})
@@ -243,20 +249,11 @@ async fn leases_run_out_and_failing_instances_are_not_resolved() {
     eventually(
         "the dead instance is marked unhealthy",
         Duration::from_secs(5),
-        || async {
-            http.get("/microservices?verb=GET&path=/dead")
-                .await
-                .unwrap()
-                .status
-                == 404
-        },
+        || async { resolves(&http, "/dead").await == 404 },
     )
     .await;
     assert_eq!(
-        http.get("/microservices?verb=GET&path=/foos/1")
-            .await
-            .unwrap()
-            .status,
+        resolves(&http, "/foos/1").await,
         200,
         "the live one passes its probes"
     );
@@ -361,14 +358,7 @@ async fn registrations_survive_a_restart_and_replicas_share_postgres() {
     eventually(
         "the other replica resolves it",
         Duration::from_secs(5),
-        || async {
-            http_b
-                .get("/microservices?verb=GET&path=/foos/9")
-                .await
-                .unwrap()
-                .status
-                == 200
-        },
+        || async { resolves(&http_b, "/foos/9").await == 200 },
     )
     .await;
     assert_eq!(
@@ -378,14 +368,7 @@ async fn registrations_survive_a_restart_and_replicas_share_postgres() {
     eventually(
         "the first replica forgets it",
         Duration::from_secs(5),
-        || async {
-            http_a
-                .get("/microservices?verb=GET&path=/foos/9")
-                .await
-                .unwrap()
-                .status
-                == 404
-        },
+        || async { resolves(&http_a, "/foos/9").await == 404 },
     )
     .await;
     a.stop().await;
@@ -402,11 +385,7 @@ async fn a_service_registers_itself_and_unregisters_when_it_stops() {
     let service = TestService::start(config).await.unwrap();
     let port = service.addr().port();
     eventually("the service registered", Duration::from_secs(5), || async {
-        http.get("/microservices?verb=GET&path=/foos/1")
-            .await
-            .unwrap()
-            .status
-            == 200
+        resolves(&http, "/foos/1").await == 200
     })
     .await;
     let found = http
@@ -434,13 +413,7 @@ async fn a_service_registers_itself_and_unregisters_when_it_stops() {
     eventually(
         "the service registered again",
         Duration::from_secs(5),
-        || async {
-            http.get("/microservices?verb=GET&path=/foos/1")
-                .await
-                .unwrap()
-                .status
-                == 200
-        },
+        || async { resolves(&http, "/foos/1").await == 200 },
     )
     .await;
     service.stop().await;
@@ -466,11 +439,7 @@ async fn a_service_whose_store_fails_stops_being_resolved() {
     service_config.discovery.url = format!("http://{}", server.addr());
     let service = TestService::start(service_config).await.unwrap();
     eventually("the service registered", Duration::from_secs(5), || async {
-        http.get("/microservices?verb=GET&path=/foos/1")
-            .await
-            .unwrap()
-            .status
-            == 200
+        resolves(&http, "/foos/1").await == 200
     })
     .await;
     let (client, connection) =
@@ -489,13 +458,7 @@ async fn a_service_whose_store_fails_stops_being_resolved() {
     eventually(
         "the registry stops resolving to it",
         Duration::from_secs(5),
-        || async {
-            http.get("/microservices?verb=GET&path=/foos/1")
-                .await
-                .unwrap()
-                .status
-                == 404
-        },
+        || async { resolves(&http, "/foos/1").await == 404 },
     )
     .await;
     service.stop().await;
@@ -526,13 +489,7 @@ async fn a_registry_that_is_down_at_start_is_joined_when_it_comes_up() {
     eventually(
         "the service registered once the registry came up",
         Duration::from_secs(10),
-        || async {
-            http.get("/microservices?verb=GET&path=/foos/1")
-                .await
-                .unwrap()
-                .status
-                == 200
-        },
+        || async { resolves(&http, "/foos/1").await == 200 },
     )
     .await;
     service.stop().await;

@@ -1,0 +1,60 @@
+//! Services as separate processes, the way a user runs them: started, waited for until they listen,
+//! signalled.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A started process and where it listens.
+#[derive(Debug)]
+pub struct Listening {
+    /// The process.
+    pub child: Child,
+    /// `host:port` from its "listening on http://…" line.
+    pub addr: String,
+    /// The lines it prints after that one.
+    pub lines: mpsc::Receiver<String>,
+}
+
+/// Starts `command` with its standard output piped (each line echoed, prefixed with `label`) and
+/// waits up to `timeout` for the line saying where it listens. Panics, naming `label`, when it does not
+/// start or never says so.
+pub fn spawn_listening(command: &mut Command, label: &str, timeout: Duration) -> Listening {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {label}: {e}"));
+    let stdout = child.stdout.take().expect("a piped stdout");
+    let (sender, lines) = mpsc::channel();
+    let prefix = label.to_owned();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("[{prefix}] {line}");
+            let _ = sender.send(line);
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    let addr = loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("{label} did not say where it listens within {timeout:?}"));
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        }
+    };
+    Listening { child, addr, lines }
+}
+
+/// Sends `signal` (`-TERM`, `-INT`, `-KILL`, `-STOP`, …) to `child`.
+pub fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {signal} {}", child.id());
+}
