@@ -478,18 +478,20 @@ impl<T: RootEntity> Future for Find<T> {
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        if self.running.is_none() {
-            // The repository is looked up now, inside the task that polls: its scope decides.
-            let repository = match self.repository.take() {
-                Some(repository) => Ok(repository),
-                None => Repository::current(),
-            };
-            let query = std::mem::take(&mut self.query);
-            self.running = Some(Box::pin(async move { repository?.find(&query).await }));
-        }
-        match self.running.as_mut() {
-            Some(running) => running.as_mut().poll(cx),
-            None => std::task::Poll::Pending,
-        }
+        let this = &mut *self;
+        let running = match &mut this.running {
+            Some(running) => running,
+            None => {
+                // The repository is looked up now, inside the task that polls: its scope decides.
+                let repository = match this.repository.take() {
+                    Some(repository) => Ok(repository),
+                    None => Repository::current(),
+                };
+                let query = std::mem::take(&mut this.query);
+                this.running
+                    .insert(Box::pin(async move { repository?.find(&query).await }))
+            }
+        };
+        running.as_mut().poll(cx)
     }
 }

@@ -61,10 +61,9 @@ struct Inner {
     next: AtomicUsize,
 }
 
-/// The resolution table at one version of the registry.
+/// The resolution table as last read from the store.
 #[derive(Debug)]
 struct Table {
-    version: u64,
     loaded_at: Instant,
     instances: Vec<InstanceRecord>,
     /// Method and template → the indexes of the instances serving it.
@@ -224,7 +223,7 @@ impl Registry {
             }
         }
         self.inner.stale.store(false, Ordering::SeqCst);
-        let (version, instances) = self.inner.store.registry().await?;
+        let (_, instances) = self.inner.store.registry().await?;
         let mut routes = Routes::new();
         for (index, instance) in instances.iter().enumerate() {
             for endpoint in instance.endpoints.as_array().into_iter().flatten() {
@@ -240,17 +239,11 @@ impl Registry {
             }
         }
         *self.inner.table.write().await = Some(Table {
-            version,
             loaded_at: Instant::now(),
             instances,
             routes,
         });
         Ok(())
-    }
-
-    /// The version of the table resolutions use now.
-    pub async fn version(&self) -> Option<u64> {
-        self.inner.table.read().await.as_ref().map(|t| t.version)
     }
 
     /// Drops instances whose lease ran out. Returns how many.

@@ -143,14 +143,9 @@ impl SagaManager {
 
     /// The execution with this uuid (404 when unknown).
     pub async fn get(&self, uuid: Uuid) -> Result<SagaExecution> {
-        let record = self
-            .context
-            .repository()
-            .store()
-            .execution(uuid)
+        self.find(uuid)
             .await?
-            .ok_or_else(|| Error::not_found(format!("no saga execution {uuid}")))?;
-        SagaExecution::from_record(record)
+            .ok_or_else(|| Error::not_found(format!("no saga execution {uuid}")))
     }
 
     /// The execution with this uuid, if the store has it.
