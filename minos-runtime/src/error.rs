@@ -108,6 +108,9 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A caller without a valid token, or without a role the route needs (401/403).
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     /// The route table is invalid (duplicates, no routes).
     #[error("routes: {0}")]
     Routes(String),
@@ -215,6 +218,7 @@ impl Error {
             Error::Store(StoreError::InvalidQuery(_)) | Error::ReservedField { .. } => 400,
             Error::Domain(_) => 400,
             Error::Status { status, .. } => *status,
+            Error::Auth(error) => error.status(),
             Error::Timeout { .. } => 504,
             Error::Store(StoreError::Unavailable { .. }) => 503,
             _ => 500,

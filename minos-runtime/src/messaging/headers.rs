@@ -7,8 +7,15 @@ pub const TRANSACTIONS: &str = "transactions";
 /// The saga execution a remote step's command, its reply and compensations belong to.
 pub const SAGA: &str = "saga";
 
-/// The user a request runs for (a uuid).
+/// The user a request runs for: the verified subject of its token when the service checks tokens.
 pub const USER: &str = "user";
+
+/// The caller's access token, `Bearer <token>`, passed on with the requests a handler makes.
+pub const AUTHORIZATION: &str = "authorization";
+
+/// When the caller's token was accepted (seconds since the epoch): requests a handler makes are
+/// verified as of then, so work started with a valid token is not refused when it expires later.
+pub const AUTH_AT: &str = "auth_at";
 
 /// On a reply to a command that ran inside transactions: the services that wrote in them,
 /// comma-separated (the saga reserves, then commits or rejects, in each).

@@ -232,10 +232,14 @@ impl Response {
         if status >= 500 {
             tracing::error!(%error, status, "handler failed");
         }
+        let mut headers = BTreeMap::new();
+        if let Error::Auth(auth) = error {
+            headers.insert("www-authenticate".to_owned(), auth.www_authenticate());
+        }
         Response {
             status,
             content: serde_json::json!({"error": error.public_message(), "status": status}),
-            headers: BTreeMap::new(),
+            headers,
         }
     }
 }
