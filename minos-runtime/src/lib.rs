@@ -4,6 +4,7 @@ pub mod auth;
 pub mod discovery;
 pub mod domain;
 mod error;
+pub mod gateway;
 pub(crate) mod hash;
 pub(crate) mod http;
 pub mod launcher;
@@ -30,6 +31,7 @@ pub use routing::{Context, IntoResponse, Next, Request, Response, ServiceExt};
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::auth::Access;
     pub use crate::domain::{from_json, to_json, DomainError, Field, FieldDiff, Model, ModelKind};
     pub use crate::domain::{Entity, ExternalEntity, Referable, RootEntity, ValueObject};
     pub use crate::registry::ModelRegistration;

@@ -36,6 +36,18 @@ pub async fn request(
     body: Option<String>,
     timeout: Duration,
 ) -> Result<HttpAnswer, String> {
+    request_with(authority, method, path, &[], body, timeout).await
+}
+
+/// [`request`] with extra headers (`("authorization", "Bearer …")`).
+pub async fn request_with(
+    authority: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<String>,
+    timeout: Duration,
+) -> Result<HttpAnswer, String> {
     let exchange = async {
         let stream = TcpStream::connect(authority)
             .await
@@ -51,6 +63,9 @@ pub async fn request(
             .header(hyper::header::HOST, authority);
         if body.is_some() {
             builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
         }
         let payload = body.unwrap_or_default();
         let request = builder

@@ -17,6 +17,10 @@ use crate::store::{
 };
 use crate::transaction::{TransactionScope, Transactions, View, WriteScope};
 
+/// The key of a published event's content naming who made the change (the subject of the token of
+/// the request that made it).
+pub(crate) const USER_KEY: &str = "user";
+
 tokio::task_local! {
     static CURRENT: Repository;
 }
@@ -263,7 +267,15 @@ impl Repository {
     /// Writes one event where the current task's writes go: held under its transaction, kept in its
     /// buffer, or appended to the store (publishing its messages through the outbox).
     async fn commit(&self, event: &Event) -> Result<()> {
-        let messages = event.domain_messages()?;
+        let mut messages = event.domain_messages()?;
+        // The published events say who made the change: the subject of the caller's token.
+        if let Some(caller) = crate::auth::Caller::current().filter(|c| !c.subject.is_empty()) {
+            for message in &mut messages {
+                if let Value::Object(content) = &mut message.content {
+                    content.insert(USER_KEY.into(), Value::String(caller.subject.clone()));
+                }
+            }
+        }
         let scope = WriteScope::current().unwrap_or_default();
         if let Some(transaction) = &scope.transaction {
             transaction.open(self.store.as_ref()).await?;

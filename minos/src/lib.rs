@@ -8,7 +8,7 @@ pub use minos_macros::{
     value_object,
 };
 pub use minos_runtime::{
-    discovery, domain, launcher, messaging, registry, routing, saga, store, transaction, Action,
+    auth, discovery, domain, launcher, messaging, registry, routing, saga, store, transaction, Action,
     BrokerClient, BrokerMessage, Condition, Config, Context, Entity, EntitySet, Error, Event,
     ExternalEntity, FieldDiff, Find, IntoResponse, Launcher, Model, ModelKind, Next, Ordering,
     QueryValue, Ref, Referable, Reply, Repository, Request, Response, Result, Root, RootEntity,

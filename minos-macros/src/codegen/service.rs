@@ -62,6 +62,14 @@ pub(crate) fn expand(
             }
         });
         let function = method.to_string();
+        let roles = &handler.access.roles;
+        let access = if !roles.is_empty() {
+            quote!(#private::Access::Roles(&[#(#roles),*]))
+        } else if handler.access.auth {
+            quote!(#private::Access::Token)
+        } else {
+            quote!(#private::Access::Open)
+        };
         let line = quote_spanned!(handler.span=> ::core::line!());
         for route in &handler.routes {
             let route = match route {
@@ -80,6 +88,7 @@ pub(crate) fn expand(
                 #private::inventory::submit! {
                     #private::RouteEntry {
                         route: #route,
+                        access: #access,
                         handler: #shim,
                         service: #service_name,
                         function: #function,

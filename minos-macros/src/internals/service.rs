@@ -38,7 +38,17 @@ impl RouteSpec {
     }
 }
 
+/// What a handler requires of its caller: `auth` (any valid token) or `roles = ["admin"]`.
+#[derive(Default)]
+pub(crate) struct AccessSpec {
+    pub(crate) auth: bool,
+    pub(crate) roles: Vec<String>,
+    /// Where it was written, for errors about the handler's routes.
+    pub(crate) span: Option<Span>,
+}
+
 pub(crate) struct Handler {
+    pub(crate) access: AccessSpec,
     pub(crate) ident: syn::Ident,
     pub(crate) span: Span,
     pub(crate) routes: Vec<RouteSpec>,
@@ -129,9 +139,11 @@ pub(crate) fn handlers(cx: &Ctxt, kind: ServiceKind, item: &ItemImpl) -> Vec<Han
             continue;
         }
         let mut routes: Vec<(RouteSpec, Span)> = Vec::new();
+        let mut access = AccessSpec::default();
         for attr in attrs {
-            parse_enroute(cx, kind, attr, &mut routes);
+            parse_enroute(cx, kind, attr, &mut routes, &mut access);
         }
+        check_access(cx, &access, &routes);
         if let Some((first, _)) = routes.first() {
             for (route, span) in &routes[1..] {
                 if route.is_event_kind() != first.is_event_kind() {
@@ -145,6 +157,7 @@ pub(crate) fn handlers(cx: &Ctxt, kind: ServiceKind, item: &ItemImpl) -> Vec<Han
         }
         let request_ty = check_signature(cx, function);
         out.push(Handler {
+            access,
             ident: function.sig.ident.clone(),
             span: function.sig.fn_token.span,
             routes: routes.into_iter().map(|(r, _)| r).collect(),
@@ -158,11 +171,82 @@ pub(crate) fn handlers(cx: &Ctxt, kind: ServiceKind, item: &ItemImpl) -> Vec<Han
     out
 }
 
+/// `auth` and `roles` need a REST route to guard: they are enforced by the gateway and the service's
+/// HTTP entry (and on broker requests to a handler that also has a REST route).
+fn check_access(cx: &Ctxt, access: &AccessSpec, routes: &[(RouteSpec, Span)]) {
+    let Some(span) = access.span else {
+        return;
+    };
+    if routes.is_empty() {
+        // "needs a route" says it already.
+        return;
+    }
+    let what = if access.roles.is_empty() { "auth" } else { "roles" };
+    if routes.iter().any(|(r, _)| r.is_event_kind()) {
+        cx.syn_error(syn::Error::new(
+            span,
+            format!(
+                "`{what}` guards a request from a caller; event and periodic handlers have no caller\n\
+                 help: remove `{what}`, or put it on the command or query that changes the state"
+            ),
+        ));
+    } else if !routes.iter().any(|(r, _)| matches!(r, RouteSpec::Rest { .. })) {
+        cx.syn_error(syn::Error::new(
+            span,
+            format!(
+                "`{what}` needs a `rest` route on this handler: a requirement travels with the route's \
+                 registration, so the gateway and the service's HTTP entry enforce it\n\
+                 help: add `rest = \"POST /path\"` to this #[enroute], or check the caller in the handler \
+                 with `request.principal()`"
+            ),
+        ));
+    }
+}
+
+/// `roles = ["admin", "owner"]`: a non-empty list of distinct, non-empty role names.
+fn parse_roles(cx: &Ctxt, meta: &syn::meta::ParseNestedMeta) -> syn::Result<Option<Vec<String>>> {
+    let help = "expected a list of role names, like `roles = [\"admin\"]`";
+    let expr: syn::Expr = meta.value()?.parse()?;
+    let syn::Expr::Array(array) = &expr else {
+        cx.error_spanned_by(&expr, help);
+        return Ok(None);
+    };
+    if array.elems.is_empty() {
+        cx.error_spanned_by(
+            &expr,
+            "empty `roles` would let no one in: list at least one role, like `roles = [\"admin\"]`, \
+             or write `auth` to accept any valid token",
+        );
+        return Ok(None);
+    }
+    let mut roles = Vec::new();
+    for element in &array.elems {
+        match element {
+            syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(role),
+                ..
+            }) => {
+                let name = role.value();
+                if name.trim().is_empty() || name.chars().any(char::is_whitespace) {
+                    cx.error_spanned_by(role, "a role name is one non-empty word, like \"admin\"");
+                } else if roles.contains(&name) {
+                    cx.error_spanned_by(role, format!("role `{name}` is listed twice"));
+                } else {
+                    roles.push(name);
+                }
+            }
+            other => cx.error_spanned_by(other, help),
+        }
+    }
+    Ok(Some(roles))
+}
+
 fn parse_enroute(
     cx: &Ctxt,
     kind: ServiceKind,
     attr: &Attribute,
     routes: &mut Vec<(RouteSpec, Span)>,
+    access: &mut AccessSpec,
 ) {
     let needs_route = "#[enroute] needs a route: `broker = \"Topic\"`, `event = \"FooCreated\"`, \
                        `rest = \"GET /path\"` or `periodic = \"cron\"`";
@@ -173,13 +257,49 @@ fn parse_enroute(
     let mut seen: Vec<String> = Vec::new();
     let mut keys = 0;
     let result = attr.parse_nested_meta(|meta| {
-        keys += 1;
         let key = meta.path.get_ident().map(ToString::to_string).unwrap_or_default();
+        if key == "auth" {
+            if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+                cx.error_spanned_by(
+                    &meta.path,
+                    "`auth` is a flag: write `#[enroute(rest = \"POST /foos\", auth)]` (any valid token), \
+                     or `roles = [\"admin\"]` for a role",
+                );
+                if meta.input.peek(syn::Token![=]) {
+                    meta.value()?.parse::<syn::Expr>()?;
+                }
+                return Ok(());
+            }
+            if access.auth {
+                cx.error_spanned_by(&meta.path, "duplicate minos enroute attribute `auth`");
+            }
+            access.auth = true;
+            access.span.get_or_insert(meta.path.span());
+            return Ok(());
+        }
+        if key == "roles" {
+            let span = meta.path.span();
+            let duplicate = !access.roles.is_empty();
+            if let Some(roles) = parse_roles(cx, &meta)? {
+                if duplicate {
+                    cx.error_spanned_by(
+                        &meta.path,
+                        "duplicate minos enroute attribute `roles`: list every role in one `roles = [..]`",
+                    );
+                } else {
+                    access.roles = roles;
+                    access.span = Some(span);
+                }
+            }
+            return Ok(());
+        }
+        keys += 1;
         if !["broker", "event", "rest", "periodic"].contains(&key.as_str()) {
             let shown = quote::ToTokens::to_token_stream(&meta.path).to_string().replace(' ', "");
             cx.error_spanned_by(
                 &meta.path,
-                format!("unknown minos enroute attribute `{shown}`; expected `broker`, `event`, `rest` or `periodic`"),
+                format!("unknown minos enroute attribute `{shown}`; expected `broker`, `event`, `rest` or `periodic`, \
+                         and optionally `auth` or `roles = [\"..\"]`"),
             );
             if meta.input.peek(syn::Token![=]) {
                 meta.value()?.parse::<syn::Expr>()?;

@@ -23,6 +23,9 @@ pub struct DiscoveryConfig {
     pub instance: String,
     /// How often the lease is renewed; keep it well below the registry's `lease_ttl_ms`.
     pub heartbeat_ms: u64,
+    /// The token sent to a registry that checks tokens (its write API needs the admin role;
+    /// `MINOS_DISCOVERY_TOKEN`). Without it, a service with an `auth.secret` signs one itself.
+    pub token: String,
 }
 
 impl Default for DiscoveryConfig {
@@ -33,6 +36,7 @@ impl Default for DiscoveryConfig {
             port: None,
             instance: String::new(),
             heartbeat_ms: 10_000,
+            token: String::new(),
         }
     }
 }
@@ -45,6 +49,8 @@ pub(crate) struct SelfRegistration {
     instance: String,
     body: Value,
     heartbeat: Duration,
+    token: String,
+    auth: Option<crate::auth::Authenticator>,
 }
 
 /// The running registration: stop it to unregister.
@@ -64,7 +70,8 @@ impl SelfRegistration {
         name: &str,
         http_host: &str,
         bound_port: u16,
-        endpoints: Vec<(String, String)>,
+        endpoints: Vec<(String, String, crate::auth::Requirement)>,
+        auth: Option<crate::auth::Authenticator>,
     ) -> crate::Result<Option<Self>> {
         if config.url.trim().is_empty() {
             return Ok(None);
@@ -91,26 +98,57 @@ impl SelfRegistration {
             "" => format!("{address}:{port}"),
             instance => instance.to_owned(),
         };
-        let endpoints: Vec<Value> = endpoints.into_iter().map(|(m, p)| json!([m, p])).collect();
+        // `[method, path]`, with the route's requirement third when it has one (the gateway enforces it).
+        let endpoints: Vec<Value> = endpoints
+            .into_iter()
+            .map(|(m, p, requirement)| match requirement.to_json() {
+                Some(requirement) => json!([m, p, requirement]),
+                None => json!([m, p]),
+            })
+            .collect();
         Ok(Some(SelfRegistration {
             registry,
             name: name.to_owned(),
             body: json!({"address": address, "port": port, "endpoints": endpoints, "instance": instance}),
             instance,
             heartbeat: Duration::from_millis(config.heartbeat_ms.max(10)),
+            token: config.token.trim().to_owned(),
+            auth,
         }))
+    }
+
+    /// The `Authorization` value for the registry: the configured token, or one signed with the
+    /// service's secret for the admin role.
+    fn authorization(&self) -> Option<String> {
+        if !self.token.is_empty() {
+            return Some(format!("Bearer {}", self.token));
+        }
+        let auth = self.auth.as_ref()?;
+        let role = auth.config().admin_role.clone();
+        auth.mint_with_secret(&self.name, &[role], Duration::from_secs(300))
+            .map(|token| format!("Bearer {token}"))
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<crate::net::HttpAnswer, String> {
+        let authorization = self.authorization();
+        let headers: Vec<(&str, &str)> = authorization
+            .as_deref()
+            .map(|value| ("authorization", value))
+            .into_iter()
+            .collect();
+        crate::net::request_with(&self.registry, method, path, &headers, body, TIMEOUT).await
     }
 
     async fn register(&self) -> Result<(), String> {
         let path = format!("/microservices/{}", self.name);
-        let answer = crate::net::request(
-            &self.registry,
-            "POST",
-            &path,
-            Some(self.body.to_string()),
-            TIMEOUT,
-        )
-        .await?;
+        let answer = self
+            .call("POST", &path, Some(self.body.to_string()))
+            .await?;
         match answer.status {
             200..=299 => Ok(()),
             status => Err(format!("the registry answered {status}: {}", answer.text())),
@@ -123,7 +161,7 @@ impl SelfRegistration {
             "/microservices/{}/instances/{}/heartbeat",
             self.name, self.instance
         );
-        let answer = crate::net::request(&self.registry, "PUT", &path, None, TIMEOUT).await?;
+        let answer = self.call("PUT", &path, None).await?;
         match answer.status {
             200..=299 => Ok(true),
             404 => Ok(false),
@@ -176,7 +214,7 @@ impl RegistrationHandle {
         self.task.abort();
         let r = &self.registration;
         let path = format!("/microservices/{}/instances/{}", r.name, r.instance);
-        match crate::net::request(&r.registry, "DELETE", &path, None, TIMEOUT).await {
+        match r.call("DELETE", &path, None).await {
             Ok(answer) if answer.status < 300 || answer.status == 404 => {
                 tracing::info!(registry = %r.registry, "unregistered from the registry")
             }

@@ -12,6 +12,8 @@ pub struct Endpoint {
     pub method: String,
     /// The path template.
     pub path: PathTemplate,
+    /// What a caller needs (`{"auth": true, "roles": [..]}` as the pair's third element).
+    pub requirement: crate::auth::Requirement,
 }
 
 /// A service instance as registered: `POST /microservices/{name}` with
@@ -106,7 +108,10 @@ impl Registration {
         let endpoints: Vec<Value> = self
             .endpoints
             .iter()
-            .map(|e| json!([e.method, e.path.as_str()]))
+            .map(|e| match e.requirement.to_json() {
+                Some(requirement) => json!([e.method, e.path.as_str(), requirement]),
+                None => json!([e.method, e.path.as_str()]),
+            })
             .collect();
         json!({
             "name": self.name,
@@ -141,17 +146,22 @@ fn port(object: &Map<String, Value>) -> Result<u16, RegistrationError> {
 }
 
 /// One endpoint: `["GET", "/foos/{uuid}"]`, or `{"method": "GET", "path": "/foos/{uuid}"}` (`url` is
-/// read as `path`).
+/// read as `path`), with the route's requirement third (`["POST", "/foos", {"auth": true}]`) or as
+/// `"auth"`/`"roles"` keys.
 fn endpoint(index: usize, item: &Value) -> Result<Endpoint, RegistrationError> {
     let key = format!("endpoints[{index}]");
-    let (method, path) = match item {
-        Value::Array(pair) if pair.len() == 2 => (&pair[0], &pair[1]),
+    let (method, path, requirement) = match item {
+        Value::Array(pair) if pair.len() == 2 => (&pair[0], &pair[1], Value::Null),
+        Value::Array(triple) if triple.len() == 3 && triple[2].is_object() => {
+            (&triple[0], &triple[1], triple[2].clone())
+        }
         Value::Object(object) => (
             object.get("method").unwrap_or(&Value::Null),
             object
                 .get("path")
                 .or_else(|| object.get("url"))
                 .unwrap_or(&Value::Null),
+            item.clone(),
         ),
         _ => {
             return Err(invalid(
@@ -180,7 +190,11 @@ fn endpoint(index: usize, item: &Value) -> Result<Endpoint, RegistrationError> {
         Value::String(path) => PathTemplate::parse(path)?,
         _ => return Err(invalid(&key, "has no path: a string like \"/foos/{uuid}\"")),
     };
-    Ok(Endpoint { method, path })
+    Ok(Endpoint {
+        method,
+        path,
+        requirement: crate::auth::Requirement::from_json(&requirement),
+    })
 }
 
 #[cfg(test)]
@@ -207,6 +221,18 @@ mod tests {
         let registration = Registration::from_json("foo", &body).unwrap();
         assert_eq!((registration.port, registration.status), (8080, false));
         assert_eq!(registration.endpoints[0].method, "GET");
+        // A route's requirement travels third, and comes back as sent.
+        let body = json!({"address": "h", "port": 1, "endpoints": [
+            ["POST", "/foos", {"auth": true}], ["DELETE", "/foos/{id}", {"roles": ["admin"]}],
+            {"method": "GET", "path": "/secret", "auth": true}]});
+        let registration = Registration::from_json("foo", &body).unwrap();
+        assert!(registration.endpoints[0].requirement.auth);
+        assert_eq!(registration.endpoints[1].requirement.roles, ["admin"]);
+        assert!(registration.endpoints[2].requirement.auth);
+        assert_eq!(
+            registration.to_json()["endpoints"][1],
+            json!(["DELETE", "/foos/{id}", {"auth": true, "roles": ["admin"]}])
+        );
     }
 
     #[test]

@@ -59,6 +59,8 @@ struct Inner {
     stale: AtomicBool,
     table: RwLock<Option<Table>>,
     next: AtomicUsize,
+    /// Checks the tokens of writes (register, heartbeat, unregister) when set.
+    auth: std::sync::OnceLock<crate::auth::Authenticator>,
 }
 
 /// The resolution table as last read from the store.
@@ -81,8 +83,23 @@ impl Registry {
                 stale: AtomicBool::new(true),
                 table: RwLock::new(None),
                 next: AtomicUsize::new(0),
+                auth: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Makes writes (register, heartbeat, unregister) need a token with the admin role of `auth`;
+    /// reads stay open (a gateway follows the listing).
+    pub fn with_auth(self, auth: Option<crate::auth::Authenticator>) -> Self {
+        if let Some(auth) = auth {
+            let _ = self.inner.auth.set(auth);
+        }
+        self
+    }
+
+    /// The token verifier of writes, when set.
+    pub fn auth(&self) -> Option<&crate::auth::Authenticator> {
+        self.inner.auth.get()
     }
 
     fn changed(&self) {

@@ -57,11 +57,32 @@ fn json_body(body: &web::Bytes) -> Result<Value> {
         .map_err(|e| Error::bad_request(format!("malformed JSON body: {e}")))
 }
 
+/// A write needs the admin role when the registry checks tokens.
+async fn admit(registry: &Registry, request: &HttpRequest) -> Result<()> {
+    let Some(auth) = registry.auth() else {
+        return Ok(());
+    };
+    let header = match request.headers().get(actix_web::http::header::AUTHORIZATION) {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| {
+            crate::auth::AuthError::Invalid("the Authorization header is not text".into())
+        })?),
+    };
+    let principal = auth.authenticate(header).await?;
+    let admin = crate::auth::Access::Admin.requirement(&auth.config().admin_role);
+    auth.authorize(principal.as_ref(), &admin)?;
+    Ok(())
+}
+
 async fn register(
     registry: web::Data<Registry>,
     name: web::Path<String>,
+    request: HttpRequest,
     body: web::Bytes,
 ) -> HttpResponse {
+    if let Err(error) = admit(&registry, &request).await {
+        return answer(Err(error), false);
+    }
     let result = match json_body(&body) {
         Ok(body) => registry.register(&name, &body).await,
         Err(error) => Err(error),
@@ -69,14 +90,25 @@ async fn register(
     answer(result, true)
 }
 
-async fn unregister(registry: web::Data<Registry>, name: web::Path<String>) -> HttpResponse {
+async fn unregister(
+    registry: web::Data<Registry>,
+    name: web::Path<String>,
+    request: HttpRequest,
+) -> HttpResponse {
+    if let Err(error) = admit(&registry, &request).await {
+        return answer(Err(error), false);
+    }
     answer(registry.unregister(&name, None).await, false)
 }
 
 async fn unregister_instance(
     registry: web::Data<Registry>,
     path: web::Path<(String, String)>,
+    request: HttpRequest,
 ) -> HttpResponse {
+    if let Err(error) = admit(&registry, &request).await {
+        return answer(Err(error), false);
+    }
     let (name, instance) = path.into_inner();
     answer(registry.unregister(&name, Some(&instance)).await, false)
 }
@@ -84,7 +116,11 @@ async fn unregister_instance(
 async fn heartbeat(
     registry: web::Data<Registry>,
     path: web::Path<(String, String)>,
+    request: HttpRequest,
 ) -> HttpResponse {
+    if let Err(error) = admit(&registry, &request).await {
+        return answer(Err(error), false);
+    }
     let (name, instance) = path.into_inner();
     answer(registry.heartbeat(&name, &instance).await, false)
 }

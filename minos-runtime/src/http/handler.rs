@@ -4,12 +4,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use actix_web::http::header::{
+    HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE,
+};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
+use crate::auth::{Access, AuthError, Caller, Principal};
+use crate::error::Error;
+use crate::messaging::headers::USER;
 use crate::routing::{invoke, Context, HandlerFn, Middleware, Origin, Request, Response};
 
 #[derive(Clone)]
@@ -79,12 +84,48 @@ async fn read_body(
         .map_err(|e| error_response(400, format!("malformed JSON body: {e}")))
 }
 
+/// Checks the caller against `access` when the service checks tokens: the verified principal (or
+/// `None` for a request without a token), or the 401/403 answer with `WWW-Authenticate`. Without an
+/// `auth:` section every request is admitted.
+pub(super) async fn admit(
+    context: &Context,
+    request: &HttpRequest,
+    access: Access,
+) -> Result<Option<Principal>, HttpResponse> {
+    let Some(auth) = context.auth() else {
+        return Ok(None);
+    };
+    let checked = async {
+        let header = match request.headers().get(AUTHORIZATION) {
+            None => None,
+            Some(value) => Some(value.to_str().map_err(|_| {
+                AuthError::Invalid("the Authorization header is not text".into())
+            })?),
+        };
+        let principal = auth.authenticate(header).await?;
+        auth.authorize(
+            principal.as_ref(),
+            &access.requirement(&auth.config().admin_role),
+        )?;
+        Ok::<_, AuthError>(principal)
+    };
+    checked
+        .await
+        .map_err(|error| to_http(Response::from_error(&Error::Auth(error))))
+}
+
 pub(super) async fn handle(
     shared: Shared,
     handler: HandlerFn,
+    access: Access,
     request: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
+    // Who is calling, before the body is read.
+    let principal = match admit(&shared.context, &request, access).await {
+        Ok(principal) => principal.map(Arc::new),
+        Err(refused) => return refused,
+    };
     let content = match read_body(&request, payload, shared.body_limit).await {
         Ok(content) => content,
         Err(response) => return response,
@@ -97,19 +138,39 @@ pub(super) async fn handle(
     for (name, value) in request.match_info().iter() {
         params.insert(name.to_owned(), value.to_owned());
     }
-    let headers = request
+    let mut headers: BTreeMap<String, String> = request
         .headers()
         .iter()
         .filter_map(|(name, value)| {
             Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
         })
         .collect();
+    // With tokens checked, the user is the token's subject, never a header a client sent.
+    let caller = if shared.context.auth().is_some() {
+        headers.remove(USER);
+        principal.as_ref().map(|principal| {
+            headers.insert(USER.to_owned(), principal.subject.clone());
+            Caller {
+                token: principal.token.clone(),
+                subject: principal.subject.clone(),
+                accepted_at: crate::auth::unix_now(),
+            }
+        })
+    } else {
+        Caller::from_headers(&headers)
+    };
     let origin = Origin::Http {
         method: request.method().to_string(),
         path: request.path().to_owned(),
     };
-    let minos_request = Request::from_parts(content, params, headers, origin);
-    match invoke(&shared.chain, handler, minos_request, &shared.context).await {
+    let minos_request =
+        Request::from_parts(content, params, headers, origin).with_principal(principal);
+    let run = invoke(&shared.chain, handler, minos_request, &shared.context);
+    let result = match caller {
+        Some(caller) => caller.scope(run).await,
+        None => run.await,
+    };
+    match result {
         Ok(response) => to_http(response),
         Err(error) => to_http(Response::from_error(&error)),
     }

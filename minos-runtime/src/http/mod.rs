@@ -15,6 +15,7 @@ use actix_web::http::Method;
 use actix_web::{web, App, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
+use crate::auth::Access;
 use crate::error::{Error, Result};
 use crate::routing::{Context, HandlerFn, Middleware, RouteTable};
 pub(crate) use handler::to_http;
@@ -65,7 +66,7 @@ impl HttpServer {
 
 /// The routes of each path (REST routes and the runtime's own), so that a known path with another
 /// method answers 405 with `Allow`.
-type RoutesByPath = BTreeMap<&'static str, Vec<(&'static str, HandlerFn)>>;
+type RoutesByPath = BTreeMap<&'static str, Vec<(&'static str, HandlerFn, Access)>>;
 
 fn routes_by_path(
     table: &RouteTable,
@@ -76,10 +77,14 @@ fn routes_by_path(
         by_path
             .entry(path)
             .or_default()
-            .push((method, entry.handler));
+            .push((method, entry.handler, entry.access));
     }
+    // The runtime's own routes reveal data (saga executions and their contexts): admins only.
     for (method, path, handler) in system_routes {
-        by_path.entry(path).or_default().push((method, *handler));
+        by_path
+            .entry(path)
+            .or_default()
+            .push((method, *handler, Access::Admin));
     }
     by_path
 }
@@ -99,6 +104,7 @@ pub(crate) const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// process serves HTTP), `GET /spec/openapi`, `GET /spec/asyncapi`.
 fn built_in_endpoints(config: &mut web::ServiceConfig, built: &Arc<Built>, context: &Context) {
     let (health, openapi, asyncapi) = (Arc::clone(built), Arc::clone(built), Arc::clone(built));
+    let (spec_context, asyncapi_context) = (context.clone(), context.clone());
     let context = context.clone();
     config
         .route(
@@ -111,16 +117,28 @@ fn built_in_endpoints(config: &mut web::ServiceConfig, built: &Arc<Built>, conte
         )
         .route(
             "/spec/openapi",
-            web::get().to(move || {
+            web::get().to(move |request: HttpRequest| {
                 let built = Arc::clone(&openapi);
-                async move { HttpResponse::Ok().json(&built.openapi) }
+                let context = spec_context.clone();
+                async move {
+                    match handler::admit(&context, &request, Access::Admin).await {
+                        Ok(_) => HttpResponse::Ok().json(&built.openapi),
+                        Err(refused) => refused,
+                    }
+                }
             }),
         )
         .route(
             "/spec/asyncapi",
-            web::get().to(move || {
+            web::get().to(move |request: HttpRequest| {
                 let built = Arc::clone(&asyncapi);
-                async move { HttpResponse::Ok().json(&built.asyncapi) }
+                let context = asyncapi_context.clone();
+                async move {
+                    match handler::admit(&context, &request, Access::Admin).await {
+                        Ok(_) => HttpResponse::Ok().json(&built.asyncapi),
+                        Err(refused) => refused,
+                    }
+                }
             }),
         );
 }
@@ -173,19 +191,19 @@ pub(crate) async fn check<E: std::fmt::Display>(
 fn rest_resources(config: &mut web::ServiceConfig, by_path: &RoutesByPath, shared: &Shared) {
     for (path, methods) in by_path {
         let mut resource = web::resource(*path);
-        for (method, handler) in methods {
+        for (method, handler, access) in methods {
             let shared = shared.clone();
-            let handler = *handler;
+            let (handler, access) = (*handler, *access);
             let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
             resource = resource.route(web::method(method).to(
                 move |request: HttpRequest, payload: web::Payload| {
-                    handle(shared.clone(), handler, request, payload)
+                    handle(shared.clone(), handler, access, request, payload)
                 },
             ));
         }
         let allow = methods
             .iter()
-            .map(|(method, _)| *method)
+            .map(|(method, _, _)| *method)
             .collect::<Vec<_>>()
             .join(", ");
         resource = resource.default_service(web::to(move |request: HttpRequest| {

@@ -7,7 +7,9 @@ use figment::providers::{Env, Format, Serialized, Yaml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use crate::auth::AuthConfig;
 pub use crate::discovery::{DiscoveryConfig, RegistryConfig};
+use crate::gateway::GatewayConfig;
 use crate::error::{Error, Result};
 use crate::http::HttpSettings;
 pub use crate::saga::SagaConfig;
@@ -67,6 +69,13 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Registration with a registry (`discovery: {url: http://127.0.0.1:5567}`); off without a URL.
     pub discovery: DiscoveryConfig,
+    /// The API gateway's settings, when this process runs `minos gateway` (timeouts, CORS, composed
+    /// routes: see [`crate::gateway`]).
+    pub gateway: GatewayConfig,
+    /// Access tokens (`auth: {secret: …}` or `{jwks: https://…}`): the service verifies the token of
+    /// every request and enforces the routes' `auth`/`roles`. Without it nothing is checked
+    /// (development only).
+    pub auth: AuthConfig,
     /// The application's own settings, free-form (`app: {partner_url: …, pool_size: 4}`), read as a
     /// type of your own with [`Context::settings`](crate::Context::settings). Environment variables
     /// `MINOS_APP_*` override them (`MINOS_APP_PARTNER_URL`). Every other key is the framework's, and a
@@ -151,6 +160,8 @@ impl Default for Config {
             log: "info".into(),
             registry: RegistryConfig::default(),
             discovery: DiscoveryConfig::default(),
+            gateway: GatewayConfig::default(),
+            auth: AuthConfig::default(),
             app: serde_json::Value::Object(serde_json::Map::new()),
         }
     }
@@ -195,6 +206,8 @@ const SECTIONS: &[&str] = &[
     "saga",
     "registry",
     "discovery",
+    "gateway",
+    "auth",
     "app",
 ];
 

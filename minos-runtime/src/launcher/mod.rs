@@ -3,7 +3,7 @@
 mod config;
 
 pub use config::{
-    Config, DiscoveryConfig, HandlersConfig, HttpConfig, KafkaConfig, RegistryConfig, RelayConfig,
+    AuthConfig, Config, DiscoveryConfig, HandlersConfig, HttpConfig, KafkaConfig, RegistryConfig, RelayConfig,
     SagaConfig,
 };
 
@@ -158,6 +158,16 @@ impl Launcher {
         let table = Arc::new(RouteTable::collect_for(&self.config.services)?);
         let chain = self.middleware_chain()?;
         let context = self.open_context().await?;
+        let auth = crate::auth::Authenticator::from_config(&self.config.auth)?;
+        match &auth {
+            Some(auth) => context.set_auth(auth.clone()),
+            None if table.entries().iter().any(|e| e.access.needs_token()) => tracing::warn!(
+                service = %self.config.name,
+                "no `auth:` section: access tokens are not checked and routes declared `auth` or `roles` are open \
+                 (development only)"
+            ),
+            None => {}
+        }
         build_services(&table, &context).await?;
         tracing::info!(service = %self.config.name, storage = %self.config.storage, broker = %self.config.broker, "starting; routes:\n{}", table.describe());
         let sagas = SagaManager::new(context.clone());
@@ -191,9 +201,16 @@ impl Launcher {
             http.addr()
         );
         // Ready to serve: tell the registry, if there is one.
+        let admin_role = &self.config.auth.admin_role;
         let endpoints = table
             .rest_routes()
-            .map(|(method, path, _)| (method.to_owned(), path.to_owned()))
+            .map(|(method, path, entry)| {
+                (
+                    method.to_owned(),
+                    path.to_owned(),
+                    entry.access.requirement(admin_role),
+                )
+            })
             .collect();
         let registration = SelfRegistration::new(
             &self.config.discovery,
@@ -201,6 +218,7 @@ impl Launcher {
             &self.config.http.host,
             http.addr().port(),
             endpoints,
+            auth,
         )?
         .map(SelfRegistration::spawn);
         Ok(RunningService {

@@ -84,9 +84,11 @@ impl BrokerClient {
     pub async fn publish(&self, topic: &str, content: impl Serialize) -> Result<()> {
         let content =
             serde_json::to_value(content).map_err(|e| Error::bad_request(e.to_string()))?;
-        self.broker
-            .publish(BrokerMessage::new(topic, content))
-            .await
+        let mut message = BrokerMessage::new(topic, content);
+        if let Some(caller) = crate::auth::Caller::current() {
+            caller.add_to(&mut message.payload.headers);
+        }
+        self.broker.publish(message).await
     }
 
     /// Sends `content` to `topic` and waits for the reply.
@@ -101,6 +103,9 @@ impl BrokerClient {
     pub async fn request(&self, mut message: BrokerMessage, timeout: Duration) -> Result<Reply> {
         self.listen().await?;
         message.reply_topic = Some(self.reply_topic.clone());
+        if let Some(caller) = crate::auth::Caller::current() {
+            caller.add_to(&mut message.payload.headers);
+        }
         let identifier = message.identifier;
         let topic = message.topic.clone();
         let (sender, receiver) = oneshot::channel();

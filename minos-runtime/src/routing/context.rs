@@ -28,6 +28,8 @@ struct Inner {
     broker: SharedBroker,
     client: BrokerClient,
     config: Value,
+    /// Verifies callers' tokens, when the service has an `auth:` section.
+    auth: std::sync::OnceLock<crate::auth::Authenticator>,
     /// One value per type, kept for the service: the instances of the service types it serves (built
     /// at start, read by every handler call) and the runtime's own state (e.g. the saga manager's
     /// locks, made on first use).
@@ -51,6 +53,7 @@ impl Context {
                 broker,
                 client,
                 config,
+                auth: std::sync::OnceLock::new(),
                 values: RwLock::default(),
             }),
         }
@@ -67,6 +70,16 @@ impl Context {
     pub async fn scope<F: Future>(self, future: F) -> F::Output {
         let repository = self.inner.repository.clone();
         CURRENT.scope(self, repository.scope(future)).await
+    }
+
+    /// Verifies callers' tokens from now on (the launcher sets it from `auth:`; set once).
+    pub fn set_auth(&self, auth: crate::auth::Authenticator) {
+        let _ = self.inner.auth.set(auth);
+    }
+
+    /// The token verifier, when the service checks tokens.
+    pub fn auth(&self) -> Option<&crate::auth::Authenticator> {
+        self.inner.auth.get()
     }
 
     /// The service's name (its consumer group on the broker).

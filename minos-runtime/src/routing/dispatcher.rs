@@ -7,6 +7,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::{invoke, BrokerKind, Context, Middleware, Origin, Request, Response, RouteTable};
+use std::collections::BTreeMap;
+
+use crate::auth::{accepted_at, bearer, Caller, Principal};
 use crate::error::Error;
 use crate::hash::stable_hash;
 use crate::messaging::{headers, topics, BrokerMessage, Delivery, Payload, Subscription};
@@ -293,21 +296,74 @@ impl Dispatcher {
         handlers: &[(&'static super::RouteEntry, BrokerKind)],
         message: &BrokerMessage,
     ) -> Result<Response, Error> {
+        let is_event = handlers
+            .first()
+            .is_some_and(|(_, kind)| *kind == BrokerKind::Event);
+        let (principal, caller, headers) = self.caller_of(message, is_event).await?;
         let mut last = Response::empty();
         for (entry, _) in handlers {
+            if let Some(auth) = self.context.auth() {
+                let requirement = entry.access.requirement(&auth.config().admin_role);
+                auth.authorize(principal.as_deref(), &requirement)?;
+            }
             let request = Request::from_parts(
                 message.payload.content.clone(),
                 Default::default(),
-                message.payload.headers.clone(),
+                headers.clone(),
                 Origin::Broker {
                     topic: message.topic.clone(),
                     identifier: message.identifier,
                     reply_topic: message.reply_topic.clone(),
                 },
-            );
-            last = invoke(&self.chain, entry.handler, request, &self.context).await?;
+            )
+            .with_principal(principal.clone());
+            let run = invoke(&self.chain, entry.handler, request, &self.context);
+            last = match caller.clone() {
+                Some(caller) => caller.scope(run).await?,
+                None => run.await?,
+            };
         }
         Ok(last)
+    }
+
+    /// The caller a message carries. When the service checks tokens, its token is verified as of when
+    /// the request that started the work was accepted (`auth_at`), and the `user` header becomes the
+    /// token's subject; a message without a token has no user.
+    async fn caller_of(
+        &self,
+        message: &BrokerMessage,
+        is_event: bool,
+    ) -> Result<(Option<Arc<Principal>>, Option<Caller>, BTreeMap<String, String>), Error> {
+        let mut headers = message.payload.headers.clone();
+        // A domain event names who made the change (written by the service that made it).
+        let author = message
+            .payload
+            .content
+            .get(crate::repository::USER_KEY)
+            .and_then(serde_json::Value::as_str)
+            .filter(|_| is_event);
+        let Some(auth) = self.context.auth() else {
+            if let Some(author) = author {
+                headers.insert(headers::USER.into(), author.to_owned());
+            }
+            return Ok((None, Caller::from_headers(&headers), headers));
+        };
+        headers.remove(headers::USER);
+        if let Some(author) = author {
+            headers.insert(headers::USER.into(), author.to_owned());
+        }
+        let Some(value) = message.payload.headers.get(headers::AUTHORIZATION) else {
+            return Ok((None, None, headers));
+        };
+        let at = accepted_at(&message.payload.headers);
+        let principal = auth.verify(bearer(value)?, at).await?;
+        headers.insert(headers::USER.into(), principal.subject.clone());
+        let caller = Caller {
+            token: principal.token.clone(),
+            subject: principal.subject.clone(),
+            accepted_at: at,
+        };
+        Ok((Some(Arc::new(principal)), Some(caller), headers))
     }
 
     async fn reply(&self, request: &BrokerMessage, result: Result<Response, Error>) {

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -10,6 +12,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::Context;
+use crate::auth::Principal;
 use crate::error::{Error, Result};
 
 /// Where a request came from.
@@ -49,6 +52,7 @@ pub struct Request {
     params: BTreeMap<String, String>,
     headers: BTreeMap<String, String>,
     origin: Origin,
+    principal: Option<Arc<Principal>>,
 }
 
 impl Request {
@@ -59,6 +63,7 @@ impl Request {
             params: BTreeMap::new(),
             headers: BTreeMap::new(),
             origin: Origin::Local,
+            principal: None,
         }
     }
 
@@ -74,7 +79,20 @@ impl Request {
             params,
             headers,
             origin,
+            principal: None,
         }
+    }
+
+    /// The verified caller (set by the runtime when the service checks tokens; tests may set one).
+    pub fn with_principal(mut self, principal: Option<Arc<Principal>>) -> Self {
+        self.principal = principal;
+        self
+    }
+
+    /// The caller whose token the service verified: subject, roles and claims. `None` when the request
+    /// carries no token, or the service has no `auth:` section.
+    pub fn principal(&self) -> Option<&Principal> {
+        self.principal.as_deref()
     }
 
     /// Adds a path or query parameter.
@@ -129,10 +147,14 @@ impl Request {
         self.headers.get(name).map(String::as_str)
     }
 
-    /// The user the request acts for, from the `user` header.
-    pub fn user(&self) -> Option<Uuid> {
-        self.header(crate::messaging::headers::USER)
-            .and_then(|u| Uuid::parse_str(u).ok())
+    /// The user the request acts for: the verified subject of its token. Without an `auth:` section
+    /// (development) it is the `user` header as sent; with one, a `user` header sent by a client is
+    /// ignored.
+    pub fn user(&self) -> Option<&str> {
+        match &self.principal {
+            Some(principal) => Some(&principal.subject),
+            None => self.header(crate::messaging::headers::USER),
+        }
     }
 
     /// Where the request came from.

@@ -67,6 +67,8 @@ impl fmt::Display for Route {
 pub struct RouteEntry {
     /// The route.
     pub route: Route,
+    /// What the handler requires of its caller (`auth`, `roles = [..]`).
+    pub access: crate::auth::Access,
     /// The handler.
     pub handler: HandlerFn,
     /// The service type.
@@ -298,6 +300,7 @@ mod tests {
     fn entry(route: Route, function: &'static str, line: u32) -> &'static RouteEntry {
         Box::leak(Box::new(RouteEntry {
             route,
+            access: crate::auth::Access::Open,
             handler: ok,
             service: "S",
             function,

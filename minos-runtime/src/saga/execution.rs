@@ -85,8 +85,11 @@ impl SagaManager {
         let headers = &mut message.payload.headers;
         headers.insert(headers::SAGA.into(), execution.uuid.to_string());
         headers.insert(headers::TRANSACTIONS.into(), self.scope(execution).header());
-        if let Some(user) = execution.user {
-            headers.insert(headers::USER.into(), user.to_string());
+        if let Some(caller) = &execution.caller {
+            caller.add_to(headers);
+        }
+        if let Some(user) = &execution.user {
+            headers.insert(headers::USER.into(), user.clone());
         }
         execution.waiting = Some(Waiting {
             identifier: message.identifier,

@@ -107,13 +107,16 @@ impl SagaManager {
         self.run_for(definition, context, None).await
     }
 
-    /// [`run`](Self::run) on behalf of `user` (sent in the `user` header of remote steps).
+    /// [`run`](Self::run) on behalf of `user` (sent in the `user` header of remote steps). Without a
+    /// user, it runs for the caller of the handler that starts it, whose token goes with its remote steps.
     pub async fn run_for(
         &self,
         definition: &SagaDefinition,
         context: impl Into<SagaContext>,
-        user: Option<Uuid>,
+        user: Option<String>,
     ) -> Result<SagaExecution> {
+        let caller = crate::auth::Caller::current();
+        let user = user.or_else(|| caller.as_ref().map(|c| c.subject.clone()).filter(|s| !s.is_empty()));
         let saga = definition.saga()?;
         let started = now();
         let execution = SagaExecution {
@@ -129,6 +132,7 @@ impl SagaManager {
                 .map(|s| s.chain().to_vec())
                 .unwrap_or_default(),
             user,
+            caller,
             error: None,
             deadline: started
                 + chrono::Duration::from_std(self.timeout).unwrap_or(chrono::Duration::MAX),

@@ -227,8 +227,12 @@ pub struct SagaExecution {
     pub related_services: BTreeSet<String>,
     /// The transactions it runs inside, outermost first (a saga started inside another one's step).
     pub inherited: Vec<Uuid>,
-    /// The user it runs for.
-    pub user: Option<Uuid>,
+    /// The user it runs for (the subject of the token of the request that started it).
+    pub user: Option<String>,
+    /// The caller's token, sent with its remote steps and compensations (verified as of when the
+    /// request that started the saga was accepted, so a long saga is not refused when it expires).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<crate::auth::Caller>,
     /// Why it failed.
     pub error: Option<String>,
     /// When it times out (failing and compensating).

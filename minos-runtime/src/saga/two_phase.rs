@@ -73,8 +73,11 @@ impl SagaManager {
         let mut message = BrokerMessage::new(topic, content);
         let headers = &mut message.payload.headers;
         headers.insert(headers::SAGA.into(), execution.uuid.to_string());
-        if let Some(user) = execution.user {
-            headers.insert(headers::USER.into(), user.to_string());
+        if let Some(caller) = &execution.caller {
+            caller.add_to(headers);
+        }
+        if let Some(user) = &execution.user {
+            headers.insert(headers::USER.into(), user.clone());
         }
         self.request(message).await
     }

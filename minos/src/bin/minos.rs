@@ -3,6 +3,10 @@
 //! `minos discovery` runs the service registry (port 5567 by default), configured like any service:
 //! `--config config.yml`, then `MINOS_*` environment variables (`MINOS_STORAGE`, `MINOS_HTTP_PORT`,
 //! `MINOS_REGISTRY_LEASE_TTL_MS`, …).
+//!
+//! `minos gateway` runs the API gateway (port 5566 by default), configured the same way: the registry
+//! from `discovery.url` (`MINOS_DISCOVERY_URL`, default `http://127.0.0.1:5567`), the `gateway:` section
+//! (`MINOS_GATEWAY_TIMEOUT_MS`, …), `http.body_limit`, and `auth:` to check tokens at the edge.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +28,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print a signed access token (JWT) for development and scripts: with the `auth.secret` of the
+    /// configuration (`MINOS_AUTH_SECRET`) or `--secret` (HS256), or a private key file (`--key`).
+    Token(TokenArgs),
     /// Run the service registry: services register their REST endpoints with it and it resolves a
     /// request to a healthy instance (HTTP API compatible with the original Minos registry).
     Discovery {
@@ -38,6 +45,17 @@ enum Command {
         #[arg(long)]
         storage: Option<String>,
     },
+    /// Run the API gateway: one address for every service's REST routes, routed with the registry's
+    /// table (kept by long-polling it), with retries, timeouts, CORS, token checks and composed routes
+    /// (the `gateway:` section).
+    Gateway {
+        /// The configuration file (YAML); without it, defaults and `MINOS_*` variables.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Listen on this port (default 5566; overrides the configuration).
+        #[arg(long, short)]
+        port: Option<u16>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +66,8 @@ fn main() -> ExitCode {
             port,
             storage,
         } => discovery(config, port, storage),
+        Command::Token(args) => token(args),
+        Command::Gateway { config, port } => gateway(config, port),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -56,6 +76,108 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The subject (`sub`): who the token speaks for.
+    #[arg(long)]
+    sub: String,
+    /// Roles, comma-separated (`--roles admin,sales`), written under `auth.roles_claim`.
+    #[arg(long, value_delimiter = ',')]
+    roles: Vec<String>,
+    /// How long it is valid: `90s`, `30m`, `12h`, `7d` (default 1h).
+    #[arg(long, default_value = "1h", value_parser = parse_lifetime)]
+    lifetime: std::time::Duration,
+    /// The shared secret (default: `auth.secret` of the configuration, `MINOS_AUTH_SECRET`).
+    #[arg(long, conflicts_with = "key")]
+    secret: Option<String>,
+    /// A private key file (PEM: RSA, EC or Ed25519) to sign with instead of a secret.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// The algorithm for `--key` (RS256, PS256, ES256, ES384, EdDSA …; default by the key).
+    #[arg(long, requires = "key")]
+    alg: Option<String>,
+    /// The `kid` header for `--key` (the key's id in your JWKS).
+    #[arg(long, requires = "key")]
+    kid: Option<String>,
+    /// `iss` (default: `auth.issuer`).
+    #[arg(long)]
+    issuer: Option<String>,
+    /// `aud` (default: `auth.audience`).
+    #[arg(long)]
+    audience: Option<String>,
+    /// The configuration file to read `auth:` from.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+fn parse_lifetime(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a lifetime like 90s, 30m, 12h or 7d"))?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{text}`: the unit is s, m, h or d")),
+    };
+    if number == 0 {
+        return Err("a token's lifetime must be above zero".into());
+    }
+    Ok(std::time::Duration::from_secs(number.saturating_mul(seconds)))
+}
+
+fn token(args: TokenArgs) -> minos::Result<()> {
+    use minos::auth::{mint, SigningKey, TokenSpec};
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::from_env()?,
+    };
+    let key = match (&args.key, &args.secret) {
+        (Some(path), _) => SigningKey::Pem {
+            pem: std::fs::read(path).map_err(|e| {
+                minos::Error::Config(format!("cannot read the key {}: {e}", path.display()))
+            })?,
+            algorithm: match &args.alg {
+                Some(alg) => Some(alg.parse().map_err(|_| {
+                    minos::Error::Config(format!(
+                        "unknown algorithm `{alg}`: use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA"
+                    ))
+                })?),
+                None => None,
+            },
+            kid: args.kid.clone(),
+        },
+        (None, Some(secret)) => SigningKey::Secret(secret.clone()),
+        (None, None) if !config.auth.secret.is_empty() => {
+            SigningKey::Secret(config.auth.secret.clone())
+        }
+        (None, None) => {
+            return Err(minos::Error::Config(
+                "nothing to sign with: set MINOS_AUTH_SECRET (or `auth.secret`), or pass --secret or --key"
+                    .into(),
+            ))
+        }
+    };
+    let mut spec = TokenSpec::for_config(&config.auth);
+    spec.subject = args.sub;
+    spec.roles = args.roles.into_iter().filter(|r| !r.is_empty()).collect();
+    spec.lifetime = args.lifetime;
+    if let Some(issuer) = args.issuer {
+        spec.issuer = issuer;
+    }
+    if let Some(audience) = args.audience {
+        spec.audience = audience;
+    }
+    println!("{}", mint(&key, &spec)?);
+    Ok(())
 }
 
 fn discovery(
@@ -90,9 +212,50 @@ fn discovery(
         .build()?;
     runtime.block_on(async {
         let repository = Repository::open(&config.storage).await?;
-        let registry = Registry::new(repository.store().clone(), config.registry.clone());
+        let auth = minos::auth::Authenticator::from_config(&config.auth)?;
+        let registry =
+            Registry::new(repository.store().clone(), config.registry.clone()).with_auth(auth);
         let server = serve_registry(registry, &config.http.host, config.http.port).await?;
         println!("minos discovery listening on http://{}", server.addr());
+        minos::launcher::shutdown_signal().await?;
+        server.stop().await;
+        Ok(())
+    })
+}
+
+fn gateway(path: Option<PathBuf>, port: Option<u16>) -> minos::Result<()> {
+    use minos_runtime::gateway::{serve_gateway, GatewaySettings};
+    let config = match path {
+        Some(path) => Config::load(path)?,
+        None => Config::from_env()?,
+    };
+    let defaults = Config::default();
+    // The gateway's own port where the file and the environment left a service's.
+    let port = match (port, config.http.port == defaults.http.port) {
+        (Some(port), _) => port,
+        (None, true) => 5566,
+        (None, false) => config.http.port,
+    };
+    let registry_url = match config.discovery.url.trim() {
+        "" => "http://127.0.0.1:5567".to_owned(),
+        url => url.to_owned(),
+    };
+    minos::launcher::init_logging(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let auth = minos::auth::Authenticator::from_config(&config.auth)?;
+        let server = serve_gateway(GatewaySettings {
+            host: config.http.host.clone(),
+            port,
+            body_limit: config.http.body_limit,
+            registry_url,
+            config: config.gateway.clone(),
+            auth,
+        })
+        .await?;
+        println!("minos gateway listening on http://{}", server.addr());
         minos::launcher::shutdown_signal().await?;
         server.stop().await;
         Ok(())

@@ -11,6 +11,8 @@ use crate::{Error, Result};
 pub struct TestClient {
     /// `host:port`.
     authority: String,
+    /// Headers sent with every request.
+    headers: Vec<(String, String)>,
 }
 
 /// An answer: status, headers (lowercase names) and the raw body.
@@ -52,7 +54,21 @@ impl TestClient {
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .to_owned();
-        TestClient { authority }
+        TestClient {
+            authority,
+            headers: Vec::new(),
+        }
+    }
+
+    /// This client, sending `name: value` with every request.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// This client, sending `Authorization: Bearer {token}` with every request.
+    pub fn with_token(self, token: impl std::fmt::Display) -> Self {
+        self.with_header("authorization", format!("Bearer {token}"))
     }
 
     /// `GET path`.
@@ -88,10 +104,16 @@ impl TestClient {
         path: &str,
         body: Option<String>,
     ) -> Result<TestResponse> {
-        let answer = minos_runtime::net::request(
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        let answer = minos_runtime::net::request_with(
             &self.authority,
             method,
             path,
+            &headers,
             body,
             std::time::Duration::from_secs(60),
         )

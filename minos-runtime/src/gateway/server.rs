@@ -1,0 +1,326 @@
+//! The gateway's HTTP server: hyper over HTTP/1.1 with keep-alive, one task per connection, each
+//! request answered by the gateway itself (health, CORS preflight, composed routes, errors) or
+//! forwarded to a service.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::{Body, Bytes, Incoming};
+use hyper::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN, WWW_AUTHENTICATE,
+};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::compose::ComposePlan;
+use super::cors::{Cors, Preflight};
+use super::proxy::{self, GatewayBody, HttpClient, Outgoing};
+use super::table::{Index, Table, Timeouts};
+use crate::auth::{AuthError, Authenticator};
+
+/// What every request reads: the route table (swapped whole when the registry changes), the client
+/// pool and the configuration, checked once.
+pub(crate) struct State {
+    pub(crate) client: HttpClient,
+    table: RwLock<Arc<Table>>,
+    /// Whether the last call to the registry succeeded.
+    pub(crate) registry_reachable: AtomicBool,
+    pub(crate) body_limit: usize,
+    pub(crate) cors: Option<Cors>,
+    pub(crate) compose: Index<ComposePlan>,
+    pub(crate) auth: Option<Authenticator>,
+    pub(crate) timeouts: Timeouts,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("routes", &self.table().len())
+            .field("body_limit", &self.body_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    pub(crate) fn new(
+        client: HttpClient,
+        body_limit: usize,
+        cors: Option<Cors>,
+        compose: Index<ComposePlan>,
+        auth: Option<Authenticator>,
+        timeouts: Timeouts,
+    ) -> State {
+        State {
+            client,
+            table: RwLock::new(Arc::new(Table::default())),
+            registry_reachable: AtomicBool::new(false),
+            body_limit,
+            cors,
+            compose,
+            auth,
+            timeouts,
+        }
+    }
+
+    /// The current route table.
+    pub(crate) fn table(&self) -> Arc<Table> {
+        Arc::clone(&self.table.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces the route table.
+    pub(crate) fn set_table(&self, table: Table) {
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+    }
+}
+
+/// An answer with a JSON body.
+pub(crate) fn json_response(status: u16, body: &Value) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::full(body.to_string()));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// An error the way the services answer theirs: `{"error": message, "status": status}`.
+pub(crate) fn json_error(status: u16, message: impl Into<String>) -> Response<GatewayBody> {
+    json_response(status, &json!({"error": message.into(), "status": status}))
+}
+
+/// A refused caller: 401 (with `WWW-Authenticate`) or 403.
+pub(crate) fn auth_error(error: &AuthError) -> Response<GatewayBody> {
+    let status = error.status();
+    let mut response = json_error(status, error.message());
+    if status == 401 {
+        if let Ok(challenge) = HeaderValue::from_str(&error.www_authenticate()) {
+            response.headers_mut().insert(WWW_AUTHENTICATE, challenge);
+        }
+    }
+    response
+}
+
+/// The `Authorization` header as the authenticator reads it (a value that is not text is sent as an
+/// empty one, which does not verify).
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTHORIZATION)
+        .map(|value| value.to_str().unwrap_or_default())
+}
+
+/// Reads the whole request body, refusing more than `limit` bytes with 413 (announced or sent).
+async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, Response<GatewayBody>> {
+    let too_large = || {
+        json_error(
+            413,
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
+    };
+    let announced = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    if announced.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(too_large()),
+        Err(error) => Err(json_error(
+            400,
+            format!("the request body could not be read: {error}"),
+        )),
+    }
+}
+
+/// `GET /system/health`: the gateway serves; how many routes it knows and whether the registry
+/// answered last time.
+fn health(state: &State) -> Response<GatewayBody> {
+    let table = state.table();
+    let reachable = state.registry_reachable.load(Ordering::Relaxed);
+    json_response(
+        200,
+        &json!({
+            "status": "ok",
+            "routes": table.len() + state.compose.len(),
+            "registry": if reachable { "ok" } else { "unreachable" },
+            "version": table.version,
+        }),
+    )
+}
+
+/// Answers one request.
+pub(crate) async fn handle(
+    state: Arc<State>,
+    client: IpAddr,
+    request: Request<Incoming>,
+) -> Response<GatewayBody> {
+    let Some(cors) = &state.cors else {
+        return dispatch(&state, client, request).await;
+    };
+    if Cors::is_preflight(request.method(), request.headers()) {
+        return match cors.preflight(request.headers()) {
+            Preflight::Allowed(headers) => {
+                let mut response = Response::new(GatewayBody::full(Bytes::new()));
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                *response.headers_mut() = headers;
+                response
+            }
+            Preflight::Refused(reason) => json_error(403, format!("CORS: {reason}")),
+        };
+    }
+    let origin = request.headers().get(ORIGIN).cloned();
+    let mut response = dispatch(&state, client, request).await;
+    if let Some(origin) = origin {
+        cors.decorate(&origin, response.headers_mut());
+    }
+    response
+}
+
+async fn dispatch(
+    state: &State,
+    client: IpAddr,
+    request: Request<Incoming>,
+) -> Response<GatewayBody> {
+    let method = request.method();
+    let path = request.uri().path();
+    if path.starts_with("/system/") && (method == Method::GET || method == Method::HEAD) {
+        match path {
+            "/system/health" => return health(state),
+            "/system/live" => return json_response(200, &json!({"status": "ok"})),
+            _ => {}
+        }
+    }
+    if let Some((template, plan)) = state.compose.resolve(method, path) {
+        let path = path.to_owned();
+        return super::compose::run(state, plan, template, &path, request.headers(), client).await;
+    }
+    let table = state.table();
+    let Some((_, route)) = table.routes.resolve(method, path) else {
+        return no_route(state, &table, method, path);
+    };
+    if let Some(auth) = &state.auth {
+        let verdict = match auth.authenticate(authorization(request.headers())).await {
+            Ok(principal) => auth.authorize(principal.as_ref(), &route.requirement),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = verdict {
+            return auth_error(&error);
+        }
+    }
+    let (mut parts, body) = request.into_parts();
+    let body = match read_body(body, &parts.headers, state.body_limit).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    proxy::outgoing_headers(&mut parts.headers, client);
+    let outgoing = Outgoing::from_parts(parts, body);
+    let (method, path) = (outgoing.method.clone(), outgoing.path_and_query.clone());
+    let deadline = Instant::now() + route.timeout;
+    match proxy::forward(&state.client, route, outgoing, deadline, route.timeout).await {
+        Ok(response) => proxy::incoming_response(response),
+        Err(failure) => json_error(failure.status(), failure.message(&method, path.path())),
+    }
+}
+
+/// 405 with `Allow` when the path has routes for other methods, else 404.
+fn no_route(state: &State, table: &Table, method: &Method, path: &str) -> Response<GatewayBody> {
+    let mut allowed = table.routes.methods_for(path);
+    for other in state.compose.methods_for(path) {
+        if !allowed.contains(&other) {
+            allowed.push(other);
+        }
+    }
+    if allowed.is_empty() {
+        return json_error(404, format!("no route for {method} {path}"));
+    }
+    let allow = allowed
+        .iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut response = json_error(
+        405,
+        format!("{method} is not allowed on {path}; allowed: {allow}"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&allow) {
+        response.headers_mut().insert(ALLOW, value);
+    }
+    response
+}
+
+/// Accepts connections until `stop` fires, then lets the requests in flight finish (up to
+/// `grace`).
+pub(crate) async fn accept(
+    listener: TcpListener,
+    state: Arc<State>,
+    mut stop: oneshot::Receiver<()>,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(Duration::from_secs(30));
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, usually: give connections a moment to close.
+                    tracing::warn!(%error, "could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&state);
+        let client = remote.ip();
+        let service = service_fn(move |request| {
+            let state = Arc::clone(&state);
+            async move { Ok::<_, Infallible>(handle(state, client, request).await) }
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(?grace, "requests still in flight at shutdown were cut");
+    }
+}
+
+/// The address a listener got.
+pub(crate) fn local_addr(listener: &TcpListener, address: &str) -> crate::Result<SocketAddr> {
+    listener.local_addr().map_err(|source| crate::Error::Bind {
+        address: address.to_owned(),
+        source,
+    })
+}
