@@ -39,7 +39,7 @@ pub struct FooCommandService;
 #[command_service]
 impl FooCommandService {
     /// Creates a Foo: stores `FooCreated`, which the relay publishes to Kafka.
-    #[enroute(broker = "CreateFoo", rest = "POST /foos")]
+    #[enroute(broker = "CreateFoo", rest = "POST /foos", auth)]
     async fn create_foo(&self, request: Request) -> Result<Response> {
         let CreateFoo { bar } = request.content()?;
         let foo = Foo::create(Foo { bar, foobar: None }).await?;
@@ -48,7 +48,7 @@ impl FooCommandService {
 
     /// Runs `ADD_FOOBAR_SAGA` with `{"uuid": <foo>, "something": <text>}`; answers the execution
     /// (follow it at `GET /saga/executions/{uuid}`).
-    #[enroute(rest = "POST /foos/add-foobar")]
+    #[enroute(rest = "POST /foos/add-foobar", auth)]
     async fn add_foobar(&self, request: Request) -> Result<Response> {
         let content: Value = request.content()?;
         let context = SagaContext::new()

@@ -25,8 +25,10 @@ pub struct FooBarCommandService;
 
 #[command_service]
 impl FooBarCommandService {
-    /// Creates a FooBar from `{"number": 56, "text": "..."}`; an empty text is refused (400).
-    #[enroute(broker = "CreateFooBar")]
+    /// Creates a FooBar from `{"number": 56, "text": "..."}`; an empty text is refused (400). With an
+    /// `auth:` section it needs a token: the `foo` saga's step carries the token of the request that
+    /// started it.
+    #[enroute(broker = "CreateFooBar", rest = "POST /foobars", auth)]
     async fn create_foobar(&self, request: Request) -> Result<Response> {
         let CreateFooBar { text, .. } = request.content()?;
         if text.trim().is_empty() {

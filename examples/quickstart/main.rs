@@ -28,7 +28,7 @@ pub struct FooCommandService;
 #[command_service]
 impl FooCommandService {
     /// Creates a Foo: stores `FooCreated`, which the relay publishes to the broker.
-    #[enroute(broker = "CreateFoo", rest = "POST /foos")]
+    #[enroute(broker = "CreateFoo", rest = "POST /foos", auth)]
     async fn create_foo(&self, request: Request) -> Result<Response> {
         let CreateFoo { bar } = request.content()?;
         if bar.trim().is_empty() {
