@@ -1,6 +1,6 @@
 //! The `foo` service of the two-service example: the `Foo` root entity with a reference to the `foobar`
-//! service's `FooBar`, its commands (`CreateFoo`, `POST /foos`, and `POST /foos/add-foobar`, which runs the
-//! `ADD_FOOBAR_SAGA`), and its queries (the `FooCreated` and `FooUpdated.foobar` event handlers,
+//! service's `FooBar`, its commands (`CreateFoo`, `POST /foos`, `DELETE /foos/{uuid}` for admins, and
+//! `POST /foos/add-foobar`, which runs the `ADD_FOOBAR_SAGA`), and its queries (the `FooCreated` and `FooUpdated.foobar` event handlers,
 //! `GET /foos/example`, `GET /foos/{uuid}`, `GET /foos/{uuid}/foobar`). PostgreSQL and Kafka:
 //!
 //! ```sh
@@ -44,6 +44,13 @@ impl FooCommandService {
         let CreateFoo { bar } = request.content()?;
         let foo = Foo::create(Foo { bar, foobar: None }).await?;
         Ok(Response::json(json!({ "uuid": foo.uuid() })))
+    }
+
+    /// Deletes a Foo; with an `auth:` section only for a token with the `admin` role (403 otherwise).
+    #[enroute(rest = "DELETE /foos/{uuid}", roles = ["admin"])]
+    async fn delete_foo(&self, request: Request) -> Result<Response> {
+        Foo::get(request.param("uuid")?).await?.delete().await?;
+        Ok(Response::json(json!({ "deleted": request.param::<Uuid>("uuid")? })))
     }
 
     /// Runs `ADD_FOOBAR_SAGA` with `{"uuid": <foo>, "something": <text>}`; answers the execution

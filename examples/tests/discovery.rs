@@ -11,19 +11,8 @@ use minos_support::http::Client;
 use minos_support::process::spawn_listening;
 use serde_json::Value;
 
-/// The `minos` binary, built beside the test binaries (built here when a narrower `cargo test` did
-/// not build it).
 fn minos_binary() -> PathBuf {
-    let binary = Path::new(env!("CARGO_BIN_EXE_quickstart")).with_file_name("minos");
-    if !binary.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "minos", "--bin", "minos"])
-            .status()
-            .expect("cargo build -p minos --bin minos");
-        assert!(status.success(), "the minos binary does not build");
-    }
-    binary
+    minos_support::process::minos_binary(env!("CARGO_BIN_EXE_quickstart"))
 }
 
 struct Process {

@@ -13,6 +13,8 @@ pub struct Answer {
     pub body: String,
     /// The `Allow` header, if any.
     pub allow: Option<String>,
+    /// The `WWW-Authenticate` header, if any.
+    pub www_authenticate: Option<String>,
 }
 
 impl Answer {
@@ -27,6 +29,7 @@ impl Answer {
 pub struct Client {
     base: String,
     agent: ureq::Agent,
+    authorization: Option<String>,
 }
 
 impl Client {
@@ -40,6 +43,20 @@ impl Client {
         Client {
             base: base.into(),
             agent,
+            authorization: None,
+        }
+    }
+
+    /// This client, sending `Authorization: Bearer {token}` with every request.
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.authorization = Some(format!("Bearer {token}"));
+        self
+    }
+
+    fn authorized<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.authorization {
+            Some(value) => request.header("authorization", value),
+            None => request,
         }
     }
 
@@ -47,21 +64,18 @@ impl Client {
     pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> Result<Answer, String> {
         let url = format!("{}{path}", self.base);
         let result = match (method, body) {
-            ("GET", None) => self.agent.get(&url).call(),
-            ("DELETE", None) => self.agent.delete(&url).call(),
+            ("GET", None) => self.authorized(self.agent.get(&url)).call(),
+            ("DELETE", None) => self.authorized(self.agent.delete(&url)).call(),
             ("POST", body) => self
-                .agent
-                .post(&url)
+                .authorized(self.agent.post(&url))
                 .header("content-type", "application/json")
                 .send(body.unwrap_or_default()),
             ("PUT", body) => self
-                .agent
-                .put(&url)
+                .authorized(self.agent.put(&url))
                 .header("content-type", "application/json")
                 .send(body.unwrap_or_default()),
             ("PATCH", body) => self
-                .agent
-                .patch(&url)
+                .authorized(self.agent.patch(&url))
                 .header("content-type", "application/json")
                 .send(body.unwrap_or_default()),
             (method, _) => return Err(format!("unsupported method {method}")),
@@ -71,6 +85,11 @@ impl Client {
         let allow = response
             .headers()
             .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let www_authenticate = response
+            .headers()
+            .get("www-authenticate")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let body = response
@@ -83,6 +102,7 @@ impl Client {
             status,
             body,
             allow,
+            www_authenticate,
         })
     }
 
@@ -94,5 +114,10 @@ impl Client {
     /// `POST path` with a JSON body.
     pub fn post(&self, path: &str, body: &str) -> Result<Answer, String> {
         self.request("POST", path, Some(body))
+    }
+
+    /// `DELETE path`.
+    pub fn delete(&self, path: &str) -> Result<Answer, String> {
+        self.request("DELETE", path, None)
     }
 }

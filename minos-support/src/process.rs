@@ -58,3 +58,18 @@ pub fn signal(child: &Child, signal: &str) {
         .expect("kill runs");
     assert!(status.success(), "kill {signal} {}", child.id());
 }
+
+/// The `minos` command, built beside `sibling` (a binary of the test's package, e.g.
+/// `env!("CARGO_BIN_EXE_quickstart")`); built here when a narrower `cargo test` did not build it.
+pub fn minos_binary(sibling: &str) -> std::path::PathBuf {
+    let binary = std::path::Path::new(sibling).with_file_name("minos");
+    if !binary.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "minos", "--bin", "minos"])
+            .status()
+            .expect("cargo build -p minos --bin minos");
+        assert!(status.success(), "the minos binary does not build");
+    }
+    binary
+}

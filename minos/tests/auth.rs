@@ -235,6 +235,19 @@ async fn the_token_matrix_over_http() {
         let admin = http.clone().with_token(token("root", &["admin"]));
         assert_eq!(admin.get(path).await.unwrap().status, 200, "{path}");
     }
+    // The OpenAPI document says which operations need a token, and which roles.
+    let admin = http.clone().with_token(token("root", &["admin"]));
+    let spec = admin.get("/spec/openapi").await.unwrap().json();
+    assert_eq!(spec["paths"]["/orders"]["post"]["security"], json!([{"bearer": []}]));
+    assert_eq!(
+        spec["paths"]["/orders/{uuid}"]["delete"]["security"],
+        json!([{"bearer": ["admin", "manager"]}])
+    );
+    assert!(spec["paths"]["/orders/open"]["get"].get("security").is_none());
+    assert_eq!(
+        spec["components"]["securitySchemes"]["bearer"]["scheme"],
+        json!("bearer")
+    );
     assert_eq!(http.get("/system/health").await.unwrap().status, 200);
     assert_eq!(http.get("/system/live").await.unwrap().status, 200);
     service.stop().await;
