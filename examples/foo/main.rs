@@ -50,7 +50,9 @@ impl FooCommandService {
     #[enroute(rest = "DELETE /foos/{uuid}", roles = ["admin"])]
     async fn delete_foo(&self, request: Request) -> Result<Response> {
         Foo::get(request.param("uuid")?).await?.delete().await?;
-        Ok(Response::json(json!({ "deleted": request.param::<Uuid>("uuid")? })))
+        Ok(Response::json(
+            json!({ "deleted": request.param::<Uuid>("uuid")? }),
+        ))
     }
 
     /// Runs `ADD_FOOBAR_SAGA` with `{"uuid": <foo>, "something": <text>}`; answers the execution

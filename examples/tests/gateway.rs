@@ -115,8 +115,18 @@ fn the_gateway_routes_checks_tokens_composes_and_survives_a_killed_instance() {
         &foobar_storage,
         &registry,
     );
-    let mut foo_1 = service(env!("CARGO_BIN_EXE_foo"), &foo_name, &foo_storage, &registry);
-    let foo_2 = service(env!("CARGO_BIN_EXE_foo"), &foo_name, &foo_storage, &registry);
+    let mut foo_1 = service(
+        env!("CARGO_BIN_EXE_foo"),
+        &foo_name,
+        &foo_storage,
+        &registry,
+    );
+    let foo_2 = service(
+        env!("CARGO_BIN_EXE_foo"),
+        &foo_name,
+        &foo_storage,
+        &registry,
+    );
 
     let config = dir.path().join("gateway.yml");
     std::fs::write(
@@ -159,7 +169,11 @@ fn the_gateway_routes_checks_tokens_composes_and_survives_a_killed_instance() {
             .unwrap();
         assert_eq!(forged.status, 401, "{}", forged.body);
     }
-    let answer = through.clone().with_token(&alice).post("/foos", &body).unwrap();
+    let answer = through
+        .clone()
+        .with_token(&alice)
+        .post("/foos", &body)
+        .unwrap();
     assert_eq!(answer.status, 200, "{}", answer.body);
     let uuid = answer.json()["uuid"].as_str().unwrap().to_owned();
 
@@ -207,7 +221,11 @@ fn the_gateway_routes_checks_tokens_composes_and_survives_a_killed_instance() {
         joined = answer.json();
         answer.status == 200 && joined["foobar"]["something"] == json!("hello")
     });
-    assert_eq!(joined["foo"]["bar"], json!("through the gateway"), "{joined}");
+    assert_eq!(
+        joined["foo"]["bar"],
+        json!("through the gateway"),
+        "{joined}"
+    );
     assert_eq!(joined["foo"]["foobar"], finished["context"]["foobar_uuid"]);
 
     // 1,000 GETs through the gateway while one foo instance is killed: none fails.
@@ -239,7 +257,11 @@ fn the_gateway_routes_checks_tokens_composes_and_survives_a_killed_instance() {
         .flat_map(|worker| worker.join().unwrap())
         .collect();
     assert_eq!(sent.load(Ordering::SeqCst), 1000);
-    assert!(failures.is_empty(), "{} failed: {failures:?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
 
     // An admin may delete.
     let answer = through.clone().with_token(&admin).delete(&delete).unwrap();

@@ -42,7 +42,9 @@ impl Orders {
 
     #[enroute(rest = "DELETE /orders/{uuid}", roles = ["admin", "manager"])]
     async fn delete(&self, request: Request) -> Result<Response> {
-        Ok(Response::json(json!({"deleted": request.param::<Uuid>("uuid")?})))
+        Ok(Response::json(
+            json!({"deleted": request.param::<Uuid>("uuid")?}),
+        ))
     }
 
     #[enroute(rest = "POST /orders/via-saga", auth)]
@@ -63,7 +65,9 @@ impl Orders {
             .client()
             .send("CreateOrder", request.json())
             .await?;
-        Ok(Response::json(json!({"status": reply.status, "content": reply.content})))
+        Ok(Response::json(
+            json!({"status": reply.status, "content": reply.content}),
+        ))
     }
 }
 
@@ -238,12 +242,17 @@ async fn the_token_matrix_over_http() {
     // The OpenAPI document says which operations need a token, and which roles.
     let admin = http.clone().with_token(token("root", &["admin"]));
     let spec = admin.get("/spec/openapi").await.unwrap().json();
-    assert_eq!(spec["paths"]["/orders"]["post"]["security"], json!([{"bearer": []}]));
+    assert_eq!(
+        spec["paths"]["/orders"]["post"]["security"],
+        json!([{"bearer": []}])
+    );
     assert_eq!(
         spec["paths"]["/orders/{uuid}"]["delete"]["security"],
         json!([{"bearer": ["admin", "manager"]}])
     );
-    assert!(spec["paths"]["/orders/open"]["get"].get("security").is_none());
+    assert!(spec["paths"]["/orders/open"]["get"]
+        .get("security")
+        .is_none());
     assert_eq!(
         spec["components"]["securitySchemes"]["bearer"]["scheme"],
         json!("bearer")
@@ -329,7 +338,10 @@ async fn broker_commands_carry_and_verify_the_callers_token() {
 #[tokio::test]
 async fn a_sagas_remote_steps_carry_the_token_of_the_request_that_started_it() {
     let service = TestService::start(secured("orders-saga")).await.unwrap();
-    let admin = service.http().clone().with_token(token("frank", &["admin"]));
+    let admin = service
+        .http()
+        .clone()
+        .with_token(token("frank", &["admin"]));
     let answer = admin
         .post("/orders/via-saga", json!({"item": "lamp"}))
         .await
@@ -360,10 +372,7 @@ async fn published_events_name_who_made_the_change() {
         .unwrap();
     assert_eq!(answer.status, 200, "{}", answer.body);
     eventually("the event is handled", Duration::from_secs(10), || async {
-        AUTHORS
-            .lock()
-            .unwrap()
-            .contains(&Some("grace".to_owned()))
+        AUTHORS.lock().unwrap().contains(&Some("grace".to_owned()))
     })
     .await;
     service.stop().await;

@@ -12,7 +12,10 @@ use minos::prelude::*;
 use minos::testing::{test_config, TestService};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../minos-runtime/src/auth/testdata");
+const KEYS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../minos-runtime/src/auth/testdata"
+);
 
 pub struct Admin;
 
@@ -68,11 +71,21 @@ async fn minos_token_prints_a_token_a_service_with_the_same_secret_accepts() {
     assert_eq!(answer.json()["by"], json!("alice"));
     // Without the role: 403; signed with another secret: 401.
     let clerk = token_of(&minos(
-        &["token", "--sub", "bob", "--roles", "clerk,sales", "--lifetime", "5m"],
+        &[
+            "token",
+            "--sub",
+            "bob",
+            "--roles",
+            "clerk,sales",
+            "--lifetime",
+            "5m",
+        ],
         &[("MINOS_AUTH_SECRET", "s3cret")],
     ));
     let other = token_of(&minos(
-        &["token", "--sub", "eve", "--roles", "admin", "--secret", "guess"],
+        &[
+            "token", "--sub", "eve", "--roles", "admin", "--secret", "guess",
+        ],
         &[],
     ));
     for (token, status) in [(clerk, 403), (other, 401)] {

@@ -181,7 +181,11 @@ fn check_access(cx: &Ctxt, access: &AccessSpec, routes: &[(RouteSpec, Span)]) {
         // "needs a route" says it already.
         return;
     }
-    let what = if access.roles.is_empty() { "auth" } else { "roles" };
+    let what = if access.roles.is_empty() {
+        "auth"
+    } else {
+        "roles"
+    };
     if routes.iter().any(|(r, _)| r.is_event_kind()) {
         cx.syn_error(syn::Error::new(
             span,
@@ -190,7 +194,10 @@ fn check_access(cx: &Ctxt, access: &AccessSpec, routes: &[(RouteSpec, Span)]) {
                  help: remove `{what}`, or put it on the command or query that changes the state"
             ),
         ));
-    } else if !routes.iter().any(|(r, _)| matches!(r, RouteSpec::Rest { .. })) {
+    } else if !routes
+        .iter()
+        .any(|(r, _)| matches!(r, RouteSpec::Rest { .. }))
+    {
         cx.syn_error(syn::Error::new(
             span,
             format!(

@@ -145,7 +145,11 @@ impl KeySet {
         })
     }
 
-    pub(crate) async fn find(&self, kid: Option<&str>, alg: Algorithm) -> Result<VerifyKey, AuthError> {
+    pub(crate) async fn find(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<VerifyKey, AuthError> {
         let stale = {
             let loaded = self.loaded.read().await;
             match loaded.fetched {

@@ -404,7 +404,9 @@ impl Authenticator {
         Err(invalid(if self.inner.public_key.is_some() {
             format!("{alg:?} does not match the configured public key")
         } else {
-            format!("{alg:?} tokens are not accepted here: tokens are signed with the shared secret")
+            format!(
+                "{alg:?} tokens are not accepted here: tokens are signed with the shared secret"
+            )
         }))
     }
 
@@ -435,9 +437,7 @@ pub fn bearer(value: &str) -> Result<&str, AuthError> {
     let value = value.trim();
     let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(invalid(
-            "the Authorization header must be `Bearer <token>`",
-        ));
+        return Err(invalid("the Authorization header must be `Bearer <token>`"));
     }
     match token.trim() {
         "" => Err(invalid("the Authorization header has no token")),
@@ -447,7 +447,10 @@ pub fn bearer(value: &str) -> Result<&str, AuthError> {
 
 /// Checks `principal` against `requirement`: 401 without a principal where one is needed, 403 without
 /// any of the roles.
-pub fn authorize(principal: Option<&Principal>, requirement: &Requirement) -> Result<(), AuthError> {
+pub fn authorize(
+    principal: Option<&Principal>,
+    requirement: &Requirement,
+) -> Result<(), AuthError> {
     if requirement.is_open() {
         return Ok(());
     }

@@ -100,12 +100,15 @@ async fn every_bad_token_is_a_401() {
 
     // `alg: none`, unsigned.
     let parts: Vec<&str> = good.split('.').collect();
-    let none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), parts[1]);
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        parts[1]
+    );
     assert!(refused(&auth, &none).await.contains("malformed"));
 
     // A tampered payload keeps the old signature.
-    let claims: Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
     let mut forged = claims.clone();
     forged["sub"] = json!("mallory");
     let tampered = format!("{}.{}.{}", parts[0], b64(&forged), parts[2]);
@@ -125,12 +128,19 @@ async fn every_bad_token_is_a_401() {
             .extend(extra.as_object().unwrap().clone());
         with_claims(&secret(), claims)
     };
-    assert!(refused(&auth, &with(json!({"exp": now - 31}))).await.contains("expired"));
-    // Within the leeway it is still accepted.
-    assert!(auth.verify(&with(json!({"exp": now - 20})), now).await.is_ok());
-    assert!(refused(&auth, &with(json!({"exp": now + 60, "nbf": now + 120})))
+    assert!(refused(&auth, &with(json!({"exp": now - 31})))
         .await
-        .contains("not valid yet"));
+        .contains("expired"));
+    // Within the leeway it is still accepted.
+    assert!(auth
+        .verify(&with(json!({"exp": now - 20})), now)
+        .await
+        .is_ok());
+    assert!(
+        refused(&auth, &with(json!({"exp": now + 60, "nbf": now + 120})))
+            .await
+            .contains("not valid yet")
+    );
     assert!(refused(&auth, &with(json!({}))).await.contains("`exp`"));
     let no_sub = with_claims(
         &secret(),
@@ -151,10 +161,20 @@ async fn every_bad_token_is_a_401() {
         .contains("audience"));
 
     // Malformed base64, JSON, shape; a header that is not Bearer.
-    for token in ["abc", "a.b.c", "!!!.???.***", &format!("{}.e30.", b64(&json!("x")))] {
+    for token in [
+        "abc",
+        "a.b.c",
+        "!!!.???.***",
+        &format!("{}.e30.", b64(&json!("x"))),
+    ] {
         refused(&auth, token).await;
     }
-    let not_json = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode("{nope"), parts[2]);
+    let not_json = format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode("{nope"),
+        parts[2]
+    );
     refused(&auth, &not_json).await;
     for header in ["Basic YWxpY2U6cHc=", "Bearer", "Bearer   ", good.as_str()] {
         let error = auth.authenticate(Some(header)).await.unwrap_err();
@@ -187,11 +207,9 @@ async fn roles_are_matched_against_the_configured_claim() {
     auth.authorize(Some(&principal), &clerks).unwrap();
     auth.authorize(Some(&principal), &Access::Token.requirement("admin"))
         .unwrap();
-    auth.authorize(None, &Access::Open.requirement("admin")).unwrap();
-    assert_eq!(
-        Access::Admin.requirement("root").roles,
-        ["root".to_owned()]
-    );
+    auth.authorize(None, &Access::Open.requirement("admin"))
+        .unwrap();
+    assert_eq!(Access::Admin.requirement("root").roles, ["root".to_owned()]);
 
     // A space-separated string (OAuth `scope` style) is read too.
     let scoped = with_claims(
@@ -202,7 +220,10 @@ async fn roles_are_matched_against_the_configured_claim() {
         roles_claim: "scope".into(),
         ..secret_config()
     };
-    let principal = authenticator(config).verify(&scoped, unix_now()).await.unwrap();
+    let principal = authenticator(config)
+        .verify(&scoped, unix_now())
+        .await
+        .unwrap();
     assert_eq!(principal.roles, ["read", "write"]);
 }
 

@@ -62,7 +62,10 @@ async fn admit(registry: &Registry, request: &HttpRequest) -> Result<()> {
     let Some(auth) = registry.auth() else {
         return Ok(());
     };
-    let header = match request.headers().get(actix_web::http::header::AUTHORIZATION) {
+    let header = match request
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+    {
         None => None,
         Some(value) => Some(value.to_str().map_err(|_| {
             crate::auth::AuthError::Invalid("the Authorization header is not text".into())

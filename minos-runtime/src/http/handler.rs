@@ -96,12 +96,13 @@ pub(super) async fn admit(
         return Ok(None);
     };
     let checked = async {
-        let header = match request.headers().get(AUTHORIZATION) {
-            None => None,
-            Some(value) => Some(value.to_str().map_err(|_| {
-                AuthError::Invalid("the Authorization header is not text".into())
-            })?),
-        };
+        let header =
+            match request.headers().get(AUTHORIZATION) {
+                None => None,
+                Some(value) => Some(value.to_str().map_err(|_| {
+                    AuthError::Invalid("the Authorization header is not text".into())
+                })?),
+            };
         let principal = auth.authenticate(header).await?;
         auth.authorize(
             principal.as_ref(),

@@ -333,7 +333,14 @@ impl Dispatcher {
         &self,
         message: &BrokerMessage,
         is_event: bool,
-    ) -> Result<(Option<Arc<Principal>>, Option<Caller>, BTreeMap<String, String>), Error> {
+    ) -> Result<
+        (
+            Option<Arc<Principal>>,
+            Option<Caller>,
+            BTreeMap<String, String>,
+        ),
+        Error,
+    > {
         let mut headers = message.payload.headers.clone();
         // A domain event names who made the change (written by the service that made it).
         let author = message

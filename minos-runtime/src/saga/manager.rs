@@ -116,7 +116,12 @@ impl SagaManager {
         user: Option<String>,
     ) -> Result<SagaExecution> {
         let caller = crate::auth::Caller::current();
-        let user = user.or_else(|| caller.as_ref().map(|c| c.subject.clone()).filter(|s| !s.is_empty()));
+        let user = user.or_else(|| {
+            caller
+                .as_ref()
+                .map(|c| c.subject.clone())
+                .filter(|s| !s.is_empty())
+        });
         let saga = definition.saga()?;
         let started = now();
         let execution = SagaExecution {
