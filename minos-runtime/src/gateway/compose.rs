@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::config::{ComposeConfig, GatewayConfig};
 use super::proxy::{self, GatewayBody, Outgoing};
-use super::server::{auth_error, json_error, json_response, State};
+use super::server::{auth_error, json_error, json_response, Worker};
 use super::table::{parse_method, parse_route, Index, Table, Template};
 use crate::auth::Principal;
 
@@ -47,7 +47,8 @@ struct PartPlan {
     optional: bool,
 }
 
-/// A piece of a part's path: text as written, the composed route's parameter, or another part's field.
+/// A piece of a part's path: text as written, the composed route's parameter, or another part's
+/// field.
 #[derive(Debug, PartialEq)]
 enum Piece {
     Text(String),
@@ -437,7 +438,7 @@ fn part_headers(incoming: &HeaderMap, client: IpAddr) -> HeaderMap {
 
 /// Sends one part's call through the gateway's routing and reads its JSON answer.
 async fn call(
-    state: &State,
+    worker: &Worker,
     table: &Table,
     principal: Option<&Principal>,
     method: &Method,
@@ -449,7 +450,7 @@ async fn call(
     let Some((_, route)) = table.routes.resolve(method, bare) else {
         return Err(PartError::new(404, format!("no route for {method} {bare}")));
     };
-    if let Some(auth) = &state.auth {
+    if let Some(auth) = &worker.state.auth {
         if let Err(error) = auth.authorize(principal, &route.requirement) {
             let status = error.status();
             return Err(PartError {
@@ -468,7 +469,7 @@ async fn call(
         headers: headers.clone(),
         body: Bytes::new(),
     };
-    let response = proxy::forward(&state.client, route, outgoing, deadline, timeout)
+    let response = proxy::forward(&worker.pool, route, outgoing, deadline, timeout)
         .await
         .map_err(|failure| PartError::new(failure.status(), failure.message(method, &path)))?;
     let status = response.status().as_u16();
@@ -510,16 +511,17 @@ async fn call(
 }
 
 /// Answers a composed route: authenticates the caller once, runs the parts (each as soon as the
-/// parts it uses have answered), and assembles `{"part": answer, ..., "_partial"?: {"part": reason}}`.
+/// parts it uses have answered), and assembles `{"part": answer, ..., "_partial"?: {"part":
+/// reason}}`.
 pub(crate) async fn run(
-    state: &State,
+    worker: &Worker,
     plan: &ComposePlan,
     template: &Template,
     path: &str,
     headers: &HeaderMap,
     client: IpAddr,
 ) -> Response<GatewayBody> {
-    let principal = match &state.auth {
+    let principal = match &worker.state.auth {
         Some(auth) => {
             let authorization = headers
                 .get(AUTHORIZATION)
@@ -533,7 +535,7 @@ pub(crate) async fn run(
     };
     let captures = template.captures(path);
     let part_headers = part_headers(headers, client);
-    let table = state.table();
+    let table = worker.state.table();
     let mut futures: Vec<PartFuture<'_>> = Vec::with_capacity(plan.parts.len());
     for part in &plan.parts {
         let needs: Vec<(usize, PartFuture<'_>)> = part
@@ -551,7 +553,7 @@ pub(crate) async fn run(
             let result = match fill(part, captures, &answers) {
                 Ok(path) => {
                     call(
-                        state,
+                        worker,
                         table,
                         principal,
                         &part.method,

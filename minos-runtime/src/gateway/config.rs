@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 ///   timeouts: {"POST /reports": 120000} # per route ("METHOD /template" as registered)
 ///   connect_timeout_ms: 2000
 ///   poll_wait_ms: 25000               # how long one long poll of the registry waits for a change
+///   workers: 2                        # threads (default: one per core)
 ///   cors: {allow_origins: ["https://app.example"], allow_credentials: true}
 ///   compose:
 ///     - route: GET /foos/{uuid}/full
@@ -25,7 +26,8 @@ pub struct GatewayConfig {
     /// How long a request waits for the service's response head (the body then streams without a
     /// limit), in milliseconds.
     pub timeout_ms: u64,
-    /// Per-route overrides of `timeout_ms`: `"METHOD /template"` (as the service registered it) → ms.
+    /// Per-route overrides of `timeout_ms`: `"METHOD /template"` (as the service registered it) →
+    /// ms.
     pub timeouts: BTreeMap<String, u64>,
     /// How long connecting to an instance may take before the next instance is tried.
     pub connect_timeout_ms: u64,
@@ -35,6 +37,9 @@ pub struct GatewayConfig {
     pub cors: CorsConfig,
     /// Routes the gateway answers itself by calling several services (see the module docs).
     pub compose: Vec<ComposeConfig>,
+    /// Worker threads, each serving its share of the connections with a client pool of its own
+    /// (default: `http.workers`, else one per core).
+    pub workers: Option<usize>,
 }
 
 impl Default for GatewayConfig {
@@ -46,6 +51,7 @@ impl Default for GatewayConfig {
             poll_wait_ms: 25_000,
             cors: CorsConfig::default(),
             compose: Vec::new(),
+            workers: None,
         }
     }
 }
@@ -65,8 +71,8 @@ pub struct CorsConfig {
     pub expose_headers: Vec<String>,
     /// How long a browser may cache a preflight's answer.
     pub max_age_secs: u64,
-    /// Whether requests with cookies or `Authorization` may be read (the origin is then echoed, never
-    /// `*`).
+    /// Whether requests with cookies or `Authorization` may be read (the origin is then echoed,
+    /// never `*`).
     pub allow_credentials: bool,
 }
 
@@ -98,7 +104,8 @@ pub struct ComposeConfig {
     pub parts: BTreeMap<String, PartConfig>,
 }
 
-/// One part of a composed route: `GET /foos/{uuid}`, or `{call: "GET /foos/{uuid}", optional: true}`.
+/// One part of a composed route: `GET /foos/{uuid}`, or `{call: "GET /foos/{uuid}", optional:
+/// true}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(
     untagged,
@@ -115,10 +122,11 @@ pub enum PartConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PartSpec {
-    /// `METHOD /path`, with `{param}` from the composed route's path and `{part.field}` from another
-    /// part's answer.
+    /// `METHOD /path`, with `{param}` from the composed route's path and `{part.field}` from
+    /// another part's answer.
     pub call: String,
-    /// Whether a failure leaves the part `null` (listed in `_partial`) instead of failing the answer.
+    /// Whether a failure leaves the part `null` (listed in `_partial`) instead of failing the
+    /// answer.
     #[serde(default)]
     pub optional: bool,
 }
@@ -144,10 +152,18 @@ mod tests {
 
     #[test]
     fn the_gateway_section_reads_both_forms_of_parts_and_refuses_unknown_keys() {
-        let config = Config::from_yaml(
-            "gateway:\n  timeout_ms: 5000\n  timeouts: {\"GET /slow\": 60000}\n  cors: {allow_origins: ['*']}\n  compose:\n    - route: GET /foos/{uuid}/full\n      parts:\n        foo: GET /foos/{uuid}\n        foobar: {call: 'GET /foobars/{foo.foobar}', optional: true}\n",
-        )
-        .unwrap();
+        let yaml = r#"
+gateway:
+  timeout_ms: 5000
+  timeouts: {"GET /slow": 60000}
+  cors: {allow_origins: ["*"]}
+  compose:
+    - route: GET /foos/{uuid}/full
+      parts:
+        foo: GET /foos/{uuid}
+        foobar: {call: "GET /foobars/{foo.foobar}", optional: true}
+"#;
+        let config = Config::from_yaml(yaml).unwrap();
         let gateway = config.gateway;
         assert_eq!((gateway.timeout_ms, gateway.poll_wait_ms), (5000, 25_000));
         assert_eq!(gateway.timeouts["GET /slow"], 60_000);

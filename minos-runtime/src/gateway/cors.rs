@@ -109,7 +109,8 @@ impl Cors {
         }
     }
 
-    /// Whether a request is a preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
+    /// Whether a request is a preflight: `OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method`.
     pub(crate) fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
         method == Method::OPTIONS
             && headers.contains_key(ORIGIN)

@@ -5,24 +5,25 @@
 //!
 //! A background task long-polls the registry's listing (`GET /microservices?since=V&wait_ms=N`) and
 //! rebuilds the route table whenever the registry's version moves: each registered `[method, path]`
-//! (or `[method, path, {"auth": true, "roles": [...]}]`) becomes a route to the instances that are up
-//! (`status` and `healthy`). No request asks the registry anything: it is resolved against the table
-//! in memory, to the most specific template (`/foos/example` before `/foos/{uuid}`), and the route's
-//! instances are taken in turn. When the registry does not answer, the gateway keeps routing with the
-//! table it has and asks again with backoff; at start it waits briefly for the first table, and starts
-//! without one when the registry is down.
+//! (or `[method, path, {"auth": true, "roles": [...]}]`) becomes a route to the instances that are
+//! up (`status` and `healthy`). No request asks the registry anything: it is resolved against the
+//! table in memory, to the most specific template (`/foos/example` before `/foos/{uuid}`), and the
+//! route's instances are taken in turn. When the registry does not answer, the gateway keeps
+//! routing with the table it has and asks again with backoff; at start it waits briefly for the
+//! first table, and starts without one when the registry is down.
 //!
 //! # Forwarding
 //!
 //! Requests go over pooled keep-alive connections. The request body is read first (up to
-//! `http.body_limit`, else `413`), so that it can be sent again: a connection that is refused moves the
-//! request to the next instance whatever its method (nothing reached a service), and the refusing
-//! instance is passed over for two seconds; a failure after sending moves it on only for idempotent
-//! methods (`GET`, `HEAD`, `OPTIONS`, `PUT`, `DELETE`). The response streams back as it arrives.
-//! Hop-by-hop headers (`Connection` and those it names, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`,
-//! `Transfer-Encoding`, `Upgrade`) are dropped both ways; the caller's address is appended to
-//! `X-Forwarded-For`, and `X-Forwarded-Proto` and `X-Forwarded-Host` are added unless a proxy before
-//! the gateway set them. `Authorization` is passed on unchanged: the services verify it again.
+//! `http.body_limit`, else `413`), so that it can be sent again: a connection that is refused moves
+//! the request to the next instance whatever its method (nothing reached a service), and the
+//! refusing instance is passed over for two seconds; a failure after sending moves it on only for
+//! idempotent methods (`GET`, `HEAD`, `OPTIONS`, `PUT`, `DELETE`). The response streams back as it
+//! arrives. Hop-by-hop headers (`Connection` and those it names, `Keep-Alive`, `Proxy-*`, `TE`,
+//! `Trailer`, `Transfer-Encoding`, `Upgrade`) are dropped both ways; the caller's address is
+//! appended to `X-Forwarded-For`, and `X-Forwarded-Proto` and `X-Forwarded-Host` are added unless a
+//! proxy before the gateway set them. `Authorization` is passed on unchanged: the services verify
+//! it again.
 //!
 //! Failures are JSON like the services' errors, `{"error": "...", "status": N}`:
 //!
@@ -60,21 +61,22 @@
 //!         foobar: {call: "GET /foobars/{foo.foobar}", optional: true}
 //! ```
 //!
-//! - Each part is a call `METHOD /path`. `{name}` is a parameter of the composed route; `{part.field}`
-//!   (or `{part.a.b}`) is a field of another part's JSON answer, and makes the part wait for that one.
-//!   Parts that wait for nothing run at once, concurrently. Unknown names and cycles are refused when
-//!   the gateway starts.
+//! - Each part is a call `METHOD /path`. `{name}` is a parameter of the composed route;
+//!   `{part.field}` (or `{part.a.b}`) is a field of another part's JSON answer, and makes the part
+//!   wait for that one. Parts that wait for nothing run at once, concurrently. Unknown names and
+//!   cycles are refused when the gateway starts.
 //! - Each call goes through the gateway's own routing, with the caller's `Authorization`, and the
 //!   part's route requirement is enforced as for any request.
 //! - The answer is `{"foo": <foo's JSON>, "foobar": <foobar's JSON>}`.
-//! - A required part that fails fails the whole answer: with the part's status when it is a 4xx (`404`
-//!   for a missing field too), else `502`, as `{"error": "part `foo`: ...", "status": 404}`.
+//! - A required part that fails fails the whole answer: with the part's status when it is a 4xx
+//!   (`404` for a missing field too), else `502`, as `{"error": "part `foo`: ...", "status": 404}`.
 //! - An optional part that fails (or whose input is missing) is `null`, and the reason is listed in
 //!   `"_partial": {"foobar": "..."}`.
 
 mod compose;
 mod config;
 mod cors;
+mod pool;
 mod proxy;
 mod server;
 mod table;
@@ -134,6 +136,7 @@ pub struct GatewayServer {
     addr: SocketAddr,
     stop: oneshot::Sender<()>,
     server: tokio::task::JoinHandle<()>,
+    workers: Vec<oneshot::Receiver<()>>,
     watcher: tokio::task::JoinHandle<()>,
 }
 
@@ -143,11 +146,15 @@ impl GatewayServer {
         self.addr
     }
 
-    /// Stops accepting connections, lets the requests in flight finish (up to ten seconds), and stops
-    /// following the registry.
+    /// Stops accepting connections, lets the requests in flight finish (up to ten seconds), and
+    /// stops following the registry.
     pub async fn stop(self) {
         let _ = self.stop.send(());
+        // The acceptor ends, dropping its hand-offs: each worker drains its connections and ends.
         let _ = self.server.await;
+        for worker in self.workers {
+            let _ = worker.await;
+        }
         self.watcher.abort();
         let _ = self.watcher.await;
     }
@@ -165,7 +172,7 @@ pub async fn serve_gateway(settings: GatewaySettings) -> Result<GatewayServer> {
         table::Timeouts::new(config.timeout_ms, &config.timeouts).map_err(Error::Config)?;
     let cors = cors::Cors::new(&config.cors).map_err(Error::Config)?;
     let compose = compose::plans(config).map_err(Error::Config)?;
-    let client = proxy::client(Duration::from_millis(config.connect_timeout_ms.max(1)));
+    let connect_timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
     let address = format!("{}:{}", settings.host, settings.port);
     let listener = TcpListener::bind((settings.host.as_str(), settings.port))
         .await
@@ -175,7 +182,6 @@ pub async fn serve_gateway(settings: GatewaySettings) -> Result<GatewayServer> {
         })?;
     let addr = server::local_addr(&listener, &address)?;
     let state = Arc::new(State::new(
-        client,
         settings.body_limit,
         cors,
         compose,
@@ -185,23 +191,32 @@ pub async fn serve_gateway(settings: GatewaySettings) -> Result<GatewayServer> {
     let (loaded, first) = oneshot::channel();
     let watcher = tokio::spawn(watch::watch(
         Arc::clone(&state),
+        proxy::client(connect_timeout),
         registry.clone(),
         Duration::from_millis(config.poll_wait_ms.max(1)),
         loaded,
     ));
     let _ = tokio::time::timeout(FIRST_TABLE_WAIT, first).await;
+    let count = config
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let mut handoffs = Vec::with_capacity(count);
+    let mut workers = Vec::with_capacity(count);
+    for index in 0..count {
+        let (handoff, finished) =
+            server::spawn_worker(index, Arc::clone(&state), connect_timeout, SHUTDOWN_GRACE)?;
+        handoffs.push(handoff);
+        workers.push(finished);
+    }
     let (stop, stopped) = oneshot::channel();
-    let server = tokio::spawn(server::accept(
-        listener,
-        Arc::clone(&state),
-        stopped,
-        SHUTDOWN_GRACE,
-    ));
+    let server = tokio::spawn(server::accept(listener, handoffs, stopped));
     tracing::info!(%registry, routes = state.table().len(), "gateway listening on http://{addr}");
     Ok(GatewayServer {
         addr,
         stop,
         server,
+        workers,
         watcher,
     })
 }

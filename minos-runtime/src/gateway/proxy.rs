@@ -1,6 +1,6 @@
-//! Forwarding one request to the instances of its route: hop-by-hop headers dropped, `X-Forwarded-*`
-//! added, instances taken in turn, retries where nothing reached a service or the method is
-//! idempotent, and the outcome mapped to 502, 503 or 504.
+//! Forwarding one request to the instances of its route: hop-by-hop headers dropped,
+//! `X-Forwarded-*` added, instances taken in turn, retries where nothing reached a service or the
+//! method is idempotent, and the outcome mapped to 502, 503 or 504.
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -8,23 +8,24 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body_util::Full;
-use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Bytes, Frame, SizeHint};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER};
 use hyper::header::{EXPECT, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TRANSFER_ENCODING, UPGRADE};
 use hyper::http::request::Parts;
-use hyper::http::uri::{PathAndQuery, Scheme};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
+use super::pool::{Pool, SendError, UpstreamBody};
 use super::table::Route;
 
-/// The pooled client the gateway calls services (and the registry) with.
+/// The pooled client the gateway follows the registry with.
 pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-/// A keep-alive client pool connecting within `connect_timeout`.
+/// A keep-alive client connecting within `connect_timeout`.
 pub(crate) fn client(connect_timeout: Duration) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -33,8 +34,6 @@ pub(crate) fn client(connect_timeout: Duration) -> HttpClient {
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
-        // The gateway sets `Host` itself from a value built once per instance.
-        .set_host(false)
         .build(connector)
 }
 
@@ -44,7 +43,7 @@ pub(crate) enum GatewayBody {
     /// Written by the gateway (errors, health, composed answers).
     Full(Option<Bytes>),
     /// A service's, passed on frame by frame.
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
 }
 
 impl GatewayBody {
@@ -124,8 +123,8 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Adds the caller's address to `X-Forwarded-For` (after any proxies before the gateway), and
-/// `X-Forwarded-Proto` and `X-Forwarded-Host` unless a proxy before the gateway set them. Call before
-/// `Host` is replaced.
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` unless a proxy before the gateway set them. Call
+/// before `Host` is replaced.
 pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: IpAddr) {
     let chain = {
         let mut earlier = headers
@@ -205,18 +204,6 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
-/// An error with its sources, for the log and the caller.
-fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// What a request to a service is made of; taken again for each attempt.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
@@ -247,16 +234,16 @@ impl Outgoing {
     }
 }
 
-/// Sends `request` to the instances of `route` in turn until one answers with a response head before
-/// `deadline`. A connection refused moves to the next instance (and ejects the refusing one for a
-/// moment); a failure after sending moves on only for idempotent methods.
+/// Sends `request` to the instances of `route` in turn until one answers with a response head
+/// before `deadline`. A connection refused moves to the next instance (and ejects the refusing one
+/// for a moment); a failure after sending moves on only for idempotent methods.
 pub(crate) async fn forward(
-    client: &HttpClient,
+    pool: &Pool,
     route: &Route,
     mut request: Outgoing,
     deadline: Instant,
     timeout: Duration,
-) -> Result<Response<Incoming>, Failure> {
+) -> Result<Response<UpstreamBody>, Failure> {
     let count = route.instances.len();
     if count == 0 {
         return Err(Failure::Unavailable(
@@ -276,36 +263,33 @@ pub(crate) async fn forward(
             true => std::mem::take(&mut request.headers),
             false => request.headers.clone(),
         };
-        let mut uri = hyper::http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(instance.authority.clone());
-        uri.path_and_query = Some(request.path_and_query.clone());
-        let Ok(uri) = Uri::from_parts(uri) else {
-            return Err(Failure::Upstream("the request's path is not valid".into()));
-        };
         let mut outgoing = Request::new(Full::new(request.body.clone()));
         *outgoing.method_mut() = request.method.clone();
-        *outgoing.uri_mut() = uri;
+        *outgoing.uri_mut() = Uri::from(request.path_and_query.clone());
         *outgoing.headers_mut() = headers;
         outgoing.headers_mut().insert(HOST, instance.host.clone());
-        match tokio::time::timeout_at(deadline, client.request(outgoing)).await {
+        match tokio::time::timeout_at(deadline, pool.send(&instance.authority, outgoing)).await {
             Ok(Ok(response)) => return Ok(response),
             Err(_) => {
                 tracing::warn!(instance = %instance.label, method = %request.method, path = %request.path_and_query, ?timeout, "no response head in time");
                 return Err(Failure::Timeout(timeout));
             }
-            Ok(Err(error)) if error.is_connect() => {
+            Ok(Err(SendError::Connect(error))) => {
                 // Nothing was sent: any method may go to the next instance.
-                let text = describe(&error);
-                tracing::warn!(instance = %instance.label, error = %text, "connection refused: instance passed over for a moment");
+                tracing::warn!(instance = %instance.label, %error, "connection refused: instance passed over for a moment");
                 instance.eject();
-                last_error = Some(text);
+                last_error = Some(error);
             }
-            Ok(Err(error)) => {
-                let text = describe(&error);
-                tracing::warn!(instance = %instance.label, method = %request.method, path = %request.path_and_query, error = %text, "instance failed");
+            Ok(Err(SendError::NotSent(error))) => {
+                // Nothing was sent either, but the instance did accept the connection.
+                tracing::warn!(instance = %instance.label, %error, "instance closed a new connection");
                 upstream_failed = true;
-                last_error = Some(text);
+                last_error = Some(error);
+            }
+            Ok(Err(SendError::Failed(error))) => {
+                tracing::warn!(instance = %instance.label, method = %request.method, path = %request.path_and_query, %error, "instance failed");
+                upstream_failed = true;
+                last_error = Some(error);
                 if !idempotent(&request.method) {
                     break;
                 }
@@ -321,7 +305,7 @@ pub(crate) async fn forward(
 }
 
 /// A service's answer made the gateway's: hop-by-hop headers dropped, the body streamed.
-pub(crate) fn incoming_response(response: Response<Incoming>) -> Response<GatewayBody> {
+pub(crate) fn incoming_response(response: Response<UpstreamBody>) -> Response<GatewayBody> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, GatewayBody::Upstream(body))

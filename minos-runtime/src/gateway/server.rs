@@ -1,6 +1,9 @@
-//! The gateway's HTTP server: hyper over HTTP/1.1 with keep-alive, one task per connection, each
-//! request answered by the gateway itself (health, CORS preflight, composed routes, errors) or
-//! forwarded to a service.
+//! The gateway's HTTP server: hyper over HTTP/1.1 with keep-alive, each request answered by the
+//! gateway itself (health, CORS preflight, composed routes, errors) or forwarded to a service.
+//!
+//! Connections are accepted in one place and handed in turn to worker threads, one per core, each
+//! with a single-threaded runtime and a client pool of its own: a request, the connection it goes
+//! out on and its answer stay on one thread (as in nginx's worker processes), never waking another.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -11,7 +14,8 @@ use std::time::Duration;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Body, Bytes, Incoming};
 use hyper::header::{
-    HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN, WWW_AUTHENTICATE,
+    HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, ORIGIN,
+    WWW_AUTHENTICATE,
 };
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -20,19 +24,19 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::compose::ComposePlan;
 use super::cors::{Cors, Preflight};
-use super::proxy::{self, GatewayBody, HttpClient, Outgoing};
+use super::pool::Pool;
+use super::proxy::{self, GatewayBody, Outgoing};
 use super::table::{Index, Table, Timeouts};
 use crate::auth::{AuthError, Authenticator};
 
-/// What every request reads: the route table (swapped whole when the registry changes), the client
-/// pool and the configuration, checked once.
+/// What every request reads: the route table (swapped whole when the registry changes) and the
+/// configuration, checked once.
 pub(crate) struct State {
-    pub(crate) client: HttpClient,
     table: RwLock<Arc<Table>>,
     /// Whether the last call to the registry succeeded.
     pub(crate) registry_reachable: AtomicBool,
@@ -54,7 +58,6 @@ impl std::fmt::Debug for State {
 
 impl State {
     pub(crate) fn new(
-        client: HttpClient,
         body_limit: usize,
         cors: Option<Cors>,
         compose: Index<ComposePlan>,
@@ -62,7 +65,6 @@ impl State {
         timeouts: Timeouts,
     ) -> State {
         State {
-            client,
             table: RwLock::new(Arc::new(Table::default())),
             registry_reachable: AtomicBool::new(false),
             body_limit,
@@ -82,6 +84,12 @@ impl State {
     pub(crate) fn set_table(&self, table: Table) {
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
     }
+}
+
+/// One worker thread's view: the shared state and the thread's own connections to the instances.
+pub(crate) struct Worker {
+    pub(crate) state: Arc<State>,
+    pub(crate) pool: Pool,
 }
 
 /// An answer with a JSON body.
@@ -169,12 +177,12 @@ fn health(state: &State) -> Response<GatewayBody> {
 
 /// Answers one request.
 pub(crate) async fn handle(
-    state: Arc<State>,
+    worker: &Worker,
     client: IpAddr,
     request: Request<Incoming>,
 ) -> Response<GatewayBody> {
-    let Some(cors) = &state.cors else {
-        return dispatch(&state, client, request).await;
+    let Some(cors) = &worker.state.cors else {
+        return dispatch(worker, client, request).await;
     };
     if Cors::is_preflight(request.method(), request.headers()) {
         return match cors.preflight(request.headers()) {
@@ -188,7 +196,7 @@ pub(crate) async fn handle(
         };
     }
     let origin = request.headers().get(ORIGIN).cloned();
-    let mut response = dispatch(&state, client, request).await;
+    let mut response = dispatch(worker, client, request).await;
     if let Some(origin) = origin {
         cors.decorate(&origin, response.headers_mut());
     }
@@ -196,26 +204,34 @@ pub(crate) async fn handle(
 }
 
 async fn dispatch(
-    state: &State,
+    worker: &Worker,
     client: IpAddr,
     request: Request<Incoming>,
 ) -> Response<GatewayBody> {
+    let state = &*worker.state;
     let method = request.method();
     let path = request.uri().path();
+    // Answered without reading a body the caller sends: the connection cannot carry another request.
+    let unread = !request.body().is_end_stream();
+    let early = |response| match unread {
+        true => closing(response),
+        false => response,
+    };
     if path.starts_with("/system/") && (method == Method::GET || method == Method::HEAD) {
         match path {
-            "/system/health" => return health(state),
-            "/system/live" => return json_response(200, &json!({"status": "ok"})),
+            "/system/health" => return early(health(state)),
+            "/system/live" => return early(json_response(200, &json!({"status": "ok"}))),
             _ => {}
         }
     }
     if let Some((template, plan)) = state.compose.resolve(method, path) {
         let path = path.to_owned();
-        return super::compose::run(state, plan, template, &path, request.headers(), client).await;
+        let headers = request.headers();
+        return early(super::compose::run(worker, plan, template, &path, headers, client).await);
     }
     let table = state.table();
     let Some((_, route)) = table.routes.resolve(method, path) else {
-        return no_route(state, &table, method, path);
+        return early(no_route(state, &table, method, path));
     };
     if let Some(auth) = &state.auth {
         let verdict = match auth.authenticate(authorization(request.headers())).await {
@@ -223,22 +239,30 @@ async fn dispatch(
             Err(error) => Err(error),
         };
         if let Err(error) = verdict {
-            return auth_error(&error);
+            return early(auth_error(&error));
         }
     }
     let (mut parts, body) = request.into_parts();
     let body = match read_body(body, &parts.headers, state.body_limit).await {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(response) => return closing(response),
     };
     proxy::outgoing_headers(&mut parts.headers, client);
     let outgoing = Outgoing::from_parts(parts, body);
     let (method, path) = (outgoing.method.clone(), outgoing.path_and_query.clone());
     let deadline = Instant::now() + route.timeout;
-    match proxy::forward(&state.client, route, outgoing, deadline, route.timeout).await {
+    match proxy::forward(&worker.pool, route, outgoing, deadline, route.timeout).await {
         Ok(response) => proxy::incoming_response(response),
         Err(failure) => json_error(failure.status(), failure.message(&method, path.path())),
     }
+}
+
+/// Marks an answer as the connection's last, so that the caller opens another for its next request.
+fn closing(mut response: Response<GatewayBody>) -> Response<GatewayBody> {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// 405 with `Allow` when the path has routes for other methods, else 404.
@@ -267,20 +291,81 @@ fn no_route(state: &State, table: &Table, method: &Method, path: &str) -> Respon
     response
 }
 
-/// Accepts connections until `stop` fires, then lets the requests in flight finish (up to
-/// `grace`).
+/// Where the acceptor hands a connection (and the caller's address) to a worker.
+pub(crate) type Handoff = mpsc::UnboundedSender<(std::net::TcpStream, IpAddr)>;
+
+/// A worker thread: serves the connections handed to it until the acceptor stops, then lets the
+/// requests in flight finish (up to `grace`).
+pub(crate) fn spawn_worker(
+    index: usize,
+    state: Arc<State>,
+    connect_timeout: Duration,
+    grace: Duration,
+) -> std::io::Result<(Handoff, oneshot::Receiver<()>)> {
+    let (streams, mut incoming) = mpsc::unbounded_channel();
+    let (done, finished) = oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(format!("minos-gateway-{index}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                let pool = Pool::new(connect_timeout);
+                let sweeper = tokio::spawn({
+                    let pool = pool.clone();
+                    async move {
+                        let mut every = tokio::time::interval(Duration::from_secs(30));
+                        loop {
+                            every.tick().await;
+                            pool.sweep();
+                        }
+                    }
+                });
+                let worker = Arc::new(Worker { state, pool });
+                let graceful = GracefulShutdown::new();
+                let mut builder = http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .keep_alive(true)
+                    .header_read_timeout(Duration::from_secs(30));
+                while let Some((stream, client)) = incoming.recv().await {
+                    let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+                        continue;
+                    };
+                    let worker = Arc::clone(&worker);
+                    let service = service_fn(move |request| {
+                        let worker = Arc::clone(&worker);
+                        async move { Ok::<_, Infallible>(handle(&worker, client, request).await) }
+                    });
+                    let connection =
+                        graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                    tokio::spawn(async move {
+                        if let Err(error) = connection.await {
+                            tracing::debug!(%error, "connection closed with an error");
+                        }
+                    });
+                }
+                if tokio::time::timeout(grace, graceful.shutdown())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(?grace, "requests still in flight at shutdown were cut");
+                }
+                sweeper.abort();
+            });
+            let _ = done.send(());
+        })?;
+    Ok((streams, finished))
+}
+
+/// Accepts connections until `stop` fires, handing them to `workers` in turn.
 pub(crate) async fn accept(
     listener: TcpListener,
-    state: Arc<State>,
+    workers: Vec<Handoff>,
     mut stop: oneshot::Receiver<()>,
-    grace: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(Duration::from_secs(30));
+    let mut next = 0usize;
     loop {
         let (stream, remote) = tokio::select! {
             _ = &mut stop => break,
@@ -295,25 +380,16 @@ pub(crate) async fn accept(
             },
         };
         let _ = stream.set_nodelay(true);
-        let state = Arc::clone(&state);
-        let client = remote.ip();
-        let service = service_fn(move |request| {
-            let state = Arc::clone(&state);
-            async move { Ok::<_, Infallible>(handle(state, client, request).await) }
-        });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection closed with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(?grace, "requests still in flight at shutdown were cut");
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        next = next.wrapping_add(1);
+        if workers[next % workers.len()]
+            .send((stream, remote.ip()))
+            .is_err()
+        {
+            tracing::error!("a gateway worker thread is gone");
+        }
     }
 }
 

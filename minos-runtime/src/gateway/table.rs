@@ -1,9 +1,9 @@
 //! The route table the gateway resolves every request with, built from the registry's listing.
 //!
-//! Templates are checked by [`PathTemplate::parse`] (the rule the services and the registry use) and
-//! kept pre-split, so that matching a request walks its path once without allocating. Routes are
-//! indexed like the registry's [`Routes`](crate::discovery::Routes): by method, segment count and
-//! literal first segment.
+//! Templates are checked by [`PathTemplate::parse`] (the rule the services and the registry use)
+//! and kept pre-split, so that matching a request walks its path once without allocating. Routes
+//! are indexed like the registry's [`Routes`](crate::discovery::Routes): by method, segment count
+//! and literal first segment.
 
 use std::cmp::Ordering as Order;
 use std::collections::{BTreeMap, HashMap};
@@ -350,8 +350,8 @@ pub(crate) fn parse_method(text: &str) -> Result<Method, String> {
     Method::from_bytes(upper.as_bytes()).map_err(|e| e.to_string())
 }
 
-/// An endpoint of a registration: `[method, path]`, `[method, path, {"auth", "roles"}]`, or an object
-/// `{"method", "path", "auth"?, "roles"?}`.
+/// An endpoint of a registration: `[method, path]`, `[method, path, {"auth", "roles"}]`, or an
+/// object `{"method", "path", "auth"?, "roles"?}`.
 fn endpoint(value: &Value) -> Option<(&str, &str, Requirement)> {
     match value {
         Value::Array(items) => {
@@ -375,8 +375,8 @@ fn stricter(a: &Requirement, b: &Requirement) -> bool {
 }
 
 impl Table {
-    /// Builds the table from the registry's listing (`{"version", "services": [{"name", "instances":
-    /// [...]}]}`). Instances known from `previous` keep their ejection.
+    /// Builds the table from the registry's listing (`{"version", "services": [{"name",
+    /// "instances": [...]}]}`). Instances known from `previous` keep their ejection.
     pub(crate) fn from_listing(
         listing: &Value,
         timeouts: &Timeouts,

@@ -1,6 +1,6 @@
 //! Keeping the route table: a long poll of the registry's versioned listing, the table rebuilt and
-//! swapped whole on each change. While the registry is unreachable the gateway routes with the table
-//! it has, and asks again with backoff.
+//! swapped whole on each change. While the registry is unreachable the gateway routes with the
+//! table it has, and asks again with backoff.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,6 +13,8 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::pool::describe;
+use super::proxy::HttpClient;
 use super::server::State;
 use super::table::Table;
 
@@ -30,7 +32,8 @@ pub(crate) fn registry_authority(url: &str) -> crate::Result<String> {
         .filter(|rest| !rest.is_empty() && !rest.contains('/'))
         .ok_or_else(|| {
             crate::Error::Config(format!(
-                "the registry URL `{url}` must be http://HOST:PORT (discovery.url, MINOS_DISCOVERY_URL)"
+                "the registry URL `{url}` must be http://HOST:PORT \
+                 (discovery.url, MINOS_DISCOVERY_URL)"
             ))
         })?;
     hyper::http::uri::Authority::try_from(authority)
@@ -41,7 +44,7 @@ pub(crate) fn registry_authority(url: &str) -> crate::Result<String> {
 /// One call to the listing: at once without `since`, else when the version moves past it (or after
 /// `wait`).
 async fn listing(
-    state: &State,
+    client: &HttpClient,
     registry: &str,
     since: Option<u64>,
     wait: Duration,
@@ -61,11 +64,7 @@ async fn listing(
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
     let exchange = async {
-        let response = state
-            .client
-            .request(request)
-            .await
-            .map_err(|e| describe(&e))?;
+        let response = client.request(request).await.map_err(|e| describe(&e))?;
         let status = response.status();
         let body = Limited::new(response.into_body(), LISTING_LIMIT)
             .collect()
@@ -87,33 +86,24 @@ async fn listing(
         .map_err(|_| format!("no answer within {limit:?}"))?
 }
 
-fn describe(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// Keeps `state`'s table in step with the registry until aborted; `loaded` fires after the first
 /// attempt, whether it succeeded or not.
 pub(crate) async fn watch(
     state: Arc<State>,
+    client: HttpClient,
     registry: String,
     wait: Duration,
     loaded: oneshot::Sender<()>,
 ) {
     let mut loaded = Some(loaded);
     let mut backoff = FIRST_BACKOFF;
-    // Whether the registry answered last time (`None`: not asked yet), so each outage is logged once.
+    // Whether the registry answered last time (`None`: not asked yet), so each outage is logged
+    // once.
     let mut reachable: Option<bool> = None;
     loop {
         let current = state.table();
         let begun = Instant::now();
-        match listing(&state, &registry, current.version, wait).await {
+        match listing(&client, &registry, current.version, wait).await {
             Ok(listing) => {
                 if reachable == Some(false) {
                     tracing::info!(%registry, "the registry answers again");

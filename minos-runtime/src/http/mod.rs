@@ -160,6 +160,7 @@ async fn health_response(built: Arc<Built>, context: Context) -> HttpResponse {
         "host": addr.ip().to_string(),
         "port": addr.port(),
         "checks": {"store": store.1, "broker": broker.1},
+        "expired_requests": crate::routing::expired_requests(),
     });
     match healthy {
         true => HttpResponse::Ok().json(body),

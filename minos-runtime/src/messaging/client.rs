@@ -58,11 +58,12 @@ impl Reply {
 }
 
 impl BrokerClient {
-    /// A client of `service` (its replies come back on `{service}Reply.{instance}`).
+    /// A client of `service`: its replies come back on `{service}.replies`, one topic for every
+    /// instance and restart of the service, which each instance reads from the moment it starts.
     pub fn new(broker: SharedBroker, service: &str) -> Self {
         BrokerClient {
             broker,
-            reply_topic: format!("{service}Reply.{}", Uuid::new_v4().simple()),
+            reply_topic: super::topics::client_replies(service),
             pending: Arc::default(),
             listening: Arc::new(OnceCell::new()),
             timeout: Duration::from_secs(10),
@@ -100,9 +101,17 @@ impl BrokerClient {
     }
 
     /// Sends `message` (its reply topic is set to this client's) and waits up to `timeout` for the reply.
+    /// The message carries that deadline: a service that receives it later does not run it.
     pub async fn request(&self, mut message: BrokerMessage, timeout: Duration) -> Result<Reply> {
         self.listen().await?;
         message.reply_topic = Some(self.reply_topic.clone());
+        let now = chrono::Utc::now();
+        message.set_deadline(
+            chrono::Duration::from_std(timeout)
+                .ok()
+                .and_then(|timeout| now.checked_add_signed(timeout))
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC),
+        );
         if let Some(caller) = crate::auth::Caller::current() {
             caller.add_to(&mut message.payload.headers);
         }
@@ -146,8 +155,7 @@ impl BrokerClient {
     async fn listen(&self) -> Result<()> {
         self.listening
             .get_or_try_init(|| async {
-                let topics = [self.reply_topic.clone()];
-                let mut subscription = self.broker.subscribe(&self.reply_topic, &topics).await?;
+                let mut subscription = self.broker.listen(&self.reply_topic).await?;
                 let pending = Arc::clone(&self.pending);
                 tokio::spawn(async move {
                     while let Some(delivery) = subscription.next().await {

@@ -21,6 +21,11 @@ pub const AUTH_AT: &str = "auth_at";
 /// comma-separated (the saga reserves, then commits or rejects, in each).
 pub const RELATED_SERVICES: &str = "related_services";
 
+/// When a request (a command or query) stops being worth running: milliseconds since the epoch. Set
+/// from the sender's timeout; a service does not run a request whose deadline has passed (its sender
+/// gave up), so history on a long-lived broker is never executed again.
+pub const DEADLINE: &str = "deadline";
+
 /// On a dead-lettered message: why handling it failed.
 pub const ERROR: &str = "error";
 

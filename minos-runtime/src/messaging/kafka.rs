@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -243,12 +243,23 @@ impl Broker for KafkaBroker {
 
     async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Subscription> {
         self.ensure_topics(topics).await?;
+        // A new group starts from now, not from the topics' history (which another service, or this
+        // one before its database was wiped, handled long ago).
+        match self.start_new_group_at_end(group, topics).await {
+            Ok(0) => {}
+            Ok(partitions) => {
+                tracing::info!(%group, partitions, "new consumer group: starting at the end of its topics")
+            }
+            Err(error) => {
+                tracing::warn!(%group, %error, "could not set where a new consumer group starts; partitions without a committed offset start at their end")
+            }
+        }
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            .set("auto.offset.reset", "latest")
             .set("enable.partition.eof", "false")
             .set("session.timeout.ms", "10000")
             // A subscribed topic the cluster did not list yet (just created) is assigned at the next
@@ -273,6 +284,120 @@ impl Broker for KafkaBroker {
             .await?;
         tokio::spawn(consume(consumer, sender, dead_letters));
         Ok(Subscription::new(receiver))
+    }
+
+    async fn listen(&self, topic: &str) -> Result<Subscription> {
+        self.ensure_topics(&[topic.to_owned()]).await?;
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            // Partitions are assigned by hand: the group joins nothing and commits nothing.
+            .set("group.id", format!("{topic}.{}", uuid::Uuid::new_v4().simple()))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "5")
+            .set("socket.nagle.disable", "true")
+            .create()
+            .map_err(|e| kafka_error("consumer", e))?;
+        // Every partition from its current end: what is published from now on.
+        let ends = self.ends(&[topic.to_owned()]).await?;
+        consumer
+            .assign(&ends)
+            .map_err(|e| kafka_error("assigning the reply topic", e))?;
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let topic = topic.to_owned();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    received = consumer.recv() => match received {
+                        Ok(message) => match BrokerMessage::from_json(message.payload().unwrap_or_default()) {
+                            Ok(decoded) => {
+                                if sender.send(Delivery::new(decoded, None)).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(error) => tracing::warn!(%error, %topic, "undecodable reply: dropped"),
+                        },
+                        Err(error) => {
+                            tracing::warn!(%error, %topic, "kafka consumer error; continuing");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    },
+                    _ = sender.closed() => return,
+                }
+            }
+        });
+        Ok(Subscription::new(receiver))
+    }
+}
+
+impl KafkaBroker {
+    /// Every partition of `topics` at its current end (high watermark).
+    async fn ends(&self, topics: &[String]) -> Result<TopicPartitionList> {
+        let producer = self.producer.clone();
+        let topics = topics.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let client = producer.client();
+            let mut ends = TopicPartitionList::new();
+            for topic in &topics {
+                let metadata = client
+                    .fetch_metadata(Some(topic), Duration::from_secs(5))
+                    .map_err(|e| kafka_error("reading the cluster metadata", e))?;
+                for found in metadata.topics().iter().filter(|t| t.name() == topic) {
+                    for partition in found.partitions() {
+                        let (_, high) = client
+                            .fetch_watermarks(topic, partition.id(), Duration::from_secs(5))
+                            .map_err(|e| kafka_error("reading where a topic ends", e))?;
+                        ends.add_partition_offset(topic, partition.id(), Offset::Offset(high))
+                            .map_err(|e| kafka_error("listing partitions", e))?;
+                    }
+                }
+            }
+            Ok(ends)
+        })
+        .await
+        .map_err(|e| Error::broker("kafka: reading where topics end", e))?
+    }
+
+    /// Commits, for `group`, the current end of every partition of `topics` it has no committed
+    /// offset for (a group that never consumed them). Returns how many.
+    async fn start_new_group_at_end(&self, group: &str, topics: &[String]) -> Result<usize> {
+        let ends = self.ends(topics).await?;
+        let bootstrap = self.bootstrap.clone();
+        let group = group.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .create()
+                .map_err(|e| kafka_error("consumer", e))?;
+            let mut asked = TopicPartitionList::new();
+            for element in ends.elements() {
+                asked.add_partition(element.topic(), element.partition());
+            }
+            let committed = consumer
+                .committed_offsets(asked, Duration::from_secs(5))
+                .map_err(|e| kafka_error("reading the group's offsets", e))?;
+            let mut start = TopicPartitionList::new();
+            for element in committed.elements() {
+                if matches!(element.offset(), Offset::Offset(_)) {
+                    continue;
+                }
+                if let Some(end) = ends.find_partition(element.topic(), element.partition()) {
+                    start
+                        .add_partition_offset(element.topic(), element.partition(), end.offset())
+                        .map_err(|e| kafka_error("listing partitions", e))?;
+                }
+            }
+            if start.count() > 0 {
+                consumer
+                    .commit(&start, CommitMode::Sync)
+                    .map_err(|e| kafka_error("committing where the new group starts", e))?;
+            }
+            Ok(start.count())
+        })
+        .await
+        .map_err(|e| Error::broker("kafka: setting where a group starts", e))?
     }
 }
 

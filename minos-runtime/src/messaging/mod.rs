@@ -116,6 +116,20 @@ impl BrokerMessage {
         Ok(message)
     }
 
+    /// The request's deadline (`deadline` header), if it has one that parses.
+    pub fn deadline(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let millis = self.payload.headers.get(headers::DEADLINE)?.parse::<i64>().ok()?;
+        chrono::DateTime::from_timestamp_millis(millis)
+    }
+
+    /// Sets the deadline header to `at` (kept when one is already set).
+    pub fn set_deadline(&mut self, at: chrono::DateTime<chrono::Utc>) {
+        self.payload
+            .headers
+            .entry(headers::DEADLINE.to_owned())
+            .or_insert_with(|| at.timestamp_millis().to_string());
+    }
+
     /// Encodes the wire format.
     pub fn to_json(&self) -> Vec<u8> {
         // A message holds only JSON values and strings: serializing it cannot fail.
@@ -187,6 +201,14 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// Subscribes `group` to `topics`: each unicast message reaches one subscription of each group.
     async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Subscription>;
+
+    /// Every message published on `topic` from now on, for this subscriber alone (no consumer group,
+    /// nothing committed): how an instance reads its service's reply topic. The default subscribes a
+    /// group of its own.
+    async fn listen(&self, topic: &str) -> Result<Subscription> {
+        let group = format!("{topic}.{}", Uuid::new_v4().simple());
+        self.subscribe(&group, &[topic.to_owned()]).await
+    }
 
     /// Whether the broker answers now (the health check). In-process brokers always do.
     async fn ping(&self) -> Result<()> {

@@ -20,6 +20,13 @@ pub fn transaction_command(command: TransactionCommand, service: &str) -> String
     format!("_{}{}Transaction", command.as_str(), upper_camel(service))
 }
 
+/// `{service}.replies`: the replies to the commands and queries a service's handlers send (one topic
+/// per service, whatever the number of instances and restarts; each instance reads it from where it
+/// was when the instance started and keeps the replies it waits for).
+pub fn client_replies(service: &str) -> String {
+    format!("{service}.replies")
+}
+
 /// `{service}.dead-letter`: where a service parks the messages it failed to handle.
 pub fn dead_letter(service: &str) -> String {
     format!("{service}.dead-letter")
@@ -52,5 +59,6 @@ mod tests {
             "_ReserveFooBarBazTransaction"
         );
         assert_eq!(dead_letter("foo"), "foo.dead-letter");
+        assert_eq!(client_replies("foo"), "foo.replies");
     }
 }

@@ -48,10 +48,21 @@ pub enum Outcome {
     Duplicate,
     /// No handler for its topic.
     NoHandler,
+    /// A command or query past its deadline: not run, not answered.
+    Expired,
     /// Event handling failed after retries; the message is on the dead-letter topic.
     DeadLettered(Error),
     /// Event handling failed and the message could not be parked either: it must be delivered again.
     Failed(Error),
+}
+
+/// Requests this process did not run because their deadline had passed.
+static EXPIRED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many commands and queries arrived past their deadline and were not run, since the process
+/// started.
+pub fn expired_requests() -> u64 {
+    EXPIRED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A running dispatcher.
@@ -147,6 +158,19 @@ impl Dispatcher {
             self.reply(&message, Err(error)).await;
             return Outcome::NoHandler;
         };
+        if kind != BrokerKind::Event {
+            if let Some(deadline) = message.deadline().filter(|d| *d < chrono::Utc::now()) {
+                let total = EXPIRED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                tracing::warn!(
+                    topic = %message.topic,
+                    identifier = %message.identifier,
+                    %deadline,
+                    expired_requests = total,
+                    "request past its deadline: not run (its sender gave up)"
+                );
+                return Outcome::Expired;
+            }
+        }
         let inbox = InboxEntry {
             consumer: self.context.name().to_owned(),
             identifier: message.identifier,

@@ -11,7 +11,7 @@ pub(crate) use context::service_entries;
 pub use context::{
     service_instance, BuildFuture, Context, Service, ServiceEntry, ServiceExt, ServiceInit,
 };
-pub use dispatcher::Outcome;
+pub use dispatcher::{expired_requests, Outcome};
 pub(crate) use dispatcher::{Dispatcher, DispatcherHandle, SystemHandler};
 pub use refs::resolve_all;
 pub use request::{IntoResponse, Origin, Request, Response};

@@ -82,6 +82,8 @@ impl SagaManager {
         let mut message = BrokerMessage::new(topic.clone(), content);
         message.reply_topic = Some(self.reply_topic());
         message.key = Some(execution.uuid.to_string());
+        // Once the saga has given up waiting, the step must not run.
+        message.set_deadline(execution.deadline);
         let headers = &mut message.payload.headers;
         headers.insert(headers::SAGA.into(), execution.uuid.to_string());
         headers.insert(headers::TRANSACTIONS.into(), self.scope(execution).header());

@@ -71,6 +71,8 @@ impl SagaManager {
     ) -> Result<()> {
         let (topic, content) = request.into_parts()?;
         let mut message = BrokerMessage::new(topic, content);
+        // Undoing a step is worth doing however late it arrives: no deadline.
+        message.set_deadline(chrono::DateTime::<chrono::Utc>::MAX_UTC);
         let headers = &mut message.payload.headers;
         headers.insert(headers::SAGA.into(), execution.uuid.to_string());
         if let Some(caller) = &execution.caller {

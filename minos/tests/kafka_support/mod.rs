@@ -24,6 +24,20 @@ impl KafkaCommands {
         Ok(Response::json(request.json().clone()))
     }
 
+    /// Counts a command: a `counted:{tag}` tally per run.
+    #[enroute(broker = "KCount")]
+    async fn count(&self, request: Request) -> Result<Response> {
+        let tag = request.json()["tag"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        Tally::create(Tally {
+            tag: format!("counted:{tag}"),
+        })
+        .await?;
+        Ok(Response::json(json!({"counted": tag})))
+    }
+
     #[enroute(rest = "POST /ktallies")]
     async fn create(&self, request: Request) -> Result<Response> {
         let tag = request.json()["tag"]
