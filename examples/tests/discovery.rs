@@ -5,10 +5,10 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use minos_support::http::Client;
-use minos_support::process::spawn_listening;
+use minos_support::process::{eventually, spawn_listening};
 use serde_json::Value;
 
 fn minos_binary() -> PathBuf {
@@ -90,17 +90,6 @@ fn instances(registry: &Client) -> Vec<u64> {
         .collect();
     ports.sort_unstable();
     ports
-}
-
-fn eventually(what: &str, timeout: Duration, check: impl Fn() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 #[test]

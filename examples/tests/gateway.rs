@@ -8,11 +8,11 @@
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use minos_support::http::Client;
 use minos_support::postgres::fresh_schema_url;
-use minos_support::process::{minos_binary, signal, spawn_listening};
+use minos_support::process::{eventually, minos_binary, signal, spawn_listening};
 use serde_json::{json, Value};
 
 const SECRET: &str = "gateway-test-secret";
@@ -76,17 +76,6 @@ fn token(sub: &str, roles: &str) -> String {
         .expect("minos token runs");
     assert!(output.status.success(), "{output:?}");
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
-
-fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 #[test]

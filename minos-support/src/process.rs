@@ -73,3 +73,16 @@ pub fn minos_binary(sibling: &str) -> std::path::PathBuf {
     }
     binary
 }
+
+/// Waits until `check` answers true, trying every 50 ms for up to `timeout`; panics naming `what`
+/// when it never does (the blocking twin of `minos::testing::eventually`, for process tests).
+pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for: {what}");
+}

@@ -13,21 +13,11 @@ use minos_support::kafka::unique;
 /// Runs when `MINOS_TEST_KAFKA_PID` names the broker's process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_delayed_past_its_deadline_by_a_paused_broker_is_not_run() {
-    let Some(pid) = std::env::var("MINOS_TEST_KAFKA_PID")
-        .ok()
-        .filter(|p| !p.is_empty())
-    else {
-        eprintln!("not run: set MINOS_TEST_KAFKA_PID to the broker's process id to let this test pause it");
+    let Some(pid) = kafka_support::broker_pid() else {
         return;
     };
     let service = start(&unique("kpaused")).await;
-    let signal = |sig: &str| {
-        let status = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {sig} {pid}");
-    };
+    let signal = |sig: &str| kafka_support::signal_broker(&pid, sig);
     let expired_before = minos::routing::expired_requests();
     let tag = unique("delayed");
     signal("-STOP");

@@ -16,22 +16,12 @@ use minos_support::kafka::unique;
 /// published and handled, none twice. Runs when `MINOS_TEST_KAFKA_PID` names the broker's process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_delays_events_without_losing_or_doubling_them() {
-    let Some(pid) = std::env::var("MINOS_TEST_KAFKA_PID")
-        .ok()
-        .filter(|p| !p.is_empty())
-    else {
-        eprintln!("not run: set MINOS_TEST_KAFKA_PID to the broker's process id to let this test pause it");
+    let Some(pid) = kafka_support::broker_pid() else {
         return;
     };
     let service = Arc::new(start(&unique("koutage")).await);
     let http = TestClient::new(service.addr());
-    let signal = |sig: &str| {
-        let status = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {sig} {pid}");
-    };
+    let signal = |sig: &str| kafka_support::signal_broker(&pid, sig);
     signal("-STOP");
     let result = std::panic::AssertUnwindSafe(async {
         // The health check names the broker while it does not answer.

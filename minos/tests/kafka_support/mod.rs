@@ -118,3 +118,24 @@ pub async fn tallies(service: &RunningService, tag: &str) -> usize {
 }
 
 pub use minos::testing::eventually;
+
+/// The broker's process id from `MINOS_TEST_KAFKA_PID`, for tests that pause it; `None` (and a note
+/// saying the test did not run) without it.
+pub fn broker_pid() -> Option<String> {
+    let pid = std::env::var("MINOS_TEST_KAFKA_PID")
+        .ok()
+        .filter(|p| !p.is_empty());
+    if pid.is_none() {
+        eprintln!("not run: set MINOS_TEST_KAFKA_PID to the broker's process id to let this test pause it");
+    }
+    pid
+}
+
+/// Sends `sig` (`-STOP`, `-CONT`) to the broker's process.
+pub fn signal_broker(pid: &str, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig} {pid}");
+}
