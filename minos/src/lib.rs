@@ -8,12 +8,12 @@ pub use minos_macros::{
     value_object,
 };
 pub use minos_runtime::{
-    auth, discovery, domain, launcher, messaging, registry, routing, saga, store, transaction, Action,
-    BrokerClient, BrokerMessage, Condition, Config, Context, Entity, EntitySet, Error, Event,
-    ExternalEntity, FieldDiff, Find, IntoResponse, Launcher, Model, ModelKind, Next, Ordering,
-    QueryValue, Ref, Referable, Reply, Repository, Request, Response, Result, Root, RootEntity,
-    RootEntityExt, RunningService, ServiceExt, SetAction, ValueObject, ValueObjectSet,
-    RESERVED_FIELDS,
+    auth, discovery, domain, gateway, launcher, messaging, registry, routing, saga, store,
+    transaction, Action, BrokerClient, BrokerMessage, Condition, Config, Context, Entity,
+    EntitySet, Error, Event, ExternalEntity, FieldDiff, Find, IntoResponse, Launcher, Model,
+    ModelKind, Next, Ordering, QueryValue, Ref, Referable, Reply, Repository, Request, Response,
+    Result, Root, RootEntity, RootEntityExt, RunningService, ServiceExt, SetAction, ValueObject,
+    ValueObjectSet, RESERVED_FIELDS,
 };
 
 pub use chrono;

@@ -36,9 +36,11 @@ async fn a_command_delayed_past_its_deadline_by_a_paused_broker_is_not_run() {
     let answer = request.await.unwrap();
     assert!(answer.is_err(), "the sender gave up: {answer:?}");
     // Once the broker delivers it, the command is past its deadline: not run.
-    eventually("the delayed command arrives", Duration::from_secs(20), || async {
-        minos::routing::expired_requests() > expired_before
-    })
+    eventually(
+        "the delayed command arrives",
+        Duration::from_secs(20),
+        || async { minos::routing::expired_requests() > expired_before },
+    )
     .await;
     assert_eq!(tallies(&service, &format!("counted:{tag}")).await, 0);
     service.stop().await;

@@ -43,9 +43,11 @@ async fn a_new_service_runs_none_of_the_commands_sent_before_it_started() {
     assert_eq!(reply.status, 200, "{:?}", reply.content);
     let counted = format!("counted:{now}");
     // Every service subscribed to the topic (other tests run some) runs it: wait for this one's run.
-    eventually("the new command runs here", Duration::from_secs(30), || async {
-        tallies(&service, &counted).await >= 1
-    })
+    eventually(
+        "the new command runs here",
+        Duration::from_secs(30),
+        || async { tallies(&service, &counted).await >= 1 },
+    )
     .await;
     // Given time to read anything old it would read, it ran none of it, and the new one once.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -70,9 +72,11 @@ async fn events_published_before_a_new_service_started_are_not_handled_by_it() {
         .await
         .unwrap();
     let recorded = format!("recorded:{after}");
-    eventually("the new event is handled", Duration::from_secs(30), || async {
-        tallies(&service, &recorded).await == 1
-    })
+    eventually(
+        "the new event is handled",
+        Duration::from_secs(30),
+        || async { tallies(&service, &recorded).await == 1 },
+    )
     .await;
     assert_eq!(tallies(&service, &format!("recorded:{before}")).await, 0);
     service.stop().await;
@@ -90,7 +94,10 @@ async fn a_request_past_its_deadline_is_not_run() {
         .client()
         .request(message, Duration::from_secs(2))
         .await;
-    assert!(answer.is_err(), "no reply to an expired request: {answer:?}");
+    assert!(
+        answer.is_err(),
+        "no reply to an expired request: {answer:?}"
+    );
     assert_eq!(tallies(&service, &format!("counted:{late}")).await, 0);
     assert!(minos::routing::expired_requests() > expired_before);
     service.stop().await;

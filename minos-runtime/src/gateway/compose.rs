@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +17,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::config::{ComposeConfig, GatewayConfig};
-use super::proxy::{self, GatewayBody, Outgoing};
+use super::proxy::{self, GatewayBody, Outgoing, Peer};
 use super::server::{auth_error, json_error, json_response, Worker};
 use super::table::{parse_method, parse_route, Index, Table, Template};
 use crate::auth::Principal;
@@ -422,7 +421,7 @@ static PASSED_ON: [&str; 9] = [
 ];
 
 /// The headers every part is sent with.
-fn part_headers(incoming: &HeaderMap, client: IpAddr) -> HeaderMap {
+fn part_headers(incoming: &HeaderMap, peer: &Peer) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for name in PASSED_ON {
         for value in incoming.get_all(name) {
@@ -430,7 +429,7 @@ fn part_headers(incoming: &HeaderMap, client: IpAddr) -> HeaderMap {
         }
     }
     headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
-    proxy::add_forwarded(&mut headers, client);
+    proxy::add_forwarded(&mut headers, peer);
     // Set for each instance.
     headers.remove(HOST);
     headers
@@ -519,7 +518,7 @@ pub(crate) async fn run(
     template: &Template,
     path: &str,
     headers: &HeaderMap,
-    client: IpAddr,
+    peer: &Peer,
 ) -> Response<GatewayBody> {
     let principal = match &worker.state.auth {
         Some(auth) => {
@@ -534,8 +533,8 @@ pub(crate) async fn run(
         None => None,
     };
     let captures = template.captures(path);
-    let part_headers = part_headers(headers, client);
-    let table = worker.state.table();
+    let part_headers = part_headers(headers, peer);
+    let table = worker.state.worker_table(worker.index);
     let mut futures: Vec<PartFuture<'_>> = Vec::with_capacity(plan.parts.len());
     for part in &plan.parts {
         let needs: Vec<(usize, PartFuture<'_>)> = part

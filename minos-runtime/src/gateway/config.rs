@@ -38,7 +38,7 @@ pub struct GatewayConfig {
     /// Routes the gateway answers itself by calling several services (see the module docs).
     pub compose: Vec<ComposeConfig>,
     /// Worker threads, each serving its share of the connections with a client pool of its own
-    /// (default: `http.workers`, else one per core).
+    /// (default: one per core; `minos gateway` takes `http.workers` when this is not set).
     pub workers: Option<usize>,
 }
 

@@ -37,6 +37,13 @@
 //! | 503 | the route has no instance up, or all refused the connection |
 //! | 504 | no response head within the route's timeout (`gateway.timeout_ms`, `gateway.timeouts`) |
 //!
+//! Connections are accepted on one task and handed in turn to worker threads (`gateway.workers`,
+//! default one per core), each a single-threaded runtime with its own copy of
+//! the route table and its own keep-alive connections to the instances. A request, the connection
+//! it goes out on and its answer stay on one thread, and the upstream connection is driven by the
+//! request's own task (no task per connection, no hand-over between tasks), as nginx's worker
+//! processes do.
+//!
 //! The gateway answers `GET /system/health` itself (`{"status": "ok", "routes", "registry": "ok" |
 //! "unreachable", "version"}`) and `GET /system/live`.
 //!
@@ -181,7 +188,12 @@ pub async fn serve_gateway(settings: GatewaySettings) -> Result<GatewayServer> {
             source,
         })?;
     let addr = server::local_addr(&listener, &address)?;
+    let count = config
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
     let state = Arc::new(State::new(
+        count,
         settings.body_limit,
         cors,
         compose,
@@ -197,10 +209,6 @@ pub async fn serve_gateway(settings: GatewaySettings) -> Result<GatewayServer> {
         loaded,
     ));
     let _ = tokio::time::timeout(FIRST_TABLE_WAIT, first).await;
-    let count = config
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
     let mut handoffs = Vec::with_capacity(count);
     let mut workers = Vec::with_capacity(count);
     for index in 0..count {

@@ -4,16 +4,16 @@
 //! without contending with other threads. A connection has no task of its own: the request holding
 //! it drives it (while the request goes out and the head comes back, then from [`UpstreamBody`]
 //! while the body streams), so an exchange wakes only the task of the caller's connection, as an
-//! event loop would. It goes back to the pool the moment its response body has been passed on whole;
-//! a connection whose answer is cut short, or that the service closed, is dropped instead. A reused
-//! connection found closed before the request went out is replaced transparently.
+//! event loop would. It goes back to the pool the moment its response body has been passed on
+//! whole; a connection whose answer is cut short, or that the service closed, is dropped instead. A
+//! reused connection found closed before the request went out is replaced transparently.
 
-use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
@@ -23,8 +23,10 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// Connections idle longer than this are closed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+use super::table::FastMap;
+
+/// How often idle connections are looked over: one idle for two of these periods is closed.
+pub(crate) const SWEEP_PERIOD: Duration = Duration::from_secs(30);
 /// Idle connections kept per instance (and worker).
 const MAX_IDLE: usize = 512;
 
@@ -84,14 +86,23 @@ pub(crate) struct Pool {
 
 #[derive(Debug)]
 struct Inner {
-    idle: Mutex<HashMap<Authority, Vec<Idle>>>,
+    idle: Mutex<FastMap<Authority, Vec<Idle>>>,
     connect_timeout: Duration,
+    /// Sweeps so far: idle times are counted in sweeps, so that no request reads the clock.
+    sweeps: AtomicU64,
 }
 
 #[derive(Debug)]
 struct Idle {
     upstream: Box<Upstream>,
-    since: Instant,
+    /// [`Inner::sweeps`] when it was put back.
+    since: u64,
+}
+
+impl Idle {
+    fn expired(&self, sweeps: u64) -> bool {
+        sweeps.saturating_sub(self.since) >= 2
+    }
 }
 
 /// Why a request got no response head.
@@ -122,8 +133,9 @@ impl Pool {
     pub(crate) fn new(connect_timeout: Duration) -> Pool {
         Pool {
             inner: Arc::new(Inner {
-                idle: Mutex::new(HashMap::new()),
+                idle: Mutex::new(FastMap::default()),
                 connect_timeout,
+                sweeps: AtomicU64::new(0),
             }),
         }
     }
@@ -132,8 +144,9 @@ impl Pool {
     fn checkout(&self, authority: &Authority) -> Option<Box<Upstream>> {
         let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
         let connections = idle.get_mut(authority)?;
+        let sweeps = self.inner.sweeps.load(Ordering::Relaxed);
         while let Some(mut connection) = connections.pop() {
-            if connection.since.elapsed() < IDLE_TIMEOUT && connection.upstream.still_open() {
+            if !connection.expired(sweeps) && connection.upstream.still_open() {
                 return Some(connection.upstream);
             }
         }
@@ -150,16 +163,18 @@ impl Pool {
         if connections.len() < MAX_IDLE {
             connections.push(Idle {
                 upstream,
-                since: Instant::now(),
+                since: self.inner.sweeps.load(Ordering::Relaxed),
             });
         }
     }
 
-    /// Closes the connections that are closed or idle too long, and forgets instances with none.
+    /// Closes the connections that are closed or idle too long, and forgets instances with none
+    /// (every [`SWEEP_PERIOD`]).
     pub(crate) fn sweep(&self) {
+        let sweeps = self.inner.sweeps.fetch_add(1, Ordering::Relaxed) + 1;
         let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.retain(|_, connections| {
-            connections.retain_mut(|c| c.since.elapsed() < IDLE_TIMEOUT && c.upstream.still_open());
+            connections.retain_mut(|c| !c.expired(sweeps) && c.upstream.still_open());
             !connections.is_empty()
         });
     }
@@ -188,7 +203,8 @@ impl Pool {
     }
 
     /// Sends `request` (origin-form URI, `Host` set) to `authority` on an idle connection or a new
-    /// one, and answers its response head; the body hands the connection back when it is read whole.
+    /// one, and answers its response head; the body hands the connection back when it is read
+    /// whole.
     pub(crate) async fn send(
         &self,
         authority: &Authority,
@@ -197,8 +213,11 @@ impl Pool {
         loop {
             let (mut upstream, reused) = match self.checkout(authority) {
                 Some(upstream) => (upstream, true),
+                // Boxed: connecting is rare, and its future would make every request's larger.
                 None => (
-                    self.connect(authority).await.map_err(SendError::Connect)?,
+                    Box::pin(self.connect(authority))
+                        .await
+                        .map_err(SendError::Connect)?,
                     false,
                 ),
             };

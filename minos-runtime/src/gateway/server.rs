@@ -29,15 +29,17 @@ use tokio::time::Instant;
 
 use super::compose::ComposePlan;
 use super::cors::{Cors, Preflight};
-use super::pool::Pool;
-use super::proxy::{self, GatewayBody, Outgoing};
+use super::pool::{Pool, SWEEP_PERIOD};
+use super::proxy::{self, GatewayBody, Outgoing, Peer};
 use super::table::{Index, Table, Timeouts};
 use crate::auth::{AuthError, Authenticator};
 
 /// What every request reads: the route table (swapped whole when the registry changes) and the
 /// configuration, checked once.
 pub(crate) struct State {
-    table: RwLock<Arc<Table>>,
+    /// The route table, one copy per worker thread: requests on one thread never write to memory
+    /// another thread's requests use (reference counts, round-robin counters, ejections).
+    tables: Box<[Slot]>,
     /// Whether the last call to the registry succeeded.
     pub(crate) registry_reachable: AtomicBool,
     pub(crate) body_limit: usize,
@@ -56,8 +58,13 @@ impl std::fmt::Debug for State {
     }
 }
 
+/// One worker's table, alone on its cache lines.
+#[repr(align(128))]
+struct Slot(RwLock<Arc<Table>>);
+
 impl State {
     pub(crate) fn new(
+        workers: usize,
         body_limit: usize,
         cors: Option<Cors>,
         compose: Index<ComposePlan>,
@@ -65,7 +72,9 @@ impl State {
         timeouts: Timeouts,
     ) -> State {
         State {
-            table: RwLock::new(Arc::new(Table::default())),
+            tables: (0..workers.max(1))
+                .map(|_| Slot(RwLock::new(Arc::new(Table::default()))))
+                .collect(),
             registry_reachable: AtomicBool::new(false),
             body_limit,
             cors,
@@ -75,19 +84,34 @@ impl State {
         }
     }
 
-    /// The current route table.
+    /// The current route table (the first worker's copy).
     pub(crate) fn table(&self) -> Arc<Table> {
-        Arc::clone(&self.table.read().unwrap_or_else(|e| e.into_inner()))
+        self.worker_table(0)
     }
 
-    /// Replaces the route table.
-    pub(crate) fn set_table(&self, table: Table) {
-        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+    /// Worker `index`'s copy of the route table.
+    pub(crate) fn worker_table(&self, index: usize) -> Arc<Table> {
+        let slot = &self.tables[index % self.tables.len()].0;
+        Arc::clone(&slot.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces every worker's table with one built by `build` from that worker's previous one.
+    pub(crate) fn set_tables(
+        &self,
+        mut build: impl FnMut(&Table) -> Result<Table, String>,
+    ) -> Result<(), String> {
+        for slot in self.tables.iter() {
+            let previous = Arc::clone(&slot.0.read().unwrap_or_else(|e| e.into_inner()));
+            let table = Arc::new(build(&previous)?);
+            *slot.0.write().unwrap_or_else(|e| e.into_inner()) = table;
+        }
+        Ok(())
     }
 }
 
 /// One worker thread's view: the shared state and the thread's own connections to the instances.
 pub(crate) struct Worker {
+    pub(crate) index: usize,
     pub(crate) state: Arc<State>,
     pub(crate) pool: Pool,
 }
@@ -178,11 +202,11 @@ fn health(state: &State) -> Response<GatewayBody> {
 /// Answers one request.
 pub(crate) async fn handle(
     worker: &Worker,
-    client: IpAddr,
+    peer: &Peer,
     request: Request<Incoming>,
 ) -> Response<GatewayBody> {
     let Some(cors) = &worker.state.cors else {
-        return dispatch(worker, client, request).await;
+        return dispatch(worker, peer, request).await;
     };
     if Cors::is_preflight(request.method(), request.headers()) {
         return match cors.preflight(request.headers()) {
@@ -196,7 +220,7 @@ pub(crate) async fn handle(
         };
     }
     let origin = request.headers().get(ORIGIN).cloned();
-    let mut response = dispatch(worker, client, request).await;
+    let mut response = dispatch(worker, peer, request).await;
     if let Some(origin) = origin {
         cors.decorate(&origin, response.headers_mut());
     }
@@ -205,13 +229,14 @@ pub(crate) async fn handle(
 
 async fn dispatch(
     worker: &Worker,
-    client: IpAddr,
+    peer: &Peer,
     request: Request<Incoming>,
 ) -> Response<GatewayBody> {
     let state = &*worker.state;
     let method = request.method();
     let path = request.uri().path();
-    // Answered without reading a body the caller sends: the connection cannot carry another request.
+    // Answered without reading a body the caller sends: the connection cannot carry another
+    // request.
     let unread = !request.body().is_end_stream();
     let early = |response| match unread {
         true => closing(response),
@@ -227,14 +252,18 @@ async fn dispatch(
     if let Some((template, plan)) = state.compose.resolve(method, path) {
         let path = path.to_owned();
         let headers = request.headers();
-        return early(super::compose::run(worker, plan, template, &path, headers, client).await);
+        // Boxed, like the other rare paths below, to keep the future of every request small.
+        let composed = Box::pin(super::compose::run(
+            worker, plan, template, &path, headers, peer,
+        ));
+        return early(composed.await);
     }
-    let table = state.table();
+    let table = state.worker_table(worker.index);
     let Some((_, route)) = table.routes.resolve(method, path) else {
         return early(no_route(state, &table, method, path));
     };
     if let Some(auth) = &state.auth {
-        let verdict = match auth.authenticate(authorization(request.headers())).await {
+        let verdict = match Box::pin(auth.authenticate(authorization(request.headers()))).await {
             Ok(principal) => auth.authorize(principal.as_ref(), &route.requirement),
             Err(error) => Err(error),
         };
@@ -243,11 +272,14 @@ async fn dispatch(
         }
     }
     let (mut parts, body) = request.into_parts();
-    let body = match read_body(body, &parts.headers, state.body_limit).await {
-        Ok(body) => body,
-        Err(response) => return closing(response),
+    let body = match unread {
+        false => Bytes::new(),
+        true => match Box::pin(read_body(body, &parts.headers, state.body_limit)).await {
+            Ok(body) => body,
+            Err(response) => return closing(response),
+        },
     };
-    proxy::outgoing_headers(&mut parts.headers, client);
+    proxy::outgoing_headers(&mut parts.headers, peer);
     let outgoing = Outgoing::from_parts(parts, body);
     let (method, path) = (outgoing.method.clone(), outgoing.path_and_query.clone());
     let deadline = Instant::now() + route.timeout;
@@ -315,14 +347,14 @@ pub(crate) fn spawn_worker(
                 let sweeper = tokio::spawn({
                     let pool = pool.clone();
                     async move {
-                        let mut every = tokio::time::interval(Duration::from_secs(30));
+                        let mut every = tokio::time::interval(SWEEP_PERIOD);
                         loop {
                             every.tick().await;
                             pool.sweep();
                         }
                     }
                 });
-                let worker = Arc::new(Worker { state, pool });
+                let worker = Arc::new(Worker { index, state, pool });
                 let graceful = GracefulShutdown::new();
                 let mut builder = http1::Builder::new();
                 builder
@@ -334,17 +366,20 @@ pub(crate) fn spawn_worker(
                         continue;
                     };
                     let worker = Arc::clone(&worker);
+                    let peer = Arc::new(Peer::new(client));
                     let service = service_fn(move |request| {
-                        let worker = Arc::clone(&worker);
-                        async move { Ok::<_, Infallible>(handle(&worker, client, request).await) }
+                        let (worker, peer) = (Arc::clone(&worker), Arc::clone(&peer));
+                        async move { Ok::<_, Infallible>(handle(&worker, &peer, request).await) }
                     });
                     let connection =
                         graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-                    tokio::spawn(async move {
+                    // Unconstrained: hyper yields between requests by itself, and tokio's
+                    // cooperative budget would only add bookkeeping to every read and write.
+                    tokio::spawn(tokio::task::unconstrained(async move {
                         if let Err(error) = connection.await {
                             tracing::debug!(%error, "connection closed with an error");
                         }
-                    });
+                    }));
                 }
                 if tokio::time::timeout(grace, graceful.shutdown())
                     .await

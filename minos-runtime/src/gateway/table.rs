@@ -7,6 +7,7 @@
 
 use std::cmp::Ordering as Order;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -126,20 +127,46 @@ impl Template {
 #[derive(Debug)]
 pub(crate) struct Index<T> {
     entries: Vec<(Method, Template, T)>,
-    groups: HashMap<(Method, usize), Group>,
+    groups: FastMap<(Method, usize), Group>,
 }
 
 #[derive(Debug, Default)]
 struct Group {
-    by_first: HashMap<Box<str>, Vec<usize>>,
+    by_first: FastMap<Box<str>, Vec<usize>>,
     parameter_first: Vec<usize>,
+}
+
+/// A map with FNV-1a hashing: the keys are short and come from the route table, so the DoS-proof
+/// hashing of the standard map buys nothing here and costs on every request.
+pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+
+/// FNV-1a, 64 bits.
+#[derive(Debug)]
+pub(crate) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 impl<T> Default for Index<T> {
     fn default() -> Self {
         Index {
             entries: Vec::new(),
-            groups: HashMap::new(),
+            groups: FastMap::default(),
         }
     }
 }
@@ -165,6 +192,9 @@ impl<T> Index<T> {
 
     /// The most specific route for `method path` (the first added among equally specific ones).
     pub(crate) fn resolve(&self, method: &Method, path: &str) -> Option<(&Template, &T)> {
+        if self.entries.is_empty() {
+            return None;
+        }
         let mut parts = segments(path);
         let first = parts.clone().next().unwrap_or_default();
         let count = parts.by_ref().count();

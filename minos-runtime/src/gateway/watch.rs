@@ -113,10 +113,13 @@ pub(crate) async fn watch(
                 backoff = FIRST_BACKOFF;
                 let version = listing.get("version").and_then(Value::as_u64);
                 if version.is_some() && version != current.version {
-                    match Table::from_listing(&listing, &state.timeouts, &current) {
-                        Ok(table) => {
+                    let built = state.set_tables(|previous| {
+                        Table::from_listing(&listing, &state.timeouts, previous)
+                    });
+                    match built {
+                        Ok(()) => {
+                            let table = state.table();
                             tracing::info!(version = ?table.version, routes = table.len(), "route table loaded");
-                            state.set_table(table);
                         }
                         Err(error) => {
                             tracing::warn!(%registry, %error, "the registry's listing is unusable: keeping the last table")

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::auth::AuthConfig;
 pub use crate::discovery::{DiscoveryConfig, RegistryConfig};
-use crate::gateway::GatewayConfig;
 use crate::error::{Error, Result};
+use crate::gateway::GatewayConfig;
 use crate::http::HttpSettings;
 pub use crate::saga::SagaConfig;
 

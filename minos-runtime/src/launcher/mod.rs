@@ -3,8 +3,8 @@
 mod config;
 
 pub use config::{
-    AuthConfig, Config, DiscoveryConfig, HandlersConfig, HttpConfig, KafkaConfig, RegistryConfig, RelayConfig,
-    SagaConfig,
+    AuthConfig, Config, DiscoveryConfig, HandlersConfig, HttpConfig, KafkaConfig, RegistryConfig,
+    RelayConfig, SagaConfig,
 };
 
 use std::future::Future;

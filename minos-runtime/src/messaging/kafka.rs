@@ -291,7 +291,10 @@ impl Broker for KafkaBroker {
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             // Partitions are assigned by hand: the group joins nothing and commits nothing.
-            .set("group.id", format!("{topic}.{}", uuid::Uuid::new_v4().simple()))
+            .set(
+                "group.id",
+                format!("{topic}.{}", uuid::Uuid::new_v4().simple()),
+            )
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
             .set("fetch.wait.max.ms", "5")

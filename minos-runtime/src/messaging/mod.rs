@@ -118,7 +118,12 @@ impl BrokerMessage {
 
     /// The request's deadline (`deadline` header), if it has one that parses.
     pub fn deadline(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-        let millis = self.payload.headers.get(headers::DEADLINE)?.parse::<i64>().ok()?;
+        let millis = self
+            .payload
+            .headers
+            .get(headers::DEADLINE)?
+            .parse::<i64>()
+            .ok()?;
         chrono::DateTime::from_timestamp_millis(millis)
     }
 

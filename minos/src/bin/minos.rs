@@ -131,7 +131,9 @@ fn parse_lifetime(text: &str) -> Result<std::time::Duration, String> {
     if number == 0 {
         return Err("a token's lifetime must be above zero".into());
     }
-    Ok(std::time::Duration::from_secs(number.saturating_mul(seconds)))
+    Ok(std::time::Duration::from_secs(
+        number.saturating_mul(seconds),
+    ))
 }
 
 fn token(args: TokenArgs) -> minos::Result<()> {
@@ -251,7 +253,10 @@ fn gateway(path: Option<PathBuf>, port: Option<u16>) -> minos::Result<()> {
             port,
             body_limit: config.http.body_limit,
             registry_url,
-            config: config.gateway.clone(),
+            config: minos_runtime::gateway::GatewayConfig {
+                workers: config.gateway.workers.or(config.http.workers),
+                ..config.gateway.clone()
+            },
             auth,
         })
         .await?;
