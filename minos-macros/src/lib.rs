@@ -357,6 +357,94 @@ pub fn enroute(_args: TokenStream, input: TokenStream) -> TokenStream {
     tokens.into()
 }
 
+/// A read model (CQRS view) kept in the service's view database: one `#[key]` field names a row,
+/// scalar fields (`String`, integers, floats, `bool`, `Uuid`, `DateTime<Utc>`, `Option`s of them)
+/// become columns — `#[index]` ones indexed — and the whole value is kept as JSON (lists and nested
+/// values too). It is written by the query service's event handlers that declare it
+/// (`#[enroute(event = "FooCreated", view = FooSummary)]`) and read anywhere with
+/// `FooSummary::get(&key)`, `FooSummary::find(condition)` and `FooSummary::count(condition)`.
+///
+/// ```rust
+/// use minos::prelude::*;
+///
+/// #[view]
+/// pub struct FooSummary {
+///     #[key]
+///     pub uuid: Uuid,
+///     #[index]
+///     pub bar: String,
+///     pub updates: u64,
+/// }
+///
+/// # #[tokio::main]
+/// # async fn main() -> minos::Result<()> {
+/// # let views = Views::memory().await?;
+/// # views.create_all().await?;
+/// # views.scope(async {
+/// let found = FooSummary::find(Condition::eq("bar", "x"))
+///     .order_by(Ordering::desc("updates"))
+///     .limit(10)
+///     .await?;
+/// assert!(found.is_empty());
+/// # Ok::<(), minos::Error>(())
+/// # }).await
+/// # }
+/// ```
+///
+/// Arguments: `name = "..."` (default: the struct's name; the table is `view_` and its snake case),
+/// `version = N` (raise it to rebuild the view from history after changing its handlers; a change of
+/// fields, types or indexes rebuilds it by itself) and `crate = "..."`.
+///
+/// Equivalent code: the struct gains `#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]`
+/// (those it lacks) and an implementation of `minos::View` with its definition, registered for the
+/// runtime.
+#[proc_macro_attribute]
+pub fn view(args: TokenStream, input: TokenStream) -> TokenStream {
+    let input2: proc_macro2::TokenStream = input.into();
+    let output = expand_view(args.into(), input2.clone()).unwrap_or_else(|error| {
+        let mut tokens = error.into_compile_error();
+        tokens.extend(without_view_attributes(input2));
+        tokens
+    });
+    debug_print("#[view]", &output);
+    output.into()
+}
+
+fn expand_view(
+    args: proc_macro2::TokenStream,
+    input: proc_macro2::TokenStream,
+) -> syn::Result<proc_macro2::TokenStream> {
+    let item: syn::Item = syn::parse2(input)?;
+    let cx = internals::ctxt::Ctxt::new();
+    let args = internals::view::parse_args(&cx, args);
+    let syn::Item::Struct(item) = &item else {
+        return Err(syn::Error::new_spanned(
+            &item,
+            "#[view] goes on a struct with named fields, one of them marked `#[key]`",
+        ));
+    };
+    let model = internals::view::parse(&cx, item, args);
+    cx.check()?;
+    let model = model.ok_or_else(|| syn::Error::new_spanned(item, "invalid view"))?;
+    Ok(codegen::view::expand(&model))
+}
+
+/// The struct without `#[key]`, `#[index]` and `#[serde]` attributes, which would each be errors of
+/// their own.
+fn without_view_attributes(input: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
+    let Ok(mut item) = syn::parse2::<syn::ItemStruct>(input.clone()) else {
+        return input;
+    };
+    let ours = |a: &syn::Attribute| {
+        a.path().is_ident("key") || a.path().is_ident("index") || a.path().is_ident("serde")
+    };
+    item.attrs.retain(|a| !ours(a));
+    for field in item.fields.iter_mut() {
+        field.attrs.retain(|a| !ours(a));
+    }
+    quote::ToTokens::into_token_stream(item)
+}
+
 /// A middleware that the configuration can name: `middleware: [log_requests]`.
 ///
 /// ```rust,no_run

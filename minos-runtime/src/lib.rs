@@ -18,6 +18,7 @@ pub mod saga;
 pub(crate) mod scheduler;
 pub mod store;
 pub mod transaction;
+pub mod views;
 
 pub use domain::{
     Action, Condition, Entity, EntitySet, Event, ExternalEntity, FieldDiff, Model, ModelKind,
@@ -28,6 +29,7 @@ pub use launcher::{Config, Launcher, RunningService};
 pub use messaging::{BrokerClient, BrokerMessage, Reply};
 pub use repository::{Find, Repository, RootEntityExt, RESERVED_FIELDS};
 pub use routing::{Context, IntoResponse, Next, Request, Response, ServiceExt};
+pub use views::{View, ViewExt, Views};
 
 #[doc(hidden)]
 pub mod __private {
@@ -40,6 +42,7 @@ pub mod __private {
         BrokerKind, HandlerFuture, IntoResponse, MiddlewareEntry, Next, Request, Route, RouteEntry,
         Service, ServiceKind,
     };
+    pub use crate::views::{ColumnKind, View, ViewColumn, ViewDef, ViewEntry};
     pub use inventory;
     pub use serde;
 }

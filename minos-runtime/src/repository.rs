@@ -297,7 +297,8 @@ impl Repository {
                     .await?
             }
             (None, None) => {
-                self.store.append(event, &messages).await?;
+                let stored = self.store.append(event, &messages).await?;
+                crate::views::note_written(&event.name, stored.position());
                 self.committed.notify_one();
             }
         }
@@ -343,6 +344,9 @@ impl Repository {
         inbox: Option<&InboxEntry>,
     ) -> Result<Vec<StoredEvent>> {
         let stored = self.store.commit_unit(writes, inbox).await?;
+        for event in &stored {
+            crate::views::note_written(&event.event.name, event.position());
+        }
         if !writes.is_empty() {
             self.committed.notify_one();
         }

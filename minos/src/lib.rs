@@ -5,15 +5,15 @@ extern crate self as minos;
 
 pub use minos_macros::{
     command_service, enroute, entity, external_entity, middleware, query_service, root_entity,
-    value_object,
+    value_object, view,
 };
 pub use minos_runtime::{
     auth, discovery, domain, gateway, launcher, messaging, registry, routing, saga, store,
-    transaction, Action, BrokerClient, BrokerMessage, Condition, Config, Context, Entity,
+    transaction, views, Action, BrokerClient, BrokerMessage, Condition, Config, Context, Entity,
     EntitySet, Error, Event, ExternalEntity, FieldDiff, Find, IntoResponse, Launcher, Model,
     ModelKind, Next, Ordering, QueryValue, Ref, Referable, Reply, Repository, Request, Response,
     Result, Root, RootEntity, RootEntityExt, RunningService, ServiceExt, SetAction, ValueObject,
-    ValueObjectSet, RESERVED_FIELDS,
+    ValueObjectSet, View, ViewExt, Views, RESERVED_FIELDS,
 };
 
 pub use chrono;
@@ -36,8 +36,8 @@ pub mod prelude {
     pub use crate::transaction::{TransactionScope, TransactionStatus};
     pub use crate::{
         command_service, enroute, entity, external_entity, middleware, query_service, root_entity,
-        value_object, Condition, Context, EntitySet, Error, Next, Ordering, Ref, Repository,
-        Request, Response, Result, Root, RootEntityExt, ServiceExt, ValueObjectSet,
+        value_object, view, Condition, Context, EntitySet, Error, Next, Ordering, Ref, Repository,
+        Request, Response, Result, Root, RootEntityExt, ServiceExt, ValueObjectSet, ViewExt, Views,
     };
     pub use chrono::{DateTime, Utc};
     pub use serde_json::{json, Value};

@@ -2,3 +2,4 @@
 
 pub(crate) mod model;
 pub(crate) mod service;
+pub(crate) mod view;

@@ -71,6 +71,13 @@ pub(crate) fn expand(
             quote!(#private::Access::Open)
         };
         let line = quote_spanned!(handler.span=> ::core::line!());
+        // Spanned at the user's type, so a type that is not a #[view] is reported there.
+        let view = match &handler.view {
+            Some(path) => quote_spanned! {syn::spanned::Spanned::span(path)=>
+                ::core::option::Option::Some(<#path as #private::View>::NAME)
+            },
+            None => quote!(::core::option::Option::None),
+        };
         for route in &handler.routes {
             let route = match route {
                 RouteSpec::Broker(topic) => quote! {
@@ -89,6 +96,7 @@ pub(crate) fn expand(
                     #private::RouteEntry {
                         route: #route,
                         access: #access,
+                        view: #view,
                         handler: #shim,
                         service: #service_name,
                         function: #function,

@@ -7,3 +7,4 @@ pub(crate) mod ctxt;
 pub(crate) mod service;
 pub(crate) mod spec;
 pub(crate) mod symbol;
+pub(crate) mod view;

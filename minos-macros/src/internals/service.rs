@@ -49,6 +49,8 @@ pub(crate) struct AccessSpec {
 
 pub(crate) struct Handler {
     pub(crate) access: AccessSpec,
+    /// `view = FooSummary`: the view the handler writes.
+    pub(crate) view: Option<Path>,
     pub(crate) ident: syn::Ident,
     pub(crate) span: Span,
     pub(crate) routes: Vec<RouteSpec>,
@@ -140,10 +142,12 @@ pub(crate) fn handlers(cx: &Ctxt, kind: ServiceKind, item: &ItemImpl) -> Vec<Han
         }
         let mut routes: Vec<(RouteSpec, Span)> = Vec::new();
         let mut access = AccessSpec::default();
+        let mut view = None;
         for attr in attrs {
-            parse_enroute(cx, kind, attr, &mut routes, &mut access);
+            parse_enroute(cx, kind, attr, &mut routes, &mut access, &mut view);
         }
         check_access(cx, &access, &routes);
+        check_view(cx, kind, view.as_ref(), &routes);
         if let Some((first, _)) = routes.first() {
             for (route, span) in &routes[1..] {
                 if route.is_event_kind() != first.is_event_kind() {
@@ -158,6 +162,7 @@ pub(crate) fn handlers(cx: &Ctxt, kind: ServiceKind, item: &ItemImpl) -> Vec<Han
         let request_ty = check_signature(cx, function);
         out.push(Handler {
             access,
+            view,
             ident: function.sig.ident.clone(),
             span: function.sig.fn_token.span,
             routes: routes.into_iter().map(|(r, _)| r).collect(),
@@ -248,12 +253,59 @@ fn parse_roles(cx: &Ctxt, meta: &syn::meta::ParseNestedMeta) -> syn::Result<Opti
     Ok(Some(roles))
 }
 
+/// `view = FooSummary` goes on a query service's handler of domain events, and nothing else.
+fn check_view(cx: &Ctxt, kind: ServiceKind, view: Option<&Path>, routes: &[(RouteSpec, Span)]) {
+    let Some(view) = view else { return };
+    if kind == ServiceKind::Command {
+        cx.error_spanned_by(
+            view,
+            "views are written by the event handlers of a #[query_service]: a command service changes \
+             roots, a query service keeps views\nhelp: move this handler to the #[query_service] impl",
+        );
+        return;
+    }
+    for (route, span) in routes {
+        match route {
+            RouteSpec::Event(topic) if !is_domain_event(topic) => cx.syn_error(syn::Error::new(
+                *span,
+                format!(
+                    "a view follows the domain events of a root entity: `FooCreated`, `FooUpdated`, \
+                     `FooUpdated.field` or `FooDeleted`, not `{topic}`\nhelp: handle `{topic}` in a handler without `view`"
+                ),
+            )),
+            RouteSpec::Event(_) => {}
+            _ => cx.syn_error(syn::Error::new(
+                *span,
+                "`view` goes with `event = \"FooCreated\"` routes only: the view is built from events\n\
+                 help: split this route into a handler of its own, without `view`",
+            )),
+        }
+    }
+}
+
+/// `FooCreated`, `FooUpdated`, `FooUpdated.bar`, `FooDeleted`.
+fn is_domain_event(topic: &str) -> bool {
+    let (head, rest) = match topic.split_once('.') {
+        Some((head, rest)) => (head, Some(rest)),
+        None => (topic, None),
+    };
+    let stem = ["Created", "Updated", "Deleted"]
+        .iter()
+        .find_map(|suffix| head.strip_suffix(suffix).map(|stem| (stem, *suffix)));
+    match (stem, rest) {
+        (Some((stem, _)), None) => !stem.is_empty(),
+        (Some((stem, "Updated")), Some(rest)) => !stem.is_empty() && !rest.is_empty(),
+        _ => false,
+    }
+}
+
 fn parse_enroute(
     cx: &Ctxt,
     kind: ServiceKind,
     attr: &Attribute,
     routes: &mut Vec<(RouteSpec, Span)>,
     access: &mut AccessSpec,
+    view: &mut Option<Path>,
 ) {
     let needs_route = "#[enroute] needs a route: `broker = \"Topic\"`, `event = \"FooCreated\"`, \
                        `rest = \"GET /path\"` or `periodic = \"cron\"`";
@@ -284,6 +336,27 @@ fn parse_enroute(
             access.span.get_or_insert(meta.path.span());
             return Ok(());
         }
+        if key == "view" {
+            let value = meta.value()?;
+            if value.peek(LitStr) {
+                let lit: LitStr = value.parse()?;
+                cx.error_spanned_by(
+                    &lit,
+                    format!("`view` takes the view's type, not a string: write `view = {}`", lit.value()),
+                );
+                return Ok(());
+            }
+            let path: Path = value.parse()?;
+            if view.is_some() {
+                cx.error_spanned_by(
+                    &meta.path,
+                    "duplicate minos enroute attribute `view`: a handler writes one view; write one handler per view",
+                );
+            } else {
+                *view = Some(path);
+            }
+            return Ok(());
+        }
         if key == "roles" {
             let span = meta.path.span();
             let duplicate = !access.roles.is_empty();
@@ -306,7 +379,7 @@ fn parse_enroute(
             cx.error_spanned_by(
                 &meta.path,
                 format!("unknown minos enroute attribute `{shown}`; expected `broker`, `event`, `rest` or `periodic`, \
-                         and optionally `auth` or `roles = [\"..\"]`"),
+                         and optionally `auth`, `roles = [\"..\"]` or `view = ViewType`"),
             );
             if meta.input.peek(syn::Token![=]) {
                 meta.value()?.parse::<syn::Expr>()?;

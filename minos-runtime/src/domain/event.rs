@@ -240,6 +240,37 @@ impl Event {
         }
     }
 
+    /// The new value this event gives field `name` (`None` when it does not change it), decoded; for
+    /// an incremental diff, the member concerned.
+    ///
+    /// ```
+    /// # use minos_runtime::{Event, Action, FieldDiff};
+    /// # let event = Event { uuid: uuid::Uuid::nil(), name: "Foo".into(), version: 2, action: Action::Update,
+    /// #     created_at: chrono::Utc::now(), fields_diff: vec![FieldDiff::whole("bar", "String", "y".into())] };
+    /// let bar: Option<String> = event.field("bar")?;
+    /// assert_eq!(bar.as_deref(), Some("y"));
+    /// # Ok::<(), minos_runtime::domain::DomainError>(())
+    /// ```
+    pub fn field<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, DomainError> {
+        self.fields_diff
+            .iter()
+            .rev()
+            .find(|diff| diff.name == name)
+            .map(|diff| serde_json::from_value(diff.value.clone()).map_err(DomainError::Json))
+            .transpose()
+    }
+
+    /// The fields this event sets, as `T`: for a creation, the whole root entity
+    /// (`let foo: Foo = event.decode_fields()?`); for an update, a type with the changed fields.
+    pub fn decode_fields<T: serde::de::DeserializeOwned>(&self) -> Result<T, DomainError> {
+        let mut state = Map::new();
+        self.apply_json(&mut state)?;
+        serde_json::from_value(Value::Object(state)).map_err(DomainError::Json)
+    }
+
     /// Applies this event's diffs to the JSON state of a root entity.
     pub fn apply_json(&self, state: &mut Map<String, Value>) -> Result<(), DomainError> {
         for diff in &self.fields_diff {

@@ -16,6 +16,7 @@ use crate::auth::{Access, AuthError, Caller, Principal};
 use crate::error::Error;
 use crate::messaging::headers::USER;
 use crate::routing::{invoke, Context, HandlerFn, Middleware, Origin, Request, Response};
+use crate::views::{Consistency, POSITION_HEADER};
 
 #[derive(Clone)]
 pub(super) struct Shared {
@@ -164,15 +165,38 @@ pub(super) async fn handle(
         method: request.method().to_string(),
         path: request.path().to_owned(),
     };
+    // Read your writes: a request presenting the positions a command answered waits until the
+    // views fed by those events have caught up.
+    if let Some(value) = headers.get(POSITION_HEADER) {
+        let waited = async {
+            let wanted = Consistency::parse(value)?;
+            match shared.context.projections() {
+                Some(projections) => projections.wait(&wanted).await,
+                None => Ok(()),
+            }
+        };
+        if let Err(error) = waited.await {
+            return to_http(Response::from_error(&error));
+        }
+    }
     let minos_request =
         Request::from_parts(content, params, headers, origin).with_principal(principal);
     let run = invoke(&shared.chain, handler, minos_request, &shared.context);
-    let result = match caller {
+    let run = crate::views::recording(run);
+    let (result, written) = match caller {
         Some(caller) => caller.scope(run).await,
         None => run.await,
     };
-    match result {
+    let mut response = match result {
         Ok(response) => to_http(response),
         Err(error) => to_http(Response::from_error(&error)),
+    };
+    if !written.positions.is_empty() {
+        if let Ok(value) = HeaderValue::try_from(written.to_string()) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(POSITION_HEADER), value);
+        }
     }
+    response
 }

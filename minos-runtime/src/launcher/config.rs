@@ -43,6 +43,11 @@ pub struct Config {
     pub storage: String,
     /// The broker: `memory` (in-process) or `kafka://HOST:PORT[,HOST:PORT]`.
     pub broker: String,
+    /// The view database (CQRS read models): `views: sqlite://PATH`, or a section
+    /// `views: {url: …, wait_timeout_ms: …, poll_interval_ms: …}`. By default beside the store: an
+    /// SQLite file `NAME.views.db` next to an SQLite store, memory with a memory store, the same
+    /// database with a PostgreSQL store.
+    pub views: ViewsConfig,
     /// HTTP interface.
     pub http: HttpConfig,
     /// Handler behaviour.
@@ -99,6 +104,61 @@ pub struct HttpConfig {
     pub shutdown_timeout_secs: u64,
 }
 
+/// View database settings (`views:`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "ViewsSetting")]
+pub struct ViewsConfig {
+    /// `sqlite://PATH`, `postgres://USER@HOST/DB[?schema=NAME]` or `memory`; empty: beside the store.
+    pub url: String,
+    /// How long a query presenting a `minos-position` header waits for the views to catch up before
+    /// answering 503.
+    pub wait_timeout_ms: u64,
+    /// How often a projection looks for new events when no message woke it up (events of other
+    /// processes, missed wake-ups).
+    pub poll_interval_ms: u64,
+}
+
+impl Default for ViewsConfig {
+    fn default() -> Self {
+        ViewsConfig {
+            url: String::new(),
+            wait_timeout_ms: 5_000,
+            poll_interval_ms: 1_000,
+        }
+    }
+}
+
+/// `views:` as written: a URL, or the whole section.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ViewsSetting {
+    Url(String),
+    Section {
+        #[serde(default)]
+        url: String,
+        wait_timeout_ms: Option<u64>,
+        poll_interval_ms: Option<u64>,
+    },
+}
+
+impl From<ViewsSetting> for ViewsConfig {
+    fn from(setting: ViewsSetting) -> Self {
+        let defaults = ViewsConfig::default();
+        match setting {
+            ViewsSetting::Url(url) => ViewsConfig { url, ..defaults },
+            ViewsSetting::Section {
+                url,
+                wait_timeout_ms,
+                poll_interval_ms,
+            } => ViewsConfig {
+                url,
+                wait_timeout_ms: wait_timeout_ms.unwrap_or(defaults.wait_timeout_ms),
+                poll_interval_ms: poll_interval_ms.unwrap_or(defaults.poll_interval_ms),
+            },
+        }
+    }
+}
+
 /// Handler settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -149,6 +209,7 @@ impl Default for Config {
             name: "minos".into(),
             storage: String::new(),
             broker: "memory".into(),
+            views: ViewsConfig::default(),
             http: HttpConfig::default(),
             handlers: HandlersConfig::default(),
             relay: RelayConfig::default(),
@@ -199,6 +260,7 @@ impl Default for RelayConfig {
 }
 
 const SECTIONS: &[&str] = &[
+    "views",
     "http",
     "handlers",
     "relay",
@@ -223,6 +285,7 @@ fn env_key(var: &str) -> Option<String> {
         "name",
         "storage",
         "broker",
+        "views",
         "middleware",
         "services",
         "root_entities",
@@ -230,6 +293,18 @@ fn env_key(var: &str) -> Option<String> {
     ]
     .contains(&key.as_str())
     .then_some(key)
+}
+
+/// The view database beside `storage`: `sqlite://a/foo.db` → `sqlite://a/foo.views.db`, `memory` →
+/// `memory`, a PostgreSQL URL → the same database.
+fn default_views(storage: &str) -> String {
+    match storage.strip_prefix("sqlite://") {
+        Some(path) => {
+            let stem = path.strip_suffix(".db").unwrap_or(path);
+            format!("sqlite://{stem}.views.db")
+        }
+        None => storage.to_owned(),
+    }
 }
 
 impl Config {
@@ -285,10 +360,24 @@ impl Config {
         if self.storage.is_empty() {
             self.storage = format!("sqlite://.minos/{}.db", self.name);
         }
+        if self.views.url.is_empty() {
+            self.views.url = default_views(&self.storage);
+        }
         if self.http.body_limit == 0 {
             return Err(Error::Config("http.body_limit must be above 0".into()));
         }
         Ok(self)
+    }
+
+    /// The view database's URL: `views.url`, else beside the store (see [`views`](Self::views)).
+    pub fn views_url(&self) -> String {
+        if !self.views.url.is_empty() {
+            return self.views.url.clone();
+        }
+        match self.storage.as_str() {
+            "" | "memory" => "memory".into(),
+            storage => default_views(storage),
+        }
     }
 
     /// The root entities this service owns (see [`root_entities`](Self::root_entities)), checked

@@ -174,6 +174,7 @@ impl Launcher {
         let dispatcher = self
             .start_dispatcher(&table, &chain, &context, &sagas)
             .await?;
+        let projections = self.start_views(&table, &chain, &context).await?;
         let repository = context.repository();
         let tidy =
             crate::saga::spawn_jobs(repository.transactions(), sagas.clone(), &self.config.saga);
@@ -187,12 +188,14 @@ impl Launcher {
         .spawn();
         let scheduler = crate::scheduler::spawn(&table, Arc::clone(&chain), context.clone())
             .map_err(Error::Routes)?;
+        let mut system_routes = crate::saga::http_routes().to_vec();
+        system_routes.extend(crate::views::projection::http_routes());
         let http = crate::http::serve(
             Arc::clone(&table),
             chain,
             context.clone(),
             self.config.http_settings(),
-            &crate::saga::http_routes(),
+            &system_routes,
         )
         .await?;
         tracing::info!(
@@ -226,6 +229,7 @@ impl Launcher {
             registration,
             http,
             dispatcher: Some(dispatcher),
+            projections,
             relay,
             scheduler,
             tidy,
@@ -251,6 +255,47 @@ impl Launcher {
         ))
     }
 
+    /// Opens the view database when the program has views, and starts the projections of the views
+    /// this service's handlers write.
+    async fn start_views(
+        &self,
+        table: &Arc<RouteTable>,
+        chain: &Arc<[Middleware]>,
+        context: &Context,
+    ) -> Result<Option<crate::views::Projections>> {
+        let plans = crate::views::ViewPlan::collect(table)?;
+        if plans.is_empty() && crate::views::registered().next().is_none() {
+            return Ok(None);
+        }
+        let views = crate::views::Views::open(&self.config.views_url()).await?;
+        // Views of the program that no handler here writes can still be read (empty unless another
+        // process writes them into a shared database).
+        let planned: Vec<&str> = plans.iter().map(|p| p.def.name).collect();
+        views.create_missing(&planned).await?;
+        context.set_views(views.clone());
+        if plans.is_empty() {
+            return Ok(None);
+        }
+        let owned = self
+            .config
+            .owned_root_entities()?
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let projections = crate::views::Projections::start(
+            views,
+            context.clone(),
+            Arc::clone(chain),
+            plans,
+            owned,
+            Duration::from_millis(self.config.views.poll_interval_ms.max(10)),
+            Duration::from_millis(self.config.views.wait_timeout_ms),
+        )
+        .await?;
+        context.set_projections(projections.clone());
+        Ok(Some(projections))
+    }
+
     /// Subscribes to the routes' topics and the runtime's own, and handles them in the background.
     /// Besides its routes, every service answers `_Get{Type}Snapshots` for its root entities
     /// (reference resolution), the commands of its application transactions, and the replies to its
@@ -265,7 +310,8 @@ impl Launcher {
         let mut dispatcher = Dispatcher::new(Arc::clone(table), Arc::clone(chain), context.clone())
             .retries(self.config.handlers.retries)
             .workers(self.config.handlers.workers)
-            .snapshots_of(&self.config.owned_root_entities()?);
+            .snapshots_of(&self.config.owned_root_entities()?)
+            .events_of(&self.config.owned_root_entities()?);
         for command in TransactionCommand::ALL {
             let topic = topics::transaction_command(command, &self.config.name);
             let handler = transaction_command_handler(context.repository().transactions(), command);
@@ -353,6 +399,7 @@ pub struct RunningService {
     registration: Option<RegistrationHandle>,
     http: HttpServer,
     dispatcher: Option<DispatcherHandle>,
+    projections: Option<crate::views::Projections>,
     relay: RelayHandle,
     scheduler: SchedulerHandle,
     tidy: tokio::task::JoinHandle<()>,
@@ -388,6 +435,9 @@ impl RunningService {
         self.tidy.abort();
         if let Some(dispatcher) = self.dispatcher {
             dispatcher.stop().await;
+        }
+        if let Some(projections) = self.projections {
+            projections.stop().await;
         }
         self.relay.stop().await;
         tracing::info!("service `{}` stopped", self.context.name());

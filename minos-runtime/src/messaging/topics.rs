@@ -9,6 +9,12 @@ pub fn snapshots(type_name: &str) -> String {
     format!("_Get{type_name}Snapshots")
 }
 
+/// `_Get{Type}Events`: the owner of a root entity type answers pages of its events in commit order
+/// (views of other services are built from them).
+pub fn events(type_name: &str) -> String {
+    format!("_Get{type_name}Events")
+}
+
 /// `{Service}Reply`: the replies to a service's saga steps (the service's name in upper camel case).
 pub fn saga_reply(service: &str) -> String {
     format!("{}Reply", upper_camel(service))

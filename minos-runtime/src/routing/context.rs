@@ -30,6 +30,10 @@ struct Inner {
     config: Value,
     /// Verifies callers' tokens, when the service has an `auth:` section.
     auth: std::sync::OnceLock<crate::auth::Authenticator>,
+    /// The view database.
+    views: std::sync::OnceLock<crate::views::Views>,
+    /// The projections keeping the views up to date.
+    projections: std::sync::OnceLock<crate::views::Projections>,
     /// One value per type, kept for the service: the instances of the service types it serves (built
     /// at start, read by every handler call) and the runtime's own state (e.g. the saga manager's
     /// locks, made on first use).
@@ -54,6 +58,8 @@ impl Context {
                 client,
                 config,
                 auth: std::sync::OnceLock::new(),
+                views: std::sync::OnceLock::new(),
+                projections: std::sync::OnceLock::new(),
                 values: RwLock::default(),
             }),
         }
@@ -70,6 +76,24 @@ impl Context {
     pub async fn scope<F: Future>(self, future: F) -> F::Output {
         let repository = self.inner.repository.clone();
         CURRENT.scope(self, repository.scope(future)).await
+    }
+
+    /// Uses `views` as the service's view database (the launcher sets it from `views:`; set once).
+    pub fn set_views(&self, views: crate::views::Views) {
+        let _ = self.inner.views.set(views);
+    }
+
+    /// The service's view database.
+    pub fn views(&self) -> Option<&crate::views::Views> {
+        self.inner.views.get()
+    }
+
+    pub(crate) fn set_projections(&self, projections: crate::views::Projections) {
+        let _ = self.inner.projections.set(projections);
+    }
+
+    pub(crate) fn projections(&self) -> Option<&crate::views::Projections> {
+        self.inner.projections.get()
     }
 
     /// Verifies callers' tokens from now on (the launcher sets it from `auth:`; set once).

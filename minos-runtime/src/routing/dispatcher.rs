@@ -114,6 +114,20 @@ impl Dispatcher {
         })
     }
 
+    /// Answers `_Get{Type}Events` for each of `root_entities` (the ones this service owns): the log
+    /// other services build their views from.
+    pub(crate) fn events_of(self, root_entities: &[&'static str]) -> Self {
+        root_entities.iter().fold(self, |dispatcher, name| {
+            let name: &'static str = name;
+            dispatcher.system(
+                topics::events(name),
+                Arc::new(move |message| {
+                    Box::pin(crate::views::projection::answer_events(name, message))
+                }),
+            )
+        })
+    }
+
     /// The runtime's own topics this dispatcher answers (to subscribe to with the routes' topics).
     pub(crate) fn system_topics(&self) -> Vec<String> {
         self.system.keys().cloned().collect()
@@ -151,7 +165,18 @@ impl Dispatcher {
         if let Some(handler) = self.system.get(&message.topic) {
             return self.dispatch_system(handler, message).await;
         }
-        let handlers = self.table.broker_handlers(&message.topic);
+        let mut handlers = self.table.broker_handlers(&message.topic);
+        if handlers.iter().any(|(entry, _)| entry.view.is_some()) {
+            // View handlers run in their projection, in the commit order of the events' owner: the
+            // message only tells it that there is something new.
+            if let Some(projections) = self.context.projections() {
+                projections.nudge(&message.topic);
+            }
+            handlers.retain(|(entry, _)| entry.view.is_none());
+            if handlers.is_empty() {
+                return Outcome::Handled;
+            }
+        }
         let Some((_, kind)) = handlers.first().copied() else {
             tracing::warn!(topic = %message.topic, "no handler for this topic");
             let error = Error::not_found(format!("no handler for topic `{}`", message.topic));

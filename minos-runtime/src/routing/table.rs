@@ -69,6 +69,9 @@ pub struct RouteEntry {
     pub route: Route,
     /// What the handler requires of its caller (`auth`, `roles = [..]`).
     pub access: crate::auth::Access,
+    /// The view it writes (`view = FooSummary`): run by the view's projection, in the commit order
+    /// of the events' owner, not by the broker dispatcher.
+    pub view: Option<&'static str>,
     /// The handler.
     pub handler: HandlerFn,
     /// The service type.
@@ -82,6 +85,16 @@ pub struct RouteEntry {
 }
 
 inventory::collect!(RouteEntry);
+
+impl Route {
+    /// The topic of a broker route.
+    pub fn topic(&self) -> Option<&'static str> {
+        match self {
+            Route::Broker { topic, .. } => Some(topic),
+            _ => None,
+        }
+    }
+}
 
 impl RouteEntry {
     /// `Service::function (file:line)`, for logs and errors.
@@ -301,6 +314,7 @@ mod tests {
         Box::leak(Box::new(RouteEntry {
             route,
             access: crate::auth::Access::Open,
+            view: None,
             handler: ok,
             service: "S",
             function,

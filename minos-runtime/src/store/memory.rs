@@ -81,6 +81,7 @@ impl Inner {
         let snapshot = Snapshot::next(current, event)?;
         let stored = StoredEvent {
             id: self.events.len() as i64 + 1,
+            commit: 0,
             event: event.clone(),
         };
         self.events.push(stored.clone());

@@ -105,13 +105,77 @@ impl StoreError {
     }
 }
 
-/// An event with its position in the store's global order.
+/// An event with its place in the store.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredEvent {
-    /// Global, increasing position.
+    /// Global, increasing id (in the order ids were taken, which on PostgreSQL is not the order in
+    /// which their transactions committed: follow [`position`](Self::position) to read without gaps).
     pub id: i64,
+    /// The commit group the event belongs to: the number of the transaction that wrote it on
+    /// PostgreSQL, 0 on stores that commit one writer at a time.
+    pub commit: i64,
     /// The event.
     pub event: Event,
+}
+
+impl StoredEvent {
+    /// The event's place in commit order.
+    pub fn position(&self) -> Position {
+        Position {
+            commit: self.commit,
+            id: self.id,
+        }
+    }
+}
+
+/// A place in a store's commit order: a reader that asks for the events after the last position it
+/// read never skips one that commits late (see [`EventStore::log`]). Shown as `commit.id`; the start
+/// of a log is `0.0`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    /// The commit group (the writing transaction's number on PostgreSQL, else 0).
+    pub commit: i64,
+    /// The event id.
+    pub id: i64,
+}
+
+impl Position {
+    /// Before every event.
+    pub const START: Position = Position { commit: 0, id: 0 };
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.commit, self.id)
+    }
+}
+
+impl std::str::FromStr for Position {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = || format!("`{s}` is not a position: expected `COMMIT.ID`, like `0.42`");
+        let (commit, id) = s.split_once('.').ok_or_else(invalid)?;
+        let commit: i64 = commit.parse().map_err(|_| invalid())?;
+        let id: i64 = id.parse().map_err(|_| invalid())?;
+        if commit < 0 || id < 0 {
+            return Err(invalid());
+        }
+        Ok(Position { commit, id })
+    }
+}
+
+impl serde::Serialize for Position {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Position {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Which events to read.
@@ -261,6 +325,38 @@ pub trait EventStore: Send + Sync {
 
     /// Events in global order.
     async fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// The events of root type `name` after `after`, in commit order, at most `limit`: a reader that
+    /// continues from the position of the last event it read never skips one. Events whose commit
+    /// order is not settled yet (on PostgreSQL, while an older transaction that may still write is
+    /// open) are left for a later read.
+    ///
+    /// By default the global id order, which is the commit order of stores that commit one writer at
+    /// a time.
+    async fn log(
+        &self,
+        name: &str,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let filter = EventFilter {
+            name: Some(name.to_owned()),
+            after_id: Some(after.id),
+            limit: Some(limit),
+            ..EventFilter::default()
+        };
+        self.events(&filter).await
+    }
+
+    /// How many events of root type `name` come after `after` (a reader's lag).
+    async fn log_behind(&self, name: &str, after: Position) -> Result<u64, StoreError> {
+        let filter = EventFilter {
+            name: Some(name.to_owned()),
+            after_id: Some(after.id),
+            ..EventFilter::default()
+        };
+        Ok(self.events(&filter).await?.len() as u64)
+    }
 
     /// Whether the store answers now (the health check): by default, one indexed read that finds
     /// nothing.

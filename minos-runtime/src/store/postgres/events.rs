@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 use crate::domain::{Action, DomainMessage, Event};
-use crate::store::{EventFilter, EventStore, InboxEntry, StoreError, StoredEvent};
+use crate::store::{EventFilter, EventStore, InboxEntry, Position, StoreError, StoredEvent};
 
 use super::writer::{commit_with, AppendRequest};
 use super::{db_error, query, PostgresStore, BACKEND};
@@ -69,7 +69,7 @@ impl EventStore for PostgresStore {
     async fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
         let client = self.client().await?;
         let mut sql = String::from(
-            "SELECT id, uuid, name, version, action, data, created_at FROM events WHERE TRUE",
+            "SELECT id, xact, uuid, name, version, action, data, created_at FROM events WHERE TRUE",
         );
         let mut builder = query::Builder::default();
         if let Some(uuid) = filter.uuid {
@@ -93,12 +93,46 @@ impl EventStore for PostgresStore {
         let rows = client.query(&sql, &params).await.map_err(db_error)?;
         rows.iter().map(decode_event).collect()
     }
+
+    async fn log(
+        &self,
+        name: &str,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let client = self.client().await?;
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let rows = client
+            .query(
+                "SELECT id, xact, uuid, name, version, action, data, created_at FROM events \
+                 WHERE name = $1 AND (xact, id) > ($2, $3) \
+                   AND xact < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+                 ORDER BY xact, id LIMIT $4",
+                &[&name, &after.commit, &after.id, &limit],
+            )
+            .await
+            .map_err(db_error)?;
+        rows.iter().map(decode_event).collect()
+    }
+
+    async fn log_behind(&self, name: &str, after: Position) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT COUNT(*) FROM events WHERE name = $1 AND (xact, id) > ($2, $3)",
+                &[&name, &after.commit, &after.id],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
 }
 
 fn decode_event(row: &tokio_postgres::Row) -> Result<StoredEvent, StoreError> {
     let action: String = row.get("action");
     Ok(StoredEvent {
         id: row.get("id"),
+        commit: row.get("xact"),
         event: Event {
             uuid: row.get("uuid"),
             name: row.get("name"),

@@ -77,7 +77,7 @@ impl std::fmt::Debug for PostgresStore {
 
 /// Unavailable (503: try again later) only when the server cannot be reached or refuses connections;
 /// a statement it cannot run is the service's failure (500), never "unavailable".
-fn db_error(error: tokio_postgres::Error) -> StoreError {
+pub(crate) fn db_error(error: tokio_postgres::Error) -> StoreError {
     if is_unreachable(&error) {
         StoreError::Unavailable {
             backend: BACKEND,
@@ -110,7 +110,7 @@ fn is_unreachable(error: &tokio_postgres::Error) -> bool {
     false
 }
 
-fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
+pub(crate) fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Unavailable {
         backend: BACKEND,
         source: Box::new(error),
@@ -161,6 +161,45 @@ impl PostgresStore {
 
     /// Connects with `options`.
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+        let (pool, schema) = pool_with(url, &options)?;
+        let (appends, receiver) = mpsc::unbounded_channel();
+        let store = PostgresStore {
+            pool: pool.clone(),
+            appends,
+            schema,
+        };
+        store.migrate().await?;
+        writer::spawn(&pool, receiver, &options);
+        Ok(store)
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+}
+
+/// A pool on `url` with default options, its `schema=` created when named (the view database).
+pub(crate) async fn pool_for(url: &str) -> Result<(Pool, Option<String>), StoreError> {
+    let (pool, schema) = pool_with(url, &PostgresOptions::default())?;
+    if let Some(schema) = &schema {
+        let client = pool.get().await.map_err(pool_error)?;
+        // The name is validated (lower-case letters, digits, `_`): safe to quote into DDL.
+        client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+            .await
+            .map_err(db_error)?;
+    }
+    Ok((pool, schema))
+}
+
+/// A pool on `url` (its `schema=` as the search path), and the schema.
+fn pool_with(url: &str, options: &PostgresOptions) -> Result<(Pool, Option<String>), StoreError> {
+    {
         let (url, schema) = split_schema(url)?;
         let mut config = tokio_postgres::Config::from_str(&url)
             .map_err(|e| StoreError::backend(BACKEND, format!("invalid connection URL: {e}")))?;
@@ -192,24 +231,7 @@ impl PostgresStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::backend(BACKEND, e))?;
-        let (appends, receiver) = mpsc::unbounded_channel();
-        let store = PostgresStore {
-            pool: pool.clone(),
-            appends,
-            schema,
-        };
-        store.migrate().await?;
-        writer::spawn(&pool, receiver, &options);
-        Ok(store)
-    }
-
-    /// The connection pool.
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
-    async fn client(&self) -> Result<Object, StoreError> {
-        self.pool.get().await.map_err(pool_error)
+        Ok((pool, schema))
     }
 }
 

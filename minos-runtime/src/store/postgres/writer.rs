@@ -135,7 +135,7 @@ WITH input AS (
         WITH ORDINALITY AS e(uuid, name, version, action, data, created_at, position)
     WHERE e.uuid IN (SELECT uuid FROM written)
     ORDER BY e.position
-    RETURNING id, uuid, version
+    RETURNING id, uuid, version, xact
 ), outbox_rows AS (
     INSERT INTO outbox (identifier, topic, key, payload, created_at)
     SELECT o.identifier, o.topic, o.key, o.payload, o.created_at
@@ -144,7 +144,7 @@ WITH input AS (
     WHERE o.root IN (SELECT uuid FROM written)
     ORDER BY o.position
 )
-SELECT id, uuid, version FROM event_rows";
+SELECT id, uuid, version, xact FROM event_rows";
 
 /// Commits `items`: version checks in Rust against the stored snapshots (read only when a batch holds
 /// updates), then one atomic statement for the whole batch.
@@ -356,7 +356,7 @@ async fn write<C: GenericClient + Sync>(
     client: &C,
     items: &[(&Event, &[DomainMessage])],
     checked: &Checked,
-) -> Result<HashMap<(Uuid, i64), i64>, StoreError> {
+) -> Result<HashMap<(Uuid, i64), (i64, i64)>, StoreError> {
     let columns = Columns::new(items, checked)?;
     let statement = client.prepare_cached(COMMIT_SQL).await.map_err(db_error)?;
     let rows = client
@@ -388,7 +388,7 @@ async fn write<C: GenericClient + Sync>(
         })?;
     Ok(rows
         .iter()
-        .map(|r| ((r.get(1), r.get(2)), r.get(0)))
+        .map(|r| ((r.get(1), r.get(2)), (r.get(0), r.get(3))))
         .collect())
 }
 
@@ -398,7 +398,7 @@ async fn answer<C: GenericClient + Sync>(
     client: &C,
     items: &[(&Event, &[DomainMessage])],
     results: Vec<Option<Result<StoredEvent, StoreError>>>,
-    ids: &HashMap<(Uuid, i64), i64>,
+    ids: &HashMap<(Uuid, i64), (i64, i64)>,
 ) -> Vec<Result<StoredEvent, StoreError>> {
     let mut out = Vec::with_capacity(items.len());
     for (i, result) in results.into_iter().enumerate() {
@@ -406,8 +406,9 @@ async fn answer<C: GenericClient + Sync>(
         out.push(match result {
             Some(result) => result,
             None => match ids.get(&(event.uuid, event.version as i64)) {
-                Some(&id) => Ok(StoredEvent {
+                Some(&(id, commit)) => Ok(StoredEvent {
                     id,
+                    commit,
                     event: event.clone(),
                 }),
                 // The snapshot moved on (or appeared) since it was read: another writer won.

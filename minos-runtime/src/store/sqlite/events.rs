@@ -90,6 +90,23 @@ impl EventStore for SqliteStore {
         })
         .await
     }
+
+    async fn log_behind(
+        &self,
+        name: &str,
+        after: crate::store::Position,
+    ) -> Result<u64, StoreError> {
+        let name = name.to_owned();
+        self.with(move |conn| {
+            conn.prepare_cached("SELECT COUNT(*) FROM events WHERE name = ?1 AND id > ?2")
+                .and_then(|mut s| {
+                    s.query_row(rusqlite::params![name, after.id], |r| r.get::<_, i64>(0))
+                })
+                .map(|n| n as u64)
+                .map_err(sql_err)
+        })
+        .await
+    }
 }
 
 /// The query reading the events `filter` selects, and its parameters.
@@ -126,6 +143,7 @@ fn decode_event(row: EventRow) -> Result<StoredEvent, StoreError> {
         .ok_or_else(|| StoreError::backend(BACKEND, format!("unknown action `{action}`")))?;
     Ok(StoredEvent {
         id,
+        commit: 0,
         event: Event {
             uuid: parse_uuid(&uuid)?,
             name,

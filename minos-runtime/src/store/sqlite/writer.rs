@@ -102,6 +102,7 @@ pub(super) fn append_tx(
     insert_messages(tx, messages, &created_at)?;
     Ok(StoredEvent {
         id,
+        commit: 0,
         event: event.clone(),
     })
 }

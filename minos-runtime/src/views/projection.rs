@@ -1,0 +1,677 @@
+//! Projections: one task per view and source type, following the source's event log in commit order
+//! and running the view's handlers on each event, a page at a time in one view-database transaction
+//! that also moves the position.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::messaging::{topics, BrokerMessage};
+use crate::routing::{invoke, Context, Middleware, Origin, Request, RouteEntry, RouteTable};
+use crate::store::{Position, StoreError, StoredEvent};
+
+use super::{sql, Consistency, SourceStatus, ViewDef, ViewStatus, Views};
+
+/// Events read and applied per transaction.
+const PAGE: usize = 256;
+
+/// The root type whose events a topic carries: `FooCreated`, `FooUpdated`, `FooUpdated.bar` and
+/// `FooDeleted` → `Foo`.
+pub(crate) fn source_of(topic: &str) -> Option<&str> {
+    let head = topic.split('.').next().unwrap_or(topic);
+    ["Created", "Updated", "Deleted"]
+        .iter()
+        .find_map(|suffix| head.strip_suffix(suffix))
+        .filter(|name| !name.is_empty())
+        .filter(|_| !topic.contains('.') || head.ends_with("Updated"))
+}
+
+/// A view with the handlers that write it.
+#[derive(Debug)]
+pub(crate) struct ViewPlan {
+    pub(crate) def: &'static ViewDef,
+    pub(crate) handlers: Vec<&'static RouteEntry>,
+    pub(crate) sources: Vec<String>,
+    pub(crate) fingerprint: String,
+}
+
+impl ViewPlan {
+    /// The views the table's handlers write, with their handlers.
+    pub(crate) fn collect(table: &RouteTable) -> Result<Vec<ViewPlan>> {
+        let mut plans: BTreeMap<&'static str, ViewPlan> = BTreeMap::new();
+        for entry in table.entries() {
+            let Some(view) = entry.view else { continue };
+            let def = super::definition(view).ok_or_else(|| {
+                Error::Routes(format!(
+                    "{} declares `view = {view}`, but no #[view] of that name is linked in",
+                    entry.location()
+                ))
+            })?;
+            let topic = entry.route.topic().unwrap_or_default();
+            let source = source_of(topic).ok_or_else(|| {
+                Error::Routes(format!(
+                    "{}: a view handler follows domain events (`FooCreated`, `FooUpdated`, `FooUpdated.field`, `FooDeleted`), not `{topic}`",
+                    entry.location()
+                ))
+            })?;
+            let plan = plans.entry(def.name).or_insert_with(|| ViewPlan {
+                def,
+                handlers: Vec::new(),
+                sources: Vec::new(),
+                fingerprint: String::new(),
+            });
+            plan.handlers.push(entry);
+            if !plan.sources.iter().any(|s| s == source) {
+                plan.sources.push(source.to_owned());
+            }
+        }
+        Ok(plans
+            .into_values()
+            .map(|mut plan| {
+                let mut topics: Vec<&str> = plan
+                    .handlers
+                    .iter()
+                    .filter_map(|e| e.route.topic())
+                    .collect();
+                topics.sort_unstable();
+                topics.dedup();
+                plan.sources.sort();
+                plan.fingerprint = format!(
+                    "{:016x}",
+                    crate::hash::stable_hash(&format!(
+                        "{}|v{}|{}",
+                        plan.def.shape,
+                        plan.def.version,
+                        topics.join(",")
+                    ))
+                );
+                plan
+            })
+            .collect())
+    }
+}
+
+/// The running projections of a service.
+#[derive(Clone)]
+pub(crate) struct Projections {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Projections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Projections")
+            .field("views", &self.inner.plans.len())
+            .finish()
+    }
+}
+
+struct Inner {
+    views: Views,
+    context: Context,
+    chain: Arc<[Middleware]>,
+    plans: Vec<ViewPlan>,
+    owned: BTreeSet<String>,
+    poll: Duration,
+    wait_timeout: Duration,
+    /// (view, source) → its status and its wake-up.
+    followers: BTreeMap<(&'static str, String), Follower>,
+    /// Bumped after every page committed.
+    progress: watch::Sender<u64>,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct Follower {
+    status: Mutex<SourceStatus>,
+    caught_up: Mutex<bool>,
+    wake: Notify,
+}
+
+impl Projections {
+    /// Prepares the views' tables (building anew those whose definition changed) and starts one
+    /// projection per view and source type. `owned` are the root types whose events are in this
+    /// service's own store; the others are asked of their owner with `_Get{Type}Events`.
+    pub(crate) async fn start(
+        views: Views,
+        context: Context,
+        chain: Arc<[Middleware]>,
+        plans: Vec<ViewPlan>,
+        owned: BTreeSet<String>,
+        poll: Duration,
+        wait_timeout: Duration,
+    ) -> Result<Projections> {
+        let mut followers = BTreeMap::new();
+        for plan in &plans {
+            let fresh = views
+                .prepare(plan.def, &plan.fingerprint, &plan.sources)
+                .await?;
+            tracing::info!(
+                view = plan.def.name,
+                database = %views.describe(),
+                sources = ?plan.sources,
+                built = !fresh,
+                "view ready{}",
+                if fresh { "; building it from history" } else { "" }
+            );
+            for source in &plan.sources {
+                followers.insert(
+                    (plan.def.name, source.clone()),
+                    Follower {
+                        status: Mutex::new(SourceStatus {
+                            source: source.clone(),
+                            position: Position::START,
+                            behind: 0,
+                            applied: 0,
+                            error: None,
+                        }),
+                        caught_up: Mutex::new(false),
+                        wake: Notify::new(),
+                    },
+                );
+            }
+        }
+        let projections = Projections {
+            inner: Arc::new(Inner {
+                views,
+                context,
+                chain,
+                plans,
+                owned,
+                poll,
+                wait_timeout,
+                followers,
+                progress: watch::channel(0).0,
+                stop: watch::channel(false).0,
+                tasks: Mutex::default(),
+            }),
+        };
+        let mut tasks = Vec::new();
+        for (index, plan) in projections.inner.plans.iter().enumerate() {
+            for source in &plan.sources {
+                let this = projections.clone();
+                let source = source.clone();
+                tasks.push(tokio::spawn(
+                    async move { this.follow(index, source).await },
+                ));
+            }
+        }
+        *projections
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = tasks;
+        Ok(projections)
+    }
+
+    /// A live message arrived on `topic`: the projections of its source type look for new events.
+    pub(crate) fn nudge(&self, topic: &str) {
+        let Some(source) = source_of(topic) else {
+            return;
+        };
+        for ((_, s), follower) in &self.inner.followers {
+            if s == source {
+                follower.wake.notify_one();
+            }
+        }
+    }
+
+    /// Stops the projections (the page in progress rolls back).
+    pub(crate) async fn stop(&self) {
+        let _ = self.inner.stop.send(true);
+        let tasks =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Each view's state.
+    pub(crate) fn status(&self) -> Vec<ViewStatus> {
+        self.inner
+            .plans
+            .iter()
+            .map(|plan| {
+                let mut failed = false;
+                let mut building = false;
+                let sources = plan
+                    .sources
+                    .iter()
+                    .filter_map(|source| self.inner.followers.get(&(plan.def.name, source.clone())))
+                    .map(|follower| {
+                        let status = follower
+                            .status
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .clone();
+                        let caught_up =
+                            *follower.caught_up.lock().unwrap_or_else(|p| p.into_inner());
+                        failed |= status.error.is_some();
+                        building |= !caught_up;
+                        status
+                    })
+                    .collect();
+                ViewStatus {
+                    name: plan.def.name.to_owned(),
+                    table: plan.def.table(),
+                    state: if failed {
+                        "failed"
+                    } else if building {
+                        "building"
+                    } else {
+                        "live"
+                    },
+                    fingerprint: plan.fingerprint.clone(),
+                    sources,
+                }
+            })
+            .collect()
+    }
+
+    /// Empties the view named `name` and builds it again from history.
+    pub(crate) async fn rebuild(&self, name: &str) -> Result<ViewStatus> {
+        let plan = self
+            .inner
+            .plans
+            .iter()
+            .find(|p| p.def.name == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.inner.plans.iter().map(|p| p.def.name).collect();
+                Error::not_found(format!(
+                    "no view `{name}` in this service (its views: {})",
+                    known.join(", ")
+                ))
+            })?;
+        self.inner.views.reset(plan.def, &plan.fingerprint).await?;
+        tracing::info!(view = name, "rebuilding the view from history, on demand");
+        for source in &plan.sources {
+            if let Some(follower) = self.inner.followers.get(&(plan.def.name, source.clone())) {
+                *follower.caught_up.lock().unwrap_or_else(|p| p.into_inner()) = false;
+                {
+                    let mut status = follower.status.lock().unwrap_or_else(|p| p.into_inner());
+                    status.position = Position::START;
+                    status.applied = 0;
+                }
+                follower.wake.notify_one();
+            }
+        }
+        Ok(self
+            .status()
+            .into_iter()
+            .find(|s| s.name == name)
+            .expect("the view was just found"))
+    }
+
+    /// Waits until every view fed by a type in `wanted` has applied that type's events up to the
+    /// position given, at most `views.wait_timeout_ms`.
+    pub(crate) async fn wait(&self, wanted: &Consistency) -> Result<()> {
+        let timeout = self.inner.wait_timeout;
+        let targets: Vec<(&'static str, &String, Position)> = wanted
+            .positions
+            .iter()
+            .flat_map(|(source, position)| {
+                self.inner
+                    .followers
+                    .keys()
+                    .filter(move |(_, s)| s == source)
+                    .map(move |(view, s)| (*view, s, *position))
+            })
+            .collect();
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + timeout;
+        let mut progress = self.inner.progress.subscribe();
+        loop {
+            let mut lagging = Vec::new();
+            for (view, source, position) in &targets {
+                let reached = self.stored_position(view, source).await?;
+                if reached < *position {
+                    lagging.push((*view, *source, reached, *position));
+                }
+            }
+            let Some((view, source, reached, position)) = lagging.first().copied() else {
+                return Ok(());
+            };
+            for (view, source, ..) in &lagging {
+                if let Some(follower) = self.inner.followers.get(&(*view, (*source).clone())) {
+                    follower.wake.notify_one();
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::with_status(
+                    503,
+                    format!(
+                        "view {view} has applied the {source} events up to {reached}, not yet up to {position} \
+                         (waited {} ms): retry later",
+                        timeout.as_millis()
+                    ),
+                ));
+            }
+            // Another process may move the position: look again at least every 20 ms.
+            let wait = (deadline - now).min(Duration::from_millis(20));
+            let _ = tokio::time::timeout(wait, progress.changed()).await;
+        }
+    }
+
+    async fn stored_position(&self, view: &str, source: &str) -> Result<Position> {
+        let mut tx = self.inner.views.read().await?;
+        Ok(sql::position(tx.as_mut(), view, source)
+            .await?
+            .unwrap_or_default())
+    }
+
+    async fn follow(self, index: usize, source: String) {
+        let plan = &self.inner.plans[index];
+        let key = (plan.def.name, source.clone());
+        let Some(follower) = self.inner.followers.get(&key) else {
+            return;
+        };
+        let mut stop = self.inner.stop.subscribe();
+        let mut backoff = Duration::from_millis(100);
+        let mut pages = 0u64;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            match self.step(plan, &source, follower, pages).await {
+                Ok(true) => {
+                    pages += 1;
+                    backoff = Duration::from_millis(100);
+                    continue;
+                }
+                Ok(false) => {
+                    backoff = Duration::from_millis(100);
+                    let was = std::mem::replace(
+                        &mut *follower.caught_up.lock().unwrap_or_else(|p| p.into_inner()),
+                        true,
+                    );
+                    if !was {
+                        let status = follower
+                            .status
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .clone();
+                        tracing::info!(view = plan.def.name, source = %source, position = %status.position, applied = status.applied, "view caught up; following new events");
+                    }
+                    tokio::select! {
+                        _ = follower.wake.notified() => {}
+                        _ = tokio::time::sleep(self.inner.poll) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(view = plan.def.name, source = %source, %error, retry_in = ?backoff, "view projection failed; retrying (the event is not skipped)");
+                    follower
+                        .status
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .error = Some(error.to_string());
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Applies the next page; `false` when there was none.
+    async fn step(
+        &self,
+        plan: &ViewPlan,
+        source: &str,
+        follower: &Follower,
+        pages: u64,
+    ) -> Result<bool> {
+        let from = self.stored_position(plan.def.name, source).await?;
+        let (events, behind) = self.read(source, from, pages).await?;
+        let Some(last) = events.last().map(StoredEvent::position) else {
+            let mut status = follower.status.lock().unwrap_or_else(|p| p.into_inner());
+            status.position = from;
+            status.behind = 0;
+            status.error = None;
+            return Ok(false);
+        };
+        let tx = Arc::new(tokio::sync::Mutex::new(self.inner.views.begin().await?));
+        for stored in &events {
+            self.apply(plan, &tx, stored).await.map_err(|error| {
+                Error::with_status(
+                    500,
+                    format!(
+                        "{} {} version {} (position {}): {error}",
+                        stored.event.name,
+                        stored.event.uuid,
+                        stored.event.version,
+                        stored.position()
+                    ),
+                )
+            })?;
+        }
+        let tx = Arc::try_unwrap(tx)
+            .map_err(|_| Error::broker_message("a view handler kept the projection's transaction"))?
+            .into_inner();
+        let mut tx = tx;
+        if !sql::advance(tx.as_mut(), plan.def.name, source, from, last).await? {
+            // Another process applied this page first, or the view was reset: start again from
+            // wherever the position is now (this transaction rolls back).
+            return Ok(true);
+        }
+        tx.commit().await?;
+        {
+            let mut status = follower.status.lock().unwrap_or_else(|p| p.into_inner());
+            status.position = last;
+            status.applied += events.len() as u64;
+            if let Some(behind) = behind {
+                status.behind = behind;
+            } else {
+                status.behind = status.behind.saturating_sub(events.len() as u64);
+            }
+            status.error = None;
+            if pages % 40 == 39 {
+                tracing::info!(view = plan.def.name, source, position = %last, applied = status.applied, behind = status.behind, "building the view");
+            }
+        }
+        self.inner.progress.send_modify(|n| *n += 1);
+        Ok(true)
+    }
+
+    /// The next page of `source`'s log after `after`, and (now and then) how many events follow it.
+    async fn read(
+        &self,
+        source: &str,
+        after: Position,
+        pages: u64,
+    ) -> Result<(Vec<StoredEvent>, Option<u64>)> {
+        let count = pages % 20 == 0;
+        if self.inner.owned.contains(source) {
+            let store = self.inner.context.repository().store();
+            let events = store.log(source, after, PAGE).await?;
+            let behind = match (count, events.last()) {
+                (true, Some(last)) if events.len() == PAGE => {
+                    Some(store.log_behind(source, last.position()).await?)
+                }
+                (_, _) if events.len() < PAGE => Some(0),
+                _ => None,
+            };
+            return Ok((events, behind));
+        }
+        let message = BrokerMessage::new(
+            topics::events(source),
+            json!({"after": after, "limit": PAGE, "count": count}),
+        );
+        let reply = self
+            .inner
+            .context
+            .client()
+            .request(message, Duration::from_secs(10))
+            .await?;
+        let page: EventPage = reply.into_content()?;
+        Ok((
+            page.events
+                .into_iter()
+                .map(|e| StoredEvent {
+                    id: e.position.id,
+                    commit: e.position.commit,
+                    event: e.event,
+                })
+                .collect(),
+            page.behind,
+        ))
+    }
+
+    /// Runs the view's handlers on each message `stored` published.
+    async fn apply(
+        &self,
+        plan: &ViewPlan,
+        tx: &Arc<tokio::sync::Mutex<Box<dyn super::Tx>>>,
+        stored: &StoredEvent,
+    ) -> Result<()> {
+        for message in stored.event.domain_messages()? {
+            for entry in plan
+                .handlers
+                .iter()
+                .filter(|e| e.route.topic() == Some(message.topic.as_str()))
+            {
+                let mut headers = BTreeMap::new();
+                headers.insert(
+                    super::POSITION_HEADER.to_owned(),
+                    format!("{}@{}", stored.event.name, stored.position()),
+                );
+                let request = Request::from_parts(
+                    message.content.clone(),
+                    BTreeMap::new(),
+                    headers,
+                    Origin::Broker {
+                        topic: message.topic.clone(),
+                        identifier: message.identifier,
+                        reply_topic: None,
+                    },
+                );
+                let run = invoke(
+                    &self.inner.chain,
+                    entry.handler,
+                    request,
+                    &self.inner.context,
+                );
+                let run =
+                    super::writing(self.inner.views.clone(), Arc::clone(tx), plan.def.name, run);
+                self.inner.context.clone().scope(run).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `GET /views`: each view's state, positions and lag.
+fn views_endpoint(_request: Request) -> crate::routing::HandlerFuture {
+    Box::pin(async move {
+        let context = Context::current()?;
+        let status = context
+            .projections()
+            .map(Projections::status)
+            .unwrap_or_default();
+        Ok(crate::routing::Response::json(status))
+    })
+}
+
+/// `POST /views/{name}/rebuild`: empties the view and builds it again from history.
+fn rebuild_endpoint(request: Request) -> crate::routing::HandlerFuture {
+    Box::pin(async move {
+        let name: String = request.param("name")?;
+        let context = Context::current()?;
+        let projections = context
+            .projections()
+            .ok_or_else(|| Error::not_found("this service keeps no views"))?;
+        let status = projections.rebuild(&name).await?;
+        Ok(crate::routing::Response::json(status).with_status(202))
+    })
+}
+
+/// The HTTP routes of the views (admins only when tokens are checked).
+pub(crate) fn http_routes() -> [(&'static str, &'static str, crate::routing::HandlerFn); 2] {
+    [
+        ("GET", "/views", views_endpoint),
+        ("POST", "/views/{name}/rebuild", rebuild_endpoint),
+    ]
+}
+
+#[derive(serde::Deserialize)]
+struct EventPage {
+    events: Vec<PagedEvent>,
+    behind: Option<u64>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PagedEvent {
+    position: Position,
+    event: crate::domain::Event,
+}
+
+/// Answers `_Get{Type}Events` for a root type this service owns: `{"after": "COMMIT.ID", "limit": N}`
+/// → `{"events": [{"position", "event"}], "behind": N}` in commit order (the log views are built from).
+pub(crate) async fn answer_events(
+    name: &'static str,
+    message: BrokerMessage,
+) -> Result<crate::routing::Response> {
+    #[derive(serde::Deserialize)]
+    struct Wanted {
+        #[serde(default)]
+        after: Position,
+        limit: Option<usize>,
+        #[serde(default)]
+        count: bool,
+    }
+    let wanted: Wanted = serde_json::from_value(message.payload.content).map_err(|e| {
+        Error::bad_request(format!(
+            "`{}` takes {{\"after\": \"COMMIT.ID\", \"limit\": N}}: {e}",
+            message.topic
+        ))
+    })?;
+    let limit = wanted.limit.unwrap_or(PAGE).clamp(1, 1000);
+    let repository = crate::repository::Repository::current()?;
+    let store = repository.store();
+    let events = store.log(name, wanted.after, limit).await?;
+    let behind = match events.last() {
+        _ if events.len() < limit => Some(0),
+        Some(last) if wanted.count => Some(store.log_behind(name, last.position()).await?),
+        _ => None,
+    };
+    let events: Vec<Value> = events
+        .into_iter()
+        .map(|e| {
+            serde_json::to_value(PagedEvent {
+                position: e.position(),
+                event: e.event,
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::Store(StoreError::Domain(crate::domain::DomainError::Json(e))))?;
+    Ok(crate::routing::Response::json(
+        json!({"events": events, "behind": behind}),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::source_of;
+
+    #[test]
+    fn sources_of_topics() {
+        assert_eq!(source_of("FooCreated"), Some("Foo"));
+        assert_eq!(source_of("FooUpdated"), Some("Foo"));
+        assert_eq!(source_of("FooUpdated.bar"), Some("Foo"));
+        assert_eq!(source_of("FooUpdated.lines.create"), Some("Foo"));
+        assert_eq!(source_of("FooDeleted"), Some("Foo"));
+        assert_eq!(source_of("Created"), None);
+        assert_eq!(source_of("CreateFoo"), None);
+        assert_eq!(source_of("FooCreated.bar"), None);
+    }
+}
