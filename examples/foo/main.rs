@@ -1,7 +1,8 @@
 //! The `foo` service of the two-service example: the `Foo` root entity with a reference to the `foobar`
 //! service's `FooBar`, its commands (`CreateFoo`, `POST /foos`, `DELETE /foos/{uuid}` for admins, and
-//! `POST /foos/add-foobar`, which runs the `ADD_FOOBAR_SAGA`), and its queries (the `FooCreated` and `FooUpdated.foobar` event handlers,
-//! `GET /foos/example`, `GET /foos/{uuid}`, `GET /foos/{uuid}/foobar`). PostgreSQL and Kafka:
+//! `POST /foos/add-foobar`, which runs the `ADD_FOOBAR_SAGA`), and its queries (the `FooCreated` event
+//! handler, the `FoobarLink` view kept from `FooUpdated.foobar`, `GET /foos/example`, `GET /foos/events`,
+//! `GET /foos/{uuid}`, `GET /foos/{uuid}/foobar`). PostgreSQL and Kafka:
 //!
 //! ```sh
 //! scripts/postgres-dev.sh start && scripts/kafka-dev.sh start
@@ -11,8 +12,6 @@
 //! curl -X POST localhost:4545/foos/add-foobar -d '{"uuid": "<the uuid>", "something": "hello"}'
 //! curl localhost:4545/saga/executions/<the execution uuid>
 //! ```
-
-use std::sync::Mutex;
 
 use minos::prelude::*;
 use serde::Deserialize;
@@ -68,8 +67,21 @@ impl FooCommandService {
     }
 }
 
-/// The `FooUpdated.foobar` events this process handled (`GET /foos/events`).
-static FOOBAR_UPDATES: Mutex<Vec<Value>> = Mutex::new(Vec::new());
+/// Which FooBar each Foo was linked to, and when: a view kept from the `FooUpdated.foobar` events
+/// (`GET /foos/events`), in the view database (by default the store's PostgreSQL database).
+#[view]
+pub struct FoobarLink {
+    /// The Foo.
+    #[key]
+    pub uuid: Uuid,
+    /// Its FooBar.
+    #[index]
+    pub foobar: Option<Uuid>,
+    /// The Foo's version that linked it.
+    pub version: i64,
+    /// When.
+    pub linked_at: DateTime<Utc>,
+}
 
 pub struct FooQueryService;
 
@@ -82,15 +94,17 @@ impl FooQueryService {
         Ok(())
     }
 
-    #[enroute(event = "FooUpdated.foobar")]
+    #[enroute(event = "FooUpdated.foobar", view = FoobarLink)]
     async fn foo_foobar_updated(&self, request: Request) -> Result<()> {
         let event: minos::Event = request.content()?;
-        println!("The 'foobar' field of a Foo was updated: {}", event.uuid);
-        FOOBAR_UPDATES
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(request.json().clone());
-        Ok(())
+        let foobar: Option<Ref<FooBar>> = event.field("foobar")?.flatten();
+        FoobarLink::upsert(&FoobarLink {
+            uuid: event.uuid,
+            foobar: foobar.map(|r| r.uuid()),
+            version: event.version as i64,
+            linked_at: event.created_at,
+        })
+        .await
     }
 
     #[enroute(rest = "GET /foos/example")]
@@ -98,13 +112,18 @@ impl FooQueryService {
         Ok(Response::json("This is an example response!"))
     }
 
+    /// The Foos linked to a FooBar, latest first (`?foobar=<uuid>` for one FooBar's).
     #[enroute(rest = "GET /foos/events")]
-    async fn foobar_events(&self, _request: Request) -> Result<Response> {
-        let seen = FOOBAR_UPDATES
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        Ok(Response::json(seen))
+    async fn foobar_events(&self, request: Request) -> Result<Response> {
+        let condition = match request.params().get("foobar") {
+            Some(_) => Condition::eq("foobar", request.param::<Uuid>("foobar")?),
+            None => Condition::True,
+        };
+        let links = FoobarLink::find(condition)
+            .order_by(Ordering::desc("linked_at"))
+            .limit(1000)
+            .await?;
+        Ok(Response::json(links))
     }
 
     #[enroute(rest = "GET /foos/{uuid}")]

@@ -96,6 +96,26 @@ fn quickstart_over_http() {
     );
     assert!(example.json()["foos_created_seen"].as_u64().unwrap() >= 1);
 
+    // The listing view: a query presenting the position the command answered sees the new Foo.
+    let position = created
+        .headers
+        .get("minos-position")
+        .expect("a command's response carries the positions of the events it wrote")
+        .clone();
+    let listed = client
+        .clone()
+        .with_header("minos-position", &position)
+        .get("/foos?bar=test")
+        .unwrap();
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert!(
+        listed.json().as_array().unwrap().iter().any(|f| f["uuid"] == uuid.as_str()),
+        "{}",
+        listed.body
+    );
+    let views = client.get("/views").unwrap();
+    assert_eq!(views.json()[0]["name"], "FooListing", "{}", views.body);
+
     let bad_json = client.post("/foos", r#"{"bar": "#).unwrap();
     assert_eq!(bad_json.status, 400);
     assert!(bad_json.json()["error"]

@@ -37,6 +37,8 @@ static DEFAULT: RwLock<Option<Repository>> = RwLock::new(None);
 pub struct Repository {
     store: SharedStore,
     committed: Arc<Notify>,
+    /// Bumped after every commit of this process (views of the store's own events follow it).
+    appended: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Keys of a stored root that the caller never supplies.
@@ -53,12 +55,19 @@ impl Repository {
         Repository {
             store,
             committed: Arc::new(Notify::new()),
+            appended: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 
     /// Signalled after every commit, so an outbox relay can wake up at once instead of polling.
     pub fn commits(&self) -> Arc<Notify> {
         Arc::clone(&self.committed)
+    }
+
+    /// Changes after every commit this process makes through the repository, for readers of the
+    /// store's log (every receiver sees it, unlike [`commits`](Self::commits)).
+    pub fn appended(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.appended.subscribe()
     }
 
     /// A repository over a fresh in-memory store.
@@ -300,6 +309,7 @@ impl Repository {
                 let stored = self.store.append(event, &messages).await?;
                 crate::views::note_written(&event.name, stored.position());
                 self.committed.notify_one();
+                self.appended.send_modify(|n| *n += 1);
             }
         }
         Ok(())
@@ -349,6 +359,7 @@ impl Repository {
         }
         if !writes.is_empty() {
             self.committed.notify_one();
+            self.appended.send_modify(|n| *n += 1);
         }
         Ok(stored)
     }

@@ -15,6 +15,8 @@ pub struct Answer {
     pub allow: Option<String>,
     /// The `WWW-Authenticate` header, if any.
     pub www_authenticate: Option<String>,
+    /// Every header, by lower-case name.
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 impl Answer {
@@ -30,6 +32,7 @@ pub struct Client {
     base: String,
     agent: ureq::Agent,
     authorization: Option<String>,
+    extra: Vec<(String, String)>,
 }
 
 impl Client {
@@ -44,7 +47,14 @@ impl Client {
             base: base.into(),
             agent,
             authorization: None,
+            extra: Vec::new(),
         }
+    }
+
+    /// This client, sending `name: value` with every request (`minos-position`, …).
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.extra.push((name.to_owned(), value.to_owned()));
+        self
     }
 
     /// This client, sending `Authorization: Bearer {token}` with every request.
@@ -54,10 +64,14 @@ impl Client {
     }
 
     fn authorized<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-        match &self.authorization {
+        let mut request = match &self.authorization {
             Some(value) => request.header("authorization", value),
             None => request,
+        };
+        for (name, value) in &self.extra {
+            request = request.header(name, value);
         }
+        request
     }
 
     /// Sends `method path` with `body` (raw text, sent as JSON) and returns the answer.
@@ -92,6 +106,11 @@ impl Client {
             .get("www-authenticate")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+            .collect();
         let body = response
             .body_mut()
             .with_config()
@@ -103,6 +122,7 @@ impl Client {
             body,
             allow,
             www_authenticate,
+            headers,
         })
     }
 

@@ -374,6 +374,12 @@ impl Projections {
             return;
         };
         let mut stop = self.inner.stop.subscribe();
+        // The service's own events: woken by its own commits at once.
+        let mut appended = self
+            .inner
+            .owned
+            .contains(&source)
+            .then(|| self.inner.context.repository().appended());
         let mut backoff = Duration::from_millis(100);
         let mut pages = 0u64;
         loop {
@@ -400,8 +406,19 @@ impl Projections {
                             .clone();
                         tracing::info!(view = plan.def.name, source = %source, position = %status.position, applied = status.applied, "view caught up; following new events");
                     }
+                    let committed = async {
+                        match appended.as_mut() {
+                            Some(appended) => {
+                                if appended.changed().await.is_err() {
+                                    std::future::pending::<()>().await;
+                                }
+                            }
+                            None => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         _ = follower.wake.notified() => {}
+                        _ = committed => {}
                         _ = tokio::time::sleep(self.inner.poll) => {}
                         _ = stop.changed() => return,
                     }
