@@ -109,7 +109,12 @@ fn quickstart_over_http() {
         .unwrap();
     assert_eq!(listed.status, 200, "{}", listed.body);
     assert!(
-        listed.json().as_array().unwrap().iter().any(|f| f["uuid"] == uuid.as_str()),
+        listed
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["uuid"] == uuid.as_str()),
         "{}",
         listed.body
     );

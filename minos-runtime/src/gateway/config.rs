@@ -67,7 +67,8 @@ pub struct CorsConfig {
     pub allow_methods: Vec<String>,
     /// Request headers a preflight may ask for; empty (or `"*"`): whatever it asks for.
     pub allow_headers: Vec<String>,
-    /// Response headers the browser lets scripts read, beyond the always-safe ones.
+    /// Response headers the browser lets scripts read, beyond the always-safe ones (default:
+    /// `minos-position`, which a client sends back to read its own writes in the views).
     pub expose_headers: Vec<String>,
     /// How long a browser may cache a preflight's answer.
     pub max_age_secs: u64,
@@ -84,7 +85,7 @@ impl Default for CorsConfig {
                 .map(String::from)
                 .to_vec(),
             allow_headers: Vec::new(),
-            expose_headers: Vec::new(),
+            expose_headers: vec![crate::views::POSITION_HEADER.to_owned()],
             max_age_secs: 600,
             allow_credentials: false,
         }

@@ -135,6 +135,11 @@ impl ViewDef {
 }
 
 /// A read model: written by `#[view]`. Use it through [`ViewExt`] (`FooSummary::get(&key)`, …).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a view",
+    label = "not a #[view]",
+    note = "mark the struct `#[view]`, with one `#[key]` field, to keep it in the view database"
+)]
 pub trait View: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The key field's type.
     type Key: Serialize + Send + Sync;
