@@ -4,6 +4,9 @@
 //! `--config config.yml`, then `MINOS_*` environment variables (`MINOS_STORAGE`, `MINOS_HTTP_PORT`,
 //! `MINOS_REGISTRY_LEASE_TTL_MS`, …).
 //!
+//! `minos views` shows a running service's views (state, positions, lag) and rebuilds one from
+//! history: `minos views --url http://localhost:4545`, `minos views rebuild FooListing`.
+//!
 //! `minos gateway` runs the API gateway (port 5566 by default), configured the same way: the registry
 //! from `discovery.url` (`MINOS_DISCOVERY_URL`, default `http://127.0.0.1:5567`), the `gateway:` section
 //! (`MINOS_GATEWAY_TIMEOUT_MS`, …), `http.body_limit`, and `auth:` to check tokens at the edge.
@@ -45,6 +48,9 @@ enum Command {
         #[arg(long)]
         storage: Option<String>,
     },
+    /// Show a running service's views (state, position and lag per source), or rebuild one from
+    /// history.
+    Views(ViewsArgs),
     /// Run the API gateway: one address for every service's REST routes, routed with the registry's
     /// table (kept by long-polling it), with retries, timeouts, CORS, token checks and composed routes
     /// (the `gateway:` section).
@@ -68,6 +74,7 @@ fn main() -> ExitCode {
         } => discovery(config, port, storage),
         Command::Token(args) => token(args),
         Command::Gateway { config, port } => gateway(config, port),
+        Command::Views(args) => views(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -76,6 +83,105 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[derive(clap::Args)]
+struct ViewsArgs {
+    /// The service (default `http://127.0.0.1:4545`).
+    #[arg(long, default_value = "http://127.0.0.1:4545", global = true)]
+    url: String,
+    /// An access token with the admin role, when the service checks tokens (default
+    /// `MINOS_TOKEN`).
+    #[arg(long, env = "MINOS_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    action: Option<ViewsAction>,
+}
+
+#[derive(Subcommand)]
+enum ViewsAction {
+    /// Each view's state, position and lag (the default).
+    List,
+    /// Empty a view and build it again from the whole history.
+    Rebuild {
+        /// The view's name (`FooListing`).
+        name: String,
+    },
+}
+
+fn views(args: ViewsArgs) -> minos::Result<()> {
+    let authority = args
+        .url
+        .trim_end_matches('/')
+        .strip_prefix("http://")
+        .ok_or_else(|| {
+            minos::Error::Config(format!(
+                "--url `{}`: write the service's address as http://HOST:PORT",
+                args.url
+            ))
+        })?
+        .to_owned();
+    let (method, path) = match &args.action {
+        None | Some(ViewsAction::List) => ("GET", "/views".to_owned()),
+        Some(ViewsAction::Rebuild { name }) => ("POST", format!("/views/{name}/rebuild")),
+    };
+    let authorization = args.token.as_ref().map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = authorization
+        .as_deref()
+        .map(|value| ("authorization", value))
+        .into_iter()
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let answer = runtime
+        .block_on(minos_runtime::net::request_with(
+            &authority,
+            method,
+            &path,
+            &headers,
+            None,
+            std::time::Duration::from_secs(30),
+        ))
+        .map_err(|e| minos::Error::Config(format!("{e} (is the service running at {}?)", args.url)))?;
+    let body: minos::serde_json::Value =
+        minos::serde_json::from_slice(&answer.body).unwrap_or(minos::serde_json::Value::Null);
+    if answer.status >= 400 {
+        let message = body["error"].as_str().map_or_else(|| answer.text(), str::to_owned);
+        return Err(minos::Error::with_status(
+            answer.status,
+            format!("{method} {path}: {} {message}", answer.status),
+        ));
+    }
+    let views = match &body {
+        minos::serde_json::Value::Array(views) => views.clone(),
+        view => vec![view.clone()],
+    };
+    if views.is_empty() {
+        println!("{} keeps no views", args.url);
+    }
+    for view in views {
+        println!(
+            "{:<24} {:<9} table {}",
+            view["name"].as_str().unwrap_or("?"),
+            view["state"].as_str().unwrap_or("?"),
+            view["table"].as_str().unwrap_or("?")
+        );
+        for source in view["sources"].as_array().into_iter().flatten() {
+            let error = source["error"]
+                .as_str()
+                .map(|e| format!("  error: {e}"))
+                .unwrap_or_default();
+            println!(
+                "  {:<22} position {:<14} behind {:<8} applied {}{error}",
+                source["source"].as_str().unwrap_or("?"),
+                source["position"].as_str().unwrap_or("?"),
+                source["behind"],
+                source["applied"],
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]

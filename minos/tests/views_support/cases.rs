@@ -636,3 +636,41 @@ async fn concurrent_commands_are_all_projected_once() {
     assert_eq!(listed.as_array().unwrap().len(), 100);
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_minos_command_shows_and_rebuilds_views() {
+    if BACKEND != "sqlite" {
+        return;
+    }
+    let service = TestService::start(config("views-cli")).await.unwrap();
+    create(&service, "cli", 1).await;
+    let url = format!("http://{}", service.addr());
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_minos"))
+                .args(&args)
+                .output()
+                .unwrap()
+        })
+    };
+    eventually("the views to be live", Duration::from_secs(10), || async {
+        views_state(&service).await[1]["state"] == "live"
+    })
+    .await;
+    let listed = run(vec!["views".into(), "--url".into(), url.clone()]).await.unwrap();
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{stdout}");
+    assert!(stdout.contains("ItemTotals") && stdout.contains("live"), "{stdout}");
+    assert!(stdout.contains("Item") && stdout.contains("applied 1"), "{stdout}");
+    let rebuilt = run(vec!["views".into(), "rebuild".into(), "ItemTotals".into(), "--url".into(), url.clone()])
+        .await
+        .unwrap();
+    assert!(rebuilt.status.success(), "{}", String::from_utf8_lossy(&rebuilt.stderr));
+    let unknown = run(vec!["views".into(), "rebuild".into(), "Nope".into(), "--url".into(), url])
+        .await
+        .unwrap();
+    assert!(!unknown.status.success());
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("no view `Nope`"), "{stderr}");
+    service.stop().await;
+}
