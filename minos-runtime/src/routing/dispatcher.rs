@@ -305,8 +305,14 @@ impl Dispatcher {
         let run = self.run_handlers(handlers, message);
         let (result, writes) = repository.staged_in(transaction.cloned(), run).await;
         let response = result?;
-        repository.flush(transaction, &writes, Some(inbox)).await?;
-        Ok(response)
+        // The reply carries the positions of the events committed here (read your writes).
+        let (flushed, written) =
+            crate::views::recording(repository.flush(transaction, &writes, Some(inbox))).await;
+        flushed?;
+        Ok(match written.positions.is_empty() {
+            true => response,
+            false => response.with_header(crate::views::POSITION_HEADER, written.to_string()),
+        })
     }
 
     /// Records the message as handled without writes (a refused command, a parked event).

@@ -143,11 +143,15 @@ fn views(args: ViewsArgs) -> minos::Result<()> {
             None,
             std::time::Duration::from_secs(30),
         ))
-        .map_err(|e| minos::Error::Config(format!("{e} (is the service running at {}?)", args.url)))?;
+        .map_err(|e| {
+            minos::Error::Config(format!("{e} (is the service running at {}?)", args.url))
+        })?;
     let body: minos::serde_json::Value =
         minos::serde_json::from_slice(&answer.body).unwrap_or(minos::serde_json::Value::Null);
     if answer.status >= 400 {
-        let message = body["error"].as_str().map_or_else(|| answer.text(), str::to_owned);
+        let message = body["error"]
+            .as_str()
+            .map_or_else(|| answer.text(), str::to_owned);
         return Err(minos::Error::with_status(
             answer.status,
             format!("{method} {path}: {} {message}", answer.status),

@@ -198,6 +198,40 @@ impl ItemQueries {
         ))
     }
 
+    /// The names of the items matching one of the conditions below, by name.
+    #[enroute(rest = "GET /items/where/{case}")]
+    async fn matching(&self, request: Request) -> Result<Response> {
+        let case: String = request.param("case")?;
+        let condition = match case.as_str() {
+            "eq" => Condition::eq("name", "pen"),
+            "note_null" => Condition::eq("note", Value::Null),
+            "note_set" => Condition::ne("note", Value::Null),
+            "note_ne" => Condition::ne("note", "renamed at version 2"),
+            "not_note_eq" => !Condition::eq("note", "renamed at version 2"),
+            "range" => Condition::gt("price", 3) & Condition::le("price", 7),
+            "float" => Condition::lt("price", 3.5),
+            "in" => Condition::is_in("name", ["pen", "ink"]),
+            "in_null" => Condition::is_in("note", [Value::Null]),
+            "like" => Condition::like("name", "p%"),
+            "like_exact" => Condition::like("name", "p_d"),
+            "like_case" => Condition::like("name", "P%"),
+            "contains" => Condition::contains("tags", "ink"),
+            "or" => Condition::eq("name", "pen") | Condition::eq("price", 7),
+            "false" => Condition::False,
+            "wrong_kind" => Condition::eq("price", "3"),
+            "unknown_field" => Condition::eq("colour", "red"),
+            "list_field" => Condition::eq("tags", json!(["a"])),
+            _ => return Err(Error::bad_request("unknown case")),
+        };
+        let mut names: Vec<String> = ItemSummary::find(condition)
+            .await?
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        names.sort();
+        Ok(Response::json(names))
+    }
+
     #[enroute(rest = "GET /items/plan")]
     async fn plan(&self, request: Request) -> Result<Response> {
         let field = request.params().get("field").cloned().unwrap_or_default();
@@ -673,4 +707,101 @@ async fn the_minos_command_shows_and_rebuilds_views() {
     let stderr = String::from_utf8_lossy(&unknown.stderr);
     assert!(stderr.contains("no view `Nope`"), "{stderr}");
     service.stop().await;
+}
+
+#[tokio::test]
+async fn conditions_on_views_follow_the_store_rule() {
+    let service = TestService::start(config("views-conditions")).await.unwrap();
+    let (pen, _) = create(&service, "pem", 3).await;
+    create(&service, "ink", 7).await;
+    let (_, position) = create(&service, "pad", 5).await;
+    let renamed = service
+        .http()
+        .patch(&format!("/items/{pen}"), json!({"name": "pen"}))
+        .await
+        .unwrap();
+    let position = renamed.header(POSITION_HEADER).unwrap_or(&position).to_owned();
+    let client = service.http().clone().with_header(POSITION_HEADER, position);
+    let cases = [
+        ("eq", json!(["pen"])),
+        ("note_null", json!(["ink", "pad"])),
+        ("note_set", json!(["pen"])),
+        ("note_ne", json!(["ink", "pad"])),
+        ("not_note_eq", json!(["ink", "pad"])),
+        ("range", json!(["ink", "pad"])),
+        ("float", json!(["pen"])),
+        ("in", json!(["ink", "pen"])),
+        ("in_null", json!(["ink", "pad"])),
+        ("like", json!(["pad", "pen"])),
+        ("like_exact", json!(["pad"])),
+        ("like_case", json!([])),
+        ("contains", json!(["ink"])),
+        ("or", json!(["ink", "pen"])),
+        ("false", json!([])),
+    ];
+    for (case, expected) in cases {
+        let answer = client.get(&format!("/items/where/{case}")).await.unwrap();
+        assert_eq!(answer.status, 200, "{case}: {}", answer.body);
+        assert_eq!(answer.json(), expected, "{case}");
+    }
+    for (case, says) in [
+        ("wrong_kind", "field `price` is an integer"),
+        ("unknown_field", "has no field `colour`"),
+        ("list_field", "`tags` is not a scalar"),
+    ] {
+        let answer = client.get(&format!("/items/where/{case}")).await.unwrap();
+        assert_eq!(answer.status, 400, "{case}: {}", answer.body);
+        assert!(answer.body.contains(says), "{case}: {}", answer.body);
+    }
+    service.stop().await;
+}
+
+/// A service stopped in the middle of building a view (its page in progress rolls back, as in a crash)
+/// resumes from the last committed page when it starts again: every event counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_stopped_midway_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config("views-resume");
+    if BACKEND == "sqlite" {
+        config.storage = format!("sqlite://{}", dir.path().join("resume.db").display());
+    }
+    let repository = Repository::open(&config.storage).await.unwrap();
+    repository
+        .clone()
+        .scope(async {
+            for i in 0..3000 {
+                Item::create(Item { name: format!("r{i}"), price: i, tags: vec![] }).await?;
+            }
+            Ok::<(), Error>(())
+        })
+        .await
+        .unwrap();
+    let first = Launcher::with_config(config.clone()).repository(repository.clone()).start().await.unwrap();
+    let client = minos::testing::TestClient::new(first.addr());
+    let mut applied = 0;
+    for _ in 0..2000 {
+        let state = client.get("/views").await.unwrap().json();
+        applied = state[1]["sources"][0]["applied"].as_u64().unwrap_or(0);
+        if applied > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    first.stop().await;
+    assert!(applied < 3000, "stopped midway: {applied} applied");
+    let second = Launcher::with_config(config).repository(repository).start().await.unwrap();
+    let client = minos::testing::TestClient::new(second.addr());
+    eventually("the build to finish", Duration::from_secs(20), || {
+        let client = client.clone();
+        async move { client.get("/items/totals").await.unwrap().json()["created"] == 3000 }
+    })
+    .await;
+    let state = client.get("/views").await.unwrap().json();
+    assert_eq!(state[1]["state"], "live");
+    let second_applied = state[1]["sources"][0]["applied"].as_u64().unwrap();
+    assert!(
+        second_applied + applied <= 3000 && second_applied < 3000,
+        "the second run applied only what the first had not committed ({applied} seen before the stop): {state}"
+    );
+    second.stop().await;
 }
