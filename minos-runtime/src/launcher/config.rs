@@ -106,7 +106,7 @@ pub struct HttpConfig {
 
 /// View database settings (`views:`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(from = "ViewsSetting")]
+#[serde(try_from = "serde_json::Value")]
 pub struct ViewsConfig {
     /// `sqlite://PATH`, `postgres://USER@HOST/DB[?schema=NAME]` or `memory`; empty: beside the store.
     pub url: String,
@@ -128,34 +128,45 @@ impl Default for ViewsConfig {
     }
 }
 
-/// `views:` as written: a URL, or the whole section.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ViewsSetting {
-    Url(String),
-    Section {
-        #[serde(default)]
-        url: String,
-        wait_timeout_ms: Option<u64>,
-        poll_interval_ms: Option<u64>,
-    },
-}
+/// `views:` as written: a URL, or the whole section (unknown keys refused, as everywhere).
+impl TryFrom<serde_json::Value> for ViewsConfig {
+    type Error = String;
 
-impl From<ViewsSetting> for ViewsConfig {
-    fn from(setting: ViewsSetting) -> Self {
-        let defaults = ViewsConfig::default();
-        match setting {
-            ViewsSetting::Url(url) => ViewsConfig { url, ..defaults },
-            ViewsSetting::Section {
-                url,
-                wait_timeout_ms,
-                poll_interval_ms,
-            } => ViewsConfig {
-                url,
-                wait_timeout_ms: wait_timeout_ms.unwrap_or(defaults.wait_timeout_ms),
-                poll_interval_ms: poll_interval_ms.unwrap_or(defaults.poll_interval_ms),
-            },
+    fn try_from(value: serde_json::Value) -> std::result::Result<Self, String> {
+        let mut config = ViewsConfig::default();
+        match value {
+            serde_json::Value::String(url) => config.url = url,
+            serde_json::Value::Object(section) => {
+                for (key, value) in section {
+                    let number = || {
+                        value.as_u64().ok_or_else(|| {
+                            format!("views.{key}: expected a whole number of milliseconds, found {value}")
+                        })
+                    };
+                    match key.as_str() {
+                        "url" => {
+                            config.url = value
+                                .as_str()
+                                .ok_or_else(|| format!("views.url: expected a URL, found {value}"))?
+                                .to_owned()
+                        }
+                        "wait_timeout_ms" => config.wait_timeout_ms = number()?,
+                        "poll_interval_ms" => config.poll_interval_ms = number()?,
+                        _ => {
+                            return Err(format!(
+                                "unknown key `views.{key}`: expected `url`, `wait_timeout_ms` or `poll_interval_ms`"
+                            ))
+                        }
+                    }
+                }
+            }
+            other => {
+                return Err(format!(
+                    "views: expected a URL or a section {{url, wait_timeout_ms, poll_interval_ms}}, found {other}"
+                ))
+            }
         }
+        Ok(config)
     }
 }
 
@@ -360,9 +371,6 @@ impl Config {
         if self.storage.is_empty() {
             self.storage = format!("sqlite://.minos/{}.db", self.name);
         }
-        if self.views.url.is_empty() {
-            self.views.url = default_views(&self.storage);
-        }
         if self.http.body_limit == 0 {
             return Err(Error::Config("http.body_limit must be above 0".into()));
         }
@@ -427,6 +435,29 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_view_database_is_beside_the_store_unless_set() {
+        let mut config = Config::from_yaml("name: foo").unwrap();
+        assert_eq!(config.views_url(), "sqlite://.minos/foo.views.db");
+        // Follows the store when it is changed after loading.
+        config.storage = "postgres://u@h/db?schema=s".into();
+        assert_eq!(config.views_url(), "postgres://u@h/db?schema=s");
+        config.storage = "memory".into();
+        assert_eq!(config.views_url(), "memory");
+        let config = Config::from_yaml("views: sqlite://v.db").unwrap();
+        assert_eq!(config.views_url(), "sqlite://v.db");
+        let config = Config::from_yaml("views: {url: memory, wait_timeout_ms: 10}").unwrap();
+        assert_eq!(
+            (
+                config.views_url().as_str(),
+                config.views.wait_timeout_ms,
+                config.views.poll_interval_ms
+            ),
+            ("memory", 10, 1000)
+        );
+        assert!(Config::from_yaml("views: {url: memory, wait: 1}").is_err());
+    }
 
     #[test]
     fn defaults_need_no_file() {
