@@ -362,6 +362,10 @@ async fn handlers_keep_views_and_queries_read_them() {
     let tagged = service.http().get("/items/tagged/a").await.unwrap();
     assert_eq!(tagged.json().as_array().unwrap().len(), 2);
 
+    eventually("the views to be live", Duration::from_secs(10), || async {
+        views_state(&service).await[0]["state"] == "live"
+    })
+    .await;
     let state = views_state(&service).await;
     let names: Vec<&str> = state
         .as_array()
@@ -487,13 +491,14 @@ async fn a_new_view_is_built_from_history_and_rebuilt_on_demand() {
     eventually("the views to be built", Duration::from_secs(10), || {
         let client = client.clone();
         async move {
+            // Each view has its own projection: wait for both.
             let totals = client.get("/items/totals").await.unwrap().json();
+            let listed = client.get("/items?limit=1000").await.unwrap().json();
             totals == json!({"id": "all", "created": 600, "deleted": 200})
+                && listed.as_array().map(Vec::len) == Some(400)
         }
     })
     .await;
-    let listed = client.get("/items?limit=1000").await.unwrap().json();
-    assert_eq!(listed.as_array().unwrap().len(), 400);
 
     let rebuilt = client
         .post("/views/ItemTotals/rebuild", json!({}))
@@ -519,7 +524,15 @@ async fn a_new_view_is_built_from_history_and_rebuilt_on_demand() {
 #[tokio::test]
 async fn a_failing_handler_blocks_its_view_without_skipping_or_half_applying() {
     let service = TestService::start(config("views-failing")).await.unwrap();
-    create(&service, "before", 1).await;
+    let (_, before) = create(&service, "before", 1).await;
+    let listed = service
+        .http()
+        .clone()
+        .with_header(POSITION_HEADER, before)
+        .get("/items")
+        .await
+        .unwrap();
+    assert_eq!(listed.json().as_array().unwrap().len(), 1);
     FAIL_ON_BOOM.store(true, AtomicOrdering::SeqCst);
     create(&service, "boom", 2).await;
     let (_, position) = create(&service, "after", 3).await;
@@ -663,7 +676,11 @@ async fn concurrent_commands_are_all_projected_once() {
     }
     eventually("every item to be projected", Duration::from_secs(10), || {
         let client = service.http().clone();
-        async move { client.get("/items/totals").await.unwrap().json()["created"] == 100 }
+        async move {
+            let listed = client.get("/items?limit=1000").await.unwrap().json();
+            client.get("/items/totals").await.unwrap().json()["created"] == 100
+                && listed.as_array().map(Vec::len) == Some(100)
+        }
     })
     .await;
     let listed = service.http().get("/items?limit=1000").await.unwrap().json();
