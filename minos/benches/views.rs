@@ -105,12 +105,14 @@ impl Queries {
         let postgres = request.param::<String>("dialect")? == "postgres";
         let sql = if postgres {
             "INSERT INTO view_sensor_reading (uuid, sensor, value, label, _minos_data) \
-             SELECT gen_random_uuid()::text, 's' || (g % 5000), g, 'l' || g, '{}'::jsonb \
-             FROM generate_series(1, $1) AS g"
+             SELECT u, s, g, l, jsonb_build_object('uuid', u, 'sensor', s, 'value', g, 'label', l) \
+             FROM (SELECT gen_random_uuid()::text AS u, 's' || (g % 5000) AS s, g, 'l' || g AS l \
+                   FROM generate_series(1, $1) AS g) AS rows"
         } else {
-            "WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < $1) \
+            "WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < $1), \
+             rows AS (SELECT lower(hex(randomblob(16))) AS u, 's' || (x % 5000) AS s, x, 'l' || x AS l FROM g) \
              INSERT INTO view_sensor_reading (uuid, sensor, value, label, _minos_data) \
-             SELECT lower(hex(randomblob(16))), 's' || (x % 5000), x, 'l' || x, '{}' FROM g"
+             SELECT u, s, x, l, json_object('uuid', u, 'sensor', s, 'value', x, 'label', l) FROM rows"
         };
         minos::views::sql(sql, &[rows.into()]).await?;
         let analyze = if postgres {
@@ -245,6 +247,7 @@ async fn run(label: &str, storage: &str, views: &str, dialect: &str) {
 }
 
 fn main() {
+    minos::launcher::init_logging("warn");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
