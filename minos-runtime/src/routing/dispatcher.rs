@@ -169,10 +169,14 @@ impl Dispatcher {
         if handlers.iter().any(|(entry, _)| entry.view.is_some()) {
             // View handlers run in their projection, in the commit order of the events' owner: the
             // message only tells it that there is something new.
+            handlers.retain(|(entry, _)| entry.view.is_none());
             if let Some(projections) = self.context.projections() {
                 projections.nudge(&message.topic);
+                if !handlers.is_empty() {
+                    // The other handlers of a service's own event run once its views have it.
+                    projections.settle(&message).await;
+                }
             }
-            handlers.retain(|(entry, _)| entry.view.is_none());
             if handlers.is_empty() {
                 return Outcome::Handled;
             }

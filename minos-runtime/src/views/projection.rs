@@ -130,6 +130,8 @@ struct Follower {
     status: Mutex<SourceStatus>,
     caught_up: Mutex<bool>,
     wake: Notify,
+    /// Cuts a failed projection's backoff short (a query waits for the view).
+    retry: Notify,
 }
 
 impl Projections {
@@ -171,6 +173,7 @@ impl Projections {
                         }),
                         caught_up: Mutex::new(false),
                         wake: Notify::new(),
+                        retry: Notify::new(),
                     },
                 );
             }
@@ -217,6 +220,60 @@ impl Projections {
             if s == source {
                 follower.wake.notify_one();
             }
+        }
+    }
+
+    /// Waits (at most `views.wait_timeout_ms`) until the views fed by the event a live message
+    /// carries have applied it, when the event is this service's own; other handlers of the message
+    /// then see its effect in the views. A view that does not catch up in time is logged, not waited
+    /// for longer.
+    pub(crate) async fn settle(&self, message: &BrokerMessage) {
+        let Some(source) = source_of(&message.topic) else {
+            return;
+        };
+        if !self.inner.owned.contains(source) {
+            return;
+        }
+        // A view stopped at a failing event would hold every message up: do not wait for it.
+        let failing = self.inner.followers.iter().any(|((_, s), follower)| {
+            s == source
+                && follower
+                    .status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .error
+                    .is_some()
+        });
+        if failing {
+            return;
+        }
+        let content = &message.payload.content;
+        let (Some(uuid), Some(version)) = (
+            content
+                .get("uuid")
+                .and_then(Value::as_str)
+                .and_then(|u| u.parse().ok()),
+            content.get("version").and_then(Value::as_u64),
+        ) else {
+            return;
+        };
+        let filter = crate::store::EventFilter {
+            uuid: Some(uuid),
+            ..crate::store::EventFilter::default()
+        };
+        let store = self.inner.context.repository().store();
+        let position = match store.events(&filter).await {
+            Ok(events) => events
+                .into_iter()
+                .find(|e| e.event.version == version)
+                .map(|e| e.position()),
+            Err(_) => None,
+        };
+        let Some(position) = position else { return };
+        let mut wanted = Consistency::default();
+        wanted.record(source, position);
+        if let Err(error) = self.wait(&wanted).await {
+            tracing::warn!(topic = %message.topic, %error, "running the event's handlers before its views caught up");
         }
     }
 
@@ -338,6 +395,22 @@ impl Projections {
             let Some((view, source, reached, position)) = lagging.first().copied() else {
                 return Ok(());
             };
+            // A view stopped at a failing event: have it try again now (someone waits for it).
+            let mut failing = None;
+            for (view, source, ..) in &lagging {
+                if let Some(follower) = self.inner.followers.get(&(*view, (*source).clone())) {
+                    let error = follower
+                        .status
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .error
+                        .clone();
+                    if let Some(error) = error {
+                        follower.retry.notify_one();
+                        failing = Some(error);
+                    }
+                }
+            }
             for (view, source, ..) in &lagging {
                 if let Some(follower) = self.inner.followers.get(&(*view, (*source).clone())) {
                     follower.wake.notify_one();
@@ -345,11 +418,14 @@ impl Projections {
             }
             let now = Instant::now();
             if now >= deadline {
+                let failing = failing
+                    .map(|error| format!("; it is stopped at a failing event: {error}"))
+                    .unwrap_or_default();
                 return Err(Error::with_status(
                     503,
                     format!(
                         "view {view} has applied the {source} events up to {reached}, not yet up to {position} \
-                         (waited {} ms): retry later",
+                         (waited {} ms){failing}: retry later",
                         timeout.as_millis()
                     ),
                 ));
@@ -432,6 +508,7 @@ impl Projections {
                         .error = Some(error.to_string());
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
+                        _ = follower.retry.notified() => {}
                         _ = stop.changed() => return,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));

@@ -40,6 +40,10 @@ pub struct ItemTotals {
     pub deleted: u64,
 }
 
+/// Whether `ItemSummary` already had each created item when the `ItemCreated` handler without a view
+/// ran.
+static SEEN_IN_VIEW: std::sync::Mutex<Vec<(Uuid, bool)>> = std::sync::Mutex::new(Vec::new());
+
 /// Makes the `ItemSummary` handler fail on items named `boom` while set.
 static FAIL_ON_BOOM: AtomicBool = AtomicBool::new(false);
 
@@ -107,6 +111,15 @@ impl ItemQueries {
             note: None,
         })
         .await
+    }
+
+    /// A handler without a view: it runs once the views fed by the event have it.
+    #[enroute(event = "ItemCreated")]
+    async fn created_elsewhere(&self, request: Request) -> Result<()> {
+        let event: minos::Event = request.content()?;
+        let seen = ItemSummary::get(&event.uuid).await?.is_some();
+        SEEN_IN_VIEW.lock().unwrap().push((event.uuid, seen));
+        Ok(())
     }
 
     #[enroute(event = "ItemUpdated.name", view = ItemSummary)]
@@ -821,4 +834,23 @@ async fn a_build_stopped_midway_resumes_where_it_stopped() {
         "the second run applied only what the first had not committed ({applied} seen before the stop): {state}"
     );
     second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_handlers_of_an_event_see_it_in_the_views() {
+    let service = TestService::start(config("views-settle")).await.unwrap();
+    let mut created = Vec::new();
+    for i in 0..10 {
+        created.push(create(&service, &format!("settle{i}"), i).await.0);
+    }
+    eventually("the handlers to run", Duration::from_secs(10), || async {
+        let seen = SEEN_IN_VIEW.lock().unwrap();
+        created.iter().all(|uuid| seen.iter().any(|(u, _)| u == uuid))
+    })
+    .await;
+    let seen = SEEN_IN_VIEW.lock().unwrap().clone();
+    for uuid in &created {
+        assert!(seen.contains(&(*uuid, true)), "{uuid} was not in the view yet");
+    }
+    service.stop().await;
 }
