@@ -165,6 +165,15 @@ fn the_gateway_routes_checks_tokens_composes_and_survives_a_killed_instance() {
         .unwrap();
     assert_eq!(answer.status, 200, "{}", answer.body);
     let uuid = answer.json()["uuid"].as_str().unwrap().to_owned();
+    // The position of the command's events comes back through the gateway (read your writes).
+    assert!(
+        answer
+            .headers
+            .get("minos-position")
+            .is_some_and(|p| p.starts_with("Foo@")),
+        "{:?}",
+        answer.headers
+    );
 
     // A role-protected route: 403 without the role, at the gateway and at the service.
     let delete = format!("/foos/{uuid}");
@@ -216,6 +225,23 @@ fn the_gateway_routes_checks_tokens_composes_and_survives_a_killed_instance() {
         "{joined}"
     );
     assert_eq!(joined["foo"]["foobar"], finished["context"]["foobar_uuid"]);
+    // foo's FoobarLink view (kept by whichever replica, in one PostgreSQL view database) has the link.
+    let links = format!(
+        "/foos/events?foobar={}",
+        finished["context"]["foobar_uuid"].as_str().unwrap()
+    );
+    eventually(
+        "the FoobarLink view has the link",
+        Duration::from_secs(30),
+        || {
+            let answer = through.get(&links).unwrap();
+            answer.status == 200
+                && answer
+                    .json()
+                    .as_array()
+                    .is_some_and(|l| l.len() == 1 && l[0]["uuid"] == json!(uuid))
+        },
+    );
 
     // 1,000 GETs through the gateway while one foo instance is killed: none fails.
     let sent = Arc::new(AtomicUsize::new(0));
