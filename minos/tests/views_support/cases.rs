@@ -296,6 +296,21 @@ async fn create(service: &TestService, name: &str, price: i64) -> (Uuid, String)
     )
 }
 
+/// `GET path` presenting `position` (`minos-position`): answered once the views have it.
+async fn get_after(
+    service: &TestService,
+    path: &str,
+    position: impl Into<String>,
+) -> minos::testing::TestResponse {
+    service
+        .http()
+        .clone()
+        .with_header(POSITION_HEADER, position)
+        .get(path)
+        .await
+        .unwrap()
+}
+
 async fn views_state(service: &TestService) -> Value {
     service.http().get("/views").await.unwrap().json()
 }
@@ -309,13 +324,7 @@ async fn handlers_keep_views_and_queries_read_them() {
     assert!(position.starts_with("Item@"), "{position}");
 
     // Read your writes: the list waits for the view to reach the position the command answered.
-    let listed = service
-        .http()
-        .clone()
-        .with_header(POSITION_HEADER, position.clone())
-        .get("/items")
-        .await
-        .unwrap();
+    let listed = get_after(&service, "/items", position.clone()).await;
     assert_eq!(listed.status, 200, "{}", listed.body);
     let names: Vec<String> = listed
         .json()
@@ -339,13 +348,7 @@ async fn handlers_keep_views_and_queries_read_them() {
         .await
         .unwrap();
     let position = renamed.header(POSITION_HEADER).unwrap().to_owned();
-    let by_name = service
-        .http()
-        .clone()
-        .with_header(POSITION_HEADER, position)
-        .get("/items?name=quill")
-        .await
-        .unwrap();
+    let by_name = get_after(&service, "/items?name=quill", position).await;
     assert_eq!(by_name.json()[0]["updates"], 1);
     assert_eq!(by_name.json()[0]["note"], "renamed at version 2");
 
@@ -355,13 +358,7 @@ async fn handlers_keep_views_and_queries_read_them() {
         .await
         .unwrap();
     let position = deleted.header(POSITION_HEADER).unwrap().to_owned();
-    let totals = service
-        .http()
-        .clone()
-        .with_header(POSITION_HEADER, position)
-        .get("/items/totals")
-        .await
-        .unwrap();
+    let totals = get_after(&service, "/items/totals", position).await;
     assert_eq!(
         totals.json(),
         json!({"id": "all", "created": 3, "deleted": 1})
@@ -538,13 +535,7 @@ async fn a_new_view_is_built_from_history_and_rebuilt_on_demand() {
 async fn a_failing_handler_blocks_its_view_without_skipping_or_half_applying() {
     let service = TestService::start(config("views-failing")).await.unwrap();
     let (_, before) = create(&service, "before", 1).await;
-    let listed = service
-        .http()
-        .clone()
-        .with_header(POSITION_HEADER, before)
-        .get("/items")
-        .await
-        .unwrap();
+    let listed = get_after(&service, "/items", before).await;
     assert_eq!(listed.json().as_array().unwrap().len(), 1);
     FAIL_ON_BOOM.store(true, AtomicOrdering::SeqCst);
     create(&service, "boom", 2).await;
@@ -579,13 +570,7 @@ async fn a_failing_handler_blocks_its_view_without_skipping_or_half_applying() {
         .collect();
     assert_eq!(names, [json!("before")]);
     FAIL_ON_BOOM.store(false, AtomicOrdering::SeqCst);
-    let listed = service
-        .http()
-        .clone()
-        .with_header(POSITION_HEADER, position)
-        .get("/items")
-        .await
-        .unwrap();
+    let listed = get_after(&service, "/items", position).await;
     let names: Vec<Value> = listed
         .json()
         .as_array()
@@ -678,13 +663,7 @@ async fn concurrent_commands_are_all_projected_once() {
     }
     // Each command's own position, presented to the query: its item is there.
     for (i, position) in positions.iter().enumerate().step_by(9) {
-        let listed = service
-            .http()
-            .clone()
-            .with_header(POSITION_HEADER, position.clone())
-            .get(&format!("/items?name=c{i}"))
-            .await
-            .unwrap();
+        let listed = get_after(&service, &format!("/items?name=c{i}"), position.clone()).await;
         assert_eq!(listed.json().as_array().unwrap().len(), 1, "c{i}: {}", listed.body);
     }
     eventually("every item to be projected", Duration::from_secs(10), || {
