@@ -258,10 +258,14 @@ impl Views {
     }
 }
 
-/// Locks serialising the preparation of one view between processes sharing the database.
+/// Transaction-scoped locks between processes sharing the database (PostgreSQL; an SQLite database
+/// has one writer at a time already).
 #[async_trait]
-trait Lock {
+pub(crate) trait Lock {
+    /// Waits for the lock named `name` (the preparation of one view).
     async fn lock(&mut self, name: &str) -> Result<(), StoreError>;
+    /// Takes the lock named `key` if no one holds it.
+    async fn try_lock(&mut self, key: &str) -> Result<bool, StoreError>;
 }
 
 #[async_trait]
@@ -276,6 +280,23 @@ impl Lock for Box<dyn Tx> {
             .await?;
         }
         Ok(())
+    }
+
+    async fn try_lock(&mut self, key: &str) -> Result<bool, StoreError> {
+        if self.dialect() != Dialect::Postgres {
+            return Ok(true);
+        }
+        let key = crate::hash::stable_hash(key) as i64;
+        let rows = self
+            .query(
+                "SELECT pg_try_advisory_xact_lock($1)",
+                &[SqlValue::Integer(key)],
+            )
+            .await?;
+        Ok(matches!(
+            rows.first().and_then(|r| r.first()),
+            Some(SqlValue::Bool(true))
+        ))
     }
 }
 

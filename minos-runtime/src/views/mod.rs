@@ -35,6 +35,7 @@ pub use database::Views;
 pub(crate) use projection::{Projections, ViewPlan};
 pub use sql::SqlValue;
 
+pub(crate) use database::Lock;
 use database::Tx;
 
 /// How a view field is stored.

@@ -15,7 +15,7 @@ use crate::messaging::{topics, BrokerMessage};
 use crate::routing::{invoke, Context, Middleware, Origin, Request, RouteEntry, RouteTable};
 use crate::store::{Position, StoreError, StoredEvent};
 
-use super::{sql, Consistency, SourceStatus, ViewDef, ViewStatus, Views};
+use super::{sql, Consistency, Lock, SourceStatus, ViewDef, ViewStatus, Views};
 
 /// Events read and applied per transaction.
 const PAGE: usize = 256;
@@ -29,6 +29,16 @@ pub(crate) fn source_of(topic: &str) -> Option<&str> {
         .find_map(|suffix| head.strip_suffix(suffix))
         .filter(|name| !name.is_empty())
         .filter(|_| !topic.contains('.') || head.ends_with("Updated"))
+}
+
+/// What one step of a projection did.
+enum Step {
+    /// Applied a page (or found its position moved by someone else): look for the next one.
+    Applied,
+    /// No event after the position.
+    CaughtUp,
+    /// Another process holds the projection.
+    Busy,
 }
 
 /// A view with the handlers that write it.
@@ -463,12 +473,20 @@ impl Projections {
                 return;
             }
             match self.step(plan, &source, follower, pages).await {
-                Ok(true) => {
+                Ok(Step::Busy) => {
+                    // Another replica is applying this view's pages: look again later.
+                    tokio::select! {
+                        _ = follower.wake.notified() => {}
+                        _ = tokio::time::sleep(self.inner.poll) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+                Ok(Step::Applied) => {
                     pages += 1;
                     backoff = Duration::from_millis(100);
                     continue;
                 }
-                Ok(false) => {
+                Ok(Step::CaughtUp) => {
                     backoff = Duration::from_millis(100);
                     let was = std::mem::replace(
                         &mut *follower.caught_up.lock().unwrap_or_else(|p| p.into_inner()),
@@ -517,14 +535,14 @@ impl Projections {
         }
     }
 
-    /// Applies the next page; `false` when there was none.
+    /// Applies the next page.
     async fn step(
         &self,
         plan: &ViewPlan,
         source: &str,
         follower: &Follower,
         pages: u64,
-    ) -> Result<bool> {
+    ) -> Result<Step> {
         let from = self.stored_position(plan.def.name, source).await?;
         let (events, behind) = self.read(source, from, pages).await?;
         let Some(last) = events.last().map(StoredEvent::position) else {
@@ -532,9 +550,23 @@ impl Projections {
             status.position = from;
             status.behind = 0;
             status.error = None;
-            return Ok(false);
+            return Ok(Step::CaughtUp);
         };
-        let tx = Arc::new(tokio::sync::Mutex::new(self.inner.views.begin().await?));
+        let mut tx = self.inner.views.begin().await?;
+        // Replicas sharing the view database: one applies the page, the others leave it (the position
+        // check below keeps each page applied once even without this).
+        if !tx
+            .try_lock(&format!("minos:projection:{}:{source}", plan.def.name))
+            .await?
+        {
+            follower
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .position = from;
+            return Ok(Step::Busy);
+        }
+        let tx = Arc::new(tokio::sync::Mutex::new(tx));
         for stored in &events {
             self.apply(plan, &tx, stored).await.map_err(|error| {
                 Error::with_status(
@@ -556,7 +588,7 @@ impl Projections {
         if !sql::advance(tx.as_mut(), plan.def.name, source, from, last).await? {
             // Another process applied this page first, or the view was reset: start again from
             // wherever the position is now (this transaction rolls back).
-            return Ok(true);
+            return Ok(Step::Applied);
         }
         tx.commit().await?;
         {
@@ -574,7 +606,7 @@ impl Projections {
             }
         }
         self.inner.progress.send_modify(|n| *n += 1);
-        Ok(true)
+        Ok(Step::Applied)
     }
 
     /// The next page of `source`'s log after `after`, and (now and then) how many events follow it.
