@@ -136,7 +136,11 @@ impl EventStore for MemoryStore {
 
     async fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
         let inner = self.lock();
-        let matching = inner.events.iter().filter(|e| {
+        // Ids are the positions in the list, from 1: start after `after_id` directly.
+        let start = filter
+            .after_id
+            .map_or(0, |id| id.clamp(0, inner.events.len() as i64) as usize);
+        let matching = inner.events[start..].iter().filter(|e| {
             filter.uuid.is_none_or(|u| e.event.uuid == u)
                 && filter.name.as_ref().is_none_or(|n| &e.event.name == n)
                 && filter.after_id.is_none_or(|id| e.id > id)
