@@ -245,6 +245,19 @@ impl ItemQueries {
         Ok(Response::json(names))
     }
 
+    /// The same number two ways: a typed count, and SQL of one's own on the view's table.
+    #[enroute(rest = "GET /items/count")]
+    async fn count(&self, request: Request) -> Result<Response> {
+        let min: i64 = request.param("min_price")?;
+        let typed = ItemSummary::count(Condition::ge("price", min)).await?;
+        let rows = minos::views::sql(
+            "SELECT COUNT(*) AS n FROM view_item_summary WHERE price >= $1",
+            &[min.into()],
+        )
+        .await?;
+        Ok(Response::json(json!({"typed": typed, "sql": rows[0]["n"]})))
+    }
+
     #[enroute(rest = "GET /items/plan")]
     async fn plan(&self, request: Request) -> Result<Response> {
         let field = request.params().get("field").cloned().unwrap_or_default();
@@ -753,6 +766,8 @@ async fn conditions_on_views_follow_the_store_rule() {
         assert_eq!(answer.status, 200, "{case}: {}", answer.body);
         assert_eq!(answer.json(), expected, "{case}");
     }
+    let counted = client.get("/items/count?min_price=5").await.unwrap();
+    assert_eq!(counted.json(), json!({"typed": 2, "sql": 2}), "{}", counted.body);
     for (case, says) in [
         ("wrong_kind", "field `price` is an integer"),
         ("unknown_field", "has no field `colour`"),
