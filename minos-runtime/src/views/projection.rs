@@ -244,17 +244,19 @@ impl Projections {
         if !self.inner.owned.contains(source) {
             return;
         }
-        // A view stopped at a failing event would hold every message up: do not wait for it.
-        let failing = self.inner.followers.iter().any(|((_, s), follower)| {
+        // A view being built from history, or stopped at a failing event, would hold every message
+        // up: wait only for views that follow live events.
+        let lagging = self.inner.followers.iter().any(|((_, s), follower)| {
             s == source
-                && follower
+                && (follower
                     .status
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .error
                     .is_some()
+                    || !*follower.caught_up.lock().unwrap_or_else(|p| p.into_inner()))
         });
-        if failing {
+        if lagging {
             return;
         }
         let content = &message.payload.content;
