@@ -247,14 +247,13 @@ impl Projections {
         // A view being built from history, or stopped at a failing event, would hold every message
         // up: wait only for views that follow live events.
         let lagging = self.inner.followers.iter().any(|((_, s), follower)| {
-            s == source
-                && (follower
-                    .status
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .error
-                    .is_some()
-                    || !*follower.caught_up.lock().unwrap_or_else(|p| p.into_inner()))
+            if s != source {
+                return false;
+            }
+            let status = follower.status.lock().unwrap_or_else(|p| p.into_inner());
+            let building = !*follower.caught_up.lock().unwrap_or_else(|p| p.into_inner())
+                && status.behind > PAGE as u64;
+            status.error.is_some() || building
         });
         if lagging {
             return;
