@@ -176,7 +176,15 @@ pub(super) async fn handle(
             }
         };
         if let Err(error) = waited.await {
-            return to_http(Response::from_error(&error));
+            let mut refused = to_http(Response::from_error(&error));
+            if error.status() == 503 {
+                // Not caught up yet: worth asking again shortly.
+                refused.headers_mut().insert(
+                    actix_web::http::header::RETRY_AFTER,
+                    HeaderValue::from_static("1"),
+                );
+            }
+            return refused;
         }
     }
     let minos_request =

@@ -478,6 +478,7 @@ async fn malformed_positions_are_refused_and_unknown_types_do_not_wait() {
         "{}",
         answer.body
     );
+    assert_eq!(answer.header("retry-after"), Some("1"));
     waiting.stop().await;
     service.stop().await;
 }
