@@ -171,10 +171,12 @@ impl Launcher {
         build_services(&table, &context).await?;
         tracing::info!(service = %self.config.name, storage = %self.config.storage, broker = %self.config.broker, "starting; routes:\n{}", table.describe());
         let sagas = SagaManager::new(context.clone());
+        // Checked (and warned about) once: the types whose snapshots and events this service answers.
+        let owned = self.config.owned_root_entities()?;
         let dispatcher = self
-            .start_dispatcher(&table, &chain, &context, &sagas)
+            .start_dispatcher(&table, &chain, &context, &sagas, &owned)
             .await?;
-        let projections = self.start_views(&table, &chain, &context).await?;
+        let projections = self.start_views(&table, &chain, &context, &owned).await?;
         let repository = context.repository();
         let tidy =
             crate::saga::spawn_jobs(repository.transactions(), sagas.clone(), &self.config.saga);
@@ -189,7 +191,7 @@ impl Launcher {
         let scheduler = crate::scheduler::spawn(&table, Arc::clone(&chain), context.clone())
             .map_err(Error::Routes)?;
         let mut system_routes = crate::saga::http_routes().to_vec();
-        system_routes.extend(crate::views::projection::http_routes());
+        system_routes.extend(crate::views::http_routes());
         let http = crate::http::serve(
             Arc::clone(&table),
             chain,
@@ -262,6 +264,7 @@ impl Launcher {
         table: &Arc<RouteTable>,
         chain: &Arc<[Middleware]>,
         context: &Context,
+        owned: &[&'static str],
     ) -> Result<Option<crate::views::Projections>> {
         let plans = crate::views::ViewPlan::collect(table)?;
         if plans.is_empty() && crate::views::registered().next().is_none() {
@@ -276,12 +279,7 @@ impl Launcher {
         if plans.is_empty() {
             return Ok(None);
         }
-        let owned = self
-            .config
-            .owned_root_entities()?
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
+        let owned = owned.iter().map(|name| (*name).to_owned()).collect();
         let projections = crate::views::Projections::start(
             views,
             context.clone(),
@@ -306,12 +304,13 @@ impl Launcher {
         chain: &Arc<[Middleware]>,
         context: &Context,
         sagas: &SagaManager,
+        owned: &[&'static str],
     ) -> Result<DispatcherHandle> {
         let mut dispatcher = Dispatcher::new(Arc::clone(table), Arc::clone(chain), context.clone())
             .retries(self.config.handlers.retries)
             .workers(self.config.handlers.workers)
-            .snapshots_of(&self.config.owned_root_entities()?)
-            .events_of(&self.config.owned_root_entities()?);
+            .snapshots_of(owned)
+            .events_of(owned);
         for command in TransactionCommand::ALL {
             let topic = topics::transaction_command(command, &self.config.name);
             let handler = transaction_command_handler(context.repository().transactions(), command);

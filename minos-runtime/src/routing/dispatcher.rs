@@ -121,9 +121,7 @@ impl Dispatcher {
             let name: &'static str = name;
             dispatcher.system(
                 topics::events(name),
-                Arc::new(move |message| {
-                    Box::pin(crate::views::projection::answer_events(name, message))
-                }),
+                Arc::new(move |message| Box::pin(crate::views::log::answer_events(name, message))),
             )
         })
     }

@@ -13,7 +13,11 @@
 //! the projection up.
 
 mod database;
-pub(crate) mod projection;
+mod endpoints;
+pub(crate) mod log;
+mod positions;
+mod projection;
+mod query;
 mod sql;
 
 use std::collections::BTreeMap;
@@ -32,10 +36,10 @@ use crate::error::{Error, Result};
 use crate::store::{Position, StoreError};
 
 pub use database::Views;
+pub(crate) use endpoints::http_routes;
 pub(crate) use projection::{Projections, ViewPlan};
 pub use sql::SqlValue;
 
-pub(crate) use database::Lock;
 use database::Tx;
 
 /// How a view field is stored.
@@ -123,10 +127,9 @@ impl ViewDef {
         self.columns.iter().find(|c| c.name == name)
     }
 
-    /// The key field.
-    pub fn key_column(&self) -> &'static ViewColumn {
+    /// The key field (`None` only for a definition not written by `#[view]` that names no field).
+    pub fn key_column(&self) -> Option<&'static ViewColumn> {
         self.column(self.key)
-            .unwrap_or_else(|| panic!("view {}: key `{}` is not a field", self.name, self.key))
     }
 
     /// The fields with a column of their own.
@@ -188,17 +191,11 @@ struct Writing {
 /// let rows = minos::views::sql("SELECT COUNT(*) AS n FROM view_foo_summary WHERE bar = $1", &["x".into()]).await?;
 /// ```
 pub async fn sql(statement: &str, params: &[SqlValue]) -> Result<Vec<Map<String, Value>>> {
-    match WRITING.try_with(Writing::clone) {
-        Ok(writing) => {
-            let mut tx = writing.tx.lock().await;
-            Ok(tx.query_json(statement, params).await?)
-        }
-        Err(_) => {
-            let views = Views::current()?;
-            let mut tx = views.read().await?;
-            Ok(tx.query_json(statement, params).await?)
-        }
-    }
+    let (statement, params) = (statement.to_owned(), params.to_vec());
+    with_connection(None, move |tx| {
+        Box::pin(async move { tx.query_json(&statement, &params).await })
+    })
+    .await
 }
 
 /// Runs `future` with `tx` as the transaction writes to `view` go to.
@@ -229,22 +226,26 @@ fn write_scope(def: &'static ViewDef) -> Result<Writing> {
     Ok(writing)
 }
 
-/// Runs `op` on the projection transaction when the current handler writes `def`'s view... or on a
-/// read connection otherwise.
-async fn with_reader<T, F>(def: &'static ViewDef, op: F) -> Result<T>
+/// Runs `op` on the projection's transaction inside a view handler (so it sees the writes made so
+/// far), or on a read connection of the current view database otherwise; with `def`, after checking
+/// that the view's tables are there.
+async fn with_connection<T, F>(def: Option<&'static ViewDef>, op: F) -> Result<T>
 where
     F: for<'a> FnOnce(
         &'a mut dyn Tx,
     ) -> Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>,
 {
     if let Ok(writing) = WRITING.try_with(Writing::clone) {
-        // Inside a projection every read goes through its transaction: it sees the writes made so far.
-        writing.views.ready(def)?;
+        if let Some(def) = def {
+            writing.views.ready(def)?;
+        }
         let mut tx = writing.tx.lock().await;
         return Ok(op(tx.as_mut()).await?);
     }
     let views = Views::current()?;
-    views.ready(def)?;
+    if let Some(def) = def {
+        views.ready(def)?;
+    }
     let mut tx = views.read().await?;
     Ok(op(tx.as_mut()).await?)
 }
@@ -257,7 +258,7 @@ pub trait ViewExt: View + Sized {
         let key = serde_json::to_value(key);
         async move {
             let key = sql::key_value(Self::DEF, &key.map_err(json_error)?)?;
-            let found = with_reader(Self::DEF, |tx| {
+            let found = with_connection(Some(Self::DEF), |tx| {
                 Box::pin(async move { sql::get(tx, Self::DEF, &key).await })
             })
             .await?;
@@ -301,8 +302,8 @@ pub trait ViewExt: View + Sized {
     /// How many views match `condition`.
     fn count(condition: Condition) -> impl Future<Output = Result<u64>> + Send {
         async move {
-            with_reader(Self::DEF, move |tx| {
-                Box::pin(async move { sql::count(tx, Self::DEF, &condition).await })
+            with_connection(Some(Self::DEF), move |tx| {
+                Box::pin(async move { query::count(tx, Self::DEF, &condition).await })
             })
             .await
         }
@@ -383,8 +384,8 @@ impl<T: View> ViewFind<T> {
     /// whether an index is used.
     pub async fn explain(self) -> Result<String> {
         let query = self.query;
-        with_reader(T::DEF, move |tx| {
-            Box::pin(async move { sql::explain(tx, T::DEF, &query).await })
+        with_connection(Some(T::DEF), move |tx| {
+            Box::pin(async move { query::explain(tx, T::DEF, &query).await })
         })
         .await
     }
@@ -397,8 +398,8 @@ impl<T: View> IntoFuture for ViewFind<T> {
     fn into_future(self) -> Self::IntoFuture {
         let query = self.query;
         Box::pin(async move {
-            let rows = with_reader(T::DEF, move |tx| {
-                Box::pin(async move { sql::find(tx, T::DEF, &query).await })
+            let rows = with_connection(Some(T::DEF), move |tx| {
+                Box::pin(async move { query::find(tx, T::DEF, &query).await })
             })
             .await?;
             rows.iter().map(|json| decode::<T>(json)).collect()

@@ -3,22 +3,22 @@
 //! that also moves the position.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::messaging::{topics, BrokerMessage};
+use crate::messaging::BrokerMessage;
 use crate::routing::{invoke, Context, Middleware, Origin, Request, RouteEntry, RouteTable};
-use crate::store::{Position, StoreError, StoredEvent};
+use crate::store::{Position, StoredEvent};
 
-use super::{sql, Consistency, Lock, SourceStatus, ViewDef, ViewStatus, Views};
+use super::{positions, Consistency, SourceStatus, ViewDef, ViewStatus, Views};
 
-/// Events read and applied per transaction.
-const PAGE: usize = 256;
+use super::log::{self, PAGE};
 
 /// The root type whose events a topic carries: `FooCreated`, `FooUpdated`, `FooUpdated.bar` and
 /// `FooDeleted` → `Foo`.
@@ -138,7 +138,8 @@ struct Inner {
 
 struct Follower {
     status: Mutex<SourceStatus>,
-    caught_up: Mutex<bool>,
+    /// Whether it has read the whole log once since it started (or was rebuilt).
+    caught_up: AtomicBool,
     wake: Notify,
     /// Cuts a failed projection's backoff short (a query waits for the view).
     retry: Notify,
@@ -159,16 +160,16 @@ impl Projections {
     ) -> Result<Projections> {
         let mut followers = BTreeMap::new();
         for plan in &plans {
-            let fresh = views
+            // Empty when new or when its definition changed: it is then built from the whole history.
+            let emptied = views
                 .prepare(plan.def, &plan.fingerprint, &plan.sources)
                 .await?;
             tracing::info!(
                 view = plan.def.name,
                 database = %views.describe(),
                 sources = ?plan.sources,
-                built = !fresh,
                 "view ready{}",
-                if fresh { "; building it from history" } else { "" }
+                if emptied { "; building it from history" } else { "" }
             );
             for source in &plan.sources {
                 followers.insert(
@@ -181,7 +182,7 @@ impl Projections {
                             applied: 0,
                             error: None,
                         }),
-                        caught_up: Mutex::new(false),
+                        caught_up: AtomicBool::new(false),
                         wake: Notify::new(),
                         retry: Notify::new(),
                     },
@@ -251,8 +252,8 @@ impl Projections {
                 return false;
             }
             let status = follower.status.lock().unwrap_or_else(|p| p.into_inner());
-            let building = !*follower.caught_up.lock().unwrap_or_else(|p| p.into_inner())
-                && status.behind > PAGE as u64;
+            let building =
+                !follower.caught_up.load(AtomicOrdering::SeqCst) && status.behind > PAGE as u64;
             status.error.is_some() || building
         });
         if lagging {
@@ -304,41 +305,41 @@ impl Projections {
         self.inner
             .plans
             .iter()
-            .map(|plan| {
-                let mut failed = false;
-                let mut building = false;
-                let sources = plan
-                    .sources
-                    .iter()
-                    .filter_map(|source| self.inner.followers.get(&(plan.def.name, source.clone())))
-                    .map(|follower| {
-                        let status = follower
-                            .status
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .clone();
-                        let caught_up =
-                            *follower.caught_up.lock().unwrap_or_else(|p| p.into_inner());
-                        failed |= status.error.is_some();
-                        building |= !caught_up;
-                        status
-                    })
-                    .collect();
-                ViewStatus {
-                    name: plan.def.name.to_owned(),
-                    table: plan.def.table(),
-                    state: if failed {
-                        "failed"
-                    } else if building {
-                        "building"
-                    } else {
-                        "live"
-                    },
-                    fingerprint: plan.fingerprint.clone(),
-                    sources,
-                }
-            })
+            .map(|plan| self.status_of(plan))
             .collect()
+    }
+
+    fn status_of(&self, plan: &ViewPlan) -> ViewStatus {
+        let mut failed = false;
+        let mut building = false;
+        let sources = plan
+            .sources
+            .iter()
+            .filter_map(|source| self.inner.followers.get(&(plan.def.name, source.clone())))
+            .map(|follower| {
+                let status = follower
+                    .status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                failed |= status.error.is_some();
+                building |= !follower.caught_up.load(AtomicOrdering::SeqCst);
+                status
+            })
+            .collect();
+        ViewStatus {
+            name: plan.def.name.to_owned(),
+            table: plan.def.table(),
+            state: if failed {
+                "failed"
+            } else if building {
+                "building"
+            } else {
+                "live"
+            },
+            fingerprint: plan.fingerprint.clone(),
+            sources,
+        }
     }
 
     /// Empties the view named `name` and builds it again from history.
@@ -359,7 +360,7 @@ impl Projections {
         tracing::info!(view = name, "rebuilding the view from history, on demand");
         for source in &plan.sources {
             if let Some(follower) = self.inner.followers.get(&(plan.def.name, source.clone())) {
-                *follower.caught_up.lock().unwrap_or_else(|p| p.into_inner()) = false;
+                follower.caught_up.store(false, AtomicOrdering::SeqCst);
                 {
                     let mut status = follower.status.lock().unwrap_or_else(|p| p.into_inner());
                     status.position = Position::START;
@@ -368,11 +369,7 @@ impl Projections {
                 follower.wake.notify_one();
             }
         }
-        Ok(self
-            .status()
-            .into_iter()
-            .find(|s| s.name == name)
-            .expect("the view was just found"))
+        Ok(self.status_of(plan))
     }
 
     /// Waits until every view fed by a type in `wanted` has applied that type's events up to the
@@ -449,7 +446,7 @@ impl Projections {
 
     async fn stored_position(&self, view: &str, source: &str) -> Result<Position> {
         let mut tx = self.inner.views.read().await?;
-        Ok(sql::position(tx.as_mut(), view, source)
+        Ok(positions::position(tx.as_mut(), view, source)
             .await?
             .unwrap_or_default())
     }
@@ -489,10 +486,7 @@ impl Projections {
                 }
                 Ok(Step::CaughtUp) => {
                     backoff = Duration::from_millis(100);
-                    let was = std::mem::replace(
-                        &mut *follower.caught_up.lock().unwrap_or_else(|p| p.into_inner()),
-                        true,
-                    );
+                    let was = follower.caught_up.swap(true, AtomicOrdering::SeqCst);
                     if !was {
                         let status = follower
                             .status
@@ -586,7 +580,7 @@ impl Projections {
             .map_err(|_| Error::broker_message("a view handler kept the projection's transaction"))?
             .into_inner();
         let mut tx = tx;
-        if !sql::advance(tx.as_mut(), plan.def.name, source, from, last).await? {
+        if !positions::advance(tx.as_mut(), plan.def.name, source, from, last).await? {
             // Another process applied this page first, or the view was reset: start again from
             // wherever the position is now (this transaction rolls back).
             return Ok(Step::Applied);
@@ -620,38 +614,9 @@ impl Projections {
         let count = pages % 20 == 0;
         if self.inner.owned.contains(source) {
             let store = self.inner.context.repository().store();
-            let events = store.log(source, after, PAGE).await?;
-            let behind = match (count, events.last()) {
-                (true, Some(last)) if events.len() == PAGE => {
-                    Some(store.log_behind(source, last.position()).await?)
-                }
-                (_, _) if events.len() < PAGE => Some(0),
-                _ => None,
-            };
-            return Ok((events, behind));
+            return log::local_page(store.as_ref(), source, after, PAGE, count).await;
         }
-        let message = BrokerMessage::new(
-            topics::events(source),
-            json!({"after": after, "limit": PAGE, "count": count}),
-        );
-        let reply = self
-            .inner
-            .context
-            .client()
-            .request(message, Duration::from_secs(10))
-            .await?;
-        let page: EventPage = reply.into_content()?;
-        Ok((
-            page.events
-                .into_iter()
-                .map(|e| StoredEvent {
-                    id: e.position.id,
-                    commit: e.position.commit,
-                    event: e.event,
-                })
-                .collect(),
-            page.behind,
-        ))
+        log::remote_page(&self.inner.context, source, after, PAGE, count).await
     }
 
     /// Runs the view's handlers on each message `stored` published.
@@ -695,95 +660,6 @@ impl Projections {
         }
         Ok(())
     }
-}
-
-/// `GET /views`: each view's state, positions and lag.
-fn views_endpoint(_request: Request) -> crate::routing::HandlerFuture {
-    Box::pin(async move {
-        let context = Context::current()?;
-        let status = context
-            .projections()
-            .map(Projections::status)
-            .unwrap_or_default();
-        Ok(crate::routing::Response::json(status))
-    })
-}
-
-/// `POST /views/{name}/rebuild`: empties the view and builds it again from history.
-fn rebuild_endpoint(request: Request) -> crate::routing::HandlerFuture {
-    Box::pin(async move {
-        let name: String = request.param("name")?;
-        let context = Context::current()?;
-        let projections = context
-            .projections()
-            .ok_or_else(|| Error::not_found("this service keeps no views"))?;
-        let status = projections.rebuild(&name).await?;
-        Ok(crate::routing::Response::json(status).with_status(202))
-    })
-}
-
-/// The HTTP routes of the views (admins only when tokens are checked).
-pub(crate) fn http_routes() -> [(&'static str, &'static str, crate::routing::HandlerFn); 2] {
-    [
-        ("GET", "/views", views_endpoint),
-        ("POST", "/views/{name}/rebuild", rebuild_endpoint),
-    ]
-}
-
-#[derive(serde::Deserialize)]
-struct EventPage {
-    events: Vec<PagedEvent>,
-    behind: Option<u64>,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct PagedEvent {
-    position: Position,
-    event: crate::domain::Event,
-}
-
-/// Answers `_Get{Type}Events` for a root type this service owns: `{"after": "COMMIT.ID", "limit": N}`
-/// → `{"events": [{"position", "event"}], "behind": N}` in commit order (the log views are built from).
-pub(crate) async fn answer_events(
-    name: &'static str,
-    message: BrokerMessage,
-) -> Result<crate::routing::Response> {
-    #[derive(serde::Deserialize)]
-    struct Wanted {
-        #[serde(default)]
-        after: Position,
-        limit: Option<usize>,
-        #[serde(default)]
-        count: bool,
-    }
-    let wanted: Wanted = serde_json::from_value(message.payload.content).map_err(|e| {
-        Error::bad_request(format!(
-            "`{}` takes {{\"after\": \"COMMIT.ID\", \"limit\": N}}: {e}",
-            message.topic
-        ))
-    })?;
-    let limit = wanted.limit.unwrap_or(PAGE).clamp(1, 1000);
-    let repository = crate::repository::Repository::current()?;
-    let store = repository.store();
-    let events = store.log(name, wanted.after, limit).await?;
-    let behind = match events.last() {
-        _ if events.len() < limit => Some(0),
-        Some(last) if wanted.count => Some(store.log_behind(name, last.position()).await?),
-        _ => None,
-    };
-    let events: Vec<Value> = events
-        .into_iter()
-        .map(|e| {
-            serde_json::to_value(PagedEvent {
-                position: e.position(),
-                event: e.event,
-            })
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| Error::Store(StoreError::Domain(crate::domain::DomainError::Json(e))))?;
-    Ok(crate::routing::Response::json(
-        json!({"events": events, "behind": behind}),
-    ))
 }
 
 #[cfg(test)]

@@ -1,0 +1,297 @@
+//! The view database: SQLite (a file, or memory) or PostgreSQL, behind one small transaction port.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::store::StoreError;
+
+use super::positions;
+use super::sql::{self, SqlValue};
+use super::ViewDef;
+
+/// Which SQL the database speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A connection inside a transaction (or, for reads, in autocommit).
+#[async_trait]
+pub(crate) trait Tx: Send {
+    fn dialect(&self) -> Dialect;
+
+    /// Runs a statement; the number of rows it changed.
+    async fn execute(&mut self, sql: &str, params: &[SqlValue]) -> Result<u64, StoreError>;
+
+    /// Runs a query; its rows.
+    async fn query(
+        &mut self,
+        sql: &str,
+        params: &[SqlValue],
+    ) -> Result<Vec<Vec<SqlValue>>, StoreError>;
+
+    /// Runs a query; its rows as JSON objects by column name.
+    async fn query_json(
+        &mut self,
+        sql: &str,
+        params: &[SqlValue],
+    ) -> Result<Vec<Map<String, Value>>, StoreError>;
+
+    /// Commits (a no-op for a read connection).
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+
+    /// Waits for the transaction-scoped lock named `name`, between processes sharing the database
+    /// (PostgreSQL; an SQLite database has one writer at a time already).
+    async fn lock(&mut self, name: &str) -> Result<(), StoreError> {
+        if self.dialect() == Dialect::Postgres {
+            let key = crate::hash::stable_hash(name) as i64;
+            self.execute(
+                "SELECT pg_advisory_xact_lock($1)",
+                &[SqlValue::Integer(key)],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Takes the transaction-scoped lock named `name` if no one holds it.
+    async fn try_lock(&mut self, name: &str) -> Result<bool, StoreError> {
+        if self.dialect() != Dialect::Postgres {
+            return Ok(true);
+        }
+        let key = crate::hash::stable_hash(name) as i64;
+        let rows = self
+            .query(
+                "SELECT pg_try_advisory_xact_lock($1)",
+                &[SqlValue::Integer(key)],
+            )
+            .await?;
+        Ok(matches!(
+            rows.first().and_then(|r| r.first()),
+            Some(SqlValue::Bool(true))
+        ))
+    }
+}
+
+#[async_trait]
+trait Backend: Send + Sync {
+    fn describe(&self) -> String;
+    async fn begin(&self) -> Result<Box<dyn Tx>, StoreError>;
+    async fn read(&self) -> Result<Box<dyn Tx>, StoreError>;
+}
+
+tokio::task_local! {
+    static CURRENT: Views;
+}
+
+/// A view database: `views:` of a service's configuration (by default a SQLite file beside the
+/// store's, memory with a memory store, the same database with a PostgreSQL store).
+#[derive(Clone)]
+pub struct Views {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Box<dyn Backend>,
+    prepared: RwLock<BTreeSet<&'static str>>,
+}
+
+impl fmt::Debug for Views {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Views")
+            .field("database", &self.inner.backend.describe())
+            .finish()
+    }
+}
+
+impl Views {
+    /// Opens the view database `url` names: `memory`, `sqlite://PATH` (its folder is created) or
+    /// `postgres://USER@HOST/DB` (`?schema=name` for a schema of its own), and creates the tables of
+    /// every view of the program that it lacks.
+    pub async fn open(url: &str) -> Result<Views> {
+        let backend: Box<dyn Backend> = if url == "memory" {
+            #[cfg(feature = "sqlite")]
+            {
+                Box::new(sqlite::SqliteViews::memory()?)
+            }
+            #[cfg(not(feature = "sqlite"))]
+            {
+                return Err(Error::Config(
+                    "views: `memory` needs the `sqlite` feature".into(),
+                ));
+            }
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            #[cfg(feature = "sqlite")]
+            {
+                Box::new(sqlite::SqliteViews::open(path)?)
+            }
+            #[cfg(not(feature = "sqlite"))]
+            {
+                let _ = path;
+                return Err(Error::Config(
+                    "views: `sqlite://` needs the `sqlite` feature".into(),
+                ));
+            }
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            #[cfg(feature = "postgres")]
+            {
+                Box::new(postgres::PostgresViews::connect(url).await?)
+            }
+            #[cfg(not(feature = "postgres"))]
+            {
+                return Err(Error::Config(
+                    "views: `postgres://` needs the `postgres` feature".into(),
+                ));
+            }
+        } else {
+            return Err(Error::Config(format!(
+                "unsupported view database `{url}`: use `sqlite://PATH`, `postgres://USER@HOST/DB` or `memory`"
+            )));
+        };
+        let views = Views {
+            inner: Arc::new(Inner {
+                backend,
+                prepared: RwLock::default(),
+            }),
+        };
+        let mut tx = views.begin().await?;
+        for statement in positions::bookkeeping(tx.dialect()) {
+            tx.execute(&statement, &[]).await?;
+        }
+        tx.commit().await?;
+        Ok(views)
+    }
+
+    /// A fresh in-memory view database (tests, scripts).
+    pub async fn memory() -> Result<Views> {
+        Self::open("memory").await
+    }
+
+    /// The view database of the running handler (its service's), or of the enclosing
+    /// [`scope`](Self::scope).
+    pub fn current() -> Result<Views> {
+        if let Ok(views) = CURRENT.try_with(Views::clone) {
+            return Ok(views);
+        }
+        crate::routing::Context::current()
+            .ok()
+            .and_then(|context| context.views().cloned())
+            .ok_or_else(|| {
+                Error::Config(
+                    "no view database here: views are read in a service's handlers, or inside \
+                     `Views::scope`"
+                        .into(),
+                )
+            })
+    }
+
+    /// Runs `future` with this view database as the current one.
+    pub async fn scope<F: Future>(self, future: F) -> F::Output {
+        CURRENT.scope(self, future).await
+    }
+
+    /// Creates the tables of `def` if its fingerprint is new (dropping an older table of the same
+    /// name, and setting its positions back to the start: it is rebuilt), and starts a position for
+    /// each source. Returns whether the view starts empty.
+    pub(crate) async fn prepare(
+        &self,
+        def: &'static ViewDef,
+        fingerprint: &str,
+        sources: &[String],
+    ) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        tx.lock(&format!("minos:view:{}", def.name)).await?;
+        let stored = positions::stored_fingerprint(tx.as_mut(), def.name).await?;
+        let rebuilt = stored.as_deref() != Some(fingerprint);
+        if rebuilt {
+            if let Some(stored) = stored {
+                tracing::info!(view = def.name, old = %stored, new = %fingerprint, "view definition changed: rebuilding it from history");
+            }
+            positions::reset(tx.as_mut(), def, fingerprint).await?;
+        }
+        for source in sources {
+            positions::start_position(tx.as_mut(), def.name, source).await?;
+        }
+        tx.commit().await?;
+        self.mark_ready(def);
+        Ok(rebuilt)
+    }
+
+    /// Empties the view and sets its positions back to the start: it is rebuilt from history.
+    pub(crate) async fn reset(&self, def: &'static ViewDef, fingerprint: &str) -> Result<()> {
+        let mut tx = self.begin().await?;
+        tx.lock(&format!("minos:view:{}", def.name)).await?;
+        positions::reset(tx.as_mut(), def, fingerprint).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Creates the tables of every view of the program (tests and scripts; a service prepares its
+    /// views with their handlers when it starts).
+    pub async fn create_all(&self) -> Result<()> {
+        self.create_missing(&[]).await
+    }
+
+    /// Creates the tables of the program's views except `except`, when missing.
+    pub(crate) async fn create_missing(&self, except: &[&str]) -> Result<()> {
+        for def in super::registered().filter(|d| !except.contains(&d.name)) {
+            let mut tx = self.begin().await?;
+            for statement in sql::create_table(tx.dialect(), def) {
+                tx.execute(&statement, &[]).await?;
+            }
+            tx.commit().await?;
+            self.mark_ready(def);
+        }
+        Ok(())
+    }
+
+    fn mark_ready(&self, def: &'static ViewDef) {
+        self.inner
+            .prepared
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(def.name);
+    }
+
+    /// Checks that the view's tables exist here.
+    pub(crate) fn ready(&self, def: &ViewDef) -> Result<()> {
+        let prepared = self
+            .inner
+            .prepared
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        if prepared.contains(def.name) {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "view {} is not in this view database: a service keeps the views its handlers declare \
+             (`view = {}`); elsewhere call `Views::create_all`",
+            def.name, def.name
+        )))
+    }
+
+    pub(crate) async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
+        self.inner.backend.begin().await
+    }
+
+    pub(crate) async fn read(&self) -> Result<Box<dyn Tx>, StoreError> {
+        self.inner.backend.read().await
+    }
+
+    /// Where the database is (for logs).
+    pub fn describe(&self) -> String {
+        self.inner.backend.describe()
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;

@@ -1,0 +1,272 @@
+//! The PostgreSQL view database: a pool; a transaction holds one pooled connection until it ends.
+
+use std::error::Error as StdError;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use deadpool_postgres::{Object, Pool};
+use serde_json::{Map, Value};
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+
+use super::{Backend, Dialect, Tx};
+use crate::store::StoreError;
+use crate::views::sql::SqlValue;
+
+pub(super) struct PostgresViews {
+    pool: Pool,
+    describe: String,
+}
+
+impl PostgresViews {
+    pub(super) async fn connect(url: &str) -> Result<Self, StoreError> {
+        let (pool, schema) = crate::store::postgres::pool_for(url).await?;
+        Ok(PostgresViews {
+            pool,
+            describe: match schema {
+                Some(schema) => format!("postgres (schema {schema})"),
+                None => "postgres".into(),
+            },
+        })
+    }
+}
+
+fn err(error: tokio_postgres::Error) -> StoreError {
+    crate::store::postgres::db_error(error)
+}
+
+#[async_trait]
+impl Backend for PostgresViews {
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(crate::store::postgres::pool_error)?;
+        client.batch_execute("BEGIN").await.map_err(err)?;
+        Ok(Box::new(PostgresTx {
+            client: Some(client),
+            open: true,
+        }))
+    }
+
+    async fn read(&self) -> Result<Box<dyn Tx>, StoreError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(crate::store::postgres::pool_error)?;
+        Ok(Box::new(PostgresTx {
+            client: Some(client),
+            open: false,
+        }))
+    }
+}
+
+struct PostgresTx {
+    client: Option<Object>,
+    open: bool,
+}
+
+impl Drop for PostgresTx {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take().filter(|_| self.open) else {
+            return;
+        };
+        // Pooled connections are recycled as they are: end the transaction before it goes back,
+        // or, without a runtime to do it on, take the connection out of the pool.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if client.batch_execute("ROLLBACK").await.is_err() {
+                        let _ = Object::take(client);
+                    }
+                });
+            }
+            Err(_) => {
+                let _ = Object::take(client);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Param<'a>(&'a SqlValue);
+
+impl ToSql for Param<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        match self.0 {
+            SqlValue::Null => Ok(IsNull::Yes),
+            SqlValue::Integer(i) => match *ty {
+                Type::INT2 => i16::try_from(*i)?.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*i)?.to_sql(ty, out),
+                Type::FLOAT4 | Type::FLOAT8 => (*i as f64).to_sql(&Type::FLOAT8, out),
+                Type::BOOL => (*i != 0).to_sql(ty, out),
+                Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => {
+                    i.to_string().to_sql(ty, out)
+                }
+                _ => i.to_sql(ty, out),
+            },
+            SqlValue::Real(f) => match *ty {
+                Type::FLOAT4 => (*f as f32).to_sql(ty, out),
+                _ => f.to_sql(ty, out),
+            },
+            SqlValue::Bool(b) => b.to_sql(ty, out),
+            SqlValue::Text(t) => match *ty {
+                Type::JSON | Type::JSONB => serde_json::from_str::<Value>(t)?.to_sql(ty, out),
+                Type::UUID => t.parse::<uuid::Uuid>()?.to_sql(ty, out),
+                _ => t.as_str().to_sql(ty, out),
+            },
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+fn value(row: &tokio_postgres::Row, i: usize) -> Result<SqlValue, StoreError> {
+    let ty = row.columns()[i].type_().clone();
+    let decode = |e: tokio_postgres::Error| err(e);
+    Ok(match ty {
+        Type::INT2 => row
+            .try_get::<_, Option<i16>>(i)
+            .map_err(decode)?
+            .map_or(SqlValue::Null, |v| SqlValue::Integer(v.into())),
+        Type::INT4 => row
+            .try_get::<_, Option<i32>>(i)
+            .map_err(decode)?
+            .map_or(SqlValue::Null, |v| SqlValue::Integer(v.into())),
+        Type::INT8 => row
+            .try_get::<_, Option<i64>>(i)
+            .map_err(decode)?
+            .map_or(SqlValue::Null, SqlValue::Integer),
+        Type::FLOAT4 => row
+            .try_get::<_, Option<f32>>(i)
+            .map_err(decode)?
+            .map_or(SqlValue::Null, |v| SqlValue::Real(v.into())),
+        Type::FLOAT8 => row
+            .try_get::<_, Option<f64>>(i)
+            .map_err(decode)?
+            .map_or(SqlValue::Null, SqlValue::Real),
+        Type::BOOL => row
+            .try_get::<_, Option<bool>>(i)
+            .map_err(decode)?
+            .map_or(SqlValue::Null, SqlValue::Bool),
+        Type::JSON | Type::JSONB => row
+            .try_get::<_, Option<Value>>(i)
+            .map_err(decode)?
+            .map_or(SqlValue::Null, |v| SqlValue::Text(v.to_string())),
+        Type::UUID => row
+            .try_get::<_, Option<uuid::Uuid>>(i)
+            .map_err(decode)?
+            .map_or(SqlValue::Null, |v| SqlValue::Text(v.to_string())),
+        Type::TIMESTAMPTZ => row
+            .try_get::<_, Option<chrono::DateTime<chrono::Utc>>>(i)
+            .map_err(decode)?
+            .map_or(SqlValue::Null, |v| {
+                SqlValue::Text(crate::store::format_time(v))
+            }),
+        _ => match row.try_get::<_, Option<String>>(i) {
+            Ok(v) => v.map_or(SqlValue::Null, SqlValue::Text),
+            Err(_) => {
+                return Err(StoreError::InvalidQuery(format!(
+                    "column `{}` has type {ty}, which views cannot read: cast it to text",
+                    row.columns()[i].name()
+                )))
+            }
+        },
+    })
+}
+
+impl PostgresTx {
+    fn client(&self) -> &Object {
+        self.client
+            .as_ref()
+            .expect("the connection is kept until the transaction is dropped")
+    }
+
+    async fn rows(
+        &mut self,
+        sql: &str,
+        params: &[SqlValue],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let params: Vec<Param<'_>> = params.iter().map(Param).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let statement = self.client().prepare_cached(sql).await.map_err(err)?;
+        self.client().query(&statement, &refs).await.map_err(err)
+    }
+}
+
+#[async_trait]
+impl Tx for PostgresTx {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    async fn execute(&mut self, sql: &str, params: &[SqlValue]) -> Result<u64, StoreError> {
+        let params: Vec<Param<'_>> = params.iter().map(Param).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        if refs.is_empty() && !sql.trim_start().to_ascii_uppercase().starts_with("SELECT") {
+            // DDL: no statement to prepare and cache.
+            self.client().batch_execute(sql).await.map_err(err)?;
+            return Ok(0);
+        }
+        let statement = self.client().prepare_cached(sql).await.map_err(err)?;
+        self.client().execute(&statement, &refs).await.map_err(err)
+    }
+
+    async fn query(
+        &mut self,
+        sql: &str,
+        params: &[SqlValue],
+    ) -> Result<Vec<Vec<SqlValue>>, StoreError> {
+        let rows = self.rows(sql, params).await?;
+        rows.iter()
+            .map(|row| (0..row.len()).map(|i| value(row, i)).collect())
+            .collect()
+    }
+
+    async fn query_json(
+        &mut self,
+        sql: &str,
+        params: &[SqlValue],
+    ) -> Result<Vec<Map<String, Value>>, StoreError> {
+        let rows = self.rows(sql, params).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut object = Map::new();
+            for (i, column) in row.columns().iter().enumerate() {
+                let json = match column.type_() {
+                    &Type::JSON | &Type::JSONB => row
+                        .try_get::<_, Option<Value>>(i)
+                        .map_err(err)?
+                        .unwrap_or(Value::Null),
+                    _ => value(row, i)?.to_json(),
+                };
+                object.insert(column.name().to_owned(), json);
+            }
+            out.push(object);
+        }
+        Ok(out)
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        if self.open {
+            self.open = false;
+            self.client().batch_execute("COMMIT").await.map_err(err)?;
+        }
+        Ok(())
+    }
+}
