@@ -17,6 +17,7 @@ pub mod routing;
 pub mod saga;
 pub(crate) mod scheduler;
 pub mod store;
+pub mod telemetry;
 pub mod transaction;
 pub mod views;
 

@@ -174,7 +174,8 @@ impl Repository {
     /// task's transactions and its buffered writes applied.
     pub async fn snapshot(&self, name: &str, uuid: Uuid) -> Result<Option<Snapshot>> {
         let Some(scope) = WriteScope::current() else {
-            return Ok(self.store.snapshot(name, uuid).await?);
+            let read = self.store.snapshot(name, uuid);
+            return Ok(timed("read", read).await?);
         };
         let view = View::new(self.store.as_ref(), scope.chain(), scope.buffered_writes());
         Ok(view.snapshot(name, uuid).await?)
@@ -235,7 +236,7 @@ impl Repository {
                     .find(T::NAME, query)
                     .await?
             }
-            None => self.store.find(T::NAME, query).await?,
+            None => timed("find", self.store.find(T::NAME, query)).await?,
         };
         snapshots.into_iter().map(decode).collect()
     }
@@ -285,6 +286,12 @@ impl Repository {
                 }
             }
         }
+        // Each message carries the trace of the handler that caused it, kept with the outbox row.
+        if let Some(trace) = crate::telemetry::TraceContext::current() {
+            for message in &mut messages {
+                trace.inject(&mut message.headers);
+            }
+        }
         let scope = WriteScope::current().unwrap_or_default();
         if let Some(transaction) = &scope.transaction {
             transaction.open(self.store.as_ref()).await?;
@@ -306,7 +313,7 @@ impl Repository {
                     .await?
             }
             (None, None) => {
-                let stored = self.store.append(event, &messages).await?;
+                let stored = timed("commit", self.store.append(event, &messages)).await?;
                 crate::views::note_written(&event.name, stored.position());
                 self.committed.notify_one();
                 self.appended.send_modify(|n| *n += 1);
@@ -353,7 +360,7 @@ impl Repository {
         writes: &HeldWrites,
         inbox: Option<&InboxEntry>,
     ) -> Result<Vec<StoredEvent>> {
-        let stored = self.store.commit_unit(writes, inbox).await?;
+        let stored = timed("commit", self.store.commit_unit(writes, inbox)).await?;
         for event in &stored {
             crate::views::note_written(&event.event.name, event.position());
         }
@@ -521,4 +528,10 @@ impl<T: RootEntity> Future for Find<T> {
         };
         running.as_mut().poll(cx)
     }
+}
+
+/// Times a store operation in the metrics of the service running the current handler.
+async fn timed<F: Future>(operation: &'static str, future: F) -> F::Output {
+    let context = crate::routing::Context::current().ok();
+    crate::telemetry::metrics::timed(context.as_ref().map(|c| c.metrics()), operation, future).await
 }

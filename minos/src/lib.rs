@@ -9,7 +9,7 @@ pub use minos_macros::{
 };
 pub use minos_runtime::{
     auth, discovery, domain, gateway, launcher, messaging, registry, routing, saga, store,
-    transaction, views, Action, BrokerClient, BrokerMessage, Condition, Config, Context, Entity,
+    telemetry, transaction, views, Action, BrokerClient, BrokerMessage, Condition, Config, Context, Entity,
     EntitySet, Error, Event, ExternalEntity, FieldDiff, Find, IntoResponse, Launcher, Model,
     ModelKind, Next, Ordering, QueryValue, Ref, Referable, Reply, Repository, Request, Response,
     Result, Root, RootEntity, RootEntityExt, RunningService, ServiceExt, SetAction, ValueObject,

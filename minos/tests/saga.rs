@@ -750,6 +750,7 @@ async fn an_execution_interrupted_mid_step_is_resumed() {
         inherited: Vec::new(),
         user: None,
         caller: None,
+        trace: None,
         error: None,
         deadline: minos::chrono::Utc::now() + minos::chrono::Duration::hours(1),
         created_at: long_ago,

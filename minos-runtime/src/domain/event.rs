@@ -184,6 +184,9 @@ pub struct DomainMessage {
     pub key: String,
     /// The event (or decomposed single-field event) as JSON.
     pub content: Value,
+    /// Headers published with it: the trace context (`traceparent`) of the handler that wrote it.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 impl Event {
@@ -219,6 +222,7 @@ impl Event {
                 topic,
                 key: key.clone(),
                 content: serde_json::to_value(event).map_err(DomainError::Json)?,
+                headers: Default::default(),
             })
         };
         match self.action {

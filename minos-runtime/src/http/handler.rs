@@ -116,7 +116,74 @@ pub(super) async fn admit(
         .map_err(|error| to_http(Response::from_error(&Error::Auth(error))))
 }
 
+/// Which route a request matched: its method, path template and handler function.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RouteInfo {
+    pub(super) method: &'static str,
+    pub(super) path: &'static str,
+    pub(super) function: &'static str,
+}
+
+/// One request in its span (a child of the caller's `traceparent`, or a new trace), counted and timed
+/// in the metrics; the answer carries `traceresponse` naming the trace.
 pub(super) async fn handle(
+    shared: Shared,
+    handler: HandlerFn,
+    access: Access,
+    route: RouteInfo,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let started = std::time::Instant::now();
+    let metrics = shared.context.metrics().clone();
+    let response = if crate::telemetry::trace::enabled() {
+        let span = tracing::info_span!(
+            "request",
+            service = shared.context.name(),
+            route = %format_args!("{} {}", route.method, route.path),
+            handler = route.function,
+            trace_id = tracing::field::Empty,
+            otel.name = %format_args!("{} {}", route.method, route.path),
+            otel.kind = "server",
+        );
+        let parent = trace_headers(&request);
+        crate::telemetry::trace::run_in(span, parent, async {
+            let mut response = handle_request(shared, handler, access, request, payload).await;
+            if let Some(trace) = crate::telemetry::TraceContext::current() {
+                if let Ok(value) = HeaderValue::try_from(trace.traceparent()) {
+                    response
+                        .headers_mut()
+                        .insert(HeaderName::from_static("traceresponse"), value);
+                }
+            }
+            response
+        })
+        .await
+    } else {
+        handle_request(shared, handler, access, request, payload).await
+    };
+    metrics.http_request(
+        route.method,
+        route.path,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// The trace context the caller sent (`traceparent`, `tracestate`), if valid.
+fn trace_headers(request: &HttpRequest) -> Option<crate::telemetry::TraceContext> {
+    use crate::telemetry::trace::{TRACEPARENT, TRACESTATE};
+    let mut headers = BTreeMap::new();
+    for name in [TRACEPARENT, TRACESTATE] {
+        if let Some(value) = request.headers().get(name).and_then(|v| v.to_str().ok()) {
+            headers.insert(name.to_owned(), value.to_owned());
+        }
+    }
+    crate::telemetry::TraceContext::extract(&headers)
+}
+
+async fn handle_request(
     shared: Shared,
     handler: HandlerFn,
     access: Access,

@@ -66,7 +66,7 @@ impl HttpServer {
 
 /// The routes of each path (REST routes and the runtime's own), so that a known path with another
 /// method answers 405 with `Allow`.
-type RoutesByPath = BTreeMap<&'static str, Vec<(&'static str, HandlerFn, Access)>>;
+type RoutesByPath = BTreeMap<&'static str, Vec<(&'static str, HandlerFn, Access, &'static str)>>;
 
 fn routes_by_path(
     table: &RouteTable,
@@ -77,14 +77,14 @@ fn routes_by_path(
         by_path
             .entry(path)
             .or_default()
-            .push((method, entry.handler, entry.access));
+            .push((method, entry.handler, entry.access, entry.function));
     }
     // The runtime's own routes reveal data (saga executions and their contexts): admins only.
     for (method, path, handler) in system_routes {
         by_path
             .entry(path)
             .or_default()
-            .push((method, *handler, Access::Admin));
+            .push((method, *handler, Access::Admin, "system"));
     }
     by_path
 }
@@ -105,11 +105,16 @@ pub(crate) const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 fn built_in_endpoints(config: &mut web::ServiceConfig, built: &Arc<Built>, context: &Context) {
     let (health, openapi, asyncapi) = (Arc::clone(built), Arc::clone(built), Arc::clone(built));
     let (spec_context, asyncapi_context) = (context.clone(), context.clone());
+    let metrics_context = context.clone();
     let context = context.clone();
     config
         .route(
             "/system/health",
             web::get().to(move || health_response(Arc::clone(&health), context.clone())),
+        )
+        .route(
+            "/metrics",
+            web::get().to(move || metrics_response(metrics_context.clone())),
         )
         .route(
             "/system/live",
@@ -141,6 +146,35 @@ fn built_in_endpoints(config: &mut web::ServiceConfig, built: &Arc<Built>, conte
                 }
             }),
         );
+}
+
+/// `GET /metrics`: the service's metrics in the Prometheus text format (OpenMetrics), with the outbox
+/// backlog and the views' lag read now. 404 when `telemetry.metrics` is off.
+async fn metrics_response(context: Context) -> HttpResponse {
+    let metrics = context.metrics();
+    if !metrics.enabled() {
+        return error_response(404, "metrics are off (telemetry.metrics: false)");
+    }
+    match tokio::time::timeout(HEALTH_TIMEOUT, context.repository().store().backlog()).await {
+        Ok(Ok((messages, oldest))) => {
+            let age = oldest
+                .and_then(|at| (chrono::Utc::now() - at).to_std().ok())
+                .unwrap_or_default();
+            metrics.outbox_backlog(messages as usize, age);
+        }
+        Ok(Err(error)) => tracing::debug!(%error, "metrics: could not read the outbox backlog"),
+        Err(_) => tracing::debug!("metrics: the outbox backlog took too long to read"),
+    }
+    if let Some(projections) = context.projections() {
+        for view in projections.status() {
+            for source in &view.sources {
+                metrics.view_lag(&view.name, &source.source, source.behind);
+            }
+        }
+    }
+    HttpResponse::Ok()
+        .content_type(crate::telemetry::metrics::CONTENT_TYPE)
+        .body(metrics.render())
 }
 
 /// 200 when the store and the broker both answer within [`HEALTH_TIMEOUT`], else 503; each check's
@@ -192,19 +226,24 @@ pub(crate) async fn check<E: std::fmt::Display>(
 fn rest_resources(config: &mut web::ServiceConfig, by_path: &RoutesByPath, shared: &Shared) {
     for (path, methods) in by_path {
         let mut resource = web::resource(*path);
-        for (method, handler, access) in methods {
+        for (method, handler, access, function) in methods {
             let shared = shared.clone();
             let (handler, access) = (*handler, *access);
+            let route = handler::RouteInfo {
+                method,
+                path,
+                function,
+            };
             let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
             resource = resource.route(web::method(method).to(
                 move |request: HttpRequest, payload: web::Payload| {
-                    handle(shared.clone(), handler, access, request, payload)
+                    handle(shared.clone(), handler, access, route, request, payload)
                 },
             ));
         }
         let allow = methods
             .iter()
-            .map(|(method, _, _)| *method)
+            .map(|(method, _, _, _)| *method)
             .collect::<Vec<_>>()
             .join(", ");
         resource = resource.default_service(web::to(move |request: HttpRequest| {

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::gateway::GatewayConfig;
 use crate::http::HttpSettings;
 pub use crate::saga::SagaConfig;
+pub use crate::telemetry::{LogConfig, LogFormat, TelemetryConfig};
 
 /// The configuration of a service. Every key has a default, so a service runs with no file at all.
 ///
@@ -26,7 +27,8 @@ pub use crate::saga::SagaConfig;
 /// relay: { batch: 256, poll_interval_ms: 500 }
 /// middleware: [log_requests]      # functions marked #[middleware], first listed outermost
 /// root_entities: [Foo]            # the root entities it owns (default: all of the binary's)
-/// log: info                       # tracing filter, e.g. `info,minos_runtime=debug`
+/// log: info                       # tracing filter, or {filter: info, format: json, aggregate: true}
+/// telemetry: { spans: true, metrics: true, otlp: "http://127.0.0.1:4318" }
 /// app: { partner_url: "https://…" } # your own settings: `context.settings::<MySettings>()`
 /// ```
 ///
@@ -68,8 +70,11 @@ pub struct Config {
     /// when the binary runs one service (`services` empty); none when it runs several, which must each
     /// list theirs.
     pub root_entities: Vec<String>,
-    /// The log filter (overridden by `RUST_LOG`).
-    pub log: String,
+    /// Logging: a filter (`log: info`, overridden by `RUST_LOG`) or the section `{filter, format:
+    /// text|json, aggregate, buffer}` (see [`LogConfig`]).
+    pub log: LogConfig,
+    /// Spans and trace context, metrics, and the export of spans over OTLP (see [`TelemetryConfig`]).
+    pub telemetry: TelemetryConfig,
     /// The registry's settings, when this process runs `minos discovery`.
     pub registry: RegistryConfig,
     /// Registration with a registry (`discovery: {url: http://127.0.0.1:5567}`); off without a URL.
@@ -229,7 +234,8 @@ impl Default for Config {
             middleware: Vec::new(),
             services: Vec::new(),
             root_entities: Vec::new(),
-            log: "info".into(),
+            log: LogConfig::default(),
+            telemetry: TelemetryConfig::default(),
             registry: RegistryConfig::default(),
             discovery: DiscoveryConfig::default(),
             gateway: GatewayConfig::default(),
@@ -272,6 +278,8 @@ impl Default for RelayConfig {
 
 const SECTIONS: &[&str] = &[
     "views",
+    "log",
+    "telemetry",
     "http",
     "handlers",
     "relay",

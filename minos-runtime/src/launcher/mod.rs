@@ -3,8 +3,8 @@
 mod config;
 
 pub use config::{
-    AuthConfig, Config, DiscoveryConfig, HandlersConfig, HttpConfig, KafkaConfig, RegistryConfig,
-    RelayConfig, SagaConfig,
+    AuthConfig, Config, DiscoveryConfig, HandlersConfig, HttpConfig, KafkaConfig, LogConfig,
+    LogFormat, RegistryConfig, RelayConfig, SagaConfig, TelemetryConfig,
 };
 
 use std::future::Future;
@@ -105,7 +105,8 @@ impl Launcher {
 
     /// Starts the service on a new runtime and runs it until SIGINT or SIGTERM, then shuts down cleanly.
     pub fn run(self) -> Result<()> {
-        init_logging(&self.config.log);
+        let telemetry =
+            crate::telemetry::init(&self.config.name, &self.config.log, &self.config.telemetry)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
@@ -113,6 +114,7 @@ impl Launcher {
             let service = self.start().await?;
             service.wait_for_signal().await?;
             service.stop().await;
+            telemetry.flush();
             Ok(())
         })
     }
@@ -158,6 +160,12 @@ impl Launcher {
         let table = Arc::new(RouteTable::collect_for(&self.config.services)?);
         let chain = self.middleware_chain()?;
         let context = self.open_context().await?;
+        context.metrics().set_enabled(self.config.telemetry.metrics);
+        crate::telemetry::trace::set_enabled(self.config.telemetry.spans);
+        crate::telemetry::ship::start(
+            Arc::clone(context.broker()),
+            Some(context.metrics().clone()),
+        );
         let auth = crate::auth::Authenticator::from_config(&self.config.auth)?;
         match &auth {
             Some(auth) => context.set_auth(auth.clone()),
@@ -187,6 +195,7 @@ impl Launcher {
         )
         .batch(self.config.relay.batch)
         .poll_interval(Duration::from_millis(self.config.relay.poll_interval_ms))
+        .metrics(context.metrics().clone())
         .spawn();
         let scheduler = crate::scheduler::spawn(&table, Arc::clone(&chain), context.clone())
             .map_err(Error::Routes)?;
@@ -459,15 +468,13 @@ pub async fn shutdown_signal() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Logs to stdout with `RUST_LOG`, else `filter`; does nothing if a subscriber is already set.
+/// Logs to stdout as text with `RUST_LOG`, else `filter`; does nothing if a subscriber is already set.
+/// A service started by [`Launcher::run`] sets up logging from its `log:` and `telemetry:` sections
+/// instead (see [`crate::telemetry::init`]).
 pub fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi)
-        .try_init();
+    let _ = crate::telemetry::init(
+        "minos",
+        &LogConfig::from(filter),
+        &TelemetryConfig::default(),
+    );
 }

@@ -89,6 +89,7 @@ impl BrokerClient {
         if let Some(caller) = crate::auth::Caller::current() {
             caller.add_to(&mut message.payload.headers);
         }
+        crate::telemetry::trace::inject_current(&mut message.payload.headers);
         self.broker.publish(message).await
     }
 
@@ -115,6 +116,7 @@ impl BrokerClient {
         if let Some(caller) = crate::auth::Caller::current() {
             caller.add_to(&mut message.payload.headers);
         }
+        crate::telemetry::trace::inject_current(&mut message.payload.headers);
         let identifier = message.identifier;
         let topic = message.topic.clone();
         let (sender, receiver) = oneshot::channel();

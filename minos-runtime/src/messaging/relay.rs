@@ -19,6 +19,7 @@ pub struct OutboxRelay {
     wake: Arc<Notify>,
     batch: usize,
     poll: Duration,
+    metrics: Option<crate::telemetry::Metrics>,
 }
 
 /// A running relay; `stop` drains what is pending and ends it.
@@ -42,6 +43,7 @@ pub(crate) fn outbox_message(record: &OutboxRecord) -> BrokerMessage {
         BrokerMessage::new(record.message.topic.clone(), record.message.content.clone());
     message.identifier = record.message.identifier;
     message.key = Some(record.message.key.clone());
+    message.payload.headers = record.message.headers.clone();
     message
 }
 
@@ -54,12 +56,19 @@ impl OutboxRelay {
             wake,
             batch: 256,
             poll: Duration::from_millis(500),
+            metrics: None,
         }
     }
 
     /// Rows read per round.
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
+        self
+    }
+
+    /// Counts what it publishes in `metrics` (`minos_outbox_published_messages_total`).
+    pub fn metrics(mut self, metrics: crate::telemetry::Metrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -96,6 +105,9 @@ impl OutboxRelay {
             if !done.is_empty() {
                 self.store.mark_sent(&done).await?;
                 sent += done.len();
+                if let Some(metrics) = &self.metrics {
+                    metrics.outbox_published(done.len());
+                }
             }
             if let Some(error) = failure {
                 return Err(error);

@@ -34,6 +34,8 @@ struct Inner {
     views: std::sync::OnceLock<crate::views::Views>,
     /// The projections keeping the views up to date.
     projections: std::sync::OnceLock<crate::views::Projections>,
+    /// The service's metrics (`GET /metrics`).
+    metrics: crate::telemetry::Metrics,
     /// One value per type, kept for the service: the instances of the service types it serves (built
     /// at start, read by every handler call) and the runtime's own state (e.g. the saga manager's
     /// locks, made on first use).
@@ -60,6 +62,7 @@ impl Context {
                 auth: std::sync::OnceLock::new(),
                 views: std::sync::OnceLock::new(),
                 projections: std::sync::OnceLock::new(),
+                metrics: crate::telemetry::Metrics::new(),
                 values: RwLock::default(),
             }),
         }
@@ -104,6 +107,11 @@ impl Context {
     /// The token verifier, when the service checks tokens.
     pub fn auth(&self) -> Option<&crate::auth::Authenticator> {
         self.inner.auth.get()
+    }
+
+    /// The service's metrics: what `GET /metrics` shows.
+    pub fn metrics(&self) -> &crate::telemetry::Metrics {
+        &self.inner.metrics
     }
 
     /// The service's name (its consumer group on the broker).

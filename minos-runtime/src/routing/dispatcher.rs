@@ -159,6 +159,37 @@ impl Dispatcher {
     /// reply topic is set. A failing event handler is retried with backoff, then the message is parked on
     /// the dead-letter topic with the error and original topic in its headers.
     pub(crate) async fn dispatch(&self, message: BrokerMessage) -> Outcome {
+        use crate::telemetry::MessageOutcome;
+        let started = std::time::Instant::now();
+        let topic = message.topic.clone();
+        let outcome = if crate::telemetry::trace::enabled() {
+            let span = tracing::info_span!(
+                "message",
+                service = self.context.name(),
+                topic = %topic,
+                message_id = %message.identifier,
+                trace_id = tracing::field::Empty,
+                otel.name = %format_args!("handle {topic}"),
+                otel.kind = "consumer",
+            );
+            let parent = crate::telemetry::TraceContext::extract(&message.payload.headers);
+            crate::telemetry::trace::run_in(span, parent, self.dispatch_message(message)).await
+        } else {
+            self.dispatch_message(message).await
+        };
+        let (counted, took) = match &outcome {
+            Outcome::Handled => (MessageOutcome::Handled, Some(started.elapsed())),
+            Outcome::Duplicate => (MessageOutcome::Duplicate, None),
+            Outcome::NoHandler => (MessageOutcome::NoHandler, None),
+            Outcome::Expired => (MessageOutcome::Expired, None),
+            Outcome::DeadLettered(_) => (MessageOutcome::DeadLettered, Some(started.elapsed())),
+            Outcome::Failed(_) => (MessageOutcome::Failed, None),
+        };
+        self.context.metrics().message(&topic, counted, took);
+        outcome
+    }
+
+    async fn dispatch_message(&self, message: BrokerMessage) -> Outcome {
         tracing::trace!(service = self.context.name(), topic = %message.topic, identifier = %message.identifier, "dispatching");
         if let Some(handler) = self.system.get(&message.topic) {
             return self.dispatch_system(handler, message).await;
@@ -240,6 +271,11 @@ impl Dispatcher {
                 return Outcome::Handled;
             }
             if attempt < attempts {
+                self.context.metrics().message(
+                    &message.topic,
+                    crate::telemetry::MessageOutcome::Retried,
+                    None,
+                );
                 let wait = Duration::from_millis(50 << attempt.min(8));
                 tracing::warn!(%error, topic = %message.topic, attempt, retry_in = ?wait, "event handler failed; retrying");
                 tokio::time::sleep(wait).await;
@@ -308,8 +344,9 @@ impl Dispatcher {
         let (result, writes) = repository.staged_in(transaction.cloned(), run).await;
         let response = result?;
         // The reply carries the positions of the events committed here (read your writes).
+        let flush = repository.flush(transaction, &writes, Some(inbox));
         let (flushed, written) =
-            crate::views::recording(repository.flush(transaction, &writes, Some(inbox))).await;
+            crate::views::recording(self.context.clone().scope(flush)).await;
         flushed?;
         Ok(match written.positions.is_empty() {
             true => response,
@@ -375,9 +412,22 @@ impl Dispatcher {
             )
             .with_principal(principal.clone());
             let run = invoke(&self.chain, entry.handler, request, &self.context);
-            last = match caller.clone() {
-                Some(caller) => caller.scope(run).await?,
-                None => run.await?,
+            let run = async {
+                match caller.clone() {
+                    Some(caller) => caller.scope(run).await,
+                    None => run.await,
+                }
+            };
+            last = match crate::telemetry::trace::enabled() {
+                true => {
+                    let span = tracing::info_span!(
+                        "handler",
+                        handler = %format_args!("{}::{}", entry.service, entry.function),
+                        trace_id = tracing::field::Empty,
+                    );
+                    crate::telemetry::trace::run_below(span, run).await?
+                }
+                false => run.await?,
             };
         }
         Ok(last)
@@ -443,6 +493,8 @@ impl Dispatcher {
         };
         let mut reply_headers = request.payload.headers.clone();
         reply_headers.extend(response.headers().clone());
+        // The reply's parent is the handler that answered.
+        crate::telemetry::trace::inject_replacing(&mut reply_headers);
         if request.payload.headers.contains_key(headers::TRANSACTIONS) {
             // The saga reserves, then commits or rejects, the transaction in every service that ran one
             // of its steps.

@@ -93,6 +93,7 @@ impl SagaManager {
         if let Some(user) = &execution.user {
             headers.insert(headers::USER.into(), user.clone());
         }
+        trace_step(headers, execution);
         execution.waiting = Some(Waiting {
             identifier: message.identifier,
             topic,
@@ -230,5 +231,15 @@ impl SagaManager {
 pub(super) fn advance(cursor: &mut [usize]) {
     if let Some(last) = cursor.last_mut() {
         *last += 1;
+    }
+}
+
+/// A step's trace context: the running span's, else the one the saga was started in.
+pub(super) fn trace_step(headers: &mut std::collections::BTreeMap<String, String>, execution: &SagaExecution) {
+    crate::telemetry::trace::inject_current(headers);
+    if let Some(trace) = &execution.trace {
+        headers
+            .entry(crate::telemetry::trace::TRACEPARENT.to_owned())
+            .or_insert_with(|| trace.clone());
     }
 }

@@ -138,6 +138,7 @@ impl SagaManager {
                 .unwrap_or_default(),
             user,
             caller,
+            trace: crate::telemetry::TraceContext::current().map(|t| t.traceparent()),
             error: None,
             deadline: started
                 + chrono::Duration::from_std(self.timeout).unwrap_or(chrono::Duration::MAX),
@@ -147,7 +148,16 @@ impl SagaManager {
         let _guard = self.lock(execution.uuid).await;
         self.save(&execution).await?;
         let scope = self.scope(&execution);
-        self.drive(saga, execution, &scope).await
+        if !crate::telemetry::trace::enabled() {
+            return self.drive(saga, execution, &scope).await;
+        }
+        let span = tracing::info_span!(
+            "saga",
+            saga = %execution.saga,
+            execution = %execution.uuid,
+            trace_id = tracing::field::Empty,
+        );
+        crate::telemetry::trace::run_below(span, self.drive(saga, execution, &scope)).await
     }
 
     /// The execution with this uuid (404 when unknown).
@@ -217,6 +227,12 @@ impl SagaManager {
             .save_execution(&execution.to_record())
             .await?;
         if execution.status.is_final() {
+            let took = (execution.updated_at - execution.created_at)
+                .to_std()
+                .unwrap_or_default();
+            self.context
+                .metrics()
+                .saga_ended(&execution.saga, execution.status.as_str(), took);
             let waiting = self.state.watchers().remove(&execution.uuid);
             for sender in waiting.into_iter().flatten() {
                 let _ = sender.send(execution.clone());

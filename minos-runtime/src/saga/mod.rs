@@ -233,6 +233,10 @@ pub struct SagaExecution {
     /// request that started the saga was accepted, so a long saga is not refused when it expires).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<crate::auth::Caller>,
+    /// The trace of the request that started it (W3C `traceparent`): its steps carry it when they are
+    /// sent outside any handler (resumed after a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
     /// Why it failed.
     pub error: Option<String>,
     /// When it times out (failing and compensating).

@@ -81,6 +81,7 @@ impl SagaManager {
         if let Some(user) = &execution.user {
             headers.insert(headers::USER.into(), user.clone());
         }
+        super::execution::trace_step(headers, execution);
         self.request(message).await
     }
 

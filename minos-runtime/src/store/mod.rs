@@ -414,6 +414,16 @@ pub trait OutboxStore: Send + Sync {
     /// Marks messages as published.
     async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError>;
 
+    /// How many messages wait to be published, and when the oldest was written. The default reads
+    /// them (up to 10,000); the database stores count.
+    async fn backlog(&self) -> Result<(u64, Option<DateTime<Utc>>), StoreError> {
+        let pending = self.pending(10_000).await?;
+        Ok((
+            pending.len() as u64,
+            pending.first().map(|record| record.created_at),
+        ))
+    }
+
     /// Leadership of the relay for this store: `Some` while this process may publish the outbox, `None`
     /// when another process's relay holds it (replicas of a service share one database, and only one
     /// relay should publish its rows, in order). Held until the lease is dropped or its process ends.

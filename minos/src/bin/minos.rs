@@ -318,7 +318,7 @@ fn discovery(
     if let Some(storage) = storage {
         config.storage = storage;
     }
-    minos::launcher::init_logging(&config.log);
+    let _telemetry = minos::telemetry::init(&config.name, &config.log, &config.telemetry)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -352,7 +352,7 @@ fn gateway(path: Option<PathBuf>, port: Option<u16>) -> minos::Result<()> {
         "" => "http://127.0.0.1:5567".to_owned(),
         url => url.to_owned(),
     };
-    minos::launcher::init_logging(&config.log);
+    let _telemetry = minos::telemetry::init("gateway", &config.log, &config.telemetry)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -14,7 +14,7 @@ impl OutboxStore for PostgresStore {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(
-                "SELECT id, identifier, topic, key, payload, created_at FROM outbox \
+                "SELECT id, identifier, topic, key, payload, created_at, headers FROM outbox \
                  WHERE sent_at IS NULL ORDER BY id LIMIT $1",
             )
             .await
@@ -33,10 +33,28 @@ impl OutboxStore for PostgresStore {
                     topic: row.get("topic"),
                     key: row.get("key"),
                     content: row.get("payload"),
+                    headers: row
+                        .get::<_, Option<serde_json::Value>>("headers")
+                        .and_then(|h| serde_json::from_value(h).ok())
+                        .unwrap_or_default(),
                 },
                 created_at: row.get("created_at"),
             })
             .collect())
+    }
+
+    async fn backlog(
+        &self,
+    ) -> Result<(u64, Option<chrono::DateTime<chrono::Utc>>), StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*), min(created_at) FROM outbox WHERE sent_at IS NULL",
+                &[],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok((row.get::<_, i64>(0).max(0) as u64, row.get(1)))
     }
 
     async fn relay_lease(&self) -> Result<Option<RelayLease>, StoreError> {

@@ -137,10 +137,10 @@ WITH input AS (
     ORDER BY e.position
     RETURNING id, uuid, version, xact
 ), outbox_rows AS (
-    INSERT INTO outbox (identifier, topic, key, payload, created_at)
-    SELECT o.identifier, o.topic, o.key, o.payload, o.created_at
-    FROM UNNEST($14::uuid[], $15::text[], $16::text[], $17::jsonb[], $18::timestamptz[], $19::uuid[])
-        WITH ORDINALITY AS o(identifier, topic, key, payload, created_at, root, position)
+    INSERT INTO outbox (identifier, topic, key, payload, created_at, headers)
+    SELECT o.identifier, o.topic, o.key, o.payload, o.created_at, o.headers
+    FROM UNNEST($14::uuid[], $15::text[], $16::text[], $17::jsonb[], $18::timestamptz[], $19::uuid[], $20::jsonb[])
+        WITH ORDINALITY AS o(identifier, topic, key, payload, created_at, root, headers, position)
     WHERE o.root IN (SELECT uuid FROM written)
     ORDER BY o.position
 )
@@ -273,6 +273,7 @@ struct Columns<'a> {
     o_payload: Vec<&'a Value>,
     o_created: Vec<DateTime<Utc>>,
     o_root: Vec<Uuid>,
+    o_headers: Vec<Option<Value>>,
 }
 
 impl<'a> Columns<'a> {
@@ -321,11 +322,15 @@ impl<'a> Columns<'a> {
             o_payload: messages.iter().map(|(m, _)| &m.content).collect(),
             o_created: messages.iter().map(|(_, e)| e.created_at).collect(),
             o_root: messages.iter().map(|(_, e)| e.uuid).collect(),
+            o_headers: messages
+                .iter()
+                .map(|(m, _)| (!m.headers.is_empty()).then(|| serde_json::json!(m.headers)))
+                .collect(),
         })
     }
 
-    /// `$1` to `$19`, in order.
-    fn params(&self) -> [&(dyn ToSql + Sync); 19] {
+    /// `$1` to `$20`, in order.
+    fn params(&self) -> [&(dyn ToSql + Sync); 20] {
         [
             &self.s_uuid,
             &self.s_name,
@@ -346,6 +351,7 @@ impl<'a> Columns<'a> {
             &self.o_payload,
             &self.o_created,
             &self.o_root,
+            &self.o_headers,
         ]
     }
 }

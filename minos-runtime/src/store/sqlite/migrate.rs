@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("sql/0004_saga_executions.sql")),
     (5, include_str!("sql/0005_transaction_claims.sql")),
     (6, include_str!("sql/0006_registry.sql")),
+    (7, include_str!("sql/0007_outbox_headers.sql")),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -16,7 +16,7 @@ impl OutboxStore for SqliteStore {
         self.with(move |conn| {
             let mut statement = conn
                 .prepare_cached(
-                    "SELECT id, identifier, topic, key, payload, created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?1",
+                    "SELECT id, identifier, topic, key, payload, created_at, headers FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?1",
                 )
                 .map_err(sql_err)?;
             let rows = statement
@@ -28,12 +28,14 @@ impl OutboxStore for SqliteStore {
                         row.get::<_, String>(3)?,
                         row.get::<_, String>(4)?,
                         row.get::<_, String>(5)?,
+                        row.get::<_, Option<String>>(6)?,
                     ))
                 })
                 .map_err(sql_err)?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, identifier, topic, key, payload, created_at) = row.map_err(sql_err)?;
+                let (id, identifier, topic, key, payload, created_at, headers) =
+                    row.map_err(sql_err)?;
                 out.push(OutboxRecord {
                     id,
                     message: DomainMessage {
@@ -41,11 +43,33 @@ impl OutboxStore for SqliteStore {
                         topic,
                         key,
                         content: from_text(&payload)?,
+                        headers: headers
+                            .and_then(|h| serde_json::from_str(&h).ok())
+                            .unwrap_or_default(),
                     },
                     created_at: parse_time(&created_at)?,
                 });
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn backlog(
+        &self,
+    ) -> Result<(u64, Option<chrono::DateTime<chrono::Utc>>), StoreError> {
+        self.with(move |conn| {
+            let (count, oldest): (i64, Option<String>) = conn
+                .query_row(
+                    "SELECT count(*), min(created_at) FROM outbox WHERE sent_at IS NULL",
+                    [],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .map_err(sql_err)?;
+            Ok((
+                count.max(0) as u64,
+                oldest.as_deref().map(parse_time).transpose()?,
+            ))
         })
         .await
     }

@@ -167,7 +167,7 @@ fn insert_messages(
 ) -> Result<(), StoreError> {
     let mut insert = tx
         .prepare_cached(
-            "INSERT INTO outbox (identifier, topic, key, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO outbox (identifier, topic, key, payload, created_at, headers) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )
         .map_err(sql_err)?;
     for message in messages {
@@ -177,7 +177,9 @@ fn insert_messages(
                 message.topic,
                 message.key,
                 to_text(&message.content)?,
-                created_at
+                created_at,
+                (!message.headers.is_empty())
+                    .then(|| serde_json::to_string(&message.headers).unwrap_or_default())
             ])
             .map_err(sql_err)?;
     }

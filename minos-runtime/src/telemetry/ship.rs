@@ -1,0 +1,312 @@
+//! Log aggregation on the broker: with `log.aggregate` on, every log record (with the fields of the
+//! spans it was written in: `service`, `trace_id`, `handler`, …) also goes to the topic `_minos.logs`,
+//! in batches. `minos logs` follows that topic and the dashboard shows it.
+//!
+//! Shipping never blocks or slows a handler: a record is put in a bounded buffer or, when the buffer is
+//! full (the broker is away), dropped and counted; the count is logged and exported as
+//! `minos_log_records_dropped_total`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Record};
+use tracing::{Event, Id, Subscriber};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::Layer;
+
+use crate::messaging::{BrokerMessage, SharedBroker};
+
+/// The topic log records are shipped to.
+pub const LOG_TOPIC: &str = "_minos.logs";
+
+/// Records per message at most.
+const BATCH: usize = 256;
+
+/// One log record as shipped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// When it was written (RFC 3339, microseconds).
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// `ERROR`, `WARN`, `INFO`, `DEBUG` or `TRACE`.
+    pub level: String,
+    /// The service that wrote it (its span's `service`, else the process's service).
+    pub service: String,
+    /// The trace it was written in, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The module that wrote it.
+    pub target: String,
+    /// The message.
+    pub message: String,
+    /// The record's other fields and its spans' fields (`handler`, `topic`, `message_id`, …).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub fields: Map<String, Value>,
+}
+
+impl LogRecord {
+    /// The level's rank: 1 (`ERROR`) to 5 (`TRACE`); 0 for an unknown level.
+    pub fn severity(&self) -> u8 {
+        level_rank(&self.level)
+    }
+}
+
+/// `ERROR` = 1 … `TRACE` = 5 (case-insensitive); 0 for anything else.
+pub fn level_rank(level: &str) -> u8 {
+    match level.to_ascii_uppercase().as_str() {
+        "ERROR" => 1,
+        "WARN" | "WARNING" => 2,
+        "INFO" => 3,
+        "DEBUG" => 4,
+        "TRACE" => 5,
+        _ => 0,
+    }
+}
+
+/// A shipped batch, the content of a message on [`LOG_TOPIC`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogBatch {
+    /// The records, oldest first.
+    pub records: Vec<LogRecord>,
+    /// Records the instance had to drop since its previous batch.
+    #[serde(default)]
+    pub dropped: u64,
+}
+
+struct Sink {
+    sender: mpsc::Sender<LogRecord>,
+    receiver: std::sync::Mutex<Option<mpsc::Receiver<LogRecord>>>,
+    dropped: AtomicU64,
+    service: String,
+}
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+tokio::task_local! {
+    /// Set in the shipping task: what it logs itself is not shipped (no loop while the broker is away).
+    static SHIPPING: ();
+}
+
+/// The layer that puts records in the buffer (installed by [`super::init`] with `log.aggregate`).
+pub(crate) fn layer(service: &str, buffer: usize) -> ShipLayer {
+    let (sender, receiver) = mpsc::channel(buffer.max(1));
+    let _ = SINK.set(Sink {
+        sender,
+        receiver: std::sync::Mutex::new(Some(receiver)),
+        dropped: AtomicU64::new(0),
+        service: service.to_owned(),
+    });
+    ShipLayer
+}
+
+/// Whether records are being buffered for shipping (`log.aggregate` on in this process).
+pub fn active() -> bool {
+    SINK.get().is_some()
+}
+
+/// Starts shipping the buffered records to `broker` (once per process; later calls do nothing).
+pub fn start(broker: SharedBroker, metrics: Option<super::Metrics>) {
+    let Some(sink) = SINK.get() else {
+        return;
+    };
+    let Some(mut receiver) = sink.receiver.lock().ok().and_then(|mut r| r.take()) else {
+        return;
+    };
+    tokio::spawn(SHIPPING.scope((), async move {
+        let mut records = Vec::with_capacity(BATCH);
+        // Records of batches the broker refused: reported with the next batch.
+        let mut lost = 0;
+        loop {
+            if receiver.recv_many(&mut records, BATCH).await == 0 {
+                return;
+            }
+            // A moment for more records of the same burst to join the batch.
+            if records.len() < BATCH {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while records.len() < BATCH {
+                    match receiver.try_recv() {
+                        Ok(record) => records.push(record),
+                        Err(_) => break,
+                    }
+                }
+            }
+            let full = sink.dropped.swap(0, Ordering::Relaxed);
+            if let (Some(metrics), true) = (&metrics, full > 0) {
+                metrics.logs_dropped(full);
+            }
+            let dropped = full + lost;
+            let batch = LogBatch {
+                records: std::mem::take(&mut records),
+                dropped,
+            };
+            let count = batch.records.len() as u64;
+            let content = serde_json::to_value(&batch).unwrap_or_default();
+            let mut message = BrokerMessage::new(LOG_TOPIC, content);
+            message.key = Some(sink.service.clone());
+            if let Err(error) = broker.publish(message).await {
+                lost = dropped + count;
+                if let Some(metrics) = &metrics {
+                    metrics.logs_dropped(count);
+                }
+                tracing::warn!(%error, records = count, "could not ship log records to {LOG_TOPIC}; dropped");
+            } else if dropped > 0 {
+                lost = 0;
+                tracing::warn!(
+                    dropped,
+                    "log records dropped while the log buffer was full (log.buffer)"
+                );
+            }
+        }
+    }));
+}
+
+/// The fields of a span, kept for the records written inside it.
+struct SpanFields(Map<String, Value>);
+
+struct JsonVisitor<'a> {
+    fields: &'a mut Map<String, Value>,
+    message: Option<&'a mut String>,
+}
+
+impl Visit for JsonVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, Value::String(value.to_owned()));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, Value::Bool(value));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, Value::from(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, Value::from(value));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, Value::from(value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.put(field, Value::String(format!("{value:?}")));
+    }
+}
+
+impl JsonVisitor<'_> {
+    fn put(&mut self, field: &Field, value: Value) {
+        let name = field.name();
+        if name == "message" {
+            if let Some(message) = self.message.as_deref_mut() {
+                *message = match value {
+                    Value::String(text) => text,
+                    other => other.to_string(),
+                };
+                return;
+            }
+        }
+        // `otel.*` fields name exported spans; they are not part of a record.
+        if !name.starts_with("otel.") {
+            self.fields.insert(name.to_owned(), value);
+        }
+    }
+}
+
+/// Puts each record in the shipping buffer.
+#[derive(Debug)]
+pub(crate) struct ShipLayer;
+
+impl<S> Layer<S> for ShipLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let mut fields = Map::new();
+        attrs.record(&mut JsonVisitor {
+            fields: &mut fields,
+            message: None,
+        });
+        span.extensions_mut().insert(SpanFields(fields));
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let mut extensions = span.extensions_mut();
+        if let Some(SpanFields(fields)) = extensions.get_mut::<SpanFields>() {
+            values.record(&mut JsonVisitor {
+                fields,
+                message: None,
+            });
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let Some(sink) = SINK.get() else {
+            return;
+        };
+        let target = event.metadata().target();
+        if SHIPPING.try_with(|_| ()).is_ok() || target.starts_with("rdkafka") {
+            return;
+        }
+        let mut fields = Map::new();
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope.from_root() {
+                if let Some(SpanFields(span_fields)) = span.extensions().get::<SpanFields>() {
+                    for (key, value) in span_fields {
+                        fields.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        let mut message = String::new();
+        event.record(&mut JsonVisitor {
+            fields: &mut fields,
+            message: Some(&mut message),
+        });
+        let service = match fields.remove("service") {
+            Some(Value::String(service)) => service,
+            _ => sink.service.clone(),
+        };
+        let trace_id = match fields.remove("trace_id") {
+            Some(Value::String(id)) if !id.is_empty() => Some(id),
+            _ => None,
+        };
+        let record = LogRecord {
+            time: chrono::Utc::now(),
+            level: event.metadata().level().to_string(),
+            service,
+            trace_id,
+            target: target.to_owned(),
+            message,
+            fields,
+        };
+        if sink.sender.try_send(record).is_err() {
+            sink.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_rank_from_error_to_trace() {
+        assert_eq!(level_rank("error"), 1);
+        assert_eq!(level_rank("WARN"), 2);
+        assert_eq!(level_rank("Info"), 3);
+        assert_eq!(level_rank("trace"), 5);
+        assert_eq!(level_rank("loud"), 0);
+    }
+}
