@@ -90,7 +90,7 @@ impl FooQueryService {
     #[enroute(event = "FooCreated")]
     async fn foo_created(&self, request: Request) -> Result<()> {
         let event: minos::Event = request.content()?;
-        println!("A Foo was created: {}", event.uuid);
+        minos::tracing::info!("A Foo was created: {}", event.uuid);
         Ok(())
     }
 

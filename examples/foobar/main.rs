@@ -35,6 +35,7 @@ impl FooBarCommandService {
             return Err(Error::bad_request("`text` must not be empty"));
         }
         let foobar = FooBar::create(FooBar { something: text }).await?;
+        minos::tracing::info!("FooBar {} created", foobar.uuid());
         Ok(Response::json(foobar.uuid()))
     }
 }

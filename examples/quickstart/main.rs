@@ -64,9 +64,10 @@ impl FooQueryService {
     #[enroute(event = "FooCreated")]
     async fn foo_created(&self, request: Request) -> Result<()> {
         let event: minos::Event = request.content()?;
-        println!(
+        minos::tracing::info!(
             "A Foo was created: {} (version {})",
-            event.uuid, event.version
+            event.uuid,
+            event.version
         );
         Ok(())
     }

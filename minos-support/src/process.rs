@@ -40,11 +40,11 @@ pub fn spawn_listening(command: &mut Command, label: &str, timeout: Duration) ->
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .unwrap_or_else(|_| panic!("{label} did not say where it listens within {timeout:?}"));
         if let Some(rest) = line.split("listening on http://").nth(1) {
+            // Text or JSON logs: the address ends at the first character an address has not.
             break rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || ".:[]-".contains(*c))
+                .collect();
         }
     };
     Listening { child, addr, lines }

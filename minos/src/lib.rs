@@ -18,6 +18,10 @@ pub use minos_runtime::{
 
 pub use chrono;
 pub use serde_json;
+/// Logging from handlers: `minos::tracing::info!(...)`. Lines written inside a handler carry its span's
+/// fields (`service`, `trace_id`, `handler`, the message's id) in text and JSON logs, and are shipped
+/// with `log.aggregate`.
+pub use tracing;
 pub use uuid::{self, Uuid};
 
 /// What a service module needs: `use minos::prelude::*;`.

@@ -143,8 +143,13 @@ pub(super) async fn handle(
             route = %format_args!("{} {}", route.method, route.path),
             handler = route.function,
             trace_id = tracing::field::Empty,
-            otel.name = %format_args!("{} {}", route.method, route.path),
-            otel.kind = "server",
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+        );
+        crate::telemetry::trace::name_span(
+            &span,
+            format_args!("{} {}", route.method, route.path),
+            "server",
         );
         let parent = trace_headers(&request);
         crate::telemetry::trace::run_in(span, parent, async {

@@ -334,6 +334,84 @@ impl Broker for KafkaBroker {
 }
 
 impl KafkaBroker {
+    /// Every message of `topic` the cluster still keeps, oldest first per partition; then, with
+    /// `follow`, every new one. Without `follow` the receiver closes once the messages that were there
+    /// when it started are read. Nothing is committed (how `minos logs` reads the log topic).
+    pub async fn tail(
+        &self,
+        topic: &str,
+        follow: bool,
+    ) -> Result<mpsc::UnboundedReceiver<BrokerMessage>> {
+        self.ensure_topics(&[topic.to_owned()]).await?;
+        let ends = self.ends(&[topic.to_owned()]).await?;
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set(
+                "group.id",
+                format!("{topic}.tail.{}", uuid::Uuid::new_v4().simple()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "50")
+            .create()
+            .map_err(|e| kafka_error("consumer", e))?;
+        let mut starts = TopicPartitionList::new();
+        // The partitions with messages to read before the history is done: partition → its end.
+        let mut remaining: HashMap<i32, i64> = HashMap::new();
+        for element in ends.elements() {
+            starts
+                .add_partition_offset(topic, element.partition(), Offset::Beginning)
+                .map_err(|e| kafka_error("listing partitions", e))?;
+            if let Offset::Offset(end) = element.offset() {
+                if end > 0 {
+                    remaining.insert(element.partition(), end);
+                }
+            }
+        }
+        consumer
+            .assign(&starts)
+            .map_err(|e| kafka_error("assigning the topic", e))?;
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let topic = topic.to_owned();
+        tokio::spawn(async move {
+            loop {
+                if !follow && remaining.is_empty() {
+                    return;
+                }
+                let received = tokio::select! {
+                    received = consumer.recv() => received,
+                    _ = sender.closed() => return,
+                    // A partition whose old messages were deleted may never reach its recorded end.
+                    _ = tokio::time::sleep(Duration::from_secs(5)), if !follow => return,
+                };
+                match received {
+                    Ok(message) => {
+                        if let Some(end) = remaining.get(&message.partition()) {
+                            if message.offset() + 1 >= *end {
+                                remaining.remove(&message.partition());
+                            }
+                        }
+                        match BrokerMessage::from_json(message.payload().unwrap_or_default()) {
+                            Ok(decoded) => {
+                                if sender.send(decoded).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(error) => {
+                                tracing::debug!(%error, %topic, "undecodable message: skipped")
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, %topic, "kafka consumer error; continuing");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        Ok(receiver)
+    }
+
     /// Every partition of `topics` at its current end (high watermark).
     async fn ends(&self, topics: &[String]) -> Result<TopicPartitionList> {
         let producer = self.producer.clone();

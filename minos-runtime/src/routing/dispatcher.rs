@@ -169,9 +169,10 @@ impl Dispatcher {
                 topic = %topic,
                 message_id = %message.identifier,
                 trace_id = tracing::field::Empty,
-                otel.name = %format_args!("handle {topic}"),
-                otel.kind = "consumer",
+                otel.name = tracing::field::Empty,
+                otel.kind = tracing::field::Empty,
             );
+            crate::telemetry::trace::name_span(&span, format_args!("handle {topic}"), "consumer");
             let parent = crate::telemetry::TraceContext::extract(&message.payload.headers);
             crate::telemetry::trace::run_in(span, parent, self.dispatch_message(message)).await
         } else {

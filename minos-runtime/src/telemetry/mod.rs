@@ -235,7 +235,8 @@ pub fn init(
             };
             let (provider, layer) = otlp::layer(&telemetry.otlp, name)?;
             guard.provider = Some(provider);
-            Some(layer)
+            trace::set_exporting(true);
+            Some(layer.with_filter(filter()))
         };
         let _ = tracing_subscriber::registry()
             .with(stdout)

@@ -56,6 +56,90 @@ impl LogRecord {
     }
 }
 
+impl std::fmt::Display for LogRecord {
+    /// `2026-12-02T13:00:00.123456Z  INFO foo [4bf92f35…] message key=value …`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {:>5} {}",
+            self.time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            self.level,
+            self.service
+        )?;
+        if let Some(trace) = &self.trace_id {
+            write!(f, " [{trace}]")?;
+        }
+        write!(f, " {}", self.message)?;
+        for (key, value) in &self.fields {
+            match value {
+                Value::String(text) => write!(f, " {key}={text}")?,
+                other => write!(f, " {key}={other}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which shipped records to show (`minos logs`, the dashboard).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LogFilter {
+    /// Only these services (all when empty).
+    pub services: Vec<String>,
+    /// Only records at this level or more severe (`warn`: warnings and errors).
+    pub level: Option<String>,
+    /// Only this trace.
+    pub trace_id: Option<String>,
+    /// Only records written at or after this time.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only records written before this time.
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl LogFilter {
+    /// Whether `record` passes.
+    pub fn matches(&self, record: &LogRecord) -> bool {
+        (self.services.is_empty() || self.services.iter().any(|s| *s == record.service))
+            && self
+                .level
+                .as_deref()
+                .is_none_or(|level| record.severity() != 0 && record.severity() <= level_rank(level))
+            && self
+                .trace_id
+                .as_deref()
+                .is_none_or(|trace| record.trace_id.as_deref() == Some(trace))
+            && self.since.is_none_or(|since| record.time >= since)
+            && self.until.is_none_or(|until| record.time < until)
+    }
+}
+
+/// A point in time as written on the command line: RFC 3339 (`2026-12-02T13:00:00Z`) or an age
+/// (`90s`, `10m`, `2h`, `1d`: that long before `now`).
+pub fn parse_time(
+    text: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&chrono::Utc));
+    }
+    let unit_at = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(unit_at);
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => 0,
+    };
+    match number.parse::<i64>() {
+        Ok(n) if seconds > 0 => Ok(now - chrono::Duration::seconds(n.saturating_mul(seconds))),
+        _ => Err(format!(
+            "`{text}`: write a time as 2026-12-02T13:00:00Z or an age such as 90s, 10m, 2h, 1d"
+        )),
+    }
+}
+
 /// `ERROR` = 1 … `TRACE` = 5 (case-insensitive); 0 for anything else.
 pub fn level_rank(level: &str) -> u8 {
     match level.to_ascii_uppercase().as_str() {
@@ -300,6 +384,43 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(service: &str, level: &str, trace: Option<&str>, minutes_ago: i64) -> LogRecord {
+        LogRecord {
+            time: chrono::Utc::now() - chrono::Duration::minutes(minutes_ago),
+            level: level.into(),
+            service: service.into(),
+            trace_id: trace.map(str::to_owned),
+            target: "t".into(),
+            message: "m".into(),
+            fields: Map::from_iter([("handler".to_owned(), Value::from("Foo::bar"))]),
+        }
+    }
+
+    #[test]
+    fn filters_by_service_level_trace_and_time() {
+        let now = chrono::Utc::now();
+        let filter = LogFilter {
+            services: vec!["foo".into()],
+            level: Some("warn".into()),
+            trace_id: Some("abc".into()),
+            since: Some(parse_time("10m", now).unwrap()),
+            until: None,
+        };
+        assert!(filter.matches(&record("foo", "ERROR", Some("abc"), 1)));
+        assert!(filter.matches(&record("foo", "WARN", Some("abc"), 1)));
+        assert!(!filter.matches(&record("foo", "INFO", Some("abc"), 1)));
+        assert!(!filter.matches(&record("bar", "ERROR", Some("abc"), 1)));
+        assert!(!filter.matches(&record("foo", "ERROR", Some("abd"), 1)));
+        assert!(!filter.matches(&record("foo", "ERROR", None, 1)));
+        assert!(!filter.matches(&record("foo", "ERROR", Some("abc"), 20)));
+        assert!(LogFilter::default().matches(&record("x", "TRACE", None, 100)));
+        let line = record("foo", "INFO", Some("abc"), 0).to_string();
+        assert!(line.contains(" INFO foo [abc] m handler=Foo::bar"), "{line}");
+        assert!(parse_time("2026-12-02T13:00:00Z", now).is_ok());
+        assert!(parse_time("ten minutes", now).is_err());
+        assert!(parse_time("5y", now).is_err());
+    }
 
     #[test]
     fn levels_rank_from_error_to_trace() {

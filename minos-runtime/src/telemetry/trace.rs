@@ -32,6 +32,22 @@ tokio::task_local! {
 /// Whether the runtime makes spans and carries trace context (`telemetry.spans`, on by default).
 static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
+/// Whether spans are exported (`telemetry.otlp`): only then do spans get their `otel.*` names.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub(crate) fn set_exporting(exporting: bool) {
+    EXPORTING.store(exporting, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Names an exported span (`otel.name`, `otel.kind`: declared empty on the span, so logs don't show
+/// them when nothing is exported).
+pub(crate) fn name_span(span: &tracing::Span, name: std::fmt::Arguments<'_>, kind: &'static str) {
+    if EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+        span.record("otel.name", tracing::field::display(name));
+        span.record("otel.kind", kind);
+    }
+}
+
 /// Turns spans and trace propagation on or off for the process (`telemetry.spans`).
 pub fn set_enabled(enabled: bool) {
     ENABLED.store(enabled, std::sync::atomic::Ordering::Relaxed);

@@ -7,9 +7,14 @@
 //! `minos views` shows a running service's views (state, positions, lag) and rebuilds one from
 //! history: `minos views --url http://localhost:4545`, `minos views rebuild FooListing`.
 //!
+//! `minos logs` follows the log records services ship to the broker (`log.aggregate`):
+//! `minos logs --trace 4bf92f35… --no-follow`, `minos logs --service foo --level warn --since 10m`.
+//!
 //! `minos gateway` runs the API gateway (port 5566 by default), configured the same way: the registry
 //! from `discovery.url` (`MINOS_DISCOVERY_URL`, default `http://127.0.0.1:5567`), the `gateway:` section
 //! (`MINOS_GATEWAY_TIMEOUT_MS`, …), `http.body_limit`, and `auth:` to check tokens at the edge.
+
+mod logs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +53,9 @@ enum Command {
         #[arg(long)]
         storage: Option<String>,
     },
+    /// Follow the log records services ship to the broker (`log: {aggregate: true}`), filtered by
+    /// service, level, trace and time.
+    Logs(logs::LogsArgs),
     /// Show a running service's views (state, position and lag per source), or rebuild one from
     /// history.
     Views(ViewsArgs),
@@ -75,6 +83,7 @@ fn main() -> ExitCode {
         Command::Token(args) => token(args),
         Command::Gateway { config, port } => gateway(config, port),
         Command::Views(args) => views(args),
+        Command::Logs(args) => logs::logs(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,445 @@
+//! Observability as a user meets it: one request is one trace, in the logs (text, JSON, shipped to
+//! the broker and read back with `minos logs`), in the metrics, and in the spans exported to an
+//! OpenTelemetry collector, across `foo` → Kafka → `foobar` inside a saga.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use minos_support::http::Client;
+use minos_support::postgres::fresh_schema_url;
+use minos_support::process::{eventually, minos_binary, spawn_listening};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use serde_json::{json, Value};
+
+struct Service {
+    child: Child,
+    http: Client,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Service {
+    fn start(binary: &str, name: &str, env: &[(&str, String)]) -> Service {
+        let mut command = Command::new(binary);
+        command
+            .env("MINOS_NAME", name)
+            .env("MINOS_HTTP_HOST", "127.0.0.1")
+            .env("MINOS_HTTP_PORT", "0")
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::inherit());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let started = spawn_listening(&mut command, name, Duration::from_secs(90));
+        Service {
+            child: started.child,
+            http: Client::new(format!("http://{}", started.addr)),
+            lines: started.lines,
+        }
+    }
+
+    /// The next output line containing `text`.
+    fn wait_for_line(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no output line containing {text:?}"));
+            if line.contains(text) {
+                return line;
+            }
+        }
+    }
+}
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+fn traceparent(trace: &str) -> String {
+    format!("00-{trace}-{CALLER_SPAN}-01")
+}
+
+#[test]
+fn a_request_is_one_trace_in_json_logs_and_is_counted_in_the_metrics() {
+    let service = Service::start(
+        env!("CARGO_BIN_EXE_quickstart"),
+        "telemetry-quickstart",
+        &[
+            ("MINOS_STORAGE", "memory".into()),
+            ("MINOS_LOG_FORMAT", "json".into()),
+        ],
+    );
+    let traced = service
+        .http
+        .clone()
+        .with_header("traceparent", &traceparent(TRACE));
+    let created = traced.post("/foos", r#"{"bar": "traced"}"#).unwrap();
+    assert_eq!(created.status, 200, "{}", created.body);
+    let uuid = created.json()["uuid"].as_str().unwrap().to_owned();
+    // The answer names the trace, with the service's own span as the parent.
+    let response = &created.headers["traceresponse"];
+    assert!(response.starts_with(&format!("00-{TRACE}-")), "{response}");
+    assert!(!response.contains(CALLER_SPAN), "{response}");
+
+    // The FooCreated handler ran after the outbox and the broker, still in the request's trace: its
+    // JSON log line carries the trace id, the service, the handler and the message id.
+    let line = service.wait_for_line("A Foo was created");
+    let record: Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(record["level"], json!("INFO"), "{record}");
+    assert!(record["message"].as_str().unwrap().contains(&uuid), "{record}");
+    let spans = record["spans"].as_array().expect("the spans of the line");
+    let field = |name: &str| {
+        spans
+            .iter()
+            .find_map(|span| span.get(name).cloned())
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(field("trace_id"), json!(TRACE), "{record}");
+    assert_eq!(field("service"), json!("telemetry-quickstart"), "{record}");
+    assert_eq!(field("topic"), json!("FooCreated"), "{record}");
+    assert!(field("message_id").as_str().is_some_and(|id| id.len() == 36), "{record}");
+    assert_eq!(
+        field("handler"),
+        json!("FooQueryService::foo_created"),
+        "{record}"
+    );
+
+    // A request without a traceparent starts a trace of its own.
+    let other = service.http.post("/foos", r#"{"bar": "other"}"#).unwrap();
+    let other_trace = other.headers["traceresponse"].clone();
+    assert!(!other_trace.contains(TRACE), "{other_trace}");
+    assert_eq!(other_trace.len(), 55, "{other_trace}");
+
+    // Metrics, in the Prometheus text format.
+    eventually("FooCreated counted", Duration::from_secs(10), || {
+        let metrics = service.http.get("/metrics").unwrap();
+        metrics
+            .body
+            .contains("minos_broker_messages_total{topic=\"FooCreated\",outcome=\"handled\"} 2")
+    });
+    let metrics = service.http.get("/metrics").unwrap();
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.headers["content-type"].starts_with("application/openmetrics-text"),
+        "{:?}",
+        metrics.headers
+    );
+    for expected in [
+        "minos_http_requests_total{method=\"POST\",route=\"/foos\",status=\"200\"} 2",
+        "# TYPE minos_http_request_duration_seconds histogram",
+        "minos_http_request_duration_seconds_count{method=\"POST\",route=\"/foos\"} 2",
+        "minos_outbox_backlog_messages 0",
+        "minos_outbox_published_messages_total 2",
+        "minos_store_operation_duration_seconds_count{operation=\"commit\"}",
+        "minos_view_lag_events{view=\"FooListing\",source=\"Foo\"} 0",
+        "# EOF",
+    ] {
+        assert!(metrics.body.contains(expected), "no `{expected}` in\n{}", metrics.body);
+    }
+}
+
+#[test]
+fn metrics_and_spans_can_be_switched_off() {
+    let service = Service::start(
+        env!("CARGO_BIN_EXE_quickstart"),
+        "telemetry-off",
+        &[
+            ("MINOS_STORAGE", "memory".into()),
+            ("MINOS_TELEMETRY_METRICS", "false".into()),
+            ("MINOS_TELEMETRY_SPANS", "false".into()),
+        ],
+    );
+    let created = service
+        .http
+        .clone()
+        .with_header("traceparent", &traceparent(TRACE))
+        .post("/foos", r#"{"bar": "quiet"}"#)
+        .unwrap();
+    assert_eq!(created.status, 200);
+    assert!(!created.headers.contains_key("traceresponse"));
+    let line = service.wait_for_line("A Foo was created");
+    assert!(!line.contains(TRACE), "{line}");
+    let metrics = service.http.get("/metrics").unwrap();
+    assert_eq!(metrics.status, 404, "{}", metrics.body);
+    assert!(metrics.body.contains("telemetry.metrics"), "{}", metrics.body);
+}
+
+#[test]
+fn minos_logs_refuses_the_in_process_broker_and_bad_filters() {
+    let minos = minos_binary(env!("CARGO_BIN_EXE_quickstart"));
+    let output = Command::new(&minos)
+        .args(["logs", "--broker", "memory"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("kafka://HOST:PORT"), "{stderr}");
+    let output = Command::new(&minos)
+        .args(["logs", "--level", "loud"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--level `loud`"), "{stderr}");
+    let output = Command::new(&minos)
+        .args(["logs", "--since", "yesterday"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("10m"), "{stderr}");
+}
+
+/// Receives OTLP/HTTP exports as a collector does, keeping each request's body.
+struct Collector {
+    port: u16,
+    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Collector {
+    fn start() -> Collector {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&bodies);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let kept = Arc::clone(&kept);
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut stream = stream;
+                    loop {
+                        let mut length = 0usize;
+                        let mut request_line = String::new();
+                        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        loop {
+                            let mut header = String::new();
+                            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let header = header.trim_end();
+                            if header.is_empty() {
+                                break;
+                            }
+                            if let Some((name, value)) = header.split_once(':') {
+                                if name.eq_ignore_ascii_case("content-length") {
+                                    length = value.trim().parse().unwrap_or(0);
+                                }
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        if request_line.starts_with("POST /v1/traces") {
+                            kept.lock().unwrap().push(body);
+                        }
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                        if stream.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Collector { port, bodies }
+    }
+
+    /// Every span received: (service.name, span).
+    fn spans(&self) -> Vec<Span> {
+        let bodies = self.bodies.lock().unwrap().clone();
+        let mut spans = Vec::new();
+        for body in bodies {
+            let request = ExportTraceServiceRequest::decode(&body[..]).expect("an OTLP export");
+            for resource in request.resource_spans {
+                let service = resource
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|a| a.key == "service.name")
+                    .and_then(|a| a.value.as_ref())
+                    .map(|v| format!("{:?}", v.value))
+                    .unwrap_or_default();
+                for scope in resource.scope_spans {
+                    for span in scope.spans {
+                        spans.push(Span {
+                            service: service.clone(),
+                            trace_id: hex(&span.trace_id),
+                            span_id: hex(&span.span_id),
+                            parent: hex(&span.parent_span_id),
+                            name: span.name,
+                        });
+                    }
+                }
+            }
+        }
+        spans
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Span {
+    service: String,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+    name: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn a_saga_across_kafka_is_one_trace_in_the_collector_and_in_minos_logs() {
+    let bootstrap =
+        std::env::var("MINOS_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let collector = Collector::start();
+    let suffix = &minos::Uuid::new_v4().simple().to_string()[..8];
+    let (foo_name, foobar_name) = (format!("foo-{suffix}"), format!("foobar-{suffix}"));
+    let env = |storage: String| {
+        vec![
+            ("MINOS_STORAGE", storage),
+            ("MINOS_BROKER", format!("kafka://{bootstrap}")),
+            ("MINOS_TELEMETRY_OTLP", format!("http://127.0.0.1:{}", collector.port)),
+            ("MINOS_LOG_AGGREGATE", "true".to_owned()),
+            // Export every half second instead of every five.
+            ("OTEL_BSP_SCHEDULE_DELAY", "500".to_owned()),
+        ]
+    };
+    let _foobar = Service::start(
+        env!("CARGO_BIN_EXE_foobar"),
+        &foobar_name,
+        &env(fresh_schema_url()),
+    );
+    let foo = Service::start(env!("CARGO_BIN_EXE_foo"), &foo_name, &env(fresh_schema_url()));
+
+    let created = foo.http.post("/foos", r#"{"bar": "traced"}"#).unwrap();
+    assert_eq!(created.status, 200, "{}", created.body);
+    let uuid = created.json()["uuid"].clone();
+    let trace = minos::Uuid::new_v4().simple().to_string();
+    let started = foo
+        .http
+        .clone()
+        .with_header("traceparent", &traceparent(&trace))
+        .post(
+            "/foos/add-foobar",
+            &json!({"uuid": uuid, "something": "traced"}).to_string(),
+        )
+        .unwrap();
+    assert_eq!(started.status, 200, "{}", started.body);
+    let execution = started.json()["uuid"].as_str().unwrap().to_owned();
+    eventually("the saga to finish", Duration::from_secs(60), || {
+        let answer = foo.http.get(&format!("/saga/executions/{execution}")).unwrap();
+        answer.json()["status"] == json!("finished")
+    });
+
+    // The collector has one trace: foo's request span below the caller's span, foobar's handling of
+    // CreateFooBar below a span of foo, and foo's handling of the reply below a span of foobar.
+    let mut spans = Vec::new();
+    eventually("the spans of both services", Duration::from_secs(30), || {
+        spans = collector
+            .spans()
+            .into_iter()
+            .filter(|s| s.trace_id == trace)
+            .collect();
+        let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
+        services.len() == 2
+            && spans.iter().any(|s| s.name.starts_with("handle ") && s.service.contains(&foo_name))
+    });
+    let by_id: BTreeMap<&str, &Span> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let request = spans
+        .iter()
+        .find(|s| s.name == "POST /foos/add-foobar")
+        .unwrap_or_else(|| panic!("no request span in {spans:#?}"));
+    assert_eq!(request.parent, CALLER_SPAN, "{request:?}");
+    assert!(request.service.contains(&foo_name), "{request:?}");
+    let saga = spans
+        .iter()
+        .find(|s| s.name == "saga")
+        .unwrap_or_else(|| panic!("no saga span in {spans:#?}"));
+    assert_eq!(saga.parent, request.span_id, "{saga:?}");
+    let step = spans
+        .iter()
+        .find(|s| s.name == "handle CreateFooBar")
+        .unwrap_or_else(|| panic!("no CreateFooBar span in {spans:#?}"));
+    assert!(step.service.contains(&foobar_name), "{step:?}");
+    let sender = by_id
+        .get(step.parent.as_str())
+        .unwrap_or_else(|| panic!("the step's parent is not in the trace: {spans:#?}"));
+    assert!(sender.service.contains(&foo_name), "{sender:?}");
+    let handler = spans
+        .iter()
+        .find(|s| s.name == "handler" && s.parent == step.span_id)
+        .unwrap_or_else(|| panic!("no handler span below the step in {spans:#?}"));
+    assert!(handler.service.contains(&foobar_name), "{handler:?}");
+    let reply = spans
+        .iter()
+        .find(|s| s.name.starts_with("handle ") && s.service.contains(&foo_name))
+        .unwrap_or_else(|| panic!("no reply span in {spans:#?}"));
+    let replier = by_id
+        .get(reply.parent.as_str())
+        .unwrap_or_else(|| panic!("the reply's parent is not in the trace: {spans:#?}"));
+    assert!(replier.service.contains(&foobar_name), "{replier:?}");
+
+    // `minos logs` reads the records both services shipped, for that trace only.
+    let minos = minos_binary(env!("CARGO_BIN_EXE_foo"));
+    let mut printed = String::new();
+    eventually("foobar's log line in minos logs", Duration::from_secs(30), || {
+        let output = Command::new(&minos)
+            .args([
+                "logs",
+                "--broker",
+                &format!("kafka://{bootstrap}"),
+                "--trace",
+                &trace,
+                "--no-follow",
+            ])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        printed = String::from_utf8_lossy(&output.stdout).into_owned();
+        printed.contains("created") && printed.contains(&foobar_name)
+    });
+    for line in printed.lines() {
+        assert!(line.contains(&trace), "a line of another trace: {line}");
+    }
+    let output = Command::new(&minos)
+        .args([
+            "logs",
+            "--broker",
+            &format!("kafka://{bootstrap}"),
+            "--service",
+            &foobar_name,
+            "--level",
+            "info",
+            "--no-follow",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let records: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON record"))
+        .collect();
+    assert!(!records.is_empty());
+    assert!(records.iter().all(|r| r["service"] == json!(foobar_name)));
+    assert!(records
+        .iter()
+        .any(|r| r["trace_id"] == json!(trace) && r["fields"]["handler"]
+            == json!("FooBarCommandService::create_foobar")));
+}
