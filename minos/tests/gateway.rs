@@ -1000,3 +1000,46 @@ async fn serve_gateway_binds_answers_and_stops() {
     let error = serve_gateway(bad).await.unwrap_err().to_string();
     assert!(error.contains("http://HOST:PORT"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_and_the_gateway_show_their_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry(dir.path()).await;
+    let a = backend("a").await;
+    register(&registry, "foo", a, json!([["GET", "/foos/{uuid}"]])).await;
+    let gateway = gateway(dir.path(), &registry.addr, "name: gateway\n").await;
+    let caller = Caller::new(&gateway);
+    eventually("the route to be known", Duration::from_secs(10), || async {
+        caller.get("/foos/1").await.status == 200
+    })
+    .await;
+    caller.get("/foos/2").await;
+    caller.get("/nowhere").await;
+    let metrics = caller.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(metrics
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = String::from_utf8_lossy(&metrics.body);
+    for expected in [
+        "minos_http_requests_total{method=\"GET\",route=\"/foos/{uuid}\",status=\"200\"}",
+        "minos_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"} 1",
+        "minos_http_request_duration_seconds_bucket{",
+    ] {
+        assert!(text.contains(expected), "no `{expected}` in\n{text}");
+    }
+    // The service-only metrics are not the gateway's.
+    assert!(!text.contains("minos_outbox_backlog_messages"), "{text}");
+
+    let answer = TestClient::new(&registry.addr).get("/metrics").await.unwrap();
+    assert_eq!(answer.status, 200);
+    assert!(
+        answer.body.contains(
+            "minos_http_requests_total{method=\"POST\",route=\"/microservices/{name}\",status=\"201\"} 1"
+        ),
+        "{}",
+        answer.body
+    );
+    assert!(answer.body.contains("# EOF"), "{}", answer.body);
+}

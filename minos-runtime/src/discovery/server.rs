@@ -209,9 +209,44 @@ async fn not_found(request: HttpRequest) -> HttpResponse {
 pub async fn serve_registry(registry: Registry, host: &str, port: u16) -> Result<RegistryServer> {
     let jobs = registry.spawn_jobs();
     let data = web::Data::new(registry);
+    let metrics = crate::telemetry::Metrics::http_only();
     let server = actix_web::HttpServer::new(move || {
+        let counted = metrics.clone();
+        let shown = metrics.clone();
         App::new()
             .app_data(data.clone())
+            // Every answer counted and timed by route template (`/microservices/{name}`).
+            .wrap_fn(move |request, service| {
+                use actix_web::dev::Service;
+                let started = std::time::Instant::now();
+                let method = request.method().to_string();
+                let route = request.match_pattern();
+                let metrics = counted.clone();
+                let answer = service.call(request);
+                async move {
+                    let response = answer.await?;
+                    if let Some(route) = route {
+                        metrics.http_request(
+                            &method,
+                            &route,
+                            response.status().as_u16(),
+                            started.elapsed(),
+                        );
+                    }
+                    Ok(response)
+                }
+            })
+            .route(
+                "/metrics",
+                web::get().to(move || {
+                    let metrics = shown.clone();
+                    async move {
+                        HttpResponse::Ok()
+                            .content_type(crate::telemetry::metrics::CONTENT_TYPE)
+                            .body(metrics.render())
+                    }
+                }),
+            )
             .app_data(web::PayloadConfig::new(1024 * 1024))
             .route("/microservices", web::get().to(microservices))
             .route("/microservices/{name}", web::post().to(register))

@@ -47,6 +47,8 @@ pub(crate) struct State {
     pub(crate) compose: Index<ComposePlan>,
     pub(crate) auth: Option<Authenticator>,
     pub(crate) timeouts: Timeouts,
+    /// Requests answered, by route template and status (`GET /metrics`).
+    pub(crate) metrics: crate::telemetry::Metrics,
 }
 
 impl std::fmt::Debug for State {
@@ -81,6 +83,7 @@ impl State {
             compose,
             auth,
             timeouts,
+            metrics: crate::telemetry::Metrics::http_only(),
         }
     }
 
@@ -199,8 +202,43 @@ fn health(state: &State) -> Response<GatewayBody> {
     )
 }
 
-/// Answers one request.
+/// Answers one request, counted and timed in the metrics by the route template it matched.
 pub(crate) async fn handle(
+    worker: &Worker,
+    peer: &Peer,
+    request: Request<Incoming>,
+) -> Response<GatewayBody> {
+    let metrics = &worker.state.metrics;
+    if !metrics.enabled() {
+        return answer(worker, peer, request).await;
+    }
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = route_label(worker, &method, request.uri().path());
+    let response = answer(worker, peer, request).await;
+    metrics.http_request(
+        method.as_str(),
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// The route template a request matches (`/foos/{uuid}`), or `unmatched` (bounded label values).
+fn route_label(worker: &Worker, method: &Method, path: &str) -> String {
+    let state = &*worker.state;
+    if let Some((template, _)) = state.compose.resolve(method, path) {
+        return template.as_str().to_owned();
+    }
+    match state.worker_table(worker.index).routes.resolve(method, path) {
+        Some((template, _)) => template.as_str().to_owned(),
+        None if path.starts_with("/system/") || path == "/metrics" => path.to_owned(),
+        None => "unmatched".to_owned(),
+    }
+}
+
+async fn answer(
     worker: &Worker,
     peer: &Peer,
     request: Request<Incoming>,
@@ -248,6 +286,14 @@ async fn dispatch(
             "/system/live" => return early(json_response(200, &json!({"status": "ok"}))),
             _ => {}
         }
+    }
+    if path == "/metrics" && method == Method::GET && state.table().routes.resolve(method, path).is_none() {
+        let mut response = Response::new(GatewayBody::full(Bytes::from(state.metrics.render())));
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::telemetry::metrics::CONTENT_TYPE),
+        );
+        return early(response);
     }
     if let Some((template, plan)) = state.compose.resolve(method, path) {
         let path = path.to_owned();

@@ -147,6 +147,15 @@ impl Default for Metrics {
 impl Metrics {
     /// A registry with every metric of a service, recording.
     pub fn new() -> Metrics {
+        Metrics::build(true)
+    }
+
+    /// A registry with the HTTP metrics only: what the registry and the gateway show.
+    pub fn http_only() -> Metrics {
+        Metrics::build(false)
+    }
+
+    fn build(service: bool) -> Metrics {
         let mut registry = Registry::with_prefix("minos");
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register(
@@ -161,67 +170,69 @@ impl Metrics {
             Unit::Seconds,
             http_duration.clone(),
         );
+        // The service-only metrics are made either way (recording into them is harmless) and shown only
+        // by a service.
         let messages = Family::<MessageLabels, Counter>::default();
-        registry.register(
+        register(&mut registry, service,
             "broker_messages",
             "Broker messages received, by topic and outcome (handled, retried, failed, dead_lettered, \
              duplicate: skipped by the inbox, expired, no_handler)",
             messages.clone(),
         );
         let message_duration: Histograms<TopicLabels> = Family::new_with_constructor(latency);
-        registry.register_with_unit(
+        register_with_unit(&mut registry, service,
             "broker_message_duration",
             "Time to handle a broker message, by topic",
             Unit::Seconds,
             message_duration.clone(),
         );
         let sagas = Family::<SagaLabels, Counter>::default();
-        registry.register(
+        register(&mut registry, service,
             "saga_executions",
             "Saga executions that ended, by saga and status (finished, errored)",
             sagas.clone(),
         );
         let saga_duration: Histograms<SagaNameLabels> = Family::new_with_constructor(long_latency);
-        registry.register_with_unit(
+        register_with_unit(&mut registry, service,
             "saga_duration",
             "Time from a saga's start to its end, by saga",
             Unit::Seconds,
             saga_duration.clone(),
         );
         let store_duration: Histograms<OperationLabels> = Family::new_with_constructor(latency);
-        registry.register_with_unit(
+        register_with_unit(&mut registry, service,
             "store_operation_duration",
             "Time of event store operations (commit, read)",
             Unit::Seconds,
             store_duration.clone(),
         );
         let outbox_backlog = Gauge::default();
-        registry.register(
+        register(&mut registry, service,
             "outbox_backlog_messages",
             "Messages committed to the outbox and not yet published (read when scraped)",
             outbox_backlog.clone(),
         );
         let outbox_lag = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-        registry.register_with_unit(
+        register_with_unit(&mut registry, service,
             "outbox_relay_lag",
             "Age of the oldest unpublished outbox message (read when scraped)",
             Unit::Seconds,
             outbox_lag.clone(),
         );
         let outbox_published = Counter::default();
-        registry.register(
+        register(&mut registry, service,
             "outbox_published_messages",
             "Outbox messages the relay of this instance published",
             outbox_published.clone(),
         );
         let view_lag = Family::<ViewLabels, Gauge>::default();
-        registry.register(
+        register(&mut registry, service,
             "view_lag_events",
             "Events of a source type a view has not applied yet (read when scraped)",
             view_lag.clone(),
         );
         let logs_dropped = Counter::default();
-        registry.register(
+        register(&mut registry, service,
             "log_records_dropped",
             "Log records not shipped to the log topic (buffer full while the broker was away)",
             logs_dropped.clone(),
@@ -366,6 +377,31 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.inner.registry);
         text
+    }
+}
+
+fn register(
+    registry: &mut Registry,
+    shown: bool,
+    name: &str,
+    help: &str,
+    metric: impl prometheus_client::registry::Metric,
+) {
+    if shown {
+        registry.register(name, help, metric);
+    }
+}
+
+fn register_with_unit(
+    registry: &mut Registry,
+    shown: bool,
+    name: &str,
+    help: &str,
+    unit: Unit,
+    metric: impl prometheus_client::registry::Metric,
+) {
+    if shown {
+        registry.register_with_unit(name, help, unit, metric);
     }
 }
 
