@@ -1,6 +1,7 @@
 //! Runtime of Minos for Rust. Users depend on the `minos` facade, which re-exports what is here.
 
 pub mod auth;
+pub mod dashboard;
 pub mod discovery;
 pub mod domain;
 mod error;

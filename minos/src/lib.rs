@@ -8,7 +8,7 @@ pub use minos_macros::{
     value_object, view,
 };
 pub use minos_runtime::{
-    auth, discovery, domain, gateway, launcher, messaging, registry, routing, saga, store,
+    auth, dashboard, discovery, domain, gateway, launcher, messaging, registry, routing, saga, store,
     telemetry, transaction, views, Action, BrokerClient, BrokerMessage, Condition, Config, Context, Entity,
     EntitySet, Error, Event, ExternalEntity, FieldDiff, Find, IntoResponse, Launcher, Model,
     ModelKind, Next, Ordering, QueryValue, Ref, Referable, Reply, Repository, Request, Response,

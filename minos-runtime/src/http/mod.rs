@@ -106,11 +106,24 @@ fn built_in_endpoints(config: &mut web::ServiceConfig, built: &Arc<Built>, conte
     let (health, openapi, asyncapi) = (Arc::clone(built), Arc::clone(built), Arc::clone(built));
     let (spec_context, asyncapi_context) = (context.clone(), context.clone());
     let metrics_context = context.clone();
+    let overview_context = context.clone();
     let context = context.clone();
     config
         .route(
             "/system/health",
             web::get().to(move || health_response(Arc::clone(&health), context.clone())),
+        )
+        .route(
+            "/system/overview",
+            web::get().to(move |request: HttpRequest| {
+                let context = overview_context.clone();
+                async move {
+                    match handler::admit(&context, &request, Access::Admin).await {
+                        Ok(_) => overview_response(context).await,
+                        Err(refused) => refused,
+                    }
+                }
+            }),
         )
         .route(
             "/metrics",
@@ -175,6 +188,45 @@ async fn metrics_response(context: Context) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(crate::telemetry::metrics::CONTENT_TYPE)
         .body(metrics.render())
+}
+
+/// `GET /system/overview` (admins only when tokens are checked): what the dashboard shows of an
+/// instance — its outbox backlog, its latest saga executions (steps, participants, errors), the messages
+/// it parked on its dead-letter topic since it started, and its views' state and lag.
+async fn overview_response(context: Context) -> HttpResponse {
+    let store = context.repository().store();
+    let read = async {
+        let (backlog, oldest) = store.backlog().await?;
+        let executions = store.executions(None, 50).await?;
+        Ok::<_, crate::store::StoreError>((backlog, oldest, executions))
+    };
+    let (outbox, sagas) = match tokio::time::timeout(HEALTH_TIMEOUT, read).await {
+        Ok(Ok((backlog, oldest, executions))) => {
+            let age = oldest.and_then(|at| (chrono::Utc::now() - at).to_std().ok());
+            let sagas: Vec<Value> = executions
+                .into_iter()
+                .filter_map(|record| crate::saga::SagaExecution::from_record(record).ok())
+                .map(|execution| execution.summary())
+                .collect();
+            (
+                json!({"backlog": backlog, "oldest_age_seconds": age.map(|a| a.as_secs_f64())}),
+                json!(sagas),
+            )
+        }
+        Ok(Err(error)) => (json!({"error": error.to_string()}), json!([])),
+        Err(_) => (json!({"error": "the store did not answer in time"}), json!([])),
+    };
+    let views = context
+        .projections()
+        .map(crate::views::Projections::status)
+        .unwrap_or_default();
+    HttpResponse::Ok().json(json!({
+        "name": context.name(),
+        "outbox": outbox,
+        "sagas": sagas,
+        "dead_letters": context.dead_letters(),
+        "views": views,
+    }))
 }
 
 /// 200 when the store and the broker both answer within [`HEALTH_TIMEOUT`], else 503; each check's

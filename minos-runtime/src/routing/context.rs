@@ -15,6 +15,19 @@ tokio::task_local! {
     static CURRENT: Context;
 }
 
+/// The messages of one topic an instance parked on its dead-letter topic (`{service}.dead-letter`).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct DeadLetters {
+    /// How many since the instance started.
+    pub count: u64,
+    /// Why the last one failed.
+    pub last_error: String,
+    /// The last one's message id.
+    pub last_identifier: Option<uuid::Uuid>,
+    /// When the last one was parked.
+    pub last_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// The running service's components: its name, repository, broker and configuration.
 #[derive(Clone, Debug)]
 pub struct Context {
@@ -36,6 +49,8 @@ struct Inner {
     projections: std::sync::OnceLock<crate::views::Projections>,
     /// The service's metrics (`GET /metrics`).
     metrics: crate::telemetry::Metrics,
+    /// The messages this instance parked on the dead-letter topic since it started, per original topic.
+    dead_letters: std::sync::Mutex<std::collections::BTreeMap<String, DeadLetters>>,
     /// One value per type, kept for the service: the instances of the service types it serves (built
     /// at start, read by every handler call) and the runtime's own state (e.g. the saga manager's
     /// locks, made on first use).
@@ -63,6 +78,7 @@ impl Context {
                 views: std::sync::OnceLock::new(),
                 projections: std::sync::OnceLock::new(),
                 metrics: crate::telemetry::Metrics::new(),
+                dead_letters: Default::default(),
                 values: RwLock::default(),
             }),
         }
@@ -112,6 +128,29 @@ impl Context {
     /// The service's metrics: what `GET /metrics` shows.
     pub fn metrics(&self) -> &crate::telemetry::Metrics {
         &self.inner.metrics
+    }
+
+    /// Notes a message of `topic` parked on the dead-letter topic because of `error`.
+    pub(crate) fn note_dead_letter(&self, topic: &str, identifier: uuid::Uuid, error: &str) {
+        let mut parked = self
+            .inner
+            .dead_letters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let entry = parked.entry(topic.to_owned()).or_default();
+        entry.count += 1;
+        entry.last_error = error.to_owned();
+        entry.last_identifier = Some(identifier);
+        entry.last_at = Some(chrono::Utc::now());
+    }
+
+    /// The messages this instance parked since it started, per original topic.
+    pub fn dead_letters(&self) -> std::collections::BTreeMap<String, DeadLetters> {
+        self.inner
+            .dead_letters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The service's name (its consumer group on the broker).

@@ -266,6 +266,10 @@ impl Dispatcher {
                 Err(error) => error,
             };
             if kind != BrokerKind::Event {
+                match error.status() {
+                    500.. => tracing::warn!(%error, "request failed"),
+                    _ => tracing::info!(%error, "request refused"),
+                }
                 // A refused command is answered, and counts as handled: a redelivery is not run again.
                 self.record_handled(&inbox, "refused command").await;
                 self.reply(&message, Err(error)).await;
@@ -383,6 +387,8 @@ impl Dispatcher {
             return Outcome::Failed(error);
         }
         self.record_handled(inbox, "parked message").await;
+        self.context
+            .note_dead_letter(&message.topic, message.identifier, &error.to_string());
         Outcome::DeadLettered(error)
     }
 

@@ -9,7 +9,8 @@ mod table;
 
 pub(crate) use context::service_entries;
 pub use context::{
-    service_instance, BuildFuture, Context, Service, ServiceEntry, ServiceExt, ServiceInit,
+    service_instance, BuildFuture, Context, DeadLetters, Service, ServiceEntry, ServiceExt,
+    ServiceInit,
 };
 pub use dispatcher::{expired_requests, Outcome};
 pub(crate) use dispatcher::{Dispatcher, DispatcherHandle, SystemHandler};

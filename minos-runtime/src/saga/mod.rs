@@ -257,6 +257,10 @@ impl SagaExecution {
             "context": self.context,
             "error": self.error,
             "related_services": self.related_services,
+            "done": self.done,
+            "cursor": self.cursor,
+            "waiting_for": self.waiting.as_ref().map(|w| &w.topic),
+            "trace_id": self.trace.as_deref().and_then(|t| t.split('-').nth(1)),
             "created_at": crate::store::format_time(self.created_at),
             "updated_at": crate::store::format_time(self.updated_at),
         })

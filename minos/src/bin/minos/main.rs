@@ -10,6 +10,9 @@
 //! `minos logs` follows the log records services ship to the broker (`log.aggregate`):
 //! `minos logs --trace 4bf92f35… --no-follow`, `minos logs --service foo --level warn --since 10m`.
 //!
+//! `minos dashboard` serves the dashboard (port 5568): the registry's services with their health,
+//! sagas, dead letters, outbox backlog, view lag and one trace's log lines.
+//!
 //! `minos gateway` runs the API gateway (port 5566 by default), configured the same way: the registry
 //! from `discovery.url` (`MINOS_DISCOVERY_URL`, default `http://127.0.0.1:5567`), the `gateway:` section
 //! (`MINOS_GATEWAY_TIMEOUT_MS`, …), `http.body_limit`, and `auth:` to check tokens at the edge.
@@ -56,6 +59,25 @@ enum Command {
     /// Follow the log records services ship to the broker (`log: {aggregate: true}`), filtered by
     /// service, level, trace and time.
     Logs(logs::LogsArgs),
+    /// Serve the dashboard (port 5568 by default): services and instances from the registry with
+    /// their health and routes, sagas, dead letters, outbox backlog, view lag, and one trace's log
+    /// lines (read from the broker's log topic).
+    Dashboard {
+        /// The configuration file (YAML); without it, defaults and `MINOS_*` variables (`auth:` makes
+        /// the dashboard ask for an admin token).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Listen on this port (default 5568; overrides the configuration).
+        #[arg(long, short)]
+        port: Option<u16>,
+        /// The registry (default `discovery.url`, else http://127.0.0.1:5567).
+        #[arg(long)]
+        registry: Option<String>,
+        /// The Kafka broker services ship their log records to (default the configuration's
+        /// `broker` when it is Kafka; without one the dashboard shows no log lines).
+        #[arg(long)]
+        broker: Option<String>,
+    },
     /// Show a running service's views (state, position and lag per source), or rebuild one from
     /// history.
     Views(ViewsArgs),
@@ -84,6 +106,12 @@ fn main() -> ExitCode {
         Command::Gateway { config, port } => gateway(config, port),
         Command::Views(args) => views(args),
         Command::Logs(args) => logs::logs(args),
+        Command::Dashboard {
+            config,
+            port,
+            registry,
+            broker,
+        } => dashboard(config, port, registry, broker),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -380,6 +408,56 @@ fn gateway(path: Option<PathBuf>, port: Option<u16>) -> minos::Result<()> {
         })
         .await?;
         println!("minos gateway listening on http://{}", server.addr());
+        minos::launcher::shutdown_signal().await?;
+        server.stop().await;
+        Ok(())
+    })
+}
+
+fn dashboard(
+    path: Option<PathBuf>,
+    port: Option<u16>,
+    registry: Option<String>,
+    broker: Option<String>,
+) -> minos::Result<()> {
+    use minos::dashboard::{serve_dashboard, DashboardSettings};
+    let config = match path {
+        Some(path) => Config::load(path)?,
+        None => Config::from_env()?,
+    };
+    let defaults = Config::default();
+    let port = match (port, config.http.port == defaults.http.port) {
+        (Some(port), _) => port,
+        (None, true) => 5568,
+        (None, false) => config.http.port,
+    };
+    let registry_url = registry.unwrap_or_else(|| match config.discovery.url.trim() {
+        "" => "http://127.0.0.1:5567".to_owned(),
+        url => url.to_owned(),
+    });
+    let broker = broker.or_else(|| {
+        config
+            .broker
+            .starts_with("kafka://")
+            .then(|| config.broker.clone())
+    });
+    let _telemetry = minos::telemetry::init("dashboard", &config.log, &config.telemetry)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let auth = minos::auth::Authenticator::from_config(&config.auth)?;
+        let server = serve_dashboard(DashboardSettings {
+            host: config.http.host.clone(),
+            port,
+            registry_url,
+            broker,
+            auth,
+            log_buffer: 50_000,
+        })
+        .await?;
+        println!("minos dashboard listening on http://{}", server.addr());
         minos::launcher::shutdown_signal().await?;
         server.stop().await;
         Ok(())
