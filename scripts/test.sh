@@ -9,7 +9,8 @@
 #    on first use (about 14 minutes) and started fresh for this run, stopped at the end
 #    (scripts/kafka-dev.sh). Set MINOS_TEST_KAFKA yourself to use a broker you run.
 # 3. Python's confluent-kafka for the stock-client test (pip).
-# 4. cargo test --workspace.
+# 4. Chromium for the dashboard's browser test (Debian's `chromium`, installed with apt-get when missing).
+# 5. cargo test --workspace.
 #
 # The restart test restarts the local PostgreSQL server under load; set MINOS_TEST_PG_RESTART=0 to keep
 # your server running (the test then says it did not run).
@@ -55,6 +56,14 @@ if ! python3 -c "import confluent_kafka" 2>/dev/null; then
     python3 -m pip install -q confluent-kafka 2>/dev/null ||
         python3 -m pip install -q --break-system-packages confluent-kafka
 fi
+
+step "Chromium for the dashboard's browser test"
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then apt=(apt-get); else apt=(sudo apt-get); fi
+    "${apt[@]}" update -qq
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -qq chromium fonts-dejavu-core >/dev/null
+fi
+chromium --version 2>/dev/null | grep -v "unexpected operator" || true
 
 step "tests: cargo test --workspace $*"
 cargo test --workspace "$@"

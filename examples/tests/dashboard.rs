@@ -43,10 +43,16 @@ fn start(mut command: Command, label: &str) -> Process {
 
 fn token(minos: &Path, subject: &str, roles: &str) -> String {
     let output = Command::new(minos)
-        .args(["token", "--secret", SECRET, "--sub", subject, "--roles", roles])
+        .args([
+            "token", "--secret", SECRET, "--sub", subject, "--roles", roles,
+        ])
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
@@ -106,13 +112,15 @@ fn screenshot(chromium: &Path, url: &str, file: &Path) {
 fn the_dashboard_shows_services_a_failed_saga_and_its_trace_in_a_browser() {
     let chromium = chromium();
     let minos = minos_binary(env!("CARGO_BIN_EXE_foo"));
-    let bootstrap =
-        std::env::var("MINOS_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let bootstrap = std::env::var("MINOS_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new(&minos);
     command
         .args(["discovery", "--port", "0", "--storage"])
-        .arg(format!("sqlite://{}", dir.path().join("discovery.db").display()))
+        .arg(format!(
+            "sqlite://{}",
+            dir.path().join("discovery.db").display()
+        ))
         .env("MINOS_AUTH_SECRET", SECRET);
     let registry = start(command, "discovery");
     let registry_url = format!("http://{}", registry.addr);
@@ -164,30 +172,50 @@ fn the_dashboard_shows_services_a_failed_saga_and_its_trace_in_a_browser() {
             .json();
         ended["status"] == json!("errored")
     });
-    let trace = ended["trace_id"].as_str().expect("the saga's trace").to_owned();
+    let trace = ended["trace_id"]
+        .as_str()
+        .expect("the saga's trace")
+        .to_owned();
 
     // The data needs an admin token; the page itself is served to anyone and says so.
     let api = Client::new(format!("http://{}", dashboard.addr));
     assert_eq!(api.get("/api/overview").unwrap().status, 401);
-    assert_eq!(api.clone().with_token(&alice).get("/api/overview").unwrap().status, 403);
+    assert_eq!(
+        api.clone()
+            .with_token(&alice)
+            .get("/api/overview")
+            .unwrap()
+            .status,
+        403
+    );
     let page = rendered(&chromium, &url);
-    assert!(page.contains("needs an access token with the admin role"), "{page}");
+    assert!(
+        page.contains("needs an access token with the admin role"),
+        "{page}"
+    );
 
     // Both services registered and healthy, then the failed saga and its log lines.
     let with_admin = api.with_token(&admin);
-    eventually("both services healthy on the dashboard", Duration::from_secs(30), || {
-        let overview = with_admin.get("/api/overview").unwrap().json();
-        overview["services"].as_array().is_some_and(|services| {
-            [&foo_name, &foobar_name].iter().all(|name| {
-                services.iter().any(|s| {
-                    s["name"] == json!(name)
-                        && s["instances"][0]["health"]["status"] == json!("ok")
+    eventually(
+        "both services healthy on the dashboard",
+        Duration::from_secs(30),
+        || {
+            let overview = with_admin.get("/api/overview").unwrap().json();
+            overview["services"].as_array().is_some_and(|services| {
+                [&foo_name, &foobar_name].iter().all(|name| {
+                    services.iter().any(|s| {
+                        s["name"] == json!(name)
+                            && s["instances"][0]["health"]["status"] == json!("ok")
+                    })
                 })
             })
-        })
-    });
+        },
+    );
     eventually("the trace's log lines", Duration::from_secs(30), || {
-        let logs = with_admin.get(&format!("/api/logs?trace={trace}")).unwrap().json();
+        let logs = with_admin
+            .get(&format!("/api/logs?trace={trace}"))
+            .unwrap()
+            .json();
         logs["records"].as_array().is_some_and(|records| {
             records.iter().any(|r| r["service"] == json!(foobar_name))
                 && records.iter().any(|r| r["service"] == json!(foo_name))
@@ -204,21 +232,28 @@ fn the_dashboard_shows_services_a_failed_saga_and_its_trace_in_a_browser() {
         "must not be empty",
         "POST /foos/add-foobar",
     ] {
-        assert!(page.contains(shown), "the page does not show `{shown}`:\n{page}");
+        assert!(
+            page.contains(shown),
+            "the page does not show `{shown}`:\n{page}"
+        );
     }
     // The trace's log lines, from both services, in the page.
-    let logs = page
-        .split("id=\"logs\"")
-        .nth(1)
-        .expect("the log panel");
-    assert!(logs.contains(&foobar_name) && logs.contains(&foo_name), "{logs}");
+    let logs = page.split("id=\"logs\"").nth(1).expect("the log panel");
+    assert!(
+        logs.contains(&foobar_name) && logs.contains(&foo_name),
+        "{logs}"
+    );
     assert!(logs.contains("saga failed"), "{logs}");
 
     let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let _ = std::fs::remove_file(&file);
     screenshot(&chromium, &address, &file);
     let png = std::fs::read(&file).unwrap();
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{} bytes", png.len());
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
     println!("dashboard screenshot: {}", file.display());
     if let Ok(copy) = std::env::var("MINOS_DASHBOARD_SCREENSHOT") {
         std::fs::copy(&file, copy).unwrap();

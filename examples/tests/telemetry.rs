@@ -98,7 +98,10 @@ fn a_request_is_one_trace_in_json_logs_and_is_counted_in_the_metrics() {
     let line = service.wait_for_line("A Foo was created");
     let record: Value = serde_json::from_str(&line).expect("a JSON log line");
     assert_eq!(record["level"], json!("INFO"), "{record}");
-    assert!(record["message"].as_str().unwrap().contains(&uuid), "{record}");
+    assert!(
+        record["message"].as_str().unwrap().contains(&uuid),
+        "{record}"
+    );
     let spans = record["spans"].as_array().expect("the spans of the line");
     let field = |name: &str| {
         spans
@@ -109,7 +112,12 @@ fn a_request_is_one_trace_in_json_logs_and_is_counted_in_the_metrics() {
     assert_eq!(field("trace_id"), json!(TRACE), "{record}");
     assert_eq!(field("service"), json!("telemetry-quickstart"), "{record}");
     assert_eq!(field("topic"), json!("FooCreated"), "{record}");
-    assert!(field("message_id").as_str().is_some_and(|id| id.len() == 36), "{record}");
+    assert!(
+        field("message_id")
+            .as_str()
+            .is_some_and(|id| id.len() == 36),
+        "{record}"
+    );
     assert_eq!(
         field("handler"),
         json!("FooQueryService::foo_created"),
@@ -146,7 +154,11 @@ fn a_request_is_one_trace_in_json_logs_and_is_counted_in_the_metrics() {
         "minos_view_lag_events{view=\"FooListing\",source=\"Foo\"} 0",
         "# EOF",
     ] {
-        assert!(metrics.body.contains(expected), "no `{expected}` in\n{}", metrics.body);
+        assert!(
+            metrics.body.contains(expected),
+            "no `{expected}` in\n{}",
+            metrics.body
+        );
     }
 }
 
@@ -173,7 +185,11 @@ fn metrics_and_spans_can_be_switched_off() {
     assert!(!line.contains(TRACE), "{line}");
     let metrics = service.http.get("/metrics").unwrap();
     assert_eq!(metrics.status, 404, "{}", metrics.body);
-    assert!(metrics.body.contains("telemetry.metrics"), "{}", metrics.body);
+    assert!(
+        metrics.body.contains("telemetry.metrics"),
+        "{}",
+        metrics.body
+    );
 }
 
 #[test]
@@ -306,8 +322,7 @@ fn hex(bytes: &[u8]) -> String {
 
 #[test]
 fn a_saga_across_kafka_is_one_trace_in_the_collector_and_in_minos_logs() {
-    let bootstrap =
-        std::env::var("MINOS_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let bootstrap = std::env::var("MINOS_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let collector = Collector::start();
     let suffix = &minos::Uuid::new_v4().simple().to_string()[..8];
     let (foo_name, foobar_name) = (format!("foo-{suffix}"), format!("foobar-{suffix}"));
@@ -315,7 +330,10 @@ fn a_saga_across_kafka_is_one_trace_in_the_collector_and_in_minos_logs() {
         vec![
             ("MINOS_STORAGE", storage),
             ("MINOS_BROKER", format!("kafka://{bootstrap}")),
-            ("MINOS_TELEMETRY_OTLP", format!("http://127.0.0.1:{}", collector.port)),
+            (
+                "MINOS_TELEMETRY_OTLP",
+                format!("http://127.0.0.1:{}", collector.port),
+            ),
             ("MINOS_LOG_AGGREGATE", "true".to_owned()),
             // Export every half second instead of every five.
             ("OTEL_BSP_SCHEDULE_DELAY", "500".to_owned()),
@@ -326,7 +344,11 @@ fn a_saga_across_kafka_is_one_trace_in_the_collector_and_in_minos_logs() {
         &foobar_name,
         &env(fresh_schema_url()),
     );
-    let foo = Service::start(env!("CARGO_BIN_EXE_foo"), &foo_name, &env(fresh_schema_url()));
+    let foo = Service::start(
+        env!("CARGO_BIN_EXE_foo"),
+        &foo_name,
+        &env(fresh_schema_url()),
+    );
 
     let created = foo.http.post("/foos", r#"{"bar": "traced"}"#).unwrap();
     assert_eq!(created.status, 200, "{}", created.body);
@@ -344,23 +366,32 @@ fn a_saga_across_kafka_is_one_trace_in_the_collector_and_in_minos_logs() {
     assert_eq!(started.status, 200, "{}", started.body);
     let execution = started.json()["uuid"].as_str().unwrap().to_owned();
     eventually("the saga to finish", Duration::from_secs(60), || {
-        let answer = foo.http.get(&format!("/saga/executions/{execution}")).unwrap();
+        let answer = foo
+            .http
+            .get(&format!("/saga/executions/{execution}"))
+            .unwrap();
         answer.json()["status"] == json!("finished")
     });
 
     // The collector has one trace: foo's request span below the caller's span, foobar's handling of
     // CreateFooBar below a span of foo, and foo's handling of the reply below a span of foobar.
     let mut spans = Vec::new();
-    eventually("the spans of both services", Duration::from_secs(30), || {
-        spans = collector
-            .spans()
-            .into_iter()
-            .filter(|s| s.trace_id == trace)
-            .collect();
-        let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
-        services.len() == 2
-            && spans.iter().any(|s| s.name.starts_with("handle ") && s.service.contains(&foo_name))
-    });
+    eventually(
+        "the spans of both services",
+        Duration::from_secs(30),
+        || {
+            spans = collector
+                .spans()
+                .into_iter()
+                .filter(|s| s.trace_id == trace)
+                .collect();
+            let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
+            services.len() == 2
+                && spans
+                    .iter()
+                    .any(|s| s.name.starts_with("handle ") && s.service.contains(&foo_name))
+        },
+    );
     let by_id: BTreeMap<&str, &Span> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
     let request = spans
         .iter()
@@ -399,22 +430,30 @@ fn a_saga_across_kafka_is_one_trace_in_the_collector_and_in_minos_logs() {
     // `minos logs` reads the records both services shipped, for that trace only.
     let minos = minos_binary(env!("CARGO_BIN_EXE_foo"));
     let mut printed = String::new();
-    eventually("foobar's log line in minos logs", Duration::from_secs(30), || {
-        let output = Command::new(&minos)
-            .args([
-                "logs",
-                "--broker",
-                &format!("kafka://{bootstrap}"),
-                "--trace",
-                &trace,
-                "--no-follow",
-            ])
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        printed = String::from_utf8_lossy(&output.stdout).into_owned();
-        printed.contains("created") && printed.contains(&foobar_name)
-    });
+    eventually(
+        "foobar's log line in minos logs",
+        Duration::from_secs(30),
+        || {
+            let output = Command::new(&minos)
+                .args([
+                    "logs",
+                    "--broker",
+                    &format!("kafka://{bootstrap}"),
+                    "--trace",
+                    &trace,
+                    "--no-follow",
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            printed = String::from_utf8_lossy(&output.stdout).into_owned();
+            printed.contains("created") && printed.contains(&foobar_name)
+        },
+    );
     for line in printed.lines() {
         assert!(line.contains(&trace), "a line of another trace: {line}");
     }
@@ -438,8 +477,6 @@ fn a_saga_across_kafka_is_one_trace_in_the_collector_and_in_minos_logs() {
         .collect();
     assert!(!records.is_empty());
     assert!(records.iter().all(|r| r["service"] == json!(foobar_name)));
-    assert!(records
-        .iter()
-        .any(|r| r["trace_id"] == json!(trace) && r["fields"]["handler"]
-            == json!("FooBarCommandService::create_foobar")));
+    assert!(records.iter().any(|r| r["trace_id"] == json!(trace)
+        && r["fields"]["handler"] == json!("FooBarCommandService::create_foobar")));
 }

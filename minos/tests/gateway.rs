@@ -1032,7 +1032,10 @@ async fn the_registry_and_the_gateway_show_their_metrics() {
     // The service-only metrics are not the gateway's.
     assert!(!text.contains("minos_outbox_backlog_messages"), "{text}");
 
-    let answer = TestClient::new(&registry.addr).get("/metrics").await.unwrap();
+    let answer = TestClient::new(&registry.addr)
+        .get("/metrics")
+        .await
+        .unwrap();
     assert_eq!(answer.status, 200);
     assert!(
         answer.body.contains(

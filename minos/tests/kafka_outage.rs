@@ -1,5 +1,6 @@
 //! The Kafka broker paused (SIGSTOP) for 20 s while commands arrive. In a binary of its own, so no other
-//! test publishes while the broker is paused.
+//! test publishes while the broker is paused. The binary ships its log records (`log.aggregate`) with a
+//! small buffer: while the broker is away records are dropped and counted, never waited for.
 #![allow(missing_docs, unreachable_pub)]
 
 mod kafka_support;
@@ -19,8 +20,25 @@ async fn a_broker_outage_delays_events_without_losing_or_doubling_them() {
     let Some(pid) = kafka_support::broker_pid() else {
         return;
     };
+    let log = minos::launcher::LogConfig {
+        aggregate: true,
+        buffer: 64,
+        ..minos::launcher::LogConfig::from("info")
+    };
+    let _telemetry = minos::telemetry::init(
+        "koutage",
+        &log,
+        &minos::launcher::TelemetryConfig::default(),
+    )
+    .unwrap();
     let service = Arc::new(start(&unique("koutage")).await);
     let http = TestClient::new(service.addr());
+    let mut shipped = service
+        .context()
+        .broker()
+        .listen(minos::telemetry::LOG_TOPIC)
+        .await
+        .unwrap();
     let signal = |sig: &str| kafka_support::signal_broker(&pid, sig);
     signal("-STOP");
     let result = std::panic::AssertUnwindSafe(async {
@@ -44,6 +62,16 @@ async fn a_broker_outage_delays_events_without_losing_or_doubling_them() {
                 answer.body
             );
             tags.push(tag);
+            // More records than the shipping buffer holds: the surplus is dropped, not waited for.
+            let logged = std::time::Instant::now();
+            for n in 0..100 {
+                tracing::info!(n, "a record written while the broker is away");
+            }
+            assert!(
+                logged.elapsed() < Duration::from_millis(500),
+                "{:?}",
+                logged.elapsed()
+            );
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         tags
@@ -60,6 +88,27 @@ async fn a_broker_outage_delays_events_without_losing_or_doubling_them() {
         )
         .await;
     }
+    // The drops are reported with the next batch shipped, and counted in the metrics.
+    let reported = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let delivery = shipped.next().await.expect("the log topic");
+            let batch: minos::telemetry::ship::LogBatch =
+                serde_json::from_value(delivery.message.payload.content).unwrap();
+            if batch.dropped > 0 {
+                return batch.dropped;
+            }
+        }
+    })
+    .await
+    .expect("a batch reporting the dropped records");
+    assert!(reported >= 500, "{reported}");
+    let metrics = http.get("/metrics").await.unwrap().body;
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("minos_log_records_dropped_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(dropped >= 500, "{metrics}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     for tag in &tags {
         assert_eq!(

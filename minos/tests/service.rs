@@ -625,6 +625,31 @@ async fn a_poison_message_is_parked_and_later_messages_flow() {
         message.payload.headers.get("error").map(String::as_str),
         Some("cannot digest this")
     );
+    // The dashboard's overview of the instance and the metrics count it.
+    let http = Client::new(service.addr());
+    let overview = http.get("/system/overview").await.unwrap();
+    assert_eq!(overview.status, 200, "{}", overview.body);
+    let overview = overview.json();
+    assert_eq!(
+        overview["dead_letters"]["Poison"]["count"],
+        json!(1),
+        "{overview}"
+    );
+    assert_eq!(
+        overview["dead_letters"]["Poison"]["last_error"],
+        json!("cannot digest this")
+    );
+    assert_eq!(
+        overview["dead_letters"]["Poison"]["last_identifier"],
+        json!(poison.identifier)
+    );
+    let metrics = http.get("/metrics").await.unwrap().body;
+    for expected in [
+        "minos_broker_messages_total{topic=\"Poison\",outcome=\"retried\"} 1",
+        "minos_broker_messages_total{topic=\"Poison\",outcome=\"dead_lettered\"} 1",
+    ] {
+        assert!(metrics.contains(expected), "no `{expected}` in\n{metrics}");
+    }
 
     let repository = service.context().repository().clone();
     eventually("the next message was handled", || {

@@ -204,9 +204,9 @@ async fn admit(state: &State, request: &HttpRequest) -> std::result::Result<(), 
             &Access::Admin.requirement(&auth.config().admin_role),
         )
     };
-    checked
-        .await
-        .map_err(|error| crate::http::to_http(crate::routing::Response::from_error(&Error::Auth(error))))
+    checked.await.map_err(|error| {
+        crate::http::to_http(crate::routing::Response::from_error(&Error::Auth(error)))
+    })
 }
 
 /// `GET /api/overview`: the registry's services, each instance with its health and overview.
@@ -219,18 +219,12 @@ async fn overview(state: web::Data<State>, request: HttpRequest) -> HttpResponse
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let listing = crate::net::request(
-        &state.registry,
-        "GET",
-        "/microservices",
-        None,
-        CALL_TIMEOUT,
-    )
-    .await
-    .and_then(|answer| match answer.status {
-        200 => serde_json::from_slice::<Value>(&answer.body).map_err(|e| e.to_string()),
-        status => Err(format!("the registry answered {status}: {}", answer.text())),
-    });
+    let listing = crate::net::request(&state.registry, "GET", "/microservices", None, CALL_TIMEOUT)
+        .await
+        .and_then(|answer| match answer.status {
+            200 => serde_json::from_slice::<Value>(&answer.body).map_err(|e| e.to_string()),
+            status => Err(format!("the registry answered {status}: {}", answer.text())),
+        });
     let (reachable, error, mut services) = match listing {
         Ok(listing) => (
             true,
@@ -324,9 +318,9 @@ async fn logs_endpoint(state: web::Data<State>, request: HttpRequest) -> HttpRes
     let query = match web::Query::<BTreeMap<String, String>>::from_query(request.query_string()) {
         Ok(query) => query.into_inner(),
         Err(e) => {
-            return crate::http::to_http(crate::routing::Response::from_error(
-                &Error::bad_request(format!("malformed query string: {e}")),
-            ))
+            return crate::http::to_http(crate::routing::Response::from_error(&Error::bad_request(
+                format!("malformed query string: {e}"),
+            )))
         }
     };
     let now = chrono::Utc::now();
@@ -337,9 +331,9 @@ async fn logs_endpoint(state: web::Data<State>, request: HttpRequest) -> HttpRes
     {
         Ok(since) => since,
         Err(error) => {
-            return crate::http::to_http(crate::routing::Response::from_error(
-                &Error::bad_request(error),
-            ))
+            return crate::http::to_http(crate::routing::Response::from_error(&Error::bad_request(
+                error,
+            )))
         }
     };
     let filter = LogFilter {

@@ -231,18 +231,18 @@ fn route_label(worker: &Worker, method: &Method, path: &str) -> String {
     if let Some((template, _)) = state.compose.resolve(method, path) {
         return template.as_str().to_owned();
     }
-    match state.worker_table(worker.index).routes.resolve(method, path) {
+    match state
+        .worker_table(worker.index)
+        .routes
+        .resolve(method, path)
+    {
         Some((template, _)) => template.as_str().to_owned(),
         None if path.starts_with("/system/") || path == "/metrics" => path.to_owned(),
         None => "unmatched".to_owned(),
     }
 }
 
-async fn answer(
-    worker: &Worker,
-    peer: &Peer,
-    request: Request<Incoming>,
-) -> Response<GatewayBody> {
+async fn answer(worker: &Worker, peer: &Peer, request: Request<Incoming>) -> Response<GatewayBody> {
     let Some(cors) = &worker.state.cors else {
         return dispatch(worker, peer, request).await;
     };
@@ -287,7 +287,10 @@ async fn dispatch(
             _ => {}
         }
     }
-    if path == "/metrics" && method == Method::GET && state.table().routes.resolve(method, path).is_none() {
+    if path == "/metrics"
+        && method == Method::GET
+        && state.table().routes.resolve(method, path).is_none()
+    {
         let mut response = Response::new(GatewayBody::full(Bytes::from(state.metrics.render())));
         response.headers_mut().insert(
             hyper::header::CONTENT_TYPE,

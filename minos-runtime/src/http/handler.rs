@@ -139,7 +139,7 @@ pub(super) async fn handle(
     let response = if crate::telemetry::trace::enabled() {
         let span = tracing::info_span!(
             "request",
-            service = shared.context.name(),
+            service = %shared.context.name(),
             route = %format_args!("{} {}", route.method, route.path),
             handler = route.function,
             trace_id = tracing::field::Empty,

@@ -74,10 +74,12 @@ fn routes_by_path(
 ) -> RoutesByPath {
     let mut by_path = RoutesByPath::new();
     for (method, path, entry) in table.rest_routes() {
-        by_path
-            .entry(path)
-            .or_default()
-            .push((method, entry.handler, entry.access, entry.function));
+        by_path.entry(path).or_default().push((
+            method,
+            entry.handler,
+            entry.access,
+            entry.function,
+        ));
     }
     // The runtime's own routes reveal data (saga executions and their contexts): admins only.
     for (method, path, handler) in system_routes {
@@ -214,7 +216,10 @@ async fn overview_response(context: Context) -> HttpResponse {
             )
         }
         Ok(Err(error)) => (json!({"error": error.to_string()}), json!([])),
-        Err(_) => (json!({"error": "the store did not answer in time"}), json!([])),
+        Err(_) => (
+            json!({"error": "the store did not answer in time"}),
+            json!([]),
+        ),
     };
     let views = context
         .projections()

@@ -165,7 +165,7 @@ impl Dispatcher {
         let outcome = if crate::telemetry::trace::enabled() {
             let span = tracing::info_span!(
                 "message",
-                service = self.context.name(),
+                service = %self.context.name(),
                 topic = %topic,
                 message_id = %message.identifier,
                 trace_id = tracing::field::Empty,
@@ -350,8 +350,7 @@ impl Dispatcher {
         let response = result?;
         // The reply carries the positions of the events committed here (read your writes).
         let flush = repository.flush(transaction, &writes, Some(inbox));
-        let (flushed, written) =
-            crate::views::recording(self.context.clone().scope(flush)).await;
+        let (flushed, written) = crate::views::recording(self.context.clone().scope(flush)).await;
         flushed?;
         Ok(match written.positions.is_empty() {
             true => response,

@@ -235,7 +235,10 @@ pub(super) fn advance(cursor: &mut [usize]) {
 }
 
 /// A step's trace context: the running span's, else the one the saga was started in.
-pub(super) fn trace_step(headers: &mut std::collections::BTreeMap<String, String>, execution: &SagaExecution) {
+pub(super) fn trace_step(
+    headers: &mut std::collections::BTreeMap<String, String>,
+    execution: &SagaExecution,
+) {
     crate::telemetry::trace::inject_current(headers);
     if let Some(trace) = &execution.trace {
         headers

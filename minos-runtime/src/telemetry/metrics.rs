@@ -180,59 +180,77 @@ impl Metrics {
             messages.clone(),
         );
         let message_duration: Histograms<TopicLabels> = Family::new_with_constructor(latency);
-        register_with_unit(&mut registry, service,
+        register_with_unit(
+            &mut registry,
+            service,
             "broker_message_duration",
             "Time to handle a broker message, by topic",
             Unit::Seconds,
             message_duration.clone(),
         );
         let sagas = Family::<SagaLabels, Counter>::default();
-        register(&mut registry, service,
+        register(
+            &mut registry,
+            service,
             "saga_executions",
             "Saga executions that ended, by saga and status (finished, errored)",
             sagas.clone(),
         );
         let saga_duration: Histograms<SagaNameLabels> = Family::new_with_constructor(long_latency);
-        register_with_unit(&mut registry, service,
+        register_with_unit(
+            &mut registry,
+            service,
             "saga_duration",
             "Time from a saga's start to its end, by saga",
             Unit::Seconds,
             saga_duration.clone(),
         );
         let store_duration: Histograms<OperationLabels> = Family::new_with_constructor(latency);
-        register_with_unit(&mut registry, service,
+        register_with_unit(
+            &mut registry,
+            service,
             "store_operation_duration",
             "Time of event store operations (commit, read)",
             Unit::Seconds,
             store_duration.clone(),
         );
         let outbox_backlog = Gauge::default();
-        register(&mut registry, service,
+        register(
+            &mut registry,
+            service,
             "outbox_backlog_messages",
             "Messages committed to the outbox and not yet published (read when scraped)",
             outbox_backlog.clone(),
         );
         let outbox_lag = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-        register_with_unit(&mut registry, service,
+        register_with_unit(
+            &mut registry,
+            service,
             "outbox_relay_lag",
             "Age of the oldest unpublished outbox message (read when scraped)",
             Unit::Seconds,
             outbox_lag.clone(),
         );
         let outbox_published = Counter::default();
-        register(&mut registry, service,
+        register(
+            &mut registry,
+            service,
             "outbox_published_messages",
             "Outbox messages the relay of this instance published",
             outbox_published.clone(),
         );
         let view_lag = Family::<ViewLabels, Gauge>::default();
-        register(&mut registry, service,
+        register(
+            &mut registry,
+            service,
             "view_lag_events",
             "Events of a source type a view has not applied yet (read when scraped)",
             view_lag.clone(),
         );
         let logs_dropped = Counter::default();
-        register(&mut registry, service,
+        register(
+            &mut registry,
+            service,
             "log_records_dropped",
             "Log records not shipped to the log topic (buffer full while the broker was away)",
             logs_dropped.clone(),
@@ -430,7 +448,11 @@ mod tests {
     fn the_exposition_names_units_and_totals() {
         let metrics = Metrics::new();
         metrics.http_request("POST", "/foos", 201, Duration::from_millis(3));
-        metrics.message("FooCreated", MessageOutcome::Handled, Some(Duration::from_millis(1)));
+        metrics.message(
+            "FooCreated",
+            MessageOutcome::Handled,
+            Some(Duration::from_millis(1)),
+        );
         metrics.message("FooCreated", MessageOutcome::Duplicate, None);
         metrics.saga_ended("CreateFooBar", "finished", Duration::from_millis(40));
         metrics.outbox_backlog(3, Duration::from_millis(1500));
@@ -449,8 +471,8 @@ mod tests {
         }
         metrics.set_enabled(false);
         metrics.http_request("POST", "/foos", 201, Duration::from_millis(3));
-        assert!(metrics
-            .render()
-            .contains("minos_http_requests_total{method=\"POST\",route=\"/foos\",status=\"201\"} 1"));
+        assert!(metrics.render().contains(
+            "minos_http_requests_total{method=\"POST\",route=\"/foos\",status=\"201\"} 1"
+        ));
     }
 }

@@ -13,7 +13,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-pub use metrics::{Metrics, MessageOutcome};
+pub use metrics::{MessageOutcome, Metrics};
 pub use ship::{LogRecord, LOG_TOPIC};
 pub use trace::TraceContext;
 

@@ -19,7 +19,10 @@ struct Client(ureq::Agent);
 
 #[async_trait::async_trait]
 impl HttpClient for Client {
-    async fn send_bytes(&self, request: Request<Bytes>) -> std::result::Result<Response<Bytes>, HttpError> {
+    async fn send_bytes(
+        &self,
+        request: Request<Bytes>,
+    ) -> std::result::Result<Response<Bytes>, HttpError> {
         let (parts, body) = request.into_parts();
         let request = ureq::http::Request::from_parts(parts, body.to_vec());
         let mut response = self.0.run(request)?;

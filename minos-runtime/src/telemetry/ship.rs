@@ -62,7 +62,8 @@ impl std::fmt::Display for LogRecord {
         write!(
             f,
             "{} {:>5} {}",
-            self.time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            self.time
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             self.level,
             self.service
         )?;
@@ -99,10 +100,9 @@ impl LogFilter {
     /// Whether `record` passes.
     pub fn matches(&self, record: &LogRecord) -> bool {
         (self.services.is_empty() || self.services.iter().any(|s| *s == record.service))
-            && self
-                .level
-                .as_deref()
-                .is_none_or(|level| record.severity() != 0 && record.severity() <= level_rank(level))
+            && self.level.as_deref().is_none_or(|level| {
+                record.severity() != 0 && record.severity() <= level_rank(level)
+            })
             && self
                 .trace_id
                 .as_deref()
@@ -340,7 +340,10 @@ where
             return;
         };
         let target = event.metadata().target();
-        if SHIPPING.try_with(|_| ()).is_ok() || target.starts_with("rdkafka") {
+        if SHIPPING.try_with(|_| ()).is_ok()
+            || target.starts_with("rdkafka")
+            || target.starts_with("librdkafka")
+        {
             return;
         }
         let mut fields = Map::new();
@@ -416,7 +419,10 @@ mod tests {
         assert!(!filter.matches(&record("foo", "ERROR", Some("abc"), 20)));
         assert!(LogFilter::default().matches(&record("x", "TRACE", None, 100)));
         let line = record("foo", "INFO", Some("abc"), 0).to_string();
-        assert!(line.contains(" INFO foo [abc] m handler=Foo::bar"), "{line}");
+        assert!(
+            line.contains(" INFO foo [abc] m handler=Foo::bar"),
+            "{line}"
+        );
         assert!(parse_time("2026-12-02T13:00:00Z", now).is_ok());
         assert!(parse_time("ten minutes", now).is_err());
         assert!(parse_time("5y", now).is_err());

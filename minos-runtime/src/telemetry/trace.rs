@@ -12,9 +12,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use tracing::Instrument;
@@ -216,7 +214,7 @@ pub(crate) async fn run_in<F: Future>(
         return future.await;
     }
     let context = start(&span, parent);
-    span.record("trace_id", context.trace_id().as_str());
+    span.record("trace_id", tracing::field::display(context.trace_id()));
     CURRENT.scope(context, future.instrument(span)).await
 }
 
@@ -228,8 +226,8 @@ pub(crate) async fn run_below<F: Future>(span: tracing::Span, future: F) -> F::O
     }
     let parent = CURRENT.try_with(TraceContext::clone).ok();
     let context = match parent {
+        // Inside a span that names the trace already: the new span does not repeat it.
         Some(parent) => {
-            span.record("trace_id", parent.trace_id().as_str());
             #[cfg(feature = "otlp")]
             let parent = own_context(&span).unwrap_or_else(|| parent.child());
             #[cfg(not(feature = "otlp"))]
@@ -238,7 +236,7 @@ pub(crate) async fn run_below<F: Future>(span: tracing::Span, future: F) -> F::O
         }
         None => {
             let context = start(&span, None);
-            span.record("trace_id", context.trace_id().as_str());
+            span.record("trace_id", tracing::field::display(context.trace_id()));
             context
         }
     };
@@ -311,8 +309,8 @@ mod tests {
 
     #[tokio::test]
     async fn what_a_handler_sends_carries_its_trace() {
-        let parent = TraceContext::from_ids("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
-            .unwrap();
+        let parent =
+            TraceContext::from_ids("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331").unwrap();
         let span = tracing::info_span!("test", trace_id = tracing::field::Empty);
         let sent = run_in(span, Some(parent), async {
             let mut headers = BTreeMap::new();

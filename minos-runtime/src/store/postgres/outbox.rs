@@ -43,9 +43,7 @@ impl OutboxStore for PostgresStore {
             .collect())
     }
 
-    async fn backlog(
-        &self,
-    ) -> Result<(u64, Option<chrono::DateTime<chrono::Utc>>), StoreError> {
+    async fn backlog(&self) -> Result<(u64, Option<chrono::DateTime<chrono::Utc>>), StoreError> {
         let client = self.client().await?;
         let row = client
             .query_one(

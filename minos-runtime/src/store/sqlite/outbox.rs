@@ -55,9 +55,7 @@ impl OutboxStore for SqliteStore {
         .await
     }
 
-    async fn backlog(
-        &self,
-    ) -> Result<(u64, Option<chrono::DateTime<chrono::Utc>>), StoreError> {
+    async fn backlog(&self) -> Result<(u64, Option<chrono::DateTime<chrono::Utc>>), StoreError> {
         self.with(move |conn| {
             let (count, oldest): (i64, Option<String>) = conn
                 .query_row(

@@ -64,8 +64,10 @@ pub(crate) fn logs(args: LogsArgs) -> minos::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let broker =
-            minos::messaging::KafkaBroker::connect(bootstrap, minos::messaging::KafkaOptions::default())?;
+        let broker = minos::messaging::KafkaBroker::connect(
+            bootstrap,
+            minos::messaging::KafkaOptions::default(),
+        )?;
         let mut messages = broker.tail(LOG_TOPIC, !args.no_follow).await?;
         loop {
             let message = tokio::select! {
@@ -75,15 +77,22 @@ pub(crate) fn logs(args: LogsArgs) -> minos::Result<()> {
             let Some(message) = message else {
                 return Ok(());
             };
-            let Ok(batch) = minos::serde_json::from_value::<LogBatch>(message.payload.content) else {
+            let Ok(batch) = minos::serde_json::from_value::<LogBatch>(message.payload.content)
+            else {
                 continue;
             };
             if batch.dropped > 0 && filter.trace_id.is_none() {
-                eprintln!("minos logs: a service dropped {} records (log buffer full)", batch.dropped);
+                eprintln!(
+                    "minos logs: a service dropped {} records (log buffer full)",
+                    batch.dropped
+                );
             }
             for record in batch.records.iter().filter(|r| filter.matches(r)) {
                 if args.json {
-                    println!("{}", minos::serde_json::to_string(record).unwrap_or_default());
+                    println!(
+                        "{}",
+                        minos::serde_json::to_string(record).unwrap_or_default()
+                    );
                 } else {
                     println!("{record}");
                 }
