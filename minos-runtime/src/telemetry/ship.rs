@@ -99,7 +99,7 @@ pub struct LogFilter {
 impl LogFilter {
     /// Whether `record` passes.
     pub fn matches(&self, record: &LogRecord) -> bool {
-        (self.services.is_empty() || self.services.iter().any(|s| *s == record.service))
+        (self.services.is_empty() || self.services.contains(&record.service))
             && self.level.as_deref().is_none_or(|level| {
                 record.severity() != 0 && record.severity() <= level_rank(level)
             })
@@ -155,6 +155,9 @@ pub fn level_rank(level: &str) -> u8 {
 /// A shipped batch, the content of a message on [`LOG_TOPIC`].
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LogBatch {
+    /// The service of the instance that shipped it.
+    #[serde(default)]
+    pub service: String,
     /// The records, oldest first.
     pub records: Vec<LogRecord>,
     /// Records the instance had to drop since its previous batch.
@@ -225,6 +228,7 @@ pub fn start(broker: SharedBroker, metrics: Option<super::Metrics>) {
             }
             let dropped = full + lost;
             let batch = LogBatch {
+                service: sink.service.clone(),
                 records: std::mem::take(&mut records),
                 dropped,
             };

@@ -81,10 +81,11 @@ pub(crate) fn logs(args: LogsArgs) -> minos::Result<()> {
             else {
                 continue;
             };
-            if batch.dropped > 0 && filter.trace_id.is_none() {
+            let watched = filter.services.is_empty() || filter.services.contains(&batch.service);
+            if batch.dropped > 0 && filter.trace_id.is_none() && watched {
                 eprintln!(
-                    "minos logs: a service dropped {} records (log buffer full)",
-                    batch.dropped
+                    "minos logs: {} could not ship {} records (its log buffer was full or the broker away)",
+                    batch.service, batch.dropped
                 );
             }
             for record in batch.records.iter().filter(|r| filter.matches(r)) {
