@@ -17,7 +17,9 @@ use serde_json::{json, Value};
 
 use crate::auth::{Access, Authenticator};
 use crate::error::{Error, Result};
-use crate::telemetry::ship::{LogBatch, LogFilter, LogRecord};
+#[cfg(feature = "kafka")]
+use crate::telemetry::ship::LogBatch;
+use crate::telemetry::ship::{LogFilter, LogRecord};
 
 /// The page.
 const PAGE: &str = include_str!("page.html");
@@ -78,6 +80,7 @@ struct State {
     registry: String,
     auth: Option<Authenticator>,
     logs: Option<Mutex<VecDeque<LogRecord>>>,
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
     capacity: usize,
 }
 

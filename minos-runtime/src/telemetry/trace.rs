@@ -33,6 +33,7 @@ static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 /// Whether spans are exported (`telemetry.otlp`): only then do spans get their `otel.*` names.
 static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+#[cfg_attr(not(feature = "otlp"), allow(dead_code))]
 pub(crate) fn set_exporting(exporting: bool) {
     EXPORTING.store(exporting, std::sync::atomic::Ordering::Relaxed);
 }

@@ -115,6 +115,10 @@ impl Views {
     /// Opens the view database `url` names: `memory`, `sqlite://PATH` (its folder is created) or
     /// `postgres://USER@HOST/DB` (`?schema=name` for a schema of its own), and creates the tables of
     /// every view of the program that it lacks.
+    #[cfg_attr(
+        not(any(feature = "sqlite", feature = "postgres")),
+        allow(unreachable_code, unused_variables)
+    )]
     pub async fn open(url: &str) -> Result<Views> {
         let backend: Box<dyn Backend> = if url == "memory" {
             #[cfg(feature = "sqlite")]
