@@ -133,7 +133,7 @@ async fn migrations_apply_once_and_reconnecting_keeps_data() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 7, "each migration applied once");
+    assert_eq!(applied, 8, "each migration applied once");
     let read = Repository::new(again)
         .get::<Customer>(customer.uuid())
         .await

@@ -45,31 +45,21 @@ pub struct DashboardSettings {
 }
 
 /// A running dashboard.
+#[derive(Debug)]
 pub struct DashboardServer {
-    handle: actix_web::dev::ServerHandle,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    server: crate::http::HttpServer,
     logs: Option<tokio::task::JoinHandle<()>>,
-    addr: SocketAddr,
-}
-
-impl std::fmt::Debug for DashboardServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DashboardServer")
-            .field("addr", &self.addr)
-            .finish()
-    }
 }
 
 impl DashboardServer {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// Stops serving.
     pub async fn stop(self) {
-        self.handle.stop(true).await;
-        let _ = self.task.await;
+        self.server.stop().await;
         if let Some(logs) = self.logs {
             logs.abort();
         }
@@ -136,27 +126,12 @@ pub async fn serve_dashboard(settings: DashboardSettings) -> Result<DashboardSer
     .workers(1)
     .disable_signals()
     .shutdown_timeout(2);
-    let address = format!("{}:{}", settings.host, settings.port);
-    let server = server
-        .bind((settings.host.as_str(), settings.port))
-        .map_err(|source| Error::Bind {
-            address: address.clone(),
-            source,
-        })?;
-    let addr = server.addrs().first().copied().ok_or_else(|| Error::Bind {
-        address,
-        source: std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "no address bound"),
+    let server = crate::http::HttpServer::run(&settings.host, settings.port, || {
+        let server = server.bind((settings.host.as_str(), settings.port))?;
+        Ok((server.addrs(), move || server.run()))
     })?;
-    let running = server.run();
-    let handle = running.handle();
-    let task = tokio::spawn(running);
-    tracing::info!("dashboard listening on http://{addr}");
-    Ok(DashboardServer {
-        handle,
-        task,
-        logs,
-        addr,
-    })
+    tracing::info!("dashboard listening on http://{}", server.addr());
+    Ok(DashboardServer { server, logs })
 }
 
 /// Keeps the newest records of the log topic in memory, from the oldest the broker keeps.

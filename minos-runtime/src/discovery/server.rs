@@ -13,23 +13,20 @@ use crate::error::{Error, Result};
 /// A running registry: its HTTP server and its background jobs.
 #[derive(Debug)]
 pub struct RegistryServer {
-    handle: actix_web::dev::ServerHandle,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    server: crate::http::HttpServer,
     jobs: tokio::task::JoinHandle<()>,
-    addr: SocketAddr,
 }
 
 impl RegistryServer {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// Stops serving (requests in flight finish) and stops the jobs.
     pub async fn stop(self) {
         self.jobs.abort();
-        self.handle.stop(true).await;
-        let _ = self.task.await;
+        self.server.stop().await;
     }
 }
 
@@ -269,23 +266,10 @@ pub async fn serve_registry(registry: Registry, host: &str, port: u16) -> Result
     })
     .disable_signals()
     .shutdown_timeout(5);
-    let address = format!("{host}:{port}");
-    let server = server.bind((host, port)).map_err(|source| Error::Bind {
-        address: address.clone(),
-        source,
+    let server = crate::http::HttpServer::run(host, port, || {
+        let server = server.bind((host, port))?;
+        Ok((server.addrs(), move || server.run()))
     })?;
-    let addr = server.addrs().first().copied().ok_or_else(|| Error::Bind {
-        address,
-        source: std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "no address bound"),
-    })?;
-    let running = server.run();
-    let handle = running.handle();
-    let task = tokio::spawn(running);
-    tracing::info!("registry listening on http://{addr}");
-    Ok(RegistryServer {
-        handle,
-        task,
-        jobs,
-        addr,
-    })
+    tracing::info!("registry listening on http://{}", server.addr());
+    Ok(RegistryServer { server, jobs })
 }

@@ -36,7 +36,7 @@ pub(crate) struct HttpSettings {
     pub shutdown_timeout: Duration,
 }
 
-/// A started HTTP server.
+/// A started actix-web server (a service's, the registry's, the dashboard's).
 pub(crate) struct HttpServer {
     handle: actix_web::dev::ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -52,6 +52,34 @@ impl std::fmt::Debug for HttpServer {
 }
 
 impl HttpServer {
+    /// Runs a server bound (by `bind`, which answers its addresses or why it could not bind) to
+    /// `host:port`, in the background.
+    pub(crate) fn run<S>(
+        host: &str,
+        port: u16,
+        bind: impl FnOnce() -> std::io::Result<(Vec<SocketAddr>, S)>,
+    ) -> Result<HttpServer>
+    where
+        S: FnOnce() -> actix_web::dev::Server,
+    {
+        let address = format!("{host}:{port}");
+        let (addrs, run) = bind().map_err(|source| Error::Bind {
+            address: address.clone(),
+            source,
+        })?;
+        let addr = addrs.first().copied().ok_or_else(|| Error::Bind {
+            address,
+            source: std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                "the server bound no address",
+            ),
+        })?;
+        let running = run();
+        let handle = running.handle();
+        let task = tokio::spawn(running);
+        Ok(HttpServer { handle, task, addr })
+    }
+
     /// The bound address.
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
@@ -369,23 +397,10 @@ pub(crate) async fn serve(
     if let Some(workers) = settings.workers {
         server = server.workers(workers.max(1));
     }
-    let address = format!("{}:{}", settings.host, settings.port);
-    let server = server
-        .bind((settings.host.as_str(), settings.port))
-        .map_err(|source| Error::Bind {
-            address: address.clone(),
-            source,
-        })?;
-    let addr = server.addrs().first().copied().ok_or_else(|| Error::Bind {
-        address,
-        source: std::io::Error::new(
-            std::io::ErrorKind::AddrNotAvailable,
-            "the server bound no address",
-        ),
+    let running = HttpServer::run(&settings.host, settings.port, || {
+        let server = server.bind((settings.host.as_str(), settings.port))?;
+        Ok((server.addrs(), move || server.run()))
     })?;
-    let _ = built.addr.set(addr);
-    let running = server.run();
-    let handle = running.handle();
-    let task = tokio::spawn(running);
-    Ok(HttpServer { handle, task, addr })
+    let _ = built.addr.set(running.addr());
+    Ok(running)
 }
