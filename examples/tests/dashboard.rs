@@ -66,27 +66,10 @@ fn chromium() -> PathBuf {
     panic!("chromium is not installed: `apt-get install chromium` (.ci/run installs it)");
 }
 
-/// The page's DOM after its scripts ran.
-fn rendered(chromium: &Path, url: &str) -> String {
+/// Runs headless Chromium on `url` with `args` (a profile of its own, scripts given 10 s).
+fn headless(chromium: &Path, args: &[String], url: &str) -> std::process::Output {
     let profile = tempfile::tempdir().unwrap();
-    let output = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--virtual-time-budget=10000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(["--dump-dom", url])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn screenshot(chromium: &Path, url: &str, file: &Path) {
-    let profile = tempfile::tempdir().unwrap();
-    let output = Command::new(chromium)
+    Command::new(chromium)
         .args([
             "--headless",
             "--no-sandbox",
@@ -97,10 +80,20 @@ fn screenshot(chromium: &Path, url: &str, file: &Path) {
             "--virtual-time-budget=10000",
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("--screenshot={}", file.display()))
+        .args(args)
         .arg(url)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// The page's DOM after its scripts ran.
+fn rendered(chromium: &Path, url: &str) -> String {
+    let output = headless(chromium, &["--dump-dom".to_owned()], url);
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn screenshot(chromium: &Path, url: &str, file: &Path) {
+    let output = headless(chromium, &[format!("--screenshot={}", file.display())], url);
     assert!(
         file.exists(),
         "no screenshot: {}",

@@ -121,6 +121,7 @@ pub(super) async fn admit(
 pub(super) struct RouteInfo {
     pub(super) method: &'static str,
     pub(super) path: &'static str,
+    pub(super) service: &'static str,
     pub(super) function: &'static str,
 }
 
@@ -141,7 +142,7 @@ pub(super) async fn handle(
             "request",
             service = %shared.context.name(),
             route = %format_args!("{} {}", route.method, route.path),
-            handler = route.function,
+            handler = %format_args!("{}::{}", route.service, route.function),
             trace_id = tracing::field::Empty,
             otel.name = tracing::field::Empty,
             otel.kind = tracing::field::Empty,

@@ -94,7 +94,16 @@ impl HttpServer {
 
 /// The routes of each path (REST routes and the runtime's own), so that a known path with another
 /// method answers 405 with `Allow`.
-type RoutesByPath = BTreeMap<&'static str, Vec<(&'static str, HandlerFn, Access, &'static str)>>;
+/// Each route: method, handler, access, and the handler's service type and function (for its span).
+type RoutesByPath = BTreeMap<
+    &'static str,
+    Vec<(
+        &'static str,
+        HandlerFn,
+        Access,
+        (&'static str, &'static str),
+    )>,
+>;
 
 fn routes_by_path(
     table: &RouteTable,
@@ -106,7 +115,7 @@ fn routes_by_path(
             method,
             entry.handler,
             entry.access,
-            entry.function,
+            (entry.service, entry.function),
         ));
     }
     // The runtime's own routes reveal data (saga executions and their contexts): admins only.
@@ -114,7 +123,7 @@ fn routes_by_path(
         by_path
             .entry(path)
             .or_default()
-            .push((method, *handler, Access::Admin, "system"));
+            .push((method, *handler, Access::Admin, ("minos", path)));
     }
     by_path
 }
@@ -311,12 +320,13 @@ pub(crate) async fn check<E: std::fmt::Display>(
 fn rest_resources(config: &mut web::ServiceConfig, by_path: &RoutesByPath, shared: &Shared) {
     for (path, methods) in by_path {
         let mut resource = web::resource(*path);
-        for (method, handler, access, function) in methods {
+        for (method, handler, access, (service, function)) in methods {
             let shared = shared.clone();
             let (handler, access) = (*handler, *access);
             let route = handler::RouteInfo {
                 method,
                 path,
+                service,
                 function,
             };
             let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
