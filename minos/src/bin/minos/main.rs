@@ -374,21 +374,8 @@ fn discovery(
 
 fn gateway(path: Option<PathBuf>, port: Option<u16>) -> minos::Result<()> {
     use minos_runtime::gateway::{serve_gateway, GatewaySettings};
-    let config = match path {
-        Some(path) => Config::load(path)?,
-        None => Config::from_env()?,
-    };
-    let defaults = Config::default();
-    // The gateway's own port where the file and the environment left a service's.
-    let port = match (port, config.http.port == defaults.http.port) {
-        (Some(port), _) => port,
-        (None, true) => 5566,
-        (None, false) => config.http.port,
-    };
-    let registry_url = match config.discovery.url.trim() {
-        "" => "http://127.0.0.1:5567".to_owned(),
-        url => url.to_owned(),
-    };
+    let (config, port) = infrastructure_config(path, port, 5566)?;
+    let registry_url = registry_url(&config);
     let _telemetry = minos::telemetry::init("gateway", &config.log, &config.telemetry)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -421,20 +408,8 @@ fn dashboard(
     broker: Option<String>,
 ) -> minos::Result<()> {
     use minos::dashboard::{serve_dashboard, DashboardSettings};
-    let config = match path {
-        Some(path) => Config::load(path)?,
-        None => Config::from_env()?,
-    };
-    let defaults = Config::default();
-    let port = match (port, config.http.port == defaults.http.port) {
-        (Some(port), _) => port,
-        (None, true) => 5568,
-        (None, false) => config.http.port,
-    };
-    let registry_url = registry.unwrap_or_else(|| match config.discovery.url.trim() {
-        "" => "http://127.0.0.1:5567".to_owned(),
-        url => url.to_owned(),
-    });
+    let (config, port) = infrastructure_config(path, port, 5568)?;
+    let registry_url = registry.unwrap_or_else(|| registry_url(&config));
     let broker = broker.or_else(|| {
         config
             .broker
@@ -462,4 +437,31 @@ fn dashboard(
         server.stop().await;
         Ok(())
     })
+}
+
+/// The configuration of an infrastructure command (the file, else defaults and `MINOS_*`), and its port:
+/// `--port`, else the configuration's when it sets one, else the command's own `default_port`.
+fn infrastructure_config(
+    path: Option<PathBuf>,
+    port: Option<u16>,
+    default_port: u16,
+) -> minos::Result<(Config, u16)> {
+    let config = match path {
+        Some(path) => Config::load(path)?,
+        None => Config::from_env()?,
+    };
+    let port = match (port, config.http.port == Config::default().http.port) {
+        (Some(port), _) => port,
+        (None, true) => default_port,
+        (None, false) => config.http.port,
+    };
+    Ok((config, port))
+}
+
+/// The registry's URL: `discovery.url`, else the default registry's.
+fn registry_url(config: &Config) -> String {
+    match config.discovery.url.trim() {
+        "" => "http://127.0.0.1:5567".to_owned(),
+        url => url.to_owned(),
+    }
 }
