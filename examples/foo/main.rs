@@ -42,6 +42,7 @@ impl FooCommandService {
     async fn create_foo(&self, request: Request) -> Result<Response> {
         let CreateFoo { bar } = request.content()?;
         let foo = Foo::create(Foo { bar, foobar: None }).await?;
+        minos::tracing::info!("Foo {} created", foo.uuid());
         Ok(Response::json(json!({ "uuid": foo.uuid() })))
     }
 

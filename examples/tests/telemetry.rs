@@ -92,6 +92,13 @@ fn a_request_is_one_trace_in_json_logs_and_is_counted_in_the_metrics() {
     let response = &created.headers["traceresponse"];
     assert!(response.starts_with(&format!("00-{TRACE}-")), "{response}");
     assert!(!response.contains(CALLER_SPAN), "{response}");
+    // Without an `x-request-id` of the caller's, the request gets one.
+    assert_eq!(
+        created.headers["x-request-id"].len(),
+        36,
+        "{:?}",
+        created.headers
+    );
 
     // The FooCreated handler ran after the outbox and the broker, still in the request's trace: its
     // JSON log line carries the trace id, the service, the handler and the message id.
@@ -350,8 +357,14 @@ fn a_saga_across_kafka_is_one_trace_in_the_collector_and_in_minos_logs() {
         &env(fresh_schema_url()),
     );
 
-    let created = foo.http.post("/foos", r#"{"bar": "traced"}"#).unwrap();
+    let created = foo
+        .http
+        .clone()
+        .with_header("x-request-id", &format!("req-{suffix}"))
+        .post("/foos", r#"{"bar": "traced"}"#)
+        .unwrap();
     assert_eq!(created.status, 200, "{}", created.body);
+    assert_eq!(created.headers["x-request-id"], format!("req-{suffix}"));
     let uuid = created.json()["uuid"].clone();
     let trace = minos::Uuid::new_v4().simple().to_string();
     let started = foo
@@ -479,4 +492,36 @@ fn a_saga_across_kafka_is_one_trace_in_the_collector_and_in_minos_logs() {
     assert!(records.iter().all(|r| r["service"] == json!(foobar_name)));
     assert!(records.iter().any(|r| r["trace_id"] == json!(trace)
         && r["fields"]["handler"] == json!("FooBarCommandService::create_foobar")));
+    // A line written by an HTTP handler names the request, the route and the handler.
+    let output = Command::new(&minos)
+        .args([
+            "logs",
+            "--broker",
+            &format!("kafka://{bootstrap}"),
+            "--service",
+            &foo_name,
+            "--no-follow",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let created_line = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).expect("a JSON record"))
+        .find(|r| r["fields"]["request_id"] == json!(format!("req-{suffix}")))
+        .expect("the create's log line");
+    assert_eq!(
+        created_line["fields"]["route"],
+        json!("POST /foos"),
+        "{created_line}"
+    );
+    assert_eq!(
+        created_line["fields"]["handler"],
+        json!("FooCommandService::create_foo"),
+        "{created_line}"
+    );
+    assert!(created_line["message"]
+        .as_str()
+        .unwrap()
+        .ends_with(" created"));
 }

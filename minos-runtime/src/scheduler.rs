@@ -42,6 +42,21 @@ pub(crate) fn spawn(
         let chain = Arc::clone(&chain);
         let context = context.clone();
         let location = entry.location();
+        let name = format!("{}::{}", entry.service, entry.function);
+        // Each run is a trace of its own, in a span naming the service, the handler and the schedule.
+        let run = move |chain: Arc<[Middleware]>, context: Context, request: Request| {
+            let span = tracing::info_span!(
+                "periodic",
+                service = %context.name(),
+                handler = %name,
+                schedule = expression,
+                trace_id = tracing::field::Empty,
+            );
+            async move {
+                let run = invoke(&chain, handler, request, &context);
+                crate::telemetry::trace::run_in(span, None, run).await
+            }
+        };
         let request = move || {
             Request::from_parts(
                 serde_json::Value::Null,
@@ -55,7 +70,7 @@ pub(crate) fn spawn(
         };
         if expression == minos_rules::REBOOT {
             tasks.push(tokio::spawn(async move {
-                if let Err(error) = invoke(&chain, handler, request(), &context).await {
+                if let Err(error) = run(chain, context, request()).await {
                     tracing::error!(%error, handler = %location, "@reboot handler failed");
                 }
             }));
@@ -66,7 +81,7 @@ pub(crate) fn spawn(
             for next in schedule.upcoming_owned(Utc) {
                 let wait = (next - Utc::now()).to_std().unwrap_or_default();
                 tokio::time::sleep(wait).await;
-                if let Err(error) = invoke(&chain, handler, request(), &context).await {
+                if let Err(error) = run(Arc::clone(&chain), context.clone(), request()).await {
                     tracing::error!(%error, handler = %location, "periodic handler failed");
                 }
             }

@@ -116,6 +116,9 @@ pub(super) async fn admit(
         .map_err(|error| to_http(Response::from_error(&Error::Auth(error))))
 }
 
+/// The header naming a request (sent back with the answer, and a field of the request's span).
+const REQUEST_ID: &str = "x-request-id";
+
 /// Which route a request matched: its method, path template and handler function.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct RouteInfo {
@@ -138,8 +141,16 @@ pub(super) async fn handle(
     let started = std::time::Instant::now();
     let metrics = shared.context.metrics().clone();
     let response = if crate::telemetry::trace::enabled() {
+        // The request's id: the caller's `x-request-id` (up to 128 characters), else a new one.
+        let request_id = request
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|id| !id.is_empty() && id.len() <= 128)
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
         let span = tracing::info_span!(
             "request",
+            request_id = %request_id,
             service = %shared.context.name(),
             route = %format_args!("{} {}", route.method, route.path),
             handler = %format_args!("{}::{}", route.service, route.function),
@@ -161,6 +172,11 @@ pub(super) async fn handle(
                         .headers_mut()
                         .insert(HeaderName::from_static("traceresponse"), value);
                 }
+            }
+            if let Ok(value) = HeaderValue::try_from(request_id.as_str()) {
+                response
+                    .headers_mut()
+                    .insert(HeaderName::from_static(REQUEST_ID), value);
             }
             response
         })

@@ -655,7 +655,18 @@ impl Projections {
                 );
                 let run =
                     super::writing(self.inner.views.clone(), Arc::clone(tx), plan.def.name, run);
-                self.inner.context.clone().scope(run).await?;
+                // Log lines of a view handler name the view, the handler and the event applied (a
+                // view applies events in commit order, in pages: it carries no request's trace).
+                let span = tracing::info_span!(
+                    "view",
+                    service = %self.inner.context.name(),
+                    view = plan.def.name,
+                    handler = %format_args!("{}::{}", entry.service, entry.function),
+                    topic = %message.topic,
+                    position = %stored.position(),
+                );
+                tracing::Instrument::instrument(self.inner.context.clone().scope(run), span)
+                    .await?;
             }
         }
         Ok(())
