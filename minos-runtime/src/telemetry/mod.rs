@@ -24,7 +24,9 @@ pub enum LogFormat {
     /// One human-readable line per record, with the spans' fields (`trace_id`, `service`, `handler`).
     #[default]
     Text,
-    /// One JSON object per line, for a platform's log collector.
+    /// One JSON object per line, for a platform's log collector: `time`, `level`, `service`,
+    /// `trace_id`, `target`, `message` and `fields` (the event's and its spans': `handler`,
+    /// `message_id`, `request_id`, `route`, `topic`, …), as `log.aggregate` ships them.
     Json,
 }
 
@@ -207,22 +209,20 @@ pub fn init(
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let stdout = match log.format {
-        LogFormat::Text => tracing_subscriber::fmt::layer()
+    // Text lines with the spans' fields; JSON lines are the records `log.aggregate` ships.
+    let stdout = (log.format == LogFormat::Text).then(|| {
+        tracing_subscriber::fmt::layer()
             .with_target(false)
             .with_ansi(ansi)
-            .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .flatten_event(true)
-            .boxed(),
-    }
-    .with_filter(filter());
-    let shipping = log
-        .aggregate
-        .then(|| ship::layer(service, log.buffer).with_filter(filter()));
+            .with_filter(filter())
+    });
+    let shipping = ship::layer(
+        service,
+        log.buffer,
+        log.format == LogFormat::Json,
+        log.aggregate,
+    )
+    .map(|layer| layer.with_filter(filter()));
     #[cfg(feature = "otlp")]
     {
         let mut guard = TelemetryGuard::default();

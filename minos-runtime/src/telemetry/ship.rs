@@ -179,16 +179,27 @@ tokio::task_local! {
     static SHIPPING: ();
 }
 
-/// The layer that puts records in the buffer (installed by [`super::init`] with `log.aggregate`).
-pub(crate) fn layer(service: &str, buffer: usize) -> ShipLayer {
-    let (sender, receiver) = mpsc::channel(buffer.max(1));
-    let _ = SINK.set(Sink {
-        sender,
-        receiver: std::sync::Mutex::new(Some(receiver)),
-        dropped: AtomicU64::new(0),
+/// The layer that makes a [`LogRecord`] of each event: written to stdout as one JSON object per line
+/// with `json`, put in the shipping buffer with `aggregate` (installed by [`super::init`]).
+pub(crate) fn layer(
+    service: &str,
+    buffer: usize,
+    json: bool,
+    aggregate: bool,
+) -> Option<RecordLayer> {
+    if aggregate {
+        let (sender, receiver) = mpsc::channel(buffer.max(1));
+        let _ = SINK.set(Sink {
+            sender,
+            receiver: std::sync::Mutex::new(Some(receiver)),
+            dropped: AtomicU64::new(0),
+            service: service.to_owned(),
+        });
+    }
+    (json || aggregate).then(|| RecordLayer {
+        json,
         service: service.to_owned(),
-    });
-    ShipLayer
+    })
 }
 
 /// Whether records are being buffered for shipping (`log.aggregate` on in this process).
@@ -306,11 +317,15 @@ impl JsonVisitor<'_> {
     }
 }
 
-/// Puts each record in the shipping buffer.
+/// Makes a record of each event: one JSON line on stdout (`log.format: json`), and a record in the
+/// shipping buffer (`log.aggregate`).
 #[derive(Debug)]
-pub(crate) struct ShipLayer;
+pub(crate) struct RecordLayer {
+    json: bool,
+    service: String,
+}
 
-impl<S> Layer<S> for ShipLayer
+impl<S> Layer<S> for RecordLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
@@ -340,14 +355,15 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let Some(sink) = SINK.get() else {
-            return;
-        };
         let target = event.metadata().target();
-        if SHIPPING.try_with(|_| ()).is_ok()
-            || target.starts_with("rdkafka")
-            || target.starts_with("librdkafka")
-        {
+        // What the shipping task and the Kafka client say is not shipped (no loop while the broker is
+        // away).
+        let sink = SINK.get().filter(|_| {
+            SHIPPING.try_with(|_| ()).is_err()
+                && !target.starts_with("rdkafka")
+                && !target.starts_with("librdkafka")
+        });
+        if sink.is_none() && !self.json {
             return;
         }
         let mut fields = Map::new();
@@ -367,7 +383,7 @@ where
         });
         let service = match fields.remove("service") {
             Some(Value::String(service)) => service,
-            _ => sink.service.clone(),
+            _ => self.service.clone(),
         };
         let trace_id = match fields.remove("trace_id") {
             Some(Value::String(id)) if !id.is_empty() => Some(id),
@@ -382,8 +398,16 @@ where
             message,
             fields,
         };
-        if sink.sender.try_send(record).is_err() {
-            sink.dropped.fetch_add(1, Ordering::Relaxed);
+        if self.json {
+            use std::io::Write;
+            let mut line = serde_json::to_vec(&record).unwrap_or_default();
+            line.push(b'\n');
+            let _ = std::io::stdout().lock().write_all(&line);
+        }
+        if let Some(sink) = sink {
+            if sink.sender.try_send(record).is_err() {
+                sink.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
