@@ -123,6 +123,11 @@ fn path_shape(path: &str) -> String {
 /// Routes the runtime itself answers.
 const SYSTEM_ROUTES: &[(&str, &str)] = &[
     ("GET", "/system/health"),
+    ("GET", "/system/live"),
+    ("GET", "/system/overview"),
+    ("GET", "/metrics"),
+    ("GET", "/views"),
+    ("POST", "/views/{name}/rebuild"),
     ("GET", "/spec/openapi"),
     ("GET", "/spec/asyncapi"),
     ("GET", "/saga/executions"),
@@ -203,7 +208,7 @@ impl RouteTable {
                 Route::Rest { method, path, .. } => {
                     if SYSTEM_ROUTES
                         .iter()
-                        .any(|(m, p)| *m == method && *p == path)
+                        .any(|(m, p)| *m == method && path_shape(p) == path_shape(path))
                     {
                         problems.push(format!(
                             "`{method} {path}` is answered by minos itself: {}",
@@ -394,6 +399,17 @@ mod tests {
             5,
         );
         assert!(RouteTable::from_entries(vec![e]).is_err());
+        let e = entry(
+            Route::Rest {
+                kind: ServiceKind::Command,
+                method: "POST",
+                path: "/views/{view}/rebuild",
+            },
+            "e",
+            6,
+        );
+        let error = RouteTable::from_entries(vec![e]).unwrap_err().to_string();
+        assert!(error.contains("answered by minos itself"), "{error}");
     }
 
     #[test]
