@@ -3,17 +3,14 @@
 //! OpenTelemetry collector, across `foo` → Kafka → `foobar` inside a saga.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use minos_support::http::Client;
+use minos_support::otlp::{Collector, Span};
 use minos_support::postgres::fresh_schema_url;
 use minos_support::process::{eventually, minos_binary, spawn_listening};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
 use serde_json::{json, Value};
 
 struct Service {
@@ -218,108 +215,6 @@ fn minos_logs_refuses_the_in_process_broker_and_bad_filters() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("10m"), "{stderr}");
-}
-
-/// Receives OTLP/HTTP exports as a collector does, keeping each request's body.
-struct Collector {
-    port: u16,
-    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl Collector {
-    fn start() -> Collector {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let kept = Arc::clone(&bodies);
-        std::thread::spawn(move || {
-            for stream in listener.incoming().map_while(Result::ok) {
-                let kept = Arc::clone(&kept);
-                std::thread::spawn(move || {
-                    let mut reader = BufReader::new(stream.try_clone().unwrap());
-                    let mut stream = stream;
-                    loop {
-                        let mut length = 0usize;
-                        let mut request_line = String::new();
-                        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        loop {
-                            let mut header = String::new();
-                            if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            let header = header.trim_end();
-                            if header.is_empty() {
-                                break;
-                            }
-                            if let Some((name, value)) = header.split_once(':') {
-                                if name.eq_ignore_ascii_case("content-length") {
-                                    length = value.trim().parse().unwrap_or(0);
-                                }
-                            }
-                        }
-                        let mut body = vec![0; length];
-                        if reader.read_exact(&mut body).is_err() {
-                            return;
-                        }
-                        if request_line.starts_with("POST /v1/traces") {
-                            kept.lock().unwrap().push(body);
-                        }
-                        let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
-                        if stream.write_all(answer.as_bytes()).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        Collector { port, bodies }
-    }
-
-    /// Every span received: (service.name, span).
-    fn spans(&self) -> Vec<Span> {
-        let bodies = self.bodies.lock().unwrap().clone();
-        let mut spans = Vec::new();
-        for body in bodies {
-            let request = ExportTraceServiceRequest::decode(&body[..]).expect("an OTLP export");
-            for resource in request.resource_spans {
-                let service = resource
-                    .resource
-                    .iter()
-                    .flat_map(|r| &r.attributes)
-                    .find(|a| a.key == "service.name")
-                    .and_then(|a| a.value.as_ref())
-                    .map(|v| format!("{:?}", v.value))
-                    .unwrap_or_default();
-                for scope in resource.scope_spans {
-                    for span in scope.spans {
-                        spans.push(Span {
-                            service: service.clone(),
-                            trace_id: hex(&span.trace_id),
-                            span_id: hex(&span.span_id),
-                            parent: hex(&span.parent_span_id),
-                            name: span.name,
-                        });
-                    }
-                }
-            }
-        }
-        spans
-    }
-}
-
-#[derive(Clone, Debug)]
-struct Span {
-    service: String,
-    trace_id: String,
-    span_id: String,
-    parent: String,
-    name: String,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]

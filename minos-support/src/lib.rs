@@ -9,6 +9,7 @@ pub mod bench;
 pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod otlp;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod process;

@@ -1046,3 +1046,67 @@ async fn the_registry_and_the_gateway_show_their_metrics() {
     );
     assert!(answer.body.contains("# EOF"), "{}", answer.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exporting_spans_the_gateway_is_a_hop_of_the_trace() {
+    let collector = minos_support::otlp::Collector::start();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry(dir.path()).await;
+    let a = backend("a").await;
+    register(&registry, "foo", a, json!([["GET", "/foos/{uuid}"]])).await;
+    let file = dir.path().join("gateway.yml");
+    std::fs::write(
+        &file,
+        format!(
+            "telemetry: {{otlp: \"http://127.0.0.1:{}\"}}\n",
+            collector.port
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_minos"));
+    command
+        .args(["gateway", "--port", "0", "--config"])
+        .arg(&file)
+        .env("MINOS_HTTP_HOST", "127.0.0.1")
+        .env("MINOS_DISCOVERY_URL", format!("http://{}", registry.addr))
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200");
+    let gateway = start(command, "gateway").await;
+    let caller = Caller::new(&gateway);
+    eventually("the route to be known", Duration::from_secs(10), || async {
+        caller.get("/foos/1").await.status == 200
+    })
+    .await;
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let answer = caller
+        .send(
+            "GET",
+            "/foos/7",
+            &[("traceparent", &format!("00-{trace}-b7ad6b7169203331-01"))],
+            full(Bytes::new()),
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+    // The instance's parent is the gateway's span, of the caller's trace.
+    let forwarded = answer.json()["headers"]["traceparent"]
+        .as_str()
+        .expect("a traceparent forwarded")
+        .to_owned();
+    let parts: Vec<&str> = forwarded.split('-').collect();
+    assert_eq!(parts[1], trace, "{forwarded}");
+    assert_ne!(parts[2], "b7ad6b7169203331", "{forwarded}");
+    let find = || {
+        collector
+            .spans()
+            .into_iter()
+            .find(|s| s.trace_id == trace && s.name == "gateway GET /foos/{uuid}")
+    };
+    eventually("the gateway's span", Duration::from_secs(20), || {
+        let found = find().is_some();
+        async move { found }
+    })
+    .await;
+    let span = find().unwrap();
+    assert_eq!(span.parent, "b7ad6b7169203331", "{span:?}");
+    assert_eq!(span.span_id, parts[2], "{span:?}");
+    assert!(span.service.contains("gateway"), "{span:?}");
+}

@@ -308,7 +308,7 @@ async fn dispatch(
         return early(composed.await);
     }
     let table = state.worker_table(worker.index);
-    let Some((_, route)) = table.routes.resolve(method, path) else {
+    let Some((template, route)) = table.routes.resolve(method, path) else {
         return early(no_route(state, &table, method, path));
     };
     if let Some(auth) = &state.auth {
@@ -329,13 +329,64 @@ async fn dispatch(
         },
     };
     proxy::outgoing_headers(&mut parts.headers, peer);
-    let outgoing = Outgoing::from_parts(parts, body);
-    let (method, path) = (outgoing.method.clone(), outgoing.path_and_query.clone());
-    let deadline = Instant::now() + route.timeout;
-    match proxy::forward(&worker.pool, route, outgoing, deadline, route.timeout).await {
-        Ok(response) => proxy::incoming_response(response),
-        Err(failure) => json_error(failure.status(), failure.message(&method, path.path())),
+    let forward = |mut parts: hyper::http::request::Parts| async move {
+        // Exporting spans, the gateway is a hop of the trace: the instance's parent is its span.
+        if let Some(trace) = crate::telemetry::TraceContext::current() {
+            if let Ok(value) = HeaderValue::try_from(trace.traceparent()) {
+                parts.headers.insert(TRACEPARENT, value);
+            }
+        }
+        let outgoing = Outgoing::from_parts(parts, body);
+        let (method, path) = (outgoing.method.clone(), outgoing.path_and_query.clone());
+        let deadline = Instant::now() + route.timeout;
+        match proxy::forward(&worker.pool, route, outgoing, deadline, route.timeout).await {
+            Ok(response) => proxy::incoming_response(response),
+            Err(failure) => json_error(failure.status(), failure.message(&method, path.path())),
+        }
+    };
+    if !crate::telemetry::trace::exporting() {
+        return forward(parts).await;
     }
+    Box::pin(traced(parts, template.as_str(), forward)).await
+}
+
+const TRACEPARENT: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static(crate::telemetry::trace::TRACEPARENT);
+
+/// Runs `forward` in a span of the gateway's, below the caller's `traceparent` (or a new trace), when
+/// spans are exported.
+async fn traced<F, Fut>(
+    parts: hyper::http::request::Parts,
+    template: &str,
+    forward: F,
+) -> Response<GatewayBody>
+where
+    F: FnOnce(hyper::http::request::Parts) -> Fut,
+    Fut: std::future::Future<Output = Response<GatewayBody>>,
+{
+    let mut carried = std::collections::BTreeMap::new();
+    for name in [
+        crate::telemetry::trace::TRACEPARENT,
+        crate::telemetry::trace::TRACESTATE,
+    ] {
+        if let Some(value) = parts.headers.get(name).and_then(|v| v.to_str().ok()) {
+            carried.insert(name.to_owned(), value.to_owned());
+        }
+    }
+    let parent = crate::telemetry::TraceContext::extract(&carried);
+    let span = tracing::info_span!(
+        "gateway",
+        route = %format_args!("{} {template}", parts.method),
+        trace_id = tracing::field::Empty,
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+    );
+    crate::telemetry::trace::name_span(
+        &span,
+        format_args!("gateway {} {template}", parts.method),
+        "server",
+    );
+    crate::telemetry::trace::run_in(span, parent, forward(parts)).await
 }
 
 /// Marks an answer as the connection's last, so that the caller opens another for its next request.

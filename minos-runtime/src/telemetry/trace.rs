@@ -38,6 +38,11 @@ pub(crate) fn set_exporting(exporting: bool) {
     EXPORTING.store(exporting, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Whether this process exports spans (`telemetry.otlp`).
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed) && enabled()
+}
+
 /// Names an exported span (`otel.name`, `otel.kind`: declared empty on the span, so logs don't show
 /// them when nothing is exported).
 pub(crate) fn name_span(span: &tracing::Span, name: std::fmt::Arguments<'_>, kind: &'static str) {
