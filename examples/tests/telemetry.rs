@@ -236,7 +236,7 @@ fn a_saga_across_kafka_is_one_trace_in_the_collector_and_in_minos_logs() {
             ("OTEL_BSP_SCHEDULE_DELAY", "500".to_owned()),
         ]
     };
-    let _foobar = Service::start(
+    let foobar = Service::start(
         env!("CARGO_BIN_EXE_foobar"),
         &foobar_name,
         &env(fresh_schema_url()),
@@ -414,4 +414,26 @@ fn a_saga_across_kafka_is_one_trace_in_the_collector_and_in_minos_logs() {
         .as_str()
         .unwrap()
         .ends_with(" created"));
+
+    // Stopped with SIGTERM, a service ships its last lines before it exits.
+    minos_support::process::signal(&foobar.child, "-TERM");
+    eventually(
+        "foobar's last line in minos logs",
+        Duration::from_secs(30),
+        || {
+            let output = Command::new(&minos)
+                .args([
+                    "logs",
+                    "--broker",
+                    &format!("kafka://{bootstrap}"),
+                    "--service",
+                    &foobar_name,
+                    "--no-follow",
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&output.stdout)
+                .contains(&format!("service `{foobar_name}` stopped"))
+        },
+    );
 }

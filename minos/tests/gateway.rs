@@ -973,6 +973,7 @@ async fn serve_gateway_binds_answers_and_stops() {
             ..GatewayConfig::default()
         },
         auth: None,
+        metrics: true,
     };
     let server = serve_gateway(settings(0)).await.unwrap();
     let port = server.addr().port();
@@ -1057,8 +1058,9 @@ async fn exporting_spans_the_gateway_is_a_hop_of_the_trace() {
     let file = dir.path().join("gateway.yml");
     std::fs::write(
         &file,
+        // Spans are exported whatever the log filter; metrics can be switched off.
         format!(
-            "telemetry: {{otlp: \"http://127.0.0.1:{}\"}}\n",
+            "log: warn\ntelemetry: {{otlp: \"http://127.0.0.1:{}\", metrics: false}}\n",
             collector.port
         ),
     )
@@ -1109,4 +1111,5 @@ async fn exporting_spans_the_gateway_is_a_hop_of_the_trace() {
     assert_eq!(span.parent, "b7ad6b7169203331", "{span:?}");
     assert_eq!(span.span_id, parts[2], "{span:?}");
     assert!(span.service.contains("gateway"), "{span:?}");
+    assert_eq!(caller.get("/metrics").await.status, 404);
 }

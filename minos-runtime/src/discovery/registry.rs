@@ -61,6 +61,8 @@ struct Inner {
     next: AtomicUsize,
     /// Checks the tokens of writes (register, heartbeat, unregister) when set.
     auth: std::sync::OnceLock<crate::auth::Authenticator>,
+    /// Requests answered (`GET /metrics`).
+    metrics: crate::telemetry::Metrics,
 }
 
 /// The resolution table as last read from the store.
@@ -84,8 +86,21 @@ impl Registry {
                 table: RwLock::new(None),
                 next: AtomicUsize::new(0),
                 auth: std::sync::OnceLock::new(),
+                metrics: crate::telemetry::Metrics::http_only(),
             }),
         }
+    }
+
+    /// Records its requests for `GET /metrics` (on by default), or not (`telemetry.metrics: false`:
+    /// `/metrics` answers 404).
+    pub fn with_metrics(self, enabled: bool) -> Self {
+        self.inner.metrics.set_enabled(enabled);
+        self
+    }
+
+    /// Its requests, by route template and status.
+    pub fn metrics(&self) -> &crate::telemetry::Metrics {
+        &self.inner.metrics
     }
 
     /// Makes writes (register, heartbeat, unregister) need a token with the admin role of `auth`;

@@ -205,8 +205,8 @@ async fn not_found(request: HttpRequest) -> HttpResponse {
 /// Serves `registry` on `host:port` (0 picks a free port) and runs its jobs.
 pub async fn serve_registry(registry: Registry, host: &str, port: u16) -> Result<RegistryServer> {
     let jobs = registry.spawn_jobs();
+    let metrics = registry.metrics().clone();
     let data = web::Data::new(registry);
-    let metrics = crate::telemetry::Metrics::http_only();
     let server = actix_web::HttpServer::new(move || {
         let counted = metrics.clone();
         let shown = metrics.clone();
@@ -238,6 +238,11 @@ pub async fn serve_registry(registry: Registry, host: &str, port: u16) -> Result
                 web::get().to(move || {
                     let metrics = shown.clone();
                     async move {
+                        if !metrics.enabled() {
+                            return crate::http::to_http(crate::routing::Response::from_error(
+                                &Error::not_found("metrics are off (telemetry.metrics: false)"),
+                            ));
+                        }
                         HttpResponse::Ok()
                             .content_type(crate::telemetry::metrics::CONTENT_TYPE)
                             .body(metrics.render())

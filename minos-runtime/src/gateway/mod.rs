@@ -122,6 +122,8 @@ pub struct GatewaySettings {
     pub config: GatewayConfig,
     /// Token verification (the `auth:` section); `None` forwards every request as it is.
     pub auth: Option<Authenticator>,
+    /// Requests counted for `GET /metrics` (`telemetry.metrics`); off: `/metrics` answers 404.
+    pub metrics: bool,
 }
 
 impl std::fmt::Debug for GatewaySettings {
@@ -133,6 +135,7 @@ impl std::fmt::Debug for GatewaySettings {
             .field("registry_url", &self.registry_url)
             .field("config", &self.config)
             .field("auth", &self.auth.is_some())
+            .field("metrics", &self.metrics)
             .finish()
     }
 }
@@ -200,6 +203,7 @@ pub async fn serve_gateway(settings: GatewaySettings) -> Result<GatewayServer> {
         settings.auth,
         timeouts,
     ));
+    state.metrics.set_enabled(settings.metrics);
     let (loaded, first) = oneshot::channel();
     let watcher = tokio::spawn(watch::watch(
         Arc::clone(&state),

@@ -237,8 +237,10 @@ fn route_label(worker: &Worker, method: &Method, path: &str) -> String {
         .resolve(method, path)
     {
         Some((template, _)) => template.as_str().to_owned(),
-        None if path.starts_with("/system/") || path == "/metrics" => path.to_owned(),
-        None => "unmatched".to_owned(),
+        None => match path {
+            "/system/health" | "/system/live" | "/metrics" => path.to_owned(),
+            _ => "unmatched".to_owned(),
+        },
     }
 }
 
@@ -289,6 +291,7 @@ async fn dispatch(
     }
     if path == "/metrics"
         && method == Method::GET
+        && state.metrics.enabled()
         && state.table().routes.resolve(method, path).is_none()
     {
         let mut response = Response::new(GatewayBody::full(Bytes::from(state.metrics.render())));

@@ -449,6 +449,8 @@ impl RunningService {
         }
         self.relay.stop().await;
         tracing::info!("service `{}` stopped", self.context.name());
+        // Its last log lines reach the log topic too (log.aggregate).
+        crate::telemetry::ship::flush(Duration::from_secs(2)).await;
     }
 }
 

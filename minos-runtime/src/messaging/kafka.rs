@@ -337,11 +337,7 @@ impl KafkaBroker {
     /// Every message of `topic` the cluster still keeps, oldest first per partition; then, with
     /// `follow`, every new one. Without `follow` the receiver closes once the messages that were there
     /// when it started are read. Nothing is committed (how `minos logs` reads the log topic).
-    pub async fn tail(
-        &self,
-        topic: &str,
-        follow: bool,
-    ) -> Result<mpsc::UnboundedReceiver<BrokerMessage>> {
+    pub async fn tail(&self, topic: &str, follow: bool) -> Result<mpsc::Receiver<BrokerMessage>> {
         self.ensure_topics(&[topic.to_owned()]).await?;
         let ends = self.ends(&[topic.to_owned()]).await?;
         let consumer: StreamConsumer = ClientConfig::new()
@@ -371,7 +367,8 @@ impl KafkaBroker {
         consumer
             .assign(&starts)
             .map_err(|e| kafka_error("assigning the topic", e))?;
-        let (sender, receiver) = mpsc::unbounded_channel();
+        // Bounded: a slow reader slows the reading down instead of piling the topic up in memory.
+        let (sender, receiver) = mpsc::channel(1024);
         let topic = topic.to_owned();
         tokio::spawn(async move {
             loop {
@@ -393,7 +390,7 @@ impl KafkaBroker {
                         }
                         match BrokerMessage::from_json(message.payload().unwrap_or_default()) {
                             Ok(decoded) => {
-                                if sender.send(decoded).is_err() {
+                                if sender.send(decoded).await.is_err() {
                                     return;
                                 }
                             }

@@ -285,11 +285,17 @@ impl Metrics {
         self.inner.enabled.load(Ordering::Relaxed)
     }
 
-    /// An HTTP request answered.
+    /// An HTTP request answered. A method other than the standard ones counts as `OTHER` (label
+    /// values stay bounded whatever clients send).
     pub fn http_request(&self, method: &str, route: &str, status: u16, took: Duration) {
         if !self.enabled() {
             return;
         }
+        let method = match method {
+            "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" | "TRACE"
+            | "CONNECT" => method,
+            _ => "OTHER",
+        };
         self.inner
             .http_requests
             .get_or_create(&HttpLabels {
@@ -469,6 +475,10 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing `{line}` in:\n{text}");
         }
+        metrics.http_request("BREW", "/foos", 404, Duration::from_millis(1));
+        assert!(metrics.render().contains(
+            "minos_http_requests_total{method=\"OTHER\",route=\"/foos\",status=\"404\"} 1"
+        ));
         metrics.set_enabled(false);
         metrics.http_request("POST", "/foos", 201, Duration::from_millis(3));
         assert!(metrics.render().contains(

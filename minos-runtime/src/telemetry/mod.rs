@@ -203,18 +203,13 @@ pub fn init(
     telemetry: &TelemetryConfig,
 ) -> crate::Result<TelemetryGuard> {
     trace::set_enabled(telemetry.spans);
-    let filter = || {
-        tracing_subscriber::EnvFilter::try_from_default_env()
-            .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.filter))
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     // Text lines with the spans' fields; JSON lines are the records `log.aggregate` ships.
     let stdout = (log.format == LogFormat::Text).then(|| {
         tracing_subscriber::fmt::layer()
             .with_target(false)
             .with_ansi(ansi)
-            .with_filter(filter())
+            .with_filter(layer_filter(&log.filter))
     });
     let shipping = ship::layer(
         service,
@@ -222,7 +217,7 @@ pub fn init(
         log.format == LogFormat::Json,
         log.aggregate,
     )
-    .map(|layer| layer.with_filter(filter()));
+    .map(|layer| layer.with_filter(layer_filter(&log.filter)));
     #[cfg(feature = "otlp")]
     {
         let mut guard = TelemetryGuard::default();
@@ -236,7 +231,7 @@ pub fn init(
             let (provider, layer) = otlp::layer(&telemetry.otlp, name)?;
             guard.provider = Some(provider);
             trace::set_exporting(true);
-            Some(layer.with_filter(filter()))
+            Some(layer.with_filter(layer_filter(&log.filter)))
         };
         let _ = tracing_subscriber::registry()
             .with(stdout)
@@ -258,4 +253,20 @@ pub fn init(
             .try_init();
         Ok(TelemetryGuard::default())
     }
+}
+
+/// A layer's filter: `RUST_LOG`, else `filter`, for events; the runtime's own spans always (so that a
+/// warning written with `log: warn` still names its trace, service and handler, and spans are still
+/// exported).
+fn layer_filter<S>(filter: &str) -> impl tracing_subscriber::layer::Filter<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::filter::FilterExt;
+    let events = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    events.or(tracing_subscriber::filter::filter_fn(|metadata| {
+        metadata.is_span() && metadata.target().starts_with("minos_runtime")
+    }))
 }

@@ -68,13 +68,30 @@ impl std::fmt::Display for LogRecord {
             self.service
         )?;
         if let Some(trace) = &self.trace_id {
-            write!(f, " [{trace}]")?;
+            write!(f, " [{}]", Printable(trace))?;
         }
-        write!(f, " {}", self.message)?;
+        write!(f, " {}", Printable(&self.message))?;
         for (key, value) in &self.fields {
             match value {
-                Value::String(text) => write!(f, " {key}={text}")?,
-                other => write!(f, " {key}={other}")?,
+                Value::String(text) => write!(f, " {}={}", Printable(key), Printable(text))?,
+                other => write!(f, " {}={other}", Printable(key))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Text with its control characters escaped (`\n`, `\u{1b}`): a record cannot move the cursor or
+/// recolour the terminal it is printed on.
+struct Printable<'a>(&'a str);
+
+impl std::fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                write!(f, "{c}")?;
             }
         }
         Ok(())
@@ -132,12 +149,16 @@ pub fn parse_time(
         "d" => 86_400,
         _ => 0,
     };
-    match number.parse::<i64>() {
-        Ok(n) if seconds > 0 => Ok(now - chrono::Duration::seconds(n.saturating_mul(seconds))),
-        _ => Err(format!(
-            "`{text}`: write a time as 2026-12-02T13:00:00Z or an age such as 90s, 10m, 2h, 1d"
-        )),
-    }
+    let age = number
+        .parse::<i64>()
+        .ok()
+        .filter(|_| seconds > 0)
+        .and_then(|n| n.checked_mul(seconds))
+        .and_then(chrono::TimeDelta::try_seconds)
+        .and_then(|age| now.checked_sub_signed(age));
+    age.ok_or_else(|| {
+        format!("`{text}`: write a time as 2026-12-02T13:00:00Z or an age such as 90s, 10m, 2h, 1d")
+    })
 }
 
 /// `ERROR` = 1 … `TRACE` = 5 (case-insensitive); 0 for anything else.
@@ -207,6 +228,15 @@ pub fn active() -> bool {
     SINK.get().is_some()
 }
 
+/// Records put in the buffer and not yet published (or given up on): what [`flush`] waits for.
+static PENDING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A message's worth of records at most, in bytes of their text (well under Kafka's 1 MB default).
+const BATCH_BYTES: usize = 512 * 1024;
+
+/// The longest message and field text kept in a record (longer ones are cut, saying so).
+const TEXT_LIMIT: usize = 16 * 1024;
+
 /// Starts shipping the buffered records to `broker` (once per process; later calls do nothing).
 pub fn start(broker: SharedBroker, metrics: Option<super::Metrics>) {
     let Some(sink) = SINK.get() else {
@@ -237,31 +267,87 @@ pub fn start(broker: SharedBroker, metrics: Option<super::Metrics>) {
             if let (Some(metrics), true) = (&metrics, full > 0) {
                 metrics.logs_dropped(full);
             }
-            let dropped = full + lost;
-            let batch = LogBatch {
-                service: sink.service.clone(),
-                records: std::mem::take(&mut records),
-                dropped,
-            };
-            let count = batch.records.len() as u64;
-            let content = serde_json::to_value(&batch).unwrap_or_default();
-            let mut message = BrokerMessage::new(LOG_TOPIC, content);
-            message.key = Some(sink.service.clone());
-            if let Err(error) = broker.publish(message).await {
-                lost = dropped + count;
-                if let Some(metrics) = &metrics {
-                    metrics.logs_dropped(count);
-                }
-                tracing::warn!(%error, records = count, "could not ship log records to {LOG_TOPIC}; dropped");
-            } else if dropped > 0 {
-                lost = 0;
-                tracing::warn!(
+            let taken = records.len();
+            // Dropped records are reported with the first message that reaches the broker.
+            let mut report = full + std::mem::take(&mut lost);
+            for chunk in chunks(std::mem::take(&mut records)) {
+                let dropped = std::mem::take(&mut report);
+                let batch = LogBatch {
+                    service: sink.service.clone(),
                     dropped,
+                    records: chunk,
+                };
+                let count = batch.records.len() as u64;
+                let content = serde_json::to_value(&batch).unwrap_or_default();
+                let mut message = BrokerMessage::new(LOG_TOPIC, content);
+                message.key = Some(sink.service.clone());
+                if let Err(error) = broker.publish(message).await {
+                    lost += dropped + count;
+                    if let Some(metrics) = &metrics {
+                        metrics.logs_dropped(count);
+                    }
+                    tracing::warn!(%error, records = count, "could not ship log records to {LOG_TOPIC}; dropped");
+                }
+            }
+            if full > 0 {
+                tracing::warn!(
+                    dropped = full,
                     "log records dropped while the log buffer was full (log.buffer)"
                 );
             }
+            PENDING.fetch_sub(taken, Ordering::Relaxed);
         }
     }));
+}
+
+/// Splits records into messages of at most [`BATCH_BYTES`] of text each.
+fn chunks(records: Vec<LogRecord>) -> Vec<Vec<LogRecord>> {
+    let mut chunks = vec![Vec::new()];
+    let mut bytes = 0;
+    for record in records {
+        let size = 200
+            + record.message.len()
+            + record
+                .fields
+                .iter()
+                .map(|(k, v)| k.len() + v.as_str().map_or(32, str::len))
+                .sum::<usize>();
+        if bytes + size > BATCH_BYTES && !chunks.last().is_some_and(Vec::is_empty) {
+            chunks.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.push(record);
+        }
+    }
+    chunks
+}
+
+/// Waits (up to `timeout`) until the records buffered so far are shipped: what a service does as it
+/// stops, so its last lines are not lost.
+pub async fn flush(timeout: Duration) {
+    if SINK.get().is_none() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    while PENDING.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `text` cut to [`TEXT_LIMIT`] bytes (on a character boundary), saying how much was cut.
+fn bounded(mut text: String) -> String {
+    if text.len() > TEXT_LIMIT {
+        let mut end = TEXT_LIMIT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = text.len() - end;
+        text.truncate(end);
+        text.push_str(&format!("… ({cut} more bytes)"));
+    }
+    text
 }
 
 /// The fields of a span, kept for the records written inside it.
@@ -389,13 +475,20 @@ where
             Some(Value::String(id)) if !id.is_empty() => Some(id),
             _ => None,
         };
+        for value in fields.values_mut() {
+            if let Value::String(text) = value {
+                if text.len() > TEXT_LIMIT {
+                    *text = bounded(std::mem::take(text));
+                }
+            }
+        }
         let record = LogRecord {
             time: chrono::Utc::now(),
             level: event.metadata().level().to_string(),
             service,
             trace_id,
             target: target.to_owned(),
-            message,
+            message: bounded(message),
             fields,
         };
         if self.json {
@@ -405,8 +498,13 @@ where
             let _ = std::io::stdout().lock().write_all(&line);
         }
         if let Some(sink) = sink {
-            if sink.sender.try_send(record).is_err() {
-                sink.dropped.fetch_add(1, Ordering::Relaxed);
+            match sink.sender.try_send(record) {
+                Ok(()) => {
+                    PENDING.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    sink.dropped.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -446,6 +544,12 @@ mod tests {
         assert!(!filter.matches(&record("foo", "ERROR", None, 1)));
         assert!(!filter.matches(&record("foo", "ERROR", Some("abc"), 20)));
         assert!(LogFilter::default().matches(&record("x", "TRACE", None, 100)));
+        let mut hostile = record("foo", "INFO", Some("abc"), 0);
+        hostile.message = "red \u{1b}[31m\nnext".into();
+        assert_eq!(
+            hostile.to_string().split_once(" [abc] ").unwrap().1,
+            "red \\u{1b}[31m\\nnext handler=Foo::bar"
+        );
         let line = record("foo", "INFO", Some("abc"), 0).to_string();
         assert!(
             line.contains(" INFO foo [abc] m handler=Foo::bar"),
@@ -454,6 +558,24 @@ mod tests {
         assert!(parse_time("2026-12-02T13:00:00Z", now).is_ok());
         assert!(parse_time("ten minutes", now).is_err());
         assert!(parse_time("5y", now).is_err());
+        assert!(parse_time("99999999999999999d", now).is_err());
+        assert!(parse_time("999999999999d", now).is_err());
+    }
+
+    #[test]
+    fn long_texts_are_cut_and_batches_stay_under_the_message_size() {
+        let long = "é".repeat(20_000);
+        let cut = bounded(long.clone());
+        assert!(cut.len() < TEXT_LIMIT + 40, "{}", cut.len());
+        assert!(cut.ends_with("more bytes)"), "{}", &cut[cut.len() - 30..]);
+        assert_eq!(bounded("short".into()), "short");
+        let mut big = record("foo", "INFO", None, 0);
+        big.message = "x".repeat(TEXT_LIMIT);
+        let split = chunks(vec![big; 100]);
+        assert!(split.len() >= 4, "{}", split.len());
+        assert_eq!(split.iter().map(Vec::len).sum::<usize>(), 100);
+        assert!(split.iter().all(|c| !c.is_empty()));
+        assert_eq!(chunks(Vec::new()).len(), 1);
     }
 
     #[test]

@@ -362,8 +362,10 @@ fn discovery(
     runtime.block_on(async {
         let repository = Repository::open(&config.storage).await?;
         let auth = minos::auth::Authenticator::from_config(&config.auth)?;
-        let registry =
-            Registry::new(repository.store().clone(), config.registry.clone()).with_auth(auth);
+        let registry = Registry::new(repository.store().clone(), config.registry.clone())
+            .with_auth(auth)
+            .with_metrics(config.telemetry.metrics);
+        ship_logs(&config).await?;
         let server = serve_registry(registry, &config.http.host, config.http.port).await?;
         println!("minos discovery listening on http://{}", server.addr());
         minos::launcher::shutdown_signal().await?;
@@ -382,6 +384,7 @@ fn gateway(path: Option<PathBuf>, port: Option<u16>) -> minos::Result<()> {
         .build()?;
     runtime.block_on(async {
         let auth = minos::auth::Authenticator::from_config(&config.auth)?;
+        ship_logs(&config).await?;
         let server = serve_gateway(GatewaySettings {
             host: config.http.host.clone(),
             port,
@@ -392,6 +395,7 @@ fn gateway(path: Option<PathBuf>, port: Option<u16>) -> minos::Result<()> {
                 ..config.gateway.clone()
             },
             auth,
+            metrics: config.telemetry.metrics,
         })
         .await?;
         println!("minos gateway listening on http://{}", server.addr());
@@ -421,10 +425,22 @@ fn dashboard(
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // The dashboard shows saga contexts and log lines: on this machine only, unless told otherwise.
+    let host = match config.http.host.as_str() {
+        "0.0.0.0" => "127.0.0.1".to_owned(),
+        host => host.to_owned(),
+    };
     runtime.block_on(async {
         let auth = minos::auth::Authenticator::from_config(&config.auth)?;
+        if auth.is_some() {
+            eprintln!(
+                "minos dashboard: the admin token of each request is passed on to the instances the \
+                 registry lists; the registry must check tokens too (auth: on minos discovery)"
+            );
+        }
+        ship_logs(&config).await?;
         let server = serve_dashboard(DashboardSettings {
-            host: config.http.host.clone(),
+            host,
             port,
             registry_url,
             broker,
@@ -464,4 +480,25 @@ fn registry_url(config: &Config) -> String {
         "" => "http://127.0.0.1:5567".to_owned(),
         url => url.to_owned(),
     }
+}
+
+/// With `log.aggregate`, ships this process's log records through the Kafka broker of `broker:`.
+async fn ship_logs(config: &Config) -> minos::Result<()> {
+    if !config.log.aggregate {
+        return Ok(());
+    }
+    let Some(bootstrap) = config.broker.strip_prefix("kafka://") else {
+        return Err(minos::Error::Config(format!(
+            "log.aggregate ships log records through Kafka: set broker: kafka://HOST:PORT (found `{}`)",
+            config.broker
+        )));
+    };
+    let options = minos::messaging::KafkaOptions {
+        partitions: config.kafka.partitions.max(1),
+        replication: config.kafka.replication.max(1),
+        publish_timeout: std::time::Duration::from_millis(config.kafka.publish_timeout_ms),
+    };
+    let broker = minos::messaging::KafkaBroker::connect(bootstrap, options)?;
+    minos::telemetry::ship::start(std::sync::Arc::new(broker), None);
+    Ok(())
 }
