@@ -191,30 +191,27 @@ fn metrics_and_spans_can_be_switched_off() {
     );
 }
 
+/// `minos logs ARGS`: its standard output, or its standard error when it fails.
+fn minos_logs(minos: &std::path::Path, args: &[&str]) -> Result<String, String> {
+    let output = Command::new(minos).arg("logs").args(args).output().unwrap();
+    match output.status.success() {
+        true => Ok(String::from_utf8_lossy(&output.stdout).into_owned()),
+        false => Err(String::from_utf8_lossy(&output.stderr).into_owned()),
+    }
+}
+
 #[test]
 fn minos_logs_refuses_the_in_process_broker_and_bad_filters() {
     let minos = minos_binary(env!("CARGO_BIN_EXE_quickstart"));
-    let output = Command::new(&minos)
-        .args(["logs", "--broker", "memory"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("kafka://HOST:PORT"), "{stderr}");
-    let output = Command::new(&minos)
-        .args(["logs", "--level", "loud"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--level `loud`"), "{stderr}");
-    let output = Command::new(&minos)
-        .args(["logs", "--since", "yesterday"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("10m"), "{stderr}");
+    for (args, says) in [
+        (&["--broker", "memory"][..], "kafka://HOST:PORT"),
+        (&["--level", "loud"][..], "--level `loud`"),
+        (&["--since", "yesterday"][..], "10m"),
+        (&["--since", "999999999999d"][..], "10m"),
+    ] {
+        let refused = minos_logs(&minos, args).expect_err("refused");
+        assert!(refused.contains(says), "{args:?}: {refused}");
+    }
 }
 
 #[test]
@@ -332,49 +329,38 @@ fn a_saga_across_kafka_is_one_trace_in_the_collector_and_in_minos_logs() {
 
     // `minos logs` reads the records both services shipped, for that trace only.
     let minos = minos_binary(env!("CARGO_BIN_EXE_foo"));
+    let broker = format!("kafka://{bootstrap}");
     let mut printed = String::new();
     eventually(
         "foobar's log line in minos logs",
         Duration::from_secs(30),
         || {
-            let output = Command::new(&minos)
-                .args([
-                    "logs",
-                    "--broker",
-                    &format!("kafka://{bootstrap}"),
-                    "--trace",
-                    &trace,
-                    "--no-follow",
-                ])
-                .output()
-                .unwrap();
-            assert!(
-                output.status.success(),
-                "{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            printed = String::from_utf8_lossy(&output.stdout).into_owned();
+            printed = minos_logs(
+                &minos,
+                &["--broker", &broker, "--trace", &trace, "--no-follow"],
+            )
+            .expect("minos logs");
             printed.contains("created") && printed.contains(&foobar_name)
         },
     );
     for line in printed.lines() {
         assert!(line.contains(&trace), "a line of another trace: {line}");
     }
-    let output = Command::new(&minos)
-        .args([
-            "logs",
+    let printed = minos_logs(
+        &minos,
+        &[
             "--broker",
-            &format!("kafka://{bootstrap}"),
+            &broker,
             "--service",
             &foobar_name,
             "--level",
             "info",
             "--no-follow",
             "--json",
-        ])
-        .output()
-        .unwrap();
-    let records: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        ],
+    )
+    .unwrap();
+    let records: Vec<Value> = printed
         .lines()
         .map(|line| serde_json::from_str(line).expect("a JSON record"))
         .collect();
@@ -383,19 +369,19 @@ fn a_saga_across_kafka_is_one_trace_in_the_collector_and_in_minos_logs() {
     assert!(records.iter().any(|r| r["trace_id"] == json!(trace)
         && r["fields"]["handler"] == json!("FooBarCommandService::create_foobar")));
     // A line written by an HTTP handler names the request, the route and the handler.
-    let output = Command::new(&minos)
-        .args([
-            "logs",
+    let printed = minos_logs(
+        &minos,
+        &[
             "--broker",
-            &format!("kafka://{bootstrap}"),
+            &broker,
             "--service",
             &foo_name,
             "--no-follow",
             "--json",
-        ])
-        .output()
-        .unwrap();
-    let created_line = String::from_utf8_lossy(&output.stdout)
+        ],
+    )
+    .unwrap();
+    let created_line = printed
         .lines()
         .map(|line| serde_json::from_str::<Value>(line).expect("a JSON record"))
         .find(|r| r["fields"]["request_id"] == json!(format!("req-{suffix}")))
@@ -421,19 +407,18 @@ fn a_saga_across_kafka_is_one_trace_in_the_collector_and_in_minos_logs() {
         "foobar's last line in minos logs",
         Duration::from_secs(30),
         || {
-            let output = Command::new(&minos)
-                .args([
-                    "logs",
+            minos_logs(
+                &minos,
+                &[
                     "--broker",
-                    &format!("kafka://{bootstrap}"),
+                    &broker,
                     "--service",
                     &foobar_name,
                     "--no-follow",
-                ])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&output.stdout)
-                .contains(&format!("service `{foobar_name}` stopped"))
+                ],
+            )
+            .unwrap()
+            .contains(&format!("service `{foobar_name}` stopped"))
         },
     );
 }
