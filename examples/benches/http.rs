@@ -3,12 +3,9 @@
 //!
 //! `cargo bench -p minos-examples --bench http` (`MINOS_BENCH_SCALE=0.1` for a quick run).
 
-use minos_support::bench::{percentile, scale};
+use minos_support::bench::{percentile, post_foos, scale};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-use minos_support::http::Client;
 
 fn main() {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -46,34 +43,13 @@ fn main() {
         "concurrency", "requests", "requests/s", "p50", "p99"
     );
     for concurrency in [1usize, 8, 32] {
-        let per_client = scale(4000, 20) / concurrency;
-        let start = Instant::now();
-        let workers: Vec<_> = (0..concurrency)
-            .map(|c| {
-                let client = Client::new(addr.clone());
-                std::thread::spawn(move || {
-                    let mut latencies = Vec::with_capacity(per_client);
-                    for i in 0..per_client {
-                        let body = format!(r#"{{"bar": "bench-{c}-{i}"}}"#);
-                        let sent = Instant::now();
-                        let answer = client.post("/foos", &body).expect("request");
-                        latencies.push(sent.elapsed());
-                        assert_eq!(answer.status, 200, "{}", answer.body);
-                    }
-                    latencies
-                })
-            })
-            .collect();
-        let mut latencies: Vec<Duration> = workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("client thread"))
-            .collect();
-        let elapsed = start.elapsed();
+        let authority = addr.trim_start_matches("http://");
+        let (rate, mut latencies) = post_foos(authority, concurrency, scale(4000, 20));
         latencies.sort();
         println!(
             "{concurrency:>11} {:>9} {:>11.0} {:>9.2?} {:>9.2?}",
             latencies.len(),
-            latencies.len() as f64 / elapsed.as_secs_f64(),
+            rate,
             percentile(&latencies, 0.50),
             percentile(&latencies, 0.99),
         );

@@ -6,10 +6,9 @@
 //! `cargo bench -p minos-examples --bench telemetry` (`MINOS_BENCH_SCALE=0.1` for a quick run).
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use minos_support::bench::{percentile, scale};
-use minos_support::http::Client;
+use minos_support::bench::{percentile, post_foos, scale};
 use minos_support::process::spawn_listening;
 
 struct Service {
@@ -45,34 +44,6 @@ fn start(storage: &str, on: bool) -> Service {
     }
 }
 
-/// One round of `requests` creates at `concurrency`: requests/s and the latencies.
-fn round(addr: &str, concurrency: usize, requests: usize) -> (f64, Vec<Duration>) {
-    let per_client = requests / concurrency;
-    let start = Instant::now();
-    let workers: Vec<_> = (0..concurrency)
-        .map(|c| {
-            let client = Client::new(format!("http://{addr}"));
-            std::thread::spawn(move || {
-                let mut latencies = Vec::with_capacity(per_client);
-                for i in 0..per_client {
-                    let body = format!(r#"{{"bar": "bench-{c}-{i}"}}"#);
-                    let sent = Instant::now();
-                    let answer = client.post("/foos", &body).expect("request");
-                    latencies.push(sent.elapsed());
-                    assert_eq!(answer.status, 200, "{}", answer.body);
-                }
-                latencies
-            })
-        })
-        .collect();
-    let latencies: Vec<Duration> = workers
-        .into_iter()
-        .flat_map(|w| w.join().expect("client thread"))
-        .collect();
-    let rate = latencies.len() as f64 / start.elapsed().as_secs_f64();
-    (rate, latencies)
-}
-
 fn main() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let concurrency = 8;
@@ -95,12 +66,12 @@ fn main() {
         let on = start(&storage.replace("{}", "on"), true);
         let off = start(&storage.replace("{}", "off"), false);
         // Warm both.
-        round(&on.addr, concurrency, requests / 10);
-        round(&off.addr, concurrency, requests / 10);
+        post_foos(&on.addr, concurrency, requests / 10);
+        post_foos(&off.addr, concurrency, requests / 10);
         let mut results = [(0.0, Vec::new()), (0.0, Vec::new())];
         for _ in 0..rounds {
             for (slot, service) in [&on, &off].into_iter().enumerate() {
-                let (rate, latencies) = round(&service.addr, concurrency, requests);
+                let (rate, latencies) = post_foos(&service.addr, concurrency, requests);
                 results[slot].0 += rate / rounds as f64;
                 results[slot].1.extend(latencies);
             }

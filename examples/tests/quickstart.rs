@@ -2,7 +2,7 @@
 
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use minos_support::http::Client;
 use minos_support::process::spawn_listening;
@@ -39,16 +39,7 @@ impl Service {
 
     /// Waits for a line of output containing `text`.
     fn wait_for_line(&self, text: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("no output line containing {text:?}"));
-            if line.contains(text) {
-                return line;
-            }
-        }
+        minos_support::process::next_line_containing(&self.lines, text, Duration::from_secs(10))
     }
 
     /// SIGTERM, then the exit status.

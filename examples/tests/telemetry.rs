@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use minos_support::http::Client;
 use minos_support::otlp::{Collector, Span};
@@ -48,16 +48,7 @@ impl Service {
 
     /// The next output line containing `text`.
     fn wait_for_line(&self, text: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("no output line containing {text:?}"));
-            if line.contains(text) {
-                return line;
-            }
-        }
+        minos_support::process::next_line_containing(&self.lines, text, Duration::from_secs(20))
     }
 }
 

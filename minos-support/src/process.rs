@@ -86,3 +86,20 @@ pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// The next of `lines` containing `text`, waiting up to `timeout`; panics saying which text never came.
+pub fn next_line_containing(
+    lines: &mpsc::Receiver<String>,
+    text: &str,
+    timeout: Duration,
+) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no output line containing {text:?}"));
+        if line.contains(text) {
+            return line;
+        }
+    }
+}

@@ -74,22 +74,9 @@ struct State {
     capacity: usize,
 }
 
-/// `http://host:port[/]` → `host:port`.
-fn authority(url: &str) -> Result<String> {
-    url.trim_end_matches('/')
-        .strip_prefix("http://")
-        .filter(|rest| !rest.is_empty() && !rest.contains('/'))
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "registry `{url}`: write its address as http://HOST:PORT"
-            ))
-        })
-}
-
 /// Starts the dashboard; with a broker, it also starts reading the log topic from its beginning.
 pub async fn serve_dashboard(settings: DashboardSettings) -> Result<DashboardServer> {
-    let registry = authority(&settings.registry_url)?;
+    let registry = crate::gateway::registry_authority(&settings.registry_url)?;
     let capacity = settings.log_buffer.max(1);
     let state = Arc::new(State {
         registry,
@@ -166,30 +153,9 @@ async fn follow_logs(broker: &str, state: Arc<State>) -> Result<tokio::task::Joi
     )))
 }
 
-/// The admin check of a data request, when tokens are checked.
-async fn admit(state: &State, request: &HttpRequest) -> std::result::Result<(), HttpResponse> {
-    let Some(auth) = &state.auth else {
-        return Ok(());
-    };
-    let header = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let checked = async {
-        let principal = auth.authenticate(header).await?;
-        auth.authorize(
-            principal.as_ref(),
-            &Access::Admin.requirement(&auth.config().admin_role),
-        )
-    };
-    checked.await.map_err(|error| {
-        crate::http::to_http(crate::routing::Response::from_error(&Error::Auth(error)))
-    })
-}
-
 /// `GET /api/overview`: the registry's services, each instance with its health and overview.
 async fn overview(state: web::Data<State>, request: HttpRequest) -> HttpResponse {
-    if let Err(refused) = admit(&state, &request).await {
+    if let Err(refused) = crate::http::admit(state.auth.as_ref(), &request, Access::Admin).await {
         return refused;
     }
     let token = request
@@ -290,7 +256,7 @@ async fn instance_state(authority: &str, token: Option<String>) -> Value {
 
 /// `GET /api/logs?trace=&service=&level=&since=&limit=`: the kept records that match, oldest first.
 async fn logs_endpoint(state: web::Data<State>, request: HttpRequest) -> HttpResponse {
-    if let Err(refused) = admit(&state, &request).await {
+    if let Err(refused) = crate::http::admit(state.auth.as_ref(), &request, Access::Admin).await {
         return refused;
     }
     let query = match web::Query::<BTreeMap<String, String>>::from_query(request.query_string()) {

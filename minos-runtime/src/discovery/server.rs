@@ -225,7 +225,7 @@ pub async fn serve_registry(registry: Registry, host: &str, port: u16) -> Result
                     if let Some(route) = route {
                         metrics.http_request(
                             &method,
-                            &route,
+                            route,
                             response.status().as_u16(),
                             started.elapsed(),
                         );

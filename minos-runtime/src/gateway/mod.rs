@@ -89,6 +89,8 @@ mod server;
 mod table;
 mod watch;
 
+pub(crate) use watch::registry_authority;
+
 pub use config::{ComposeConfig, CorsConfig, GatewayConfig, PartConfig, PartSpec};
 
 use std::net::SocketAddr;

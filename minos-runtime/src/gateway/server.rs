@@ -5,6 +5,7 @@
 //! with a single-threaded runtime and a client pool of its own: a request, the connection it goes
 //! out on and its answer stay on one thread (as in nginx's worker processes), never waking another.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -209,46 +210,49 @@ pub(crate) async fn handle(
     request: Request<Incoming>,
 ) -> Response<GatewayBody> {
     let metrics = &worker.state.metrics;
+    // The route template the request matched (`/foos/{uuid}`), set where it is resolved; `unmatched`
+    // otherwise (bounded label values).
+    let mut route = Cow::Borrowed("unmatched");
     if !metrics.enabled() {
-        return answer(worker, peer, request).await;
+        return answer(worker, peer, request, &mut route).await;
     }
     let started = Instant::now();
     let method = request.method().clone();
-    let route = route_label(worker, &method, request.uri().path());
-    let response = answer(worker, peer, request).await;
+    let response = answer(worker, peer, request, &mut route).await;
     metrics.http_request(
         method.as_str(),
-        &route,
+        route,
         response.status().as_u16(),
         started.elapsed(),
     );
     response
 }
 
-/// The route template a request matches (`/foos/{uuid}`), or `unmatched` (bounded label values).
-fn route_label(worker: &Worker, method: &Method, path: &str) -> String {
+/// The route template of `method path` (compositions first), for a request the gateway answers
+/// itself (a CORS preflight).
+fn template_of(worker: &Worker, method: &Method, path: &str) -> Option<String> {
     let state = &*worker.state;
     if let Some((template, _)) = state.compose.resolve(method, path) {
-        return template.as_str().to_owned();
+        return Some(template.as_str().to_owned());
     }
-    match state
-        .worker_table(worker.index)
-        .routes
-        .resolve(method, path)
-    {
-        Some((template, _)) => template.as_str().to_owned(),
-        None => match path {
-            "/system/health" | "/system/live" | "/metrics" => path.to_owned(),
-            _ => "unmatched".to_owned(),
-        },
-    }
+    let table = state.worker_table(worker.index);
+    let found = table.routes.resolve(method, path);
+    found.map(|(template, _)| template.as_str().to_owned())
 }
 
-async fn answer(worker: &Worker, peer: &Peer, request: Request<Incoming>) -> Response<GatewayBody> {
+async fn answer(
+    worker: &Worker,
+    peer: &Peer,
+    request: Request<Incoming>,
+    route: &mut Cow<'static, str>,
+) -> Response<GatewayBody> {
     let Some(cors) = &worker.state.cors else {
-        return dispatch(worker, peer, request).await;
+        return dispatch(worker, peer, request, route).await;
     };
     if Cors::is_preflight(request.method(), request.headers()) {
+        if let Some(template) = template_of(worker, request.method(), request.uri().path()) {
+            *route = Cow::Owned(template);
+        }
         return match cors.preflight(request.headers()) {
             Preflight::Allowed(headers) => {
                 let mut response = Response::new(GatewayBody::full(Bytes::new()));
@@ -260,7 +264,7 @@ async fn answer(worker: &Worker, peer: &Peer, request: Request<Incoming>) -> Res
         };
     }
     let origin = request.headers().get(ORIGIN).cloned();
-    let mut response = dispatch(worker, peer, request).await;
+    let mut response = dispatch(worker, peer, request, route).await;
     if let Some(origin) = origin {
         cors.decorate(&origin, response.headers_mut());
     }
@@ -271,10 +275,17 @@ async fn dispatch(
     worker: &Worker,
     peer: &Peer,
     request: Request<Incoming>,
+    label: &mut Cow<'static, str>,
 ) -> Response<GatewayBody> {
     let state = &*worker.state;
     let method = request.method();
     let path = request.uri().path();
+    if let Some(own) = ["/system/health", "/system/live", "/metrics"]
+        .into_iter()
+        .find(|own| *own == path)
+    {
+        *label = Cow::Borrowed(own);
+    }
     // Answered without reading a body the caller sends: the connection cannot carry another
     // request.
     let unread = !request.body().is_end_stream();
@@ -302,6 +313,7 @@ async fn dispatch(
         return early(response);
     }
     if let Some((template, plan)) = state.compose.resolve(method, path) {
+        *label = Cow::Owned(template.as_str().to_owned());
         let path = path.to_owned();
         let headers = request.headers();
         // Boxed, like the other rare paths below, to keep the future of every request small.
@@ -314,6 +326,7 @@ async fn dispatch(
     let Some((template, route)) = table.routes.resolve(method, path) else {
         return early(no_route(state, &table, method, path));
     };
+    *label = Cow::Owned(template.as_str().to_owned());
     if let Some(auth) = &state.auth {
         let verdict = match Box::pin(auth.authenticate(authorization(request.headers()))).await {
             Ok(principal) => auth.authorize(principal.as_ref(), &route.requirement),
@@ -367,16 +380,9 @@ where
     F: FnOnce(hyper::http::request::Parts) -> Fut,
     Fut: std::future::Future<Output = Response<GatewayBody>>,
 {
-    let mut carried = std::collections::BTreeMap::new();
-    for name in [
-        crate::telemetry::trace::TRACEPARENT,
-        crate::telemetry::trace::TRACESTATE,
-    ] {
-        if let Some(value) = parts.headers.get(name).and_then(|v| v.to_str().ok()) {
-            carried.insert(name.to_owned(), value.to_owned());
-        }
-    }
-    let parent = crate::telemetry::TraceContext::extract(&carried);
+    let parent = crate::telemetry::TraceContext::from_headers(|name| {
+        parts.headers.get(name).and_then(|v| v.to_str().ok())
+    });
     let span = tracing::info_span!(
         "gateway",
         route = %format_args!("{} {template}", parts.method),

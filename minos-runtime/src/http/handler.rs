@@ -88,12 +88,12 @@ async fn read_body(
 /// Checks the caller against `access` when the service checks tokens: the verified principal (or
 /// `None` for a request without a token), or the 401/403 answer with `WWW-Authenticate`. Without an
 /// `auth:` section every request is admitted.
-pub(super) async fn admit(
-    context: &Context,
+pub(crate) async fn admit(
+    auth: Option<&crate::auth::Authenticator>,
     request: &HttpRequest,
     access: Access,
 ) -> Result<Option<Principal>, HttpResponse> {
-    let Some(auth) = context.auth() else {
+    let Some(auth) = auth else {
         return Ok(None);
     };
     let checked = async {
@@ -163,7 +163,9 @@ pub(super) async fn handle(
             format_args!("{} {}", route.method, route.path),
             "server",
         );
-        let parent = trace_headers(&request);
+        let parent = crate::telemetry::TraceContext::from_headers(|name| {
+            request.headers().get(name).and_then(|v| v.to_str().ok())
+        });
         crate::telemetry::trace::run_in(span, parent, async {
             let mut response = handle_request(shared, handler, access, request, payload).await;
             if let Some(trace) = crate::telemetry::TraceContext::current() {
@@ -193,18 +195,6 @@ pub(super) async fn handle(
     response
 }
 
-/// The trace context the caller sent (`traceparent`, `tracestate`), if valid.
-fn trace_headers(request: &HttpRequest) -> Option<crate::telemetry::TraceContext> {
-    use crate::telemetry::trace::{TRACEPARENT, TRACESTATE};
-    let mut headers = BTreeMap::new();
-    for name in [TRACEPARENT, TRACESTATE] {
-        if let Some(value) = request.headers().get(name).and_then(|v| v.to_str().ok()) {
-            headers.insert(name.to_owned(), value.to_owned());
-        }
-    }
-    crate::telemetry::TraceContext::extract(&headers)
-}
-
 async fn handle_request(
     shared: Shared,
     handler: HandlerFn,
@@ -213,7 +203,7 @@ async fn handle_request(
     payload: web::Payload,
 ) -> HttpResponse {
     // Who is calling, before the body is read.
-    let principal = match admit(&shared.context, &request, access).await {
+    let principal = match admit(shared.context.auth(), &request, access).await {
         Ok(principal) => principal.map(Arc::new),
         Err(refused) => return refused,
     };

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use crate::auth::Access;
 use crate::error::{Error, Result};
 use crate::routing::{Context, HandlerFn, Middleware, RouteTable};
-pub(crate) use handler::to_http;
+pub(crate) use handler::{admit, to_http};
 use handler::{error_response, handle, Shared};
 
 /// HTTP settings.
@@ -157,7 +157,7 @@ fn built_in_endpoints(config: &mut web::ServiceConfig, built: &Arc<Built>, conte
             web::get().to(move |request: HttpRequest| {
                 let context = overview_context.clone();
                 async move {
-                    match handler::admit(&context, &request, Access::Admin).await {
+                    match handler::admit(context.auth(), &request, Access::Admin).await {
                         Ok(_) => overview_response(context).await,
                         Err(refused) => refused,
                     }
@@ -178,7 +178,7 @@ fn built_in_endpoints(config: &mut web::ServiceConfig, built: &Arc<Built>, conte
                 let built = Arc::clone(&openapi);
                 let context = spec_context.clone();
                 async move {
-                    match handler::admit(&context, &request, Access::Admin).await {
+                    match handler::admit(context.auth(), &request, Access::Admin).await {
                         Ok(_) => HttpResponse::Ok().json(&built.openapi),
                         Err(refused) => refused,
                     }
@@ -191,7 +191,7 @@ fn built_in_endpoints(config: &mut web::ServiceConfig, built: &Arc<Built>, conte
                 let built = Arc::clone(&asyncapi);
                 let context = asyncapi_context.clone();
                 async move {
-                    match handler::admit(&context, &request, Access::Admin).await {
+                    match handler::admit(context.auth(), &request, Access::Admin).await {
                         Ok(_) => HttpResponse::Ok().json(&built.asyncapi),
                         Err(refused) => refused,
                     }

@@ -480,3 +480,29 @@ pub fn init_logging(filter: &str) {
         &TelemetryConfig::default(),
     );
 }
+
+/// A duration as written on a command line: `90s`, `30m`, `12h`, `7d` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let seconds: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "`{text}`: the unit is s, m, h or d (90s, 30m, 12h, 7d)"
+            ))
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(seconds))
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{text}` is not a duration like 90s, 30m, 12h or 7d"))
+}

@@ -4,6 +4,7 @@
 //! Each service keeps its own registry (several services in one process keep apart). Names follow
 //! Prometheus conventions: a `minos_` prefix, units in names, `_total` counters.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,15 +21,15 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
-    method: String,
-    route: String,
+    method: &'static str,
+    route: Cow<'static, str>,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    method: String,
-    route: String,
+    method: &'static str,
+    route: Cow<'static, str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -285,31 +286,43 @@ impl Metrics {
         self.inner.enabled.load(Ordering::Relaxed)
     }
 
-    /// An HTTP request answered. A method other than the standard ones counts as `OTHER` (label
-    /// values stay bounded whatever clients send).
-    pub fn http_request(&self, method: &str, route: &str, status: u16, took: Duration) {
+    /// An HTTP request answered, by route template (a service's are `'static`: nothing is allocated
+    /// for them). A method other than the standard ones counts as `OTHER` (label values stay bounded
+    /// whatever clients send).
+    pub fn http_request(
+        &self,
+        method: &str,
+        route: impl Into<Cow<'static, str>>,
+        status: u16,
+        took: Duration,
+    ) {
         if !self.enabled() {
             return;
         }
         let method = match method {
-            "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" | "TRACE"
-            | "CONNECT" => method,
+            "GET" => "GET",
+            "HEAD" => "HEAD",
+            "POST" => "POST",
+            "PUT" => "PUT",
+            "PATCH" => "PATCH",
+            "DELETE" => "DELETE",
+            "OPTIONS" => "OPTIONS",
+            "TRACE" => "TRACE",
+            "CONNECT" => "CONNECT",
             _ => "OTHER",
         };
+        let route = route.into();
         self.inner
             .http_requests
             .get_or_create(&HttpLabels {
-                method: method.to_owned(),
-                route: route.to_owned(),
+                method,
+                route: route.clone(),
                 status,
             })
             .inc();
         self.inner
             .http_duration
-            .get_or_create(&RouteLabels {
-                method: method.to_owned(),
-                route: route.to_owned(),
-            })
+            .get_or_create(&RouteLabels { method, route })
             .observe(took.as_secs_f64());
     }
 

@@ -138,23 +138,12 @@ pub fn parse_time(
     if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(at.with_timezone(&chrono::Utc));
     }
-    let unit_at = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(unit_at);
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        _ => 0,
-    };
-    let age = number
-        .parse::<i64>()
-        .ok()
-        .filter(|_| seconds > 0)
-        .and_then(|n| n.checked_mul(seconds))
-        .and_then(chrono::TimeDelta::try_seconds)
+    // An age needs its unit: a bare number is more likely a mistyped time.
+    let age = text
+        .ends_with(|c: char| c.is_ascii_alphabetic())
+        .then(|| crate::launcher::parse_duration(text).ok())
+        .flatten()
+        .and_then(|age| chrono::TimeDelta::from_std(age).ok())
         .and_then(|age| now.checked_sub_signed(age));
     age.ok_or_else(|| {
         format!("`{text}`: write a time as 2026-12-02T13:00:00Z or an age such as 90s, 10m, 2h, 1d")
@@ -221,11 +210,6 @@ pub(crate) fn layer(
         json,
         service: service.to_owned(),
     })
-}
-
-/// Whether records are being buffered for shipping (`log.aggregate` on in this process).
-pub fn active() -> bool {
-    SINK.get().is_some()
 }
 
 /// Records put in the buffer and not yet published (or given up on): what [`flush`] waits for.

@@ -66,15 +66,24 @@ pub fn enabled() -> bool {
 #[derive(Clone, Debug, PartialEq)]
 pub struct TraceContext(SpanContext);
 
-struct Headers<'a>(&'a BTreeMap<String, String>);
+/// The trace headers a request or message carries: `traceparent` and `tracestate`.
+struct Carried<'a>([Option<&'a str>; 2]);
 
-impl Extractor for Headers<'_> {
+impl Extractor for Carried<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+        match key {
+            TRACEPARENT => self.0[0],
+            TRACESTATE => self.0[1],
+            _ => None,
+        }
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(String::as_str).collect()
+        [TRACEPARENT, TRACESTATE]
+            .into_iter()
+            .zip(self.0)
+            .filter_map(|(name, value)| value.map(|_| name))
+            .collect()
     }
 }
 
@@ -87,12 +96,16 @@ impl Injector for HeadersMut<'_> {
 }
 
 impl TraceContext {
-    /// The context a request or message carries (`traceparent`, `tracestate`), if it carries a valid one.
+    /// The context a message carries (`traceparent`, `tracestate`), if it carries a valid one.
     pub fn extract(headers: &BTreeMap<String, String>) -> Option<TraceContext> {
-        if !headers.contains_key(TRACEPARENT) {
-            return None;
-        }
-        let context = TraceContextPropagator::new().extract(&Headers(headers));
+        TraceContext::from_headers(|name| headers.get(name).map(String::as_str))
+    }
+
+    /// The context of headers read with `header(name)` (an HTTP request's), if they carry a valid
+    /// `traceparent`.
+    pub fn from_headers<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Option<TraceContext> {
+        let carried = Carried([Some(header(TRACEPARENT)?), header(TRACESTATE)]);
+        let context = TraceContextPropagator::new().extract(&carried);
         let span = context.span().span_context().clone();
         span.is_valid().then_some(TraceContext(span))
     }

@@ -260,27 +260,10 @@ struct TokenArgs {
 }
 
 fn parse_lifetime(text: &str) -> Result<std::time::Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a lifetime like 90s, 30m, 12h or 7d"))?;
-    let seconds = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("`{text}`: the unit is s, m, h or d")),
-    };
-    if number == 0 {
-        return Err("a token's lifetime must be above zero".into());
+    match minos::launcher::parse_duration(text)? {
+        std::time::Duration::ZERO => Err("a token's lifetime must be above zero".into()),
+        lifetime => Ok(lifetime),
     }
-    Ok(std::time::Duration::from_secs(
-        number.saturating_mul(seconds),
-    ))
 }
 
 fn token(args: TokenArgs) -> minos::Result<()> {
