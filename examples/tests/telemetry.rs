@@ -276,8 +276,16 @@ fn a_saga_across_kafka_is_one_trace_in_the_collector_and_in_minos_logs() {
                 .into_iter()
                 .filter(|s| s.trace_id == trace)
                 .collect();
+            // Every span the checks below look for: each service exports in batches of its own.
             let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
+            let named = |name: &str| spans.iter().any(|s| s.name == name);
             services.len() == 2
+                && named("POST /foos/add-foobar")
+                && named("saga")
+                && named("handle CreateFooBar")
+                && spans
+                    .iter()
+                    .any(|s| s.name == "handler" && s.service.contains(&foobar_name))
                 && spans
                     .iter()
                     .any(|s| s.name.starts_with("handle ") && s.service.contains(&foo_name))
