@@ -9,8 +9,11 @@
 #    on first use (about 14 minutes) and started fresh for this run, stopped at the end
 #    (scripts/kafka-dev.sh). Set MINOS_TEST_KAFKA yourself to use a broker you run.
 # 3. Python's confluent-kafka for the stock-client test (pip).
-# 4. Chromium for the dashboard's browser test (Debian's `chromium`, installed with apt-get when missing).
-# 5. cargo test --workspace.
+# 4. Chromium for the dashboard's browser test (Debian's `chromium`, installed with apt-get when missing), and
+#    Python's kubernetes-validate for the test of `minos deploy` (pip).
+# 5. The validators of the API specs test (examples/tests/specs.rs): Python's openapi-spec-validator (pip)
+#    and @asyncapi/parser (`npm ci` in scripts/asyncapi, when its node_modules is missing).
+# 6. cargo test --workspace.
 #
 # The restart test restarts the local PostgreSQL server under load; set MINOS_TEST_PG_RESTART=0 to keep
 # your server running (the test then says it did not run).
@@ -57,6 +60,12 @@ if ! python3 -c "import confluent_kafka" 2>/dev/null; then
         python3 -m pip install -q --break-system-packages confluent-kafka
 fi
 
+step "kubernetes-validate for the test of minos deploy"
+if ! python3 -c "import kubernetes_validate" 2>/dev/null; then
+    python3 -m pip install -q kubernetes-validate 2>/dev/null ||
+        python3 -m pip install -q --break-system-packages kubernetes-validate
+fi
+
 step "Chromium for the dashboard's browser test"
 if ! command -v chromium >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then apt=(apt-get); else apt=(sudo apt-get); fi
@@ -64,6 +73,15 @@ if ! command -v chromium >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -qq chromium fonts-dejavu-core >/dev/null
 fi
 chromium --version 2>/dev/null | grep -v "unexpected operator" || true
+
+step "Validators of the API specs (OpenAPI, AsyncAPI)"
+if ! python3 -c "import openapi_spec_validator" 2>/dev/null; then
+    python3 -m pip install -q openapi-spec-validator 2>/dev/null ||
+        python3 -m pip install -q --break-system-packages openapi-spec-validator
+fi
+if [ ! -d scripts/asyncapi/node_modules/@asyncapi/parser ]; then
+    (cd scripts/asyncapi && npm ci --no-audit --no-fund --loglevel=error)
+fi
 
 step "tests: cargo test --workspace $*"
 cargo test --workspace "$@"

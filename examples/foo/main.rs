@@ -14,11 +14,13 @@
 //! ```
 
 use minos::prelude::*;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[root_entity]
 pub struct Foo {
+    /// Free text.
     pub bar: String,
+    /// The FooBar of the `foobar` service linked by `ADD_FOOBAR_SAGA`.
     pub foobar: Option<Ref<FooBar>>,
 }
 
@@ -28,9 +30,29 @@ pub struct FooBar {
     pub something: String,
 }
 
+/// The content of `CreateFoo` and the body of `POST /foos`.
+#[schema]
 #[derive(Deserialize)]
 struct CreateFoo {
     bar: String,
+}
+
+/// The answer to `CreateFoo`.
+#[schema]
+#[derive(Serialize)]
+struct FooId {
+    uuid: Uuid,
+}
+
+/// The body of `POST /foos/add-foobar`.
+#[schema]
+#[derive(Deserialize)]
+#[allow(dead_code)] // read as JSON into the saga's context; described for the API specs
+struct AddFoobar {
+    /// The Foo.
+    uuid: Uuid,
+    /// The new FooBar's text.
+    something: String,
 }
 
 pub struct FooCommandService;
@@ -38,12 +60,12 @@ pub struct FooCommandService;
 #[command_service]
 impl FooCommandService {
     /// Creates a Foo: stores `FooCreated`, which the relay publishes to Kafka.
-    #[enroute(broker = "CreateFoo", rest = "POST /foos", auth)]
+    #[enroute(broker = "CreateFoo", rest = "POST /foos", auth, request = CreateFoo, response = FooId)]
     async fn create_foo(&self, request: Request) -> Result<Response> {
         let CreateFoo { bar } = request.content()?;
         let foo = Foo::create(Foo { bar, foobar: None }).await?;
         minos::tracing::info!("Foo {} created", foo.uuid());
-        Ok(Response::json(json!({ "uuid": foo.uuid() })))
+        Ok(Response::json(FooId { uuid: foo.uuid() }))
     }
 
     /// Deletes a Foo; with an `auth:` section only for a token with the `admin` role (403 otherwise).
@@ -57,7 +79,7 @@ impl FooCommandService {
 
     /// Runs `ADD_FOOBAR_SAGA` with `{"uuid": <foo>, "something": <text>}`; answers the execution
     /// (follow it at `GET /saga/executions/{uuid}`).
-    #[enroute(rest = "POST /foos/add-foobar", auth)]
+    #[enroute(rest = "POST /foos/add-foobar", auth, request = AddFoobar)]
     async fn add_foobar(&self, request: Request) -> Result<Response> {
         let content: Value = request.content()?;
         let context = SagaContext::new()
@@ -127,7 +149,7 @@ impl FooQueryService {
         Ok(Response::json(links))
     }
 
-    #[enroute(rest = "GET /foos/{uuid}")]
+    #[enroute(rest = "GET /foos/{uuid}", response = Root<Foo>)]
     async fn get_foo(&self, request: Request) -> Result<Response> {
         Ok(Response::json(Foo::get(request.param("uuid")?).await?))
     }

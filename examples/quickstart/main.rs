@@ -11,16 +11,28 @@
 // ```
 
 use minos::prelude::*;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[root_entity]
 pub struct Foo {
+    /// Any text but blank.
     pub bar: String,
 }
 
+/// The content of `CreateFoo` and the body of `POST /foos`. `#[schema]` describes it in the API specs
+/// (`GET /spec/openapi`, `GET /spec/asyncapi`).
+#[schema]
 #[derive(Deserialize)]
 struct CreateFoo {
+    /// Any text but blank.
     bar: String,
+}
+
+/// The answer to `CreateFoo`: the new Foo's uuid.
+#[schema]
+#[derive(Serialize)]
+struct FooId {
+    uuid: Uuid,
 }
 
 pub struct FooCommandService;
@@ -28,14 +40,14 @@ pub struct FooCommandService;
 #[command_service]
 impl FooCommandService {
     /// Creates a Foo: stores `FooCreated`, which the relay publishes to the broker.
-    #[enroute(broker = "CreateFoo", rest = "POST /foos", auth)]
+    #[enroute(broker = "CreateFoo", rest = "POST /foos", auth, request = CreateFoo, response = FooId)]
     async fn create_foo(&self, request: Request) -> Result<Response> {
         let CreateFoo { bar } = request.content()?;
         if bar.trim().is_empty() {
             return Err(Error::bad_request("`bar` must not be empty"));
         }
         let foo = Foo::create(Foo { bar }).await?;
-        Ok(Response::json(json!({ "uuid": foo.uuid() })))
+        Ok(Response::json(FooId { uuid: foo.uuid() }))
     }
 }
 
@@ -136,7 +148,7 @@ impl FooQueryService {
         Ok(Response::json(foos))
     }
 
-    #[enroute(rest = "GET /foos/{uuid}")]
+    #[enroute(rest = "GET /foos/{uuid}", response = Root<Foo>)]
     async fn get_foo(&self, request: Request) -> Result<Response> {
         let foo = Foo::get(request.param("uuid")?).await?;
         Ok(Response::json(foo))

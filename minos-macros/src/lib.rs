@@ -307,6 +307,10 @@ pub fn query_service(args: TokenStream, input: TokenStream) -> TokenStream {
 /// `broker = "Topic"`, `event = "FooCreated"`, `rest = "METHOD /path/{param}"`, `periodic = "cron"`.
 /// Several routes of one kind may share a handler; repeat the attribute for several routes of one key.
 ///
+/// Commands and queries may name the types of their content and answer for the API specs:
+/// `request = CreateFoo`, `response = FooId` (any type; one implementing `JsonSchema`, as with
+/// [`macro@schema`], is described in full, others as "any value"). They describe, they do not check.
+///
 /// ```rust
 /// use minos::prelude::*;
 ///
@@ -475,6 +479,85 @@ pub fn middleware(args: TokenStream, input: TokenStream) -> TokenStream {
     });
     debug_print("#[middleware]", &output);
     output.into()
+}
+
+/// Describes a request or response type in the service's API specs (`GET /spec/openapi`,
+/// `GET /spec/asyncapi`): derives `JsonSchema` through the facade, so the crate needs no schemars
+/// dependency of its own. Name the type in `#[enroute(.., request = T, response = T)]`.
+///
+/// ```rust
+/// use minos::prelude::*;
+/// use serde::{Deserialize, Serialize};
+///
+/// /// The content of `CreateFoo`.
+/// #[schema]
+/// #[derive(Deserialize)]
+/// pub struct CreateFoo {
+///     /// Any text but blank.
+///     pub bar: String,
+/// }
+///
+/// #[schema]
+/// #[derive(Serialize)]
+/// pub struct FooId {
+///     pub uuid: Uuid,
+/// }
+///
+/// pub struct FooCommandService;
+///
+/// #[command_service]
+/// impl FooCommandService {
+///     #[enroute(broker = "CreateFoo", rest = "POST /foos", request = CreateFoo, response = FooId)]
+///     async fn create_foo(&self, request: Request) -> Result<Response> {
+///         let CreateFoo { bar } = request.content()?;
+///         Ok(Response::json(FooId { uuid: Uuid::new_v4() }))
+///     }
+/// }
+///
+/// use minos::schemars::JsonSchema;
+/// let schema = minos::schemars::schema_for!(CreateFoo);
+/// assert_eq!(schema.get("required"), Some(&json!(["bar"])));
+/// # let _ = <FooId as JsonSchema>::schema_name();
+/// ```
+///
+/// schemars' attributes (`#[schemars(..)]`) and serde's (`#[serde(rename_all = "..")]`, …) shape the
+/// schema as usual. Every field's type must implement `JsonSchema` (std types, `Uuid`, `DateTime<Utc>`,
+/// `serde_json::Value`, minos' `Ref<T>`, `Root<T>`, models, other `#[schema]` types). Models
+/// (`#[root_entity]`, `#[entity]`, `#[value_object]`, `#[external_entity]`) need no `#[schema]`: they
+/// describe their fields themselves, a field type without a schema as "any value".
+///
+/// Argument: `crate = "path"` names the minos facade when it is re-exported under another path.
+///
+/// Equivalent code: `#[derive(::minos::schemars::JsonSchema)] #[schemars(crate = "::minos::schemars")]`.
+#[proc_macro_attribute]
+pub fn schema(args: TokenStream, input: TokenStream) -> TokenStream {
+    let input2: proc_macro2::TokenStream = input.into();
+    let output = expand_schema(args.into(), input2.clone()).unwrap_or_else(|error| {
+        let mut tokens = error.into_compile_error();
+        tokens.extend(input2);
+        tokens
+    });
+    debug_print("#[schema]", &output);
+    output.into()
+}
+
+fn expand_schema(
+    args: proc_macro2::TokenStream,
+    input: proc_macro2::TokenStream,
+) -> syn::Result<proc_macro2::TokenStream> {
+    let item: syn::Item = syn::parse2(input)?;
+    let cx = internals::ctxt::Ctxt::new();
+    let krate = internals::attr::parse_schema_args(&cx, args);
+    if !matches!(item, syn::Item::Struct(_) | syn::Item::Enum(_)) {
+        cx.syn_error(syn::Error::new(
+            internals::ast::item_span(&item),
+            "#[schema] goes on a struct or an enum: the type of a request's or a response's content\n\
+             help: name that type in `#[enroute(.., request = CreateFoo, response = FooId)]`",
+        ));
+    }
+    cx.check()?;
+    let krate = krate.unwrap_or_else(|| syn::parse_quote!(::minos));
+    Ok(codegen::schema::expand(&item, &krate))
 }
 
 fn expand_middleware(

@@ -17,6 +17,7 @@ mod repository;
 pub mod routing;
 pub mod saga;
 pub(crate) mod scheduler;
+pub mod schema;
 pub mod store;
 pub mod telemetry;
 pub mod transaction;
@@ -37,14 +38,18 @@ pub use views::{View, ViewExt, Views};
 pub mod __private {
     pub use crate::auth::Access;
     pub use crate::domain::{from_json, to_json, DomainError, Field, FieldDiff, Model, ModelKind};
-    pub use crate::domain::{Entity, ExternalEntity, Referable, RootEntity, ValueObject};
-    pub use crate::registry::ModelRegistration;
+    pub use crate::domain::{
+        Entity, ExternalEntity, Referable, RootEntity, SetAction, ValueObject,
+    };
+    pub use crate::registry::{FieldSpec, ModelRegistration};
     pub use crate::routing::{service_instance, BuildFuture, Context, ServiceEntry, ServiceInit};
     pub use crate::routing::{
         BrokerKind, HandlerFuture, IntoResponse, MiddlewareEntry, Next, Request, Route, RouteEntry,
         Service, ServiceKind,
     };
+    pub use crate::schema::{ModelSchema, Probe, SchemaFn, ViaAny, ViaSchema};
     pub use crate::views::{ColumnKind, View, ViewColumn, ViewDef, ViewEntry};
     pub use inventory;
+    pub use schemars;
     pub use serde;
 }

@@ -15,6 +15,22 @@ pub struct ModelRegistration {
     pub file: &'static str,
     /// The line of the declaration.
     pub line: u32,
+    /// The schema of its fields (`{"type": "object", "properties": ..}`).
+    pub schema: crate::schema::SchemaFn,
+    /// Its fields, in declaration order.
+    pub fields: &'static [FieldSpec],
+}
+
+/// One field of a registered model.
+#[derive(Debug)]
+pub struct FieldSpec {
+    /// The field's name in events and topics.
+    pub name: &'static str,
+    /// The field's type as written (the `type` of its diffs).
+    pub type_name: &'static str,
+    /// The member actions of a set-valued field's incremental diffs (`FooUpdated.items.create`);
+    /// empty for a field whose diffs replace the whole value.
+    pub set_actions: &'static [crate::domain::SetAction],
 }
 
 inventory::collect!(ModelRegistration);

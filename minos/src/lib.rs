@@ -5,7 +5,7 @@ extern crate self as minos;
 
 pub use minos_macros::{
     command_service, enroute, entity, external_entity, middleware, query_service, root_entity,
-    value_object, view,
+    schema, value_object, view,
 };
 pub use minos_runtime::{
     auth, dashboard, discovery, domain, gateway, launcher, messaging, registry, routing, saga,
@@ -17,6 +17,8 @@ pub use minos_runtime::{
 };
 
 pub use chrono;
+/// JSON Schemas (the `schemars` crate), for implementing `JsonSchema` by hand; `#[schema]` derives it.
+pub use schemars;
 pub use serde_json;
 /// Logging from handlers: `minos::tracing::info!(...)`. Lines written inside a handler carry its span's
 /// fields (`service`, `trace_id`, `handler`, the message's id) in text and JSON logs, and are shipped
@@ -40,8 +42,9 @@ pub mod prelude {
     pub use crate::transaction::{TransactionScope, TransactionStatus};
     pub use crate::{
         command_service, enroute, entity, external_entity, middleware, query_service, root_entity,
-        value_object, view, Condition, Context, EntitySet, Error, Next, Ordering, Ref, Repository,
-        Request, Response, Result, Root, RootEntityExt, ServiceExt, ValueObjectSet, ViewExt, Views,
+        schema, value_object, view, Condition, Context, EntitySet, Error, Next, Ordering, Ref,
+        Repository, Request, Response, Result, Root, RootEntityExt, ServiceExt, ValueObjectSet,
+        ViewExt, Views,
     };
     pub use chrono::{DateTime, Utc};
     pub use serde_json::{json, Value};

@@ -246,3 +246,111 @@ async fn domain_events_travel_from_the_outbox_through_kafka() {
     .await;
     service.stop().await;
 }
+
+/// `minos dead-letters`: a parked message is listed and shown; re-driven (twice) it is handled once,
+/// by the service that parked it only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_shows_and_redrives_dead_letters_once() {
+    let name = unique("kredrive");
+    let other = unique("kother");
+    let (service, bystander) = (start(&name).await, start(&other).await);
+    let tag = unique("flaky");
+    kafka_support::fail_for(&name, &tag, true);
+    broker()
+        .await
+        .publish(BrokerMessage::new("KFlaky", json!({"tag": tag})))
+        .await
+        .unwrap();
+    let flaky = format!("flaky:{tag}");
+    eventually(
+        "the bystander handled it",
+        Duration::from_secs(60),
+        || async { tallies(&bystander, &flaky).await == 1 },
+    )
+    .await;
+
+    let service_name = name.as_str();
+    let cli = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_minos"))
+            .arg("dead-letters")
+            .args([
+                "--service",
+                service_name,
+                "--broker",
+                &format!("kafka://{}", bootstrap()),
+            ])
+            .args(&args)
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let mut parked = None;
+    for _ in 0..60 {
+        let (ok, listed) = cli(vec!["--json".into()]).await;
+        assert!(ok, "{listed}");
+        parked = listed
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|letter| letter["content"]["tag"] == json!(tag));
+        if parked.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let parked = parked.expect("the failed event is listed as a dead letter");
+    assert_eq!(parked["original_topic"], "KFlaky", "{parked}");
+    assert!(
+        parked["error"]
+            .as_str()
+            .unwrap()
+            .contains("failing on purpose"),
+        "{parked}"
+    );
+    let identifier = parked["identifier"].as_str().unwrap().to_owned();
+    let (ok, text) = cli(vec!["list".into()]).await;
+    assert!(
+        ok && text.contains(&identifier) && text.contains("KFlaky"),
+        "{text}"
+    );
+    let (ok, shown) = cli(vec!["show".into(), identifier.clone()]).await;
+    assert!(
+        ok && shown.contains(&tag) && shown.contains("failing on purpose"),
+        "{shown}"
+    );
+    let (ok, said) = cli(vec!["show".into(), Uuid::new_v4().to_string()]).await;
+    assert!(!ok && said.contains("no dead letter"), "{said}");
+    assert_eq!(tallies(&service, &flaky).await, 0);
+
+    kafka_support::fail_for(&name, &tag, false);
+    for _ in 0..2 {
+        let (ok, said) = cli(vec!["redrive".into(), identifier.clone()]).await;
+        assert!(
+            ok && said.contains("re-drove") && said.contains("KFlaky"),
+            "{said}"
+        );
+    }
+    eventually(
+        "the re-driven event was handled",
+        Duration::from_secs(60),
+        || async { tallies(&service, &flaky).await >= 1 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        tallies(&service, &flaky).await,
+        1,
+        "re-driven twice, handled once"
+    );
+    assert_eq!(
+        tallies(&bystander, &flaky).await,
+        1,
+        "not handled again by the others"
+    );
+    let (ok, said) = cli(vec!["redrive".into()]).await;
+    assert!(!ok && said.contains("--all"), "{said}");
+    service.stop().await;
+    bystander.stop().await;
+}

@@ -279,6 +279,11 @@ struct Pair {
 }
 
 async fn start(timeout_ms: u64) -> Pair {
+    start_with(timeout_ms, "memory").await
+}
+
+/// The pair with foo's store at `foo_storage`.
+async fn start_with(timeout_ms: u64, foo_storage: &str) -> Pair {
     let broker: minos::messaging::SharedBroker = Arc::new(MemoryBroker::new());
     let foobar = Launcher::with_config(config("foobar", &["FooBarCommands"]))
         .configure(|c| c.root_entities = vec!["FooBar".into()])
@@ -290,6 +295,7 @@ async fn start(timeout_ms: u64) -> Pair {
         .configure(|c| {
             c.saga.timeout_ms = timeout_ms;
             c.root_entities = vec!["Foo".into()];
+            c.storage = foo_storage.into();
         })
         .broker(broker)
         .start()
@@ -874,4 +880,133 @@ async fn services_started_together_run_a_saga_between_them() {
     for service in started {
         service.stop().await;
     }
+}
+
+/// `minos sagas` and `minos events` read a service's store: executions with their status and error,
+/// one execution whole, a root's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_executions_and_prints_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("foo.db");
+    let storage = format!("sqlite://{}", path.display());
+    let pair = start_with(5_000, &storage).await;
+    let foo = create_foo(&pair).await;
+    let finished = run_saga(&pair, json!({"uuid": foo, "something": "hello"})).await;
+    assert_eq!(finished.status, ExecutionStatus::Finished);
+    let errored = run_saga(&pair, json!({"uuid": foo, "something": ""})).await;
+    assert_eq!(errored.status, ExecutionStatus::Errored);
+
+    let minos = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_minos"))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, listed) = minos(&["sagas", "--storage", &storage]);
+    assert!(ok, "{listed}");
+    let line = |uuid: Uuid| {
+        listed
+            .lines()
+            .find(|l| l.starts_with(&uuid.to_string()))
+            .unwrap_or_else(|| panic!("{uuid} not listed: {listed}"))
+            .to_owned()
+    };
+    assert!(line(finished.uuid).contains("finished"), "{listed}");
+    let errored_line = line(errored.uuid);
+    assert!(
+        errored_line.contains("errored") && errored_line.contains("`text` is empty"),
+        "{listed}"
+    );
+
+    let (ok, only) = minos(&[
+        "sagas",
+        "--storage",
+        &storage,
+        "--status",
+        "errored",
+        "--json",
+    ]);
+    assert!(ok, "{only}");
+    let rows: Vec<Value> = only
+        .lines()
+        .map(|l| minos::serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{only}");
+    assert_eq!(rows[0]["uuid"], json!(errored.uuid));
+
+    let (ok, shown) = minos(&[
+        "sagas",
+        "show",
+        &finished.uuid.to_string(),
+        "--storage",
+        &storage,
+    ]);
+    assert!(ok, "{shown}");
+    let shown: Value = minos::serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["status"], "finished");
+    assert_eq!(shown["related_services"], json!(["foobar"]));
+    assert!(shown["context"]["foobar_uuid"].is_string(), "{shown}");
+
+    let (ok, events) = minos(&["events", "Foo", &foo.to_string(), "--storage", &storage]);
+    assert!(ok, "{events}");
+    let lines: Vec<&str> = events.lines().collect();
+    assert!(
+        lines[0].starts_with("v1") && lines[0].contains("FooCreated"),
+        "{events}"
+    );
+    assert!(events.contains("bar = \"b\""), "{events}");
+    assert!(
+        events.contains("FooUpdated") && events.contains("foobar = \""),
+        "{events}"
+    );
+    let (ok, json_events) = minos(&[
+        "events",
+        "Foo",
+        &foo.to_string(),
+        "--storage",
+        &storage,
+        "--json",
+    ]);
+    assert!(ok);
+    let first: Value = minos::serde_json::from_str(json_events.lines().next().unwrap()).unwrap();
+    assert_eq!(first["version"], 1);
+
+    // Mistakes say what to do.
+    let (ok, said) = minos(&["events", "FooBar", &foo.to_string(), "--storage", &storage]);
+    assert!(!ok && said.contains("is a Foo, not a FooBar"), "{said}");
+    let (ok, said) = minos(&[
+        "events",
+        "Foo",
+        &Uuid::new_v4().to_string(),
+        "--storage",
+        &storage,
+    ]);
+    assert!(!ok && said.contains("no events"), "{said}");
+    let (ok, said) = minos(&["events", "Foo", "not-a-uuid", "--storage", &storage]);
+    assert!(!ok && said.contains("not-a-uuid"), "{said}");
+    let missing = format!("sqlite://{}", dir.path().join("nope.db").display());
+    let (ok, said) = minos(&["sagas", "--storage", &missing]);
+    assert!(!ok && said.contains("no SQLite store"), "{said}");
+    assert!(
+        !dir.path().join("nope.db").exists(),
+        "reading created a store"
+    );
+    let (ok, said) = minos(&["sagas", "--storage", &storage, "--status", "stuck"]);
+    assert!(
+        !ok && said.contains("expected created, running, paused, finished or errored"),
+        "{said}"
+    );
+    let (ok, said) = minos(&[
+        "sagas",
+        "show",
+        &Uuid::new_v4().to_string(),
+        "--storage",
+        &storage,
+    ]);
+    assert!(!ok && said.contains("no saga execution"), "{said}");
+    pair.foo.stop().await;
+    pair.foobar.stop().await;
 }

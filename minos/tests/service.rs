@@ -740,7 +740,7 @@ async fn every_service_answers_snapshot_queries_and_refs_resolve() {
 async fn specs_list_the_rest_routes_and_broker_channels() {
     let (service, client) = start("specs").await;
     let openapi = call(&client, "GET", "/spec/openapi", None).await.json();
-    assert_eq!(openapi["openapi"], json!("3.0.3"));
+    assert_eq!(openapi["openapi"], json!("3.1.0"));
     assert_eq!(openapi["info"]["title"], json!("specs"));
     let get = &openapi["paths"]["/counters/{uuid}"]["get"];
     assert!(

@@ -5,8 +5,8 @@ use quote::{quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::{LitStr, Path};
 
-use crate::internals::ast::{Kind, Model};
-use crate::internals::symbol::DERIVE;
+use crate::internals::ast::{Kind, Model, SetKind};
+use crate::internals::symbol::{DERIVE, SERDE};
 
 /// The derives a model needs, and whether the user already wrote them.
 struct Derives {
@@ -15,6 +15,7 @@ struct Derives {
     partial_eq: bool,
     serialize: bool,
     deserialize: bool,
+    json_schema: bool,
 }
 
 fn existing_derives(model: &Model<'_>) -> Derives {
@@ -24,6 +25,7 @@ fn existing_derives(model: &Model<'_>) -> Derives {
         partial_eq: false,
         serialize: false,
         deserialize: false,
+        json_schema: false,
     };
     for attr in model.item.attrs.iter().filter(|a| a.path() == DERIVE) {
         // Unparsable derive lists are left for rustc to report.
@@ -35,6 +37,7 @@ fn existing_derives(model: &Model<'_>) -> Derives {
                     "PartialEq" => found.partial_eq = true,
                     "Serialize" => found.serialize = true,
                     "Deserialize" => found.deserialize = true,
+                    "JsonSchema" => found.json_schema = true,
                     _ => {}
                 }
             }
@@ -111,6 +114,22 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
         ),
     };
     let ident_str = ident.to_string();
+    let schema = json_schema(model, &have, &field_names);
+    let field_specs = model.fields.iter().zip(&field_names).map(|(f, fname)| {
+        let type_name = type_name(f.ty);
+        let actions = match f.set {
+            None => quote!(),
+            Some(SetKind::Entity) => quote! {
+                #private::SetAction::Create, #private::SetAction::Update, #private::SetAction::Delete
+            },
+            Some(SetKind::ValueObject) => {
+                quote!(#private::SetAction::Create, #private::SetAction::Delete)
+            }
+        };
+        quote! {
+            #private::FieldSpec { name: #fname, type_name: #type_name, set_actions: &[#actions] }
+        }
+    });
 
     quote! {
         #[derive(#(#derives),*)]
@@ -158,6 +177,8 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
 
             #(impl #private::#markers for #ident {})*
 
+            #schema
+
             #private::inventory::submit! {
                 #private::ModelRegistration {
                     name: #name,
@@ -165,10 +186,105 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
                     rust_type: ::core::concat!(::core::module_path!(), "::", #ident_str),
                     file: ::core::file!(),
                     line: ::core::line!(),
+                    schema: <#ident as #private::schemars::JsonSchema>::json_schema,
+                    fields: &[#(#field_specs),*],
                 }
             }
         };
     }
+}
+
+/// `impl JsonSchema`: an object of the fields, each described through a probe so that a field type
+/// without a schema is "any value" instead of an error. Left out when the user derives `JsonSchema`.
+fn json_schema(model: &Model<'_>, have: &Derives, field_names: &[String]) -> TokenStream {
+    if have.json_schema {
+        return TokenStream::new();
+    }
+    let krate = &model.krate;
+    let private = quote!(#krate::__private);
+    let schemars = quote!(#private::schemars);
+    let ident = &model.item.ident;
+    let name = &model.name;
+    let description = doc_string(&model.item.attrs);
+    let fields = model.fields.iter().zip(field_names).map(|(f, fname)| {
+        let ty = f.ty;
+        let description = doc_string(&f.original.attrs);
+        let required = !is_option(ty) && !has_serde_default(&f.original.attrs);
+        quote! {
+            .field(#fname, #description, #required, (&#private::Probe::<#ty>::new()).schema(__minos_generator))
+        }
+    });
+    quote! {
+        impl #schemars::JsonSchema for #ident {
+            fn schema_name() -> ::std::borrow::Cow<'static, str> {
+                ::std::borrow::Cow::Borrowed(#name)
+            }
+
+            fn schema_id() -> ::std::borrow::Cow<'static, str> {
+                ::std::borrow::Cow::Borrowed(::core::concat!(::core::module_path!(), "::", #name))
+            }
+
+            fn json_schema(__minos_generator: &mut #schemars::SchemaGenerator) -> #schemars::Schema {
+                #[allow(unused_imports)]
+                use #private::{ViaAny as _, ViaSchema as _};
+                #private::ModelSchema::new(#description)
+                    #(#fields)*
+                    .build()
+            }
+        }
+    }
+}
+
+/// The doc comment of an item, lines joined (empty: none).
+fn doc_string(attrs: &[syn::Attribute]) -> String {
+    let lines: Vec<String> = attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .filter_map(|a| match &a.meta {
+            syn::Meta::NameValue(syn::MetaNameValue {
+                value:
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(text),
+                        ..
+                    }),
+                ..
+            }) => Some(text.value().trim().to_owned()),
+            _ => None,
+        })
+        .collect();
+    lines.join("\n").trim().to_owned()
+}
+
+/// `Option<T>`: serde accepts the field missing.
+fn is_option(ty: &syn::Type) -> bool {
+    match ty {
+        syn::Type::Path(path) => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "Option"),
+        syn::Type::Group(group) => is_option(&group.elem),
+        syn::Type::Paren(paren) => is_option(&paren.elem),
+        _ => false,
+    }
+}
+
+/// `#[serde(default)]` on a field: it may be missing.
+fn has_serde_default(attrs: &[syn::Attribute]) -> bool {
+    let mut found = false;
+    for attr in attrs.iter().filter(|a| a.path() == SERDE) {
+        // Malformed serde attributes are reported by the model's checks.
+        let _ = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("default") {
+                found = true;
+            }
+            if meta.input.peek(syn::Token![=]) {
+                meta.value()?.parse::<syn::Expr>()?;
+            }
+            Ok(())
+        });
+    }
+    found
 }
 
 fn unraw(ident: &syn::Ident) -> String {

@@ -61,6 +61,26 @@ pub(crate) fn expand(
                 })
             }
         });
+        let mut schema_fn = |ty: Option<&syn::Type>, which: &str| match ty {
+            Some(ty) => {
+                let upper = method.to_string().trim_start_matches("r#").to_uppercase();
+                let name = format_ident!("__MINOS_{}_SCHEMA_{}", which, upper);
+                // Through the probe: any type may be named, `JsonSchema` ones are described in full. A
+                // const closure rather than a fn, so rustc does not suggest a type parameter for an
+                // unknown type.
+                items.push(quote! {
+                    const #name: #private::SchemaFn = |__minos_generator| {
+                        #[allow(unused_imports)]
+                        use #private::{ViaAny as _, ViaSchema as _};
+                        (&#private::Probe::<#ty>::new()).schema(__minos_generator)
+                    };
+                });
+                quote!(::core::option::Option::Some(#name))
+            }
+            None => quote!(::core::option::Option::None),
+        };
+        let request_schema = schema_fn(handler.request_schema.as_ref(), "REQUEST");
+        let response_schema = schema_fn(handler.response_schema.as_ref(), "RESPONSE");
         let function = method.to_string();
         let roles = &handler.access.roles;
         let access = if !roles.is_empty() {
@@ -98,6 +118,8 @@ pub(crate) fn expand(
                         access: #access,
                         view: #view,
                         handler: #shim,
+                        request: #request_schema,
+                        response: #response_schema,
                         service: #service_name,
                         function: #function,
                         file: ::core::file!(),

@@ -163,7 +163,7 @@ fn set_kind(ty: &Type) -> Option<SetKind> {
     }
 }
 
-fn item_span(item: &Item) -> Span {
+pub(crate) fn item_span(item: &Item) -> Span {
     match item {
         Item::Fn(f) => f.sig.fn_token.span,
         Item::Impl(i) => i.impl_token.span,

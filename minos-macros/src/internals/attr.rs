@@ -92,3 +92,40 @@ impl ModelArgs {
         }
     }
 }
+
+/// The arguments of `#[schema]`: only `crate = "path"` (schemars' and serde's options go in their own
+/// attributes, which the derive reads).
+pub(crate) fn parse_schema_args(cx: &Ctxt, args: TokenStream) -> Option<Path> {
+    let mut krate = Attr::none(cx, CRATE);
+    let parser = syn::meta::parser(|meta: ParseNestedMeta<'_>| {
+        if meta.path == CRATE {
+            let lit: LitStr = meta.value()?.parse()?;
+            match lit.parse::<Path>() {
+                Ok(path) => krate.set(&meta.path, path),
+                Err(_) => {
+                    cx.error_spanned_by(&lit, "`crate` takes a path, like `crate = \"::minos\"`")
+                }
+            }
+        } else {
+            let key = meta.path.to_token_stream().to_string().replace(' ', "");
+            cx.error_spanned_by(
+                &meta.path,
+                format!(
+                    "unknown minos schema attribute `{key}`; expected `crate = \"...\"`\n\
+                     help: schemars' options (`rename`, `description`, ..) go in `#[schemars(..)]` on the \
+                     item or its fields, serde's in `#[serde(..)]`"
+                ),
+            );
+            if meta.input.peek(syn::Token![=]) {
+                meta.value()?.parse::<syn::Expr>()?;
+            } else if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+                meta.parse_nested_meta(|_| Ok(()))?;
+            }
+        }
+        Ok(())
+    });
+    if let Err(error) = syn::parse::Parser::parse2(parser, args) {
+        cx.syn_error(error);
+    }
+    krate.get()
+}

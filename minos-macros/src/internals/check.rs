@@ -13,6 +13,7 @@ pub(crate) fn check(cx: &Ctxt, model: &Model<'_>) {
     check_generics(cx, model);
     check_name(cx, model);
     check_serde_container(cx, model);
+    check_schema_attribute(cx, model);
     for field in &model.fields {
         check_reserved(cx, model, field.ident);
         check_type(cx, model.kind, field.ty);
@@ -101,6 +102,25 @@ fn check_type(cx: &Ctxt, kind: Kind, ty: &Type) {
         ty,
         format!("unsupported field type in {}: {problem}", kind.attribute()),
     );
+}
+
+/// `#[schema]` below a model attribute would derive a second `JsonSchema`.
+fn check_schema_attribute(cx: &Ctxt, model: &Model<'_>) {
+    let is_schema = |attr: &&Attribute| {
+        let segments = &attr.path().segments;
+        segments.last().is_some_and(|s| s.ident == "schema")
+            && (segments.len() == 1 || segments.first().is_some_and(|s| s.ident == "minos"))
+    };
+    for attr in model.item.attrs.iter().filter(is_schema) {
+        cx.error_spanned_by(
+            attr,
+            format!(
+                "{} already describes its fields in the API specs; `#[schema]` is for request and response types\n\
+                 help: remove this attribute",
+                model.kind.attribute()
+            ),
+        );
+    }
 }
 
 fn check_serde_container(cx: &Ctxt, model: &Model<'_>) {

@@ -56,6 +56,10 @@ pub(crate) struct Handler {
     pub(crate) routes: Vec<RouteSpec>,
     /// The type of the request parameter, for spanning type errors on it.
     pub(crate) request_ty: Option<Type>,
+    /// `request = CreateFoo`: the type of the request's content, for the API descriptions.
+    pub(crate) request_schema: Option<Type>,
+    /// `response = FooId`: the type of the response's content, for the API descriptions.
+    pub(crate) response_schema: Option<Type>,
     pub(crate) output_span: Span,
 }
 
@@ -143,10 +147,20 @@ pub(crate) fn handlers(cx: &Ctxt, kind: ServiceKind, item: &ItemImpl) -> Vec<Han
         let mut routes: Vec<(RouteSpec, Span)> = Vec::new();
         let mut access = AccessSpec::default();
         let mut view = None;
+        let mut bodies = Bodies::default();
         for attr in attrs {
-            parse_enroute(cx, kind, attr, &mut routes, &mut access, &mut view);
+            parse_enroute(
+                cx,
+                kind,
+                attr,
+                &mut routes,
+                &mut access,
+                &mut view,
+                &mut bodies,
+            );
         }
         check_access(cx, &access, &routes);
+        check_bodies(cx, &bodies, &routes);
         check_view(cx, kind, view.as_ref(), &routes);
         if let Some((first, _)) = routes.first() {
             for (route, span) in &routes[1..] {
@@ -167,6 +181,8 @@ pub(crate) fn handlers(cx: &Ctxt, kind: ServiceKind, item: &ItemImpl) -> Vec<Han
             span: function.sig.fn_token.span,
             routes: routes.into_iter().map(|(r, _)| r).collect(),
             request_ty,
+            request_schema: bodies.request.map(|(ty, _)| ty),
+            response_schema: bodies.response.map(|(ty, _)| ty),
             output_span: match &function.sig.output {
                 ReturnType::Default => function.sig.paren_token.span.join(),
                 ReturnType::Type(_, ty) => ty.span(),
@@ -299,6 +315,103 @@ fn is_domain_event(topic: &str) -> bool {
     }
 }
 
+/// `request = T` and `response = T`, with where their keys were written.
+#[derive(Default)]
+struct Bodies {
+    request: Option<(Type, Span)>,
+    response: Option<(Type, Span)>,
+}
+
+/// `request = CreateFoo` / `response = FooId`: a type (any type; those implementing `JsonSchema`, as
+/// with `#[schema]`, are described in full).
+fn parse_body(
+    cx: &Ctxt,
+    meta: &syn::meta::ParseNestedMeta,
+    key: &str,
+    bodies: &mut Bodies,
+) -> syn::Result<()> {
+    let what = if key == "request" {
+        "the request's content"
+    } else {
+        "the response's content"
+    };
+    let example = if key == "request" {
+        "request = CreateFoo"
+    } else {
+        "response = FooId"
+    };
+    if !meta.input.peek(syn::Token![=]) {
+        cx.error_spanned_by(
+            &meta.path,
+            format!("`{key}` names the type of {what}: write `{example}`"),
+        );
+        if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+            meta.parse_nested_meta(|_| Ok(()))?;
+        }
+        return Ok(());
+    }
+    let value = meta.value()?;
+    if value.peek(LitStr) {
+        let lit: LitStr = value.parse()?;
+        let written = lit.value();
+        let instead = if syn::parse_str::<Type>(&written).is_ok() {
+            format!("{key} = {written}")
+        } else {
+            example.to_owned()
+        };
+        cx.error_spanned_by(
+            &lit,
+            format!("`{key}` takes the type of {what}, not a string: write `{instead}`"),
+        );
+        return Ok(());
+    }
+    let ty: Type = value.parse()?;
+    if matches!(
+        ty,
+        Type::Infer(_) | Type::ImplTrait(_) | Type::TraitObject(_) | Type::Never(_)
+    ) {
+        cx.error_spanned_by(
+            &ty,
+            format!("`{key}` names one concrete type, the type of {what}: write `{example}`"),
+        );
+        return Ok(());
+    }
+    let slot = if key == "request" {
+        &mut bodies.request
+    } else {
+        &mut bodies.response
+    };
+    if slot.is_some() {
+        cx.error_spanned_by(
+            &meta.path,
+            format!("duplicate minos enroute attribute `{key}`: a handler's routes share one {key} type"),
+        );
+    } else {
+        *slot = Some((ty, meta.path.span()));
+    }
+    Ok(())
+}
+
+/// `request` and `response` describe commands and queries: an event handler receives the event
+/// envelope, and a periodic one nothing.
+fn check_bodies(cx: &Ctxt, bodies: &Bodies, routes: &[(RouteSpec, Span)]) {
+    if !routes.iter().any(|(r, _)| r.is_event_kind()) {
+        return;
+    }
+    for (key, body) in [("request", &bodies.request), ("response", &bodies.response)] {
+        if let Some((_, span)) = body {
+            cx.syn_error(syn::Error::new(
+                *span,
+                format!(
+                    "`{key}` describes a command or query; event and periodic handlers answer no one, and an \
+                     event's content (`minos::Event`) is described from its #[root_entity]\n\
+                     help: remove `{key}`"
+                ),
+            ));
+        }
+    }
+}
+
 fn parse_enroute(
     cx: &Ctxt,
     kind: ServiceKind,
@@ -306,6 +419,7 @@ fn parse_enroute(
     routes: &mut Vec<(RouteSpec, Span)>,
     access: &mut AccessSpec,
     view: &mut Option<Path>,
+    bodies: &mut Bodies,
 ) {
     let needs_route = "#[enroute] needs a route: `broker = \"Topic\"`, `event = \"FooCreated\"`, \
                        `rest = \"GET /path\"` or `periodic = \"cron\"`";
@@ -373,13 +487,16 @@ fn parse_enroute(
             }
             return Ok(());
         }
+        if key == "request" || key == "response" {
+            return parse_body(cx, &meta, &key, bodies);
+        }
         keys += 1;
         if !["broker", "event", "rest", "periodic"].contains(&key.as_str()) {
             let shown = quote::ToTokens::to_token_stream(&meta.path).to_string().replace(' ', "");
             cx.error_spanned_by(
                 &meta.path,
                 format!("unknown minos enroute attribute `{shown}`; expected `broker`, `event`, `rest` or `periodic`, \
-                         and optionally `auth`, `roles = [\"..\"]` or `view = ViewType`"),
+                         and optionally `auth`, `roles = [\"..\"]`, `view = ViewType`, `request = Type` or `response = Type`"),
             );
             if meta.input.peek(syn::Token![=]) {
                 meta.value()?.parse::<syn::Expr>()?;

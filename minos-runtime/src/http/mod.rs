@@ -378,11 +378,12 @@ pub(crate) async fn serve(
     context: Context,
     settings: HttpSettings,
     system_routes: &[(&'static str, &'static str, HandlerFn)],
+    owned: &[&'static str],
 ) -> Result<HttpServer> {
     let name = context.name().to_owned();
     let built = Arc::new(Built {
         openapi: openapi(&name, &table),
-        asyncapi: asyncapi(&name, &table),
+        asyncapi: asyncapi(&name, &table, owned),
         addr: OnceLock::new(),
         name,
     });

@@ -207,6 +207,7 @@ impl Launcher {
             context.clone(),
             self.config.http_settings(),
             &system_routes,
+            &owned,
         )
         .await?;
         tracing::info!(

@@ -31,3 +31,10 @@ pub const ERROR: &str = "error";
 
 /// On a dead-lettered message: the topic it was sent to.
 pub const ORIGINAL_TOPIC: &str = "original_topic";
+
+/// On a re-driven dead letter: the service it is for (the one that parked it). Every other
+/// service subscribed to the topic skips it, having handled the original.
+pub const REDRIVEN_FOR: &str = "redriven_for";
+
+/// On a re-driven dead letter: the identifier of the message that was parked.
+pub const REDRIVEN_FROM: &str = "redriven_from";

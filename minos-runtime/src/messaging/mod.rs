@@ -25,7 +25,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Version of the JSON envelope below; readers reject versions they do not know.
 pub const WIRE_VERSION: u32 = 1;
@@ -223,3 +223,105 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
 /// A shared broker.
 pub type SharedBroker = Arc<dyn Broker>;
+
+/// The message that re-drives a dead letter parked by service `service` (read from its
+/// `{service}.dead-letter` topic): the original topic, content and headers, for that service alone
+/// ([`headers::REDRIVEN_FOR`]; the other services subscribed to the topic handled the original).
+///
+/// Its identifier is derived from the parked message's, so re-driving one dead letter twice gives
+/// the same message twice, which the service's inbox handles once.
+pub fn redrive(parked: &BrokerMessage, service: &str) -> Result<BrokerMessage> {
+    let original = parked
+        .payload
+        .headers
+        .get(headers::ORIGINAL_TOPIC)
+        .filter(|topic| !topic.is_empty())
+        .ok_or_else(|| {
+            Error::bad_request(format!(
+                "message {} has no `{}` header: not a dead letter",
+                parked.identifier,
+                headers::ORIGINAL_TOPIC
+            ))
+        })?;
+    if parked.payload.content.get("raw").is_some()
+        && parked
+            .payload
+            .content
+            .as_object()
+            .is_some_and(|c| c.len() == 1)
+    {
+        return Err(Error::bad_request(format!(
+            "message {} was parked because it could not be decoded ({}): re-driving it would fail the same way; fix its producer and send it again",
+            parked.identifier,
+            parked.payload.headers.get(headers::ERROR).map_or("no error recorded", String::as_str)
+        )));
+    }
+    let mut message = parked.clone();
+    message.topic = original.clone();
+    message.identifier = Uuid::new_v5(&parked.identifier, b"minos.redrive");
+    message.reply_topic = None;
+    let kept = &mut message.payload.headers;
+    kept.remove(headers::ERROR);
+    kept.remove(headers::ORIGINAL_TOPIC);
+    kept.insert(headers::REDRIVEN_FOR.into(), service.to_owned());
+    kept.insert(headers::REDRIVEN_FROM.into(), parked.identifier.to_string());
+    Ok(message)
+}
+
+#[cfg(test)]
+mod redrive_tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_goes_back_to_its_topic_for_its_service_once() {
+        let mut parked = BrokerMessage::new("foo.dead-letter", serde_json::json!({"uuid": "x"}));
+        parked
+            .payload
+            .headers
+            .insert(headers::ERROR.into(), "boom".into());
+        parked
+            .payload
+            .headers
+            .insert(headers::ORIGINAL_TOPIC.into(), "FooCreated".into());
+        parked
+            .payload
+            .headers
+            .insert("traceparent".into(), "00-a-b-01".into());
+        let again = redrive(&parked, "foo").unwrap();
+        assert_eq!(again.topic, "FooCreated");
+        assert_eq!(again.payload.content, parked.payload.content);
+        assert_ne!(again.identifier, parked.identifier);
+        assert_eq!(
+            again.identifier,
+            redrive(&parked, "foo").unwrap().identifier,
+            "same id twice"
+        );
+        assert_eq!(
+            again
+                .payload
+                .headers
+                .get(headers::REDRIVEN_FOR)
+                .map(String::as_str),
+            Some("foo")
+        );
+        assert!(!again.payload.headers.contains_key(headers::ERROR));
+        assert_eq!(
+            again.payload.headers.get("traceparent").map(String::as_str),
+            Some("00-a-b-01")
+        );
+
+        let plain = BrokerMessage::new("FooCreated", serde_json::json!({}));
+        assert!(redrive(&plain, "foo")
+            .unwrap_err()
+            .to_string()
+            .contains("not a dead letter"));
+        let mut raw = BrokerMessage::new("foo.dead-letter", serde_json::json!({"raw": "{oops"}));
+        raw.payload
+            .headers
+            .insert(headers::ORIGINAL_TOPIC.into(), "FooCreated".into());
+        assert!(redrive(&raw, "foo")
+            .unwrap_err()
+            .to_string()
+            .contains("could not be decoded"));
+    }
+}

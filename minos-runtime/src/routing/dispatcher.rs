@@ -46,6 +46,8 @@ pub enum Outcome {
     Handled,
     /// Already handled before: skipped.
     Duplicate,
+    /// A re-driven dead letter for another service: skipped.
+    NotOurs,
     /// No handler for its topic.
     NoHandler,
     /// A command or query past its deadline: not run, not answered.
@@ -180,7 +182,7 @@ impl Dispatcher {
         };
         let (counted, took) = match &outcome {
             Outcome::Handled => (MessageOutcome::Handled, Some(started.elapsed())),
-            Outcome::Duplicate => (MessageOutcome::Duplicate, None),
+            Outcome::Duplicate | Outcome::NotOurs => (MessageOutcome::Duplicate, None),
             Outcome::NoHandler => (MessageOutcome::NoHandler, None),
             Outcome::Expired => (MessageOutcome::Expired, None),
             Outcome::DeadLettered(_) => (MessageOutcome::DeadLettered, Some(started.elapsed())),
@@ -194,6 +196,11 @@ impl Dispatcher {
         tracing::trace!(service = self.context.name(), topic = %message.topic, identifier = %message.identifier, "dispatching");
         if let Some(handler) = self.system.get(&message.topic) {
             return self.dispatch_system(handler, message).await;
+        }
+        if let Some(service) = message.payload.headers.get(headers::REDRIVEN_FOR) {
+            if service != self.context.name() {
+                return Outcome::NotOurs;
+            }
         }
         let mut handlers = self.table.broker_handlers(&message.topic);
         if handlers.iter().any(|(entry, _)| entry.view.is_some()) {

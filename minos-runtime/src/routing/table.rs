@@ -74,6 +74,10 @@ pub struct RouteEntry {
     pub view: Option<&'static str>,
     /// The handler.
     pub handler: HandlerFn,
+    /// The schema of the request's content (`request = CreateFoo`), for the API descriptions.
+    pub request: Option<crate::schema::SchemaFn>,
+    /// The schema of the response's content (`response = FooId`), for the API descriptions.
+    pub response: Option<crate::schema::SchemaFn>,
     /// The service type.
     pub service: &'static str,
     /// The handler method.
@@ -321,6 +325,8 @@ mod tests {
             access: crate::auth::Access::Open,
             view: None,
             handler: ok,
+            request: None,
+            response: None,
             service: "S",
             function,
             file: "s.rs",

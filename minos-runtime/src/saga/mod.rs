@@ -277,7 +277,8 @@ impl SagaExecution {
         }
     }
 
-    pub(crate) fn from_record(record: ExecutionRecord) -> Result<Self> {
+    /// The execution a store record holds (`store.execution(uuid)`, `store.executions(..)`).
+    pub fn from_record(record: ExecutionRecord) -> Result<Self> {
         serde_json::from_value(record.data)
             .map_err(|e| Error::undecodable(format!("saga execution {}", record.uuid), e))
     }

@@ -28,7 +28,9 @@
 pub mod conformance;
 mod http;
 pub mod models;
+mod scenario;
 mod service;
 
 pub use http::{TestClient, TestResponse};
+pub use scenario::{Outcome, Scenario};
 pub use service::{eventually, test_config, TestService};

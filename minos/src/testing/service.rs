@@ -55,7 +55,7 @@ impl TestService {
         Ok(started)
     }
 
-    async fn start_on(config: Config, broker: Option<SharedBroker>) -> Result<Self> {
+    pub(super) async fn start_on(config: Config, broker: Option<SharedBroker>) -> Result<Self> {
         let mut launcher = Launcher::with_config(config);
         if let Some(broker) = broker {
             launcher = launcher.broker(broker);

@@ -67,6 +67,25 @@ impl KafkaReactions {
         Ok(())
     }
 
+    /// Records `flaky:{tag}` for a `KFlaky` event, or fails while [`fail_for`] names this service
+    /// and the tag.
+    #[enroute(event = "KFlaky")]
+    async fn flaky(&self, request: Request) -> Result<()> {
+        let tag = request.json()["tag"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let service = Context::current()?.name().to_owned();
+        if FAILING.lock().unwrap().contains(&(service, tag.clone())) {
+            return Err(Error::with_status(500, "flaky: failing on purpose"));
+        }
+        Tally::create(Tally {
+            tag: format!("flaky:{tag}"),
+        })
+        .await?;
+        Ok(())
+    }
+
     #[enroute(event = "KPoison")]
     async fn poison(&self, _request: Request) -> Result<()> {
         Err(Error::bad_request("indigestible"))
@@ -90,6 +109,18 @@ impl KafkaReactions {
             .await?;
         }
         Ok(())
+    }
+}
+
+/// (service, tag) pairs whose `KFlaky` events fail.
+static FAILING: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Makes `service` fail the `KFlaky` events tagged `tag` (`false`: succeed again).
+pub fn fail_for(service: &str, tag: &str, failing: bool) {
+    let mut list = FAILING.lock().unwrap();
+    list.retain(|(s, t)| !(s == service && t == tag));
+    if failing {
+        list.push((service.to_owned(), tag.to_owned()));
     }
 }
 

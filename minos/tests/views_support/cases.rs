@@ -816,9 +816,13 @@ async fn a_build_stopped_midway_resumes_where_it_stopped() {
     assert!(applied < 3000, "stopped midway: {applied} applied");
     let second = Launcher::with_config(config).repository(repository).start().await.unwrap();
     let client = minos::testing::TestClient::new(second.addr());
+    // The last page's rows are visible a moment before the view is marked live.
     eventually("the build to finish", Duration::from_secs(20), || {
         let client = client.clone();
-        async move { client.get("/items/totals").await.unwrap().json()["created"] == 3000 }
+        async move {
+            client.get("/items/totals").await.unwrap().json()["created"] == 3000
+                && client.get("/views").await.unwrap().json()[1]["state"] == "live"
+        }
     })
     .await;
     let state = client.get("/views").await.unwrap().json();

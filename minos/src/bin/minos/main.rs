@@ -18,6 +18,8 @@
 //! (`MINOS_GATEWAY_TIMEOUT_MS`, …), `http.body_limit`, and `auth:` to check tokens at the edge.
 
 mod logs;
+mod ops;
+mod project;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,7 +32,7 @@ use minos::{Config, Repository};
 #[command(
     name = "minos",
     version,
-    about = "Run the infrastructure of a Minos system"
+    about = "Create Minos projects and microservices, and run the infrastructure of a Minos system"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -39,6 +41,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Create a project (a Cargo workspace for microservices) or a microservice in the current
+    /// project.
+    #[command(subcommand)]
+    New(project::New),
+    /// Switch a microservice's database or broker (edits its `config.yml`).
+    #[command(subcommand)]
+    Set(project::Set),
+    /// Write what deploying the project needs: a Dockerfile per service and a compose file
+    /// (`compose`, the default) or Kubernetes manifests (`kubernetes`), under `deploy/`.
+    Deploy {
+        /// What to write.
+        #[arg(value_enum, default_value_t)]
+        target: project::Target,
+    },
+    /// Print a root entity's events, oldest first, from a service's store: `minos events Foo
+    /// 1a2b… --config config.yml`.
+    Events(ops::EventsArgs),
+    /// List the saga executions of a service's store, or show one with its steps and error.
+    Sagas(ops::SagasArgs),
+    /// List, show and re-drive the messages a service parked after its handlers failed (its
+    /// `{service}.dead-letter` topic on Kafka).
+    DeadLetters(ops::DeadLettersArgs),
     /// Print a signed access token (JWT) for development and scripts: with the `auth.secret` of the
     /// configuration (`MINOS_AUTH_SECRET`) or `--secret` (HS256), or a private key file (`--key`).
     Token(TokenArgs),
@@ -94,9 +118,26 @@ enum Command {
     },
 }
 
+/// The exit of a developer command: its message alone on failure.
+fn finish(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("minos: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::New(what) => return finish(project::new(what)),
+        Command::Set(what) => return finish(project::set(what)),
+        Command::Deploy { target } => return finish(project::deploy(target)),
+        Command::Events(args) => ops::events(args),
+        Command::Sagas(args) => ops::sagas(args),
+        Command::DeadLetters(args) => ops::dead_letters(args),
         Command::Discovery {
             config,
             port,

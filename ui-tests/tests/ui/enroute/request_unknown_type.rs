@@ -1,0 +1,13 @@
+use minos::prelude::*;
+
+pub struct FooCommandService;
+
+#[command_service]
+impl FooCommandService {
+    #[enroute(broker = "CreateFoo", request = CreateFoo)]
+    async fn create_foo(&self, _request: Request) -> Result<Response> {
+        Ok(Response::empty())
+    }
+}
+
+fn main() {}

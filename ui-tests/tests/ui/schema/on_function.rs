@@ -1,0 +1,6 @@
+use minos::prelude::*;
+
+#[schema]
+pub fn create_foo() {}
+
+fn main() {}
