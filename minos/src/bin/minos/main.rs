@@ -1,4 +1,13 @@
-//! The `minos` command: the infrastructure a Minos system runs beside its services.
+//! The `minos` command: creating projects and services, looking inside them, and the infrastructure a
+//! Minos system runs beside its services.
+//!
+//! `minos new project NAME [--minos-path DIR]` writes a Cargo workspace for microservices; `minos new
+//! microservice NAME` adds a service crate to it (root entity, command and query services, a view,
+//! config.yml, given/when/then tests). `minos set database|broker BACKEND` edits services'
+//! `config.yml`; `minos deploy [compose|kubernetes]` writes Dockerfiles and a compose file or manifests.
+//!
+//! `minos events TYPE UUID`, `minos sagas [show UUID]` read a service's store (`--storage`, `--config`);
+//! `minos dead-letters [list|show ID|redrive ID…]` reads and re-drives a service's parked messages.
 //!
 //! `minos discovery` runs the service registry (port 5567 by default), configured like any service:
 //! `--config config.yml`, then `MINOS_*` environment variables (`MINOS_STORAGE`, `MINOS_HTTP_PORT`,

@@ -9,7 +9,7 @@
 //! ```
 
 use minos::prelude::*;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The `{{Entity}}` root entity: its fields are its state; each change is stored as an event (`{{Entity}}Created`,
 /// `{{Entity}}Updated`, `{{Entity}}Deleted`) and published to the broker.
@@ -19,10 +19,21 @@ pub struct {{Entity}} {
     pub name: String,
 }
 
-/// The body of `POST /{{path}}` and of the `Create{{Entity}}` command.
+/// The body of `POST /{{path}}` and of the `Create{{Entity}}` command. `#[schema]` describes it in
+/// the API specs (`GET /spec/openapi`, `GET /spec/asyncapi`).
+#[schema]
 #[derive(Deserialize)]
 struct Create{{Entity}} {
+    /// What it is called (not blank).
     name: String,
+}
+
+/// The answer to `Create{{Entity}}`: the new root's uuid.
+#[schema]
+#[derive(Serialize)]
+pub struct {{Entity}}Id {
+    /// The root's uuid.
+    pub uuid: Uuid,
 }
 
 /// Writes: commands change roots, which store and publish their events.
@@ -31,14 +42,21 @@ pub struct {{Entity}}CommandService;
 #[command_service]
 impl {{Entity}}CommandService {
     /// Creates one {{entity_words}} and answers its uuid.
-    #[enroute(broker = "Create{{Entity}}", rest = "POST /{{path}}")]
+    #[enroute(
+        broker = "Create{{Entity}}",
+        rest = "POST /{{path}}",
+        request = Create{{Entity}},
+        response = {{Entity}}Id
+    )]
     async fn create_{{snake}}(&self, request: Request) -> Result<Response> {
         let Create{{Entity}} { name } = request.content()?;
         if name.trim().is_empty() {
             return Err(Error::bad_request("`name` must not be empty"));
         }
         let created = {{Entity}}::create({{Entity}} { name }).await?;
-        Ok(Response::json(json!({ "uuid": created.uuid() })))
+        Ok(Response::json({{Entity}}Id {
+            uuid: created.uuid(),
+        }))
     }
 }
 
@@ -89,7 +107,7 @@ impl {{Entity}}QueryService {
     }
 
     /// `GET /{{path}}/{uuid}`: one {{entity_words}}, read from its events.
-    #[enroute(rest = "GET /{{path}}/{uuid}")]
+    #[enroute(rest = "GET /{{path}}/{uuid}", response = Root<{{Entity}}>)]
     async fn get_{{snake}}(&self, request: Request) -> Result<Response> {
         let found = {{Entity}}::get(request.param("uuid")?).await?;
         Ok(Response::json(found))
