@@ -187,8 +187,16 @@ struct Writing {
 /// The transaction of the running projection (for handlers that want their own SQL): statements run
 /// inside it and commit, or roll back, with the view writes and the position.
 ///
-/// ```rust,ignore
-/// let rows = minos::views::sql("SELECT COUNT(*) AS n FROM view_foo_summary WHERE bar = $1", &["x".into()]).await?;
+/// ```no_run
+/// # async fn handler() -> minos_runtime::Result<()> {
+/// let rows = minos_runtime::views::sql(
+///     "SELECT COUNT(*) AS n FROM view_foo_summary WHERE bar = $1",
+///     &["x".into()],
+/// )
+/// .await?;
+/// # let _ = rows;
+/// # Ok(())
+/// # }
 /// ```
 pub async fn sql(statement: &str, params: &[SqlValue]) -> Result<Vec<Map<String, Value>>> {
     let (statement, params) = (statement.to_owned(), params.to_vec());
