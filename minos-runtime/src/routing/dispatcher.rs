@@ -182,7 +182,8 @@ impl Dispatcher {
         };
         let (counted, took) = match &outcome {
             Outcome::Handled => (MessageOutcome::Handled, Some(started.elapsed())),
-            Outcome::Duplicate | Outcome::NotOurs => (MessageOutcome::Duplicate, None),
+            Outcome::Duplicate => (MessageOutcome::Duplicate, None),
+            Outcome::NotOurs => (MessageOutcome::NotOurs, None),
             Outcome::NoHandler => (MessageOutcome::NoHandler, None),
             Outcome::Expired => (MessageOutcome::Expired, None),
             Outcome::DeadLettered(_) => (MessageOutcome::DeadLettered, Some(started.elapsed())),

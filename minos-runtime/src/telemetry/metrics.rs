@@ -90,6 +90,8 @@ pub enum MessageOutcome {
     DeadLettered,
     /// Already handled: skipped by the inbox.
     Duplicate,
+    /// A re-driven dead letter meant for another service: skipped.
+    NotOurs,
     /// A request past its deadline: not run.
     Expired,
     /// No handler for its topic.
@@ -104,6 +106,7 @@ impl MessageOutcome {
             MessageOutcome::Failed => "failed",
             MessageOutcome::DeadLettered => "dead_lettered",
             MessageOutcome::Duplicate => "duplicate",
+            MessageOutcome::NotOurs => "not_ours",
             MessageOutcome::Expired => "expired",
             MessageOutcome::NoHandler => "no_handler",
         }
