@@ -313,15 +313,18 @@ impl Authenticator {
         &self.inner.config
     }
 
-    /// Verifies the token of an `Authorization` header value: `None` without a header, an error when
-    /// a token is sent and does not verify (even on an open route: a caller that sends credentials
-    /// learns they are bad).
+    /// Verifies the token of an `Authorization` header value: `None` without a header or with
+    /// another scheme than `Bearer` (`Basic` credentials are for the handler to read, a login route
+    /// for example; a route that needs a token still refuses the request), an error when a bearer
+    /// token is sent and does not verify (even on an open route: a caller that sends a token learns it
+    /// is bad).
     pub async fn authenticate(
         &self,
         authorization: Option<&str>,
     ) -> Result<Option<Principal>, AuthError> {
         match authorization {
             None => Ok(None),
+            Some(value) if !is_bearer(value) => Ok(None),
             Some(value) => self.verify(bearer(value)?, unix_now()).await.map(Some),
         }
     }
@@ -429,6 +432,15 @@ impl Authenticator {
             ..TokenSpec::for_config(config)
         };
         mint(&SigningKey::Secret(config.secret.clone()), &spec).ok()
+    }
+}
+
+/// Whether an `Authorization` value is meant as a bearer token: the `Bearer` scheme, or a bare value
+/// with no scheme (refused then as not `Bearer <token>`). `Basic …` and other schemes are not.
+fn is_bearer(value: &str) -> bool {
+    match value.trim().split_once(' ') {
+        Some((scheme, _)) => scheme.eq_ignore_ascii_case("bearer"),
+        None => true,
     }
 }
 

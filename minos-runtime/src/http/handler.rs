@@ -43,7 +43,7 @@ pub(crate) fn to_http(response: Response) -> HttpResponse {
         }
     }
     match response.content() {
-        Value::Null => builder.finish(),
+        Value::Null if response.is_empty() => builder.finish(),
         content => builder
             .insert_header((CONTENT_TYPE, "application/json"))
             .body(content.to_string()),

@@ -183,6 +183,8 @@ pub struct Response {
     status: u16,
     content: Value,
     headers: BTreeMap<String, String>,
+    /// No body at all ([`Response::empty`]), as opposed to a JSON `null` (`Response::json(())`).
+    empty: bool,
 }
 
 impl Default for Response {
@@ -199,6 +201,7 @@ impl Response {
                 status: 200,
                 content,
                 headers: BTreeMap::new(),
+                empty: false,
             },
             Err(error) => {
                 tracing::error!(%error, "response content does not serialize");
@@ -206,18 +209,25 @@ impl Response {
                     status: 500,
                     content: serde_json::json!({"error": "internal error", "status": 500}),
                     headers: BTreeMap::new(),
+                    empty: false,
                 }
             }
         }
     }
 
-    /// 200 without content.
+    /// 200 without content (over HTTP: no body; `Response::json(Value::Null)` answers `null`).
     pub fn empty() -> Self {
         Response {
             status: 200,
             content: Value::Null,
             headers: BTreeMap::new(),
+            empty: true,
         }
+    }
+
+    /// Whether it has no content at all ([`Response::empty`]).
+    pub fn is_empty(&self) -> bool {
+        self.empty
     }
 
     /// Sets the status.
@@ -262,6 +272,7 @@ impl Response {
             status,
             content: serde_json::json!({"error": error.public_message(), "status": status}),
             headers,
+            empty: false,
         }
     }
 }
