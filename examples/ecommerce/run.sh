@@ -5,14 +5,17 @@
 #
 #   examples/ecommerce/run.sh
 #   MINOS_POSTGRES=postgresql://postgres@127.0.0.1:5432/test MINOS_KAFKA=127.0.0.1:9092 examples/ecommerce/run.sh
+#   MINOS_AUTH_SECRET=… (default: a random one for this run)
 #
 # PostgreSQL and Kafka must be running (scripts/postgres-dev.sh start, scripts/kafka-dev.sh start).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 postgres="${MINOS_POSTGRES:-postgresql://postgres@127.0.0.1:5432/test}"
+# One secret signs and checks every token (the authentication service issues them at GET /login).
+export MINOS_AUTH_SECRET="${MINOS_AUTH_SECRET:-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
 kafka="${MINOS_KAFKA:-127.0.0.1:9092}"
-services=(product payment)
+services=(authentication customer product payment)
 
 cargo build --release -q -p minos --bin minos -p minos-ecommerce
 bin=target/release
