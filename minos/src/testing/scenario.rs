@@ -128,7 +128,10 @@ impl Scenario {
                 written.record(&name, position);
             }
         }
-        let body = serde_json::from_str(&response.body).unwrap_or(Value::String(response.body));
+        let body = match response.body.trim() {
+            "" => Value::Null,
+            text => serde_json::from_str(text).unwrap_or(Value::String(response.body)),
+        };
         self.outcome(format!("{method} {path}"), response.status, body, mark)
     }
 
@@ -291,7 +294,8 @@ impl Outcome<'_> {
         self.status
     }
 
-    /// The answer's JSON body (a string value when it was not JSON; null for an event).
+    /// The answer's JSON body (null when there was none, as for an event; a string value when it was
+    /// not JSON).
     pub fn body(&self) -> &Value {
         &self.body
     }
