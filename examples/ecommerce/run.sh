@@ -17,8 +17,12 @@ export MINOS_AUTH_SECRET="${MINOS_AUTH_SECRET:-$(head -c 32 /dev/urandom | od -A
 kafka="${MINOS_KAFKA:-127.0.0.1:9092}"
 services=(authentication customer product payment)
 
-cargo build --release -q -p minos --bin minos -p minos-ecommerce
+cargo build --release -q -p minos --bin minos
+cargo build --release -q -p minos-ecommerce --bins
 bin=target/release
+for binary in minos "${services[@]}"; do
+    [ -x "$bin/$binary" ] || { echo "$bin/$binary was not built" >&2; exit 1; }
+done
 mkdir -p .minos
 pids=()
 stop() {
@@ -27,7 +31,8 @@ stop() {
     wait 2>/dev/null || true
     echo "stopped"
 }
-trap stop INT TERM EXIT
+trap 'stop; exit 0' INT TERM
+trap stop EXIT
 
 "$bin/minos" discovery --storage "sqlite://.minos/ecommerce-discovery.db" &
 pids+=($!)
