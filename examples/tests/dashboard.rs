@@ -4,42 +4,15 @@
 //! screenshot is saved (`target/tmp/dashboard.png`; also at `$MINOS_DASHBOARD_SCREENSHOT` when set).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use minos_support::http::Client;
 use minos_support::postgres::fresh_schema_url;
-use minos_support::process::{eventually, minos_binary, spawn_listening};
+use minos_support::process::{eventually, minos_binary, start_process as start};
 use serde_json::{json, Value};
 
 const SECRET: &str = "dashboard-test-secret-of-32-bytes!";
-
-struct Process {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(mut command: Command, label: &str) -> Process {
-    command
-        .env("MINOS_HTTP_HOST", "127.0.0.1")
-        .env("MINOS_HTTP_PORT", "0")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::inherit());
-    let started = spawn_listening(&mut command, label, Duration::from_secs(90));
-    let lines = started.lines;
-    std::thread::spawn(move || while lines.recv().is_ok() {});
-    Process {
-        child: started.child,
-        addr: started.addr,
-    }
-}
 
 fn token(minos: &Path, subject: &str, roles: &str) -> String {
     let output = Command::new(minos)

@@ -5,50 +5,20 @@
 //! broker, the composed route joining a Foo and its FooBar, and 1,000 GETs that all succeed while one foo
 //! instance is killed with SIGKILL.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use minos_support::http::Client;
 use minos_support::postgres::fresh_schema_url;
-use minos_support::process::{eventually, minos_binary, signal, spawn_listening};
+use minos_support::process::{eventually, minos_binary, signal, start_process, Process};
 use serde_json::{json, Value};
 
 const SECRET: &str = "gateway-test-secret";
 
-struct Process {
-    child: Child,
-    addr: String,
-}
-
-impl Process {
-    fn client(&self) -> Client {
-        Client::new(format!("http://{}", self.addr))
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn spawn(mut command: Command, label: &str) -> Process {
-    command
-        .env("RUST_LOG", "info")
-        .env("MINOS_AUTH_SECRET", SECRET)
-        .env("MINOS_HTTP_HOST", "127.0.0.1")
-        .env("MINOS_HTTP_PORT", "0")
-        .stderr(Stdio::inherit());
-    let started = spawn_listening(&mut command, label, Duration::from_secs(90));
-    let lines = started.lines;
-    std::thread::spawn(move || while lines.recv().is_ok() {});
-    Process {
-        child: started.child,
-        addr: started.addr,
-    }
+    command.env("MINOS_AUTH_SECRET", SECRET);
+    start_process(command, label)
 }
 
 fn minos() -> Command {

@@ -7,6 +7,7 @@
 //! Set `MINOS_MACROS_DEBUG=1` while building to print every expansion.
 
 mod codegen;
+mod fallback;
 mod internals;
 
 use proc_macro::TokenStream;
@@ -404,14 +405,13 @@ pub fn enroute(_args: TokenStream, input: TokenStream) -> TokenStream {
 /// runtime.
 #[proc_macro_attribute]
 pub fn view(args: TokenStream, input: TokenStream) -> TokenStream {
-    let input2: proc_macro2::TokenStream = input.into();
-    let output = expand_view(args.into(), input2.clone()).unwrap_or_else(|error| {
-        let mut tokens = error.into_compile_error();
-        tokens.extend(without_view_attributes(input2));
-        tokens
-    });
-    debug_print("#[view]", &output);
-    output.into()
+    attribute(
+        "#[view]",
+        args,
+        input,
+        expand_view,
+        fallback::without_view_attributes,
+    )
 }
 
 fn expand_view(
@@ -431,22 +431,6 @@ fn expand_view(
     cx.check()?;
     let model = model.ok_or_else(|| syn::Error::new_spanned(item, "invalid view"))?;
     Ok(codegen::view::expand(&model))
-}
-
-/// The struct without `#[key]`, `#[index]` and `#[serde]` attributes, which would each be errors of
-/// their own.
-fn without_view_attributes(input: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
-    let Ok(mut item) = syn::parse2::<syn::ItemStruct>(input.clone()) else {
-        return input;
-    };
-    let ours = |a: &syn::Attribute| {
-        a.path().is_ident("key") || a.path().is_ident("index") || a.path().is_ident("serde")
-    };
-    item.attrs.retain(|a| !ours(a));
-    for field in item.fields.iter_mut() {
-        field.attrs.retain(|a| !ours(a));
-    }
-    quote::ToTokens::into_token_stream(item)
 }
 
 /// A middleware that the configuration can name: `middleware: [log_requests]`.
@@ -471,14 +455,7 @@ fn without_view_attributes(input: proc_macro2::TokenStream) -> proc_macro2::Toke
 /// Takes `name = "..."` (default: the function's name) and `crate = "..."`.
 #[proc_macro_attribute]
 pub fn middleware(args: TokenStream, input: TokenStream) -> TokenStream {
-    let input2: proc_macro2::TokenStream = input.into();
-    let output = expand_middleware(args.into(), input2.clone()).unwrap_or_else(|error| {
-        let mut tokens = error.into_compile_error();
-        tokens.extend(input2);
-        tokens
-    });
-    debug_print("#[middleware]", &output);
-    output.into()
+    attribute("#[middleware]", args, input, expand_middleware, |item| item)
 }
 
 /// Describes a request or response type in the service's API specs (`GET /spec/openapi`,
@@ -531,33 +508,13 @@ pub fn middleware(args: TokenStream, input: TokenStream) -> TokenStream {
 /// Equivalent code: `#[derive(::minos::schemars::JsonSchema)] #[schemars(crate = "::minos::schemars")]`.
 #[proc_macro_attribute]
 pub fn schema(args: TokenStream, input: TokenStream) -> TokenStream {
-    let input2: proc_macro2::TokenStream = input.into();
-    let output = expand_schema(args.into(), input2.clone()).unwrap_or_else(|error| {
-        let mut tokens = error.into_compile_error();
-        tokens.extend(input2);
-        tokens
-    });
-    debug_print("#[schema]", &output);
-    output.into()
-}
-
-fn expand_schema(
-    args: proc_macro2::TokenStream,
-    input: proc_macro2::TokenStream,
-) -> syn::Result<proc_macro2::TokenStream> {
-    let item: syn::Item = syn::parse2(input)?;
-    let cx = internals::ctxt::Ctxt::new();
-    let krate = internals::attr::parse_schema_args(&cx, args);
-    if !matches!(item, syn::Item::Struct(_) | syn::Item::Enum(_)) {
-        cx.syn_error(syn::Error::new(
-            internals::ast::item_span(&item),
-            "#[schema] goes on a struct or an enum: the type of a request's or a response's content\n\
-             help: name that type in `#[enroute(.., request = CreateFoo, response = FooId)]`",
-        ));
-    }
-    cx.check()?;
-    let krate = krate.unwrap_or_else(|| syn::parse_quote!(::minos));
-    Ok(codegen::schema::expand(&item, &krate))
+    attribute(
+        "#[schema]",
+        args,
+        input,
+        codegen::schema::expand_attribute,
+        |item| item,
+    )
 }
 
 fn expand_middleware(
@@ -599,7 +556,7 @@ fn expand_service(
     let input2: proc_macro2::TokenStream = input.into();
     let output = service(kind, args.into(), input2.clone()).unwrap_or_else(|error| {
         let mut tokens = error.into_compile_error();
-        tokens.extend(without_enroute_attributes(input2));
+        tokens.extend(fallback::without_enroute_attributes(input2));
         tokens
     });
     debug_print(kind.attribute(), &output);
@@ -636,27 +593,12 @@ fn service(
     ))
 }
 
-/// The impl block without `#[enroute]` attributes, which would each add an error of their own.
-fn without_enroute_attributes(input: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
-    let Ok(mut item) = syn::parse2::<syn::ItemImpl>(input.clone()) else {
-        return input;
-    };
-    for member in item.items.iter_mut() {
-        if let syn::ImplItem::Fn(function) = member {
-            function
-                .attrs
-                .retain(|a| !internals::service::is_enroute(a));
-        }
-    }
-    quote::ToTokens::into_token_stream(item)
-}
-
 fn expand(kind: Kind, args: TokenStream, input: TokenStream) -> TokenStream {
     let input2: proc_macro2::TokenStream = input.clone().into();
     let output = model(kind, args.into(), input2.clone()).unwrap_or_else(|error| {
         // Re-emit the item with the errors so the rest of the crate still type-checks and IDEs keep working.
         let mut tokens = error.into_compile_error();
-        tokens.extend(without_serde_attributes(input2));
+        tokens.extend(fallback::without_serde_attributes(input2));
         tokens
     });
     debug_print(kind.attribute(), &output);
@@ -686,19 +628,26 @@ fn model(
     }
 }
 
-/// The item without `#[serde(..)]` attributes, which would be errors of their own without the serde derive.
-fn without_serde_attributes(input: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
-    let Ok(mut item) = syn::parse2::<syn::Item>(input.clone()) else {
-        return input;
-    };
-    let is_serde = |attr: &syn::Attribute| attr.path().is_ident("serde");
-    if let syn::Item::Struct(item) = &mut item {
-        item.attrs.retain(|a| !is_serde(a));
-        for field in item.fields.iter_mut() {
-            field.attrs.retain(|a| !is_serde(a));
-        }
-    }
-    quote::ToTokens::into_token_stream(item)
+/// Runs `expand` on an attribute's arguments and item. On errors: the errors, then the item as
+/// `fallback` leaves it, so the rest of the crate still type-checks and IDEs keep working.
+fn attribute(
+    name: &str,
+    args: TokenStream,
+    input: TokenStream,
+    expand: fn(
+        proc_macro2::TokenStream,
+        proc_macro2::TokenStream,
+    ) -> syn::Result<proc_macro2::TokenStream>,
+    fallback: fn(proc_macro2::TokenStream) -> proc_macro2::TokenStream,
+) -> TokenStream {
+    let input: proc_macro2::TokenStream = input.into();
+    let output = expand(args.into(), input.clone()).unwrap_or_else(|error| {
+        let mut tokens = error.into_compile_error();
+        tokens.extend(fallback(input));
+        tokens
+    });
+    debug_print(name, &output);
+    output.into()
 }
 
 fn debug_print(attribute: &str, tokens: &proc_macro2::TokenStream) {

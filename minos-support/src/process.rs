@@ -103,3 +103,44 @@ pub fn next_line_containing(
         }
     }
 }
+
+/// A started process, killed (and reaped) when dropped, and where it listens.
+#[derive(Debug)]
+pub struct Process {
+    /// The process.
+    pub child: Child,
+    /// `host:port`.
+    pub addr: String,
+}
+
+impl Process {
+    /// An HTTP client of it.
+    pub fn client(&self) -> crate::http::Client {
+        crate::http::Client::new(format!("http://{}", self.addr))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `command` (a service, or `minos discovery|gateway|dashboard`) on 127.0.0.1 and a free port,
+/// logging at `info` with its standard error shown, and waits up to 90 s until it listens; its later
+/// output lines are echoed and otherwise dropped.
+pub fn start_process(mut command: Command, label: &str) -> Process {
+    command
+        .env("RUST_LOG", "info")
+        .env("MINOS_HTTP_HOST", "127.0.0.1")
+        .env("MINOS_HTTP_PORT", "0")
+        .stderr(Stdio::inherit());
+    let started = spawn_listening(&mut command, label, Duration::from_secs(90));
+    let lines = started.lines;
+    std::thread::spawn(move || while lines.recv().is_ok() {});
+    Process {
+        child: started.child,
+        addr: started.addr,
+    }
+}

@@ -62,11 +62,8 @@ impl ModelArgs {
                 let lit: LitStr = meta.value()?.parse()?;
                 name.set(&meta.path, lit);
             } else if meta.path == CRATE {
-                let lit: LitStr = meta.value()?.parse()?;
-                match lit.parse::<Path>() {
-                    Ok(path) => krate.set(&meta.path, path),
-                    Err(_) => cx
-                        .error_spanned_by(&lit, "`crate` takes a path, like `crate = \"::minos\"`"),
+                if let Some(path) = crate_path(cx, &meta)? {
+                    krate.set(&meta.path, path);
                 }
             } else {
                 let key = meta.path.to_token_stream().to_string().replace(' ', "");
@@ -74,12 +71,7 @@ impl ModelArgs {
                     &meta.path,
                     format!("unknown minos {attribute} attribute `{key}`; expected `name = \"...\"` or `crate = \"...\"`"),
                 );
-                // Skip the unknown key's value so the keys after it are still checked.
-                if meta.input.peek(syn::Token![=]) {
-                    meta.value()?.parse::<syn::Expr>()?;
-                } else if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
-                    meta.parse_nested_meta(|_| Ok(()))?;
-                }
+                skip_value(&meta)?;
             }
             Ok(())
         });
@@ -99,12 +91,8 @@ pub(crate) fn parse_schema_args(cx: &Ctxt, args: TokenStream) -> Option<Path> {
     let mut krate = Attr::none(cx, CRATE);
     let parser = syn::meta::parser(|meta: ParseNestedMeta<'_>| {
         if meta.path == CRATE {
-            let lit: LitStr = meta.value()?.parse()?;
-            match lit.parse::<Path>() {
-                Ok(path) => krate.set(&meta.path, path),
-                Err(_) => {
-                    cx.error_spanned_by(&lit, "`crate` takes a path, like `crate = \"::minos\"`")
-                }
+            if let Some(path) = crate_path(cx, &meta)? {
+                krate.set(&meta.path, path);
             }
         } else {
             let key = meta.path.to_token_stream().to_string().replace(' ', "");
@@ -116,11 +104,7 @@ pub(crate) fn parse_schema_args(cx: &Ctxt, args: TokenStream) -> Option<Path> {
                      item or its fields, serde's in `#[serde(..)]`"
                 ),
             );
-            if meta.input.peek(syn::Token![=]) {
-                meta.value()?.parse::<syn::Expr>()?;
-            } else if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
-                meta.parse_nested_meta(|_| Ok(()))?;
-            }
+            skip_value(&meta)?;
         }
         Ok(())
     });
@@ -128,4 +112,26 @@ pub(crate) fn parse_schema_args(cx: &Ctxt, args: TokenStream) -> Option<Path> {
         cx.syn_error(error);
     }
     krate.get()
+}
+
+/// Skips an unknown key's value (`key = expr` or `key(..)`), so the keys after it are still checked.
+pub(crate) fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+    if meta.input.peek(syn::Token![=]) {
+        meta.value()?.parse::<syn::Expr>()?;
+    } else if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+        meta.parse_nested_meta(|_| Ok(()))?;
+    }
+    Ok(())
+}
+
+/// The path of `crate = "path"`; `None` after reporting a literal that is not a path.
+pub(crate) fn crate_path(cx: &Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<Option<Path>> {
+    let lit: LitStr = meta.value()?.parse()?;
+    match lit.parse::<Path>() {
+        Ok(path) => Ok(Some(path)),
+        Err(_) => {
+            cx.error_spanned_by(&lit, "`crate` takes a path, like `crate = \"::minos\"`");
+            Ok(None)
+        }
+    }
 }

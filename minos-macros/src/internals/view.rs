@@ -6,6 +6,7 @@ use syn::meta::ParseNestedMeta;
 use syn::spanned::Spanned;
 use syn::{Field, Fields, GenericArgument, ItemStruct, LitInt, LitStr, Path, PathArguments, Type};
 
+use super::attr::crate_path;
 use super::ctxt::Ctxt;
 
 /// How a field is stored (mirrors the runtime's `ColumnKind`).
@@ -90,12 +91,8 @@ pub(crate) fn parse_args(cx: &Ctxt, args: TokenStream) -> ViewArgs {
                 ),
             }
         } else if meta.path.is_ident("crate") {
-            let lit: LitStr = meta.value()?.parse()?;
-            match lit.parse::<Path>() {
-                Ok(path) => out.krate = Some(path),
-                Err(_) => {
-                    cx.error_spanned_by(&lit, "`crate` takes a path, like `crate = \"::minos\"`")
-                }
+            if let Some(path) = crate_path(cx, &meta)? {
+                out.krate = Some(path);
             }
         } else {
             let key = meta.path.to_token_stream().to_string().replace(' ', "");

@@ -55,6 +55,9 @@ pub struct Scenario {
     /// Where the events stored so far (givens, answers) stand: sent with every request, so queries
     /// of views wait until the views have applied them.
     written: Mutex<Consistency>,
+    /// The id of the last event seen in the store: the next `when` reads on from it, not from the
+    /// start.
+    last_event: std::sync::atomic::AtomicI64,
 }
 
 impl Scenario {
@@ -73,6 +76,7 @@ impl Scenario {
             service,
             broker,
             written: Mutex::default(),
+            last_event: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -216,8 +220,33 @@ impl Scenario {
 
     async fn mark(&self) -> Mark {
         Mark {
-            event: last_event_id(&self.service).await,
+            event: self.last_event_id().await,
             message: self.broker.len(),
+        }
+    }
+
+    /// The id of the newest event in the store, read on from the last one seen.
+    async fn last_event_id(&self) -> i64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let store = self.service.context().repository().store().clone();
+        let mut after = self.last_event.load(Relaxed);
+        loop {
+            let filter = EventFilter {
+                after_id: Some(after),
+                limit: Some(1_000),
+                ..EventFilter::default()
+            };
+            let events = store
+                .events(&filter)
+                .await
+                .unwrap_or_else(|e| panic!("reading the event store: {e}"));
+            match events.last() {
+                Some(last) => after = last.id,
+                None => {
+                    self.last_event.store(after, Relaxed);
+                    return after;
+                }
+            }
         }
     }
 
@@ -255,26 +284,6 @@ impl Scenario {
 struct Mark {
     event: i64,
     message: usize,
-}
-
-async fn last_event_id(service: &TestService) -> i64 {
-    let store = service.context().repository().store().clone();
-    let mut after = 0;
-    loop {
-        let filter = EventFilter {
-            after_id: Some(after),
-            limit: Some(1_000),
-            ..EventFilter::default()
-        };
-        let events = store
-            .events(&filter)
-            .await
-            .unwrap_or_else(|e| panic!("reading the event store: {e}"));
-        match events.last() {
-            Some(last) => after = last.id,
-            None => return after,
-        }
-    }
 }
 
 /// What one `when_…` led to: the answer at once, the events stored and the messages published as

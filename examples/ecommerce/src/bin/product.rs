@@ -103,6 +103,32 @@ async fn products(quantities: &BTreeMap<Uuid, i64>) -> Result<Vec<Root<Product>>
     Ok(found)
 }
 
+/// Applies `change` to the stock of every product in `quantities` (with its quantity), all or
+/// nothing: when it refuses one (returns false), nothing is saved and the error names those refused.
+async fn change_stock(
+    quantities: &BTreeMap<Uuid, i64>,
+    change: impl Fn(&mut Inventory, i64) -> bool,
+) -> Result<Response> {
+    let mut products = products(quantities).await?;
+    let mut short = Vec::new();
+    for product in &mut products {
+        let wanted = quantities[&product.uuid()];
+        if !change(&mut product.inventory, wanted) {
+            short.push(product.uuid().to_string());
+        }
+    }
+    if !short.is_empty() {
+        return Err(Error::bad_request(format!(
+            "There is not enough product amount: {}",
+            short.join(", ")
+        )));
+    }
+    for product in &mut products {
+        product.save().await?;
+    }
+    Ok(Response::json(Value::Null))
+}
+
 pub struct ProductCommandService;
 
 #[command_service]
@@ -220,27 +246,14 @@ impl ProductCommandService {
     #[enroute(broker = "ReserveProducts", request = Quantities)]
     async fn reserve_products(&self, request: Request) -> Result<Response> {
         let Quantities { quantities } = request.content()?;
-        let mut products = products(&quantities).await?;
-        let short: Vec<String> = products
-            .iter()
-            .filter(|p| {
-                let wanted = quantities[&p.uuid()];
-                p.inventory.amount - p.inventory.reserved < wanted
-                    || p.inventory.reserved + wanted < 0
-            })
-            .map(|p| p.uuid().to_string())
-            .collect();
-        if !short.is_empty() {
-            return Err(Error::bad_request(format!(
-                "There is not enough product amount: {}",
-                short.join(", ")
-            )));
-        }
-        for product in &mut products {
-            product.inventory.reserved += quantities[&product.uuid()];
-            product.save().await?;
-        }
-        Ok(Response::json(Value::Null))
+        change_stock(&quantities, |stock, wanted| {
+            if stock.amount - stock.reserved < wanted || stock.reserved + wanted < 0 {
+                return false;
+            }
+            stock.reserved += wanted;
+            true
+        })
+        .await
     }
 
     /// Turns reserved units into sold ones (a negative quantity undoes a purchase): all of them, or
@@ -248,29 +261,16 @@ impl ProductCommandService {
     #[enroute(broker = "PurchaseProducts", request = Quantities)]
     async fn purchase_products(&self, request: Request) -> Result<Response> {
         let Quantities { quantities } = request.content()?;
-        let mut products = products(&quantities).await?;
-        let short: Vec<String> = products
-            .iter()
-            .filter(|p| {
-                let wanted = quantities[&p.uuid()];
-                p.inventory.amount < wanted || p.inventory.sold + wanted < 0
-            })
-            .map(|p| p.uuid().to_string())
-            .collect();
-        if !short.is_empty() {
-            return Err(Error::bad_request(format!(
-                "There is not enough product amount: {}",
-                short.join(", ")
-            )));
-        }
-        for product in &mut products {
-            let wanted = quantities[&product.uuid()];
-            product.inventory.amount -= wanted;
-            product.inventory.reserved = (product.inventory.reserved - wanted).max(0);
-            product.inventory.sold += wanted;
-            product.save().await?;
-        }
-        Ok(Response::json(Value::Null))
+        change_stock(&quantities, |stock, wanted| {
+            if stock.amount < wanted || stock.sold + wanted < 0 {
+                return false;
+            }
+            stock.amount -= wanted;
+            stock.reserved = (stock.reserved - wanted).max(0);
+            stock.sold += wanted;
+            true
+        })
+        .await
     }
 }
 

@@ -2,42 +2,19 @@
 //! (a schema each) and Kafka, each on a free port, all with one `auth:` secret.
 #![allow(dead_code)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use minos_support::http::Client;
 use minos_support::postgres::fresh_schema_url;
-use minos_support::process::{eventually, minos_binary, spawn_listening};
+use minos_support::process::{eventually, minos_binary, start_process, Process};
 
 /// The secret every process of a test system shares (`auth.secret`).
 pub const SECRET: &str = "ecommerce-test-secret";
 
-pub struct Process {
-    pub child: Child,
-    pub addr: String,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 pub fn spawn(mut command: Command, label: &str) -> Process {
-    command
-        .env("RUST_LOG", "info")
-        .env("MINOS_HTTP_HOST", "127.0.0.1")
-        .env("MINOS_HTTP_PORT", "0")
-        .env("MINOS_AUTH_SECRET", SECRET)
-        .stderr(Stdio::inherit());
-    let started = spawn_listening(&mut command, label, Duration::from_secs(90));
-    let lines = started.lines;
-    std::thread::spawn(move || while lines.recv().is_ok() {});
-    Process {
-        child: started.child,
-        addr: started.addr,
-    }
+    command.env("MINOS_AUTH_SECRET", SECRET);
+    start_process(command, label)
 }
 
 pub fn minos() -> Command {

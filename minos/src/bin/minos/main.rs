@@ -26,6 +26,7 @@
 //! from `discovery.url` (`MINOS_DISCOVERY_URL`, default `http://127.0.0.1:5567`), the `gateway:` section
 //! (`MINOS_GATEWAY_TIMEOUT_MS`, …), `http.body_limit`, and `auth:` to check tokens at the edge.
 
+mod deploy;
 mod logs;
 mod ops;
 mod project;
@@ -62,7 +63,7 @@ enum Command {
     Deploy {
         /// What to write.
         #[arg(value_enum, default_value_t)]
-        target: project::Target,
+        target: deploy::Target,
     },
     /// Print a root entity's events, oldest first, from a service's store: `minos events Foo
     /// 1a2b… --config config.yml`.
@@ -143,7 +144,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::New(what) => return finish(project::new(what)),
         Command::Set(what) => return finish(project::set(what)),
-        Command::Deploy { target } => return finish(project::deploy(target)),
+        Command::Deploy { target } => return finish(deploy::deploy(target)),
         Command::Events(args) => ops::events(args),
         Command::Sagas(args) => ops::sagas(args),
         Command::DeadLetters(args) => ops::dead_letters(args),

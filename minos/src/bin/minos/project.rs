@@ -1,5 +1,5 @@
-//! `minos new project`, `minos new microservice`, `minos set` and `minos deploy`: a project's files,
-//! written whole or not at all.
+//! `minos new project`, `minos new microservice` and `minos set`: a project's files, written whole or
+//! not at all.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 /// The file marking a project's root.
 const MARKER: &str = "minos.toml";
 /// Where a project's services live.
-const SERVICES: &str = "microservices";
+pub(crate) const SERVICES: &str = "microservices";
 /// The first service's port; each new service takes the next free one.
-const FIRST_PORT: u16 = 4545;
+pub(crate) const FIRST_PORT: u16 = 4545;
 
 /// What `minos new` creates.
 #[derive(clap::Subcommand)]
@@ -66,16 +66,6 @@ pub(crate) enum Set {
     },
 }
 
-/// What `minos deploy` writes.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
-pub(crate) enum Target {
-    /// A Dockerfile per service and `deploy/docker-compose.yml`.
-    #[default]
-    Compose,
-    /// A Dockerfile per service and `deploy/kubernetes/*.yaml` (a Deployment and a Service each).
-    Kubernetes,
-}
-
 pub(crate) fn new(what: New) -> Result<()> {
     match what {
         New::Project { name, minos_path } => new_project(&name, minos_path.as_deref()),
@@ -83,13 +73,13 @@ pub(crate) fn new(what: New) -> Result<()> {
     }
 }
 
-type Result<T, E = String> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = String> = std::result::Result<T, E>;
 
-fn failed(message: impl Into<String>) -> String {
+pub(crate) fn failed(message: impl Into<String>) -> String {
     message.into()
 }
 
-fn io(what: &str, path: &Path, error: std::io::Error) -> String {
+pub(crate) fn io(what: &str, path: &Path, error: std::io::Error) -> String {
     failed(format!("{what} {}: {error}", path.display()))
 }
 
@@ -278,7 +268,7 @@ fn new_project(name: &str, minos_path: Option<&Path>) -> Result<()> {
 }
 
 /// The project containing the working directory: the nearest directory up with a `minos.toml`.
-fn project_root() -> Result<PathBuf> {
+pub(crate) fn project_root() -> Result<PathBuf> {
     let here = std::env::current_dir().map_err(|e| failed(format!("no working directory: {e}")))?;
     here.ancestors()
         .find(|dir| dir.join(MARKER).is_file())
@@ -292,7 +282,7 @@ fn project_root() -> Result<PathBuf> {
 }
 
 /// The project's services: directories of `microservices/` holding a `config.yml`, by name.
-fn services(root: &Path) -> Result<Vec<String>> {
+pub(crate) fn services(root: &Path) -> Result<Vec<String>> {
     let dir = root.join(SERVICES);
     let mut found = Vec::new();
     if let Ok(entries) = fs::read_dir(&dir) {
@@ -309,7 +299,7 @@ fn services(root: &Path) -> Result<Vec<String>> {
 }
 
 /// The top-level scalar `key:` of a generated `config.yml`, and the `port:` of its `http:` section.
-fn config_port(config: &str) -> Option<u16> {
+pub(crate) fn config_port(config: &str) -> Option<u16> {
     let mut in_http = false;
     for line in config.lines() {
         if !line.starts_with(' ') && !line.starts_with('#') {
@@ -610,299 +600,6 @@ pub(crate) fn set(what: Set) -> Result<()> {
         println!("{service}: {key}: {value}");
     }
     Ok(())
-}
-
-pub(crate) fn deploy(target: Target) -> Result<()> {
-    let root = project_root()?;
-    let services = services(&root)?;
-    if services.is_empty() {
-        return Err(failed(
-            "the project has no microservices to deploy: `minos new microservice NAME` creates one",
-        ));
-    }
-    let project = root.file_name().map_or_else(
-        || "project".to_owned(),
-        |n| n.to_string_lossy().into_owned(),
-    );
-    let mut files: Vec<(PathBuf, String)> = Vec::new();
-    let mut ports = Vec::new();
-    for service in &services {
-        let config_path = root.join(SERVICES).join(service).join("config.yml");
-        let config =
-            fs::read_to_string(&config_path).map_err(|e| io("cannot read", &config_path, e))?;
-        let port = config_port(&config).unwrap_or(FIRST_PORT);
-        ports.push(port);
-        files.push((
-            root.join(SERVICES).join(service).join("Dockerfile"),
-            dockerfile(service, port),
-        ));
-    }
-    match target {
-        Target::Compose => files.push((
-            root.join("deploy").join("docker-compose.yml"),
-            compose(&project, &services, &ports),
-        )),
-        Target::Kubernetes => {
-            for (service, port) in services.iter().zip(&ports) {
-                files.push((
-                    root.join("deploy")
-                        .join("kubernetes")
-                        .join(format!("{service}.yaml")),
-                    kubernetes(service, *port),
-                ));
-            }
-            files.push((
-                root.join("deploy").join("kubernetes").join("minos.yaml"),
-                kubernetes_infrastructure(),
-            ));
-        }
-    }
-    // Each file whole: written beside itself, then renamed over.
-    for (path, content) in &files {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
-        }
-        let staged = path.with_extension("minos-new");
-        fs::write(&staged, content)
-            .and_then(|()| fs::rename(&staged, path))
-            .map_err(|e| {
-                let _ = fs::remove_file(&staged);
-                io("cannot write", path, e)
-            })?;
-        println!(
-            "wrote {}",
-            path.strip_prefix(&root).unwrap_or(path).display()
-        );
-    }
-    Ok(())
-}
-
-fn dockerfile(service: &str, port: u16) -> String {
-    format!(
-        r#"# The {service} service's image, built from the project's root:
-#   docker build -f microservices/{service}/Dockerfile -t {service} .
-FROM rust:1-bookworm AS build
-WORKDIR /src
-COPY . .
-RUN cargo build --release --locked -p {service}
-
-FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
-    && rm -rf /var/lib/apt/lists/*
-COPY --from=build /src/target/release/{service} /usr/local/bin/{service}
-COPY microservices/{service}/config.yml /etc/{service}/config.yml
-ENV MINOS_CONFIG=/etc/{service}/config.yml MINOS_HTTP_HOST=0.0.0.0
-WORKDIR /var/lib/{service}
-EXPOSE {port}
-HEALTHCHECK CMD ["/bin/sh", "-c", "exec 3<>/dev/tcp/127.0.0.1/{port}"]
-CMD ["/usr/local/bin/{service}"]
-"#
-    )
-}
-
-fn compose(project: &str, services: &[String], ports: &[u16]) -> String {
-    let mut out = format!(
-        r#"# The {project} system: PostgreSQL, Kafka, the registry, the API gateway and every service.
-#   docker compose -f deploy/docker-compose.yml up --build
-# The gateway answers on localhost:5566; written by `minos deploy`, written again each time.
-name: {project}
-services:
-  postgres:
-    image: postgres:16
-    environment:
-      POSTGRES_PASSWORD: postgres
-    healthcheck:
-      test: ["CMD", "pg_isready", "-U", "postgres"]
-      interval: 2s
-      retries: 30
-
-  kafka:
-    image: apache/kafka:3.9.0
-    environment:
-      KAFKA_NODE_ID: 1
-      KAFKA_PROCESS_ROLES: broker,controller
-      KAFKA_LISTENERS: PLAINTEXT://:9092,CONTROLLER://:9093
-      KAFKA_ADVERTISED_LISTENERS: PLAINTEXT://kafka:9092
-      KAFKA_CONTROLLER_LISTENER_NAMES: CONTROLLER
-      KAFKA_CONTROLLER_QUORUM_VOTERS: 1@localhost:9093
-      KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR: 1
-
-  discovery:
-    build:
-      context: ..
-      dockerfile: deploy/minos.Dockerfile
-    command: ["minos", "discovery"]
-    environment:
-      MINOS_HTTP_HOST: 0.0.0.0
-      MINOS_STORAGE: postgresql://postgres:postgres@postgres:5432/postgres?schema=discovery
-    depends_on:
-      postgres:
-        condition: service_healthy
-
-  gateway:
-    build:
-      context: ..
-      dockerfile: deploy/minos.Dockerfile
-    command: ["minos", "gateway"]
-    environment:
-      MINOS_HTTP_HOST: 0.0.0.0
-      MINOS_DISCOVERY_URL: http://discovery:5567
-    ports:
-      - "5566:5566"
-    depends_on:
-      - discovery
-"#
-    );
-    for (service, port) in services.iter().zip(ports) {
-        let schema = service.replace('-', "_");
-        let _ = write!(
-            out,
-            r#"
-  {service}:
-    build:
-      context: ..
-      dockerfile: microservices/{service}/Dockerfile
-    environment:
-      MINOS_STORAGE: postgresql://postgres:postgres@postgres:5432/postgres?schema={schema}
-      MINOS_BROKER: kafka://kafka:9092
-      MINOS_DISCOVERY_URL: http://discovery:5567
-      MINOS_DISCOVERY_ADDRESS: {service}
-      MINOS_HTTP_PORT: "{port}"
-    depends_on:
-      postgres:
-        condition: service_healthy
-      kafka:
-        condition: service_started
-      discovery:
-        condition: service_started
-"#
-        );
-    }
-    out
-}
-
-fn kubernetes(service: &str, port: u16) -> String {
-    let schema = service.replace('-', "_");
-    format!(
-        r#"# The {service} service: a Deployment and its Service. Written by `minos deploy kubernetes`.
-# PostgreSQL, Kafka and the registry are expected at the addresses below (minos.yaml runs the
-# registry and the gateway).
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {service}
-  labels:
-    app: {service}
-spec:
-  replicas: 1
-  selector:
-    matchLabels:
-      app: {service}
-  template:
-    metadata:
-      labels:
-        app: {service}
-    spec:
-      containers:
-        - name: {service}
-          image: {service}:latest
-          ports:
-            - containerPort: {port}
-          env:
-            - name: MINOS_STORAGE
-              value: postgresql://postgres:postgres@postgres:5432/postgres?schema={schema}
-            - name: MINOS_BROKER
-              value: kafka://kafka:9092
-            - name: MINOS_DISCOVERY_URL
-              value: http://discovery:5567
-            - name: MINOS_DISCOVERY_ADDRESS
-              value: {service}
-            - name: MINOS_HTTP_PORT
-              value: "{port}"
-          readinessProbe:
-            httpGet:
-              path: /system/health
-              port: {port}
-          livenessProbe:
-            httpGet:
-              path: /system/live
-              port: {port}
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: {service}
-spec:
-  selector:
-    app: {service}
-  ports:
-    - port: {port}
-      targetPort: {port}
-"#
-    )
-}
-
-fn kubernetes_infrastructure() -> String {
-    let mut out = String::from(
-        "# The registry and the API gateway (image `minos`, built from deploy/minos.Dockerfile).\n",
-    );
-    for (index, (name, port, command)) in [
-        ("discovery", 5567, "discovery"),
-        ("gateway", 5566, "gateway"),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        if index > 0 {
-            out.push_str("---\n");
-        }
-        let extra = if name == "gateway" {
-            "\n            - name: MINOS_DISCOVERY_URL\n              value: http://discovery:5567"
-        } else {
-            ""
-        };
-        let _ = write!(
-            out,
-            r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-  labels:
-    app: {name}
-spec:
-  replicas: 1
-  selector:
-    matchLabels:
-      app: {name}
-  template:
-    metadata:
-      labels:
-        app: {name}
-    spec:
-      containers:
-        - name: {name}
-          image: minos:latest
-          command: ["minos", "{command}"]
-          ports:
-            - containerPort: {port}
-          env:
-            - name: MINOS_HTTP_HOST
-              value: 0.0.0.0{extra}
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: {name}
-spec:
-  selector:
-    app: {name}
-  ports:
-    - port: {port}
-      targetPort: {port}
-"#
-        );
-    }
-    out
 }
 
 #[cfg(test)]
