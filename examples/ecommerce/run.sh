@@ -15,7 +15,7 @@ postgres="${MINOS_POSTGRES:-postgresql://postgres@127.0.0.1:5432/test}"
 # One secret signs and checks every token (the authentication service issues them at GET /login).
 export MINOS_AUTH_SECRET="${MINOS_AUTH_SECRET:-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
 kafka="${MINOS_KAFKA:-127.0.0.1:9092}"
-services=(authentication customer product payment)
+services=(authentication customer product cart ticket payment order review)
 
 cargo build --release -q -p minos --bin minos
 cargo build --release -q -p minos-ecommerce --bins

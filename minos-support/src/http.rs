@@ -80,6 +80,10 @@ impl Client {
         let result = match (method, body) {
             ("GET", None) => self.authorized(self.agent.get(&url)).call(),
             ("DELETE", None) => self.authorized(self.agent.delete(&url)).call(),
+            ("DELETE", Some(body)) => self
+                .authorized(self.agent.delete(&url).force_send_body())
+                .header("content-type", "application/json")
+                .send(body),
             ("POST", body) => self
                 .authorized(self.agent.post(&url))
                 .header("content-type", "application/json")

@@ -39,3 +39,79 @@ pub fn own_or_admin(request: &minos::Request, owner: minos::Uuid) -> minos::Resu
         )),
     }
 }
+
+/// How long a request waits for the saga it started to end.
+pub const SAGA_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs `saga` with `context` for the caller and waits for its end: the finished execution, or a 400
+/// carrying the reason it failed (a step's refusal, a refused reservation), as the original answered a
+/// failed saga with an error.
+pub async fn run_saga(
+    sagas: &minos::saga::SagaManager,
+    saga: &minos::saga::SagaDefinition,
+    context: minos::saga::SagaContext,
+) -> minos::Result<minos::saga::SagaExecution> {
+    let started = sagas.run(saga, context).await?;
+    let execution = sagas.wait(started.uuid, SAGA_WAIT).await?;
+    if execution.status != minos::saga::ExecutionStatus::Finished {
+        return Err(minos::Error::bad_request(
+            execution
+                .error
+                .unwrap_or_else(|| format!("the saga {} failed", saga.name())),
+        ));
+    }
+    Ok(execution)
+}
+
+/// The uuid a command acts on: the `{uuid}` of its REST path, or `uuid` in the content of its broker
+/// message (as the original's broker commands carry it).
+pub fn target(request: &minos::Request) -> minos::Result<minos::Uuid> {
+    if request.params().contains_key("uuid") {
+        return request.param("uuid");
+    }
+    request
+        .json()
+        .get("uuid")
+        .and_then(Value::as_str)
+        .and_then(|u| u.parse().ok())
+        .ok_or_else(|| minos::Error::bad_request("`uuid` must be the uuid this command acts on"))
+}
+
+/// A uuid field of a JSON body.
+pub fn uuid_field(content: &Value, name: &str) -> minos::Result<minos::Uuid> {
+    content
+        .get(name)
+        .and_then(Value::as_str)
+        .and_then(|u| u.parse().ok())
+        .ok_or_else(|| minos::Error::bad_request(format!("`{name}` must be a uuid")))
+}
+
+/// The customer the caller is (the token's subject), as a uuid.
+pub fn caller(request: &minos::Request) -> minos::Result<minos::Uuid> {
+    request.user().and_then(|u| u.parse().ok()).ok_or_else(|| {
+        minos::Error::with_status(
+            401,
+            "this route needs the customer's access token: log in with GET /login",
+        )
+    })
+}
+
+/// Query-string parameter `name`, else the same key of the JSON body (where the original read it), else
+/// `default`.
+pub fn option<T: std::str::FromStr + serde::de::DeserializeOwned>(
+    request: &minos::Request,
+    name: &str,
+    default: T,
+) -> minos::Result<T> {
+    if let Some(text) = request.params().get(name) {
+        return text.parse().map_err(|_| {
+            minos::Error::bad_request(format!("`{name}`: `{text}` is not valid here"))
+        });
+    }
+    match request.json().get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(value) => serde_json::from_value(value.clone()).map_err(|_| {
+            minos::Error::bad_request(format!("`{name}`: `{value}` is not valid here"))
+        }),
+    }
+}

@@ -5,50 +5,12 @@
 
 mod support;
 
+use support::{login, register};
+
 use std::time::Duration;
 
-use minos_support::http::Client;
 use minos_support::process::eventually;
 use serde_json::{json, Value};
-
-fn basic(username: &str, password: &str) -> String {
-    // RFC 4648 base64 of `username:password`, written out to keep the test free of a dependency.
-    const TABLE: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes = format!("{username}:{password}").into_bytes();
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    format!("Basic {out}")
-}
-
-fn login(api: &Client, username: &str, password: &str) -> (u16, Value) {
-    let answer = api
-        .clone()
-        .with_header("authorization", &basic(username, password))
-        .get("/login")
-        .unwrap();
-    (answer.status, answer.json())
-}
-
-fn register(api: &Client, username: &str, name: &str) -> (u16, Value) {
-    let body = json!({
-        "username": username, "password": "correct horse",
-        "name": name, "surname": "Liddell", "address": {"street": "Rabbit Hole", "street_no": 1},
-    });
-    let answer = api.post("/login", &body.to_string()).unwrap();
-    (answer.status, answer.json())
-}
 
 #[test]
 fn customers_register_log_in_and_act_on_their_own_data_only() {

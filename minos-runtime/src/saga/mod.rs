@@ -101,6 +101,12 @@ impl SagaContext {
         self.0.contains_key(key)
     }
 
+    /// Removes `key` and returns its value: a secret a step needed (a card number, a password hash)
+    /// should not stay in the stored execution once that step is done.
+    pub fn remove(&mut self, key: &str) -> Option<Value> {
+        self.0.remove(key)
+    }
+
     /// The raw values.
     pub fn as_map(&self) -> &Map<String, Value> {
         &self.0

@@ -295,7 +295,7 @@ async fn customer_refused(_ctx: SagaContext, response: SagaResponse) -> Result<S
 }
 
 /// Step 2 (local): the credentials, unless the username was taken meanwhile.
-async fn create_credentials(ctx: SagaContext) -> Result<SagaContext> {
+async fn create_credentials(mut ctx: SagaContext) -> Result<SagaContext> {
     let username: String = ctx.get("username")?;
     if by_username(&username).await?.is_some() {
         return Err(Error::bad_request(format!(
@@ -309,6 +309,8 @@ async fn create_credentials(ctx: SagaContext) -> Result<SagaContext> {
         user: ctx.get("user")?,
     })
     .await?;
+    // The hash is in the credentials now: the stored execution does not keep a copy.
+    ctx.remove("password");
     Ok(ctx)
 }
 

@@ -1,6 +1,6 @@
 //! The payment service: `POST /payments` and `CreatePayment` (the order saga's payment step) record a
 //! payment. As in the original, nothing is charged. Unlike it, the card number is checked (12 to 19
-//! digits) and only its last four digits are stored and published: a full card number is not data a
+//! digits, and the Luhn check digit every card number has) and only its last four digits are stored and published: a full card number is not data a
 //! service should keep. The answer to the request that carried the number repeats it, as the original's
 //! clients expect.
 
@@ -42,7 +42,30 @@ fn card_digits(number: &Value) -> Result<String> {
             "`credit_number` must have 12 to 19 digits",
         ));
     }
+    if !luhn(&digits) {
+        return Err(Error::bad_request(
+            "`credit_number` is not a valid card number (its check digit is wrong)",
+        ));
+    }
     Ok(digits)
+}
+
+/// The Luhn check every card number passes.
+fn luhn(digits: &str) -> bool {
+    let sum: u32 = digits
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = u32::from(b - b'0');
+            match (i % 2, d * 2) {
+                (0, _) => d,
+                (_, doubled) if doubled > 9 => doubled - 9,
+                (_, doubled) => doubled,
+            }
+        })
+        .sum();
+    sum % 10 == 0
 }
 
 pub struct PaymentCommandService;

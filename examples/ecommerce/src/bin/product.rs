@@ -2,8 +2,9 @@
 //! `PUT|PATCH /products/{uuid}`, `PUT|PATCH /products/{uuid}/inventory`, `DELETE /products/{uuid}`,
 //! `GET /products`, `GET /products/{uuid}`, `GET /products/without-stock`. Broker: `CreateProduct`,
 //! `ReserveProducts` and `PurchaseProducts` (the cart's and the order's saga steps; a negative quantity
-//! releases), `GetProductsWithoutStock`. The query side keeps `ProductView` (with the reviews' count
-//! and average score) from the product and review events.
+//! releases), `GetProductsWithoutStock`. The query side keeps `ProductView` from the product events and
+//! `ProductReview` (each review's score) from the review service's, and answers each product with the
+//! number of its reviews and their average score (`reviews_count`, `reviews_score`).
 
 use std::collections::BTreeMap;
 
@@ -283,22 +284,58 @@ pub struct ProductView {
     pub title: String,
     pub description: String,
     pub price: f64,
-    pub reviews_count: i64,
-    pub reviews_score: f64,
     #[index]
     pub inventory_amount: i64,
 }
 
-fn dto(view: &ProductView) -> Value {
-    json!({
-        "uuid": view.uuid,
-        "code": view.code,
-        "title": view.title,
-        "description": view.description,
-        "price": view.price,
-        "reviews_count": view.reviews_count,
-        "reviews_score": view.reviews_score,
-    })
+/// The score of each review, by product, kept from the review service's events.
+#[view]
+pub struct ProductReview {
+    #[key]
+    pub uuid: Uuid,
+    #[index]
+    pub product: Uuid,
+    pub score: i64,
+}
+
+/// What a review event says of the product and the score.
+#[derive(Deserialize)]
+struct ReviewSeen {
+    product: Uuid,
+    score: i64,
+}
+
+/// The original's `ProductDTO` of each view: with the number of reviews and their average score.
+async fn dtos(views: &[ProductView]) -> Result<Vec<Value>> {
+    let uuids: Vec<Uuid> = views.iter().map(|v| v.uuid).collect();
+    let mut scores: BTreeMap<Uuid, (i64, i64)> = BTreeMap::new();
+    if !uuids.is_empty() {
+        for review in ProductReview::find(Condition::is_in("product", uuids)).await? {
+            let (count, sum) = scores.entry(review.product).or_default();
+            *count += 1;
+            *sum += review.score;
+        }
+    }
+    Ok(views
+        .iter()
+        .map(|view| {
+            let (count, sum) = scores.get(&view.uuid).copied().unwrap_or_default();
+            let average = if count == 0 {
+                0.0
+            } else {
+                sum as f64 / count as f64
+            };
+            json!({
+                "uuid": view.uuid,
+                "code": view.code,
+                "title": view.title,
+                "description": view.description,
+                "price": view.price,
+                "reviews_count": count,
+                "reviews_score": average,
+            })
+        })
+        .collect())
 }
 
 pub struct ProductQueryService;
@@ -315,8 +352,6 @@ impl ProductQueryService {
             title: product.title,
             description: product.description,
             price: product.price,
-            reviews_count: 0,
-            reviews_score: 0.0,
             inventory_amount: product.inventory.amount,
         })
         .await
@@ -350,21 +385,53 @@ impl ProductQueryService {
         Ok(())
     }
 
+    #[enroute(event = "ReviewCreated", view = ProductReview)]
+    async fn review_created(&self, request: Request) -> Result<()> {
+        let event: minos::Event = request.content()?;
+        let review: ReviewSeen = event.decode_fields()?;
+        ProductReview::upsert(&ProductReview {
+            uuid: event.uuid,
+            product: review.product,
+            score: review.score,
+        })
+        .await
+    }
+
+    #[enroute(event = "ReviewUpdated.score", view = ProductReview)]
+    async fn review_rescored(&self, request: Request) -> Result<()> {
+        let event: minos::Event = request.content()?;
+        let Some(mut review) = ProductReview::get(&event.uuid).await? else {
+            return Ok(());
+        };
+        if let Some(score) = event.field("score")? {
+            review.score = score;
+        }
+        ProductReview::upsert(&review).await
+    }
+
+    #[enroute(event = "ReviewDeleted", view = ProductReview)]
+    async fn review_deleted(&self, request: Request) -> Result<()> {
+        let event: minos::Event = request.content()?;
+        ProductReview::delete(&event.uuid).await.map(|_| ())
+    }
+
     /// Every product, by title.
     #[enroute(rest = "GET /products")]
     async fn get_all_products(&self, _request: Request) -> Result<Response> {
         let products = ProductView::find(Condition::True)
             .order_by(Ordering::asc("title"))
             .await?;
-        Ok(Response::json(products.iter().map(dto).collect::<Vec<_>>()))
+        Ok(Response::json(dtos(&products).await?))
     }
 
     /// One product, or `null` when there is none (as the original answers).
     #[enroute(rest = "GET /products/{uuid}")]
     async fn get_product_by_uuid(&self, request: Request) -> Result<Response> {
         let uuid: Uuid = request.param("uuid")?;
-        let found = ProductView::get(&uuid).await?;
-        Ok(Response::json(found.as_ref().map(dto)))
+        let Some(found) = ProductView::get(&uuid).await? else {
+            return Ok(Response::json(Value::Null));
+        };
+        Ok(Response::json(dtos(&[found]).await?.pop()))
     }
 
     /// The products with no unit on hand.
@@ -376,7 +443,7 @@ impl ProductQueryService {
         let products = ProductView::find(Condition::eq("inventory_amount", 0))
             .order_by(Ordering::asc("title"))
             .await?;
-        Ok(Response::json(products.iter().map(dto).collect::<Vec<_>>()))
+        Ok(Response::json(dtos(&products).await?))
     }
 }
 
