@@ -10,7 +10,7 @@ use support::{login, register};
 use std::time::Duration;
 
 use minos_support::process::eventually;
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[test]
 fn customers_register_log_in_and_act_on_their_own_data_only() {
