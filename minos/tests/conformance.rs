@@ -18,3 +18,22 @@ mod sqlite_in_memory {
         )
     });
 }
+
+/// The suite's sample models (`Order`, `Customer`) are in every binary built with the `testing`
+/// feature, as a service's binary is when its tests run: they belong to no service, so such a service
+/// neither owns a `Customer` it never declared nor answers its snapshots or its event log.
+#[test]
+fn the_suites_sample_models_belong_to_no_service() {
+    assert_eq!(
+        <minos::testing::models::Customer as minos::Model>::NAME,
+        "Customer"
+    );
+    let names = minos::registry::root_entity_names();
+    assert!(
+        !names.contains(&"Customer") && !names.contains(&"Order"),
+        "{names:?}"
+    );
+    assert!(minos::registry::models()
+        .iter()
+        .all(|m| !m.rust_type.starts_with("minos::testing::")));
+}
