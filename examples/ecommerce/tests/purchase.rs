@@ -134,6 +134,7 @@ fn the_shop_through_the_gateway() {
     let (_system, api, _dir) = start();
     customers_fill_carts_order_pay_and_review(&api);
     an_order_beyond_the_stock_leaves_nothing_reserved_sold_or_paid(&api);
+    carts_racing_for_one_product_reserve_exactly_what_they_were_told(&api);
 }
 
 fn customers_fill_carts_order_pay_and_review(api: &Client) {
@@ -513,4 +514,44 @@ fn an_order_beyond_the_stock_leaves_nothing_reserved_sold_or_paid(api: &Client) 
     eventually("the deleted cart leaves the query side", WAIT, || {
         get(&as_alice, &format!("/carts/{cart}")).0 == 404
     });
+}
+
+/// Several customers reserve one product at once: each is answered 200 or a 400 to retry (the
+/// product's transaction claim went to another saga), never more than that, and the product holds
+/// exactly the units of the 200s.
+fn carts_racing_for_one_product_reserve_exactly_what_they_were_told(api: &Client) {
+    let cocoa = product(api, "Cocoa 1kg", 2.5, 100);
+    let racers: Vec<(Client, String)> = (0..4)
+        .map(|i| {
+            let (_, client) = customer(api, &format!("Racer{i}"));
+            let cart = ok(&client, "POST", "/carts", json!({}))["uuid"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            (client, cart)
+        })
+        .collect();
+    let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let running: Vec<_> = racers
+            .iter()
+            .map(|(client, cart)| {
+                let cocoa = cocoa.clone();
+                scope.spawn(move || {
+                    call(
+                        client,
+                        "POST",
+                        &format!("/carts/{cart}/items"),
+                        json!({"product_uuid": cocoa, "quantity": 3}),
+                    )
+                })
+            })
+            .collect();
+        running.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let granted = answers.iter().filter(|(status, _)| *status == 200).count() as i64;
+    for (status, answer) in &answers {
+        assert!(*status == 200 || *status == 400, "{status} {answer}");
+    }
+    assert!(granted >= 1, "{answers:?}");
+    assert_eq!(stock(api, &cocoa), (100, 3 * granted, 0), "{answers:?}");
 }
