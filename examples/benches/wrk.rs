@@ -35,7 +35,7 @@ fn main() {
             panic!("`{tool}` is needed: apt-get install wrk postgresql-client");
         }
     }
-    let seconds = scale(8, 1).max(1);
+    let seconds = scale(8, 1).max(1) as u64;
     let dir = tempfile::tempdir().expect("temporary directory");
     let script = dir.path().join("post.lua");
     std::fs::write(
