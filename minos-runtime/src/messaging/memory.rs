@@ -1,19 +1,51 @@
 //! The in-process broker: topics, consumer groups and fan-out inside one process.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::{Broker, BrokerMessage, Delivery, Strategy, Subscription};
 use crate::error::Result;
 
 /// Delivers messages between the services of one process. Messages to a topic nobody subscribed to are
 /// dropped, as a broker with no retention would.
+///
+/// It counts the messages it delivered that are not handled yet; past [`MemoryBroker::HELD_MAX`],
+/// the outbox relay waits ([`Broker::ready_for_more`]), so a burst of writes faster than their
+/// handlers waits in the outbox on disk instead of growing the process's memory.
 #[derive(Debug, Default)]
 pub struct MemoryBroker {
     topics: Mutex<HashMap<String, Vec<Group>>>,
+    held: Arc<Held>,
+}
+
+/// Deliveries not acknowledged or dropped yet, and a wake-up when they fall below the limit.
+#[derive(Debug, Default)]
+struct Held {
+    count: AtomicUsize,
+    below: Notify,
+}
+
+/// One delivery held in memory.
+struct Holding(Arc<Held>);
+
+impl Holding {
+    fn new(held: &Arc<Held>) -> Self {
+        held.count.fetch_add(1, Ordering::Relaxed);
+        Holding(Arc::clone(held))
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        let before = self.0.count.fetch_sub(1, Ordering::Relaxed);
+        if before <= MemoryBroker::HELD_MAX {
+            self.0.below.notify_waiters();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -24,9 +56,17 @@ struct Group {
 }
 
 impl MemoryBroker {
+    /// Unhandled deliveries past which the outbox relay waits.
+    pub const HELD_MAX: usize = 4096;
+
     /// A broker with no subscriptions.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Deliveries not handled yet.
+    pub fn held(&self) -> usize {
+        self.held.count.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<Group>>> {
@@ -49,7 +89,9 @@ impl Broker for MemoryBroker {
             match message.strategy {
                 Strategy::Multicast => {
                     for member in &group.members {
-                        let _ = member.send(Delivery::new(message.clone(), None));
+                        let _ = member.send(
+                            Delivery::new(message.clone(), None).holding(Holding::new(&self.held)),
+                        );
                     }
                 }
                 Strategy::Unicast if !group.members.is_empty() => {
@@ -61,13 +103,32 @@ impl Broker for MemoryBroker {
                             group.next % group.members.len()
                         }
                     };
-                    let _ = group.members[index].send(Delivery::new(message.clone(), None));
+                    let _ = group.members[index].send(
+                        Delivery::new(message.clone(), None).holding(Holding::new(&self.held)),
+                    );
                 }
                 Strategy::Unicast => {}
             }
         }
         groups.retain(|g| !g.members.is_empty());
         Ok(())
+    }
+
+    /// Waits until fewer than [`HELD_MAX`](Self::HELD_MAX) deliveries are unhandled, or a second
+    /// passed: a subscription nobody reads slows the relay down but never stops it.
+    async fn ready_for_more(&self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            let below = self.held.below.notified();
+            tokio::pin!(below);
+            below.as_mut().enable();
+            if self.held() < Self::HELD_MAX {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, below).await.is_err() {
+                return;
+            }
+        }
     }
 
     async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Subscription> {
@@ -92,6 +153,55 @@ impl Broker for MemoryBroker {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn the_relay_waits_while_too_many_deliveries_are_unhandled() {
+        let broker = MemoryBroker::new();
+        let topics = ["FooCreated".to_owned()];
+        let mut sub = broker.subscribe("g", &topics).await.unwrap();
+        for i in 0..MemoryBroker::HELD_MAX {
+            broker
+                .publish(BrokerMessage::new("FooCreated", json!(i)))
+                .await
+                .unwrap();
+        }
+        assert_eq!(broker.held(), MemoryBroker::HELD_MAX);
+        // Full: it waits…
+        let waited = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            broker.ready_for_more(),
+        )
+        .await;
+        assert!(
+            waited.is_err(),
+            "the relay must wait while the deliveries pile up"
+        );
+        // …until handled deliveries make room: one is enough.
+        let handled = sub.next().await.unwrap();
+        handled.ack();
+        assert_eq!(broker.held(), MemoryBroker::HELD_MAX - 1);
+        tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            broker.ready_for_more(),
+        )
+        .await
+        .expect("room again");
+        // A delivery dropped unhandled frees its place too.
+        drop(sub.next().await.unwrap());
+        assert_eq!(broker.held(), MemoryBroker::HELD_MAX - 2);
+        // A subscription nobody reads slows the relay down but never stops it.
+        for i in 0..10 {
+            broker
+                .publish(BrokerMessage::new("FooCreated", json!(i)))
+                .await
+                .unwrap();
+        }
+        let started = std::time::Instant::now();
+        broker.ready_for_more().await;
+        assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+        drop(sub);
+        assert_eq!(broker.held(), 0, "a closed subscription holds nothing");
+    }
 
     #[tokio::test]
     async fn each_group_gets_each_message_once() {

@@ -147,6 +147,9 @@ pub struct Delivery {
     /// The message.
     pub message: BrokerMessage,
     ack: Option<Box<dyn FnOnce() + Send>>,
+    /// Held until the delivery is acknowledged or dropped (the in-process broker counts with it the
+    /// messages it holds in memory).
+    _held: Option<Box<dyn Send + Sync>>,
 }
 
 impl fmt::Debug for Delivery {
@@ -160,7 +163,17 @@ impl fmt::Debug for Delivery {
 impl Delivery {
     /// A delivery with an acknowledgement callback.
     pub fn new(message: BrokerMessage, ack: Option<Box<dyn FnOnce() + Send>>) -> Self {
-        Delivery { message, ack }
+        Delivery {
+            message,
+            ack,
+            _held: None,
+        }
+    }
+
+    /// This delivery, holding `guard` until it is acknowledged or dropped.
+    pub(crate) fn holding(mut self, guard: impl Send + Sync + 'static) -> Self {
+        self._held = Some(Box::new(guard));
+        self
     }
 
     /// Marks the message handled.
@@ -219,6 +232,11 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     async fn ping(&self) -> Result<()> {
         Ok(())
     }
+
+    /// Waits while the broker holds too many undelivered messages in this process's memory. The
+    /// outbox relay calls it before each batch, so a burst of writes waits in the durable outbox
+    /// instead of in memory. Brokers that keep messages elsewhere (Kafka) answer at once.
+    async fn ready_for_more(&self) {}
 }
 
 /// A shared broker.

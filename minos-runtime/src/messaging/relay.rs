@@ -83,6 +83,7 @@ impl OutboxRelay {
     pub async fn relay_pending(&self) -> Result<usize> {
         let mut sent = 0;
         loop {
+            self.broker.ready_for_more().await;
             let records = self.store.pending(self.batch).await?;
             if records.is_empty() {
                 return Ok(sent);
