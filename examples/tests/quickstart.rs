@@ -127,6 +127,22 @@ fn quickstart_over_http() {
     );
     let empty_bar = client.post("/foos", r#"{"bar": " "}"#).unwrap();
     assert_eq!(empty_bar.status, 400);
+    // A NUL character is refused the same way on every backend (PostgreSQL cannot store it).
+    let nul = client.post("/foos", r#"{"bar": "a\u0000b"}"#).unwrap();
+    assert_eq!(nul.status, 400, "{}", nul.body);
+    assert!(nul.body.contains("NUL character"), "{}", nul.body);
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    for hostile in [r#"{"bar": "\ud800"}"#, r#"{"bar": 1e400}"#, deep.as_str()] {
+        let refused = client.post("/foos", hostile).unwrap();
+        assert_eq!(refused.status, 400, "{hostile:.40}: {}", refused.body);
+        assert!(refused.body.contains("malformed JSON"), "{}", refused.body);
+    }
+    let escaped = client.post("/foos", r#"{"bar": "a\\u0000b"}"#).unwrap();
+    assert_eq!(
+        escaped.status, 200,
+        "a backslash and `u0000` are text: {}",
+        escaped.body
+    );
 
     let unknown = client.get("/bars").unwrap();
     assert_eq!(unknown.status, 404);
@@ -162,6 +178,12 @@ fn quickstart_runs_unchanged_on_postgres() {
     let uuid = created.json()["uuid"].as_str().expect("a uuid").to_owned();
     let handled = service.wait_for_line("A Foo was created");
     assert!(handled.contains(&uuid), "{handled}");
+    let nul = service
+        .client
+        .post("/foos", r#"{"bar": "a\u0000b", "note\u0000": 1}"#)
+        .unwrap();
+    assert_eq!(nul.status, 400, "a clear refusal, not a 500: {}", nul.body);
+    assert!(nul.body.contains("NUL character"), "{}", nul.body);
     assert!(service.terminate().success());
 
     let again = Service::start_with(&storage);

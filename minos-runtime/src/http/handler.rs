@@ -81,8 +81,29 @@ async fn read_body(
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(&body)
-        .map_err(|e| error_response(400, format!("malformed JSON body: {e}")))
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| error_response(400, format!("malformed JSON body: {e}")))?;
+    // In valid JSON a NUL character can only come from the escape `\u0000`: look for it only then.
+    if body.windows(6).any(|w| w == b"\\u0000") && holds_nul(&value) {
+        return Err(error_response(
+            400,
+            "a JSON string or key contains the NUL character (\\u0000), which PostgreSQL cannot \
+             store, so no backend accepts it: remove it",
+        ));
+    }
+    Ok(value)
+}
+
+/// Whether a string or key anywhere in `value` contains `\0`.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, item)| key.contains('\0') || holds_nul(item)),
+        _ => false,
+    }
 }
 
 /// Checks the caller against `access` when the service checks tokens: the verified principal (or
