@@ -115,3 +115,28 @@ pub fn option<T: std::str::FromStr + serde::de::DeserializeOwned>(
         }),
     }
 }
+
+/// Waits (up to 5 s) until `caught_up` holds, then returns. A query side follows the events a moment
+/// after the command that made them answered; the shop's query routes first wait for their view to
+/// reach what the write side already holds, so a client reads its own writes without polling.
+pub async fn caught_up<F, Fut>(mut caught_up: F) -> minos::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = minos::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !caught_up().await? && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// The version the write side holds of a root: `None` when there is none or it was deleted.
+pub async fn written<T: RootEntity>(uuid: minos::Uuid) -> minos::Result<Option<u64>> {
+    use minos::RootEntityExt;
+    match T::get(uuid).await {
+        Ok(root) => Ok(Some(root.version())),
+        Err(error) if error.is_not_found() || error.is_deleted() => Ok(None),
+        Err(error) => Err(error),
+    }
+}

@@ -259,12 +259,10 @@ fn customers_fill_carts_order_pay_and_review(api: &Client) {
     );
     assert_eq!(get(&as_bob, &format!("/carts/{cart}")).0, 403);
     assert_eq!(get(&api, &format!("/carts/{cart}")).0, 401);
-    let mut seen = Value::Null;
-    eventually("the cart's query side shows both products", WAIT, || {
-        let (status, answer) = get(&as_alice, &format!("/carts/{cart}"));
-        seen = answer;
-        status == 200 && seen["products"].as_array().is_some_and(|p| p.len() == 2)
-    });
+    // The query routes read their own writes: no polling.
+    let (status, seen) = get(&as_alice, &format!("/carts/{cart}"));
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["products"].as_array().map(Vec::len), Some(2), "{seen}");
     let line = seen["products"]
         .as_array()
         .unwrap()
@@ -362,17 +360,15 @@ fn customers_fill_carts_order_pay_and_review(api: &Client) {
     );
     assert_eq!(status, 400, "{again}");
     assert_eq!(stock(&api, &cocoa), (8, 0, 2));
-    eventually("the cart is gone from the query side", WAIT, || {
-        get(&as_alice, &format!("/carts/{cart}")).0 == 404
-    });
+    assert_eq!(
+        get(&as_alice, &format!("/carts/{cart}")).0,
+        404,
+        "the cart is closed"
+    );
 
     // The order, the customer's orders and the ticket on the query sides, to her only.
-    let mut dto = Value::Null;
-    eventually("the order shows on the query side", WAIT, || {
-        let (status, answer) = get(&as_alice, &format!("/orders/{order_uuid}"));
-        dto = answer;
-        status == 200 && !dto.is_null()
-    });
+    let (status, dto) = get(&as_alice, &format!("/orders/{order_uuid}"));
+    assert_eq!(status, 200, "{dto}");
     assert_eq!(dto["customer_uuid"], json!(alice), "{dto}");
     assert_eq!(dto["ticket_uuid"], json!(ticket), "{dto}");
     assert_eq!(dto["total_amount"], json!(25.0), "{dto}");
@@ -383,12 +379,8 @@ fn customers_fill_carts_order_pay_and_review(api: &Client) {
     assert_eq!(get(&as_bob, &format!("/orders/user/{alice}")).0, 403);
     let (status, bobs) = get(&as_bob, &format!("/orders/user/{bob}"));
     assert_eq!((status, bobs), (200, json!([])));
-    let mut ticket_dto = Value::Null;
-    eventually("the ticket shows on the query side", WAIT, || {
-        let (status, answer) = get(&as_alice, &format!("/tickets/{ticket}"));
-        ticket_dto = answer;
-        status == 200
-    });
+    let (status, ticket_dto) = get(&as_alice, &format!("/tickets/{ticket}"));
+    assert_eq!(status, 200, "{ticket_dto}");
     assert_eq!(ticket_dto["total_price"], json!(25.0), "{ticket_dto}");
     assert_eq!(
         ticket_dto["entries"].as_array().map(Vec::len),
@@ -505,15 +497,15 @@ fn an_order_beyond_the_stock_leaves_nothing_reserved_sold_or_paid(api: &Client) 
     let (status, orders) = get(&as_alice, &format!("/orders/user/{alice}"));
     assert_eq!((status, orders), (200, json!([])));
     // The cart is still hers; deleting it releases every reserved unit.
-    eventually("her cart shows on the query side", WAIT, || {
-        get(&as_alice, &format!("/carts/{cart}")).0 == 200
-    });
+    assert_eq!(get(&as_alice, &format!("/carts/{cart}")).0, 200);
     let execution = ok(&as_alice, "DELETE", &format!("/carts/{cart}"), json!({}));
     assert!(execution.as_str().is_some(), "{execution}");
     assert_eq!(stock(&api, &cocoa), (2, 0, 0));
-    eventually("the deleted cart leaves the query side", WAIT, || {
-        get(&as_alice, &format!("/carts/{cart}")).0 == 404
-    });
+    assert_eq!(
+        get(&as_alice, &format!("/carts/{cart}")).0,
+        404,
+        "the cart is deleted"
+    );
 }
 
 /// Several customers reserve one product at once: each is answered 200 or a 400 to retry (the

@@ -19,7 +19,9 @@
 use std::collections::BTreeMap;
 
 use minos::prelude::*;
-use minos_ecommerce::{aggregate, caller, own_or_admin, run_saga, target, uuid_field};
+use minos_ecommerce::{
+    aggregate, caller, caught_up, own_or_admin, run_saga, target, uuid_field, written,
+};
 use serde::Deserialize;
 
 /// A customer's cart.
@@ -440,6 +442,16 @@ impl CartQueryService {
     #[enroute(rest = "GET /carts/{uuid}", broker = "GetCartQRS", auth)]
     async fn get_cart(&self, request: Request) -> Result<Response> {
         let uuid = target(&request)?;
+        let version = written::<Cart>(uuid).await?;
+        caught_up(|| async move {
+            let view = CartView::get(&uuid).await?;
+            Ok(match (version, view) {
+                (Some(version), Some(view)) => view.version >= version as i64,
+                (None, view) => view.is_none(),
+                (Some(_), None) => false,
+            })
+        })
+        .await?;
         let Some(view) = CartView::get(&uuid).await? else {
             return Err(Error::not_found(format!("there is no cart {uuid}")));
         };

@@ -18,7 +18,9 @@
 use std::collections::BTreeMap;
 
 use minos::prelude::*;
-use minos_ecommerce::{aggregate, caller, micros, own_or_admin, run_saga, target};
+use minos_ecommerce::{
+    aggregate, caller, caught_up, micros, own_or_admin, run_saga, target, written,
+};
 use serde::{Deserialize, Serialize};
 
 /// An order.
@@ -393,6 +395,9 @@ impl OrderQueryService {
     #[enroute(rest = "GET /orders/{uuid}", broker = "GetOrderQRS", auth)]
     async fn get_order(&self, request: Request) -> Result<Response> {
         let uuid = target(&request)?;
+        if written::<Order>(uuid).await?.is_some() {
+            caught_up(|| async move { Ok(OrderView::get(&uuid).await?.is_some()) }).await?;
+        }
         match OrderView::get(&uuid).await? {
             Some(view) => {
                 own_or_admin(&request, view.customer_uuid)?;
@@ -407,6 +412,13 @@ impl OrderQueryService {
     async fn get_user_orders(&self, request: Request) -> Result<Response> {
         let customer = target(&request)?;
         own_or_admin(&request, customer)?;
+        let stored = Order::find(Condition::eq("customer", customer))
+            .await?
+            .len() as u64;
+        caught_up(|| async move {
+            Ok(OrderView::count(Condition::eq("customer_uuid", customer)).await? >= stored)
+        })
+        .await?;
         let orders = OrderView::find(Condition::eq("customer_uuid", customer))
             .order_by(Ordering::asc("created_at"))
             .await?;

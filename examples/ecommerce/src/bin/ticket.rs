@@ -9,7 +9,7 @@
 //!   "quantity", "product_uuid"}]}`.
 
 use minos::prelude::*;
-use minos_ecommerce::{aggregate, own_or_admin, target, uuid_field};
+use minos_ecommerce::{aggregate, caught_up, own_or_admin, target, uuid_field, written};
 
 /// A ticket.
 #[root_entity]
@@ -155,6 +155,9 @@ impl TicketQueryService {
     #[enroute(rest = "GET /tickets/{uuid}", broker = "GetTicketQRS", auth)]
     async fn get_ticket(&self, request: Request) -> Result<Response> {
         let uuid = target(&request)?;
+        if written::<Ticket>(uuid).await?.is_some() {
+            caught_up(|| async move { Ok(TicketView::get(&uuid).await?.is_some()) }).await?;
+        }
         let Some(view) = TicketView::get(&uuid).await? else {
             return Err(Error::not_found(format!("there is no ticket {uuid}")));
         };
