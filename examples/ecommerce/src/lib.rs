@@ -86,14 +86,18 @@ pub fn uuid_field(content: &Value, name: &str) -> minos::Result<minos::Uuid> {
         .ok_or_else(|| minos::Error::bad_request(format!("`{name}` must be a uuid")))
 }
 
-/// The customer the caller is (the token's subject), as a uuid.
+/// The customer the caller is (the verified token's subject), as a uuid. Never a `user` header: a
+/// service without the auth secret cannot tell who calls.
 pub fn caller(request: &minos::Request) -> minos::Result<minos::Uuid> {
-    request.user().and_then(|u| u.parse().ok()).ok_or_else(|| {
-        minos::Error::with_status(
-            401,
-            "this route needs the customer's access token: log in with GET /login",
-        )
-    })
+    request
+        .principal()
+        .and_then(|p| p.subject.parse().ok())
+        .ok_or_else(|| {
+            minos::Error::with_status(
+                401,
+                "this route needs the customer's access token: log in with GET /login",
+            )
+        })
 }
 
 /// Query-string parameter `name`, else the same key of the JSON body (where the original read it), else
