@@ -12,11 +12,12 @@
 //! After each PostgreSQL round it checks the store: one `FooCreated` event per answered create, no
 //! fewer (nothing lost) and no more than the requests still in flight when wrk stopped.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use minos_support::bench::scale;
+use minos_support::process::{signal, spawn_listening};
 
 const LEVELS: [usize; 3] = [1, 8, 32];
 
@@ -143,31 +144,21 @@ fn main() {
     );
 }
 
-/// Starts the release quickstart with `env` on a free port; its address.
+/// Starts the release quickstart with `env` on a free port; its base URL.
 fn start(env: &[(&str, String)]) -> (Child, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_quickstart"));
     command
         .env("MINOS_HTTP_PORT", "0")
         .env("MINOS_HTTP_HOST", "127.0.0.1")
         .env("RUST_LOG", "warn,minos_runtime=info")
-        .stdout(Stdio::piped())
         .stderr(Stdio::null());
     for (key, value) in env {
         command.env(key, value);
     }
-    let mut child = command.spawn().expect("start the quickstart binary");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("the service exited")
-            .expect("read stdout");
-        if let Some(at) = line.find("listening on http://") {
-            break line[at + "listening on ".len()..].trim().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    let started = spawn_listening(&mut command, "quickstart", Duration::from_secs(30));
+    let lines = started.lines;
+    std::thread::spawn(move || while lines.recv().is_ok() {});
+    (started.child, format!("http://{}", started.addr))
 }
 
 fn wait_healthy(addr: &str) {
@@ -186,9 +177,7 @@ fn wait_healthy(addr: &str) {
 }
 
 fn stop(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    signal(child, "-TERM");
     let _ = child.wait();
 }
 

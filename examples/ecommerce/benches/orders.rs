@@ -23,17 +23,6 @@ use minos_support::bench::{percentile, scale};
 use minos_support::http::Client;
 use serde_json::{json, Value};
 
-const ALL: [&str; 8] = [
-    env!("CARGO_BIN_EXE_authentication"),
-    env!("CARGO_BIN_EXE_customer"),
-    env!("CARGO_BIN_EXE_product"),
-    env!("CARGO_BIN_EXE_cart"),
-    env!("CARGO_BIN_EXE_ticket"),
-    env!("CARGO_BIN_EXE_payment"),
-    env!("CARGO_BIN_EXE_order"),
-    env!("CARGO_BIN_EXE_review"),
-];
-
 fn call(api: &Client, method: &str, path: &str, body: &Value) -> Value {
     let answer = api
         .request(method, path, Some(&body.to_string()))
@@ -110,18 +99,7 @@ fn purchase(customer: &Customer) -> (Duration, Duration) {
 }
 
 fn main() {
-    let (_system, api, _dir) = support::system(
-        &ALL,
-        &[
-            ("GET", "/login"),
-            ("POST", "/customers"),
-            ("GET", "/products"),
-            ("POST", "/carts"),
-            ("POST", "/tickets"),
-            ("POST", "/payments"),
-            ("POST", "/orders"),
-        ],
-    );
+    let (_system, api, _dir) = support::shop();
     let seconds = scale(20, 3) as u64;
     let customers: Vec<Arc<Customer>> = (0..32).map(|i| Arc::new(customer(&api, i))).collect();
     // One warm-up purchase each way (connections, prepared statements, consumer groups).

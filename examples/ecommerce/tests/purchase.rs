@@ -7,36 +7,9 @@ mod support;
 use std::time::Duration;
 
 use minos_support::http::Client;
-use minos_support::process::{eventually, Process};
+use minos_support::process::eventually;
 use serde_json::{json, Value};
 use support::{login, register};
-
-const ALL: [&str; 8] = [
-    env!("CARGO_BIN_EXE_authentication"),
-    env!("CARGO_BIN_EXE_customer"),
-    env!("CARGO_BIN_EXE_product"),
-    env!("CARGO_BIN_EXE_cart"),
-    env!("CARGO_BIN_EXE_ticket"),
-    env!("CARGO_BIN_EXE_payment"),
-    env!("CARGO_BIN_EXE_order"),
-    env!("CARGO_BIN_EXE_review"),
-];
-
-fn start() -> (Vec<Process>, Client, tempfile::TempDir) {
-    support::system(
-        &ALL,
-        &[
-            ("GET", "/login"),
-            ("POST", "/customers"),
-            ("GET", "/products"),
-            ("POST", "/carts"),
-            ("POST", "/tickets"),
-            ("POST", "/payments"),
-            ("POST", "/orders"),
-            ("GET", "/reviews/last"),
-        ],
-    )
-}
 
 /// A registered, logged-in customer: (uuid, an API client with their token).
 fn customer(api: &Client, name: &str) -> (String, Client) {
@@ -58,12 +31,7 @@ fn call(api: &Client, method: &str, path: &str, body: Value) -> (u16, Value) {
     let answer = api
         .request(method, path, Some(&body.to_string()))
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let json = if answer.body.is_empty() {
-        Value::Null
-    } else {
-        answer.json()
-    };
-    (answer.status, json)
+    (answer.status, answer.json())
 }
 
 fn ok(api: &Client, method: &str, path: &str, body: Value) -> Value {
@@ -74,12 +42,7 @@ fn ok(api: &Client, method: &str, path: &str, body: Value) -> Value {
 
 fn get(api: &Client, path: &str) -> (u16, Value) {
     let answer = api.get(path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    let json = if answer.body.is_empty() {
-        Value::Null
-    } else {
-        answer.json()
-    };
-    (answer.status, json)
+    (answer.status, answer.json())
 }
 
 /// A product with `amount` units on hand.
@@ -131,7 +94,7 @@ const WAIT: Duration = Duration::from_secs(30);
 /// groups (the services have the same names) and take each other's messages.
 #[test]
 fn the_shop_through_the_gateway() {
-    let (_system, api, _dir) = start();
+    let (_system, api, _dir) = support::shop();
     customers_fill_carts_order_pay_and_review(&api);
     an_order_beyond_the_stock_leaves_nothing_reserved_sold_or_paid(&api);
     carts_racing_for_one_product_reserve_exactly_what_they_were_told(&api);

@@ -41,8 +41,8 @@ impl Holding {
 
 impl Drop for Holding {
     fn drop(&mut self) {
-        let before = self.0.count.fetch_sub(1, Ordering::Relaxed);
-        if before <= MemoryBroker::HELD_MAX {
+        // The relay waits only while the count is at or past the limit: wake it when it falls below.
+        if self.0.count.fetch_sub(1, Ordering::Relaxed) == MemoryBroker::HELD_MAX {
             self.0.below.notify_waiters();
         }
     }

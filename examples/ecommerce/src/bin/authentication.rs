@@ -22,7 +22,7 @@ use argon2::password_hash::{
 };
 use argon2::Argon2;
 use minos::prelude::*;
-use minos_ecommerce::own_or_admin;
+use minos_ecommerce::{own_or_admin, run_saga};
 use serde::Deserialize;
 
 /// Who may log in, and as which customer.
@@ -133,17 +133,8 @@ impl CredentialsCommandService {
             .with("username", &username)
             .with("password", hash(&password)?)
             .with("metadata", Value::Object(content));
-        let sagas = self.sagas()?;
-        let started = sagas.run(&REGISTER, context).await?;
         // The saga pauses while the customer service answers; the registration waits for its end.
-        let execution = sagas.wait(started.uuid, Duration::from_secs(30)).await?;
-        if execution.status != ExecutionStatus::Finished {
-            return Err(Error::bad_request(
-                execution
-                    .error
-                    .unwrap_or_else(|| "the registration failed".into()),
-            ));
-        }
+        let execution = run_saga(&self.sagas()?, &REGISTER, context).await?;
         Ok(Response::json(
             json!({"user": execution.context.get::<Uuid>("user")?}),
         ))

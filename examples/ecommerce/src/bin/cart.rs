@@ -337,22 +337,43 @@ pub struct CartProduct {
 
 /// The original's `CartDTO`, with the owner.
 async fn cart_dto(view: &CartView) -> Result<Value> {
-    let mut products = Vec::new();
-    for entry in view.entries.as_array().into_iter().flatten() {
-        let product: Uuid = entry["product"]
-            .as_str()
-            .and_then(|u| u.parse().ok())
-            .unwrap_or_default();
-        let known = CartProduct::get(&product).await?;
-        products.push(json!({
-            "product_id": product,
-            "cart_id": view.uuid,
-            "quantity": entry["quantity"],
-            "title": known.as_ref().map(|p| p.title.clone()),
-            "description": known.as_ref().map(|p| p.description.clone()),
-            "price": known.as_ref().map(|p| p.price),
-        }));
-    }
+    let entries: Vec<(Uuid, &Value)> = view
+        .entries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|entry| {
+            let product = entry["product"]
+                .as_str()
+                .and_then(|u| u.parse().ok())
+                .unwrap_or_default();
+            (product, &entry["quantity"])
+        })
+        .collect();
+    let uuids: Vec<Uuid> = entries.iter().map(|(product, _)| *product).collect();
+    let known: BTreeMap<Uuid, CartProduct> = if uuids.is_empty() {
+        BTreeMap::new()
+    } else {
+        CartProduct::find(Condition::is_in("uuid", uuids))
+            .await?
+            .into_iter()
+            .map(|p| (p.uuid, p))
+            .collect()
+    };
+    let products: Vec<Value> = entries
+        .into_iter()
+        .map(|(product, quantity)| {
+            let known = known.get(&product);
+            json!({
+                "product_id": product,
+                "cart_id": view.uuid,
+                "quantity": quantity,
+                "title": known.map(|p| &p.title),
+                "description": known.map(|p| &p.description),
+                "price": known.map(|p| p.price),
+            })
+        })
+        .collect();
     Ok(json!({
         "uuid": view.uuid,
         "version": view.version,

@@ -186,23 +186,37 @@ pub struct Reviewer {
 }
 
 async fn dtos(views: &[ReviewView]) -> Result<Vec<Value>> {
-    let mut out = Vec::with_capacity(views.len());
-    for view in views {
-        let product = ReviewedProduct::get(&view.product_uuid).await?;
-        let reviewer = Reviewer::get(&view.user_uuid).await?;
-        out.push(json!({
-            "uuid": view.uuid,
-            "product_uuid": view.product_uuid,
-            "user_uuid": view.user_uuid,
-            "title": view.title,
-            "description": view.description,
-            "score": view.score,
-            "product_title": product.map(|p| p.title),
-            "name": reviewer.map(|r| r.name),
-            "date": micros(view.date),
-        }));
+    if views.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(out)
+    let products: Vec<Uuid> = views.iter().map(|v| v.product_uuid).collect();
+    let users: Vec<Uuid> = views.iter().map(|v| v.user_uuid).collect();
+    let titles: BTreeMap<Uuid, String> = ReviewedProduct::find(Condition::is_in("uuid", products))
+        .await?
+        .into_iter()
+        .map(|p| (p.uuid, p.title))
+        .collect();
+    let names: BTreeMap<Uuid, String> = Reviewer::find(Condition::is_in("uuid", users))
+        .await?
+        .into_iter()
+        .map(|r| (r.uuid, r.name))
+        .collect();
+    Ok(views
+        .iter()
+        .map(|view| {
+            json!({
+                "uuid": view.uuid,
+                "product_uuid": view.product_uuid,
+                "user_uuid": view.user_uuid,
+                "title": view.title,
+                "description": view.description,
+                "score": view.score,
+                "product_title": titles.get(&view.product_uuid),
+                "name": names.get(&view.user_uuid),
+                "date": micros(view.date),
+            })
+        })
+        .collect())
 }
 
 /// `order`: `asc` (the default) or `desc`.
@@ -367,11 +381,24 @@ impl ReviewQueryService {
             *sum += review.score;
             *count += 1;
         }
-        let mut ratings = Vec::with_capacity(sums.len());
-        for (product, (sum, count)) in sums {
-            let title = ReviewedProduct::get(&product).await?.map(|p| p.title);
-            ratings.push((product, title, sum as f64 / count as f64));
-        }
+        let titles: BTreeMap<Uuid, String> = if sums.is_empty() {
+            BTreeMap::new()
+        } else {
+            ReviewedProduct::find(Condition::is_in(
+                "uuid",
+                sums.keys().copied().collect::<Vec<_>>(),
+            ))
+            .await?
+            .into_iter()
+            .map(|p| (p.uuid, p.title))
+            .collect()
+        };
+        let mut ratings: Vec<(Uuid, Option<&String>, f64)> = sums
+            .iter()
+            .map(|(product, (sum, count))| {
+                (*product, titles.get(product), *sum as f64 / *count as f64)
+            })
+            .collect();
         ratings.sort_by(|a, b| {
             let by = a.2.total_cmp(&b.2);
             if descending {

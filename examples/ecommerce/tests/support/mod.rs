@@ -33,6 +33,35 @@ pub fn service(binary: &str, registry: &Process) -> Process {
     spawn(command, binary.rsplit('/').next().unwrap_or(binary))
 }
 
+/// The eight services' binaries.
+pub const SHOP: [&str; 8] = [
+    env!("CARGO_BIN_EXE_authentication"),
+    env!("CARGO_BIN_EXE_customer"),
+    env!("CARGO_BIN_EXE_product"),
+    env!("CARGO_BIN_EXE_cart"),
+    env!("CARGO_BIN_EXE_ticket"),
+    env!("CARGO_BIN_EXE_payment"),
+    env!("CARGO_BIN_EXE_order"),
+    env!("CARGO_BIN_EXE_review"),
+];
+
+/// The whole shop: the registry, the eight services and the gateway, once the gateway routes to each.
+pub fn shop() -> (Vec<Process>, Client, tempfile::TempDir) {
+    system(
+        &SHOP,
+        &[
+            ("GET", "/login"),
+            ("POST", "/customers"),
+            ("GET", "/products"),
+            ("POST", "/carts"),
+            ("POST", "/tickets"),
+            ("POST", "/payments"),
+            ("POST", "/orders"),
+            ("GET", "/reviews/last"),
+        ],
+    )
+}
+
 /// The registry, the given services (binary paths) and the gateway; waits until the gateway routes
 /// each (method, path) of `ready` to a service.
 pub fn system(
