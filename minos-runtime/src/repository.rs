@@ -141,7 +141,7 @@ impl Repository {
         let mut fields_diff = Vec::new();
         value.all_fields(&mut fields_diff)?;
         let event = Event {
-            uuid: Uuid::new_v4(),
+            uuid: Uuid::now_v7(),
             name: T::NAME.to_owned(),
             version: 1,
             action: Action::Create,
@@ -260,7 +260,7 @@ impl Repository {
             });
         }
         let event = Event {
-            uuid: Uuid::new_v4(),
+            uuid: Uuid::now_v7(),
             name: name.to_owned(),
             version: 1,
             action: Action::Create,

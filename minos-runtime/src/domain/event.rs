@@ -218,7 +218,7 @@ impl Event {
         let key = self.uuid.to_string();
         let whole = |topic: String, event: &Event| -> Result<DomainMessage, DomainError> {
             Ok(DomainMessage {
-                identifier: Uuid::new_v4(),
+                identifier: Uuid::now_v7(),
                 topic,
                 key: key.clone(),
                 content: serde_json::to_value(event).map_err(DomainError::Json)?,

@@ -45,7 +45,7 @@ impl<T> EntitySet<T> {
 
     /// Adds an entity with a new uuid and returns that uuid.
     pub fn add(&mut self, entity: T) -> Uuid {
-        let uuid = Uuid::new_v4();
+        let uuid = Uuid::now_v7();
         self.members.insert(uuid, entity);
         uuid
     }

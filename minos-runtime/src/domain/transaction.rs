@@ -175,7 +175,7 @@ mod tests {
 
     #[test]
     fn entries_move_through_a_commit_and_refuse_going_back() {
-        let mut entry = TransactionEntry::new(Uuid::new_v4(), None);
+        let mut entry = TransactionEntry::new(Uuid::now_v7(), None);
         for next in [Reserving, Reserved, Committing, Committed] {
             entry.transition(next).unwrap();
         }

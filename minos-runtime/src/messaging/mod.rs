@@ -91,7 +91,7 @@ impl BrokerMessage {
         BrokerMessage {
             version: WIRE_VERSION,
             topic: topic.into(),
-            identifier: Uuid::new_v4(),
+            identifier: Uuid::now_v7(),
             reply_topic: None,
             strategy: Strategy::Unicast,
             payload: Payload {

@@ -125,7 +125,7 @@ impl SagaManager {
         let saga = definition.saga()?;
         let started = now();
         let execution = SagaExecution {
-            uuid: Uuid::new_v4(),
+            uuid: Uuid::now_v7(),
             saga: definition.name().to_owned(),
             status: ExecutionStatus::Running,
             context: context.into(),

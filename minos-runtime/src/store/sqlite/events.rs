@@ -3,34 +3,29 @@
 
 use async_trait::async_trait;
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, TransactionBehavior};
-use tokio::sync::oneshot;
+use rusqlite::Connection;
 
 use crate::domain::{Action, DomainMessage, Event};
 use crate::store::{EventFilter, EventStore, InboxEntry, StoreError, StoredEvent};
 
 use super::outbox::record_inbox;
-use super::writer::{append_tx, AppendJob};
+use super::writer::append_tx;
 use super::{from_text, parse_time, parse_uuid, sql_err, SqliteStore, BACKEND};
 
-/// Appends every event and records the inbox entry, all or nothing.
+/// Appends every event and records the inbox entry, inside the writer's savepoint: all or nothing.
 fn commit_unit_in(
-    conn: &mut Connection,
+    tx: &Connection,
     appends: &[(Event, Vec<DomainMessage>)],
     inbox: Option<&InboxEntry>,
 ) -> Result<Vec<StoredEvent>, StoreError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(sql_err)?;
     if let Some(entry) = inbox {
-        record_inbox(&tx, entry)?;
+        record_inbox(tx, entry)?;
     }
     let mut stored = Vec::with_capacity(appends.len());
     for (event, messages) in appends {
-        // An error drops `tx`, which rolls everything back.
-        stored.push(append_tx(&tx, event, messages)?);
+        // An error rolls the savepoint, so everything here, back.
+        stored.push(append_tx(tx, event, messages)?);
     }
-    tx.commit().map_err(sql_err)?;
     Ok(stored)
 }
 
@@ -41,18 +36,8 @@ impl EventStore for SqliteStore {
         event: &Event,
         messages: &[DomainMessage],
     ) -> Result<StoredEvent, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let job = AppendJob {
-            event: event.clone(),
-            messages: messages.to_vec(),
-            reply,
-        };
-        self.appends
-            .send(job)
-            .map_err(|_| StoreError::backend(BACKEND, "the writer thread stopped"))?;
-        answer
-            .await
-            .map_err(|_| StoreError::backend(BACKEND, "the writer thread dropped an append"))?
+        let (event, messages) = (event.clone(), messages.to_vec());
+        self.write(move |tx| append_tx(tx, &event, &messages)).await
     }
 
     async fn commit_unit(
@@ -61,13 +46,13 @@ impl EventStore for SqliteStore {
         inbox: Option<&InboxEntry>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let (appends, inbox) = (appends.to_vec(), inbox.cloned());
-        self.with(move |conn| commit_unit_in(conn, &appends, inbox.as_ref()))
+        self.write(move |tx| commit_unit_in(tx, &appends, inbox.as_ref()))
             .await
     }
 
     async fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
         let (sql, args) = select_events(filter.clone());
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut statement = conn.prepare_cached(&sql).map_err(sql_err)?;
             let rows = statement
                 .query_map(rusqlite::params_from_iter(args), |row| {
@@ -97,7 +82,7 @@ impl EventStore for SqliteStore {
         after: crate::store::Position,
     ) -> Result<u64, StoreError> {
         let name = name.to_owned();
-        self.with(move |conn| {
+        self.read(move |conn| {
             conn.prepare_cached("SELECT COUNT(*) FROM events WHERE name = ?1 AND id > ?2")
                 .and_then(|mut s| {
                     s.query_row(rusqlite::params![name, after.id], |r| r.get::<_, i64>(0))

@@ -27,14 +27,23 @@ use crate::store::StoreError;
 
 const BACKEND: &str = "sqlite";
 
-/// SQLite store. One connection serialises writers, which SQLite does anyway.
+/// SQLite store. One connection writes, in one writer thread that commits the writes waiting together
+/// (group commit); reads run on reader connections of their own (WAL lets them run beside the writer),
+/// or on the one connection of an in-memory database.
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: Option<PathBuf>,
-    // Appends go to one writer thread, which commits those waiting together (group commit).
-    appends: std::sync::mpsc::Sender<writer::AppendJob>,
+    writes: std::sync::mpsc::Sender<Box<dyn writer::Job>>,
+    // Idle reader connections (a file database only).
+    readers: Option<Arc<Mutex<Vec<Connection>>>>,
 }
+
+/// Prepared statements kept per connection (every statement the store runs fits).
+const STATEMENT_CACHE: usize = 128;
+
+/// Idle reader connections kept open; more are opened while more reads run at once.
+const IDLE_READERS: usize = 16;
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,20 +81,72 @@ impl SqliteStore {
     fn setup(mut conn: Connection, path: Option<PathBuf>) -> Result<Self, StoreError> {
         // WAL with NORMAL sync: a commit survives a process crash; only an OS crash may lose the last
         // transactions, never corrupt the file.
+        // Each write of a group commit runs in a savepoint, whose undo journal stays in memory.
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+             PRAGMA temp_store = MEMORY;",
         )
         .map_err(sql_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql_err)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrate::migrate(&mut conn)?;
         let conn = Arc::new(Mutex::new(conn));
-        let appends = writer::spawn(Arc::clone(&conn))?;
+        let writes = writer::spawn(Arc::clone(&conn))?;
         Ok(SqliteStore {
             conn,
+            readers: path.as_ref().map(|_| Arc::new(Mutex::new(Vec::new()))),
             path,
-            appends,
+            writes,
         })
+    }
+
+    /// Runs `f` in the writer thread, in a savepoint of the transaction it commits with the writes
+    /// waiting beside it: an error rolls back `f`'s writes alone.
+    async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (job, answer) = writer::Task::new(f);
+        self.writes
+            .send(job)
+            .map_err(|_| StoreError::backend(BACKEND, "the writer thread stopped"))?;
+        answer
+            .await
+            .map_err(|_| StoreError::backend(BACKEND, "the writer thread dropped a write"))?
+    }
+
+    /// Runs the read `f` on a reader connection (the writer's for an in-memory database): it sees every
+    /// write committed before it started.
+    async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (Some(readers), Some(path)) = (self.readers.clone(), self.path.clone()) else {
+            return self.with(f).await;
+        };
+        tokio::task::spawn_blocking(move || {
+            let idle = readers
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .pop();
+            let mut conn = match idle {
+                Some(conn) => conn,
+                None => open_reader(&path)?,
+            };
+            let result = f(&mut conn);
+            let mut idle = readers
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if idle.len() < IDLE_READERS && conn.is_autocommit() {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::backend(BACKEND, e))?
     }
 
     async fn with<R, F>(&self, f: F) -> Result<R, StoreError>
@@ -101,6 +162,22 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::backend(BACKEND, e))?
     }
+}
+
+/// A reader connection on the database file: it only reads, and keeps a small page cache (the writer's
+/// commits invalidate it anyway; the operating system caches the file).
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(sql_err)?;
+    conn.execute_batch("PRAGMA cache_size = -512; PRAGMA query_only = ON;")
+        .map_err(sql_err)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
 }
 
 fn parse_uuid(text: &str) -> Result<Uuid, StoreError> {

@@ -13,7 +13,7 @@ use super::{from_text, parse_time, parse_uuid, sql_err, SqliteStore};
 impl OutboxStore for SqliteStore {
     async fn pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
         let limit = limit.min(i64::MAX as usize) as i64;
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut statement = conn
                 .prepare_cached(
                     "SELECT id, identifier, topic, key, payload, created_at, headers FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?1",
@@ -56,7 +56,7 @@ impl OutboxStore for SqliteStore {
     }
 
     async fn backlog(&self) -> Result<(u64, Option<chrono::DateTime<chrono::Utc>>), StoreError> {
-        self.with(move |conn| {
+        self.read(move |conn| {
             let (count, oldest): (i64, Option<String>) = conn
                 .query_row(
                     "SELECT count(*), min(created_at) FROM outbox WHERE sent_at IS NULL",
@@ -74,20 +74,15 @@ impl OutboxStore for SqliteStore {
 
     async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {
         let ids = ids.to_vec();
-        self.with(move |conn| {
-            let tx = conn.transaction().map_err(sql_err)?;
-            {
-                let now = format_time(crate::store::now());
-                let mut update = tx
-                    .prepare_cached(
-                        "UPDATE outbox SET sent_at = ?1 WHERE id = ?2 AND sent_at IS NULL",
-                    )
-                    .map_err(sql_err)?;
-                for id in ids {
-                    update.execute(params![now, id]).map_err(sql_err)?;
-                }
+        self.write(move |tx| {
+            let now = format_time(crate::store::now());
+            let mut update = tx
+                .prepare_cached("UPDATE outbox SET sent_at = ?1 WHERE id = ?2 AND sent_at IS NULL")
+                .map_err(sql_err)?;
+            for id in ids {
+                update.execute(params![now, id]).map_err(sql_err)?;
             }
-            tx.commit().map_err(sql_err)
+            Ok(())
         })
         .await
     }
@@ -97,7 +92,7 @@ impl OutboxStore for SqliteStore {
 impl InboxStore for SqliteStore {
     async fn is_processed(&self, entry: &InboxEntry) -> Result<bool, StoreError> {
         let entry = entry.clone();
-        self.with(move |conn| {
+        self.read(move |conn| {
             conn.prepare_cached("SELECT 1 FROM inbox WHERE consumer = ?1 AND identifier = ?2")
                 .map_err(sql_err)?
                 .query_row(
@@ -114,7 +109,7 @@ impl InboxStore for SqliteStore {
 
 /// Records that `entry`'s message was handled; [`StoreError::AlreadyProcessed`] if it already was.
 pub(super) fn record_inbox(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Connection,
     entry: &InboxEntry,
 ) -> Result<(), StoreError> {
     let inserted = tx

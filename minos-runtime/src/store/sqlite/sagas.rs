@@ -41,7 +41,7 @@ fn decode_execution(row: ExecutionRow) -> Result<ExecutionRecord, StoreError> {
 impl SagaStore for SqliteStore {
     async fn save_execution(&self, record: &ExecutionRecord) -> Result<(), StoreError> {
         let record = record.clone();
-        self.with(move |conn| {
+        self.write(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO saga_executions (uuid, saga, status, data, created_at, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (uuid) DO UPDATE SET saga = excluded.saga, \
@@ -63,7 +63,7 @@ impl SagaStore for SqliteStore {
     }
 
     async fn execution(&self, uuid: Uuid) -> Result<Option<ExecutionRecord>, StoreError> {
-        self.with(move |conn| {
+        self.read(move |conn| {
             conn.prepare_cached(
                 "SELECT uuid, saga, status, data, created_at, updated_at FROM saga_executions WHERE uuid = ?1",
             )
@@ -83,7 +83,7 @@ impl SagaStore for SqliteStore {
         limit: usize,
     ) -> Result<Vec<ExecutionRecord>, StoreError> {
         let status = status.map(ExecutionStatus::as_str);
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut statement = conn
                 .prepare_cached(
                     "SELECT uuid, saga, status, data, created_at, updated_at FROM saga_executions \
@@ -106,7 +106,7 @@ impl SagaStore for SqliteStore {
         limit: usize,
     ) -> Result<Vec<ExecutionRecord>, StoreError> {
         let status = status.as_str();
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut statement = conn
                 .prepare_cached(
                     "SELECT uuid, saga, status, data, created_at, updated_at FROM saga_executions \

@@ -56,7 +56,7 @@ pub(super) fn load_snapshot(conn: &Connection, uuid: &str) -> Result<Option<Snap
 impl SnapshotStore for SqliteStore {
     async fn snapshot(&self, name: &str, uuid: Uuid) -> Result<Option<Snapshot>, StoreError> {
         let name = name.to_owned();
-        self.with(
+        self.read(
             move |conn| Ok(load_snapshot(conn, &uuid.to_string())?.filter(|s| s.name == name)),
         )
         .await
@@ -79,7 +79,7 @@ impl SnapshotStore for SqliteStore {
             sql.push_str(&format!(" LIMIT {p}"));
         }
         let args = builder.args;
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut statement = conn.prepare_cached(&sql).map_err(sql_err)?;
             let rows = statement
                 .query_map(rusqlite::params_from_iter(args), snapshot_row)

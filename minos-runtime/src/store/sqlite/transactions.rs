@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, OptionalExtension};
 use uuid::Uuid;
 
 use crate::domain::{DomainMessage, Event, TransactionEntry, TransactionStatus};
@@ -36,7 +36,7 @@ fn transaction_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TransactionRow> 
 impl TransactionStore for SqliteStore {
     async fn save_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError> {
         let entry = entry.clone();
-        self.with(move |conn| {
+        self.write(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO transactions (uuid, status, destination, updated_at) VALUES (?1, ?2, ?3, ?4) \
                  ON CONFLICT (uuid) DO UPDATE SET status = excluded.status, destination = excluded.destination, \
@@ -56,7 +56,7 @@ impl TransactionStore for SqliteStore {
     }
 
     async fn transaction(&self, uuid: Uuid) -> Result<Option<TransactionEntry>, StoreError> {
-        self.with(move |conn| {
+        self.read(move |conn| {
             conn.prepare_cached(
                 "SELECT uuid, status, destination, updated_at FROM transactions WHERE uuid = ?1",
             )
@@ -79,7 +79,7 @@ impl TransactionStore for SqliteStore {
         let statuses =
             serde_json::to_string(&statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>())
                 .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))?;
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut statement = conn
                 .prepare_cached(
                     "SELECT uuid, status, destination, updated_at FROM transactions \
@@ -103,12 +103,9 @@ impl TransactionStore for SqliteStore {
         inbox: Option<&InboxEntry>,
     ) -> Result<(), StoreError> {
         let (writes, inbox) = (writes.to_vec(), inbox.cloned());
-        self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql_err)?;
+        self.write(move |tx| {
             if let Some(entry) = &inbox {
-                record_inbox(&tx, entry)?;
+                record_inbox(tx, entry)?;
             }
             {
                 let mut insert = tx
@@ -122,13 +119,13 @@ impl TransactionStore for SqliteStore {
                         .map_err(sql_err)?;
                 }
             }
-            tx.commit().map_err(sql_err)
+            Ok(())
         })
         .await
     }
 
     async fn held(&self, transaction: Uuid) -> Result<HeldWrites, StoreError> {
-        self.with(move |conn| {
+        self.read(move |conn| {
             let mut statement = conn
                 .prepare_cached(
                     "SELECT event, messages FROM transaction_writes WHERE transaction_uuid = ?1 ORDER BY id",
@@ -147,16 +144,13 @@ impl TransactionStore for SqliteStore {
     }
 
     async fn release(&self, transaction: Uuid) -> Result<(), StoreError> {
-        self.with(move |conn| {
-            let tx = conn.transaction().map_err(sql_err)?;
+        self.write(move |tx| {
             for table in ["transaction_writes", "transaction_claims"] {
-                tx.execute(
-                    &format!("DELETE FROM {table} WHERE transaction_uuid = ?1"),
-                    [transaction.to_string()],
-                )
-                .map_err(sql_err)?;
+                tx.prepare_cached(&format!("DELETE FROM {table} WHERE transaction_uuid = ?1"))
+                    .and_then(|mut delete| delete.execute([transaction.to_string()]))
+                    .map_err(sql_err)?;
             }
-            tx.commit().map_err(sql_err)
+            Ok(())
         })
         .await
     }
@@ -169,10 +163,7 @@ impl TransactionStore for SqliteStore {
     ) -> Result<Option<(Uuid, Uuid)>, StoreError> {
         let destination = destination.unwrap_or(Uuid::nil()).to_string();
         let roots = roots.to_vec();
-        self.with(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql_err)?;
+        self.write(move |tx| {
             {
                 let mut holder = tx
                     .prepare_cached(
@@ -203,7 +194,6 @@ impl TransactionStore for SqliteStore {
                         .map_err(sql_err)?;
                 }
             }
-            tx.commit().map_err(sql_err)?;
             Ok(None)
         })
         .await

@@ -1,10 +1,12 @@
-//! The group-commit writer: appends go to one writer thread, which commits those waiting together, and
-//! the append itself ([`append_tx`], also the path of `commit_unit`).
+//! The group-commit writer: every hot write (appends, units of work, outbox marks, transaction and saga
+//! records) goes to one writer thread, which commits those waiting together, each in a savepoint of its
+//! own; and the append itself ([`append_tx`]).
 
+use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{params, Connection, ErrorCode, TransactionBehavior};
+use rusqlite::{params, Connection, ErrorCode};
 use tokio::sync::oneshot;
 
 use crate::domain::{DomainMessage, Event};
@@ -13,27 +15,84 @@ use crate::store::{check_applies, format_time, Snapshot, StoreError, StoredEvent
 use super::snapshots::load_snapshot;
 use super::{sql_err, to_text, BACKEND};
 
-/// One append waiting for the writer thread, with where to send its answer.
-pub(super) struct AppendJob {
-    pub(super) event: Event,
-    pub(super) messages: Vec<DomainMessage>,
-    pub(super) reply: oneshot::Sender<Result<StoredEvent, StoreError>>,
+/// One write waiting for the writer thread.
+pub(super) trait Job: Send {
+    /// Runs the write inside its savepoint; `false` when it failed (its savepoint is rolled back).
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Answers the caller once the batch's transaction committed (`Ok`) or failed.
+    fn answer(self: Box<Self>, commit: Result<(), String>);
 }
 
-/// Most appends committed in one transaction.
+/// A write closure and where to send its result.
+pub(super) struct Task<R, F> {
+    work: Option<F>,
+    result: Option<Result<R, StoreError>>,
+    reply: oneshot::Sender<Result<R, StoreError>>,
+}
+
+impl<R, F> Task<R, F>
+where
+    R: Send + 'static,
+    F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+{
+    pub(super) fn new(work: F) -> (Box<dyn Job>, oneshot::Receiver<Result<R, StoreError>>) {
+        let (reply, answer) = oneshot::channel();
+        let task = Task {
+            work: Some(work),
+            result: None,
+            reply,
+        };
+        (Box::new(task), answer)
+    }
+}
+
+impl<R, F> Job for Task<R, F>
+where
+    R: Send + 'static,
+    F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(work) = self.work.take() else {
+            return false;
+        };
+        // A panicking write fails alone: the writer thread goes on with the others.
+        let result =
+            std::panic::catch_unwind(AssertUnwindSafe(|| work(conn))).unwrap_or_else(|_| {
+                Err(StoreError::backend(
+                    BACKEND,
+                    "a write panicked; it was rolled back",
+                ))
+            });
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn answer(self: Box<Self>, commit: Result<(), String>) {
+        let result = match (commit, self.result) {
+            (_, Some(Err(own))) => Err(own),
+            (Ok(()), Some(Ok(value))) => Ok(value),
+            (Err(error), _) => Err(StoreError::backend(BACKEND, error)),
+            (Ok(()), None) => Err(StoreError::backend(BACKEND, "the write did not run")),
+        };
+        let _ = self.reply.send(result);
+    }
+}
+
+/// Most writes committed in one transaction.
 const MAX_BATCH: usize = 256;
 
-/// Starts the writer thread on `conn`; appends are sent to it through the returned channel.
-pub(super) fn spawn(conn: Arc<Mutex<Connection>>) -> Result<Sender<AppendJob>, StoreError> {
-    let (appends, jobs) = std::sync::mpsc::channel();
+/// Starts the writer thread on `conn`; writes are sent to it through the returned channel.
+pub(super) fn spawn(conn: Arc<Mutex<Connection>>) -> Result<Sender<Box<dyn Job>>, StoreError> {
+    let (jobs_in, jobs) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("minos-sqlite-writer".into())
         .spawn(move || writer(conn, jobs))
         .map_err(|e| StoreError::backend(BACKEND, e))?;
-    Ok(appends)
+    Ok(jobs_in)
 }
 
-fn writer(conn: Arc<Mutex<Connection>>, jobs: Receiver<AppendJob>) {
+fn writer(conn: Arc<Mutex<Connection>>, jobs: Receiver<Box<dyn Job>>) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -42,47 +101,39 @@ fn writer(conn: Arc<Mutex<Connection>>, jobs: Receiver<AppendJob>) {
                 Err(_) => break,
             }
         }
-        let results = {
+        let commit = {
             let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            append_batch(&mut guard, &batch)
+            run_batch(&mut guard, &mut batch)
         };
-        for (job, result) in batch.into_iter().zip(results) {
-            let _ = job.reply.send(result);
+        for job in batch {
+            job.answer(commit.clone());
         }
     }
 }
 
-/// Appends a batch in one transaction, each append in a savepoint of its own: a failing append (a
-/// conflict) is rolled back alone and answered with its error; the others commit together.
-fn append_batch(
-    conn: &mut Connection,
-    batch: &[AppendJob],
-) -> Vec<Result<StoredEvent, StoreError>> {
-    let all_failed = |error: &dyn std::fmt::Display| {
-        let text = error.to_string();
-        batch
-            .iter()
-            .map(|_| Err(StoreError::backend(BACKEND, text.clone())))
-            .collect()
-    };
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(error) => return all_failed(&error),
-    };
-    let mut results = Vec::with_capacity(batch.len());
-    for job in batch {
-        let result = tx.savepoint().map_err(sql_err).and_then(|savepoint| {
-            // Dropping the savepoint on an error rolls this append back.
-            let stored = append_tx(&savepoint, &job.event, &job.messages)?;
-            savepoint.commit().map_err(sql_err)?;
-            Ok(stored)
-        });
-        results.push(result);
+/// Runs a batch in one transaction, each write in a savepoint of its own: a failing write (a conflict)
+/// is rolled back alone and answered with its error; the others commit together. The transaction and
+/// savepoint statements are prepared once (cached), like every other statement of the writer.
+fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn Job>]) -> Result<(), String> {
+    let result = run_statements(conn, batch);
+    if result.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
     }
-    match tx.commit() {
-        Ok(()) => results,
-        Err(error) => all_failed(&error),
+    result.map_err(|e| e.to_string())
+}
+
+fn run_statements(conn: &Connection, batch: &mut [Box<dyn Job>]) -> rusqlite::Result<()> {
+    let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+    run("BEGIN IMMEDIATE")?;
+    for job in batch.iter_mut() {
+        run("SAVEPOINT minos_write")?;
+        if !job.run(conn) {
+            run("ROLLBACK TO minos_write")?;
+        }
+        run("RELEASE minos_write")?;
     }
+    run("COMMIT")?;
+    Ok(())
 }
 
 /// Appends `event` inside the caller's transaction: checks it against the stored snapshot, then writes
@@ -106,7 +157,6 @@ pub(super) fn append_tx(
         event: event.clone(),
     })
 }
-
 /// Inserts the event row; its id, the event's global position.
 fn insert_event(
     tx: &Connection,

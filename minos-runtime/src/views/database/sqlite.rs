@@ -27,6 +27,8 @@ pub(super) struct SqliteViews {
 fn setup(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
         .map_err(err)?;
+    // Every view's statements stay prepared.
+    conn.set_prepared_statement_cache_capacity(256);
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(err)
 }
@@ -50,7 +52,11 @@ impl SqliteViews {
 
     pub(super) fn memory() -> Result<Self, StoreError> {
         Ok(SqliteViews {
-            writer: Arc::new(Mutex::new(Connection::open_in_memory().map_err(err)?)),
+            writer: Arc::new(Mutex::new({
+                let conn = Connection::open_in_memory().map_err(err)?;
+                conn.set_prepared_statement_cache_capacity(256);
+                conn
+            })),
             reader: None,
             path: "memory".into(),
         })
@@ -65,7 +71,7 @@ impl Backend for SqliteViews {
 
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
         let conn = Arc::clone(&self.writer).lock_owned().await;
-        conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+        run(&conn, "BEGIN IMMEDIATE")?;
         Ok(Box::new(SqliteTx { conn, open: true }))
     }
 
@@ -88,6 +94,14 @@ impl Drop for SqliteTx {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
     }
+}
+
+/// Runs a statement without parameters or rows, prepared once.
+fn run(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut statement| statement.execute([]))
+        .map(|_| ())
+        .map_err(err)
 }
 
 fn native(value: &SqlValue) -> Native {
@@ -185,7 +199,7 @@ impl Tx for SqliteTx {
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
         if self.open {
             self.open = false;
-            self.conn.execute_batch("COMMIT").map_err(err)?;
+            run(&self.conn, "COMMIT")?;
         }
         Ok(())
     }

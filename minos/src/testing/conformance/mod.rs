@@ -45,6 +45,7 @@ macro_rules! conformance_tests {
             create_json_rejects_caller_identity,
             events_read_in_global_order,
             units_commit_all_or_nothing,
+            concurrent_units_fail_alone,
             units_record_the_inbox_once,
             staged_writes_wait_for_the_unit_commit,
             transactions_are_saved_and_found_by_status,

@@ -156,6 +156,67 @@ pub async fn units_commit_all_or_nothing(repo: Repository) {
     assert_eq!(repo.get::<Customer>(b.uuid()).await.unwrap().name, "b2");
 }
 
+/// Many units at once, every other one failing on its second append: a store that commits writers
+/// together (group commit) still rolls back each failing unit alone and keeps every other one whole.
+pub async fn concurrent_units_fail_alone(repo: Repository) {
+    let mut roots = Vec::new();
+    for i in 0..32 {
+        roots.push(
+            repo.create(Customer {
+                name: format!("c{i}"),
+            })
+            .await
+            .unwrap(),
+        );
+    }
+    let pending = repo.store().pending(1000).await.unwrap().len();
+    let repo = std::sync::Arc::new(repo);
+    let mut tasks = Vec::new();
+    for (i, pair) in roots.chunks(2).enumerate() {
+        let (first, second) = (pair[0].clone(), pair[1].clone());
+        let repo = std::sync::Arc::clone(&repo);
+        tasks.push(tokio::spawn(async move {
+            let one = event_of(&first, 2, Action::Update, &format!("u{i}"));
+            // Odd units name a version the second root is not at: they must leave nothing behind.
+            let version = if i % 2 == 1 { 7 } else { 2 };
+            let two = event_of(&second, version, Action::Update, &format!("u{i}"));
+            let writes = vec![
+                (one.clone(), one.domain_messages().unwrap()),
+                (two.clone(), two.domain_messages().unwrap()),
+            ];
+            (i, repo.commit_unit(&writes, None).await)
+        }));
+    }
+    for task in tasks {
+        let (i, result) = task.await.unwrap();
+        match i % 2 {
+            0 => assert_eq!(result.unwrap().len(), 2, "unit {i}"),
+            _ => assert!(result.unwrap_err().is_conflict(), "unit {i}"),
+        }
+    }
+    for (i, pair) in roots.chunks(2).enumerate() {
+        for root in pair {
+            let read = repo.get::<Customer>(root.uuid()).await.unwrap();
+            match i % 2 {
+                0 => assert_eq!(
+                    (read.name.as_str(), read.version()),
+                    (format!("u{i}").as_str(), 2)
+                ),
+                _ => assert_eq!(read.version(), 1, "unit {i} was rolled back whole"),
+            }
+        }
+    }
+    let per_append = event_of(&roots[0], 2, Action::Update, "x")
+        .domain_messages()
+        .unwrap()
+        .len();
+    assert_eq!(
+        repo.store().pending(1000).await.unwrap().len(),
+        pending + 16 * per_append,
+        "the messages of the 16 committed appends, none of the others"
+    );
+}
+
 /// A unit with an inbox entry is committed once; a redelivery writes nothing.
 pub async fn units_record_the_inbox_once(repo: Repository) {
     let a = repo.create(Customer { name: "a".into() }).await.unwrap();
