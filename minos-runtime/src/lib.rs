@@ -9,6 +9,7 @@ pub mod gateway;
 pub(crate) mod hash;
 pub(crate) mod http;
 pub mod launcher;
+mod memory;
 pub mod messaging;
 #[doc(hidden)]
 pub mod net;

@@ -160,6 +160,7 @@ pub(super) async fn handle(
     payload: web::Payload,
 ) -> HttpResponse {
     let started = std::time::Instant::now();
+    crate::memory::busy();
     let metrics = shared.context.metrics().clone();
     let response = if crate::telemetry::trace::enabled() {
         // The request's id: the caller's `x-request-id` (up to 128 characters), else a new one.

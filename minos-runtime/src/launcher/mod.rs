@@ -199,6 +199,7 @@ impl Launcher {
         .spawn();
         let scheduler = crate::scheduler::spawn(&table, Arc::clone(&chain), context.clone())
             .map_err(Error::Routes)?;
+        let trimmer = crate::memory::spawn();
         let mut system_routes = crate::saga::http_routes().to_vec();
         system_routes.extend(crate::views::http_routes());
         let http = crate::http::serve(
@@ -245,6 +246,7 @@ impl Launcher {
             relay,
             scheduler,
             tidy,
+            trimmer,
         })
     }
 
@@ -412,6 +414,7 @@ pub struct RunningService {
     relay: RelayHandle,
     scheduler: SchedulerHandle,
     tidy: tokio::task::JoinHandle<()>,
+    trimmer: tokio::task::JoinHandle<()>,
 }
 
 impl RunningService {
@@ -442,6 +445,7 @@ impl RunningService {
         self.http.stop().await;
         self.scheduler.stop();
         self.tidy.abort();
+        self.trimmer.abort();
         if let Some(dispatcher) = self.dispatcher {
             dispatcher.stop().await;
         }

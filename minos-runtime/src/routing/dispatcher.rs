@@ -194,6 +194,7 @@ impl Dispatcher {
     }
 
     async fn dispatch_message(&self, message: BrokerMessage) -> Outcome {
+        crate::memory::busy();
         tracing::trace!(service = self.context.name(), topic = %message.topic, identifier = %message.identifier, "dispatching");
         if let Some(handler) = self.system.get(&message.topic) {
             return self.dispatch_system(handler, message).await;

@@ -35,15 +35,15 @@ pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: Option<PathBuf>,
     writes: std::sync::mpsc::Sender<Box<dyn writer::Job>>,
-    // Idle reader connections (a file database only).
-    readers: Option<Arc<Mutex<Vec<Connection>>>>,
+    // The queue of the reader threads (a file database only).
+    readers: Option<std::sync::mpsc::Sender<ReadJob>>,
 }
 
 /// Prepared statements kept per connection (every statement the store runs fits).
 const STATEMENT_CACHE: usize = 128;
 
-/// Idle reader connections kept open; more are opened while more reads run at once.
-const IDLE_READERS: usize = 16;
+/// Reader threads (and connections) of a database file: reads beyond these wait their turn.
+const READERS: usize = 4;
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -95,7 +95,7 @@ impl SqliteStore {
         let writes = writer::spawn(Arc::clone(&conn))?;
         Ok(SqliteStore {
             conn,
-            readers: path.as_ref().map(|_| Arc::new(Mutex::new(Vec::new()))),
+            readers: path.as_deref().map(spawn_readers).transpose()?,
             path,
             writes,
         })
@@ -124,31 +124,22 @@ impl SqliteStore {
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
     {
-        let (Some(readers), Some(path)) = (self.readers.clone(), self.path.clone()) else {
+        let Some(readers) = &self.readers else {
             return self.with(f).await;
         };
-        tokio::task::spawn_blocking(move || {
-            let idle = readers
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .pop();
-            let mut conn = match idle {
-                Some(conn) => conn,
-                None => open_reader(&path)?,
-            };
-            let result = f(&mut conn);
-            let mut idle = readers
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if idle.len() < IDLE_READERS && conn.is_autocommit() {
-                idle.push(conn);
-            }
-            result
-        })
-        .await
-        .map_err(|e| StoreError::backend(BACKEND, e))?
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: ReadJob = Box::new(move |conn| {
+            let _ = reply.send(f(conn));
+        });
+        readers
+            .send(job)
+            .map_err(|_| StoreError::backend(BACKEND, "the reader threads stopped"))?;
+        answer
+            .await
+            .map_err(|_| StoreError::backend(BACKEND, "a reader thread dropped a read"))?
     }
 
+    /// Runs `f` on the writer's connection, outside the writer thread (rare writes: the registry).
     async fn with<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
@@ -164,6 +155,44 @@ impl SqliteStore {
     }
 }
 
+/// A read waiting for a reader thread.
+type ReadJob = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Starts the reader threads, each with a connection of its own, taking reads from one queue; they
+/// stop when the store is dropped.
+fn spawn_readers(path: &Path) -> Result<std::sync::mpsc::Sender<ReadJob>, StoreError> {
+    let (reads, queue) = std::sync::mpsc::channel::<ReadJob>();
+    let queue = Arc::new(Mutex::new(queue));
+    for n in 0..READERS {
+        let conn = open_reader(path)?;
+        let queue = Arc::clone(&queue);
+        std::thread::Builder::new()
+            .name(format!("minos-sqlite-r{n}"))
+            .spawn(move || reader(conn, &queue))
+            .map_err(|e| StoreError::backend(BACKEND, e))?;
+    }
+    Ok(reads)
+}
+
+fn reader(mut conn: Connection, queue: &Mutex<std::sync::mpsc::Receiver<ReadJob>>) {
+    loop {
+        let job = {
+            let queue = queue
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match queue.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            }
+        };
+        // A panicking read fails alone (its caller sees the reply dropped); the thread goes on.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
 /// A reader connection on the database file: it only reads, and keeps a small page cache (the writer's
 /// commits invalidate it anyway; the operating system caches the file).
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
@@ -174,7 +203,7 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     .map_err(sql_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(sql_err)?;
-    conn.execute_batch("PRAGMA cache_size = -512; PRAGMA query_only = ON;")
+    conn.execute_batch("PRAGMA cache_size = -256; PRAGMA query_only = ON;")
         .map_err(sql_err)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
