@@ -46,7 +46,13 @@ impl Backend for PostgresViews {
             .get()
             .await
             .map_err(crate::store::postgres::pool_error)?;
-        client.batch_execute("BEGIN").await.map_err(err)?;
+        // A view is derived from the event store: its transactions do not wait for the WAL flush. A
+        // database crash can lose only the last ones, rows and position together, and the view
+        // applies those events again.
+        client
+            .batch_execute("BEGIN; SET LOCAL synchronous_commit TO OFF")
+            .await
+            .map_err(err)?;
         Ok(Box::new(PostgresTx {
             client: Some(client),
             open: true,
