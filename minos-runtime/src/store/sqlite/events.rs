@@ -114,8 +114,9 @@ fn select_events(filter: EventFilter) -> (String, Vec<SqlValue>) {
     }
     sql.push_str(" ORDER BY id");
     if let Some(limit) = filter.limit {
-        args.push(SqlValue::Integer(limit.min(i64::MAX as usize) as i64));
-        sql.push_str(&format!(" LIMIT ?{}", args.len()));
+        // A literal, not a parameter: SQLite prepares a statement with a bound LIMIT again on every
+        // run. An integer is safe to write into the statement.
+        sql.push_str(&format!(" LIMIT {}", limit.min(i64::MAX as usize)));
     }
     (sql, args)
 }

@@ -14,13 +14,14 @@ impl OutboxStore for SqliteStore {
     async fn pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
         let limit = limit.min(i64::MAX as usize) as i64;
         self.read(move |conn| {
+            // The limit is written into the statement (a bound LIMIT is prepared again each run).
             let mut statement = conn
-                .prepare_cached(
-                    "SELECT id, identifier, topic, key, payload, created_at, headers FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?1",
-                )
+                .prepare_cached(&format!(
+                    "SELECT id, identifier, topic, key, payload, created_at, headers FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT {limit}"
+                ))
                 .map_err(sql_err)?;
             let rows = statement
-                .query_map([limit], |row| {
+                .query_map([], |row| {
                     Ok((
                         row.get::<_, i64>(0)?,
                         row.get::<_, String>(1)?,

@@ -75,8 +75,8 @@ impl SnapshotStore for SqliteStore {
         }
         sql.push_str("rowid");
         if let Some(limit) = query.limit {
-            let p = builder.bind(SqlValue::Integer(limit.min(i64::MAX as usize) as i64));
-            sql.push_str(&format!(" LIMIT {p}"));
+            // A literal: a bound LIMIT makes SQLite prepare the statement again on every run.
+            sql.push_str(&format!(" LIMIT {}", limit.min(i64::MAX as usize)));
         }
         let args = builder.args;
         self.read(move |conn| {
