@@ -108,7 +108,7 @@ impl SqliteStore {
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
-        let (job, answer) = writer::Task::new(f);
+        let (job, answer) = writer::Task::queued(f);
         self.writes
             .send(job)
             .map_err(|_| StoreError::backend(BACKEND, "the writer thread stopped"))?;

@@ -35,7 +35,7 @@ where
     R: Send + 'static,
     F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
 {
-    pub(super) fn new(work: F) -> (Box<dyn Job>, oneshot::Receiver<Result<R, StoreError>>) {
+    pub(super) fn queued(work: F) -> (Box<dyn Job>, oneshot::Receiver<Result<R, StoreError>>) {
         let (reply, answer) = oneshot::channel();
         let task = Task {
             work: Some(work),
