@@ -134,6 +134,16 @@ struct Inner {
     progress: watch::Sender<u64>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The last non-empty page read of each source, for the other views of that source: several
+    /// views of one type read the same pages, one store read between them.
+    pages: Mutex<BTreeMap<String, SharedPage>>,
+}
+
+/// A page of a source's log: the position it was read after, its events, how many followed.
+struct SharedPage {
+    after: Position,
+    events: Arc<Vec<StoredEvent>>,
+    behind: Option<u64>,
 }
 
 struct Follower {
@@ -202,6 +212,7 @@ impl Projections {
                 progress: watch::channel(0).0,
                 stop: watch::channel(false).0,
                 tasks: Mutex::default(),
+                pages: Mutex::default(),
             }),
         };
         let mut tasks = Vec::new();
@@ -562,7 +573,7 @@ impl Projections {
             return Ok(Step::Busy);
         }
         let tx = Arc::new(tokio::sync::Mutex::new(tx));
-        for stored in &events {
+        for stored in events.iter() {
             self.apply(plan, &tx, stored).await.map_err(|error| {
                 Error::with_status(
                     500,
@@ -610,13 +621,43 @@ impl Projections {
         source: &str,
         after: Position,
         pages: u64,
-    ) -> Result<(Vec<StoredEvent>, Option<u64>)> {
-        let count = pages % 20 == 0;
-        if self.inner.owned.contains(source) {
-            let store = self.inner.context.repository().store();
-            return log::local_page(store.as_ref(), source, after, PAGE, count).await;
+    ) -> Result<(Arc<Vec<StoredEvent>>, Option<u64>)> {
+        // Another view of this source read this very page: take it. The page is a prefix of what a
+        // read now would give (the log only grows after a position), so at worst this view moves
+        // less far this step. An empty page is never shared: it would hide events written since.
+        if let Some(page) = self
+            .inner
+            .pages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(source)
+            .filter(|page| page.after == after)
+        {
+            return Ok((Arc::clone(&page.events), page.behind));
         }
-        log::remote_page(&self.inner.context, source, after, PAGE, count).await
+        let count = pages % 20 == 0;
+        let (events, behind) = if self.inner.owned.contains(source) {
+            let store = self.inner.context.repository().store();
+            log::local_page(store.as_ref(), source, after, PAGE, count).await?
+        } else {
+            log::remote_page(&self.inner.context, source, after, PAGE, count).await?
+        };
+        let events = Arc::new(events);
+        if !events.is_empty() {
+            self.inner
+                .pages
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(
+                    source.to_owned(),
+                    SharedPage {
+                        after,
+                        events: Arc::clone(&events),
+                        behind,
+                    },
+                );
+        }
+        Ok((events, behind))
     }
 
     /// Runs the view's handlers on each message `stored` published.
