@@ -2,6 +2,8 @@
 //! service's own store, or asked of the type's owner with `_Get{Type}Events` (which every service
 //! answers for the types it owns).
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -13,6 +15,70 @@ use crate::store::{EventStore, Position, StoreError, StoredEvent};
 
 /// Events per page when a request names no limit.
 pub(crate) const PAGE: usize = 256;
+
+/// The last non-empty page read of each source, for the other views of that source: several views of
+/// one type read the same pages, with one read (of the store, or of the owner) between them.
+#[derive(Default)]
+pub(crate) struct SharedPages(Mutex<BTreeMap<String, SharedPage>>);
+
+/// A page of a source's log: the position it was read after, its events, how many followed.
+struct SharedPage {
+    after: Position,
+    events: Arc<Vec<StoredEvent>>,
+    behind: Option<u64>,
+}
+
+impl SharedPages {
+    /// The page of `source` after `after` ([`PAGE`] events at most), from this service's store when
+    /// `owned`, else from the owner; and how many follow it (see [`local_page`]). Another view of this
+    /// source that read this very page shares it: the page is a prefix of what a read now would give
+    /// (the log only grows after a position), so at worst this view moves less far this step. An
+    /// empty page is never shared: it would hide events written since.
+    pub(crate) async fn page(
+        &self,
+        context: &Context,
+        owned: bool,
+        source: &str,
+        after: Position,
+        count: bool,
+    ) -> Result<(Arc<Vec<StoredEvent>>, Option<u64>)> {
+        if let Some(page) = self.lock().get(source).filter(|page| page.after == after) {
+            return Ok((Arc::clone(&page.events), page.behind));
+        }
+        let (events, behind) = match owned {
+            true => {
+                local_page(
+                    context.repository().store().as_ref(),
+                    source,
+                    after,
+                    PAGE,
+                    count,
+                )
+                .await?
+            }
+            false => remote_page(context, source, after, PAGE, count).await?,
+        };
+        let events = Arc::new(events);
+        if !events.is_empty() {
+            let events = Arc::clone(&events);
+            self.lock().insert(
+                source.to_owned(),
+                SharedPage {
+                    after,
+                    events,
+                    behind,
+                },
+            );
+        }
+        Ok((events, behind))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SharedPage>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
 
 /// The events of `name` after `after` (at most `limit`), and how many follow them: 0 when the page is
 /// not full, counted when `count`, else unknown.

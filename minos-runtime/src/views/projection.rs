@@ -134,16 +134,8 @@ struct Inner {
     progress: watch::Sender<u64>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// The last non-empty page read of each source, for the other views of that source: several
-    /// views of one type read the same pages, one store read between them.
-    pages: Mutex<BTreeMap<String, SharedPage>>,
-}
-
-/// A page of a source's log: the position it was read after, its events, how many followed.
-struct SharedPage {
-    after: Position,
-    events: Arc<Vec<StoredEvent>>,
-    behind: Option<u64>,
+    /// The pages read, shared by the views of one source.
+    pages: log::SharedPages,
 }
 
 struct Follower {
@@ -212,7 +204,7 @@ impl Projections {
                 progress: watch::channel(0).0,
                 stop: watch::channel(false).0,
                 tasks: Mutex::default(),
-                pages: Mutex::default(),
+                pages: log::SharedPages::default(),
             }),
         };
         let mut tasks = Vec::new();
@@ -622,42 +614,13 @@ impl Projections {
         after: Position,
         pages: u64,
     ) -> Result<(Arc<Vec<StoredEvent>>, Option<u64>)> {
-        // Another view of this source read this very page: take it. The page is a prefix of what a
-        // read now would give (the log only grows after a position), so at worst this view moves
-        // less far this step. An empty page is never shared: it would hide events written since.
-        if let Some(page) = self
+        let owned = self.inner.owned.contains(source);
+        let count = pages % 20 == 0;
+        let page = self
             .inner
             .pages
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(source)
-            .filter(|page| page.after == after)
-        {
-            return Ok((Arc::clone(&page.events), page.behind));
-        }
-        let count = pages % 20 == 0;
-        let (events, behind) = if self.inner.owned.contains(source) {
-            let store = self.inner.context.repository().store();
-            log::local_page(store.as_ref(), source, after, PAGE, count).await?
-        } else {
-            log::remote_page(&self.inner.context, source, after, PAGE, count).await?
-        };
-        let events = Arc::new(events);
-        if !events.is_empty() {
-            self.inner
-                .pages
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(
-                    source.to_owned(),
-                    SharedPage {
-                        after,
-                        events: Arc::clone(&events),
-                        behind,
-                    },
-                );
-        }
-        Ok((events, behind))
+            .page(&self.inner.context, owned, source, after, count);
+        page.await
     }
 
     /// Runs the view's handlers on each message `stored` published.

@@ -109,12 +109,7 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
         let (job, answer) = writer::Task::queued(f);
-        self.writes
-            .send(job)
-            .map_err(|_| StoreError::backend(BACKEND, "the writer thread stopped"))?;
-        answer
-            .await
-            .map_err(|_| StoreError::backend(BACKEND, "the writer thread dropped a write"))?
+        queued(&self.writes, job, answer, "writer thread").await
     }
 
     /// Runs the read `f` on a reader connection (the writer's for an in-memory database): it sees every
@@ -131,12 +126,7 @@ impl SqliteStore {
         let job: ReadJob = Box::new(move |conn| {
             let _ = reply.send(f(conn));
         });
-        readers
-            .send(job)
-            .map_err(|_| StoreError::backend(BACKEND, "the reader threads stopped"))?;
-        answer
-            .await
-            .map_err(|_| StoreError::backend(BACKEND, "a reader thread dropped a read"))?
+        queued(readers, job, answer, "reader threads").await
     }
 
     /// Runs `f` on the writer's connection, outside the writer thread (rare writes: the registry).
@@ -153,6 +143,21 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::backend(BACKEND, e))?
     }
+}
+
+/// Sends `job` to the `threads` of the store that take it and waits for its `answer`.
+async fn queued<J, R>(
+    queue: &std::sync::mpsc::Sender<J>,
+    job: J,
+    answer: tokio::sync::oneshot::Receiver<Result<R, StoreError>>,
+    threads: &str,
+) -> Result<R, StoreError> {
+    queue
+        .send(job)
+        .map_err(|_| StoreError::backend(BACKEND, format!("the {threads} stopped")))?;
+    answer
+        .await
+        .map_err(|_| StoreError::backend(BACKEND, format!("the {threads} dropped an operation")))?
 }
 
 /// A read waiting for a reader thread.
@@ -193,7 +198,7 @@ fn reader(mut conn: Connection, queue: &Mutex<std::sync::mpsc::Receiver<ReadJob>
     }
 }
 
-/// A reader connection on the database file: it only reads, and keeps a small page cache (the writer's
+/// A read-only connection on the database file: it keeps a small page cache (the writer's
 /// commits invalidate it anyway; the operating system caches the file).
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
@@ -203,7 +208,7 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     .map_err(sql_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(sql_err)?;
-    conn.execute_batch("PRAGMA cache_size = -256; PRAGMA query_only = ON;")
+    conn.execute_batch("PRAGMA cache_size = -256;")
         .map_err(sql_err)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)

@@ -157,6 +157,7 @@ pub(super) fn append_tx(
         event: event.clone(),
     })
 }
+
 /// Inserts the event row; its id, the event's global position.
 fn insert_event(
     tx: &Connection,

@@ -24,11 +24,13 @@ pub(super) struct SqliteViews {
     path: String,
 }
 
+/// Prepared statements kept per connection: every view's statements stay prepared.
+const STATEMENT_CACHE: usize = 256;
+
 fn setup(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
         .map_err(err)?;
-    // Every view's statements stay prepared.
-    conn.set_prepared_statement_cache_capacity(256);
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(err)
 }
@@ -54,7 +56,7 @@ impl SqliteViews {
         Ok(SqliteViews {
             writer: Arc::new(Mutex::new({
                 let conn = Connection::open_in_memory().map_err(err)?;
-                conn.set_prepared_statement_cache_capacity(256);
+                conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
                 conn
             })),
             reader: None,
