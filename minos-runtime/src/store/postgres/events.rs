@@ -8,7 +8,7 @@ use crate::domain::{Action, DomainMessage, Event};
 use crate::store::{EventFilter, EventStore, InboxEntry, Position, StoreError, StoredEvent};
 
 use super::writer::{commit_with, AppendRequest};
-use super::{db_error, query, PostgresStore, BACKEND};
+use super::{db_error, prepared, query, PostgresStore, BACKEND};
 
 #[async_trait]
 impl EventStore for PostgresStore {
@@ -55,7 +55,7 @@ impl EventStore for PostgresStore {
         if let Some(entry) = inbox {
             let inserted = tx
                 .execute(
-                    "INSERT INTO inbox (consumer, identifier) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &prepared(&tx, "INSERT INTO inbox (consumer, identifier) VALUES ($1, $2) ON CONFLICT DO NOTHING").await?,
                     &[&entry.consumer, &entry.identifier],
                 )
                 .await
@@ -103,7 +103,11 @@ impl EventStore for PostgresStore {
         }
         let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             builder.params.iter().map(|p| p.as_ref() as _).collect();
-        let rows = client.query(&sql, &params).await.map_err(db_error)?;
+        // At most 16 shapes of this statement, each cached once per connection.
+        let rows = client
+            .query(&prepared(&client, &sql).await?, &params)
+            .await
+            .map_err(db_error)?;
         rows.iter().map(decode_event).collect()
     }
 
@@ -117,10 +121,14 @@ impl EventStore for PostgresStore {
         let limit = limit.min(i64::MAX as usize) as i64;
         let rows = client
             .query(
-                "SELECT id, xact, uuid, name, version, action, data, created_at FROM events \
+                &prepared(
+                    &client,
+                    "SELECT id, xact, uuid, name, version, action, data, created_at FROM events \
                  WHERE name = $1 AND (xact, id) > ($2, $3) \
                    AND xact < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
                  ORDER BY xact, id LIMIT $4",
+                )
+                .await?,
                 &[&name, &after.commit, &after.id, &limit],
             )
             .await
@@ -132,7 +140,11 @@ impl EventStore for PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_one(
-                "SELECT COUNT(*) FROM events WHERE name = $1 AND (xact, id) > ($2, $3)",
+                &prepared(
+                    &client,
+                    "SELECT COUNT(*) FROM events WHERE name = $1 AND (xact, id) > ($2, $3)",
+                )
+                .await?,
                 &[&name, &after.commit, &after.id],
             )
             .await

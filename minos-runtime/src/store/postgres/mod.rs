@@ -24,7 +24,9 @@ pub use lock::AdvisoryLock;
 use std::str::FromStr;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime,
+};
 use tokio::sync::mpsc;
 use tokio_postgres::NoTls;
 
@@ -108,6 +110,16 @@ fn is_unreachable(error: &tokio_postgres::Error) -> bool {
         source = cause.source();
     }
     false
+}
+
+/// `sql` from the connection's statement cache: parsed and planned once per connection, then run in one
+/// round trip (an unprepared statement takes two: parse and describe, then bind and execute). Only for
+/// statements of a bounded number of shapes: the cache keeps every text it is given.
+pub(crate) async fn prepared<C: GenericClient>(
+    client: &C,
+    sql: &str,
+) -> Result<tokio_postgres::Statement, StoreError> {
+    client.prepare_cached(sql).await.map_err(db_error)
 }
 
 pub(crate) fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {

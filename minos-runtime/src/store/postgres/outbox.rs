@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use crate::domain::DomainMessage;
 use crate::store::{InboxEntry, InboxStore, OutboxRecord, OutboxStore, RelayLease, StoreError};
 
-use super::{db_error, PostgresStore};
+use super::{db_error, prepared, PostgresStore};
 
 #[async_trait]
 impl OutboxStore for PostgresStore {
@@ -47,7 +47,11 @@ impl OutboxStore for PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_one(
-                "SELECT count(*), min(created_at) FROM outbox WHERE sent_at IS NULL",
+                &prepared(
+                    &client,
+                    "SELECT count(*), min(created_at) FROM outbox WHERE sent_at IS NULL",
+                )
+                .await?,
                 &[],
             )
             .await
@@ -86,7 +90,11 @@ impl InboxStore for PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT 1 FROM inbox WHERE consumer = $1 AND identifier = $2",
+                &prepared(
+                    &client,
+                    "SELECT 1 FROM inbox WHERE consumer = $1 AND identifier = $2",
+                )
+                .await?,
                 &[&entry.consumer, &entry.identifier],
             )
             .await

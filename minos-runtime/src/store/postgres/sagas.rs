@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::domain::ExecutionStatus;
 use crate::store::{ExecutionRecord, SagaStore, StoreError};
 
-use super::{db_error, PostgresStore, BACKEND};
+use super::{db_error, prepared, PostgresStore, BACKEND};
 
 fn decode_execution(row: &Row) -> Result<ExecutionRecord, StoreError> {
     let status: String = row.get("status");
@@ -30,9 +30,9 @@ impl SagaStore for PostgresStore {
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO saga_executions (uuid, saga, status, data, created_at, updated_at) \
+                &prepared(&client, "INSERT INTO saga_executions (uuid, saga, status, data, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (uuid) DO UPDATE SET saga = EXCLUDED.saga, \
-                 status = EXCLUDED.status, data = EXCLUDED.data, updated_at = EXCLUDED.updated_at",
+                 status = EXCLUDED.status, data = EXCLUDED.data, updated_at = EXCLUDED.updated_at").await?,
                 &[
                     &record.uuid,
                     &record.saga,
@@ -51,7 +51,7 @@ impl SagaStore for PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT uuid, saga, status, data, created_at, updated_at FROM saga_executions WHERE uuid = $1",
+                &prepared(&client, "SELECT uuid, saga, status, data, created_at, updated_at FROM saga_executions WHERE uuid = $1").await?,
                 &[&uuid],
             )
             .await
@@ -67,8 +67,8 @@ impl SagaStore for PostgresStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT uuid, saga, status, data, created_at, updated_at FROM saga_executions \
-                 WHERE ($1::TEXT IS NULL OR status = $1) ORDER BY updated_at DESC, uuid DESC LIMIT $2",
+                &prepared(&client, "SELECT uuid, saga, status, data, created_at, updated_at FROM saga_executions \
+                 WHERE ($1::TEXT IS NULL OR status = $1) ORDER BY updated_at DESC, uuid DESC LIMIT $2").await?,
                 &[&status.map(ExecutionStatus::as_str), &(limit.min(i64::MAX as usize) as i64)],
             )
             .await
@@ -85,8 +85,12 @@ impl SagaStore for PostgresStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT uuid, saga, status, data, created_at, updated_at FROM saga_executions \
+                &prepared(
+                    &client,
+                    "SELECT uuid, saga, status, data, created_at, updated_at FROM saga_executions \
                  WHERE status = $1 AND updated_at < $2 ORDER BY updated_at, uuid LIMIT $3",
+                )
+                .await?,
                 &[
                     &status.as_str(),
                     &before,

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::domain::{DomainMessage, Event, TransactionEntry, TransactionStatus};
 use crate::store::{HeldWrites, InboxEntry, StoreError, TransactionStore};
 
-use super::{db_error, PostgresStore, BACKEND};
+use super::{db_error, prepared, PostgresStore, BACKEND};
 
 fn decode_transaction(row: &Row) -> Result<TransactionEntry, StoreError> {
     let status: String = row.get("status");
@@ -30,9 +30,9 @@ impl TransactionStore for PostgresStore {
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO transactions (uuid, status, destination, updated_at) VALUES ($1, $2, $3, $4) \
+                &prepared(&client, "INSERT INTO transactions (uuid, status, destination, updated_at) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (uuid) DO UPDATE SET status = EXCLUDED.status, destination = EXCLUDED.destination, \
-                 updated_at = EXCLUDED.updated_at",
+                 updated_at = EXCLUDED.updated_at").await?,
                 &[&entry.uuid, &entry.status.as_str(), &entry.destination, &entry.updated_at],
             )
             .await
@@ -44,7 +44,7 @@ impl TransactionStore for PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT uuid, status, destination, updated_at FROM transactions WHERE uuid = $1",
+                &prepared(&client, "SELECT uuid, status, destination, updated_at FROM transactions WHERE uuid = $1").await?,
                 &[&uuid],
             )
             .await
@@ -61,8 +61,12 @@ impl TransactionStore for PostgresStore {
         let statuses: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
         let rows = client
             .query(
-                "SELECT uuid, status, destination, updated_at FROM transactions \
+                &prepared(
+                    &client,
+                    "SELECT uuid, status, destination, updated_at FROM transactions \
                  WHERE status = ANY($1) AND updated_at < $2 ORDER BY updated_at, uuid",
+                )
+                .await?,
                 &[&statuses, &before],
             )
             .await
@@ -92,7 +96,10 @@ impl TransactionStore for PostgresStore {
              ORDER BY position";
         let Some(entry) = inbox else {
             client
-                .execute(insert_writes, &[&transaction, &events, &messages])
+                .execute(
+                    &prepared(&client, insert_writes).await?,
+                    &[&transaction, &events, &messages],
+                )
                 .await
                 .map_err(db_error)?;
             return Ok(());
@@ -100,14 +107,14 @@ impl TransactionStore for PostgresStore {
         // One statement: the writes are added only if the inbox row is new.
         let row = client
             .query_one(
-                "WITH recorded AS ( \
+                &prepared(&client, "WITH recorded AS ( \
                      INSERT INTO inbox (consumer, identifier) VALUES ($4, $5) ON CONFLICT DO NOTHING \
                      RETURNING 1), \
                  held AS ( \
                      INSERT INTO transaction_writes (transaction_uuid, event, messages) \
                      SELECT $1, e, m FROM UNNEST($2::jsonb[], $3::jsonb[]) WITH ORDINALITY AS w(e, m, position) \
                      WHERE EXISTS (SELECT 1 FROM recorded) ORDER BY position) \
-                 SELECT count(*) FROM recorded",
+                 SELECT count(*) FROM recorded").await?,
                 &[&transaction, &events, &messages, &entry.consumer, &entry.identifier],
             )
             .await
@@ -126,7 +133,7 @@ impl TransactionStore for PostgresStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT event, messages FROM transaction_writes WHERE transaction_uuid = $1 ORDER BY id",
+                &prepared(&client, "SELECT event, messages FROM transaction_writes WHERE transaction_uuid = $1 ORDER BY id").await?,
                 &[&transaction],
             )
             .await
@@ -146,8 +153,12 @@ impl TransactionStore for PostgresStore {
         let client = self.client().await?;
         client
             .execute(
-                "WITH claims AS (DELETE FROM transaction_claims WHERE transaction_uuid = $1) \
+                &prepared(
+                    &client,
+                    "WITH claims AS (DELETE FROM transaction_claims WHERE transaction_uuid = $1) \
                  DELETE FROM transaction_writes WHERE transaction_uuid = $1",
+                )
+                .await?,
                 &[&transaction],
             )
             .await
@@ -170,17 +181,21 @@ impl TransactionStore for PostgresStore {
         let tx = client.transaction().await.map_err(db_error)?;
         // A concurrent claimer of the same root waits for this transaction, then sees the row.
         tx.execute(
-            "INSERT INTO transaction_claims (destination, root, transaction_uuid) \
+            &prepared(&tx, "INSERT INTO transaction_claims (destination, root, transaction_uuid) \
              SELECT $1, r, $2 FROM UNNEST($3::uuid[]) WITH ORDINALITY AS c(r, position) ORDER BY position \
-             ON CONFLICT (destination, root) DO NOTHING",
+             ON CONFLICT (destination, root) DO NOTHING").await?,
             &[&destination, &transaction, &roots],
         )
         .await
         .map_err(db_error)?;
         let other = tx
             .query_opt(
-                "SELECT root, transaction_uuid FROM transaction_claims \
+                &prepared(
+                    &tx,
+                    "SELECT root, transaction_uuid FROM transaction_claims \
                  WHERE destination = $1 AND root = ANY($3) AND transaction_uuid <> $2 LIMIT 1",
+                )
+                .await?,
                 &[&destination, &transaction, &roots],
             )
             .await
