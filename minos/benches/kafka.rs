@@ -49,7 +49,8 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let mut config = Config::from_yaml("").expect("config");
+        // The environment's settings apply (`MINOS_KAFKA_FETCH_WAIT_MS=1`, say); the bench sets the rest.
+        let mut config = Config::from_env().expect("config");
         config.name = unique("bench");
         config.storage = "memory".into();
         config.broker = format!("kafka://{}", bootstrap());

@@ -84,7 +84,8 @@ minos::saga! {
 }
 
 fn config(name: &str, storage: &str, broker: &str, services: &[&str]) -> Config {
-    let mut config = Config::from_yaml("").expect("config");
+    // The environment's settings apply (`MINOS_KAFKA_FETCH_WAIT_MS=1`, say); the bench sets the rest.
+    let mut config = Config::from_env().expect("config");
     config.name = name.into();
     config.storage = storage.into();
     config.broker = broker.into();

@@ -21,7 +21,7 @@ pub use crate::telemetry::{LogConfig, LogFormat, TelemetryConfig};
 /// name: foo                       # consumer group and topic prefix of replies
 /// storage: sqlite://.minos/foo.db # or `memory`, or `postgres://user@host/db`
 /// broker: memory                  # the in-process broker, or kafka://HOST:PORT
-/// kafka: { partitions: 3, replication: 1, publish_timeout_ms: 10000 }
+/// kafka: { partitions: 3, replication: 1, publish_timeout_ms: 10000, fetch_wait_ms: 5 }
 /// http: { host: 0.0.0.0, port: 4545, body_limit: 1048576 }
 /// handlers: { retries: 3, request_timeout_ms: 10000 }
 /// relay: { batch: 256, poll_interval_ms: 500 }
@@ -197,6 +197,10 @@ pub struct KafkaConfig {
     pub replication: i32,
     /// How long a publish waits for the broker's acknowledgement.
     pub publish_timeout_ms: u64,
+    /// How long the broker may hold a consumer's fetch when no message is there yet (librdkafka's
+    /// `fetch.wait.max.ms`). Brokers that answer as soon as a message arrives only poll less often
+    /// with a higher value; brokers that wait it out add up to this much to every hop.
+    pub fetch_wait_ms: u64,
 }
 
 impl Default for KafkaConfig {
@@ -205,6 +209,7 @@ impl Default for KafkaConfig {
             partitions: 3,
             replication: 1,
             publish_timeout_ms: 10_000,
+            fetch_wait_ms: 5,
         }
     }
 }

@@ -130,6 +130,7 @@ impl Launcher {
                 partitions: self.config.kafka.partitions.max(1),
                 replication: self.config.kafka.replication.max(1),
                 publish_timeout: Duration::from_millis(self.config.kafka.publish_timeout_ms),
+                fetch_wait: std::time::Duration::from_millis(self.config.kafka.fetch_wait_ms),
             };
             return Ok(Arc::new(crate::messaging::KafkaBroker::connect(
                 bootstrap, options,

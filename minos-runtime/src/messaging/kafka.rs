@@ -30,6 +30,8 @@ pub struct KafkaOptions {
     pub replication: i32,
     /// How long a publish may wait for the broker's acknowledgement before it fails.
     pub publish_timeout: Duration,
+    /// How long the broker may hold a fetch when no message is there yet (`fetch.wait.max.ms`).
+    pub fetch_wait: Duration,
 }
 
 impl Default for KafkaOptions {
@@ -38,6 +40,7 @@ impl Default for KafkaOptions {
             partitions: 3,
             replication: 1,
             publish_timeout: Duration::from_secs(10),
+            fetch_wait: Duration::from_millis(5),
         }
     }
 }
@@ -73,7 +76,7 @@ impl KafkaBroker {
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", &timeout_ms)
-            .set("linger.ms", "1")
+            .set("linger.ms", "0")
             .set("socket.nagle.disable", "true")
             .create()
             .map_err(|e| kafka_error("producer", e))?;
@@ -254,6 +257,7 @@ impl Broker for KafkaBroker {
                 tracing::warn!(%group, %error, "could not set where a new consumer group starts; partitions without a committed offset start at their end")
             }
         }
+        let fetch_wait_ms = self.options.fetch_wait.as_millis().to_string();
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             .set("group.id", group)
@@ -265,8 +269,9 @@ impl Broker for KafkaBroker {
             // A subscribed topic the cluster did not list yet (just created) is assigned at the next
             // metadata refresh: keep that soon, not the default five minutes.
             .set("topic.metadata.refresh.interval.ms", "1000")
-            // Hand messages over as soon as they are there: latency matters more than fetch sizes here.
-            .set("fetch.wait.max.ms", "5")
+            // Hand messages over as soon as they are there: latency matters more than fetch sizes here
+            // (some brokers hold an empty fetch for its whole wait even when a message arrives).
+            .set("fetch.wait.max.ms", &fetch_wait_ms)
             .set("socket.nagle.disable", "true")
             .create()
             .map_err(|e| kafka_error("consumer", e))?;
@@ -288,6 +293,7 @@ impl Broker for KafkaBroker {
 
     async fn listen(&self, topic: &str) -> Result<Subscription> {
         self.ensure_topics(&[topic.to_owned()]).await?;
+        let fetch_wait_ms = self.options.fetch_wait.as_millis().to_string();
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             // Partitions are assigned by hand: the group joins nothing and commits nothing.
@@ -297,7 +303,7 @@ impl Broker for KafkaBroker {
             )
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", "5")
+            .set("fetch.wait.max.ms", &fetch_wait_ms)
             .set("socket.nagle.disable", "true")
             .create()
             .map_err(|e| kafka_error("consumer", e))?;

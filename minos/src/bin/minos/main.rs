@@ -531,6 +531,7 @@ async fn ship_logs(config: &Config) -> minos::Result<()> {
         partitions: config.kafka.partitions.max(1),
         replication: config.kafka.replication.max(1),
         publish_timeout: std::time::Duration::from_millis(config.kafka.publish_timeout_ms),
+        fetch_wait: std::time::Duration::from_millis(config.kafka.fetch_wait_ms),
     };
     let broker = minos::messaging::KafkaBroker::connect(bootstrap, options)?;
     minos::telemetry::ship::start(std::sync::Arc::new(broker), None);
