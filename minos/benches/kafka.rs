@@ -1,5 +1,6 @@
-//! Messaging over Kafka: domain events per second from the outbox through Kafka to an event handler, and
-//! the round trip of a broker command (request, handler, reply) with p50/p99.
+//! Messaging over Kafka: domain events per second from the outbox through Kafka to an event handler, the
+//! round trip of a broker command (request, handler, reply) with p50/p99, and commands per second with 64
+//! in flight.
 //!
 //! `cargo bench -p minos --bench kafka` (broker: `MINOS_TEST_KAFKA`, default 127.0.0.1:9092;
 //! `scripts/kafka-dev.sh start` runs one; `MINOS_BENCH_SCALE=0.1` for a quick run).
@@ -141,6 +142,35 @@ fn main() {
             "command round trip (sequential, {rounds}): p50 {:.2?}, p99 {:.2?}",
             at(0.5),
             at(0.99)
+        );
+
+        // Pipelined: many commands in flight at once, each reply checked against its request.
+        let in_flight = 64;
+        let total = scale(20_000, in_flight * 4) / in_flight * in_flight;
+        let started = Instant::now();
+        let senders: Vec<_> = (0..in_flight)
+            .map(|s| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    for i in 0..total / in_flight {
+                        let n = s * 1_000_000 + i;
+                        let reply = client
+                            .send("BenchPing", json!({"i": n}))
+                            .await
+                            .expect("reply");
+                        assert_eq!(reply.status, 200);
+                        assert_eq!(reply.content["i"], json!(n), "the reply to this command");
+                    }
+                })
+            })
+            .collect();
+        for sender in senders {
+            sender.await.expect("sender");
+        }
+        let elapsed = started.elapsed();
+        println!(
+            "commands pipelined ({in_flight} in flight): {total} in {elapsed:.2?} = {:.0} commands/s",
+            total as f64 / elapsed.as_secs_f64()
         );
         service.stop().await;
     });
