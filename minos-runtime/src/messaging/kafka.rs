@@ -76,7 +76,7 @@ impl KafkaBroker {
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", &timeout_ms)
-            .set("linger.ms", "0")
+            .set("linger.ms", "1")
             .set("socket.nagle.disable", "true")
             .create()
             .map_err(|e| kafka_error("producer", e))?;
