@@ -49,7 +49,7 @@ impl Default for KafkaOptions {
 pub struct KafkaBroker {
     bootstrap: String,
     options: KafkaOptions,
-    producer: FutureProducer,
+    producer: std::sync::Arc<SharedProducer>,
     admin: AdminClient<DefaultClientContext>,
     known_topics: Mutex<HashSet<String>>,
 }
@@ -71,15 +71,15 @@ impl KafkaBroker {
     /// Connects to the cluster at `bootstrap` (`host:port[,host:port]`).
     pub fn connect(bootstrap: &str, options: KafkaOptions) -> Result<Self> {
         let timeout_ms = options.publish_timeout.as_millis().to_string();
-        let producer: FutureProducer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", bootstrap)
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", &timeout_ms)
             .set("linger.ms", "1")
-            .set("socket.nagle.disable", "true")
-            .create()
-            .map_err(|e| kafka_error("producer", e))?;
+            .set("socket.nagle.disable", "true");
+        let producer = SharedProducer::new(config)?;
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .create()
@@ -147,7 +147,7 @@ impl KafkaBroker {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let wanted: Vec<String> = topics.iter().map(|t| (*t).clone()).collect();
         loop {
-            let producer = self.producer.clone();
+            let producer = self.producer.get();
             let names = wanted.clone();
             let listed = tokio::task::spawn_blocking(move || {
                 let metadata = producer
@@ -185,16 +185,14 @@ impl Broker for KafkaBroker {
             .key
             .clone()
             .unwrap_or_else(|| message.identifier.to_string());
-        let record = FutureRecord::to(&message.topic).key(&key).payload(&payload);
         self.producer
-            .send(record, self.options.publish_timeout)
+            .send(&message.topic, &key, &payload, self.options.publish_timeout)
             .await
-            .map(|_| ())
-            .map_err(|(e, _)| kafka_error(&format!("publishing to `{}`", message.topic), e))
+            .map_err(|e| kafka_error(&format!("publishing to `{}`", message.topic), e))
     }
 
     async fn ping(&self) -> Result<()> {
-        let producer = self.producer.clone();
+        let producer = self.producer.get();
         tokio::task::spawn_blocking(move || {
             producer
                 .client()
@@ -227,19 +225,15 @@ impl Broker for KafkaBroker {
         // Every send is queued, in order, before any delivery report is awaited: the idempotent
         // producer keeps that order per partition while the reports come back together.
         let sends = encoded.iter().map(|(topic, key, payload)| {
-            self.producer.send(
-                FutureRecord::to(topic).key(key).payload(payload),
-                self.options.publish_timeout,
-            )
+            self.producer
+                .send(topic, key, payload, self.options.publish_timeout)
         });
         futures_util::future::join_all(sends)
             .await
             .into_iter()
             .zip(&encoded)
             .map(|(result, (topic, _, _))| {
-                result
-                    .map(|_| ())
-                    .map_err(|(e, _)| kafka_error(&format!("publishing to `{topic}`"), e))
+                result.map_err(|e| kafka_error(&format!("publishing to `{topic}`"), e))
             })
             .collect()
     }
@@ -281,7 +275,7 @@ impl Broker for KafkaBroker {
             .map_err(|e| kafka_error("subscribing", e))?;
         let (sender, receiver) = mpsc::unbounded_channel();
         let dead_letters = DeadLetters {
-            producer: self.producer.clone(),
+            producer: std::sync::Arc::clone(&self.producer),
             topic: super::topics::dead_letter(group),
             timeout: self.options.publish_timeout,
         };
@@ -417,7 +411,7 @@ impl KafkaBroker {
 
     /// Every partition of `topics` at its current end (high watermark).
     async fn ends(&self, topics: &[String]) -> Result<TopicPartitionList> {
-        let producer = self.producer.clone();
+        let producer = self.producer.get();
         let topics = topics.to_vec();
         tokio::task::spawn_blocking(move || {
             let client = producer.client();
@@ -486,7 +480,7 @@ impl KafkaBroker {
 }
 
 struct DeadLetters {
-    producer: FutureProducer,
+    producer: std::sync::Arc<SharedProducer>,
     topic: String,
     timeout: Duration,
 }
@@ -509,13 +503,88 @@ impl DeadLetters {
         let payload = message.to_json();
         let key = message.identifier.to_string();
         self.producer
-            .send(
-                FutureRecord::to(&self.topic).key(&key).payload(&payload),
-                self.timeout,
-            )
+            .send(&self.topic, &key, &payload, self.timeout)
             .await
-            .map(|_| ())
-            .map_err(|(e, _)| kafka_error("publishing a dead letter", e))
+            .map_err(|e| kafka_error("publishing a dead letter", e))
+    }
+}
+
+/// The service's one producer, made again when librdkafka declares it unusable. An idempotent producer
+/// whose sequence the broker refused (`OutOfOrderSequenceNumber`, say) is fatally broken: every later send
+/// fails until it is replaced, so without this the service could publish nothing until restarted.
+struct SharedProducer {
+    config: ClientConfig,
+    current: std::sync::RwLock<FutureProducer>,
+}
+
+impl SharedProducer {
+    fn new(config: ClientConfig) -> Result<std::sync::Arc<Self>> {
+        let producer = config.create().map_err(|e| kafka_error("producer", e))?;
+        Ok(std::sync::Arc::new(SharedProducer {
+            config,
+            current: std::sync::RwLock::new(producer),
+        }))
+    }
+
+    /// The producer in use (a cheap handle).
+    fn get(&self) -> FutureProducer {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Sends one record and waits for the broker's acknowledgement. A send that failed because the
+    /// producer is fatally broken is sent again, once, on a new producer (a message that did reach the
+    /// broker is then there twice, which consumers' inboxes skip).
+    async fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> std::result::Result<(), rdkafka::error::KafkaError> {
+        let producer = self.get();
+        let record = || FutureRecord::to(topic).key(key).payload(payload);
+        match producer.send(record(), timeout).await {
+            Ok(_) => Ok(()),
+            Err((error, _)) => {
+                if !self.renew_if_fatal(&producer) {
+                    return Err(error);
+                }
+                self.get()
+                    .send(record(), timeout)
+                    .await
+                    .map(|_| ())
+                    .map_err(|(error, _)| error)
+            }
+        }
+    }
+
+    /// Replaces `used` when it has a fatal error (unless another send already did); whether the
+    /// producer now in place is a new one.
+    fn renew_if_fatal(&self, used: &FutureProducer) -> bool {
+        let Some((code, reason)) = used.client().fatal_error() else {
+            return false;
+        };
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if current.client().native_ptr() != used.client().native_ptr() {
+            return true;
+        }
+        match self.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::error!(?code, %reason, "the Kafka producer hit a fatal error: replaced it with a new one");
+                *current = fresh;
+                true
+            }
+            Err(error) => {
+                tracing::error!(?code, %reason, %error, "the Kafka producer hit a fatal error and a new one could not be made");
+                false
+            }
+        }
     }
 }
 
@@ -627,5 +696,61 @@ mod tests {
         assert_eq!(offsets.handled("t", 0, 13), None);
         assert_eq!(offsets.handled("t", 0, 12), Some(14));
         assert_eq!(offsets.handled("t", 1, 5), None);
+    }
+
+    /// A producer that hit a fatal error is replaced, and the publish that failed on it goes out on the
+    /// new one (against the broker at `MINOS_TEST_KAFKA`, default 127.0.0.1:9092).
+    #[tokio::test]
+    #[allow(unsafe_code)]
+    async fn a_fatally_broken_producer_is_replaced() {
+        let bootstrap =
+            std::env::var("MINOS_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+        let broker = KafkaBroker::connect(&bootstrap, KafkaOptions::default()).expect("client");
+        let topic = format!("minos-fatal-{}", uuid::Uuid::new_v4().simple());
+        broker
+            .publish(BrokerMessage::new(topic.clone(), json!(1)))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("this test needs Kafka at {bootstrap} (scripts/kafka-dev.sh start): {e}")
+            });
+        let broken = broker.producer.get();
+        let reason = std::ffi::CString::new("fabricated by the test").expect("C string");
+        // SAFETY: `broken` keeps the producer's handle alive for the call, and `reason` is a valid
+        // C string that outlives it; librdkafka provides this call for exactly this test.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                broken.client().native_ptr(),
+                rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            );
+        }
+        assert!(
+            broken.client().fatal_error().is_some(),
+            "the fabricated fatal error is set"
+        );
+        broker
+            .publish(BrokerMessage::new(topic.clone(), json!(2)))
+            .await
+            .expect("the publish goes out on a new producer");
+        let fresh = broker.producer.get();
+        assert_ne!(fresh.client().native_ptr(), broken.client().native_ptr());
+        assert!(fresh.client().fatal_error().is_none());
+        broker
+            .publish(BrokerMessage::new(topic.clone(), json!(3)))
+            .await
+            .expect("later publishes use the new producer");
+        let ends = broker
+            .ends(std::slice::from_ref(&topic))
+            .await
+            .expect("ends");
+        let stored: i64 = ends
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(n) => n,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(stored, 3, "each of the three messages is on the topic once");
     }
 }
