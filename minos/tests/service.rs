@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use minos::messaging::{BrokerMessage, MemoryBroker};
+use minos::messaging::{Broker, BrokerMessage, MemoryBroker, SharedBroker, Subscription};
 use minos::prelude::*;
 use minos::testing::{TestClient as Client, TestResponse as Answer};
 use minos::{Config, Launcher, RunningService};
@@ -846,5 +846,86 @@ async fn a_test_starts_a_service_in_one_line() {
         || async { reactions::CREATED_A.lock().unwrap().contains(&uuid) },
     )
     .await;
+    service.stop().await;
+}
+
+/// The in-process broker, except that the next `failures` replies (messages on a `….replies` topic) fail
+/// to publish, as during a broker hiccup.
+#[derive(Debug)]
+struct LosingReplies {
+    inner: MemoryBroker,
+    failures: AtomicUsize,
+    refused: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Broker for LosingReplies {
+    async fn publish(&self, message: BrokerMessage) -> Result<()> {
+        let fail = message.topic.ends_with(".replies")
+            && self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if fail {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(Error::broker_message("the broker is briefly unavailable"));
+        }
+        self.inner.publish(message).await
+    }
+
+    async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Subscription> {
+        self.inner.subscribe(group, topics).await
+    }
+
+    async fn listen(&self, topic: &str) -> Result<Subscription> {
+        self.inner.listen(topic).await
+    }
+
+    async fn ready_for_more(&self) {
+        self.inner.ready_for_more().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_that_fails_to_publish_is_sent_again() {
+    let broker = Arc::new(LosingReplies {
+        inner: MemoryBroker::new(),
+        failures: AtomicUsize::new(2),
+        refused: AtomicUsize::new(0),
+    });
+    let service = Launcher::with_config(config("losing-replies"))
+        .broker(Arc::clone(&broker) as SharedBroker)
+        .start()
+        .await
+        .unwrap();
+    let client = service.context().client().clone();
+    let reply = client
+        .send("Echo", json!({"n": 7}))
+        .await
+        .expect("the reply arrives after two failed publishes");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.content, json!({"n": 7}));
+    assert_eq!(
+        broker.refused.load(Ordering::SeqCst),
+        2,
+        "both failures were hit"
+    );
+
+    // A broker that keeps failing: the reply is given up after its attempts, and the requester gets a
+    // clear timeout rather than waiting for ever.
+    broker.failures.store(100, Ordering::SeqCst);
+    broker.refused.store(0, Ordering::SeqCst);
+    let lost = client
+        .request(
+            BrokerMessage::new("Echo", json!({"n": 8})),
+            Duration::from_secs(3),
+        )
+        .await;
+    assert!(lost.is_err(), "no reply can arrive: {lost:?}");
+    assert_eq!(
+        broker.refused.load(Ordering::SeqCst),
+        4,
+        "four attempts, then given up"
+    );
     service.stop().await;
 }

@@ -27,6 +27,9 @@ pub(crate) type SystemHandler = Arc<
         + Sync,
 >;
 
+/// How many times a reply is published before it is given up (the requester then times out).
+const REPLY_ATTEMPTS: u32 = 4;
+
 /// Runs broker handlers. Messages with the same key (one root's events) are handled one at a time in
 /// arrival order; different keys run in parallel on a few workers.
 #[derive(Clone)]
@@ -532,8 +535,25 @@ impl Dispatcher {
             },
             ..BrokerMessage::new(reply_topic.clone(), serde_json::Value::Null)
         };
-        if let Err(error) = self.context.broker().publish(reply).await {
-            tracing::error!(%error, topic = %reply_topic, "could not publish a reply");
+        // The requester waits for this reply, and the request is acknowledged once this returns: a
+        // publish that fails is tried again (after 50, 200 and 800 ms) while the request's deadline
+        // allows.
+        let mut pause = Duration::from_millis(50);
+        for attempt in 1..=REPLY_ATTEMPTS {
+            let error = match self.context.broker().publish(reply.clone()).await {
+                Ok(()) => return,
+                Err(error) => error,
+            };
+            let late = request
+                .deadline()
+                .is_some_and(|deadline| chrono::Utc::now() + pause > deadline);
+            if attempt == REPLY_ATTEMPTS || late {
+                tracing::error!(%error, topic = %reply_topic, attempts = attempt, "could not publish a reply: the requester will time out");
+                return;
+            }
+            tracing::warn!(%error, topic = %reply_topic, attempt, "could not publish a reply: trying again");
+            tokio::time::sleep(pause).await;
+            pause *= 4;
         }
     }
 
