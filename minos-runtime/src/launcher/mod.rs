@@ -126,14 +126,9 @@ impl Launcher {
         }
         #[cfg(feature = "kafka")]
         if let Some(bootstrap) = broker.strip_prefix("kafka://") {
-            let options = crate::messaging::KafkaOptions {
-                partitions: self.config.kafka.partitions.max(1),
-                replication: self.config.kafka.replication.max(1),
-                publish_timeout: Duration::from_millis(self.config.kafka.publish_timeout_ms),
-                fetch_wait: std::time::Duration::from_millis(self.config.kafka.fetch_wait_ms),
-            };
             return Ok(Arc::new(crate::messaging::KafkaBroker::connect(
-                bootstrap, options,
+                bootstrap,
+                (&self.config.kafka).into(),
             )?));
         }
         Err(Error::Config(format!(

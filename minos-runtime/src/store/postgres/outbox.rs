@@ -12,13 +12,12 @@ use super::{db_error, prepared, PostgresStore};
 impl OutboxStore for PostgresStore {
     async fn pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached(
-                "SELECT id, identifier, topic, key, payload, created_at, headers FROM outbox \
+        let statement = prepared(
+            &client,
+            "SELECT id, identifier, topic, key, payload, created_at, headers FROM outbox \
                  WHERE sent_at IS NULL ORDER BY id LIMIT $1",
-            )
-            .await
-            .map_err(db_error)?;
+        )
+        .await?;
         let limit = limit.min(i64::MAX as usize) as i64;
         let rows = client
             .query(&statement, &[&limit])

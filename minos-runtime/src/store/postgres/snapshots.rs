@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::store::{Query, Snapshot, SnapshotStore, StoreError};
 
-use super::{db_error, query, PostgresStore, BACKEND};
+use super::{db_error, prepared, query, PostgresStore, BACKEND};
 
 /// The columns [`decode_snapshot`] reads.
 pub(super) const SNAPSHOT_COLUMNS: &str = "uuid, name, version, data, created_at, updated_at";
@@ -38,12 +38,11 @@ pub(super) fn decode_snapshot(row: &Row) -> Result<Snapshot, StoreError> {
 impl SnapshotStore for PostgresStore {
     async fn snapshot(&self, name: &str, uuid: Uuid) -> Result<Option<Snapshot>, StoreError> {
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&format!(
-                "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE uuid = $1 AND name = $2"
-            ))
-            .await
-            .map_err(db_error)?;
+        let statement = prepared(
+            &client,
+            &format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE uuid = $1 AND name = $2"),
+        )
+        .await?;
         let row = client
             .query_opt(&statement, &[&uuid, &name])
             .await

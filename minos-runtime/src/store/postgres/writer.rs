@@ -16,7 +16,7 @@ use crate::domain::{Action, DomainMessage, Event};
 use crate::store::{check_applies, Snapshot, StoreError, StoredEvent};
 
 use super::snapshots::{decode_snapshot, SNAPSHOT_COLUMNS};
-use super::{db_error, pool_error, PostgresOptions, BACKEND};
+use super::{db_error, pool_error, prepared, PostgresOptions, BACKEND};
 
 /// One append waiting for a writer, with where to send its answer.
 pub(super) struct AppendRequest {
@@ -188,12 +188,11 @@ async fn stored_snapshots<C: GenericClient + Sync>(
     wanted.dedup();
     let mut current: HashMap<Uuid, Snapshot> = HashMap::new();
     if !wanted.is_empty() {
-        let statement = client
-            .prepare_cached(&format!(
-                "SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE uuid = ANY($1)"
-            ))
-            .await
-            .map_err(db_error)?;
+        let statement = prepared(
+            client,
+            &format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE uuid = ANY($1)"),
+        )
+        .await?;
         for row in client
             .query(&statement, &[&wanted])
             .await
@@ -364,7 +363,7 @@ async fn write<C: GenericClient + Sync>(
     checked: &Checked,
 ) -> Result<HashMap<(Uuid, i64), (i64, i64)>, StoreError> {
     let columns = Columns::new(items, checked)?;
-    let statement = client.prepare_cached(COMMIT_SQL).await.map_err(db_error)?;
+    let statement = prepared(client, COMMIT_SQL).await?;
     let rows = client
         .query(&statement, &columns.params())
         .await

@@ -527,13 +527,7 @@ async fn ship_logs(config: &Config) -> minos::Result<()> {
             config.broker
         )));
     };
-    let options = minos::messaging::KafkaOptions {
-        partitions: config.kafka.partitions.max(1),
-        replication: config.kafka.replication.max(1),
-        publish_timeout: std::time::Duration::from_millis(config.kafka.publish_timeout_ms),
-        fetch_wait: std::time::Duration::from_millis(config.kafka.fetch_wait_ms),
-    };
-    let broker = minos::messaging::KafkaBroker::connect(bootstrap, options)?;
+    let broker = minos::messaging::KafkaBroker::connect(bootstrap, (&config.kafka).into())?;
     minos::telemetry::ship::start(std::sync::Arc::new(broker), None);
     Ok(())
 }

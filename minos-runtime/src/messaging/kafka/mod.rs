@@ -2,8 +2,8 @@
 //! consumer groups per service, offsets committed only up to messages already handled, topics created
 //! at start-up with a configured partition count.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,10 +13,15 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
-use serde_json::json;
 use tokio::sync::mpsc;
+
+mod consume;
+mod producer;
+
+use consume::consume;
+use producer::{DeadLetters, SharedProducer};
 
 use super::{Broker, BrokerMessage, Delivery, Subscription};
 use crate::error::{Error, Result};
@@ -45,11 +50,23 @@ impl Default for KafkaOptions {
     }
 }
 
+impl From<&crate::launcher::KafkaConfig> for KafkaOptions {
+    /// The options of a service's `kafka:` section (at least one partition and one replica).
+    fn from(config: &crate::launcher::KafkaConfig) -> Self {
+        KafkaOptions {
+            partitions: config.partitions.max(1),
+            replication: config.replication.max(1),
+            publish_timeout: Duration::from_millis(config.publish_timeout_ms),
+            fetch_wait: Duration::from_millis(config.fetch_wait_ms),
+        }
+    }
+}
+
 /// A Kafka cluster as the broker of a service.
 pub struct KafkaBroker {
     bootstrap: String,
     options: KafkaOptions,
-    producer: std::sync::Arc<SharedProducer>,
+    producer: Arc<SharedProducer>,
     admin: AdminClient<DefaultClientContext>,
     known_topics: Mutex<HashSet<String>>,
 }
@@ -275,7 +292,7 @@ impl Broker for KafkaBroker {
             .map_err(|e| kafka_error("subscribing", e))?;
         let (sender, receiver) = mpsc::unbounded_channel();
         let dead_letters = DeadLetters {
-            producer: std::sync::Arc::clone(&self.producer),
+            producer: Arc::clone(&self.producer),
             topic: super::topics::dead_letter(group),
             timeout: self.options.publish_timeout,
         };
@@ -476,281 +493,5 @@ impl KafkaBroker {
         })
         .await
         .map_err(|e| Error::broker("kafka: setting where a group starts", e))?
-    }
-}
-
-struct DeadLetters {
-    producer: std::sync::Arc<SharedProducer>,
-    topic: String,
-    timeout: Duration,
-}
-
-impl DeadLetters {
-    /// Parks a message that cannot even be decoded, so the partition moves on.
-    async fn park_raw(&self, topic: &str, raw: &[u8], error: &str) -> Result<()> {
-        let mut message = BrokerMessage::new(
-            self.topic.clone(),
-            json!({"raw": String::from_utf8_lossy(raw)}),
-        );
-        message
-            .payload
-            .headers
-            .insert(super::headers::ERROR.into(), error.to_owned());
-        message
-            .payload
-            .headers
-            .insert(super::headers::ORIGINAL_TOPIC.into(), topic.to_owned());
-        let payload = message.to_json();
-        let key = message.identifier.to_string();
-        self.producer
-            .send(&self.topic, &key, &payload, self.timeout)
-            .await
-            .map_err(|e| kafka_error("publishing a dead letter", e))
-    }
-}
-
-/// The service's one producer, made again when librdkafka declares it unusable. An idempotent producer
-/// whose sequence the broker refused (`OutOfOrderSequenceNumber`, say) is fatally broken: every later send
-/// fails until it is replaced, so without this the service could publish nothing until restarted.
-struct SharedProducer {
-    config: ClientConfig,
-    current: std::sync::RwLock<FutureProducer>,
-}
-
-impl SharedProducer {
-    fn new(config: ClientConfig) -> Result<std::sync::Arc<Self>> {
-        let producer = config.create().map_err(|e| kafka_error("producer", e))?;
-        Ok(std::sync::Arc::new(SharedProducer {
-            config,
-            current: std::sync::RwLock::new(producer),
-        }))
-    }
-
-    /// The producer in use (a cheap handle).
-    fn get(&self) -> FutureProducer {
-        self.current
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-
-    /// Sends one record and waits for the broker's acknowledgement. A send that failed because the
-    /// producer is fatally broken is sent again, once, on a new producer (a message that did reach the
-    /// broker is then there twice, which consumers' inboxes skip).
-    async fn send(
-        &self,
-        topic: &str,
-        key: &str,
-        payload: &[u8],
-        timeout: Duration,
-    ) -> std::result::Result<(), rdkafka::error::KafkaError> {
-        let producer = self.get();
-        let record = || FutureRecord::to(topic).key(key).payload(payload);
-        match producer.send(record(), timeout).await {
-            Ok(_) => Ok(()),
-            Err((error, _)) => {
-                if !self.renew_if_fatal(&producer) {
-                    return Err(error);
-                }
-                self.get()
-                    .send(record(), timeout)
-                    .await
-                    .map(|_| ())
-                    .map_err(|(error, _)| error)
-            }
-        }
-    }
-
-    /// Replaces `used` when it has a fatal error (unless another send already did); whether the
-    /// producer now in place is a new one.
-    fn renew_if_fatal(&self, used: &FutureProducer) -> bool {
-        let Some((code, reason)) = used.client().fatal_error() else {
-            return false;
-        };
-        let mut current = self
-            .current
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if current.client().native_ptr() != used.client().native_ptr() {
-            return true;
-        }
-        match self.config.create::<FutureProducer>() {
-            Ok(fresh) => {
-                tracing::error!(?code, %reason, "the Kafka producer hit a fatal error: replaced it with a new one");
-                *current = fresh;
-                true
-            }
-            Err(error) => {
-                tracing::error!(?code, %reason, %error, "the Kafka producer hit a fatal error and a new one could not be made");
-                false
-            }
-        }
-    }
-}
-
-/// Offsets handed out but not yet handled, per partition; commits move only past handled ones.
-#[derive(Default)]
-struct Offsets {
-    pending: HashMap<(String, i32), BTreeMap<i64, bool>>,
-}
-
-impl Offsets {
-    fn received(&mut self, topic: &str, partition: i32, offset: i64) {
-        self.pending
-            .entry((topic.to_owned(), partition))
-            .or_default()
-            .insert(offset, false);
-    }
-
-    /// Marks an offset handled; returns the offset to commit (one past the last contiguous handled one).
-    fn handled(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
-        let offsets = self.pending.get_mut(&(topic.to_owned(), partition))?;
-        if let Some(done) = offsets.get_mut(&offset) {
-            *done = true;
-        }
-        let mut commit = None;
-        while let Some((&first, &done)) = offsets.iter().next() {
-            if !done {
-                break;
-            }
-            offsets.remove(&first);
-            commit = Some(first + 1);
-        }
-        commit
-    }
-}
-
-async fn consume(
-    consumer: StreamConsumer,
-    sender: mpsc::UnboundedSender<Delivery>,
-    dead_letters: DeadLetters,
-) {
-    let (acks, mut acked) = mpsc::unbounded_channel::<(String, i32, i64)>();
-    let mut offsets = Offsets::default();
-    loop {
-        tokio::select! {
-            received = consumer.recv() => {
-                let message = match received {
-                    Ok(message) => message,
-                    Err(error) => {
-                        tracing::warn!(%error, "kafka consumer error; continuing");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                };
-                let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
-                offsets.received(&topic, partition, offset);
-                let raw = message.payload().unwrap_or_default();
-                match BrokerMessage::from_json(raw) {
-                    Ok(mut decoded) => {
-                        decoded.key = message.key().map(|k| String::from_utf8_lossy(k).into_owned());
-                        let acks = acks.clone();
-                        let ack_topic = topic.clone();
-                        let ack = Box::new(move || {
-                            let _ = acks.send((ack_topic, partition, offset));
-                        });
-                        if sender.send(Delivery::new(decoded, Some(ack))).is_err() {
-                            return;
-                        }
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, %topic, partition, offset, "undecodable message; parking it on {}", dead_letters.topic);
-                        match dead_letters.park_raw(&topic, raw, &error).await {
-                            Ok(()) => {
-                                let _ = acks.send((topic, partition, offset));
-                            }
-                            Err(park_error) => tracing::error!(error = %park_error, "could not park an undecodable message; it will be delivered again"),
-                        }
-                    }
-                }
-            }
-            Some((topic, partition, offset)) = acked.recv() => {
-                if let Some(next) = offsets.handled(&topic, partition, offset) {
-                    let mut list = TopicPartitionList::new();
-                    if list.add_partition_offset(&topic, partition, Offset::Offset(next)).is_ok() {
-                        if let Err(error) = consumer.commit(&list, CommitMode::Async) {
-                            tracing::warn!(%error, %topic, partition, "offset commit failed; the messages may be delivered again");
-                        }
-                    }
-                }
-            }
-            // The subscription was dropped: leave the group now, so its partitions move at once.
-            _ = sender.closed() => return,
-            else => return,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn commits_move_only_past_contiguous_handled_offsets() {
-        let mut offsets = Offsets::default();
-        for o in 10..14 {
-            offsets.received("t", 0, o);
-        }
-        assert_eq!(offsets.handled("t", 0, 11), None);
-        assert_eq!(offsets.handled("t", 0, 10), Some(12));
-        assert_eq!(offsets.handled("t", 0, 13), None);
-        assert_eq!(offsets.handled("t", 0, 12), Some(14));
-        assert_eq!(offsets.handled("t", 1, 5), None);
-    }
-
-    /// A producer that hit a fatal error is replaced, and the publish that failed on it goes out on the
-    /// new one (against the broker at `MINOS_TEST_KAFKA`, default 127.0.0.1:9092).
-    #[tokio::test]
-    #[allow(unsafe_code)]
-    async fn a_fatally_broken_producer_is_replaced() {
-        let bootstrap =
-            std::env::var("MINOS_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
-        let broker = KafkaBroker::connect(&bootstrap, KafkaOptions::default()).expect("client");
-        let topic = format!("minos-fatal-{}", uuid::Uuid::new_v4().simple());
-        broker
-            .publish(BrokerMessage::new(topic.clone(), json!(1)))
-            .await
-            .unwrap_or_else(|e| {
-                panic!("this test needs Kafka at {bootstrap} (scripts/kafka-dev.sh start): {e}")
-            });
-        let broken = broker.producer.get();
-        let reason = std::ffi::CString::new("fabricated by the test").expect("C string");
-        // SAFETY: `broken` keeps the producer's handle alive for the call, and `reason` is a valid
-        // C string that outlives it; librdkafka provides this call for exactly this test.
-        unsafe {
-            rdkafka::bindings::rd_kafka_test_fatal_error(
-                broken.client().native_ptr(),
-                rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
-                reason.as_ptr(),
-            );
-        }
-        assert!(
-            broken.client().fatal_error().is_some(),
-            "the fabricated fatal error is set"
-        );
-        broker
-            .publish(BrokerMessage::new(topic.clone(), json!(2)))
-            .await
-            .expect("the publish goes out on a new producer");
-        let fresh = broker.producer.get();
-        assert_ne!(fresh.client().native_ptr(), broken.client().native_ptr());
-        assert!(fresh.client().fatal_error().is_none());
-        broker
-            .publish(BrokerMessage::new(topic.clone(), json!(3)))
-            .await
-            .expect("later publishes use the new producer");
-        let ends = broker
-            .ends(std::slice::from_ref(&topic))
-            .await
-            .expect("ends");
-        let stored: i64 = ends
-            .elements()
-            .iter()
-            .map(|e| match e.offset() {
-                Offset::Offset(n) => n,
-                _ => 0,
-            })
-            .sum();
-        assert_eq!(stored, 3, "each of the three messages is on the topic once");
     }
 }
