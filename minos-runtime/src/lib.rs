@@ -15,6 +15,7 @@ pub mod messaging;
 pub mod net;
 pub mod registry;
 mod repository;
+pub mod retention;
 pub mod routing;
 pub mod saga;
 pub(crate) mod scheduler;

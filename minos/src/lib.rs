@@ -8,12 +8,12 @@ pub use minos_macros::{
     schema, value_object, view,
 };
 pub use minos_runtime::{
-    auth, dashboard, discovery, domain, gateway, launcher, messaging, registry, routing, saga,
-    store, telemetry, transaction, views, Action, BrokerClient, BrokerMessage, Condition, Config,
-    Context, Entity, EntitySet, Error, Event, ExternalEntity, FieldDiff, Find, IntoResponse,
-    Launcher, Model, ModelKind, Next, Ordering, QueryValue, Ref, Referable, Reply, Repository,
-    Request, Response, Result, Root, RootEntity, RootEntityExt, RunningService, ServiceExt,
-    SetAction, ValueObject, ValueObjectSet, View, ViewExt, Views, RESERVED_FIELDS,
+    auth, dashboard, discovery, domain, gateway, launcher, messaging, registry, retention, routing,
+    saga, store, telemetry, transaction, views, Action, BrokerClient, BrokerMessage, Condition,
+    Config, Context, Entity, EntitySet, Error, Event, ExternalEntity, FieldDiff, Find,
+    IntoResponse, Launcher, Model, ModelKind, Next, Ordering, QueryValue, Ref, Referable, Reply,
+    Repository, Request, Response, Result, Root, RootEntity, RootEntityExt, RunningService,
+    ServiceExt, SetAction, ValueObject, ValueObjectSet, View, ViewExt, Views, RESERVED_FIELDS,
 };
 
 pub use chrono;

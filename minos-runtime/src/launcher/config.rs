@@ -12,6 +12,7 @@ pub use crate::discovery::{DiscoveryConfig, RegistryConfig};
 use crate::error::{Error, Result};
 use crate::gateway::GatewayConfig;
 use crate::http::HttpSettings;
+pub use crate::retention::RetentionConfig;
 pub use crate::saga::SagaConfig;
 pub use crate::telemetry::{LogConfig, LogFormat, TelemetryConfig};
 
@@ -25,6 +26,7 @@ pub use crate::telemetry::{LogConfig, LogFormat, TelemetryConfig};
 /// http: { host: 0.0.0.0, port: 4545, body_limit: 1048576 }
 /// handlers: { retries: 3, request_timeout_ms: 10000 }
 /// relay: { batch: 256, poll_interval_ms: 500 }
+/// retention: { outbox_ms: 86400000, inbox_ms: 691200000 } # how long finished rows are kept
 /// middleware: [log_requests]      # functions marked #[middleware], first listed outermost
 /// root_entities: [Foo]            # the root entities it owns (default: all of the binary's)
 /// log: info                       # tracing filter, or {filter: info, format: json, aggregate: true}
@@ -58,6 +60,8 @@ pub struct Config {
     pub relay: RelayConfig,
     /// Kafka settings, for `broker: kafka://HOST:PORT`.
     pub kafka: KafkaConfig,
+    /// How long published outbox messages, inbox entries, ended sagas and transactions are kept.
+    pub retention: RetentionConfig,
     /// Sagas and application transactions.
     pub saga: SagaConfig,
     /// Middleware registered with `#[middleware]`, by name, first listed outermost.
@@ -235,6 +239,7 @@ impl Default for Config {
             handlers: HandlersConfig::default(),
             relay: RelayConfig::default(),
             kafka: KafkaConfig::default(),
+            retention: RetentionConfig::default(),
             saga: SagaConfig::default(),
             middleware: Vec::new(),
             services: Vec::new(),
@@ -289,6 +294,7 @@ const SECTIONS: &[&str] = &[
     "handlers",
     "relay",
     "kafka",
+    "retention",
     "saga",
     "registry",
     "discovery",

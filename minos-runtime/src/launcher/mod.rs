@@ -4,7 +4,7 @@ mod config;
 
 pub use config::{
     AuthConfig, Config, DiscoveryConfig, HandlersConfig, HttpConfig, KafkaConfig, LogConfig,
-    LogFormat, RegistryConfig, RelayConfig, SagaConfig, TelemetryConfig,
+    LogFormat, RegistryConfig, RelayConfig, RetentionConfig, SagaConfig, TelemetryConfig,
 };
 
 use std::future::Future;
@@ -196,6 +196,11 @@ impl Launcher {
         let scheduler = crate::scheduler::spawn(&table, Arc::clone(&chain), context.clone())
             .map_err(Error::Routes)?;
         let trimmer = crate::memory::spawn();
+        let retention = crate::retention::spawn(
+            repository.store().clone(),
+            &self.config.retention,
+            context.metrics().clone(),
+        );
         let mut system_routes = crate::saga::http_routes().to_vec();
         system_routes.extend(crate::views::http_routes());
         let http = crate::http::serve(
@@ -243,6 +248,7 @@ impl Launcher {
             scheduler,
             tidy,
             trimmer,
+            retention,
         })
     }
 
@@ -411,6 +417,7 @@ pub struct RunningService {
     scheduler: SchedulerHandle,
     tidy: tokio::task::JoinHandle<()>,
     trimmer: tokio::task::JoinHandle<()>,
+    retention: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningService {
@@ -442,6 +449,9 @@ impl RunningService {
         self.scheduler.stop();
         self.tidy.abort();
         self.trimmer.abort();
+        if let Some(retention) = &self.retention {
+            retention.abort();
+        }
         if let Some(dispatcher) = self.dispatcher {
             dispatcher.stop().await;
         }

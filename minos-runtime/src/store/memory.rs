@@ -30,7 +30,8 @@ struct Inner {
     snapshots: IndexMap<Uuid, Snapshot>,
     outbox: std::collections::VecDeque<OutboxRecord>,
     next_outbox_id: i64,
-    inbox: std::collections::HashSet<InboxEntry>,
+    // Each handled message, with when it was recorded (for retention).
+    inbox: std::collections::HashMap<InboxEntry, DateTime<Utc>>,
     transactions: std::collections::HashMap<Uuid, TransactionEntry>,
     held: std::collections::HashMap<Uuid, HeldWrites>,
     executions: std::collections::HashMap<Uuid, ExecutionRecord>,
@@ -116,7 +117,7 @@ impl EventStore for MemoryStore {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let mut inner = self.lock();
         if let Some(entry) = inbox {
-            if inner.inbox.contains(entry) {
+            if inner.inbox.contains_key(entry) {
                 return Err(StoreError::AlreadyProcessed {
                     consumer: entry.consumer.clone(),
                     identifier: entry.identifier,
@@ -129,7 +130,7 @@ impl EventStore for MemoryStore {
             .map(|(event, messages)| inner.write(event, messages))
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(entry) = inbox {
-            inner.inbox.insert(entry.clone());
+            inner.inbox.insert(entry.clone(), super::now());
         }
         Ok(stored)
     }
@@ -216,7 +217,7 @@ impl TransactionStore for MemoryStore {
     ) -> Result<(), StoreError> {
         let mut inner = self.lock();
         if let Some(entry) = inbox {
-            if !inner.inbox.insert(entry.clone()) {
+            if inner.inbox.insert(entry.clone(), super::now()).is_some() {
                 return Err(StoreError::AlreadyProcessed {
                     consumer: entry.consumer.clone(),
                     identifier: entry.identifier,
@@ -318,7 +319,77 @@ impl SagaStore for MemoryStore {
 #[async_trait]
 impl InboxStore for MemoryStore {
     async fn is_processed(&self, entry: &InboxEntry) -> Result<bool, StoreError> {
-        Ok(self.lock().inbox.contains(entry))
+        Ok(self.lock().inbox.contains_key(entry))
+    }
+}
+
+#[async_trait]
+impl super::RetentionStore for MemoryStore {
+    async fn purge(
+        &self,
+        kind: super::Retained,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        use super::Retained;
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let removed = match kind {
+            // Published messages are dropped as soon as they are marked sent.
+            Retained::Outbox => 0,
+            Retained::Inbox => {
+                let old: Vec<InboxEntry> = inner
+                    .inbox
+                    .iter()
+                    .filter(|(_, at)| **at < before)
+                    .map(|(entry, _)| entry.clone())
+                    .take(limit)
+                    .collect();
+                for entry in &old {
+                    inner.inbox.remove(entry);
+                }
+                old.len()
+            }
+            Retained::Sagas => {
+                let old: Vec<Uuid> = inner
+                    .executions
+                    .values()
+                    .filter(|r| {
+                        matches!(
+                            r.status,
+                            ExecutionStatus::Finished | ExecutionStatus::Errored
+                        ) && r.updated_at < before
+                    })
+                    .map(|r| r.uuid)
+                    .take(limit)
+                    .collect();
+                for uuid in &old {
+                    inner.executions.remove(uuid);
+                }
+                old.len()
+            }
+            Retained::Transactions => {
+                let old: Vec<Uuid> = inner
+                    .transactions
+                    .values()
+                    .filter(|t| {
+                        matches!(
+                            t.status,
+                            TransactionStatus::Committed | TransactionStatus::Rejected
+                        ) && t.updated_at < before
+                    })
+                    .map(|t| t.uuid)
+                    .take(limit)
+                    .collect();
+                for uuid in &old {
+                    inner.transactions.remove(uuid);
+                    inner.held.remove(uuid);
+                }
+                inner.claims.retain(|_, holder| !old.contains(holder));
+                old.len()
+            }
+        };
+        Ok(removed as u64)
     }
 }
 

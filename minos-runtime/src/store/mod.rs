@@ -4,12 +4,14 @@
 mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+mod retention;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};
+pub use retention::{Retained, RetentionStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
@@ -622,6 +624,7 @@ pub trait Store:
     + TransactionStore
     + SagaStore
     + RegistryStore
+    + RetentionStore
     + fmt::Debug
     + 'static
 {
@@ -635,6 +638,7 @@ impl<
             + TransactionStore
             + SagaStore
             + RegistryStore
+            + RetentionStore
             + fmt::Debug
             + 'static,
     > Store for T

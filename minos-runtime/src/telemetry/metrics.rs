@@ -60,6 +60,11 @@ struct OperationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ViewLabels {
     view: String,
     source: String,
@@ -128,6 +133,7 @@ struct Inner {
     outbox_published: Counter,
     view_lag: Family<ViewLabels, Gauge>,
     logs_dropped: Counter,
+    retention_removed: Family<KindLabels, Counter>,
 }
 
 /// One service's metrics. Cheap to clone; recording is a few atomic operations.
@@ -259,6 +265,14 @@ impl Metrics {
             "Log records not shipped to the log topic (buffer full while the broker was away)",
             logs_dropped.clone(),
         );
+        let retention_removed = Family::<KindLabels, Counter>::default();
+        register(
+            &mut registry,
+            service,
+            "retention_removed_rows",
+            "Finished rows removed by retention, by kind (outbox, inbox, sagas, transactions)",
+            retention_removed.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -275,6 +289,7 @@ impl Metrics {
                 outbox_published,
                 view_lag,
                 logs_dropped,
+                retention_removed,
             }),
         }
     }
@@ -404,6 +419,15 @@ impl Metrics {
                 source: source.to_owned(),
             })
             .set(i64::try_from(behind).unwrap_or(i64::MAX));
+    }
+
+    /// Retention removed `count` finished rows of `kind` (`outbox`, `inbox`, `sagas`,
+    /// `transactions`).
+    pub fn retention_removed(&self, kind: &'static str, count: u64) {
+        self.inner
+            .retention_removed
+            .get_or_create(&KindLabels { kind })
+            .inc_by(count);
     }
 
     /// Log records that could not be shipped.

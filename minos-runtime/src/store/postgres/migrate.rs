@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("sql/0006_registry.sql")),
     (7, include_str!("sql/0007_commit_order.sql")),
     (8, include_str!("sql/0008_outbox_headers.sql")),
+    (9, include_str!("sql/0009_retention.sql")),
 ];
 
 impl PostgresStore {

@@ -13,6 +13,7 @@ mod migrate;
 mod outbox;
 mod query;
 mod registry;
+mod retention;
 mod sagas;
 mod snapshots;
 mod transactions;

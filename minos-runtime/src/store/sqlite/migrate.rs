@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("sql/0005_transaction_claims.sql")),
     (6, include_str!("sql/0006_registry.sql")),
     (7, include_str!("sql/0007_outbox_headers.sql")),
+    (8, include_str!("sql/0008_retention.sql")),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -11,6 +11,7 @@ mod migrate;
 mod outbox;
 mod query;
 mod registry;
+mod retention;
 mod sagas;
 mod snapshots;
 mod transactions;

@@ -55,6 +55,7 @@ macro_rules! conformance_tests {
             nested_transactions_commit_into_their_destination,
             claims_are_exclusive_per_destination_until_released,
             saga_executions_are_saved_and_listed,
+            retention_removes_only_finished_rows,
             registry_instances_have_leases_and_a_version
         );
     };
@@ -72,6 +73,7 @@ macro_rules! conformance_tests {
 mod outbox;
 mod queries;
 mod registry;
+mod retention;
 mod sagas;
 mod transactions;
 mod writes;
@@ -79,6 +81,7 @@ mod writes;
 pub use outbox::*;
 pub use queries::*;
 pub use registry::*;
+pub use retention::*;
 pub use sagas::*;
 pub use transactions::*;
 pub use writes::*;
