@@ -351,6 +351,20 @@ async fn the_cli_lists_shows_and_redrives_dead_letters_once() {
     );
     let (ok, said) = cli(vec!["redrive".into()]).await;
     assert!(!ok && said.contains("--all"), "{said}");
+    // The service's own admin endpoint reads the same topic: listed, re-driven and handled.
+    let http = minos::testing::TestClient::new(service.addr());
+    let listed = http.get("/dead-letters").await.unwrap();
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let entry = listed
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|letter| letter["identifier"] == json!(identifier))
+        .cloned()
+        .unwrap_or_else(|| panic!("{identifier} not in {}", listed.body));
+    assert_eq!(entry["original_topic"], "KFlaky", "{entry}");
+    assert_eq!(entry["redriven_and_handled"], json!(true), "{entry}");
     service.stop().await;
     bystander.stop().await;
 }

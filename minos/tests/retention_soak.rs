@@ -66,10 +66,7 @@ async fn rows(client: &tokio_postgres::Client) -> ([i64; 4], i64) {
         )
         .await
         .unwrap();
-    (
-        [row.get(0), row.get(1), row.get(2), row.get(3)],
-        row.get(4),
-    )
+    ([row.get(0), row.get(1), row.get(2), row.get(3)], row.get(4))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

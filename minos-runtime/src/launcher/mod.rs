@@ -203,6 +203,7 @@ impl Launcher {
         );
         let mut system_routes = crate::saga::http_routes().to_vec();
         system_routes.extend(crate::views::http_routes());
+        system_routes.extend(crate::messaging::dead_letters::http_routes());
         let http = crate::http::serve(
             Arc::clone(&table),
             chain,

@@ -1,6 +1,6 @@
 //! The in-process broker: topics, consumer groups and fan-out inside one process.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -11,7 +11,8 @@ use super::{Broker, BrokerMessage, Delivery, Strategy, Subscription};
 use crate::error::Result;
 
 /// Delivers messages between the services of one process. Messages to a topic nobody subscribed to are
-/// dropped, as a broker with no retention would.
+/// dropped, as a broker with no retention would; dead letters (`*.dead-letter` topics) are also kept,
+/// the last [`MemoryBroker::DEAD_LETTERS_KEPT`] of each topic, so they can be listed and re-driven.
 ///
 /// It counts the messages it delivered that are not handled yet; past [`MemoryBroker::HELD_MAX`],
 /// the outbox relay waits ([`Broker::ready_for_more`]), so a burst of writes faster than their
@@ -20,6 +21,7 @@ use crate::error::Result;
 pub struct MemoryBroker {
     topics: Mutex<HashMap<String, Vec<Group>>>,
     held: Arc<Held>,
+    dead_letters: Mutex<HashMap<String, VecDeque<BrokerMessage>>>,
 }
 
 /// Deliveries not acknowledged or dropped yet, and a wake-up when they fall below the limit.
@@ -59,6 +61,9 @@ impl MemoryBroker {
     /// Unhandled deliveries past which the outbox relay waits.
     pub const HELD_MAX: usize = 4096;
 
+    /// Dead letters kept per dead-letter topic (the oldest go first).
+    pub const DEAD_LETTERS_KEPT: usize = 1000;
+
     /// A broker with no subscriptions.
     pub fn new() -> Self {
         Self::default()
@@ -79,6 +84,17 @@ impl MemoryBroker {
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn publish(&self, message: BrokerMessage) -> Result<()> {
+        if message.topic.ends_with(super::topics::DEAD_LETTER_SUFFIX) {
+            let mut kept = self
+                .dead_letters
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let topic = kept.entry(message.topic.clone()).or_default();
+            if topic.len() == Self::DEAD_LETTERS_KEPT {
+                topic.pop_front();
+            }
+            topic.push_back(message.clone());
+        }
         let mut topics = self.lock();
         let Some(groups) = topics.get_mut(&message.topic) else {
             tracing::debug!(topic = %message.topic, "no subscriber: message dropped");
@@ -129,6 +145,21 @@ impl Broker for MemoryBroker {
                 return;
             }
         }
+    }
+
+    async fn history(&self, topic: &str) -> Result<Option<Vec<BrokerMessage>>> {
+        if !topic.ends_with(super::topics::DEAD_LETTER_SUFFIX) {
+            return Ok(None);
+        }
+        let kept = self
+            .dead_letters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok(Some(
+            kept.get(topic)
+                .map(|messages| messages.iter().cloned().collect())
+                .unwrap_or_default(),
+        ))
     }
 
     async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Subscription> {

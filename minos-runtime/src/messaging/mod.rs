@@ -2,6 +2,7 @@
 //! the request/reply client.
 
 mod client;
+pub mod dead_letters;
 pub mod headers;
 #[cfg(feature = "kafka")]
 pub mod kafka;
@@ -10,6 +11,7 @@ mod relay;
 pub mod topics;
 
 pub use client::{BrokerClient, Reply};
+pub use dead_letters::DeadLetters;
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaBroker, KafkaOptions};
 pub use memory::MemoryBroker;
@@ -237,6 +239,13 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// outbox relay calls it before each batch, so a burst of writes waits in the durable outbox
     /// instead of in memory. Brokers that keep messages elsewhere (Kafka) answer at once.
     async fn ready_for_more(&self) {}
+
+    /// The messages the broker still keeps on `topic`, oldest first: how a service lists its dead
+    /// letters. `None` when the broker keeps no history of the topic (the default).
+    async fn history(&self, topic: &str) -> Result<Option<Vec<BrokerMessage>>> {
+        let _ = topic;
+        Ok(None)
+    }
 }
 
 /// A shared broker.

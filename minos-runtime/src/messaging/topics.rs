@@ -33,9 +33,12 @@ pub fn client_replies(service: &str) -> String {
     format!("{service}.replies")
 }
 
+/// The end of every dead-letter topic's name.
+pub const DEAD_LETTER_SUFFIX: &str = ".dead-letter";
+
 /// `{service}.dead-letter`: where a service parks the messages it failed to handle.
 pub fn dead_letter(service: &str) -> String {
-    format!("{service}.dead-letter")
+    format!("{service}{DEAD_LETTER_SUFFIX}")
 }
 
 /// `foo-bar_baz` → `FooBarBaz`.

@@ -501,4 +501,8 @@ impl Broker for RecordingBroker {
     async fn listen(&self, topic: &str) -> Result<Subscription> {
         self.inner.listen(topic).await
     }
+
+    async fn history(&self, topic: &str) -> Result<Option<Vec<BrokerMessage>>> {
+        self.inner.history(topic).await
+    }
 }

@@ -208,6 +208,23 @@ impl Broker for KafkaBroker {
             .map_err(|e| kafka_error(&format!("publishing to `{}`", message.topic), e))
     }
 
+    async fn history(&self, topic: &str) -> Result<Option<Vec<BrokerMessage>>> {
+        let read = async {
+            let mut tail = self.tail(topic, false).await?;
+            let mut kept = Vec::new();
+            while let Some(message) = tail.recv().await {
+                kept.push(message);
+            }
+            Ok::<_, Error>(kept)
+        };
+        match tokio::time::timeout(Duration::from_secs(30), read).await {
+            Ok(kept) => kept.map(Some),
+            Err(_) => Err(Error::broker_message(format!(
+                "kafka: reading `{topic}` took more than 30 s"
+            ))),
+        }
+    }
+
     async fn ping(&self) -> Result<()> {
         let producer = self.producer.get();
         tokio::task::spawn_blocking(move || {

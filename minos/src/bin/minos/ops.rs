@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use minos::messaging::{headers, topics, BrokerMessage, KafkaBroker, KafkaOptions};
 use minos::saga::ExecutionStatus;
-use minos::serde_json::{self, json, Value};
+use minos::serde_json;
 use minos::store::EventFilter;
 use minos::{Config, Error, Repository, Result, Uuid};
 
@@ -284,7 +284,7 @@ pub(crate) fn dead_letters(args: DeadLettersArgs) -> Result<()> {
                 }
                 for message in &parked {
                     if args.json {
-                        println!("{}", summary(message));
+                        println!("{}", minos::messaging::dead_letters::details(message));
                         continue;
                     }
                     let header = |name: &str| {
@@ -307,7 +307,7 @@ pub(crate) fn dead_letters(args: DeadLettersArgs) -> Result<()> {
                 let message = find(*identifier)?;
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&summary(message)).unwrap_or_default()
+                    serde_json::to_string_pretty(&minos::messaging::dead_letters::details(message)).unwrap_or_default()
                 );
             }
             Some(DeadLettersAction::Redrive { identifiers, all }) => {
@@ -337,15 +337,5 @@ pub(crate) fn dead_letters(args: DeadLettersArgs) -> Result<()> {
             }
         }
         Ok(())
-    })
-}
-
-fn summary(message: &BrokerMessage) -> Value {
-    json!({
-        "identifier": message.identifier,
-        "original_topic": message.payload.headers.get(headers::ORIGINAL_TOPIC),
-        "error": message.payload.headers.get(headers::ERROR),
-        "content": message.payload.content,
-        "headers": message.payload.headers,
     })
 }
