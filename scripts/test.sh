@@ -16,11 +16,21 @@
 # 6. cargo test --workspace.
 #
 # The restart test restarts the local PostgreSQL server under load; set MINOS_TEST_PG_RESTART=0 to keep
-# your server running (the test then says it did not run).
+# your server running (the test then says it did not run). The TLS tests give the local server a
+# certificate from a CA made by scripts/postgres-tls.sh for the run (MINOS_TEST_POSTGRES_TLS names its
+# directory; set it yourself for a server you configured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
+
+# What this run set up and takes down at the end, last first.
+cleanups=()
+cleanup() {
+    local i
+    for ((i = ${#cleanups[@]} - 1; i >= 0; i--)); do eval "${cleanups[$i]}" || true; done
+}
+trap cleanup EXIT
 
 step "PostgreSQL"
 default_pg="postgresql://postgres@127.0.0.1:5432/test"
@@ -29,6 +39,12 @@ if [ "$MINOS_TEST_POSTGRES_URL" = "$default_pg" ]; then
     scripts/postgres-dev.sh start
     # The local server is ours to restart (the restart test), unless told otherwise.
     export MINOS_TEST_PG_RESTART="${MINOS_TEST_PG_RESTART:-1}"
+    # ... and to give a certificate from a CA made here, for the TLS tests (undone at the end).
+    if [ -z "${MINOS_TEST_POSTGRES_TLS:-}" ]; then
+        MINOS_TEST_POSTGRES_TLS="$(scripts/postgres-tls.sh on)"
+        export MINOS_TEST_POSTGRES_TLS
+        cleanups+=("scripts/postgres-tls.sh off >/dev/null")
+    fi
 fi
 # Schemas left by earlier runs' tests, one transaction each (a single one would need a lock per table of
 # every schema at once).
@@ -43,7 +59,7 @@ if [ -z "${MINOS_TEST_KAFKA:-}" ]; then
     # A fresh broker (memory storage): no messages left by earlier runs.
     scripts/kafka-dev.sh stop
     scripts/kafka-dev.sh start
-    trap 'scripts/kafka-dev.sh stop' EXIT
+    cleanups+=("scripts/kafka-dev.sh stop")
     export MINOS_TEST_KAFKA=127.0.0.1:9092
     # The outage test pauses this broker (SIGSTOP/SIGCONT) when it is ours; a broker someone else
     # started on the port is used as it is, and the tests that would pause it say they did not run.

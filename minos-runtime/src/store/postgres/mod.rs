@@ -16,6 +16,7 @@ mod registry;
 mod retention;
 mod sagas;
 mod snapshots;
+mod tls;
 mod transactions;
 mod writer;
 
@@ -123,17 +124,29 @@ pub(crate) async fn prepared<C: GenericClient>(
     client.prepare_cached(sql).await.map_err(db_error)
 }
 
+/// The pool could not hand out a connection. The message carries every cause (a refused TLS
+/// certificate says why, not only that the handshake failed).
 pub(crate) fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
     StoreError::Unavailable {
         backend: BACKEND,
-        source: Box::new(error),
+        source: message.into(),
     }
 }
 
 /// Splits our `schema=` parameter off a connection URL.
-fn split_schema(url: &str) -> Result<(String, Option<String>), StoreError> {
+fn split_schema(url: &str) -> Result<(String, Option<String>, tls::TlsSettings), StoreError> {
     let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_owned(), None));
+        return Ok((url.to_owned(), None, tls::TlsSettings::default()));
     };
     let mut schema = None;
     let mut rest = Vec::new();
@@ -143,6 +156,7 @@ fn split_schema(url: &str) -> Result<(String, Option<String>), StoreError> {
             _ => rest.push(pair),
         }
     }
+    let tls = tls::TlsSettings::take(&mut rest)?;
     if let Some(name) = &schema {
         let valid = name
             .chars()
@@ -163,7 +177,7 @@ fn split_schema(url: &str) -> Result<(String, Option<String>), StoreError> {
     } else {
         format!("{base}?{}", rest.join("&"))
     };
-    Ok((base, schema))
+    Ok((base, schema, tls))
 }
 
 impl PostgresStore {
@@ -213,9 +227,10 @@ pub(crate) async fn pool_for(url: &str) -> Result<(Pool, Option<String>), StoreE
 /// A pool on `url` (its `schema=` as the search path), and the schema.
 fn pool_with(url: &str, options: &PostgresOptions) -> Result<(Pool, Option<String>), StoreError> {
     {
-        let (url, schema) = split_schema(url)?;
+        let (url, schema, tls) = split_schema(url)?;
         let mut config = tokio_postgres::Config::from_str(&url)
             .map_err(|e| StoreError::backend(BACKEND, format!("invalid connection URL: {e}")))?;
+        config.ssl_mode(tls.ssl_mode());
         config.connect_timeout(options.timeout);
         let mut server_options = config
             .get_options()
@@ -229,13 +244,13 @@ fn pool_with(url: &str, options: &PostgresOptions) -> Result<(Pool, Option<Strin
             server_options.push_str(&format!(" -c search_path={schema}"));
         }
         config.options(server_options);
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match tls.enabled() {
+            true => Manager::from_config(config, tls.connector()?, manager_config),
+            false => Manager::from_config(config, NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(2))
             .wait_timeout(Some(options.timeout))
@@ -254,7 +269,8 @@ mod tests {
 
     #[test]
     fn schema_parameter_is_ours() {
-        let (url, schema) = split_schema("postgres://u@h/db?schema=t_1&connect_timeout=3").unwrap();
+        let (url, schema, _) =
+            split_schema("postgres://u@h/db?schema=t_1&connect_timeout=3").unwrap();
         assert_eq!(url, "postgres://u@h/db?connect_timeout=3");
         assert_eq!(schema.as_deref(), Some("t_1"));
         assert!(split_schema("postgres://u@h/db?schema=Bad;DROP").is_err());
