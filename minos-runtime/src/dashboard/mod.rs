@@ -127,7 +127,7 @@ async fn follow_logs(broker: &str, state: Arc<State>) -> Result<tokio::task::Joi
     if let Some(bootstrap) = broker.strip_prefix("kafka://") {
         let kafka = crate::messaging::KafkaBroker::connect(
             bootstrap,
-            crate::messaging::KafkaOptions::default(),
+            crate::messaging::KafkaOptions::from_env()?,
         )?;
         let mut messages = kafka.tail(crate::telemetry::LOG_TOPIC, true).await?;
         return Ok(tokio::spawn(async move {

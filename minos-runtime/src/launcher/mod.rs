@@ -2,9 +2,11 @@
 
 mod config;
 
+pub(crate) use config::is_secret_property;
+
 pub use config::{
     AuthConfig, Config, DiscoveryConfig, HandlersConfig, HttpConfig, KafkaConfig, LogConfig,
-    LogFormat, RegistryConfig, RelayConfig, RetentionConfig, SagaConfig, TelemetryConfig,
+    LogFormat, RegistryConfig, RelayConfig, RetentionConfig, SagaConfig, Secret, TelemetryConfig,
 };
 
 use std::future::Future;

@@ -27,7 +27,7 @@ use super::{Broker, BrokerMessage, Delivery, Subscription};
 use crate::error::{Error, Result};
 
 /// Kafka settings beyond the bootstrap servers.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct KafkaOptions {
     /// Partitions of the topics this service creates.
     pub partitions: i32,
@@ -37,6 +37,79 @@ pub struct KafkaOptions {
     pub publish_timeout: Duration,
     /// How long the broker may hold a fetch when no message is there yet (`fetch.wait.max.ms`).
     pub fetch_wait: Duration,
+    /// librdkafka properties set on every client (producer, consumers, admin) after the defaults:
+    /// the security settings, and anything else. Values of keys naming a password or a secret are
+    /// never shown.
+    pub client: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let client: std::collections::BTreeMap<&str, &str> = self
+            .client
+            .iter()
+            .map(|(key, value)| {
+                let shown = if crate::launcher::is_secret_property(key) {
+                    "***"
+                } else {
+                    value.as_str()
+                };
+                (key.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaOptions")
+            .field("partitions", &self.partitions)
+            .field("replication", &self.replication)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("fetch_wait", &self.fetch_wait)
+            .field("client", &client)
+            .finish()
+    }
+}
+
+impl KafkaOptions {
+    /// The options of the `MINOS_KAFKA_*` environment variables (the `kafka:` section's keys:
+    /// `MINOS_KAFKA_SECURITY_PROTOCOL`, `MINOS_KAFKA_SASL_PASSWORD`, …), the defaults otherwise: what
+    /// the `minos` commands and the dashboard connect with.
+    pub fn from_env() -> Result<Self> {
+        Ok((&crate::launcher::Config::from_env()?.kafka).into())
+    }
+
+    /// A client configuration for `bootstrap` with these options' properties.
+    fn client_config(&self, bootstrap: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", bootstrap);
+        for (key, value) in &self.client {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// Refuses settings this build cannot honour, saying what to do.
+    fn check(&self) -> Result<()> {
+        let protocol = self
+            .client
+            .get("security.protocol")
+            .map(|p| p.to_ascii_lowercase())
+            .unwrap_or_default();
+        if !["", "plaintext", "ssl", "sasl_plaintext", "sasl_ssl"].contains(&protocol.as_str()) {
+            return Err(Error::Config(format!(
+                "kafka.security_protocol `{protocol}`: use plaintext, ssl, sasl_plaintext or sasl_ssl"
+            )));
+        }
+        let mechanism = self
+            .client
+            .get("sasl.mechanism")
+            .map(|m| m.to_ascii_uppercase())
+            .unwrap_or_default();
+        let needs_tls = protocol.contains("ssl") || mechanism.starts_with("SCRAM");
+        if needs_tls && !cfg!(feature = "kafka-tls") {
+            return Err(Error::Config(format!(
+                "kafka: security_protocol `{protocol}` / sasl_mechanism `{mechanism}` need TLS support                  in librdkafka: build with the `kafka-tls` feature of minos (it links the system's                  OpenSSL: Debian's libssl-dev and pkg-config)"
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for KafkaOptions {
@@ -46,6 +119,7 @@ impl Default for KafkaOptions {
             replication: 1,
             publish_timeout: Duration::from_secs(10),
             fetch_wait: Duration::from_millis(5),
+            client: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -58,8 +132,41 @@ impl From<&crate::launcher::KafkaConfig> for KafkaOptions {
             replication: config.replication.max(1),
             publish_timeout: Duration::from_millis(config.publish_timeout_ms),
             fetch_wait: Duration::from_millis(config.fetch_wait_ms),
+            client: client_properties(config),
         }
     }
+}
+
+/// The librdkafka properties of a `kafka:` section: its security settings, then `client:`.
+fn client_properties(
+    config: &crate::launcher::KafkaConfig,
+) -> std::collections::BTreeMap<String, String> {
+    let mut properties = std::collections::BTreeMap::new();
+    for (key, value) in [
+        (
+            "security.protocol",
+            config.security_protocol.to_ascii_lowercase(),
+        ),
+        ("sasl.mechanism", config.sasl_mechanism.to_ascii_uppercase()),
+        ("sasl.username", config.sasl_username.clone()),
+        ("sasl.password", config.sasl_password.expose().to_owned()),
+        ("ssl.ca.location", config.ssl_ca_location.clone()),
+        (
+            "ssl.certificate.location",
+            config.ssl_certificate_location.clone(),
+        ),
+        ("ssl.key.location", config.ssl_key_location.clone()),
+        (
+            "ssl.key.password",
+            config.ssl_key_password.expose().to_owned(),
+        ),
+    ] {
+        if !value.is_empty() {
+            properties.insert(key.to_owned(), value);
+        }
+    }
+    properties.extend(config.client.clone());
+    properties
 }
 
 /// A Kafka cluster as the broker of a service.
@@ -87,18 +194,18 @@ fn kafka_error(context: &str, error: impl std::error::Error + Send + Sync + 'sta
 impl KafkaBroker {
     /// Connects to the cluster at `bootstrap` (`host:port[,host:port]`).
     pub fn connect(bootstrap: &str, options: KafkaOptions) -> Result<Self> {
+        options.check()?;
         let timeout_ms = options.publish_timeout.as_millis().to_string();
-        let mut config = ClientConfig::new();
+        let mut config = options.client_config(bootstrap);
         config
-            .set("bootstrap.servers", bootstrap)
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", &timeout_ms)
             .set("linger.ms", "1")
             .set("socket.nagle.disable", "true");
         let producer = SharedProducer::new(config)?;
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+        let admin: AdminClient<DefaultClientContext> = options
+            .client_config(bootstrap)
             .create()
             .map_err(|e| kafka_error("admin client", e))?;
         Ok(KafkaBroker {
@@ -286,8 +393,9 @@ impl Broker for KafkaBroker {
             }
         }
         let fetch_wait_ms = self.options.fetch_wait.as_millis().to_string();
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
+        let consumer: StreamConsumer = self
+            .options
+            .client_config(&self.bootstrap)
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -322,8 +430,9 @@ impl Broker for KafkaBroker {
     async fn listen(&self, topic: &str) -> Result<Subscription> {
         self.ensure_topics(&[topic.to_owned()]).await?;
         let fetch_wait_ms = self.options.fetch_wait.as_millis().to_string();
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
+        let consumer: StreamConsumer = self
+            .options
+            .client_config(&self.bootstrap)
             // Partitions are assigned by hand: the group joins nothing and commits nothing.
             .set(
                 "group.id",
@@ -374,8 +483,9 @@ impl KafkaBroker {
     pub async fn tail(&self, topic: &str, follow: bool) -> Result<mpsc::Receiver<BrokerMessage>> {
         self.ensure_topics(&[topic.to_owned()]).await?;
         let ends = self.ends(&[topic.to_owned()]).await?;
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
+        let consumer: StreamConsumer = self
+            .options
+            .client_config(&self.bootstrap)
             .set(
                 "group.id",
                 format!("{topic}.tail.{}", uuid::Uuid::new_v4().simple()),
@@ -475,10 +585,11 @@ impl KafkaBroker {
     async fn start_new_group_at_end(&self, group: &str, topics: &[String]) -> Result<usize> {
         let ends = self.ends(topics).await?;
         let bootstrap = self.bootstrap.clone();
+        let options = self.options.clone();
         let group = group.to_owned();
         tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &bootstrap)
+            let consumer: BaseConsumer = options
+                .client_config(&bootstrap)
                 .set("group.id", &group)
                 .set("enable.auto.commit", "false")
                 .create()
@@ -510,5 +621,39 @@ impl KafkaBroker {
         })
         .await
         .map_err(|e| Error::broker("kafka: setting where a group starts", e))?
+    }
+}
+
+#[cfg(test)]
+mod security_tests {
+    use super::*;
+
+    fn options(pairs: &[(&str, &str)]) -> KafkaOptions {
+        KafkaOptions {
+            client: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..KafkaOptions::default()
+        }
+    }
+
+    #[test]
+    fn unknown_protocols_are_refused_saying_what_to_write() {
+        let error = KafkaBroker::connect("127.0.0.1:1", options(&[("security.protocol", "tls")]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("sasl_ssl"), "{error}");
+    }
+
+    #[cfg(not(feature = "kafka-tls"))]
+    #[test]
+    fn tls_without_the_feature_names_the_feature() {
+        let error = KafkaBroker::connect("127.0.0.1:1", options(&[("security.protocol", "ssl")]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("kafka-tls"), "{error}");
     }
 }

@@ -92,7 +92,8 @@ impl TlsSettings {
         if settings.mode == Mode::Require && settings.root_cert.is_some() {
             settings.mode = Mode::VerifyCa;
         }
-        if matches!(settings.mode, Mode::VerifyCa | Mode::VerifyFull) && settings.root_cert.is_none()
+        if matches!(settings.mode, Mode::VerifyCa | Mode::VerifyFull)
+            && settings.root_cert.is_none()
         {
             return Err(error(
                 "sslmode=verify-ca and verify-full need the CA to verify against: add \

@@ -66,7 +66,7 @@ pub(crate) fn logs(args: LogsArgs) -> minos::Result<()> {
     runtime.block_on(async {
         let broker = minos::messaging::KafkaBroker::connect(
             bootstrap,
-            minos::messaging::KafkaOptions::default(),
+            minos::messaging::KafkaOptions::from_env()?,
         )?;
         let mut messages = broker.tail(LOG_TOPIC, !args.no_follow).await?;
         loop {

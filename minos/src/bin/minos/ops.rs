@@ -260,7 +260,7 @@ pub(crate) fn dead_letters(args: DeadLettersArgs) -> Result<()> {
         )));
     };
     runtime()?.block_on(async {
-        let broker = KafkaBroker::connect(bootstrap, KafkaOptions::default())?;
+        let broker = KafkaBroker::connect(bootstrap, KafkaOptions::from_env()?)?;
         let topic = topics::dead_letter(&service);
         let mut parked = Vec::new();
         let mut tail = tokio::time::timeout(Duration::from_secs(30), broker.tail(&topic, false))
