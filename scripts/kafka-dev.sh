@@ -4,6 +4,7 @@
 #   scripts/kafka-dev.sh start    install if missing (about 14 minutes the first time), start, wait for the port
 #   scripts/kafka-dev.sh stop
 #   scripts/kafka-dev.sh pid      the broker's process id (tests pause it with SIGSTOP/SIGCONT)
+#   scripts/kafka-dev.sh install  only install it
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +27,9 @@ install() {
 }
 
 case "${1:-start}" in
+install)
+    install
+    ;;
 start)
     install
     mkdir -p "$dir"
@@ -64,7 +68,7 @@ pid)
     running && cat "$pidfile"
     ;;
 *)
-    echo "usage: $0 start|stop|pid" >&2
+    echo "usage: $0 start|stop|pid|install" >&2
     exit 2
     ;;
 esac

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # TLS on the local PostgreSQL server, for the TLS tests: a CA and a server certificate for localhost and
-# 127.0.0.1, made here with openssl, installed as the server's certificate (a configuration reload; plain
+# 127.0.0.1 (scripts/test-ca.sh), installed as the server's certificate (a configuration reload; plain
 # connections keep working). A second CA, which signed nothing the server shows, is made beside them.
 #   scripts/postgres-tls.sh on    prints the directory holding ca.pem and other-ca.pem
 #   scripts/postgres-tls.sh off   the server's own certificate settings again
@@ -10,35 +10,13 @@ url="${MINOS_TEST_POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/test}"
 dir=/var/lib/postgresql/minos-test-tls
 
 make_certificates() {
-    command -v openssl >/dev/null || {
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl >&2
-    }
-    mkdir -p "$dir"
-    local tmp
-    tmp=$(mktemp -d)
-    (
-        cd "$tmp"
-        for ca in ca other-ca; do
-            openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-                -keyout "$ca.key" -out "$ca.pem" -days 3650 -subj "/CN=minos test $ca" \
-                -addext "basicConstraints=critical,CA:TRUE" \
-                -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-        done
-        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-            -keyout server.key -out server.csr -subj "/CN=localhost" 2>/dev/null
-        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' >server.ext
-        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
-            -out server.pem -days 3650 -extfile server.ext 2>/dev/null
-        cp ca.pem other-ca.pem server.pem server.key "$dir/"
-    )
-    rm -rf "$tmp"
+    "$(dirname "$0")/test-ca.sh" "$dir"
     chown -R postgres:postgres "$dir" 2>/dev/null || true
-    chmod 600 "$dir/server.key"
 }
 
 case "${1:-on}" in
 on)
-    [ -s "$dir/server.pem" ] && [ -s "$dir/ca.pem" ] || make_certificates >&2
+    make_certificates >&2
     psql "$url" -v ON_ERROR_STOP=1 -q >&2 <<SQL
 ALTER SYSTEM SET ssl = on;
 ALTER SYSTEM SET ssl_cert_file = '$dir/server.pem';

@@ -7,7 +7,9 @@
 #    Schemas left by earlier runs' tests are dropped.
 # 2. A Kafka-protocol broker at MINOS_TEST_KAFKA (default 127.0.0.1:9092): nisshi from crates.io, installed
 #    on first use (about 14 minutes) and started fresh for this run, stopped at the end
-#    (scripts/kafka-dev.sh). Set MINOS_TEST_KAFKA yourself to use a broker you run.
+#    (scripts/kafka-dev.sh). Set MINOS_TEST_KAFKA yourself to use a broker you run. Beside it, two
+#    brokers with TLS (127.0.0.1:9094) and with TLS and SCRAM logins (127.0.0.1:9095) for the Kafka
+#    security tests (scripts/kafka-secure.sh; MINOS_TEST_KAFKA_SECURE names their test CA's directory).
 # 3. Python's confluent-kafka for the stock-client test (pip).
 # 4. Chromium for the dashboard's browser test (Debian's `chromium`, installed with apt-get when missing), and
 #    Python's kubernetes-validate for the test of `minos deploy` (pip).
@@ -60,6 +62,10 @@ if [ -z "${MINOS_TEST_KAFKA:-}" ]; then
     scripts/kafka-dev.sh stop
     scripts/kafka-dev.sh start
     cleanups+=("scripts/kafka-dev.sh stop")
+    # Two more, with TLS and with SCRAM logins, for the Kafka security tests.
+    MINOS_TEST_KAFKA_SECURE="$(scripts/kafka-secure.sh start)"
+    export MINOS_TEST_KAFKA_SECURE
+    cleanups+=("scripts/kafka-secure.sh stop")
     export MINOS_TEST_KAFKA=127.0.0.1:9092
     # The outage test pauses this broker (SIGSTOP/SIGCONT) when it is ours; a broker someone else
     # started on the port is used as it is, and the tests that would pause it say they did not run.

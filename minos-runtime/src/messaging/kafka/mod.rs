@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
@@ -137,6 +136,54 @@ impl From<&crate::launcher::KafkaConfig> for KafkaOptions {
     }
 }
 
+/// Keeps librdkafka's last complaint about the connection (`SSL handshake failed: … certificate verify
+/// failed`, `SASL authentication error: …`), logged when it happens and added to the errors it explains.
+#[derive(Clone, Default)]
+pub(super) struct Complaints(Arc<Mutex<Option<String>>>);
+
+impl Complaints {
+    fn last(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+impl Complaints {
+    fn record(&self, reason: &str) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reason.to_owned());
+    }
+}
+
+impl rdkafka::client::ClientContext for Complaints {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as Level;
+        match level {
+            Level::Emerg | Level::Alert | Level::Critical | Level::Error => {
+                tracing::error!(target: "librdkafka", facility, "{message}");
+                self.record(message);
+            }
+            Level::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+            Level::Notice | Level::Info => {
+                tracing::info!(target: "librdkafka", facility, "{message}")
+            }
+            Level::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "kafka client");
+        // "1/1 brokers are down" says less than the complaint before it.
+        if !reason.contains("brokers are down") {
+            self.record(reason);
+        }
+    }
+}
+
 /// The librdkafka properties of a `kafka:` section: its security settings, then `client:`.
 fn client_properties(
     config: &crate::launcher::KafkaConfig,
@@ -174,7 +221,7 @@ pub struct KafkaBroker {
     bootstrap: String,
     options: KafkaOptions,
     producer: Arc<SharedProducer>,
-    admin: AdminClient<DefaultClientContext>,
+    admin: AdminClient<Complaints>,
     known_topics: Mutex<HashSet<String>>,
 }
 
@@ -203,10 +250,11 @@ impl KafkaBroker {
             .set("message.timeout.ms", &timeout_ms)
             .set("linger.ms", "1")
             .set("socket.nagle.disable", "true");
-        let producer = SharedProducer::new(config)?;
-        let admin: AdminClient<DefaultClientContext> = options
+        let complaints = Complaints::default();
+        let producer = SharedProducer::new(config, complaints.clone())?;
+        let admin: AdminClient<Complaints> = options
             .client_config(bootstrap)
-            .create()
+            .create_with_context(complaints)
             .map_err(|e| kafka_error("admin client", e))?;
         Ok(KafkaBroker {
             bootstrap: bootstrap.to_owned(),
@@ -215,6 +263,19 @@ impl KafkaBroker {
             admin,
             known_topics: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// An error of the cluster's clients, with what librdkafka last complained about (a refused
+    /// certificate, a failed login), which the error itself often does not say.
+    fn explained(
+        &self,
+        context: &str,
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        match self.admin.inner().context().last() {
+            Some(reason) => Error::broker(format!("kafka {context} ({reason})"), error),
+            None => kafka_error(context, error),
+        }
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -242,12 +303,15 @@ impl KafkaBroker {
                 )
             })
             .collect();
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        // A broker that cannot be reached (or refuses this client) fails the publish within its timeout.
+        let options = AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(10)))
+            .request_timeout(Some(self.options.publish_timeout));
         let results = self
             .admin
             .create_topics(&new, &options)
             .await
-            .map_err(|e| kafka_error("creating topics", e))?;
+            .map_err(|e| self.explained("creating topics", e))?;
         for result in results {
             match result {
                 Ok(topic) => {
@@ -339,10 +403,10 @@ impl Broker for KafkaBroker {
                 .client()
                 .fetch_metadata(None, Duration::from_secs(2))
                 .map(|_| ())
-                .map_err(|e| kafka_error("reading the cluster metadata", e))
         })
         .await
         .map_err(|e| Error::broker("kafka: reading the cluster metadata", e))?
+        .map_err(|e| self.explained("reading the cluster metadata", e))
     }
 
     async fn publish_all(&self, messages: Vec<BrokerMessage>) -> Vec<Result<()>> {

@@ -9,7 +9,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde_json::json;
 
-use super::kafka_error;
+use super::{kafka_error, Complaints};
+
+/// The producer type: librdkafka's complaints recorded (see [`Complaints`]).
+pub(super) type KafkaProducer = FutureProducer<Complaints>;
 use crate::error::Result;
 use crate::messaging::BrokerMessage;
 
@@ -48,20 +51,24 @@ impl DeadLetters {
 /// fails until it is replaced, so without this the service could publish nothing until restarted.
 pub(super) struct SharedProducer {
     config: ClientConfig,
-    current: RwLock<FutureProducer>,
+    complaints: Complaints,
+    current: RwLock<KafkaProducer>,
 }
 
 impl SharedProducer {
-    pub(super) fn new(config: ClientConfig) -> Result<Arc<Self>> {
-        let producer = config.create().map_err(|e| kafka_error("producer", e))?;
+    pub(super) fn new(config: ClientConfig, complaints: Complaints) -> Result<Arc<Self>> {
+        let producer = config
+            .create_with_context(complaints.clone())
+            .map_err(|e| kafka_error("producer", e))?;
         Ok(Arc::new(SharedProducer {
             config,
+            complaints,
             current: RwLock::new(producer),
         }))
     }
 
     /// The producer in use (a cheap handle).
-    pub(super) fn get(&self) -> FutureProducer {
+    pub(super) fn get(&self) -> KafkaProducer {
         self.current
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -97,7 +104,7 @@ impl SharedProducer {
 
     /// Replaces `used` when it has a fatal error (unless another send already did); whether the
     /// producer now in place is a new one.
-    fn renew_if_fatal(&self, used: &FutureProducer) -> bool {
+    fn renew_if_fatal(&self, used: &KafkaProducer) -> bool {
         let Some((code, reason)) = used.client().fatal_error() else {
             return false;
         };
@@ -108,7 +115,10 @@ impl SharedProducer {
         if current.client().native_ptr() != used.client().native_ptr() {
             return true;
         }
-        match self.config.create::<FutureProducer>() {
+        match self
+            .config
+            .create_with_context::<_, KafkaProducer>(self.complaints.clone())
+        {
             Ok(fresh) => {
                 tracing::error!(?code, %reason, "the Kafka producer hit a fatal error: replaced it with a new one");
                 *current = fresh;
