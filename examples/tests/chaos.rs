@@ -4,8 +4,10 @@
 //! exactly one domain message, handled once; every acknowledged saga ended finished, or errored with its
 //! compensation run; no outbox row is left unsent. The numbers are printed.
 //!
-//! `MINOS_CHAOS_COMMANDS` (default 1,000) and `MINOS_CHAOS_SAGAS` (default 50) set the size; by hand:
-//! `MINOS_CHAOS_COMMANDS=10000 MINOS_CHAOS_SAGAS=500 scripts/test.sh -p minos-examples --test chaos`.
+//! `MINOS_CHAOS_COMMANDS` (default 1,000) and `MINOS_CHAOS_SAGAS` (default 50) set the size, spread
+//! over `MINOS_CHAOS_SECONDS` (default 30) so that the kills land in the middle of the work; by hand:
+//! `MINOS_CHAOS_COMMANDS=10000 MINOS_CHAOS_SAGAS=500 MINOS_CHAOS_SECONDS=120 scripts/test.sh -p
+//! minos-examples --test chaos`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command};
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 use minos::messaging::Broker;
 use minos_support::http::Client;
 use minos_support::postgres::fresh_schema_url;
-use minos_support::process::{signal, spawn_listening};
+use minos_support::process::spawn_listening;
 use serde_json::{json, Value};
 
 fn size(var: &str, default: usize) -> usize {
@@ -28,7 +30,6 @@ fn size(var: &str, default: usize) -> usize {
 
 struct Service {
     child: Child,
-    addr: String,
 }
 
 impl Drop for Service {
@@ -59,7 +60,6 @@ fn start(binary: &str, name: &str, storage: &str, port: u16) -> Service {
     std::thread::spawn(move || for _ in started.lines {});
     Service {
         child: started.child,
-        addr: started.addr,
     }
 }
 
@@ -111,6 +111,14 @@ impl Victim {
     }
 }
 
+/// Waits until `done` of `total` is due, `seconds` spreading the whole.
+fn pace(started: Instant, seconds: f64, done: usize, total: usize) {
+    let due = started + Duration::from_secs_f64(seconds * done as f64 / total.max(1) as f64);
+    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+        std::thread::sleep(wait);
+    }
+}
+
 /// Rows of one of the services' tables.
 async fn count(url: &str, sql: &str) -> i64 {
     let (base, schema) = url.split_once("?schema=").unwrap();
@@ -129,6 +137,7 @@ async fn count(url: &str, sql: &str) -> i64 {
 fn acknowledged_work_survives_kills_and_a_paused_broker_exactly_once() {
     let commands = size("MINOS_CHAOS_COMMANDS", 1_000);
     let sagas = size("MINOS_CHAOS_SAGAS", 50);
+    let seconds = size("MINOS_CHAOS_SECONDS", 30) as f64;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -191,7 +200,12 @@ fn acknowledged_work_survives_kills_and_a_paused_broker_exactly_once() {
         );
         workers.push(std::thread::spawn(move || {
             let http = client(&foo.addr());
-            while acked.lock().unwrap().len() < commands {
+            loop {
+                let done = acked.lock().unwrap().len();
+                if done >= commands {
+                    break;
+                }
+                pace(started, seconds, done, commands);
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 match http.post("/foos", &json!({"bar": format!("chaos-{i}")}).to_string()) {
                     Ok(answer) if answer.status == 200 => {
@@ -214,7 +228,12 @@ fn acknowledged_work_survives_kills_and_a_paused_broker_exactly_once() {
         );
         workers.push(std::thread::spawn(move || {
             let http = client(&foo.addr());
-            while acked.lock().unwrap().len() < sagas {
+            loop {
+                let done = acked.lock().unwrap().len();
+                if done >= sagas {
+                    break;
+                }
+                pace(started, seconds, done, sagas);
                 let created = http.post("/foos", &json!({"bar": "saga"}).to_string());
                 let Ok(created) = created.map(|a| a.json()) else {
                     refused.fetch_add(1, Ordering::Relaxed);
