@@ -72,7 +72,7 @@ impl RetentionConfig {
 }
 
 /// Removes every row older than its kind's age, batch after batch, and answers how many of each kind
-/// it removed. What [`spawn`] runs every interval; callable from code (an admin task, a test). Safe
+/// it removed. What a service runs every `retention.interval_ms`; callable from code (an admin task, a test). Safe
 /// while other replicas sweep the same store.
 pub async fn sweep(
     store: &SharedStore,

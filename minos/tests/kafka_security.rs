@@ -123,7 +123,7 @@ async fn refused_certificates_and_logins_fail_clearly() {
         let broker = KafkaBroker::connect(&format!("127.0.0.1:{port}"), options).unwrap();
         let refused = tokio::time::timeout(
             Duration::from_secs(60),
-            broker.publish(BrokerMessage::new(&unique("Refused"), json!({}))),
+            broker.publish(BrokerMessage::new(unique("Refused"), json!({}))),
         )
         .await
         .unwrap_or_else(|_| panic!("{what}: no answer within a minute"));
