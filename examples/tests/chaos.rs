@@ -51,7 +51,7 @@ fn start(binary: &str, name: &str, storage: &str, port: u16) -> Service {
         .env("MINOS_BROKER", format!("kafka://{}", bootstrap()))
         .env("MINOS_HTTP_HOST", "127.0.0.1")
         .env("MINOS_HTTP_PORT", port.to_string())
-        // A reply lost to a kill (see the README's known limits) costs its saga this long.
+        // No saga waits longer than this for a reply, whatever the kills do.
         .env("MINOS_SAGA_TIMEOUT_MS", "30000")
         // Executions interrupted by a kill are resumed soon after the restart.
         .env("MINOS_SAGA_RESUME_AFTER_MS", "2000")

@@ -915,17 +915,29 @@ async fn a_reply_that_fails_to_publish_is_sent_again() {
     // clear timeout rather than waiting for ever.
     broker.failures.store(100, Ordering::SeqCst);
     broker.refused.store(0, Ordering::SeqCst);
+    let command = BrokerMessage::new("Echo", json!({"n": 8}));
     let lost = client
-        .request(
-            BrokerMessage::new("Echo", json!({"n": 8})),
-            Duration::from_secs(3),
-        )
+        .request(command.clone(), Duration::from_secs(3))
         .await;
     assert!(lost.is_err(), "no reply can arrive: {lost:?}");
     assert_eq!(
         broker.refused.load(Ordering::SeqCst),
         4,
         "four attempts, then given up"
+    );
+
+    // The same command delivered again (as after a crash that lost the reply): it is not run again, and
+    // it is answered with the reply kept in the inbox.
+    broker.failures.store(0, Ordering::SeqCst);
+    let again = client
+        .request(command, Duration::from_secs(3))
+        .await
+        .expect("the redelivered command is answered again");
+    assert_eq!((again.status, again.content), (200, json!({"n": 8})));
+    let metrics = service.context().metrics().render();
+    assert!(
+        metrics.contains("minos_broker_messages_total{topic=\"Echo\",outcome=\"duplicate\"} 1"),
+        "recognised as a redelivery, not run again:\n{metrics}"
     );
     service.stop().await;
 }

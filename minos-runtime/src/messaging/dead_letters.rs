@@ -87,10 +87,7 @@ impl DeadLetters {
         let copy = redrive(parked, &self.service)?;
         Ok(self
             .store
-            .is_processed(&InboxEntry {
-                consumer: self.service.clone(),
-                identifier: copy.identifier,
-            })
+            .is_processed(&InboxEntry::new(self.service.clone(), copy.identifier))
             .await?)
     }
 

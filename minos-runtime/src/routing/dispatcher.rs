@@ -242,12 +242,10 @@ impl Dispatcher {
                 return Outcome::Expired;
             }
         }
-        let inbox = InboxEntry {
-            consumer: self.context.name().to_owned(),
-            identifier: message.identifier,
-        };
+        let inbox = InboxEntry::new(self.context.name().to_owned(), message.identifier);
         if self.already_handled(&inbox).await {
             tracing::debug!(identifier = %message.identifier, topic = %message.topic, "already handled: skipped");
+            self.reply_again(&message, &inbox).await;
             return Outcome::Duplicate;
         }
         // A command sent by a saga step runs inside the saga's (nested) transactions.
@@ -282,9 +280,12 @@ impl Dispatcher {
                     500.. => tracing::warn!(%error, "request failed"),
                     _ => tracing::info!(%error, "request refused"),
                 }
-                // A refused command is answered, and counts as handled: a redelivery is not run again.
-                self.record_handled(&inbox, "refused command").await;
-                self.reply(&message, Err(error)).await;
+                // A refused command is answered, and counts as handled: a redelivery is not run again
+                // (it is answered again, with the refusal kept in the inbox).
+                let refusal = Response::from_error(&error);
+                let recorded = with_reply(&message, inbox.clone(), &refusal);
+                self.record_handled(&recorded, "refused command").await;
+                self.reply(&message, Ok(refusal)).await;
                 return Outcome::Handled;
             }
             if attempt < attempts {
@@ -360,14 +361,48 @@ impl Dispatcher {
         let run = self.run_handlers(handlers, message);
         let (result, writes) = repository.staged_in(transaction.cloned(), run).await;
         let response = result?;
+        // The reply is kept with the inbox entry, committed with the writes: a command redelivered after
+        // a crash that lost the reply is answered again.
+        let inbox = with_reply(message, inbox.clone(), &response);
         // The reply carries the positions of the events committed here (read your writes).
-        let flush = repository.flush(transaction, &writes, Some(inbox));
+        let flush = repository.flush(transaction, &writes, Some(&inbox));
         let (flushed, written) = crate::views::recording(self.context.clone().scope(flush)).await;
         flushed?;
         Ok(match written.positions.is_empty() {
             true => response,
             false => response.with_header(crate::views::POSITION_HEADER, written.to_string()),
         })
+    }
+
+    /// Answers a redelivered command again with the reply kept in the inbox, when there is one: its
+    /// first reply may have been lost (the service stopped between committing and replying).
+    async fn reply_again(&self, message: &BrokerMessage, inbox: &InboxEntry) {
+        if message.reply_topic.is_none() {
+            return;
+        }
+        let store = self.context.repository().store();
+        let kept = match store.recorded_reply(inbox).await {
+            Ok(Some(kept)) => kept,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%error, "could not read the reply kept in the inbox");
+                return;
+            }
+        };
+        let status = kept["status"]
+            .as_u64()
+            .and_then(|s| u16::try_from(s).ok())
+            .unwrap_or(200);
+        let mut response = Response::json(kept["content"].clone()).with_status(status);
+        if let Some(headers) = kept["headers"].as_object() {
+            for (name, value) in headers {
+                if let Some(value) = value.as_str() {
+                    response = response.with_header(name.clone(), value);
+                }
+            }
+        }
+        tracing::info!(identifier = %message.identifier, topic = %message.topic, "redelivered command: answered again with its kept reply");
+        self.reply(message, Ok(response)).await;
     }
 
     /// Records the message as handled without writes (a refused command, a parked event).
@@ -612,4 +647,16 @@ impl Dispatcher {
         });
         DispatcherHandle { stop, task }
     }
+}
+
+/// `inbox` with `response` as its reply, when the message expects one.
+fn with_reply(message: &BrokerMessage, mut inbox: InboxEntry, response: &Response) -> InboxEntry {
+    if message.reply_topic.is_some() {
+        inbox.reply = Some(serde_json::json!({
+            "status": response.status(),
+            "content": response.content(),
+            "headers": response.headers(),
+        }));
+    }
+    inbox
 }

@@ -30,8 +30,8 @@ struct Inner {
     snapshots: IndexMap<Uuid, Snapshot>,
     outbox: std::collections::VecDeque<OutboxRecord>,
     next_outbox_id: i64,
-    // Each handled message, with when it was recorded (for retention).
-    inbox: std::collections::HashMap<InboxEntry, DateTime<Utc>>,
+    // Each handled message, with when it was recorded (for retention) and the reply kept with it.
+    inbox: std::collections::HashMap<InboxEntry, (DateTime<Utc>, Option<serde_json::Value>)>,
     transactions: std::collections::HashMap<Uuid, TransactionEntry>,
     held: std::collections::HashMap<Uuid, HeldWrites>,
     executions: std::collections::HashMap<Uuid, ExecutionRecord>,
@@ -130,7 +130,13 @@ impl EventStore for MemoryStore {
             .map(|(event, messages)| inner.write(event, messages))
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(entry) = inbox {
-            inner.inbox.insert(entry.clone(), super::now());
+            inner.inbox.insert(
+                entry.clone(),
+                (
+                    super::now(),
+                    super::stored_reply_text(entry).and(entry.reply.clone()),
+                ),
+            );
         }
         Ok(stored)
     }
@@ -217,7 +223,17 @@ impl TransactionStore for MemoryStore {
     ) -> Result<(), StoreError> {
         let mut inner = self.lock();
         if let Some(entry) = inbox {
-            if inner.inbox.insert(entry.clone(), super::now()).is_some() {
+            if inner
+                .inbox
+                .insert(
+                    entry.clone(),
+                    (
+                        super::now(),
+                        super::stored_reply_text(entry).and(entry.reply.clone()),
+                    ),
+                )
+                .is_some()
+            {
                 return Err(StoreError::AlreadyProcessed {
                     consumer: entry.consumer.clone(),
                     identifier: entry.identifier,
@@ -321,6 +337,17 @@ impl InboxStore for MemoryStore {
     async fn is_processed(&self, entry: &InboxEntry) -> Result<bool, StoreError> {
         Ok(self.lock().inbox.contains_key(entry))
     }
+
+    async fn recorded_reply(
+        &self,
+        entry: &InboxEntry,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        Ok(self
+            .lock()
+            .inbox
+            .get(entry)
+            .and_then(|(_, reply)| reply.clone()))
+    }
 }
 
 #[async_trait]
@@ -341,7 +368,7 @@ impl super::RetentionStore for MemoryStore {
                 let old: Vec<InboxEntry> = inner
                     .inbox
                     .iter()
-                    .filter(|(_, at)| **at < before)
+                    .filter(|(_, (at, _))| *at < before)
                     .map(|(entry, _)| entry.clone())
                     .take(limit)
                     .collect();

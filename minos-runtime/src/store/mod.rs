@@ -1,6 +1,7 @@
 //! The store layer: ports for events, snapshots and the outbox, with in-memory and embedded (SQLite)
 //! adapters. Every adapter passes the same conformance suite (`conformance`, behind the `testing` feature).
 
+mod inbox;
 mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -8,6 +9,8 @@ mod retention;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+pub(crate) use inbox::stored_reply_text;
+pub use inbox::{InboxEntry, InboxStore, INBOX_REPLY_MAX};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};
@@ -379,22 +382,6 @@ pub trait EventStore: Send + Sync {
         appends: &[(Event, Vec<DomainMessage>)],
         inbox: Option<&InboxEntry>,
     ) -> Result<Vec<StoredEvent>, StoreError>;
-}
-
-/// A consumer's record of a handled message.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct InboxEntry {
-    /// The consumer: the service (consumer group) that handled it.
-    pub consumer: String,
-    /// The message's identifier.
-    pub identifier: Uuid,
-}
-
-/// The inbox port: which messages a consumer has handled.
-#[async_trait]
-pub trait InboxStore: Send + Sync {
-    /// Whether the entry is recorded.
-    async fn is_processed(&self, entry: &InboxEntry) -> Result<bool, StoreError>;
 }
 
 /// The snapshot store port: latest states and queries over them.

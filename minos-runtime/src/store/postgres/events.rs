@@ -55,8 +55,8 @@ impl EventStore for PostgresStore {
         if let Some(entry) = inbox {
             let inserted = tx
                 .execute(
-                    &prepared(&tx, "INSERT INTO inbox (consumer, identifier) VALUES ($1, $2) ON CONFLICT DO NOTHING").await?,
-                    &[&entry.consumer, &entry.identifier],
+                    &prepared(&tx, "INSERT INTO inbox (consumer, identifier, reply) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING").await?,
+                    &[&entry.consumer, &entry.identifier, &crate::store::stored_reply_text(entry)],
                 )
                 .await
                 .map_err(db_error)?;

@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("sql/0007_commit_order.sql")),
     (8, include_str!("sql/0008_outbox_headers.sql")),
     (9, include_str!("sql/0009_retention.sql")),
+    (10, include_str!("sql/0010_inbox_reply.sql")),
 ];
 
 impl PostgresStore {

@@ -100,4 +100,25 @@ impl InboxStore for PostgresStore {
             .map_err(db_error)?;
         Ok(row.is_some())
     }
+
+    async fn recorded_reply(
+        &self,
+        entry: &InboxEntry,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &prepared(
+                    &client,
+                    "SELECT reply FROM inbox WHERE consumer = $1 AND identifier = $2",
+                )
+                .await?,
+                &[&entry.consumer, &entry.identifier],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(row
+            .and_then(|row| row.get::<_, Option<String>>(0))
+            .and_then(|text| serde_json::from_str(&text).ok()))
+    }
 }

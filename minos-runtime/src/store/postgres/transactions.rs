@@ -108,14 +108,21 @@ impl TransactionStore for PostgresStore {
         let row = client
             .query_one(
                 &prepared(&client, "WITH recorded AS ( \
-                     INSERT INTO inbox (consumer, identifier) VALUES ($4, $5) ON CONFLICT DO NOTHING \
+                     INSERT INTO inbox (consumer, identifier, reply) VALUES ($4, $5, $6) ON CONFLICT DO NOTHING \
                      RETURNING 1), \
                  held AS ( \
                      INSERT INTO transaction_writes (transaction_uuid, event, messages) \
                      SELECT $1, e, m FROM UNNEST($2::jsonb[], $3::jsonb[]) WITH ORDINALITY AS w(e, m, position) \
                      WHERE EXISTS (SELECT 1 FROM recorded) ORDER BY position) \
                  SELECT count(*) FROM recorded").await?,
-                &[&transaction, &events, &messages, &entry.consumer, &entry.identifier],
+                &[
+                    &transaction,
+                    &events,
+                    &messages,
+                    &entry.consumer,
+                    &entry.identifier,
+                    &crate::store::stored_reply_text(entry),
+                ],
             )
             .await
             .map_err(db_error)?;

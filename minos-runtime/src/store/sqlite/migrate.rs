@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("sql/0006_registry.sql")),
     (7, include_str!("sql/0007_outbox_headers.sql")),
     (8, include_str!("sql/0008_retention.sql")),
+    (9, include_str!("sql/0009_inbox_reply.sql")),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

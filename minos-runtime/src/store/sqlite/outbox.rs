@@ -106,6 +106,30 @@ impl InboxStore for SqliteStore {
         })
         .await
     }
+
+    async fn recorded_reply(
+        &self,
+        entry: &InboxEntry,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let entry = entry.clone();
+        let text: Option<Option<String>> = self
+            .read(move |conn| {
+                conn.prepare_cached(
+                    "SELECT reply FROM inbox WHERE consumer = ?1 AND identifier = ?2",
+                )
+                .map_err(sql_err)?
+                .query_row(
+                    params![entry.consumer, entry.identifier.to_string()],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(sql_err)
+            })
+            .await?;
+        Ok(text
+            .flatten()
+            .and_then(|text| serde_json::from_str(&text).ok()))
+    }
 }
 
 /// Records that `entry`'s message was handled; [`StoreError::AlreadyProcessed`] if it already was.
@@ -115,14 +139,15 @@ pub(super) fn record_inbox(
 ) -> Result<(), StoreError> {
     let inserted = tx
         .prepare_cached(
-            "INSERT INTO inbox (consumer, identifier, processed_at) VALUES (?1, ?2, ?3) \
+            "INSERT INTO inbox (consumer, identifier, processed_at, reply) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (consumer, identifier) DO NOTHING",
         )
         .map_err(sql_err)?
         .execute(params![
             entry.consumer,
             entry.identifier.to_string(),
-            format_time(crate::store::now())
+            format_time(crate::store::now()),
+            crate::store::stored_reply_text(entry)
         ])
         .map_err(sql_err)?;
     if inserted == 0 {

@@ -220,10 +220,7 @@ pub async fn concurrent_units_fail_alone(repo: Repository) {
 /// A unit with an inbox entry is committed once; a redelivery writes nothing.
 pub async fn units_record_the_inbox_once(repo: Repository) {
     let a = repo.create(Customer { name: "a".into() }).await.unwrap();
-    let entry = crate::store::InboxEntry {
-        consumer: "svc".into(),
-        identifier: Uuid::new_v4(),
-    };
+    let entry = crate::store::InboxEntry::new("svc", Uuid::new_v4());
     assert!(!repo.store().is_processed(&entry).await.unwrap());
     let update = event_of(&a, 2, Action::Update, "once");
     let writes = vec![(update.clone(), update.domain_messages().unwrap())];
@@ -243,10 +240,7 @@ pub async fn units_record_the_inbox_once(repo: Repository) {
     );
     let read = repo.get::<Customer>(a.uuid()).await.unwrap();
     assert_eq!((read.name.as_str(), read.version()), ("once", 2));
-    let other = crate::store::InboxEntry {
-        consumer: "other".into(),
-        identifier: entry.identifier,
-    };
+    let other = crate::store::InboxEntry::new("other", entry.identifier);
     repo.commit_unit(&Vec::new(), Some(&other)).await.unwrap();
     assert!(repo.store().is_processed(&other).await.unwrap());
 }
@@ -285,4 +279,54 @@ pub async fn staged_writes_wait_for_the_unit_commit(repo: Repository) {
         topics,
         ["CustomerCreated", "CustomerUpdated", "CustomerUpdated.name"]
     );
+}
+
+/// A command's reply is kept with its inbox entry, whether the entry is recorded with writes, alone or
+/// with a transaction's held writes, and read back whole (a NUL character too); an entry recorded without
+/// one, or with one over `INBOX_REPLY_MAX`, has none.
+pub async fn the_inbox_keeps_a_commands_reply(repo: Repository) {
+    let store = repo.store();
+    let reply =
+        json!({"status": 200, "content": {"n": 1, "text": "a\u{0}b"}, "headers": {"h": "v"}});
+    let mut with_writes = crate::store::InboxEntry::new("svc", Uuid::new_v4());
+    with_writes.reply = Some(reply.clone());
+    let a = repo.create(Customer { name: "a".into() }).await.unwrap();
+    let update = event_of(&a, 2, Action::Update, "replied");
+    repo.commit_unit(
+        &vec![(update.clone(), update.domain_messages().unwrap())],
+        Some(&with_writes),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        store.recorded_reply(&with_writes).await.unwrap(),
+        Some(reply.clone())
+    );
+    // Looked up by consumer and identifier alone.
+    let key = crate::store::InboxEntry::new("svc", with_writes.identifier);
+    assert_eq!(
+        store.recorded_reply(&key).await.unwrap(),
+        Some(reply.clone())
+    );
+
+    let mut alone = crate::store::InboxEntry::new("svc", Uuid::new_v4());
+    alone.reply = Some(json!({"status": 400, "content": {"error": "no"}, "headers": {}}));
+    repo.commit_unit(&Vec::new(), Some(&alone)).await.unwrap();
+    assert_eq!(store.recorded_reply(&alone).await.unwrap(), alone.reply);
+
+    let mut held = crate::store::InboxEntry::new("svc", Uuid::new_v4());
+    held.reply = Some(reply.clone());
+    store.hold(Uuid::new_v4(), &[], Some(&held)).await.unwrap();
+    assert_eq!(store.recorded_reply(&held).await.unwrap(), Some(reply));
+
+    let plain = crate::store::InboxEntry::new("svc", Uuid::new_v4());
+    repo.commit_unit(&Vec::new(), Some(&plain)).await.unwrap();
+    assert_eq!(store.recorded_reply(&plain).await.unwrap(), None);
+    let mut huge = crate::store::InboxEntry::new("svc", Uuid::new_v4());
+    huge.reply = Some(json!({"content": "x".repeat(crate::store::INBOX_REPLY_MAX)}));
+    repo.commit_unit(&Vec::new(), Some(&huge)).await.unwrap();
+    assert!(store.is_processed(&huge).await.unwrap());
+    assert_eq!(store.recorded_reply(&huge).await.unwrap(), None);
+    let unknown = crate::store::InboxEntry::new("svc", Uuid::new_v4());
+    assert_eq!(store.recorded_reply(&unknown).await.unwrap(), None);
 }

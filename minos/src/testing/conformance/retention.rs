@@ -110,10 +110,7 @@ pub async fn retention_removes_only_finished_rows(repo: Repository) {
     }
 
     // Inbox entries are recorded now: an earlier cut-off keeps them, a later one removes them.
-    let entry = InboxEntry {
-        consumer: "svc".into(),
-        identifier: Uuid::new_v4(),
-    };
+    let entry = InboxEntry::new("svc", Uuid::new_v4());
     repo.commit_unit(&Vec::new(), Some(&entry)).await.unwrap();
     assert_eq!(store.purge(Retained::Inbox, cut, 10).await.unwrap(), 0);
     assert!(store.is_processed(&entry).await.unwrap());

@@ -75,10 +75,7 @@ pub async fn transactions_hold_writes_until_released(repo: Repository) {
         .await;
     store.hold(a, &writes[..1], None).await.unwrap();
     store.hold(b, &writes, None).await.unwrap();
-    let inbox = crate::store::InboxEntry {
-        consumer: "svc".into(),
-        identifier: Uuid::new_v4(),
-    };
+    let inbox = crate::store::InboxEntry::new("svc", Uuid::new_v4());
     store.hold(a, &writes[1..], Some(&inbox)).await.unwrap();
     assert!(store.is_processed(&inbox).await.unwrap());
     // The same message again: refused, nothing added.
