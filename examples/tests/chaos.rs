@@ -5,7 +5,8 @@
 //! compensation run; no outbox row is left unsent. The numbers are printed.
 //!
 //! `MINOS_CHAOS_COMMANDS` (default 1,000) and `MINOS_CHAOS_SAGAS` (default 50) set the size, spread
-//! over `MINOS_CHAOS_SECONDS` (default 30) so that the kills land in the middle of the work; by hand:
+//! over `MINOS_CHAOS_SECONDS` (default 30) so that the kills land in the middle of the work; sagas wait
+//! `MINOS_CHAOS_SAGA_TIMEOUT_MS` (default 120,000) for a reply before they fail and compensate. By hand:
 //! `MINOS_CHAOS_COMMANDS=10000 MINOS_CHAOS_SAGAS=500 MINOS_CHAOS_SECONDS=120 scripts/test.sh -p
 //! minos-examples --test chaos`.
 
@@ -51,8 +52,11 @@ fn start(binary: &str, name: &str, storage: &str, port: u16) -> Service {
         .env("MINOS_BROKER", format!("kafka://{}", bootstrap()))
         .env("MINOS_HTTP_HOST", "127.0.0.1")
         .env("MINOS_HTTP_PORT", port.to_string())
-        // No saga waits longer than this for a reply, whatever the kills do.
-        .env("MINOS_SAGA_TIMEOUT_MS", "30000")
+        // How long a saga waits for a reply before it fails and compensates.
+        .env(
+            "MINOS_SAGA_TIMEOUT_MS",
+            size("MINOS_CHAOS_SAGA_TIMEOUT_MS", 120_000).to_string(),
+        )
         // Executions interrupted by a kill are resumed soon after the restart.
         .env("MINOS_SAGA_RESUME_AFTER_MS", "2000")
         .env("MINOS_SAGA_TIDY_INTERVAL_MS", "500");
