@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use minos::messaging::Broker;
+use minos::store::PostgresStore;
 use minos_support::http::Client;
 use minos_support::postgres::fresh_schema_url;
 use minos_support::process::spawn_listening;
@@ -124,17 +125,9 @@ fn pace(started: Instant, seconds: f64, done: usize, total: usize) {
     }
 }
 
-/// Rows of one of the services' tables.
-async fn count(url: &str, sql: &str) -> i64 {
-    let (base, schema) = url.split_once("?schema=").unwrap();
-    let (client, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!("SET search_path TO {schema}"))
-        .await
-        .unwrap();
+/// A count over one of the services' tables.
+async fn count(tables: &PostgresStore, sql: &str) -> i64 {
+    let client = tables.pool().get().await.unwrap();
     client.query_one(sql, &[]).await.unwrap().get(0)
 }
 
@@ -150,17 +143,23 @@ fn acknowledged_work_survives_kills_and_a_paused_broker_exactly_once() {
         .unwrap();
     let suffix = &minos::Uuid::new_v4().simple().to_string()[..8];
     let (foo_name, foobar_name) = (format!("cfoo-{suffix}"), format!("cfoobar-{suffix}"));
-    let (foo_storage, foobar_storage) = (fresh_schema_url(), fresh_schema_url());
     let foobar = Victim::new(
         env!("CARGO_BIN_EXE_foobar"),
         foobar_name,
-        foobar_storage.clone(),
+        fresh_schema_url(),
     );
     let foo = Victim::new(
         env!("CARGO_BIN_EXE_foo"),
         foo_name.clone(),
-        foo_storage.clone(),
+        fresh_schema_url(),
     );
+    // Both services' tables, read beside them.
+    let (foo_tables, foobar_tables) = runtime.block_on(async {
+        (
+            PostgresStore::connect(&foo.storage).await.unwrap(),
+            PostgresStore::connect(&foobar.storage).await.unwrap(),
+        )
+    });
 
     // Every FooCreated message on the topic: event uuid → the message identifiers seen for it.
     let received: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>> = Arc::default();
@@ -352,12 +351,12 @@ fn acknowledged_work_survives_kills_and_a_paused_broker_exactly_once() {
     let unsent = loop {
         let unsent = runtime.block_on(async {
             count(
-                &foo_storage,
+                &foo_tables,
                 "SELECT count(*) FROM outbox WHERE sent_at IS NULL",
             )
             .await
                 + count(
-                    &foobar_storage,
+                    &foobar_tables,
                     "SELECT count(*) FROM outbox WHERE sent_at IS NULL",
                 )
                 .await
@@ -376,8 +375,7 @@ fn acknowledged_work_survives_kills_and_a_paused_broker_exactly_once() {
     // Exactly once: one creation event per acknowledged create, one domain message for it, handled
     // once by foo's own FooCreated handler.
     let (duplicated_events, missing_events, handled) = runtime.block_on(async {
-        let duplicated = count(
-            &foo_storage,
+        let duplicated = count(&foo_tables,
             "SELECT count(*) FROM (SELECT uuid FROM events WHERE name = 'Foo' AND action = 'create' \
              GROUP BY uuid HAVING count(*) > 1) d",
         )
@@ -387,16 +385,14 @@ fn acknowledged_work_survives_kills_and_a_paused_broker_exactly_once() {
             .map(|u| format!("'{u}'"))
             .collect::<Vec<_>>()
             .join(",");
-        let stored = count(
-            &foo_storage,
+        let stored = count(&foo_tables,
             &format!(
                 "SELECT count(DISTINCT uuid) FROM events WHERE name = 'Foo' AND action = 'create' \
                  AND uuid IN ({list})"
             ),
         )
         .await;
-        let handled = count(
-            &foo_storage,
+        let handled = count(&foo_tables,
             &format!("SELECT count(*) FROM inbox WHERE consumer = '{foo_name}'"),
         )
         .await;
@@ -440,7 +436,7 @@ fn acknowledged_work_survives_kills_and_a_paused_broker_exactly_once() {
             .collect::<Vec<_>>()
             .join(",");
         let stored = runtime.block_on(count(
-            &foobar_storage,
+            &foobar_tables,
             &format!(
                 "SELECT count(*) FROM events WHERE name = 'FooBar' AND action = 'create' \
                  AND uuid IN ({list})"

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{self, StreamExt};
 use minos::prelude::*;
 use minos::saga::{ExecutionStatus, SagaManager};
+use minos::store::PostgresStore;
 use minos::testing::{test_config, TestService};
 
 #[root_entity]
@@ -56,7 +57,8 @@ minos::saga! {
 const TABLES: [&str; 4] = ["outbox", "inbox", "saga_executions", "transactions"];
 
 /// The rows of each retained table, then the events.
-async fn rows(client: &tokio_postgres::Client) -> ([i64; 4], i64) {
+async fn rows(tables: &PostgresStore) -> ([i64; 4], i64) {
+    let client = tables.pool().get().await.unwrap();
     let row = client
         .query_one(
             "SELECT (SELECT count(*) FROM outbox), (SELECT count(*) FROM inbox), \
@@ -76,45 +78,28 @@ async fn finished_rows_stay_bounded_under_load_and_events_stay() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let sagas = commands / 20;
-    let schema = format!("minos_t_{}", Uuid::new_v4().simple());
-    let base = minos_support::postgres::url();
-    let separator = if base.contains('?') { '&' } else { '?' };
     let mut config = test_config("soak");
-    config.storage = format!("{base}{separator}schema={schema}");
+    config.storage = minos_support::postgres::fresh_schema_url();
     config.retention.interval_ms = 200;
     config.retention.batch = 2_000;
     config.retention.outbox_ms = 1_000;
     config.retention.inbox_ms = 1_000;
     config.retention.sagas_ms = 1_000;
     config.retention.transactions_ms = 1_000;
+    let storage = config.storage.clone();
     let service = TestService::start(config).await.unwrap();
-    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!("SET search_path TO {schema}"))
-        .await
-        .unwrap();
+    // The service's own tables, read beside it.
+    let tables = Arc::new(PostgresStore::connect(&storage).await.unwrap());
 
     // Sample the tables while the load runs.
     let running = Arc::new(AtomicBool::new(true));
     let sampler = {
         let running = Arc::clone(&running);
-        let schema = schema.clone();
-        let base = base.clone();
+        let tables = Arc::clone(&tables);
         tokio::spawn(async move {
-            let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(connection);
-            client
-                .batch_execute(&format!("SET search_path TO {schema}"))
-                .await
-                .unwrap();
             let mut peak = [0i64; 4];
             while running.load(AtomicOrdering::Relaxed) {
-                let (now, _) = rows(&client).await;
+                let (now, _) = rows(&tables).await;
                 for (p, n) in peak.iter_mut().zip(now) {
                     *p = (*p).max(n);
                 }
@@ -168,13 +153,13 @@ async fn finished_rows_stay_bounded_under_load_and_events_stay() {
         .count();
     assert_eq!(finished, sagas, "every saga finished");
     // The events are never removed: one per command and one per saga.
-    let (_, events) = rows(&client).await;
+    let (_, events) = rows(&tables).await;
     assert_eq!(events as usize, commands + sagas);
 
     // Once the load ends, what is finished goes within a few sweeps.
     let deadline = Instant::now() + Duration::from_secs(30);
     let after = loop {
-        let (now, _) = rows(&client).await;
+        let (now, _) = rows(&tables).await;
         if now.iter().all(|n| *n == 0) || Instant::now() > deadline {
             break now;
         }

@@ -230,13 +230,14 @@ pub struct KafkaConfig {
 }
 
 /// Whether a librdkafka property holds a secret (its value is never shown).
-pub(crate) fn is_secret_property(key: &str) -> bool {
+fn is_secret_property(key: &str) -> bool {
     ["password", "secret", "pem", "jaas", "token"]
         .iter()
         .any(|word| key.contains(word))
 }
 
-fn masked(
+/// `properties` with the values of secret-holding keys shown as `***`.
+pub(crate) fn masked(
     properties: &std::collections::BTreeMap<String, String>,
 ) -> std::collections::BTreeMap<&str, &str> {
     properties

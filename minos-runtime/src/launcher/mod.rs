@@ -2,7 +2,7 @@
 
 mod config;
 
-pub(crate) use config::is_secret_property;
+pub(crate) use config::masked;
 
 pub use config::{
     AuthConfig, Config, DiscoveryConfig, HandlersConfig, HttpConfig, KafkaConfig, LogConfig,

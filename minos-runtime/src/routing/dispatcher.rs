@@ -389,20 +389,8 @@ impl Dispatcher {
                 return;
             }
         };
-        let status = kept["status"]
-            .as_u64()
-            .and_then(|s| u16::try_from(s).ok())
-            .unwrap_or(200);
-        let mut response = Response::json(kept["content"].clone()).with_status(status);
-        if let Some(headers) = kept["headers"].as_object() {
-            for (name, value) in headers {
-                if let Some(value) = value.as_str() {
-                    response = response.with_header(name.clone(), value);
-                }
-            }
-        }
         tracing::info!(identifier = %message.identifier, topic = %message.topic, "redelivered command: answered again with its kept reply");
-        self.reply(message, Ok(response)).await;
+        self.reply(message, Ok(kept_response(&kept))).await;
     }
 
     /// Records the message as handled without writes (a refused command, a parked event).
@@ -649,7 +637,7 @@ impl Dispatcher {
     }
 }
 
-/// `inbox` with `response` as its reply, when the message expects one.
+/// `inbox` with `response` as its reply (read back by [`kept_response`]), when the message expects one.
 fn with_reply(message: &BrokerMessage, mut inbox: InboxEntry, response: &Response) -> InboxEntry {
     if message.reply_topic.is_some() {
         inbox.reply = Some(serde_json::json!({
@@ -659,4 +647,19 @@ fn with_reply(message: &BrokerMessage, mut inbox: InboxEntry, response: &Respons
         }));
     }
     inbox
+}
+
+/// The response a reply kept by [`with_reply`] stands for.
+fn kept_response(kept: &serde_json::Value) -> Response {
+    let status = kept["status"]
+        .as_u64()
+        .and_then(|s| u16::try_from(s).ok())
+        .unwrap_or(200);
+    let headers = kept["headers"].as_object().into_iter().flatten();
+    headers
+        .filter_map(|(name, value)| Some((name, value.as_str()?)))
+        .fold(
+            Response::json(kept["content"].clone()).with_status(status),
+            |response, (name, value)| response.with_header(name.clone(), value),
+        )
 }

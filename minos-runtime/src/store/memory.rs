@@ -57,6 +57,23 @@ impl MemoryStore {
 }
 
 impl Inner {
+    /// Records `entry` (keyed by consumer and identifier, with its reply when that is small enough to
+    /// keep); `false`, changing nothing, when it is already recorded.
+    fn record_inbox(&mut self, entry: &InboxEntry) -> bool {
+        use std::collections::hash_map::Entry;
+        match self
+            .inbox
+            .entry(InboxEntry::new(entry.consumer.clone(), entry.identifier))
+        {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(vacant) => {
+                let reply = super::stored_reply_text(entry).and(entry.reply.clone());
+                vacant.insert((super::now(), reply));
+                true
+            }
+        }
+    }
+
     /// Checks every append against the state left by the ones before it; writes nothing.
     fn check_unit(&self, appends: &[(Event, Vec<DomainMessage>)]) -> Result<(), StoreError> {
         let mut staged: std::collections::HashMap<Uuid, Snapshot> =
@@ -130,13 +147,7 @@ impl EventStore for MemoryStore {
             .map(|(event, messages)| inner.write(event, messages))
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(entry) = inbox {
-            inner.inbox.insert(
-                entry.clone(),
-                (
-                    super::now(),
-                    super::stored_reply_text(entry).and(entry.reply.clone()),
-                ),
-            );
+            inner.record_inbox(entry);
         }
         Ok(stored)
     }
@@ -223,17 +234,7 @@ impl TransactionStore for MemoryStore {
     ) -> Result<(), StoreError> {
         let mut inner = self.lock();
         if let Some(entry) = inbox {
-            if inner
-                .inbox
-                .insert(
-                    entry.clone(),
-                    (
-                        super::now(),
-                        super::stored_reply_text(entry).and(entry.reply.clone()),
-                    ),
-                )
-                .is_some()
-            {
+            if !inner.record_inbox(entry) {
                 return Err(StoreError::AlreadyProcessed {
                     consumer: entry.consumer.clone(),
                     identifier: entry.identifier,
@@ -365,49 +366,31 @@ impl super::RetentionStore for MemoryStore {
             // Published messages are dropped as soon as they are marked sent.
             Retained::Outbox => 0,
             Retained::Inbox => {
-                let old: Vec<InboxEntry> = inner
-                    .inbox
-                    .iter()
-                    .filter(|(_, (at, _))| *at < before)
-                    .map(|(entry, _)| entry.clone())
-                    .take(limit)
-                    .collect();
+                let old = oldest(&inner.inbox, limit, |(at, _)| *at < before);
                 for entry in &old {
                     inner.inbox.remove(entry);
                 }
                 old.len()
             }
             Retained::Sagas => {
-                let old: Vec<Uuid> = inner
-                    .executions
-                    .values()
-                    .filter(|r| {
-                        matches!(
-                            r.status,
-                            ExecutionStatus::Finished | ExecutionStatus::Errored
-                        ) && r.updated_at < before
-                    })
-                    .map(|r| r.uuid)
-                    .take(limit)
-                    .collect();
+                let old = oldest(&inner.executions, limit, |r| {
+                    matches!(
+                        r.status,
+                        ExecutionStatus::Finished | ExecutionStatus::Errored
+                    ) && r.updated_at < before
+                });
                 for uuid in &old {
                     inner.executions.remove(uuid);
                 }
                 old.len()
             }
             Retained::Transactions => {
-                let old: Vec<Uuid> = inner
-                    .transactions
-                    .values()
-                    .filter(|t| {
-                        matches!(
-                            t.status,
-                            TransactionStatus::Committed | TransactionStatus::Rejected
-                        ) && t.updated_at < before
-                    })
-                    .map(|t| t.uuid)
-                    .take(limit)
-                    .collect();
+                let old = oldest(&inner.transactions, limit, |t| {
+                    matches!(
+                        t.status,
+                        TransactionStatus::Committed | TransactionStatus::Rejected
+                    ) && t.updated_at < before
+                });
                 for uuid in &old {
                     inner.transactions.remove(uuid);
                     inner.held.remove(uuid);
@@ -418,6 +401,19 @@ impl super::RetentionStore for MemoryStore {
         };
         Ok(removed as u64)
     }
+}
+
+/// Up to `limit` keys of `map` whose values are `old` (retention's candidates).
+fn oldest<K: Clone, V>(
+    map: &std::collections::HashMap<K, V>,
+    limit: usize,
+    old: impl Fn(&V) -> bool,
+) -> Vec<K> {
+    map.iter()
+        .filter(|(_, value)| old(value))
+        .map(|(key, _)| key.clone())
+        .take(limit)
+        .collect()
 }
 
 #[async_trait]

@@ -27,24 +27,12 @@ pub struct KafkaOptions {
 
 impl std::fmt::Debug for KafkaOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let client: std::collections::BTreeMap<&str, &str> = self
-            .client
-            .iter()
-            .map(|(key, value)| {
-                let shown = if crate::launcher::is_secret_property(key) {
-                    "***"
-                } else {
-                    value.as_str()
-                };
-                (key.as_str(), shown)
-            })
-            .collect();
         f.debug_struct("KafkaOptions")
             .field("partitions", &self.partitions)
             .field("replication", &self.replication)
             .field("publish_timeout", &self.publish_timeout)
             .field("fetch_wait", &self.fetch_wait)
-            .field("client", &client)
+            .field("client", &crate::launcher::masked(&self.client))
             .finish()
     }
 }
@@ -131,9 +119,7 @@ impl Complaints {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
     }
-}
 
-impl Complaints {
     fn record(&self, reason: &str) {
         *self
             .0

@@ -56,7 +56,10 @@ impl TlsSettings {
             let Some((key, value)) = pair.split_once('=') else {
                 return true;
             };
-            let value = percent_decode(value);
+            // Paths are often written encoded (`%2F`).
+            let value = percent_encoding::percent_decode_str(value)
+                .decode_utf8_lossy()
+                .into_owned();
             match key {
                 "sslmode" => {
                     settings.mode = match value.as_str() {
@@ -190,26 +193,6 @@ fn read_certificates(
         )));
     }
     Ok(certificates)
-}
-
-/// `%2F` → `/` in a URL parameter's value (paths are often written encoded).
-fn percent_decode(value: &str) -> String {
-    let hex = |b: u8| (b as char).to_digit(16);
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((high * 16 + low) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Encrypts without checking who answers (`prefer`, `require`): what libpq does in those modes.
