@@ -294,15 +294,18 @@ impl Repository {
         }
         let scope = WriteScope::current().unwrap_or_default();
         if let Some(transaction) = &scope.transaction {
-            transaction.open(self.store.as_ref()).await?;
             // Inside a transaction a change is checked against what the transaction sees (a creation
-            // has a new random uuid); the store checks again when the transaction commits.
-            if event.action != Action::Create {
+            // has a new random uuid); the store checks again when the transaction commits. The entries
+            // are opened meanwhile.
+            let opened = transaction.open(self.store.as_ref());
+            if event.action == Action::Create {
+                opened.await?;
+            } else {
                 let view = View::new(self.store.as_ref(), scope.chain(), scope.buffered_writes());
-                check_applies(
-                    view.snapshot(&event.name, event.uuid).await?.as_ref(),
-                    event,
-                )?;
+                let (_, current) = tokio::try_join!(opened, async {
+                    Ok(view.snapshot(&event.name, event.uuid).await?)
+                })?;
+                check_applies(current.as_ref(), event)?;
             }
         }
         match (&scope.buffer, &scope.transaction) {

@@ -53,14 +53,14 @@ impl TransactionStatus {
         .find(|s| s.as_str() == text)
     }
 
-    /// Whether `self → next` is allowed: pending → {pending, reserving, rejected}; reserving → {reserved,
-    /// rejected}; reserved → {committing, rejected}; committing → committed; committed and rejected are
-    /// final.
+    /// Whether `self → next` is allowed: pending → {pending, reserving, reserved, rejected}; reserving →
+    /// {reserved, rejected}; reserved → {committing, rejected}; committing → committed; committed and
+    /// rejected are final. (Pending → reserved directly: a reservation with no roots to claim.)
     pub fn can_become(self, next: TransactionStatus) -> bool {
         use TransactionStatus::*;
         matches!(
             (self, next),
-            (Pending, Pending | Reserving | Rejected)
+            (Pending, Pending | Reserving | Reserved | Rejected)
                 | (Reserving, Reserved | Rejected)
                 | (Reserved, Committing | Rejected)
                 | (Committing, Committed)
@@ -147,6 +147,7 @@ mod tests {
         let allowed = [
             (Pending, Pending),
             (Pending, Reserving),
+            (Pending, Reserved),
             (Pending, Rejected),
             (Reserving, Reserved),
             (Reserving, Rejected),

@@ -113,6 +113,11 @@ impl OutboxRelay {
             if let Some(error) = failure {
                 return Err(error);
             }
+            // A short page was the whole backlog: rows committed since then woke the relay (their
+            // commit's notification waits for it), so it reads again only after that.
+            if records.len() < self.batch {
+                return Ok(sent);
+            }
         }
     }
 

@@ -146,7 +146,14 @@ impl SagaManager {
             updated_at: started,
         };
         let _guard = self.lock(execution.uuid).await;
-        self.save(&execution).await?;
+        // Stored running so that a stop midway is resumed; a saga that starts with a remote step is
+        // first stored paused, before its request goes out (nothing runs before that to resume).
+        if !matches!(
+            saga.step_at(&execution.cursor),
+            Some(super::definition::Step::Remote { .. })
+        ) {
+            self.save(&execution).await?;
+        }
         let scope = self.scope(&execution);
         if !crate::telemetry::trace::enabled() {
             return self.drive(saga, execution, &scope).await;

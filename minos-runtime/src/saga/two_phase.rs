@@ -29,14 +29,16 @@ impl SagaManager {
             let service = service.clone();
             remote.push(async move { (service, self.request(message).await) });
         }
-        let mut results = join_all(remote).await;
-        let local = self
-            .context
-            .repository()
-            .transactions()
-            .run(command, execution.uuid)
-            .await
-            .map(|_| ());
+        let local = async {
+            self.context
+                .repository()
+                .transactions()
+                .run(command, execution.uuid)
+                .await
+                .map(|_| ())
+        };
+        // This service's own part runs while the others answer.
+        let (mut results, local) = futures_util::future::join(join_all(remote), local).await;
         results.push((own.to_owned(), local));
         results
             .into_iter()

@@ -492,6 +492,60 @@ pub trait TransactionStore: Send + Sync {
         transaction: Uuid,
         roots: &[Uuid],
     ) -> Result<Option<(Uuid, Uuid)>, StoreError>;
+
+    /// Saves an intermediate status (reserving) that a later step of the same command makes durable or
+    /// repairs: backends may skip waiting for it to reach the disk. The default is
+    /// [`save_transaction`](Self::save_transaction).
+    async fn mark_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError> {
+        self.save_transaction(entry).await
+    }
+
+    /// Stores `entry` (pending, inside its destination) unless an entry with its uuid exists; answers the
+    /// existing entry, or `None` when this call stored it. Backends answer in one round trip where they
+    /// can; the default reads, then saves.
+    async fn open_transaction(
+        &self,
+        entry: &TransactionEntry,
+    ) -> Result<Option<TransactionEntry>, StoreError> {
+        match self.transaction(entry.uuid).await? {
+            Some(existing) => Ok(Some(existing)),
+            None => {
+                self.save_transaction(entry).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The entry with this uuid and the writes it holds, read together. The default reads them one
+    /// after the other.
+    async fn transaction_and_held(
+        &self,
+        uuid: Uuid,
+    ) -> Result<Option<(TransactionEntry, HeldWrites)>, StoreError> {
+        match self.transaction(uuid).await? {
+            Some(entry) => Ok(Some((entry, self.held(uuid).await?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Commits a top-level transaction in one atomic step: stores `held` as one unit of work (events,
+    /// snapshots, outbox rows), saves `entry` (committed) and forgets its writes and claims. Answers
+    /// `None` when the backend cannot do it in one step; the caller then marks the entry committing,
+    /// commits the unit and settles the entry one after the other.
+    async fn commit_transaction(
+        &self,
+        _entry: &TransactionEntry,
+        _held: &HeldWrites,
+    ) -> Result<Option<Vec<StoredEvent>>, StoreError> {
+        Ok(None)
+    }
+
+    /// Saves `entry` (committed or rejected) and forgets the writes and claims it held: its end, in one
+    /// step where the backend can. The default releases, then saves.
+    async fn settle_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError> {
+        self.release(entry.uuid).await?;
+        self.save_transaction(entry).await
+    }
 }
 
 /// The persisted state of one saga execution.

@@ -65,16 +65,17 @@ impl Transactions {
         }
     }
 
+    /// The entry and the writes it holds; when there is none (nothing was written in it here), records
+    /// `status` as its outcome so a late write is refused, and answers `None`.
     async fn entry_or(
         &self,
         uuid: Uuid,
         status: TransactionStatus,
-    ) -> Result<Option<TransactionEntry>> {
+    ) -> Result<Option<(TransactionEntry, HeldWrites)>> {
         let store = &self.store;
-        match store.transaction(uuid).await? {
-            Some(entry) => Ok(Some(entry)),
+        match store.transaction_and_held(uuid).await? {
+            Some(found) => Ok(Some(found)),
             None => {
-                // Nothing was written in it here: record the outcome so a late write is refused.
                 let mut entry = TransactionEntry::new(uuid, None);
                 entry.status = status;
                 store.save_transaction(&entry).await?;
@@ -89,41 +90,73 @@ impl Transactions {
         Ok(())
     }
 
+    /// Moves the entry to its end (committed or rejected) and forgets its writes and claims, in one step.
+    async fn settle(&self, entry: &mut TransactionEntry, end: TransactionStatus) -> Result<()> {
+        entry.transition(end)?;
+        self.store.settle_transaction(entry).await?;
+        Ok(())
+    }
+
     /// Checks that the transaction's writes still apply to its destination and that no sibling being
     /// reserved or committed touched the same roots: reserved, or rejected with a 409 conflict. Reserving
     /// a reserved or committed transaction again answers its status.
     pub async fn reserve(&self, uuid: Uuid) -> Result<TransactionStatus> {
-        let Some(mut entry) = self.entry_or(uuid, TransactionStatus::Reserved).await? else {
+        let Some((mut entry, held)) = self.entry_or(uuid, TransactionStatus::Reserved).await?
+        else {
             return Ok(TransactionStatus::Reserved);
         };
+        self.reserve_entry(&mut entry, &held).await
+    }
+
+    async fn reserve_entry(
+        &self,
+        entry: &mut TransactionEntry,
+        held: &HeldWrites,
+    ) -> Result<TransactionStatus> {
         match entry.status {
             TransactionStatus::Reserved
             | TransactionStatus::Committing
             | TransactionStatus::Committed => return Ok(entry.status),
-            _ => {}
+            // Refused as any move out of `rejected` is.
+            TransactionStatus::Rejected => {
+                entry.clone().transition(TransactionStatus::Reserving)?
+            }
+            TransactionStatus::Pending | TransactionStatus::Reserving => {}
         }
-        let held = self.store.held(uuid).await?;
-        self.move_to(&mut entry, TransactionStatus::Reserving)
-            .await?;
-        match self.validate(&entry, &held).await {
+        let firsts = first_write_per_root(held);
+        // Roots to claim are recorded while `reserving`, so an interrupted reservation is tidied as one;
+        // with nothing to claim, the checks leave nothing behind and the entry moves in one step.
+        let claims = firsts
+            .as_ref()
+            .is_ok_and(|firsts| firsts.values().any(|e| e.action != Action::Create));
+        if claims && entry.status != TransactionStatus::Reserving {
+            // The claim right after waits for the disk, and takes this mark with it.
+            entry.transition(TransactionStatus::Reserving)?;
+            self.store.mark_transaction(entry).await?;
+        }
+        let checked = match firsts {
+            Ok(firsts) => self.validate(entry, &firsts).await,
+            Err(error) => Err(error.into()),
+        };
+        match checked {
             Ok(()) => {
-                self.move_to(&mut entry, TransactionStatus::Reserved)
-                    .await?;
+                self.move_to(entry, TransactionStatus::Reserved).await?;
                 Ok(TransactionStatus::Reserved)
             }
             Err(error) => {
-                self.move_to(&mut entry, TransactionStatus::Rejected)
-                    .await?;
-                self.store.release(uuid).await?;
-                tracing::info!(transaction = %uuid, %error, "reservation refused: transaction rejected");
+                self.settle(entry, TransactionStatus::Rejected).await?;
+                tracing::info!(transaction = %entry.uuid, %error, "reservation refused: transaction rejected");
                 Err(error)
             }
         }
     }
 
-    async fn validate(&self, entry: &TransactionEntry, held: &HeldWrites) -> Result<()> {
+    async fn validate(
+        &self,
+        entry: &TransactionEntry,
+        firsts: &BTreeMap<Uuid, &Event>,
+    ) -> Result<()> {
         let destination_chain = self.destination_chain(entry).await?;
-        let firsts = first_write_per_root(held)?;
         // Claim the roots among the siblings first (atomic, also between processes), then check the
         // versions: a sibling that committed before the claim is seen by the version check.
         // (Created roots are new: nobody else can change them.)
@@ -183,23 +216,32 @@ impl Transactions {
     /// atomic store commit that publishes the domain events — and marks the transaction committed.
     /// Committing a committed transaction again does nothing.
     pub async fn commit(&self, uuid: Uuid) -> Result<TransactionStatus> {
-        let Some(mut entry) = self.entry_or(uuid, TransactionStatus::Committed).await? else {
+        let Some((mut entry, held)) = self.entry_or(uuid, TransactionStatus::Committed).await?
+        else {
             return Ok(TransactionStatus::Committed);
         };
         match entry.status {
             TransactionStatus::Committed => return Ok(TransactionStatus::Committed),
             TransactionStatus::Pending => {
-                self.reserve(uuid).await?;
-                entry.status = TransactionStatus::Reserved;
+                self.reserve_entry(&mut entry, &held).await?;
             }
             _ => {}
+        }
+        let store = &self.store;
+        if entry.status == TransactionStatus::Reserved && entry.destination.is_none() {
+            // One atomic step where the store can: nothing between reserved and committed to tidy.
+            let mut committed = entry.clone();
+            committed.transition(TransactionStatus::Committing)?;
+            committed.transition(TransactionStatus::Committed)?;
+            if store.commit_transaction(&committed, &held).await?.is_some() {
+                self.committed.notify_one();
+                return Ok(TransactionStatus::Committed);
+            }
         }
         if entry.status != TransactionStatus::Committing {
             self.move_to(&mut entry, TransactionStatus::Committing)
                 .await?;
         }
-        let store = &self.store;
-        let held = store.held(uuid).await?;
         match entry.destination {
             None => match store.commit_unit(&held, None).await {
                 Ok(_) => self.committed.notify_one(),
@@ -212,8 +254,7 @@ impl Transactions {
             },
             Some(destination) => store.hold(destination, &held, None).await?,
         }
-        store.release(uuid).await?;
-        self.move_to(&mut entry, TransactionStatus::Committed)
+        self.settle(&mut entry, TransactionStatus::Committed)
             .await?;
         Ok(TransactionStatus::Committed)
     }
@@ -234,15 +275,13 @@ impl Transactions {
     /// Drops the transaction's writes: from pending, reserving or reserved. Rejecting a rejected
     /// transaction again does nothing; a committing or committed one answers a 409 conflict.
     pub async fn reject(&self, uuid: Uuid) -> Result<TransactionStatus> {
-        let Some(mut entry) = self.entry_or(uuid, TransactionStatus::Rejected).await? else {
+        let Some((mut entry, _)) = self.entry_or(uuid, TransactionStatus::Rejected).await? else {
             return Ok(TransactionStatus::Rejected);
         };
         if entry.status == TransactionStatus::Rejected {
             return Ok(TransactionStatus::Rejected);
         }
-        self.move_to(&mut entry, TransactionStatus::Rejected)
-            .await?;
-        self.store.release(uuid).await?;
+        self.settle(&mut entry, TransactionStatus::Rejected).await?;
         Ok(TransactionStatus::Rejected)
     }
 

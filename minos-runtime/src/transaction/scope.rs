@@ -116,12 +116,11 @@ impl TransactionScope {
             .get_or_try_init(|| async {
                 let mut destination = None;
                 for uuid in self.chain.iter().copied() {
-                    match store.transaction(uuid).await? {
-                        None => {
-                            store
-                                .save_transaction(&TransactionEntry::new(uuid, destination))
-                                .await?
-                        }
+                    match store
+                        .open_transaction(&TransactionEntry::new(uuid, destination))
+                        .await?
+                    {
+                        None => {}
                         Some(entry)
                             if uuid == self.uuid()
                                 && entry.status != TransactionStatus::Pending =>

@@ -31,10 +31,13 @@ impl<'a> View<'a> {
     /// The writes on top of the store, in the order they apply: each chain transaction's held writes
     /// (read from the store), then the buffered ones.
     async fn writes_on_top(&self) -> Result<HeldWrites, StoreError> {
-        let mut writes = HeldWrites::new();
-        for transaction in self.chain {
-            writes.extend(self.store.held(*transaction).await?);
-        }
+        let held = futures_util::future::try_join_all(
+            self.chain
+                .iter()
+                .map(|transaction| self.store.held(*transaction)),
+        )
+        .await?;
+        let mut writes: HeldWrites = held.into_iter().flatten().collect();
         writes.extend(self.buffered.iter().cloned());
         Ok(writes)
     }
@@ -45,11 +48,13 @@ impl<'a> View<'a> {
         name: &str,
         uuid: Uuid,
     ) -> Result<Option<Snapshot>, StoreError> {
-        let mut snapshot = self.store.snapshot(name, uuid).await?;
         if self.is_plain() {
-            return Ok(snapshot);
+            return self.store.snapshot(name, uuid).await;
         }
-        for (event, _) in self.writes_on_top().await? {
+        // Both reads at once: a round trip less on a remote store.
+        let (mut snapshot, on_top) =
+            tokio::try_join!(self.store.snapshot(name, uuid), self.writes_on_top())?;
+        for (event, _) in on_top {
             if event.uuid == uuid && event.name == name {
                 snapshot = Some(Snapshot::next(snapshot.as_ref(), &event)?);
             }

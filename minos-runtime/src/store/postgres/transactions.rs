@@ -8,8 +8,9 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::domain::{DomainMessage, Event, TransactionEntry, TransactionStatus};
-use crate::store::{HeldWrites, InboxEntry, StoreError, TransactionStore};
+use crate::store::{HeldWrites, InboxEntry, StoreError, StoredEvent, TransactionStore};
 
+use super::writer::commit_with;
 use super::{db_error, prepared, PostgresStore, BACKEND};
 
 fn decode_transaction(row: &Row) -> Result<TransactionEntry, StoreError> {
@@ -22,6 +23,21 @@ fn decode_transaction(row: &Row) -> Result<TransactionEntry, StoreError> {
         destination: row.get("destination"),
         updated_at: row.get("updated_at"),
     })
+}
+
+/// Saves a transaction entry and forgets the writes and claims it held, in one statement.
+const SETTLE: &str = "WITH claims AS (DELETE FROM transaction_claims WHERE transaction_uuid = $1), \
+     writes AS (DELETE FROM transaction_writes WHERE transaction_uuid = $1) \
+     INSERT INTO transactions (uuid, status, destination, updated_at) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (uuid) DO UPDATE SET status = EXCLUDED.status, destination = EXCLUDED.destination, \
+     updated_at = EXCLUDED.updated_at";
+
+/// One held write from a row's `event` and `messages` columns.
+fn decode_write(row: &Row) -> Result<(Event, Vec<DomainMessage>), StoreError> {
+    let json = |e| StoreError::Domain(crate::domain::DomainError::Json(e));
+    let event: Event = serde_json::from_value(row.get("event")).map_err(json)?;
+    let messages: Vec<DomainMessage> = serde_json::from_value(row.get("messages")).map_err(json)?;
+    Ok((event, messages))
 }
 
 #[async_trait]
@@ -145,15 +161,7 @@ impl TransactionStore for PostgresStore {
             )
             .await
             .map_err(db_error)?;
-        rows.iter()
-            .map(|row| {
-                let event: Event = serde_json::from_value(row.get("event"))
-                    .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))?;
-                let messages: Vec<DomainMessage> = serde_json::from_value(row.get("messages"))
-                    .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))?;
-                Ok((event, messages))
-            })
-            .collect()
+        rows.iter().map(decode_write).collect()
     }
 
     async fn release(&self, transaction: Uuid) -> Result<(), StoreError> {
@@ -184,36 +192,168 @@ impl TransactionStore for PostgresStore {
         // One order for every claimer: two claims never wait on each other in a cycle.
         roots.sort();
         roots.dedup();
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(db_error)?;
-        // A concurrent claimer of the same root waits for this transaction, then sees the row.
-        tx.execute(
-            &prepared(&tx, "INSERT INTO transaction_claims (destination, root, transaction_uuid) \
-             SELECT $1, r, $2 FROM UNNEST($3::uuid[]) WITH ORDINALITY AS c(r, position) ORDER BY position \
-             ON CONFLICT (destination, root) DO NOTHING").await?,
-            &[&destination, &transaction, &roots],
-        )
-        .await
-        .map_err(db_error)?;
-        let other = tx
-            .query_opt(
-                &prepared(
-                    &tx,
-                    "SELECT root, transaction_uuid FROM transaction_claims \
-                 WHERE destination = $1 AND root = ANY($3) AND transaction_uuid <> $2 LIMIT 1",
+        // A holder that lets go between the claim and the look-up: claim again (a few times).
+        for _ in 0..3 {
+            let client = self.client().await?;
+            // One statement: a concurrent claimer of the same root waits for it, then sees the row. Each
+            // root answers whether this call took it or the transaction held it already.
+            let rows = client
+                .query(
+                    &prepared(&client, "WITH taken AS ( \
+                         INSERT INTO transaction_claims (destination, root, transaction_uuid) \
+                         SELECT $1, r, $2 FROM UNNEST($3::uuid[]) WITH ORDINALITY AS c(r, position) ORDER BY position \
+                         ON CONFLICT (destination, root) DO NOTHING RETURNING root) \
+                     SELECT r, r IN (SELECT root FROM taken) AS taken, EXISTS (SELECT 1 FROM transaction_claims k \
+                         WHERE k.destination = $1 AND k.root = r AND k.transaction_uuid = $2) AS held \
+                     FROM UNNEST($3::uuid[]) AS c(r)").await?,
+                    &[&destination, &transaction, &roots],
                 )
-                .await?,
-                &[&destination, &transaction, &roots],
+                .await
+                .map_err(db_error)?;
+            let taken: Vec<Uuid> = rows
+                .iter()
+                .filter(|r| r.get::<_, bool>(1))
+                .map(|r| r.get(0))
+                .collect();
+            let Some(missing) = rows
+                .iter()
+                .find(|r| !r.get::<_, bool>(1) && !r.get::<_, bool>(2))
+                .map(|r| r.get::<_, Uuid>(0))
+            else {
+                return Ok(None);
+            };
+            // All or none: give back what this call took, then name the holder.
+            let holder = client
+                .query_opt(
+                    &prepared(&client, "WITH given_back AS ( \
+                         DELETE FROM transaction_claims WHERE destination = $1 AND transaction_uuid = $2 AND root = ANY($3)) \
+                     SELECT transaction_uuid FROM transaction_claims WHERE destination = $1 AND root = $4").await?,
+                    &[&destination, &transaction, &taken, &missing],
+                )
+                .await
+                .map_err(db_error)?;
+            if let Some(holder) = holder {
+                return Ok(Some((missing, holder.get(0))));
+            }
+        }
+        Err(StoreError::backend(
+            BACKEND,
+            "claims kept changing hands: gave up after 3 attempts",
+        ))
+    }
+
+    async fn commit_transaction(
+        &self,
+        entry: &TransactionEntry,
+        held: &HeldWrites,
+    ) -> Result<Option<Vec<StoredEvent>>, StoreError> {
+        let mut client = self.client().await?;
+        // Dropping `tx` on an early return rolls everything back.
+        let tx = client.transaction().await.map_err(db_error)?;
+        let items: Vec<(&Event, &[DomainMessage])> =
+            held.iter().map(|(e, m)| (e, m.as_slice())).collect();
+        let settle = prepared(&tx, SETTLE).await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+            &entry.uuid,
+            &entry.status.as_str(),
+            &entry.destination,
+            &entry.updated_at,
+        ];
+        // Both go out at once (pipelined on the connection); the commit makes them one.
+        let (stored, settled) = tokio::join!(
+            async {
+                match items.is_empty() {
+                    true => Ok(Vec::new()),
+                    false => commit_with(&tx, &items).await,
+                }
+            },
+            tx.execute(&settle, &params)
+        );
+        settled.map_err(db_error)?;
+        let stored = stored?.into_iter().collect::<Result<Vec<_>, _>>()?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(Some(stored))
+    }
+
+    async fn mark_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                // `synchronous_commit` off for this statement's own transaction only.
+                &prepared(&client, "INSERT INTO transactions (uuid, status, destination, updated_at) \
+                 SELECT $1, $2, $3, $4 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed \
+                 ON CONFLICT (uuid) DO UPDATE SET status = EXCLUDED.status, destination = EXCLUDED.destination, \
+                 updated_at = EXCLUDED.updated_at").await?,
+                &[&entry.uuid, &entry.status.as_str(), &entry.destination, &entry.updated_at],
             )
             .await
             .map_err(db_error)?;
-        match other {
-            // Dropping `tx` rolls this claim back: none of the roots stay claimed.
-            Some(row) => Ok(Some((row.get(0), row.get(1)))),
-            None => {
-                tx.commit().await.map_err(db_error)?;
-                Ok(None)
-            }
-        }
+        Ok(())
+    }
+
+    async fn open_transaction(
+        &self,
+        entry: &TransactionEntry,
+    ) -> Result<Option<TransactionEntry>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &prepared(&client, "WITH opened AS ( \
+                     INSERT INTO transactions (uuid, status, destination, updated_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (uuid) DO NOTHING RETURNING uuid) \
+                 SELECT uuid, status, destination, updated_at FROM transactions \
+                 WHERE uuid = $1 AND NOT EXISTS (SELECT 1 FROM opened)").await?,
+                &[&entry.uuid, &entry.status.as_str(), &entry.destination, &entry.updated_at],
+            )
+            .await
+            .map_err(db_error)?;
+        row.as_ref().map(decode_transaction).transpose()
+    }
+
+    async fn transaction_and_held(
+        &self,
+        uuid: Uuid,
+    ) -> Result<Option<(TransactionEntry, HeldWrites)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &prepared(
+                    &client,
+                    "SELECT t.uuid, t.status, t.destination, t.updated_at, w.event, w.messages \
+                 FROM transactions t LEFT JOIN transaction_writes w ON w.transaction_uuid = t.uuid \
+                 WHERE t.uuid = $1 ORDER BY w.id",
+                )
+                .await?,
+                &[&uuid],
+            )
+            .await
+            .map_err(db_error)?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let entry = decode_transaction(first)?;
+        let held = rows
+            .iter()
+            .filter(|row| row.get::<_, Option<Value>>("event").is_some())
+            .map(decode_write)
+            .collect::<Result<_, _>>()?;
+        Ok(Some((entry, held)))
+    }
+
+    async fn settle_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                &prepared(&client, SETTLE).await?,
+                &[
+                    &entry.uuid,
+                    &entry.status.as_str(),
+                    &entry.destination,
+                    &entry.updated_at,
+                ],
+            )
+            .await
+            .map_err(db_error)?;
+        Ok(())
     }
 }
