@@ -98,6 +98,18 @@ impl FooBarCommands {
         ))
     }
 
+    /// Changes an existing foobar (a write a reservation must check).
+    #[enroute(broker = "RenameFooBar")]
+    async fn rename_foobar(&self, request: Request) -> Result<Response> {
+        let content = request.content::<Value>()?;
+        let uuid: Uuid = minos::serde_json::from_value(content["uuid"].clone())
+            .map_err(|e| Error::bad_request(format!("`uuid`: {e}")))?;
+        let mut foobar = FooBar::get(uuid).await?;
+        foobar.something = content["text"].as_str().unwrap_or("").to_owned();
+        foobar.save().await?;
+        Ok(Response::json(foobar.uuid()))
+    }
+
     /// A side effect outside any transaction (e.g. an email): undone only by a compensation.
     #[enroute(broker = "Note")]
     async fn note(&self, request: Request) -> Result<Response> {
@@ -257,6 +269,17 @@ minos::saga! {
         .on_success(foobar_created)
         .local_step(update_foo)
         .commit();
+}
+
+async fn rename_foobar(ctx: SagaContext) -> Result<SagaRequest> {
+    Ok(SagaRequest::new(
+        "RenameFooBar",
+        json!({"uuid": ctx.get::<Uuid>("foobar_uuid")?, "text": ctx.get::<String>("text")?}),
+    ))
+}
+
+minos::saga! {
+    pub static RENAME_SAGA = Saga::builder().remote_step(rename_foobar).commit();
 }
 
 fn config(name: &str, services: &[&str]) -> Config {
@@ -753,6 +776,7 @@ async fn an_execution_interrupted_mid_step_is_resumed() {
         done: vec![vec![0]],
         waiting: None,
         related_services: Default::default(),
+        one_phase: Default::default(),
         inherited: Vec::new(),
         user: None,
         caller: None,
@@ -1009,4 +1033,71 @@ async fn the_cli_lists_executions_and_prints_events() {
     assert!(!ok && said.contains("no saga execution"), "{said}");
     pair.foo.stop().await;
     pair.foobar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_that_only_created_roots_is_committed_without_a_reservation_round() {
+    let pair = start(5_000).await;
+    let uuid = create_foo(&pair).await;
+    let ended = run_saga(&pair, json!({"uuid": uuid, "something": "one phase"})).await;
+    assert_eq!(ended.status, ExecutionStatus::Finished, "{:?}", ended.error);
+    // foobar only created a root: nothing to reserve there. foo changed one: reserved first.
+    assert!(ended.related_services.contains("foobar"), "{ended:?}");
+    assert_eq!(
+        ended.one_phase.iter().collect::<Vec<_>>(),
+        ["foobar"],
+        "{ended:?}"
+    );
+    for service in [&pair.foo, &pair.foobar] {
+        let entry = service
+            .context()
+            .repository()
+            .store()
+            .transaction(ended.uuid)
+            .await
+            .unwrap()
+            .expect("an entry in each participant");
+        assert_eq!(entry.status, TransactionStatus::Committed);
+    }
+    let created: Uuid = ended.context.get("foobar_uuid").unwrap();
+    let listed = foobars(&pair).await;
+    assert_eq!(
+        listed
+            .iter()
+            .filter(|f| f["uuid"] == json!(created) && f["something"] == "one phase")
+            .count(),
+        1,
+        "{listed:?}"
+    );
+
+    // A step that changes an existing root there makes it a two-phase participant again.
+    let manager = SagaManager::new(pair.foo.context().clone());
+    let renaming = manager
+        .run(
+            &RENAME_SAGA,
+            SagaContext::new()
+                .with("foobar_uuid", created)
+                .with("text", "renamed"),
+        )
+        .await
+        .unwrap();
+    let renamed = manager
+        .wait(renaming.uuid, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        renamed.status,
+        ExecutionStatus::Finished,
+        "{:?}",
+        renamed.error
+    );
+    assert!(renamed.related_services.contains("foobar"), "{renamed:?}");
+    assert!(renamed.one_phase.is_empty(), "{renamed:?}");
+    let listed = foobars(&pair).await;
+    assert!(
+        listed
+            .iter()
+            .any(|f| f["uuid"] == json!(created) && f["something"] == "renamed"),
+        "{listed:?}"
+    );
 }

@@ -21,6 +21,11 @@ pub const AUTH_AT: &str = "auth_at";
 /// comma-separated (the saga reserves, then commits or rejects, in each).
 pub const RELATED_SERVICES: &str = "related_services";
 
+/// On a reply to a command that ran inside a top-level transaction and wrote only new roots: the name of
+/// the service that ran it. Such writes cannot be refused by a reservation, so the saga commits them
+/// without one (one phase) unless another of its steps there changed existing roots.
+pub const ONE_PHASE: &str = "one_phase";
+
 /// When a request (a command or query) stops being worth running: milliseconds since the epoch. Set
 /// from the sender's timeout; a service does not run a request whose deadline has passed (its sender
 /// gave up), so history on a long-lived broker is never executed again.

@@ -10,6 +10,7 @@ use super::{invoke, BrokerKind, Context, Middleware, Origin, Request, Response, 
 use std::collections::BTreeMap;
 
 use crate::auth::{accepted_at, bearer, Caller, Principal};
+use crate::domain::Action;
 use crate::error::Error;
 use crate::hash::stable_hash;
 use crate::messaging::{headers, topics, BrokerMessage, Delivery, Payload, Subscription};
@@ -368,6 +369,24 @@ impl Dispatcher {
         let flush = repository.flush(transaction, &writes, Some(&inbox));
         let (flushed, written) = crate::views::recording(self.context.clone().scope(flush)).await;
         flushed?;
+        // Only new roots held in a top-level transaction: nothing a reservation could refuse. What it
+        // holds counts, not only this handler's writes (earlier steps, sagas run inside this one).
+        let creates_only = |writes: &crate::store::HeldWrites| {
+            writes
+                .iter()
+                .all(|(event, _)| event.action == Action::Create)
+        };
+        let one_phase = match transaction {
+            Some(t) if t.destination().is_none() && creates_only(&writes) => {
+                let held = repository.store().held(t.uuid()).await;
+                held.is_ok_and(|held| creates_only(&held))
+            }
+            _ => false,
+        };
+        let response = match one_phase {
+            true => response.with_header(headers::ONE_PHASE, self.context.name()),
+            false => response,
+        };
         Ok(match written.positions.is_empty() {
             true => response,
             false => response.with_header(crate::views::POSITION_HEADER, written.to_string()),

@@ -159,13 +159,22 @@ impl SagaManager {
         reply: BrokerMessage,
     ) -> Result<SagaExecution> {
         if let Some(services) = reply.payload.headers.get(headers::RELATED_SERVICES) {
-            execution.related_services.extend(
-                services
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned),
-            );
+            let services: Vec<&str> = services
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect();
+            let one_phase = reply.payload.headers.get(headers::ONE_PHASE);
+            for service in services.iter().copied() {
+                let only_new_roots = services.len() == 1 && one_phase.is_some_and(|s| s == service);
+                // One phase only while every step there wrote new roots alone.
+                if !only_new_roots {
+                    execution.one_phase.remove(service);
+                } else if !execution.related_services.contains(service) {
+                    execution.one_phase.insert(service.to_owned());
+                }
+                execution.related_services.insert(service.to_owned());
+            }
         }
         let topic = execution
             .waiting

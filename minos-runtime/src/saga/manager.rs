@@ -133,6 +133,7 @@ impl SagaManager {
             done: Vec::new(),
             waiting: None,
             related_services: Default::default(),
+            one_phase: Default::default(),
             inherited: TransactionScope::current()
                 .map(|s| s.chain().to_vec())
                 .unwrap_or_default(),

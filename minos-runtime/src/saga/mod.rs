@@ -231,6 +231,10 @@ pub struct SagaExecution {
     pub waiting: Option<Waiting>,
     /// Services that wrote inside its transaction (they reserve, then commit or reject).
     pub related_services: BTreeSet<String>,
+    /// Related services whose writes in its transaction are all new roots (every step there said so):
+    /// nothing for them to reserve, so they skip the reservation round and only commit (or reject).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub one_phase: BTreeSet<String>,
     /// The transactions it runs inside, outermost first (a saga started inside another one's step).
     pub inherited: Vec<Uuid>,
     /// The user it runs for (the subject of the token of the request that started it).

@@ -20,7 +20,15 @@ impl SagaManager {
     ) -> Vec<String> {
         let own = self.context.name();
         let mut remote = Vec::new();
-        for service in execution.related_services.iter().filter(|s| *s != own) {
+        // Services that hold only new roots have nothing to reserve: they are only committed.
+        let skip = |service: &str| {
+            command == TransactionCommand::Reserve && execution.one_phase.contains(service)
+        };
+        for service in execution
+            .related_services
+            .iter()
+            .filter(|s| *s != own && !skip(s))
+        {
             let mut message = BrokerMessage::new(
                 topics::transaction_command(command, service),
                 json!(execution.uuid.to_string()),

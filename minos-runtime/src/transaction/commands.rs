@@ -126,10 +126,7 @@ impl Transactions {
         let firsts = first_write_per_root(held);
         // Roots to claim are recorded while `reserving`, so an interrupted reservation is tidied as one;
         // with nothing to claim, the checks leave nothing behind and the entry moves in one step.
-        let claims = firsts
-            .as_ref()
-            .is_ok_and(|firsts| firsts.values().any(|e| e.action != Action::Create));
-        if claims && entry.status != TransactionStatus::Reserving {
+        if needs_claims(held) && entry.status != TransactionStatus::Reserving {
             // The claim right after waits for the disk, and takes this mark with it.
             entry.transition(TransactionStatus::Reserving)?;
             self.store.mark_transaction(entry).await?;
@@ -222,6 +219,15 @@ impl Transactions {
         };
         match entry.status {
             TransactionStatus::Committed => return Ok(TransactionStatus::Committed),
+            // Committed without a reservation round (one phase: only new roots at the top level):
+            // nothing to claim, so it is reserved in memory and the atomic commit below is the step.
+            TransactionStatus::Pending if entry.destination.is_none() && !needs_claims(&held) => {
+                if let Err(error) = first_write_per_root(&held) {
+                    self.settle(&mut entry, TransactionStatus::Rejected).await?;
+                    return Err(error.into());
+                }
+                entry.transition(TransactionStatus::Reserved)?;
+            }
             TransactionStatus::Pending => {
                 self.reserve_entry(&mut entry, &held).await?;
             }
@@ -329,6 +335,11 @@ impl Transactions {
         }
         Ok(handled)
     }
+}
+
+/// Whether reserving these writes claims roots: some change a root that existed before.
+fn needs_claims(held: &HeldWrites) -> bool {
+    held.iter().any(|(event, _)| event.action != Action::Create)
 }
 
 /// The first held write of each root, after checking that each root's held versions follow each other.

@@ -44,6 +44,30 @@ impl Offsets {
     }
 }
 
+/// How long handled offsets may wait to be committed together. A crash in between only means those
+/// messages are delivered again, and the inbox skips them.
+const COMMIT_EVERY: Duration = Duration::from_millis(20);
+
+/// Commits `ready` (the next offset of each partition) and empties it.
+fn commit_ready(
+    consumer: &StreamConsumer,
+    ready: &mut HashMap<(String, i32), i64>,
+    mode: CommitMode,
+) {
+    if ready.is_empty() {
+        return;
+    }
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), next) in ready.drain() {
+        if let Err(error) = list.add_partition_offset(&topic, partition, Offset::Offset(next)) {
+            tracing::warn!(%error, %topic, partition, "offset not committed; the messages may be delivered again");
+        }
+    }
+    if let Err(error) = consumer.commit(&list, mode) {
+        tracing::warn!(%error, "offset commit failed; the messages may be delivered again");
+    }
+}
+
 pub(super) async fn consume(
     consumer: StreamConsumer,
     sender: mpsc::UnboundedSender<Delivery>,
@@ -51,6 +75,11 @@ pub(super) async fn consume(
 ) {
     let (acks, mut acked) = mpsc::unbounded_channel::<(String, i32, i64)>();
     let mut offsets = Offsets::default();
+    // Handled offsets not committed yet: one commit request for all of them every `COMMIT_EVERY` at
+    // most, instead of one per message.
+    let mut ready: HashMap<(String, i32), i64> = HashMap::new();
+    let flush = tokio::time::sleep(COMMIT_EVERY);
+    tokio::pin!(flush);
     loop {
         tokio::select! {
             received = consumer.recv() => {
@@ -74,6 +103,7 @@ pub(super) async fn consume(
                             let _ = acks.send((ack_topic, partition, offset));
                         });
                         if sender.send(Delivery::new(decoded, Some(ack))).is_err() {
+                            commit_ready(&consumer, &mut ready, CommitMode::Sync);
                             return;
                         }
                     }
@@ -90,16 +120,26 @@ pub(super) async fn consume(
             }
             Some((topic, partition, offset)) = acked.recv() => {
                 if let Some(next) = offsets.handled(&topic, partition, offset) {
-                    let mut list = TopicPartitionList::new();
-                    if list.add_partition_offset(&topic, partition, Offset::Offset(next)).is_ok() {
-                        if let Err(error) = consumer.commit(&list, CommitMode::Async) {
-                            tracing::warn!(%error, %topic, partition, "offset commit failed; the messages may be delivered again");
-                        }
+                    if ready.is_empty() {
+                        flush.as_mut().reset(tokio::time::Instant::now() + COMMIT_EVERY);
                     }
+                    ready.insert((topic, partition), next);
                 }
             }
-            // The subscription was dropped: leave the group now, so its partitions move at once.
-            _ = sender.closed() => return,
+            () = &mut flush, if !ready.is_empty() => {
+                commit_ready(&consumer, &mut ready, CommitMode::Async);
+            }
+            // The subscription was dropped: commit what was handled and leave the group now, so its
+            // partitions move at once.
+            _ = sender.closed() => {
+                while let Ok((topic, partition, offset)) = acked.try_recv() {
+                    if let Some(next) = offsets.handled(&topic, partition, offset) {
+                        ready.insert((topic, partition), next);
+                    }
+                }
+                commit_ready(&consumer, &mut ready, CommitMode::Sync);
+                return;
+            }
             else => return,
         }
     }

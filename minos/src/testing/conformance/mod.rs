@@ -55,6 +55,7 @@ macro_rules! conformance_tests {
             reserve_refuses_conflicts_and_reject_drops_writes,
             nested_transactions_commit_into_their_destination,
             claims_are_exclusive_per_destination_until_released,
+            transactions_open_read_and_settle_in_one_step,
             saga_executions_are_saved_and_listed,
             retention_removes_only_finished_rows,
             registry_instances_have_leases_and_a_version

@@ -326,3 +326,106 @@ pub async fn claims_are_exclusive_per_destination_until_released(repo: Repositor
     store.release(t1).await.unwrap();
     assert_eq!(store.claim(None, t2, &[r1, r2]).await.unwrap(), None);
 }
+
+/// An entry is opened once (a second opening answers the first), read together with its held writes,
+/// and settled in one step: its status saved, its writes and claims gone. A store that commits a
+/// top-level transaction in one step stores its writes and settles it together; either way, a pending
+/// transaction holding only new roots commits without a reservation round.
+pub async fn transactions_open_read_and_settle_in_one_step(repo: Repository) {
+    use crate::transaction::{TransactionEntry, TransactionStatus};
+    let store = repo.store();
+    let (uuid, other) = (Uuid::now_v7(), Uuid::now_v7());
+    assert_eq!(store.transaction_and_held(uuid).await.unwrap(), None);
+    let opened = TransactionEntry::new(uuid, None);
+    assert_eq!(store.open_transaction(&opened).await.unwrap(), None);
+    let again = store
+        .open_transaction(&TransactionEntry::new(uuid, Some(other)))
+        .await
+        .unwrap()
+        .expect("the first opening's entry");
+    assert_eq!(
+        (again.status, again.destination),
+        (TransactionStatus::Pending, None)
+    );
+    let ((), writes) = repo
+        .staged(in_scope(&repo, async {
+            let mut customer = Customer::create(Customer { name: "a".into() })
+                .await
+                .unwrap();
+            customer.name = "b".into();
+            customer.save().await.unwrap();
+        }))
+        .await;
+    store.hold(uuid, &writes, None).await.unwrap();
+    let (entry, held) = store.transaction_and_held(uuid).await.unwrap().unwrap();
+    assert_eq!(
+        (entry.uuid, entry.status),
+        (uuid, TransactionStatus::Pending)
+    );
+    assert_eq!(held, writes);
+
+    // Settled: the status, and nothing held or claimed any more.
+    let root = Uuid::now_v7();
+    assert_eq!(store.claim(None, uuid, &[root]).await.unwrap(), None);
+    let mut rejected = entry.clone();
+    rejected.transition(TransactionStatus::Rejected).unwrap();
+    store.settle_transaction(&rejected).await.unwrap();
+    let (entry, held) = store.transaction_and_held(uuid).await.unwrap().unwrap();
+    assert_eq!(entry.status, TransactionStatus::Rejected);
+    assert!(held.is_empty());
+    assert_eq!(store.claim(None, other, &[root]).await.unwrap(), None);
+
+    // Committed in one step (where the store can): the writes stored, the entry settled.
+    let atomic = Uuid::now_v7();
+    store.hold(atomic, &writes, None).await.unwrap();
+    let mut committed = TransactionEntry::new(atomic, None);
+    for next in [
+        TransactionStatus::Reserved,
+        TransactionStatus::Committing,
+        TransactionStatus::Committed,
+    ] {
+        committed.transition(next).unwrap();
+    }
+    if let Some(stored) = store.commit_transaction(&committed, &writes).await.unwrap() {
+        assert_eq!(stored.len(), 2);
+        let (entry, held) = store.transaction_and_held(atomic).await.unwrap().unwrap();
+        assert_eq!(entry.status, TransactionStatus::Committed);
+        assert!(held.is_empty());
+        assert_eq!(
+            repo.get::<Customer>(writes[0].0.uuid).await.unwrap().name,
+            "b"
+        );
+    }
+
+    // Only new roots, still pending: a commit needs no reservation round first.
+    let one_phase = Uuid::now_v7();
+    let scope = TransactionScope::top(one_phase);
+    let created = in_scope(
+        &repo,
+        scope.run(Customer::create(Customer { name: "new".into() })),
+    )
+    .await
+    .unwrap();
+    let transactions = repo.transactions();
+    assert_eq!(
+        transactions.commit(one_phase).await.unwrap(),
+        TransactionStatus::Committed
+    );
+    assert_eq!(
+        repo.get::<Customer>(created.uuid()).await.unwrap().name,
+        "new"
+    );
+    let (entry, held) = store
+        .transaction_and_held(one_phase)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(entry.status, TransactionStatus::Committed);
+    assert!(held.is_empty());
+    // Committing again is a no-op; rejecting a committed transaction is refused.
+    assert_eq!(
+        transactions.commit(one_phase).await.unwrap(),
+        TransactionStatus::Committed
+    );
+    assert!(transactions.reject(one_phase).await.is_err());
+}
