@@ -142,6 +142,12 @@ struct Follower {
     status: Mutex<SourceStatus>,
     /// Whether it has read the whole log once since it started (or was rebuilt).
     caught_up: AtomicBool,
+    /// Whether `status.position` is the stored position: this process read it or moved it last. Each
+    /// step then starts from memory instead of reading it; another replica moving it makes this
+    /// process's next advance fail, which clears this and reads it again.
+    trusted: AtomicBool,
+    /// Counts rebuilds: a step that began before one does not trust the position it reached.
+    rebuilds: std::sync::atomic::AtomicU64,
     wake: Notify,
     /// Cuts a failed projection's backoff short (a query waits for the view).
     retry: Notify,
@@ -185,6 +191,8 @@ impl Projections {
                             error: None,
                         }),
                         caught_up: AtomicBool::new(false),
+                        trusted: AtomicBool::new(false),
+                        rebuilds: Default::default(),
                         wake: Notify::new(),
                         retry: Notify::new(),
                     },
@@ -366,6 +374,8 @@ impl Projections {
                 follower.caught_up.store(false, AtomicOrdering::SeqCst);
                 {
                     let mut status = follower.status.lock().unwrap_or_else(|p| p.into_inner());
+                    follower.rebuilds.fetch_add(1, AtomicOrdering::SeqCst);
+                    follower.trusted.store(false, AtomicOrdering::SeqCst);
                     status.position = Position::START;
                     status.applied = 0;
                 }
@@ -398,6 +408,16 @@ impl Projections {
         loop {
             let mut lagging = Vec::new();
             for (view, source, position) in &targets {
+                // This process's own progress first: read from the database only when it is short.
+                let known = self
+                    .inner
+                    .followers
+                    .get(&(*view, (*source).clone()))
+                    .filter(|f| f.trusted.load(AtomicOrdering::SeqCst))
+                    .map(|f| f.status.lock().unwrap_or_else(|p| p.into_inner()).position);
+                if known.is_some_and(|known| known >= *position) {
+                    continue;
+                }
                 let reached = self.stored_position(view, source).await?;
                 if reached < *position {
                     lagging.push((*view, *source, reached, *position));
@@ -516,6 +536,7 @@ impl Projections {
                     }
                 }
                 Err(error) => {
+                    follower.trusted.store(false, AtomicOrdering::SeqCst);
                     tracing::warn!(view = plan.def.name, source = %source, %error, retry_in = ?backoff, "view projection failed; retrying (the event is not skipped)");
                     follower
                         .status
@@ -541,13 +562,26 @@ impl Projections {
         follower: &Follower,
         pages: u64,
     ) -> Result<Step> {
-        let from = self.stored_position(plan.def.name, source).await?;
+        let rebuilds = follower.rebuilds.load(AtomicOrdering::SeqCst);
+        let known = follower.trusted.load(AtomicOrdering::SeqCst).then(|| {
+            follower
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .position
+        });
+        let from = match known {
+            Some(position) => position,
+            None => self.stored_position(plan.def.name, source).await?,
+        };
         let (events, behind) = self.read(source, from, pages).await?;
         let Some(last) = events.last().map(StoredEvent::position) else {
             let mut status = follower.status.lock().unwrap_or_else(|p| p.into_inner());
             status.position = from;
             status.behind = 0;
             status.error = None;
+            let current = follower.rebuilds.load(AtomicOrdering::SeqCst) == rebuilds;
+            follower.trusted.store(current, AtomicOrdering::SeqCst);
             return Ok(Step::CaughtUp);
         };
         let mut tx = self.inner.views.begin().await?;
@@ -557,11 +591,7 @@ impl Projections {
             .try_lock(&format!("minos:projection:{}:{source}", plan.def.name))
             .await?
         {
-            follower
-                .status
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .position = from;
+            follower.trusted.store(false, AtomicOrdering::SeqCst);
             return Ok(Step::Busy);
         }
         let tx = Arc::new(tokio::sync::Mutex::new(tx));
@@ -586,12 +616,16 @@ impl Projections {
         if !positions::advance(tx.as_mut(), plan.def.name, source, from, last).await? {
             // Another process applied this page first, or the view was reset: start again from
             // wherever the position is now (this transaction rolls back).
+            follower.trusted.store(false, AtomicOrdering::SeqCst);
             return Ok(Step::Applied);
         }
         tx.commit().await?;
         {
             let mut status = follower.status.lock().unwrap_or_else(|p| p.into_inner());
             status.position = last;
+            // (A rebuild since this step began reset the stored position.)
+            let current = follower.rebuilds.load(AtomicOrdering::SeqCst) == rebuilds;
+            follower.trusted.store(current, AtomicOrdering::SeqCst);
             status.applied += events.len() as u64;
             if let Some(behind) = behind {
                 status.behind = behind;
@@ -599,7 +633,7 @@ impl Projections {
                 status.behind = status.behind.saturating_sub(events.len() as u64);
             }
             status.error = None;
-            if pages % 40 == 39 {
+            if pages % 40 == 39 && !follower.caught_up.load(AtomicOrdering::SeqCst) {
                 tracing::info!(view = plan.def.name, source, position = %last, applied = status.applied, behind = status.behind, "building the view");
             }
         }
