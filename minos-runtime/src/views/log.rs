@@ -33,7 +33,9 @@ impl SharedPages {
     /// `owned`, else from the owner; and how many follow it (see [`local_page`]). Another view of this
     /// source that read this very page shares it: the page is a prefix of what a read now would give
     /// (the log only grows after a position), so at worst this view moves less far this step. An
-    /// empty page is never shared: it would hide events written since.
+    /// empty page is never shared: it would hide events written since. The last item says whether the
+    /// page was read just now (not shared): only such a page, shorter than [`PAGE`], shows the end of
+    /// the log as of this call.
     pub(crate) async fn page(
         &self,
         context: &Context,
@@ -41,9 +43,9 @@ impl SharedPages {
         source: &str,
         after: Position,
         count: bool,
-    ) -> Result<(Arc<Vec<StoredEvent>>, Option<u64>)> {
+    ) -> Result<(Arc<Vec<StoredEvent>>, Option<u64>, bool)> {
         if let Some(page) = self.lock().get(source).filter(|page| page.after == after) {
-            return Ok((Arc::clone(&page.events), page.behind));
+            return Ok((Arc::clone(&page.events), page.behind, false));
         }
         let (events, behind) = match owned {
             true => {
@@ -70,7 +72,7 @@ impl SharedPages {
                 },
             );
         }
-        Ok((events, behind))
+        Ok((events, behind, true))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SharedPage>> {

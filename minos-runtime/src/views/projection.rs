@@ -35,6 +35,8 @@ pub(crate) fn source_of(topic: &str) -> Option<&str> {
 enum Step {
     /// Applied a page (or found its position moved by someone else): look for the next one.
     Applied,
+    /// Applied a page read just now that held the rest of the log: wait for new events.
+    AppliedAll,
     /// No event after the position.
     CaughtUp,
     /// Another process holds the projection.
@@ -408,17 +410,18 @@ impl Projections {
         loop {
             let mut lagging = Vec::new();
             for (view, source, position) in &targets {
-                // This process's own progress first: read from the database only when it is short.
+                // This process's own progress when it knows the stored position (its follower, woken
+                // below, finds out when another replica moved it); else the database.
                 let known = self
                     .inner
                     .followers
                     .get(&(*view, (*source).clone()))
                     .filter(|f| f.trusted.load(AtomicOrdering::SeqCst))
                     .map(|f| f.status.lock().unwrap_or_else(|p| p.into_inner()).position);
-                if known.is_some_and(|known| known >= *position) {
-                    continue;
-                }
-                let reached = self.stored_position(view, source).await?;
+                let reached = match known {
+                    Some(known) => known,
+                    None => self.stored_position(view, source).await?,
+                };
                 if reached < *position {
                     lagging.push((*view, *source, reached, *position));
                 }
@@ -493,6 +496,11 @@ impl Projections {
             if *stop.borrow() {
                 return;
             }
+            // Commits from here on wake the follower after this step (a page read below sees them
+            // or they wake it).
+            if let Some(appended) = appended.as_mut() {
+                appended.borrow_and_update();
+            }
             match self.step(plan, &source, follower, pages).await {
                 Ok(Step::Busy) => {
                     // Another replica is applying this view's pages: look again later.
@@ -507,7 +515,10 @@ impl Projections {
                     backoff = Duration::from_millis(100);
                     continue;
                 }
-                Ok(Step::CaughtUp) => {
+                Ok(step @ (Step::CaughtUp | Step::AppliedAll)) => {
+                    if matches!(step, Step::AppliedAll) {
+                        pages += 1;
+                    }
                     backoff = Duration::from_millis(100);
                     let was = follower.caught_up.swap(true, AtomicOrdering::SeqCst);
                     if !was {
@@ -574,7 +585,7 @@ impl Projections {
             Some(position) => position,
             None => self.stored_position(plan.def.name, source).await?,
         };
-        let (events, behind) = self.read(source, from, pages).await?;
+        let (events, behind, fresh) = self.read(source, from, pages).await?;
         let Some(last) = events.last().map(StoredEvent::position) else {
             let mut status = follower.status.lock().unwrap_or_else(|p| p.into_inner());
             status.position = from;
@@ -638,7 +649,11 @@ impl Projections {
             }
         }
         self.inner.progress.send_modify(|n| *n += 1);
-        Ok(Step::Applied)
+        // A short page read just now was the whole log (events written since woke this follower).
+        Ok(match fresh && events.len() < super::log::PAGE {
+            true => Step::AppliedAll,
+            false => Step::Applied,
+        })
     }
 
     /// The next page of `source`'s log after `after`, and (now and then) how many events follow it.
@@ -647,7 +662,7 @@ impl Projections {
         source: &str,
         after: Position,
         pages: u64,
-    ) -> Result<(Arc<Vec<StoredEvent>>, Option<u64>)> {
+    ) -> Result<(Arc<Vec<StoredEvent>>, Option<u64>, bool)> {
         let owned = self.inner.owned.contains(source);
         let count = pages % 20 == 0;
         let page = self
