@@ -1,0 +1,110 @@
+//! The transaction port: application transaction entries, the writes each one holds, the claims that
+//! keep sibling transactions apart, and the combined steps backends may do in one round trip.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{InboxEntry, StoreError, StoredEvent};
+use crate::domain::{DomainMessage, Event, TransactionEntry, TransactionStatus};
+
+/// Writes held by a transaction, in the order they were made.
+pub type HeldWrites = Vec<(Event, Vec<DomainMessage>)>;
+
+/// The transaction port: application transaction entries and the writes each one holds.
+#[async_trait]
+pub trait TransactionStore: Send + Sync {
+    /// Inserts or updates an entry.
+    async fn save_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError>;
+
+    /// The entry with this uuid.
+    async fn transaction(&self, uuid: Uuid) -> Result<Option<TransactionEntry>, StoreError>;
+
+    /// Entries in one of `statuses` last changed before `before` (e.g. reserved for too long), oldest
+    /// first.
+    async fn transactions_in(
+        &self,
+        statuses: &[TransactionStatus],
+        before: DateTime<Utc>,
+    ) -> Result<Vec<TransactionEntry>, StoreError>;
+
+    /// Adds writes to those the transaction holds and records `inbox` (the message that caused them),
+    /// all or nothing. With `inbox` already recorded, nothing is written and the answer is
+    /// [`StoreError::AlreadyProcessed`].
+    async fn hold(
+        &self,
+        transaction: Uuid,
+        writes: &[(Event, Vec<DomainMessage>)],
+        inbox: Option<&InboxEntry>,
+    ) -> Result<(), StoreError>;
+
+    /// The writes the transaction holds, in the order they were added.
+    async fn held(&self, transaction: Uuid) -> Result<HeldWrites, StoreError>;
+
+    /// Forgets the writes the transaction holds and its claims (after a reject, or once committed).
+    async fn release(&self, transaction: Uuid) -> Result<(), StoreError>;
+
+    /// Claims `roots` for `transaction` among the transactions with the same `destination`, atomically
+    /// (also between processes sharing the store): all of them, or — when another transaction holds one
+    /// — none, answering `Some((root, holder))`. Claiming roots the transaction already holds succeeds.
+    async fn claim(
+        &self,
+        destination: Option<Uuid>,
+        transaction: Uuid,
+        roots: &[Uuid],
+    ) -> Result<Option<(Uuid, Uuid)>, StoreError>;
+
+    /// Saves an intermediate status (reserving) that a later step of the same command makes durable or
+    /// repairs: backends may skip waiting for it to reach the disk. The default is
+    /// [`save_transaction`](Self::save_transaction).
+    async fn mark_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError> {
+        self.save_transaction(entry).await
+    }
+
+    /// Stores `entry` (pending, inside its destination) unless an entry with its uuid exists; answers the
+    /// existing entry, or `None` when this call stored it. Backends answer in one round trip where they
+    /// can; the default reads, then saves.
+    async fn open_transaction(
+        &self,
+        entry: &TransactionEntry,
+    ) -> Result<Option<TransactionEntry>, StoreError> {
+        match self.transaction(entry.uuid).await? {
+            Some(existing) => Ok(Some(existing)),
+            None => {
+                self.save_transaction(entry).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The entry with this uuid and the writes it holds, read together. The default reads them one
+    /// after the other.
+    async fn transaction_and_held(
+        &self,
+        uuid: Uuid,
+    ) -> Result<Option<(TransactionEntry, HeldWrites)>, StoreError> {
+        match self.transaction(uuid).await? {
+            Some(entry) => Ok(Some((entry, self.held(uuid).await?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Commits a top-level transaction in one atomic step: stores `held` as one unit of work (events,
+    /// snapshots, outbox rows), saves `entry` (committed) and forgets its writes and claims. Answers
+    /// `None` when the backend cannot do it in one step; the caller then marks the entry committing,
+    /// commits the unit and settles the entry one after the other.
+    async fn commit_transaction(
+        &self,
+        _entry: &TransactionEntry,
+        _held: &HeldWrites,
+    ) -> Result<Option<Vec<StoredEvent>>, StoreError> {
+        Ok(None)
+    }
+
+    /// Saves `entry` (committed or rejected) and forgets the writes and claims it held: its end, in one
+    /// step where the backend can. The default releases, then saves.
+    async fn settle_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError> {
+        self.release(entry.uuid).await?;
+        self.save_transaction(entry).await
+    }
+}
