@@ -290,7 +290,7 @@ fn a_saga_across_kafka_is_one_trace_in_the_collector_and_in_minos_logs() {
                 && spans
                     .iter()
                     .any(|s| s.name == "handler" && s.service.contains(&foobar_name))
-                && spans.iter().any(|s| is_reply(s))
+                && spans.iter().any(&is_reply)
         },
     );
     let by_id: BTreeMap<&str, &Span> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
