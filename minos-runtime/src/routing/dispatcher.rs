@@ -10,12 +10,11 @@ use super::{invoke, BrokerKind, Context, Middleware, Origin, Request, Response, 
 use std::collections::BTreeMap;
 
 use crate::auth::{accepted_at, bearer, Caller, Principal};
-use crate::domain::Action;
 use crate::error::Error;
 use crate::hash::stable_hash;
 use crate::messaging::{headers, topics, BrokerMessage, Delivery, Payload, Subscription};
 use crate::store::{InboxEntry, StoreError};
-use crate::transaction::TransactionScope;
+use crate::transaction::{needs_claims, TransactionScope};
 
 /// A handler the runtime itself registers for a topic (transaction commands, saga replies). Its result
 /// is the reply when the message asks for one.
@@ -371,15 +370,10 @@ impl Dispatcher {
         flushed?;
         // Only new roots held in a top-level transaction: nothing a reservation could refuse. What it
         // holds counts, not only this handler's writes (earlier steps, sagas run inside this one).
-        let creates_only = |writes: &crate::store::HeldWrites| {
-            writes
-                .iter()
-                .all(|(event, _)| event.action == Action::Create)
-        };
         let one_phase = match transaction {
-            Some(t) if t.destination().is_none() && creates_only(&writes) => {
+            Some(t) if t.destination().is_none() && !needs_claims(&writes) => {
                 let held = repository.store().held(t.uuid()).await;
-                held.is_ok_and(|held| creates_only(&held))
+                held.is_ok_and(|held| !needs_claims(&held))
             }
             _ => false,
         };

@@ -338,7 +338,7 @@ impl Transactions {
 }
 
 /// Whether reserving these writes claims roots: some change a root that existed before.
-fn needs_claims(held: &HeldWrites) -> bool {
+pub(crate) fn needs_claims(held: &HeldWrites) -> bool {
     held.iter().any(|(event, _)| event.action != Action::Create)
 }
 

@@ -157,6 +157,24 @@ struct Follower {
     retry: Notify,
 }
 
+impl Follower {
+    /// The stored position, when this process knows it (see `trusted`).
+    fn known_position(&self) -> Option<Position> {
+        self.trusted.load(AtomicOrdering::SeqCst).then(|| {
+            self.status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .position
+        })
+    }
+
+    /// Trusts the position just read or reached, unless a rebuild came after `rebuilds` was read.
+    fn trust_unless_rebuilt_since(&self, rebuilds: u64) {
+        let current = self.rebuilds.load(AtomicOrdering::SeqCst) == rebuilds;
+        self.trusted.store(current, AtomicOrdering::SeqCst);
+    }
+}
+
 impl Projections {
     /// Prepares the views' tables (building anew those whose definition changed) and starts one
     /// projection per view and source type. `owned` are the root types whose events are in this
@@ -486,14 +504,7 @@ impl Projections {
         pages: u64,
     ) -> Result<Step> {
         let rebuilds = follower.rebuilds.load(AtomicOrdering::SeqCst);
-        let known = follower.trusted.load(AtomicOrdering::SeqCst).then(|| {
-            follower
-                .status
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .position
-        });
-        let from = match known {
+        let from = match follower.known_position() {
             Some(position) => position,
             None => self.stored_position(plan.def.name, source).await?,
         };
@@ -503,8 +514,7 @@ impl Projections {
             status.position = from;
             status.behind = 0;
             status.error = None;
-            let current = follower.rebuilds.load(AtomicOrdering::SeqCst) == rebuilds;
-            follower.trusted.store(current, AtomicOrdering::SeqCst);
+            follower.trust_unless_rebuilt_since(rebuilds);
             return Ok(Step::CaughtUp);
         };
         let mut tx = self.inner.views.begin().await?;
@@ -547,8 +557,7 @@ impl Projections {
             let mut status = follower.status.lock().unwrap_or_else(|p| p.into_inner());
             status.position = last;
             // (A rebuild since this step began reset the stored position.)
-            let current = follower.rebuilds.load(AtomicOrdering::SeqCst) == rebuilds;
-            follower.trusted.store(current, AtomicOrdering::SeqCst);
+            follower.trust_unless_rebuilt_since(rebuilds);
             status.applied += events.len() as u64;
             if let Some(behind) = behind {
                 status.behind = behind;

@@ -25,12 +25,35 @@ fn decode_transaction(row: &Row) -> Result<TransactionEntry, StoreError> {
     })
 }
 
+/// `$head` (which inserts `$1..$4` into `transactions`) as an upsert of the entry.
+macro_rules! upsert_entry {
+    ($head:literal) => {
+        concat!(
+            $head,
+            " ON CONFLICT (uuid) DO UPDATE SET status = EXCLUDED.status, \
+             destination = EXCLUDED.destination, updated_at = EXCLUDED.updated_at"
+        )
+    };
+}
+
+/// Saves a transaction entry.
+const SAVE: &str = upsert_entry!(
+    "INSERT INTO transactions (uuid, status, destination, updated_at) VALUES ($1, $2, $3, $4)"
+);
+
+/// Saves a transaction entry without waiting for the disk (`synchronous_commit` off for this
+/// statement's own transaction only).
+const MARK: &str = upsert_entry!(
+    "INSERT INTO transactions (uuid, status, destination, updated_at) SELECT $1, $2, $3, $4 \
+     FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed"
+);
+
 /// Saves a transaction entry and forgets the writes and claims it held, in one statement.
-const SETTLE: &str = "WITH claims AS (DELETE FROM transaction_claims WHERE transaction_uuid = $1), \
+const SETTLE: &str = upsert_entry!(
+    "WITH claims AS (DELETE FROM transaction_claims WHERE transaction_uuid = $1), \
      writes AS (DELETE FROM transaction_writes WHERE transaction_uuid = $1) \
-     INSERT INTO transactions (uuid, status, destination, updated_at) VALUES ($1, $2, $3, $4) \
-     ON CONFLICT (uuid) DO UPDATE SET status = EXCLUDED.status, destination = EXCLUDED.destination, \
-     updated_at = EXCLUDED.updated_at";
+     INSERT INTO transactions (uuid, status, destination, updated_at) VALUES ($1, $2, $3, $4)"
+);
 
 /// One held write from a row's `event` and `messages` columns.
 fn decode_write(row: &Row) -> Result<(Event, Vec<DomainMessage>), StoreError> {
@@ -40,20 +63,30 @@ fn decode_write(row: &Row) -> Result<(Event, Vec<DomainMessage>), StoreError> {
     Ok((event, messages))
 }
 
-#[async_trait]
-impl TransactionStore for PostgresStore {
-    async fn save_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError> {
+impl PostgresStore {
+    /// Runs `sql`, one of the entry statements above, with the entry's columns as `$1..$4`.
+    async fn write_entry(&self, sql: &str, entry: &TransactionEntry) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
             .execute(
-                &prepared(&client, "INSERT INTO transactions (uuid, status, destination, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (uuid) DO UPDATE SET status = EXCLUDED.status, destination = EXCLUDED.destination, \
-                 updated_at = EXCLUDED.updated_at").await?,
-                &[&entry.uuid, &entry.status.as_str(), &entry.destination, &entry.updated_at],
+                &prepared(&client, sql).await?,
+                &[
+                    &entry.uuid,
+                    &entry.status.as_str(),
+                    &entry.destination,
+                    &entry.updated_at,
+                ],
             )
             .await
             .map_err(db_error)?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl TransactionStore for PostgresStore {
+    async fn save_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError> {
+        self.write_entry(SAVE, entry).await
     }
 
     async fn transaction(&self, uuid: Uuid) -> Result<Option<TransactionEntry>, StoreError> {
@@ -276,19 +309,7 @@ impl TransactionStore for PostgresStore {
     }
 
     async fn mark_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
-            .execute(
-                // `synchronous_commit` off for this statement's own transaction only.
-                &prepared(&client, "INSERT INTO transactions (uuid, status, destination, updated_at) \
-                 SELECT $1, $2, $3, $4 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed \
-                 ON CONFLICT (uuid) DO UPDATE SET status = EXCLUDED.status, destination = EXCLUDED.destination, \
-                 updated_at = EXCLUDED.updated_at").await?,
-                &[&entry.uuid, &entry.status.as_str(), &entry.destination, &entry.updated_at],
-            )
-            .await
-            .map_err(db_error)?;
-        Ok(())
+        self.write_entry(MARK, entry).await
     }
 
     async fn open_transaction(
@@ -341,19 +362,6 @@ impl TransactionStore for PostgresStore {
     }
 
     async fn settle_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
-            .execute(
-                &prepared(&client, SETTLE).await?,
-                &[
-                    &entry.uuid,
-                    &entry.status.as_str(),
-                    &entry.destination,
-                    &entry.updated_at,
-                ],
-            )
-            .await
-            .map_err(db_error)?;
-        Ok(())
+        self.write_entry(SETTLE, entry).await
     }
 }

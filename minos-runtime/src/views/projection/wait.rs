@@ -1,6 +1,5 @@
 //! Read your writes: waiting until the views have applied a request's events.
 
-use std::sync::atomic::Ordering as AtomicOrdering;
 use std::time::{Duration, Instant};
 
 use super::Projections;
@@ -38,8 +37,7 @@ impl Projections {
                     .inner
                     .followers
                     .get(&(*view, (*source).clone()))
-                    .filter(|f| f.trusted.load(AtomicOrdering::SeqCst))
-                    .map(|f| f.status.lock().unwrap_or_else(|p| p.into_inner()).position);
+                    .and_then(|f| f.known_position());
                 let reached = match known {
                     Some(known) => known,
                     None => self.stored_position(view, source).await?,
