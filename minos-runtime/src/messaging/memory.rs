@@ -100,16 +100,12 @@ impl Broker for MemoryBroker {
             tracing::debug!(topic = %message.topic, "no subscriber: message dropped");
             return Ok(());
         };
+        // Every member that gets the message: a copy for each but the last, which takes it.
+        let mut targets = Vec::new();
         for group in groups.iter_mut() {
             group.members.retain(|m| !m.is_closed());
             match message.strategy {
-                Strategy::Multicast => {
-                    for member in &group.members {
-                        let _ = member.send(
-                            Delivery::new(message.clone(), None).holding(Holding::new(&self.held)),
-                        );
-                    }
-                }
+                Strategy::Multicast => targets.extend(group.members.iter()),
                 Strategy::Unicast if !group.members.is_empty() => {
                     // Same key, same member: one root's messages keep their order within the group.
                     let index = match &message.key {
@@ -119,12 +115,17 @@ impl Broker for MemoryBroker {
                             group.next % group.members.len()
                         }
                     };
-                    let _ = group.members[index].send(
-                        Delivery::new(message.clone(), None).holding(Holding::new(&self.held)),
-                    );
+                    targets.push(&group.members[index]);
                 }
                 Strategy::Unicast => {}
             }
+        }
+        if let Some((last, rest)) = targets.split_last() {
+            for member in rest {
+                let _ = member
+                    .send(Delivery::new(message.clone(), None).holding(Holding::new(&self.held)));
+            }
+            let _ = last.send(Delivery::new(message, None).holding(Holding::new(&self.held)));
         }
         groups.retain(|g| !g.members.is_empty());
         Ok(())

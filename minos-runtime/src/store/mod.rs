@@ -18,6 +18,8 @@ pub use postgres::{PostgresOptions, PostgresStore};
 pub use retention::{Retained, RetentionStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
+#[cfg(feature = "sqlite")]
+pub(crate) use sqlite::{READER_CACHE, WRITER_CACHE};
 pub use transactions::{HeldWrites, TransactionStore};
 
 use std::fmt;

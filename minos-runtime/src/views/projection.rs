@@ -601,18 +601,31 @@ impl Projections {
         stored: &StoredEvent,
     ) -> Result<()> {
         for message in stored.event.domain_messages()? {
-            for entry in plan
+            let topic = Some(message.topic.as_str());
+            let mut left = plan
                 .handlers
                 .iter()
-                .filter(|e| e.route.topic() == Some(message.topic.as_str()))
-            {
+                .filter(|e| e.route.topic() == topic)
+                .count();
+            // A copy of the content for each handler but the last, which takes it.
+            let mut content = Some(message.content);
+            for entry in plan.handlers.iter() {
+                if entry.route.topic() != topic {
+                    continue;
+                }
+                left -= 1;
+                let content = match left {
+                    0 => content.take(),
+                    _ => content.clone(),
+                }
+                .unwrap_or_default();
                 let mut headers = BTreeMap::new();
                 headers.insert(
                     super::POSITION_HEADER.to_owned(),
                     format!("{}@{}", stored.event.name, stored.position()),
                 );
                 let request = Request::from_parts(
-                    message.content.clone(),
+                    content,
                     BTreeMap::new(),
                     headers,
                     Origin::Broker {

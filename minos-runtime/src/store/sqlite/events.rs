@@ -9,22 +9,27 @@ use crate::domain::{Action, DomainMessage, Event};
 use crate::store::{EventFilter, EventStore, InboxEntry, StoreError, StoredEvent};
 
 use super::outbox::record_inbox;
-use super::writer::append_tx;
+use super::writer::{append_tx, Append};
 use super::{from_text, parse_time, parse_uuid, sql_err, SqliteStore, BACKEND};
 
 /// Appends every event and records the inbox entry, inside the writer's savepoint: all or nothing.
 fn commit_unit_in(
     tx: &Connection,
-    appends: &[(Event, Vec<DomainMessage>)],
+    appends: Vec<Append>,
     inbox: Option<&InboxEntry>,
 ) -> Result<Vec<StoredEvent>, StoreError> {
     if let Some(entry) = inbox {
         record_inbox(tx, entry)?;
     }
     let mut stored = Vec::with_capacity(appends.len());
-    for (event, messages) in appends {
+    for append in appends {
         // An error rolls the savepoint, so everything here, back.
-        stored.push(append_tx(tx, event, messages)?);
+        let id = append_tx(tx, &append)?;
+        stored.push(StoredEvent {
+            id,
+            commit: 0,
+            event: append.event,
+        });
     }
     Ok(stored)
 }
@@ -36,8 +41,16 @@ impl EventStore for SqliteStore {
         event: &Event,
         messages: &[DomainMessage],
     ) -> Result<StoredEvent, StoreError> {
-        let (event, messages) = (event.clone(), messages.to_vec());
-        self.write(move |tx| append_tx(tx, &event, &messages)).await
+        let append = Append::new(event.clone(), messages)?;
+        self.write(move |tx| {
+            let id = append_tx(tx, &append)?;
+            Ok(StoredEvent {
+                id,
+                commit: 0,
+                event: append.event,
+            })
+        })
+        .await
     }
 
     async fn commit_unit(
@@ -45,8 +58,12 @@ impl EventStore for SqliteStore {
         appends: &[(Event, Vec<DomainMessage>)],
         inbox: Option<&InboxEntry>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let (appends, inbox) = (appends.to_vec(), inbox.cloned());
-        self.write(move |tx| commit_unit_in(tx, &appends, inbox.as_ref()))
+        let appends = appends
+            .iter()
+            .map(|(event, messages)| Append::new(event.clone(), messages))
+            .collect::<Result<Vec<_>, _>>()?;
+        let inbox = inbox.cloned();
+        self.write(move |tx| commit_unit_in(tx, appends, inbox.as_ref()))
             .await
     }
 

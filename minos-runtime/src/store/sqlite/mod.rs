@@ -46,6 +46,17 @@ const STATEMENT_CACHE: usize = 128;
 /// Reader threads (and connections) of a database file: reads beyond these wait their turn.
 const READERS: usize = 4;
 
+/// Page cache of a writing connection (the store's writer, a view database's writer). Appends and
+/// upserts touch the right-hand edge of each B-tree (row ids and UUIDv7 keys are time-ordered): a few
+/// dozen pages; a miss is read from the operating system's file cache. SQLite's default, 2 MiB per
+/// connection, was filled by any burst and kept for the life of the process, and the allocator's
+/// fragmentation around those pages doubled it (about 9 MB of a service's 34 MB after a burst),
+/// with no measurable gain in throughput.
+pub(crate) const WRITER_CACHE: &str = "PRAGMA cache_size = -512;";
+
+/// Page cache of a reading connection: the writer's commits invalidate it anyway.
+pub(crate) const READER_CACHE: &str = "PRAGMA cache_size = -128;";
+
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore")
@@ -88,6 +99,7 @@ impl SqliteStore {
              PRAGMA temp_store = MEMORY;",
         )
         .map_err(sql_err)?;
+        conn.execute_batch(WRITER_CACHE).map_err(sql_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql_err)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -199,8 +211,8 @@ fn reader(mut conn: Connection, queue: &Mutex<std::sync::mpsc::Receiver<ReadJob>
     }
 }
 
-/// A read-only connection on the database file: it keeps a small page cache (the writer's
-/// commits invalidate it anyway; the operating system caches the file).
+/// A read-only connection on the database file, with a small page cache (the operating system caches
+/// the file).
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
@@ -209,8 +221,7 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     .map_err(sql_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(sql_err)?;
-    conn.execute_batch("PRAGMA cache_size = -256;")
-        .map_err(sql_err)?;
+    conn.execute_batch(READER_CACHE).map_err(sql_err)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }

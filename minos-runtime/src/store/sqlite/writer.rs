@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, ErrorCode};
 use tokio::sync::oneshot;
 
 use crate::domain::{DomainMessage, Event};
-use crate::store::{check_applies, format_time, Snapshot, StoreError, StoredEvent};
+use crate::store::{check_applies, format_time, Snapshot, StoreError};
 
 use super::snapshots::load_snapshot;
 use super::{sql_err, to_text, BACKEND};
@@ -138,34 +138,71 @@ fn run_statements(conn: &Connection, batch: &mut [Box<dyn Job>]) -> rusqlite::Re
 
 /// Appends `event` inside the caller's transaction: checks it against the stored snapshot, then writes
 /// the event, the next snapshot and the outbox rows of `messages`.
-pub(super) fn append_tx(
-    tx: &Connection,
-    event: &Event,
-    messages: &[DomainMessage],
-) -> Result<StoredEvent, StoreError> {
+/// An append made ready on the caller's thread: the event's and its messages' JSON written out, so that
+/// the writer thread, which every write of the database waits for, only runs the statements.
+pub(super) struct Append {
+    pub(super) event: Event,
+    data: String,
+    messages: Vec<OutboxRow>,
+}
+
+/// A domain message as its outbox row stores it.
+struct OutboxRow {
+    identifier: String,
+    topic: String,
+    key: String,
+    payload: String,
+    headers: Option<String>,
+}
+
+impl Append {
+    pub(super) fn new(event: Event, messages: &[DomainMessage]) -> Result<Self, StoreError> {
+        let messages = messages
+            .iter()
+            .map(|message| {
+                Ok(OutboxRow {
+                    identifier: message.identifier.to_string(),
+                    topic: message.topic.clone(),
+                    key: message.key.clone(),
+                    payload: to_text(&message.content)?,
+                    headers: match message.headers.is_empty() {
+                        true => None,
+                        false => Some(to_text(&message.headers)?),
+                    },
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Append {
+            data: to_text(&event.fields_diff)?,
+            event,
+            messages,
+        })
+    }
+}
+
+/// Appends `append`'s event with its snapshot and outbox rows; the event's id, its global position.
+pub(super) fn append_tx(tx: &Connection, append: &Append) -> Result<i64, StoreError> {
+    let event = &append.event;
     let uuid = event.uuid.to_string();
     let current = load_snapshot(tx, &uuid)?;
     check_applies(current.as_ref(), event)?;
     let snapshot = Snapshot::next(current.as_ref(), event)?;
     let created_at = format_time(event.created_at);
-    let id = insert_event(tx, &uuid, event, &created_at, current.as_ref())?;
+    let id = insert_event(tx, &uuid, append, &created_at, current.as_ref())?;
     save_snapshot(tx, &uuid, &snapshot)?;
-    insert_messages(tx, messages, &created_at)?;
-    Ok(StoredEvent {
-        id,
-        commit: 0,
-        event: event.clone(),
-    })
+    insert_messages(tx, &append.messages, &created_at)?;
+    Ok(id)
 }
 
 /// Inserts the event row; its id, the event's global position.
 fn insert_event(
     tx: &Connection,
     uuid: &str,
-    event: &Event,
+    append: &Append,
     created_at: &str,
     current: Option<&Snapshot>,
 ) -> Result<i64, StoreError> {
+    let event = &append.event;
     let inserted = tx
         .prepare_cached(
             "INSERT INTO events (uuid, name, version, action, data, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -176,7 +213,7 @@ fn insert_event(
             event.name,
             event.version as i64,
             event.action.as_str(),
-            to_text(&event.fields_diff)?,
+            append.data,
             created_at
         ]);
     if let Err(rusqlite::Error::SqliteFailure(e, _)) = &inserted {
@@ -213,7 +250,7 @@ fn save_snapshot(tx: &Connection, uuid: &str, snapshot: &Snapshot) -> Result<(),
 
 fn insert_messages(
     tx: &Connection,
-    messages: &[DomainMessage],
+    messages: &[OutboxRow],
     created_at: &str,
 ) -> Result<(), StoreError> {
     let mut insert = tx
@@ -224,13 +261,12 @@ fn insert_messages(
     for message in messages {
         insert
             .execute(params![
-                message.identifier.to_string(),
+                message.identifier,
                 message.topic,
                 message.key,
-                to_text(&message.content)?,
+                message.payload,
                 created_at,
-                (!message.headers.is_empty())
-                    .then(|| serde_json::to_string(&message.headers).unwrap_or_default())
+                message.headers
             ])
             .map_err(sql_err)?;
     }

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{Backend, Dialect, Tx};
-use crate::store::StoreError;
+use crate::store::{StoreError, READER_CACHE, WRITER_CACHE};
 use crate::views::sql::SqlValue;
 
 const BACKEND: &str = "sqlite views";
@@ -43,8 +43,10 @@ impl SqliteViews {
         }
         let writer = Connection::open(file).map_err(err)?;
         setup(&writer)?;
+        writer.execute_batch(WRITER_CACHE).map_err(err)?;
         let reader = Connection::open(file).map_err(err)?;
         setup(&reader)?;
+        reader.execute_batch(READER_CACHE).map_err(err)?;
         Ok(SqliteViews {
             writer: Arc::new(Mutex::new(writer)),
             reader: Some(Arc::new(Mutex::new(reader))),
