@@ -22,6 +22,9 @@ pub struct SagaManager {
     pub(super) context: Context,
     pub(super) timeout: Duration,
     pub(super) command_timeout: Duration,
+    /// How long a commit that got no reply is sent again (`saga.reserved_max_ms`: a participant
+    /// rejects a reservation left longer than that).
+    pub(super) commit_for: Duration,
     state: Arc<SagaState>,
 }
 
@@ -70,6 +73,7 @@ impl SagaManager {
         SagaManager {
             timeout: Duration::from_millis(config.timeout_ms),
             command_timeout: Duration::from_millis(config.command_timeout_ms),
+            commit_for: Duration::from_millis(config.reserved_max_ms),
             state,
             context,
         }

@@ -18,11 +18,26 @@ impl SagaManager {
         execution: &SagaExecution,
         command: TransactionCommand,
     ) -> Vec<String> {
+        self.command_each(execution, command, None)
+            .await
+            .into_iter()
+            .map(|(service, e)| format!("{service}: {e}"))
+            .collect()
+    }
+
+    /// Sends one transaction command to every participant, or to those of `only`; the failures.
+    async fn command_each(
+        &self,
+        execution: &SagaExecution,
+        command: TransactionCommand,
+        only: Option<&[String]>,
+    ) -> Vec<(String, Error)> {
         let own = self.context.name();
         let mut remote = Vec::new();
         // Services that hold only new roots have nothing to reserve: they are only committed.
         let skip = |service: &str| {
-            command == TransactionCommand::Reserve && execution.one_phase.contains(service)
+            (command == TransactionCommand::Reserve && execution.one_phase.contains(service))
+                || only.is_some_and(|only| !only.iter().any(|s| s == service))
         };
         for service in execution
             .related_services
@@ -38,6 +53,9 @@ impl SagaManager {
             remote.push(async move { (service, self.request(message).await) });
         }
         let local = async {
+            if skip(own) {
+                return Ok(());
+            }
             self.context
                 .repository()
                 .transactions()
@@ -50,7 +68,33 @@ impl SagaManager {
         results.push((own.to_owned(), local));
         results
             .into_iter()
-            .filter_map(|(service, result)| result.err().map(|e| format!("{service}: {e}")))
+            .filter_map(|(service, result)| result.err().map(|e| (service, e)))
+            .collect()
+    }
+
+    /// Commits every participant once all reserved. The decision is taken, so a participant that did
+    /// not answer in time (killed and restarting, the broker paused) is sent the commit again, which
+    /// is idempotent, for up to `saga.reserved_max_ms`; a refusal is not retried.
+    async fn commit_all(&self, execution: &SagaExecution) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + self.commit_for;
+        let mut failed = self
+            .command_each(execution, TransactionCommand::Commit, None)
+            .await;
+        while !failed.is_empty()
+            && failed
+                .iter()
+                .all(|(_, e)| matches!(e, Error::Timeout { .. }))
+            && tokio::time::Instant::now() + self.command_timeout <= deadline
+        {
+            let again: Vec<String> = failed.iter().map(|(service, _)| service.clone()).collect();
+            tracing::warn!(saga = %execution.uuid, services = ?again, "no reply to the commit in time: sending it again");
+            failed = self
+                .command_each(execution, TransactionCommand::Commit, Some(&again))
+                .await;
+        }
+        failed
+            .into_iter()
+            .map(|(service, e)| format!("{service}: {e}"))
             .collect()
     }
 
@@ -109,9 +153,7 @@ impl SagaManager {
             let error = format!("reservation refused: {}", refused.join("; "));
             return self.fail(saga, execution, error).await;
         }
-        let failed = self
-            .command_all(&execution, TransactionCommand::Commit)
-            .await;
+        let failed = self.commit_all(&execution).await;
         execution.updated_at = now();
         if failed.is_empty() {
             execution.status = ExecutionStatus::Finished;

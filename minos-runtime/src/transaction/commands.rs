@@ -1,8 +1,8 @@
 //! Reserve, commit and reject: the commands that end a transaction, and the job that tidies the ones
 //! left behind.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -56,6 +56,32 @@ impl Transactions {
         Transactions { store, committed }
     }
 
+    /// Waits until no other command on transaction `uuid` runs over this store in this process, and
+    /// keeps it so until the guard is dropped. A commit sent again after a timeout, or a redelivered
+    /// one, then finds the transaction committed instead of storing its writes a second time (a
+    /// version conflict); a reject and a commit no longer interleave. Across processes, a
+    /// transaction's commands share its key, so one consumer takes them in turn.
+    async fn alone(&self, uuid: Uuid) -> tokio::sync::OwnedMutexGuard<()> {
+        type Running = HashMap<(usize, Uuid), Weak<tokio::sync::Mutex<()>>>;
+        static RUNNING: LazyLock<Mutex<Running>> = LazyLock::new(Default::default);
+        let key = (Arc::as_ptr(&self.store) as *const () as usize, uuid);
+        let lock = {
+            let mut running = RUNNING
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            running.retain(|_, lock| lock.strong_count() > 0);
+            match running.get(&key).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    running.insert(key, Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+
     /// Runs one command on transaction `uuid`.
     pub async fn run(&self, command: TransactionCommand, uuid: Uuid) -> Result<TransactionStatus> {
         match command {
@@ -101,6 +127,7 @@ impl Transactions {
     /// reserved or committed touched the same roots: reserved, or rejected with a 409 conflict. Reserving
     /// a reserved or committed transaction again answers its status.
     pub async fn reserve(&self, uuid: Uuid) -> Result<TransactionStatus> {
+        let _alone = self.alone(uuid).await;
         let Some((mut entry, held)) = self.entry_or(uuid, TransactionStatus::Reserved).await?
         else {
             return Ok(TransactionStatus::Reserved);
@@ -213,6 +240,7 @@ impl Transactions {
     /// atomic store commit that publishes the domain events — and marks the transaction committed.
     /// Committing a committed transaction again does nothing.
     pub async fn commit(&self, uuid: Uuid) -> Result<TransactionStatus> {
+        let _alone = self.alone(uuid).await;
         let Some((mut entry, held)) = self.entry_or(uuid, TransactionStatus::Committed).await?
         else {
             return Ok(TransactionStatus::Committed);
@@ -281,6 +309,7 @@ impl Transactions {
     /// Drops the transaction's writes: from pending, reserving or reserved. Rejecting a rejected
     /// transaction again does nothing; a committing or committed one answers a 409 conflict.
     pub async fn reject(&self, uuid: Uuid) -> Result<TransactionStatus> {
+        let _alone = self.alone(uuid).await;
         let Some((mut entry, _)) = self.entry_or(uuid, TransactionStatus::Rejected).await? else {
             return Ok(TransactionStatus::Rejected);
         };
