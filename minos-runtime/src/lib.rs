@@ -8,6 +8,7 @@ mod error;
 pub mod gateway;
 pub(crate) mod hash;
 pub(crate) mod http;
+pub(crate) mod keyed_lock;
 pub mod launcher;
 mod memory;
 pub mod messaging;

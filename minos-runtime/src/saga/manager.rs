@@ -3,7 +3,7 @@
 //! jobs in `jobs` and the status endpoints in `http`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -35,7 +35,7 @@ pub(crate) struct SagaState {
     /// Executions are driven one step at a time: a reply and a timeout for the same execution never run
     /// at once in this service. One lock per execution (not shared stripes), so a saga started from
     /// another one's step never waits on itself.
-    locks: Mutex<HashMap<Uuid, Weak<tokio::sync::Mutex<()>>>>,
+    locks: crate::keyed_lock::KeyedLocks<Uuid>,
     /// Callers waiting for executions to end.
     watchers: Mutex<HashMap<Uuid, Vec<oneshot::Sender<SagaExecution>>>>,
     /// The `saga:` section of the service's configuration.
@@ -43,14 +43,10 @@ pub(crate) struct SagaState {
 }
 
 impl SagaState {
-    fn locks(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Weak<tokio::sync::Mutex<()>>>> {
-        // The maps hold no invariant a panic could break halfway.
-        self.locks.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn watchers(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<Uuid, Vec<oneshot::Sender<SagaExecution>>>> {
+        // The map holds no invariant a panic could break halfway.
         self.watchers.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -281,21 +277,7 @@ impl SagaManager {
 
     /// Holds execution `uuid` for one step.
     pub(super) async fn lock(&self, uuid: Uuid) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = self.state.locks();
-            match locks.get(&uuid).and_then(Weak::upgrade) {
-                Some(lock) => lock,
-                None => {
-                    if locks.len() >= 1024 {
-                        locks.retain(|_, lock| lock.strong_count() > 0);
-                    }
-                    let lock = Arc::new(tokio::sync::Mutex::new(()));
-                    locks.insert(uuid, Arc::downgrade(&lock));
-                    lock
-                }
-            }
-        };
-        lock.lock_owned().await
+        self.state.locks.lock(uuid).await
     }
 }
 

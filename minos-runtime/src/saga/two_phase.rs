@@ -18,11 +18,7 @@ impl SagaManager {
         execution: &SagaExecution,
         command: TransactionCommand,
     ) -> Vec<String> {
-        self.command_each(execution, command, None)
-            .await
-            .into_iter()
-            .map(|(service, e)| format!("{service}: {e}"))
-            .collect()
+        described(self.command_each(execution, command, None).await)
     }
 
     /// Sends one transaction command to every participant, or to those of `only`; the failures.
@@ -92,10 +88,7 @@ impl SagaManager {
                 .command_each(execution, TransactionCommand::Commit, Some(&again))
                 .await;
         }
-        failed
-            .into_iter()
-            .map(|(service, e)| format!("{service}: {e}"))
-            .collect()
+        described(failed)
     }
 
     /// Sends `message` and waits for its reply: `Ok` for a 2xx reply, else an error with the reply's
@@ -247,4 +240,12 @@ impl SagaManager {
         self.save(&execution).await?;
         Ok(execution)
     }
+}
+
+/// Failures as `service: error`.
+fn described(failed: Vec<(String, Error)>) -> Vec<String> {
+    failed
+        .into_iter()
+        .map(|(service, e)| format!("{service}: {e}"))
+        .collect()
 }

@@ -1,8 +1,8 @@
 //! Reserve, commit and reject: the commands that end a transaction, and the job that tidies the ones
 //! left behind.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::view::View;
 use crate::domain::{Action, Event, TransactionEntry, TransactionStatus};
 use crate::error::{Error, Result};
+use crate::keyed_lock::KeyedLocks;
 use crate::store::{check_applies, EventFilter, HeldWrites, SharedStore, StoreError};
 
 /// The commands every service answers for the transactions it holds.
@@ -62,24 +63,9 @@ impl Transactions {
     /// version conflict); a reject and a commit no longer interleave. Across processes, a
     /// transaction's commands share its key, so one consumer takes them in turn.
     async fn alone(&self, uuid: Uuid) -> tokio::sync::OwnedMutexGuard<()> {
-        type Running = HashMap<(usize, Uuid), Weak<tokio::sync::Mutex<()>>>;
-        static RUNNING: LazyLock<Mutex<Running>> = LazyLock::new(Default::default);
-        let key = (Arc::as_ptr(&self.store) as *const () as usize, uuid);
-        let lock = {
-            let mut running = RUNNING
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            running.retain(|_, lock| lock.strong_count() > 0);
-            match running.get(&key).and_then(Weak::upgrade) {
-                Some(lock) => lock,
-                None => {
-                    let lock = Arc::new(tokio::sync::Mutex::new(()));
-                    running.insert(key, Arc::downgrade(&lock));
-                    lock
-                }
-            }
-        };
-        lock.lock_owned().await
+        static RUNNING: LazyLock<KeyedLocks<(usize, Uuid)>> = LazyLock::new(Default::default);
+        let store = Arc::as_ptr(&self.store) as *const () as usize;
+        RUNNING.lock((store, uuid)).await
     }
 
     /// Runs one command on transaction `uuid`.

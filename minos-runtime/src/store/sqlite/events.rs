@@ -25,11 +25,7 @@ fn commit_unit_in(
     for append in appends {
         // An error rolls the savepoint, so everything here, back.
         let id = append_tx(tx, &append)?;
-        stored.push(StoredEvent {
-            id,
-            commit: 0,
-            event: append.event,
-        });
+        stored.push(append.stored(id));
     }
     Ok(stored)
 }
@@ -44,11 +40,7 @@ impl EventStore for SqliteStore {
         let append = Append::new(event.clone(), messages)?;
         self.write(move |tx| {
             let id = append_tx(tx, &append)?;
-            Ok(StoredEvent {
-                id,
-                commit: 0,
-                event: append.event,
-            })
+            Ok(append.stored(id))
         })
         .await
     }

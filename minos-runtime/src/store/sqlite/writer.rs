@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, ErrorCode};
 use tokio::sync::oneshot;
 
 use crate::domain::{DomainMessage, Event};
-use crate::store::{check_applies, format_time, Snapshot, StoreError};
+use crate::store::{check_applies, format_time, Snapshot, StoreError, StoredEvent};
 
 use super::snapshots::load_snapshot;
 use super::{sql_err, to_text, BACKEND};
@@ -136,12 +136,10 @@ fn run_statements(conn: &Connection, batch: &mut [Box<dyn Job>]) -> rusqlite::Re
     Ok(())
 }
 
-/// Appends `event` inside the caller's transaction: checks it against the stored snapshot, then writes
-/// the event, the next snapshot and the outbox rows of `messages`.
 /// An append made ready on the caller's thread: the event's and its messages' JSON written out, so that
 /// the writer thread, which every write of the database waits for, only runs the statements.
 pub(super) struct Append {
-    pub(super) event: Event,
+    event: Event,
     data: String,
     messages: Vec<OutboxRow>,
 }
@@ -178,9 +176,19 @@ impl Append {
             messages,
         })
     }
+
+    /// The event as stored with `id` (its commit is numbered when the batch commits).
+    pub(super) fn stored(self, id: i64) -> StoredEvent {
+        StoredEvent {
+            id,
+            commit: 0,
+            event: self.event,
+        }
+    }
 }
 
-/// Appends `append`'s event with its snapshot and outbox rows; the event's id, its global position.
+/// Appends `append`'s event inside the caller's transaction: checks it against the stored snapshot,
+/// then writes the event, the next snapshot and the outbox rows; the event's id, its global position.
 pub(super) fn append_tx(tx: &Connection, append: &Append) -> Result<i64, StoreError> {
     let event = &append.event;
     let uuid = event.uuid.to_string();
