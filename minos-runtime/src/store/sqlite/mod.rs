@@ -43,8 +43,13 @@ pub struct SqliteStore {
 /// Prepared statements kept per connection (every statement the store runs fits).
 const STATEMENT_CACHE: usize = 128;
 
-/// Reader threads (and connections) of a database file: reads beyond these wait their turn.
-const READERS: usize = 4;
+/// Reader threads (and connections) of a database file, one per core from 2 to 4: reads beyond these
+/// wait their turn. Each keeps a connection (its schema, statements and page cache) and a thread's
+/// stack; more readers than cores only queue on the cores instead (measured on 2 cores: 4 readers held
+/// 0.8 MB more after a burst than 2, at the same throughput).
+fn readers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
+}
 
 /// Page cache of a writing connection (the store's writer, a view database's writer). Appends and
 /// upserts touch the right-hand edge of each B-tree (row ids and UUIDv7 keys are time-ordered): a few
@@ -181,7 +186,7 @@ type ReadJob = Box<dyn FnOnce(&mut Connection) + Send>;
 fn spawn_readers(path: &Path) -> Result<std::sync::mpsc::Sender<ReadJob>, StoreError> {
     let (reads, queue) = std::sync::mpsc::channel::<ReadJob>();
     let queue = Arc::new(Mutex::new(queue));
-    for n in 0..READERS {
+    for n in 0..readers() {
         let conn = open_reader(path)?;
         let queue = Arc::clone(&queue);
         std::thread::Builder::new()
