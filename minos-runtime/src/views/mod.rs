@@ -281,7 +281,7 @@ pub trait ViewExt: View + Sized {
             let writing = write_scope(Self::DEF)?;
             let row = sql::Row::of(Self::DEF, json.map_err(json_error)?)?;
             let mut tx = writing.tx.lock().await;
-            Ok(sql::upsert(tx.as_mut(), Self::DEF, &row).await?)
+            Ok(sql::upsert(tx.as_mut(), Self::DEF, row).await?)
         }
     }
 

@@ -2,6 +2,9 @@
 //! of the whole view, real indexes, and reading and writing one row. Finding rows is in `query`, the
 //! bookkeeping (fingerprints, positions) in `positions`. Text compares byte-wise.
 
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+
 use serde_json::Value;
 
 use crate::store::{format_time, StoreError};
@@ -270,39 +273,86 @@ pub(super) fn data_text(dialect: Dialect) -> String {
     }
 }
 
-pub(crate) async fn upsert(tx: &mut dyn Tx, def: &ViewDef, row: &Row) -> Result<(), StoreError> {
-    let dialect = tx.dialect();
-    let names: Vec<String> = def
-        .scalar_columns()
-        .map(|c| quote(c.name))
-        .chain([DATA.to_owned()])
-        .collect();
-    let marks: Vec<String> = (1..=names.len())
-        .map(|n| {
-            let mark = placeholder(dialect, n);
-            if n == names.len() && dialect == Dialect::Postgres {
-                format!("{mark}::jsonb")
-            } else {
-                mark
-            }
-        })
-        .collect();
-    let updates: Vec<String> = names
-        .iter()
-        .filter(|n| **n != quote(def.key))
-        .map(|n| format!("{n} = excluded.{n}"))
-        .collect();
-    let sql = format!(
-        "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}",
-        quote(&def.table()),
-        names.join(", "),
-        marks.join(", "),
-        quote(def.key),
-        updates.join(", ")
-    );
-    let mut params = row.values.clone();
-    params.push(SqlValue::Text(row.json.clone()));
-    tx.execute(&sql, &params).await.map(|_| ())
+/// The statements a view's handlers and reads run for each event or request (upsert, get by key,
+/// delete by key), built once per view and dialect instead of formatted for every row.
+struct Statements {
+    upsert: String,
+    get: String,
+    delete: String,
+}
+
+impl Statements {
+    fn build(def: &ViewDef, dialect: Dialect) -> Statements {
+        let table = quote(&def.table());
+        let key = quote(def.key);
+        let names: Vec<String> = def
+            .scalar_columns()
+            .map(|c| quote(c.name))
+            .chain([DATA.to_owned()])
+            .collect();
+        let marks: Vec<String> = (1..=names.len())
+            .map(|n| {
+                let mark = placeholder(dialect, n);
+                if n == names.len() && dialect == Dialect::Postgres {
+                    format!("{mark}::jsonb")
+                } else {
+                    mark
+                }
+            })
+            .collect();
+        let updates: Vec<String> = names
+            .iter()
+            .filter(|n| **n != key)
+            .map(|n| format!("{n} = excluded.{n}"))
+            .collect();
+        Statements {
+            upsert: format!(
+                "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({key}) DO UPDATE SET {}",
+                names.join(", "),
+                marks.join(", "),
+                updates.join(", ")
+            ),
+            get: format!(
+                "SELECT {} FROM {table} WHERE {key} = {}",
+                data_text(dialect),
+                placeholder(dialect, 1)
+            ),
+            delete: format!(
+                "DELETE FROM {table} WHERE {key} = {}",
+                placeholder(dialect, 1)
+            ),
+        }
+    }
+
+    /// The statements of `def` in `dialect`. A view is known by its name and its shape (fields, types,
+    /// key and indexes), which are all its statements depend on.
+    fn of(def: &ViewDef, dialect: Dialect) -> Arc<Statements> {
+        type Built = HashMap<(&'static str, &'static str, &'static str, Dialect), Arc<Statements>>;
+        static BUILT: OnceLock<RwLock<Built>> = OnceLock::new();
+        let built = BUILT.get_or_init(Default::default);
+        let id = (def.name, def.shape, def.key, dialect);
+        if let Some(found) = built
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&id)
+        {
+            return Arc::clone(found);
+        }
+        Arc::clone(
+            built
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .entry(id)
+                .or_insert_with(|| Arc::new(Statements::build(def, dialect))),
+        )
+    }
+}
+
+pub(crate) async fn upsert(tx: &mut dyn Tx, def: &ViewDef, row: Row) -> Result<(), StoreError> {
+    let statements = Statements::of(def, tx.dialect());
+    let mut params = row.values;
+    params.push(SqlValue::Text(row.json));
+    tx.execute(&statements.upsert, &params).await.map(|_| ())
 }
 
 pub(crate) async fn get(
@@ -310,15 +360,8 @@ pub(crate) async fn get(
     def: &ViewDef,
     key: &SqlValue,
 ) -> Result<Option<String>, StoreError> {
-    let dialect = tx.dialect();
-    let sql = format!(
-        "SELECT {} FROM {} WHERE {} = {}",
-        data_text(dialect),
-        quote(&def.table()),
-        quote(def.key),
-        placeholder(dialect, 1)
-    );
-    let rows = tx.query(&sql, std::slice::from_ref(key)).await?;
+    let statements = Statements::of(def, tx.dialect());
+    let rows = tx.query(&statements.get, std::slice::from_ref(key)).await?;
     Ok(rows
         .into_iter()
         .next()
@@ -331,11 +374,9 @@ pub(crate) async fn delete(
     def: &ViewDef,
     key: &SqlValue,
 ) -> Result<bool, StoreError> {
-    let sql = format!(
-        "DELETE FROM {} WHERE {} = {}",
-        quote(&def.table()),
-        quote(def.key),
-        placeholder(tx.dialect(), 1)
-    );
-    Ok(tx.execute(&sql, std::slice::from_ref(key)).await? > 0)
+    let statements = Statements::of(def, tx.dialect());
+    Ok(tx
+        .execute(&statements.delete, std::slice::from_ref(key))
+        .await?
+        > 0)
 }

@@ -16,7 +16,7 @@ use super::sql::{self, SqlValue};
 use super::ViewDef;
 
 /// Which SQL the database speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Dialect {
     Sqlite,
     Postgres,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use rusqlite::types::{Value as Native, ValueRef};
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::Connection;
 use serde_json::{Map, Value};
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -108,13 +108,16 @@ fn run(conn: &Connection, sql: &str) -> Result<(), StoreError> {
         .map_err(err)
 }
 
-fn native(value: &SqlValue) -> Native {
-    match value {
-        SqlValue::Null => Native::Null,
-        SqlValue::Integer(i) => Native::Integer(*i),
-        SqlValue::Real(f) => Native::Real(*f),
-        SqlValue::Text(t) => Native::Text(t.clone()),
-        SqlValue::Bool(b) => Native::Integer(i64::from(*b)),
+/// Binds a value without copying its text.
+impl rusqlite::ToSql for SqlValue {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self {
+            SqlValue::Null => ValueRef::Null,
+            SqlValue::Integer(i) => ValueRef::Integer(*i),
+            SqlValue::Real(f) => ValueRef::Real(*f),
+            SqlValue::Text(t) => ValueRef::Text(t.as_bytes()),
+            SqlValue::Bool(b) => ValueRef::Integer(i64::from(*b)),
+        }))
     }
 }
 
@@ -142,7 +145,7 @@ impl SqliteTx {
             .collect();
         let width = names.len();
         let mut rows = statement
-            .query(rusqlite::params_from_iter(params.iter().map(native)))
+            .query(rusqlite::params_from_iter(params))
             .map_err(err)?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(err)? {
@@ -169,7 +172,7 @@ impl Tx for SqliteTx {
             return self.rows(sql, params).map(|(_, rows)| rows.len() as u64);
         }
         statement
-            .execute(rusqlite::params_from_iter(params.iter().map(native)))
+            .execute(rusqlite::params_from_iter(params))
             .map(|n| n as u64)
             .map_err(err)
     }
