@@ -10,6 +10,11 @@ use crate::store::{EventFilter, EventStore, InboxEntry, Position, StoreError, St
 use super::writer::{commit_with, AppendRequest};
 use super::{db_error, prepared, query, PostgresStore, BACKEND};
 
+/// Records an inbox entry alone, in the statement's own transaction, without waiting for the WAL flush
+/// (`synchronous_commit` off for that transaction only).
+const INBOX_ONLY: &str = "INSERT INTO inbox (consumer, identifier, reply) SELECT $1, $2, $3 \
+     FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed ON CONFLICT DO NOTHING";
+
 #[async_trait]
 impl EventStore for PostgresStore {
     async fn append(
@@ -41,17 +46,30 @@ impl EventStore for PostgresStore {
             // batch writers' next statement with the appends waiting beside it.
             return Ok(vec![self.append(event, messages).await?]);
         }
+        if let (true, Some(entry)) = (appends.is_empty(), inbox) {
+            // Only an inbox entry (a handler that wrote nothing, a refused or parked message): one
+            // statement, whose own transaction does not wait for the WAL flush. Lost to a database
+            // crash, the message is handled again, as at-least-once delivery allows; no write can be
+            // lost or doubled.
+            let client = self.client().await?;
+            let inserted = client
+                .execute(
+                    &prepared(&client, INBOX_ONLY).await?,
+                    &[&entry.consumer, &entry.identifier, &crate::store::stored_reply_text(entry)],
+                )
+                .await
+                .map_err(db_error)?;
+            if inserted == 0 {
+                return Err(StoreError::AlreadyProcessed {
+                    consumer: entry.consumer.clone(),
+                    identifier: entry.identifier,
+                });
+            }
+            return Ok(Vec::new());
+        }
         let mut client = self.client().await?;
         // Dropping `tx` on an early return rolls everything back.
         let tx = client.transaction().await.map_err(db_error)?;
-        if appends.is_empty() {
-            // Only an inbox entry (a handler that wrote nothing, a refused or parked message): it
-            // need not wait for the WAL flush. Lost to a database crash, the message is handled
-            // again, as at-least-once delivery allows; no write can be lost or doubled.
-            tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
-                .await
-                .map_err(db_error)?;
-        }
         if let Some(entry) = inbox {
             let inserted = tx
                 .execute(
