@@ -1,8 +1,9 @@
 //! The repository: typed entity operations over a store, and how a task finds the one to use.
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::Notify;
 
@@ -39,6 +40,33 @@ pub struct Repository {
     committed: Arc<Notify>,
     /// Bumped after every commit of this process (views of the store's own events follow it).
     appended: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Where this process's latest commits put their events.
+    recent: Arc<Mutex<RecentPositions>>,
+}
+
+/// The log positions of the events a process committed last, by root and version, so that a handler
+/// waiting for the views of its own event (see `Projections::settle`) need not read the log for it.
+/// Bounded: older entries give way, and a miss reads the log.
+#[derive(Debug, Default)]
+struct RecentPositions {
+    positions: HashMap<(Uuid, u64), crate::store::Position>,
+    order: VecDeque<(Uuid, u64)>,
+}
+
+impl RecentPositions {
+    /// Entries kept: well beyond the messages the in-process broker holds unhandled.
+    const KEPT: usize = 4096;
+
+    fn record(&mut self, uuid: Uuid, version: u64, position: crate::store::Position) {
+        if self.positions.insert((uuid, version), position).is_none() {
+            self.order.push_back((uuid, version));
+            if self.order.len() > Self::KEPT {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.positions.remove(&oldest);
+                }
+            }
+        }
+    }
 }
 
 /// Keys of a stored root that the caller never supplies.
@@ -55,8 +83,27 @@ impl Repository {
         Repository {
             store,
             committed: Arc::new(Notify::new()),
+            recent: Arc::default(),
             appended: Arc::new(tokio::sync::watch::channel(0).0),
         }
+    }
+
+    fn remember(&self, stored: &[StoredEvent]) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        for event in stored {
+            let (uuid, version) = (event.event.uuid, event.event.version);
+            recent.record(uuid, version, event.position());
+        }
+    }
+
+    /// The log position of version `version` of root `uuid`, if this process committed it lately.
+    pub(crate) fn recent_position(
+        &self,
+        uuid: Uuid,
+        version: u64,
+    ) -> Option<crate::store::Position> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.positions.get(&(uuid, version)).copied()
     }
 
     /// Signalled after every commit, so an outbox relay can wake up at once instead of polling.
@@ -318,6 +365,7 @@ impl Repository {
             (None, None) => {
                 let stored = timed("commit", self.store.append(event, &messages)).await?;
                 crate::views::note_written(&event.name, stored.position());
+                self.remember(std::slice::from_ref(&stored));
                 self.committed.notify_one();
                 self.appended.send_modify(|n| *n += 1);
             }
@@ -367,6 +415,7 @@ impl Repository {
         for event in &stored {
             crate::views::note_written(&event.event.name, event.position());
         }
+        self.remember(&stored);
         if !writes.is_empty() {
             self.committed.notify_one();
             self.appended.send_modify(|n| *n += 1);

@@ -302,17 +302,23 @@ impl Projections {
         ) else {
             return;
         };
-        let filter = crate::store::EventFilter {
-            uuid: Some(uuid),
-            ..crate::store::EventFilter::default()
-        };
-        let store = self.inner.context.repository().store();
-        let position = match store.events(&filter).await {
-            Ok(events) => events
-                .into_iter()
-                .find(|e| e.event.version == version)
-                .map(|e| e.position()),
-            Err(_) => None,
+        let repository = self.inner.context.repository();
+        let position = match repository.recent_position(uuid, version) {
+            Some(position) => Some(position),
+            // Not committed here lately (another replica's, or long ago): read the log for it.
+            None => {
+                let filter = crate::store::EventFilter {
+                    uuid: Some(uuid),
+                    ..crate::store::EventFilter::default()
+                };
+                match repository.store().events(&filter).await {
+                    Ok(events) => events
+                        .into_iter()
+                        .find(|e| e.event.version == version)
+                        .map(|e| e.position()),
+                    Err(_) => None,
+                }
+            }
         };
         let Some(position) = position else { return };
         let mut wanted = Consistency::default();
@@ -517,16 +523,13 @@ impl Projections {
             follower.trust_unless_rebuilt_since(rebuilds);
             return Ok(Step::CaughtUp);
         };
-        let mut tx = self.inner.views.begin().await?;
         // Replicas sharing the view database: one applies the page, the others leave it (the position
         // check below keeps each page applied once even without this).
-        if !tx
-            .try_lock(&format!("minos:projection:{}:{source}", plan.def.name))
-            .await?
-        {
+        let lock = format!("minos:projection:{}:{source}", plan.def.name);
+        let Some(tx) = self.inner.views.begin_locked(&lock).await? else {
             follower.trusted.store(false, AtomicOrdering::SeqCst);
             return Ok(Step::Busy);
-        }
+        };
         let tx = Arc::new(tokio::sync::Mutex::new(tx));
         for stored in events.iter() {
             self.apply(plan, &tx, stored).await.map_err(|error| {

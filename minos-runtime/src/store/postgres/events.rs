@@ -55,7 +55,11 @@ impl EventStore for PostgresStore {
             let inserted = client
                 .execute(
                     &prepared(&client, INBOX_ONLY).await?,
-                    &[&entry.consumer, &entry.identifier, &crate::store::stored_reply_text(entry)],
+                    &[
+                        &entry.consumer,
+                        &entry.identifier,
+                        &crate::store::stored_reply_text(entry),
+                    ],
                 )
                 .await
                 .map_err(db_error)?;

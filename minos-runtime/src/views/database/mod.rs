@@ -84,6 +84,16 @@ pub(crate) trait Tx: Send {
 trait Backend: Send + Sync {
     fn describe(&self) -> String;
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError>;
+
+    /// A transaction holding the transaction-scoped lock named `name`, or `None` when someone else
+    /// holds it.
+    async fn begin_locked(&self, name: &str) -> Result<Option<Box<dyn Tx>>, StoreError> {
+        let mut tx = self.begin().await?;
+        Ok(match tx.try_lock(name).await? {
+            true => Some(tx),
+            false => None,
+        })
+    }
     async fn read(&self) -> Result<Box<dyn Tx>, StoreError>;
 }
 
@@ -283,6 +293,12 @@ impl Views {
 
     pub(crate) async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
         self.inner.backend.begin().await
+    }
+
+    /// A transaction holding the lock named `name` (see [`Tx::try_lock`]), or `None` when another
+    /// process holds it.
+    pub(crate) async fn begin_locked(&self, name: &str) -> Result<Option<Box<dyn Tx>>, StoreError> {
+        self.inner.backend.begin_locked(name).await
     }
 
     pub(crate) async fn read(&self) -> Result<Box<dyn Tx>, StoreError> {

@@ -59,6 +59,39 @@ impl Backend for PostgresViews {
         }))
     }
 
+    async fn begin_locked(&self, name: &str) -> Result<Option<Box<dyn Tx>>, StoreError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(crate::store::postgres::pool_error)?;
+        // One round trip: the transaction (relaxed as in `begin`) and the lock, whose key is an
+        // integer written into the statement as such.
+        let key = crate::hash::stable_hash(name) as i64;
+        let answers = match client
+            .simple_query(&format!(
+                "BEGIN; SET LOCAL synchronous_commit TO OFF; SELECT pg_try_advisory_xact_lock({key})"
+            ))
+            .await
+        {
+            Ok(answers) => answers,
+            Err(error) => {
+                // The transaction may have begun: this connection does not go back to the pool.
+                let _ = Object::take(client);
+                return Err(err(error));
+            }
+        };
+        let locked = answers.iter().any(|answer| {
+            matches!(answer, tokio_postgres::SimpleQueryMessage::Row(row) if row.get(0) == Some("t"))
+        });
+        let tx = Box::new(PostgresTx {
+            client: Some(client),
+            open: true,
+        });
+        // Not locked: dropping the transaction rolls it back.
+        Ok(locked.then_some(tx as Box<dyn Tx>))
+    }
+
     async fn read(&self) -> Result<Box<dyn Tx>, StoreError> {
         let client = self
             .pool
