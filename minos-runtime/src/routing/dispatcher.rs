@@ -213,7 +213,7 @@ impl Dispatcher {
             // message only tells it that there is something new.
             handlers.retain(|(entry, _)| entry.view.is_none());
             if let Some(projections) = self.context.projections() {
-                projections.nudge(&message.topic);
+                projections.nudge(&message);
                 if !handlers.is_empty() {
                     // The other handlers of a service's own event run once its views have it.
                     projections.settle(&message).await;

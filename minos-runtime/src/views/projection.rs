@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
@@ -21,6 +20,13 @@ use super::{positions, Consistency, SourceStatus, ViewDef, ViewStatus, Views};
 use super::log::{self, PAGE};
 
 mod wait;
+
+/// The root and version of the event a live message carries.
+fn event_of(message: &BrokerMessage) -> Option<(uuid::Uuid, u64)> {
+    let content = &message.payload.content;
+    let uuid = content.get("uuid")?.as_str()?.parse().ok()?;
+    Some((uuid, content.get("version")?.as_u64()?))
+}
 
 /// The root type whose events a topic carries: `FooCreated`, `FooUpdated`, `FooUpdated.bar` and
 /// `FooDeleted` → `Foo`.
@@ -255,13 +261,25 @@ impl Projections {
         Ok(projections)
     }
 
-    /// A live message arrived on `topic`: the projections of its source type look for new events.
-    pub(crate) fn nudge(&self, topic: &str) {
-        let Some(source) = source_of(topic) else {
+    /// A live message arrived: the projections of its event's source type look for new events, unless
+    /// they already applied that event (one this process committed: its commit woke them already).
+    pub(crate) fn nudge(&self, message: &BrokerMessage) {
+        let Some(source) = source_of(&message.topic) else {
             return;
         };
+        let position = event_of(message).and_then(|(uuid, version)| {
+            let repository = self.inner.context.repository();
+            repository.recent_position(uuid, version)
+        });
         for ((_, s), follower) in &self.inner.followers {
-            if s == source {
+            if s != source {
+                continue;
+            }
+            let reached = position.is_some_and(|position| {
+                let status = follower.status.lock().unwrap_or_else(|p| p.into_inner());
+                status.position >= position
+            });
+            if !reached {
                 follower.wake.notify_one();
             }
         }
@@ -292,14 +310,7 @@ impl Projections {
         if lagging {
             return;
         }
-        let content = &message.payload.content;
-        let (Some(uuid), Some(version)) = (
-            content
-                .get("uuid")
-                .and_then(Value::as_str)
-                .and_then(|u| u.parse().ok()),
-            content.get("version").and_then(Value::as_u64),
-        ) else {
+        let Some((uuid, version)) = event_of(message) else {
             return;
         };
         let repository = self.inner.context.repository();
