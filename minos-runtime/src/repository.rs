@@ -54,8 +54,9 @@ struct RecentPositions {
 }
 
 impl RecentPositions {
-    /// Entries kept: well beyond the messages the in-process broker holds unhandled.
-    const KEPT: usize = 4096;
+    /// Entries kept: twice the messages the in-process broker holds unhandled (a relay further behind
+    /// than that misses, and the handler reads the log).
+    const KEPT: usize = 1024;
 
     fn record(&mut self, uuid: Uuid, version: u64, position: crate::store::Position) {
         if self.positions.insert((uuid, version), position).is_none() {
