@@ -66,11 +66,11 @@ impl Backend for PostgresViews {
             .await
             .map_err(crate::store::postgres::pool_error)?;
         // One round trip: the transaction (relaxed as in `begin`) and the lock, whose key is an
-        // integer written into the statement as such.
+        // integer written into the statement as a quoted literal (so that even i64::MIN parses).
         let key = crate::hash::stable_hash(name) as i64;
         let answers = match client
             .simple_query(&format!(
-                "BEGIN; SET LOCAL synchronous_commit TO OFF; SELECT pg_try_advisory_xact_lock({key})"
+                "BEGIN; SET LOCAL synchronous_commit TO OFF; SELECT pg_try_advisory_xact_lock('{key}'::bigint)"
             ))
             .await
         {
