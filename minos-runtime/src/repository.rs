@@ -90,6 +90,9 @@ impl Repository {
     }
 
     fn remember(&self, stored: &[StoredEvent]) {
+        if stored.is_empty() {
+            return;
+        }
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         for event in stored {
             let (uuid, version) = (event.event.uuid, event.event.version);
@@ -105,6 +108,27 @@ impl Repository {
     ) -> Option<crate::store::Position> {
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         recent.positions.get(&(uuid, version)).copied()
+    }
+
+    /// The log position of version `version` of root `uuid`: from this process's recent commits, else
+    /// read from the log (another replica's event, or an older one); `None` when not found.
+    pub(crate) async fn position_of(
+        &self,
+        uuid: Uuid,
+        version: u64,
+    ) -> Option<crate::store::Position> {
+        if let Some(position) = self.recent_position(uuid, version) {
+            return Some(position);
+        }
+        let filter = EventFilter {
+            uuid: Some(uuid),
+            ..EventFilter::default()
+        };
+        let events = self.store.events(&filter).await.ok()?;
+        events
+            .into_iter()
+            .find(|e| e.event.version == version)
+            .map(|e| e.position())
     }
 
     /// Signalled after every commit, so an outbox relay can wake up at once instead of polling.

@@ -314,24 +314,9 @@ impl Projections {
             return;
         };
         let repository = self.inner.context.repository();
-        let position = match repository.recent_position(uuid, version) {
-            Some(position) => Some(position),
-            // Not committed here lately (another replica's, or long ago): read the log for it.
-            None => {
-                let filter = crate::store::EventFilter {
-                    uuid: Some(uuid),
-                    ..crate::store::EventFilter::default()
-                };
-                match repository.store().events(&filter).await {
-                    Ok(events) => events
-                        .into_iter()
-                        .find(|e| e.event.version == version)
-                        .map(|e| e.position()),
-                    Err(_) => None,
-                }
-            }
+        let Some(position) = repository.position_of(uuid, version).await else {
+            return;
         };
-        let Some(position) = position else { return };
         let mut wanted = Consistency::default();
         wanted.record(source, position);
         if let Err(error) = self.wait(&wanted).await {

@@ -15,6 +15,17 @@ use super::{db_error, prepared, query, PostgresStore, BACKEND};
 const INBOX_ONLY: &str = "INSERT INTO inbox (consumer, identifier, reply) SELECT $1, $2, $3 \
      FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed ON CONFLICT DO NOTHING";
 
+/// An inbox insert that changed no row found the message handled already.
+fn recorded(inserted: u64, entry: &InboxEntry) -> Result<(), StoreError> {
+    match inserted {
+        0 => Err(StoreError::AlreadyProcessed {
+            consumer: entry.consumer.clone(),
+            identifier: entry.identifier,
+        }),
+        _ => Ok(()),
+    }
+}
+
 #[async_trait]
 impl EventStore for PostgresStore {
     async fn append(
@@ -63,13 +74,7 @@ impl EventStore for PostgresStore {
                 )
                 .await
                 .map_err(db_error)?;
-            if inserted == 0 {
-                return Err(StoreError::AlreadyProcessed {
-                    consumer: entry.consumer.clone(),
-                    identifier: entry.identifier,
-                });
-            }
-            return Ok(Vec::new());
+            return recorded(inserted, entry).map(|()| Vec::new());
         }
         let mut client = self.client().await?;
         // Dropping `tx` on an early return rolls everything back.
@@ -82,12 +87,7 @@ impl EventStore for PostgresStore {
                 )
                 .await
                 .map_err(db_error)?;
-            if inserted == 0 {
-                return Err(StoreError::AlreadyProcessed {
-                    consumer: entry.consumer.clone(),
-                    identifier: entry.identifier,
-                });
-            }
+            recorded(inserted, entry)?;
         }
         let mut stored = Vec::with_capacity(appends.len());
         if !appends.is_empty() {

@@ -51,33 +51,19 @@ pub(crate) trait Tx: Send {
     /// (PostgreSQL; an SQLite database has one writer at a time already).
     async fn lock(&mut self, name: &str) -> Result<(), StoreError> {
         if self.dialect() == Dialect::Postgres {
-            let key = crate::hash::stable_hash(name) as i64;
             self.execute(
                 "SELECT pg_advisory_xact_lock($1)",
-                &[SqlValue::Integer(key)],
+                &[SqlValue::Integer(lock_key(name))],
             )
             .await?;
         }
         Ok(())
     }
+}
 
-    /// Takes the transaction-scoped lock named `name` if no one holds it.
-    async fn try_lock(&mut self, name: &str) -> Result<bool, StoreError> {
-        if self.dialect() != Dialect::Postgres {
-            return Ok(true);
-        }
-        let key = crate::hash::stable_hash(name) as i64;
-        let rows = self
-            .query(
-                "SELECT pg_try_advisory_xact_lock($1)",
-                &[SqlValue::Integer(key)],
-            )
-            .await?;
-        Ok(matches!(
-            rows.first().and_then(|r| r.first()),
-            Some(SqlValue::Bool(true))
-        ))
-    }
+/// The key of PostgreSQL's advisory lock named `name`.
+fn lock_key(name: &str) -> i64 {
+    crate::hash::stable_hash(name) as i64
 }
 
 #[async_trait]
@@ -85,14 +71,11 @@ trait Backend: Send + Sync {
     fn describe(&self) -> String;
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError>;
 
-    /// A transaction holding the transaction-scoped lock named `name`, or `None` when someone else
-    /// holds it.
-    async fn begin_locked(&self, name: &str) -> Result<Option<Box<dyn Tx>>, StoreError> {
-        let mut tx = self.begin().await?;
-        Ok(match tx.try_lock(name).await? {
-            true => Some(tx),
-            false => None,
-        })
+    /// A transaction holding the transaction-scoped lock named `name` (between processes sharing
+    /// the database), or `None` when another holds it. An SQLite database has one writer at a time
+    /// already: its transaction is the lock.
+    async fn begin_locked(&self, _name: &str) -> Result<Option<Box<dyn Tx>>, StoreError> {
+        Ok(Some(self.begin().await?))
     }
     async fn read(&self) -> Result<Box<dyn Tx>, StoreError>;
 }
@@ -295,8 +278,7 @@ impl Views {
         self.inner.backend.begin().await
     }
 
-    /// A transaction holding the lock named `name` (see [`Tx::try_lock`]), or `None` when another
-    /// process holds it.
+    /// A transaction holding the lock named `name`, or `None` when another process holds it.
     pub(crate) async fn begin_locked(&self, name: &str) -> Result<Option<Box<dyn Tx>>, StoreError> {
         self.inner.backend.begin_locked(name).await
     }

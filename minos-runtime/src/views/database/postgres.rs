@@ -34,6 +34,20 @@ fn err(error: tokio_postgres::Error) -> StoreError {
     crate::store::postgres::db_error(error)
 }
 
+/// How a view transaction begins. A view is derived from the event store: its transactions do not
+/// wait for the WAL flush. A database crash can lose only the last ones, rows and position together,
+/// and the view applies those events again.
+const BEGIN: &str = "BEGIN; SET LOCAL synchronous_commit TO OFF";
+
+impl PostgresViews {
+    async fn connection(&self) -> Result<Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(crate::store::postgres::pool_error)
+    }
+}
+
 #[async_trait]
 impl Backend for PostgresViews {
     fn describe(&self) -> String {
@@ -41,18 +55,8 @@ impl Backend for PostgresViews {
     }
 
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(crate::store::postgres::pool_error)?;
-        // A view is derived from the event store: its transactions do not wait for the WAL flush. A
-        // database crash can lose only the last ones, rows and position together, and the view
-        // applies those events again.
-        client
-            .batch_execute("BEGIN; SET LOCAL synchronous_commit TO OFF")
-            .await
-            .map_err(err)?;
+        let client = self.connection().await?;
+        client.batch_execute(BEGIN).await.map_err(err)?;
         Ok(Box::new(PostgresTx {
             client: Some(client),
             open: true,
@@ -60,17 +64,13 @@ impl Backend for PostgresViews {
     }
 
     async fn begin_locked(&self, name: &str) -> Result<Option<Box<dyn Tx>>, StoreError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(crate::store::postgres::pool_error)?;
-        // One round trip: the transaction (relaxed as in `begin`) and the lock, whose key is an
-        // integer written into the statement as a quoted literal (so that even i64::MIN parses).
-        let key = crate::hash::stable_hash(name) as i64;
+        let client = self.connection().await?;
+        // One round trip: the transaction and the lock, whose key is an integer written into the
+        // statement as a quoted literal (so that even i64::MIN parses).
+        let key = super::lock_key(name);
         let answers = match client
             .simple_query(&format!(
-                "BEGIN; SET LOCAL synchronous_commit TO OFF; SELECT pg_try_advisory_xact_lock('{key}'::bigint)"
+                "{BEGIN}; SELECT pg_try_advisory_xact_lock('{key}'::bigint)"
             ))
             .await
         {
@@ -93,11 +93,7 @@ impl Backend for PostgresViews {
     }
 
     async fn read(&self) -> Result<Box<dyn Tx>, StoreError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(crate::store::postgres::pool_error)?;
+        let client = self.connection().await?;
         Ok(Box::new(PostgresTx {
             client: Some(client),
             open: false,
