@@ -2,6 +2,7 @@
 
 mod config;
 
+#[cfg(feature = "kafka")]
 pub(crate) use config::masked;
 
 pub use config::{
