@@ -129,3 +129,47 @@ async fn an_indexed_field_is_an_index_lookup_over_many_rows() {
     assert!(scanned.as_str().unwrap().contains("Seq Scan"), "{scanned}");
     service.stop().await;
 }
+
+/// Two replicas of one service on one PostgreSQL store and view database, each taking commands: each
+/// applies the other's events it finds after its own position, sees the position moved when it tries
+/// to advance it, and rolls that page back. The non-idempotent count shows every event applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_a_view_database_apply_each_event_once() {
+    let config = config("views-replicas");
+    let first = TestService::start(config.clone()).await.unwrap();
+    let second = TestService::start(config).await.unwrap();
+    // One command at a time, alternating, each read back through its replica's views: the other
+    // replica last saw the position before the previous command, which its next page finds moved.
+    for i in 0..30 {
+        let replica = [&first, &second][i % 2];
+        let (_, position) = create(replica, &format!("r{i}"), i as i64).await;
+        let totals = get_after(replica, "/items/totals", position).await.json();
+        assert_eq!(totals["created"], i + 1, "{totals}");
+    }
+    for replica in [&first, &second] {
+        eventually(
+            "every item to be projected",
+            Duration::from_secs(20),
+            || {
+                let client = replica.http().clone();
+                async move { client.get("/items/totals").await.unwrap().json()["created"] == 30 }
+            },
+        )
+        .await;
+    }
+    // Several polls later, nothing was applied twice.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for replica in [&first, &second] {
+        let totals = replica.http().get("/items/totals").await.unwrap().json();
+        assert_eq!(totals["created"], 30, "{totals}");
+        let listed = replica
+            .http()
+            .get("/items?limit=1000")
+            .await
+            .unwrap()
+            .json();
+        assert_eq!(listed.as_array().unwrap().len(), 30);
+    }
+    first.stop().await;
+    second.stop().await;
+}
