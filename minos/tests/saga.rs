@@ -282,6 +282,30 @@ minos::saga! {
     pub static RENAME_SAGA = Saga::builder().remote_step(rename_foobar).commit();
 }
 
+/// `update_foo`, then a write to the same foo straight to the store (outside the saga's transaction),
+/// as another request would make it before the saga commits.
+async fn update_foo_then_race(ctx: SagaContext) -> Result<SagaContext> {
+    let ctx = update_foo(ctx).await?;
+    let uuid: Uuid = ctx.get("uuid")?;
+    let repository = Repository::current()?;
+    tokio::spawn(async move {
+        let mut foo = repository.get::<Foo>(uuid).await?;
+        foo.bar = "raced".into();
+        repository.save(&mut foo).await
+    })
+    .await
+    .map_err(|e| Error::bad_request(e.to_string()))??;
+    Ok(ctx)
+}
+
+minos::saga! {
+    pub static RACED_SAGA = Saga::builder()
+        .remote_step(create_foobar)
+        .on_success(foobar_created)
+        .local_step(update_foo_then_race)
+        .commit();
+}
+
 fn config(name: &str, services: &[&str]) -> Config {
     let mut config = Config::from_yaml("").unwrap();
     config.name = name.into();
@@ -1100,4 +1124,67 @@ async fn a_participant_that_only_created_roots_is_committed_without_a_reservatio
             .any(|f| f["uuid"] == json!(created) && f["something"] == "renamed"),
         "{listed:?}"
     );
+}
+
+/// When the other participants only created roots, this service commits its part without a
+/// reservation round; a change made meanwhile to a root it changed still refuses the commit: the saga
+/// errs, the other service's new root is rejected, and the write made meanwhile stays. On each store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_changed_before_the_commit_refuses_it_and_rejects_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let storages = [
+        "memory".to_owned(),
+        format!("sqlite://{}", dir.path().join("foo.db").display()),
+        minos_support::postgres::fresh_schema_url(),
+    ];
+    for storage in storages {
+        let pair = start_with(5_000, &storage).await;
+        let uuid = create_foo(&pair).await;
+        let manager = SagaManager::new(pair.foo.context().clone());
+        let started = manager
+            .run(
+                &RACED_SAGA,
+                SagaContext::new()
+                    .with("uuid", uuid)
+                    .with("something", "raced"),
+            )
+            .await
+            .unwrap();
+        let ended = manager
+            .wait(started.uuid, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(
+            ended.status,
+            ExecutionStatus::Errored,
+            "{storage}: {ended:?}"
+        );
+        let error = ended.error.clone().unwrap_or_default();
+        assert!(
+            error.contains("reservation refused: foo:") && error.contains("version"),
+            "{storage}: {error}"
+        );
+        assert_eq!(ended.one_phase.iter().collect::<Vec<_>>(), ["foobar"]);
+        for service in [&pair.foo, &pair.foobar] {
+            let entry = service
+                .context()
+                .repository()
+                .store()
+                .transaction(ended.uuid)
+                .await
+                .unwrap()
+                .expect("an entry in each participant");
+            assert_eq!(entry.status, TransactionStatus::Rejected, "{storage}");
+        }
+        let foo = call(&pair.foo_http, "GET", &format!("/foos/{uuid}"), None).await;
+        assert_eq!(foo.json()["bar"], "raced", "{storage}: {}", foo.body);
+        assert_eq!(foo.json()["foobar"], Value::Null, "{storage}: {}", foo.body);
+        let listed = foobars(&pair).await;
+        assert!(
+            listed.iter().all(|f| f["something"] != "raced"),
+            "{storage}: {listed:?}"
+        );
+        pair.foo.stop().await;
+        pair.foobar.stop().await;
+    }
 }

@@ -68,13 +68,13 @@ impl SagaManager {
             .collect()
     }
 
-    /// Commits every participant once all reserved. The decision is taken, so a participant that did
+    /// Commits every participant (those of `only`, when given) once all reserved. The decision is taken, so a participant that did
     /// not answer in time (killed and restarting, the broker paused) is sent the commit again, which
     /// is idempotent, for up to `saga.reserved_max_ms`; a refusal is not retried.
-    async fn commit_all(&self, execution: &SagaExecution) -> Vec<String> {
+    async fn commit_all(&self, execution: &SagaExecution, only: Option<&[String]>) -> Vec<String> {
         let deadline = tokio::time::Instant::now() + self.commit_for;
         let mut failed = self
-            .command_each(execution, TransactionCommand::Commit, None)
+            .command_each(execution, TransactionCommand::Commit, only)
             .await;
         while !failed.is_empty()
             && failed
@@ -89,6 +89,22 @@ impl SagaManager {
                 .await;
         }
         described(failed)
+    }
+
+    /// Commits this service's part of the execution. An error whose outcome is unknown (the store
+    /// went away during the commit) is looked up: a transaction found committed counts as committed.
+    async fn commit_own(&self, execution: &SagaExecution) -> Result<()> {
+        let repository = self.context.repository();
+        let error = match repository.transactions().commit(execution.uuid).await {
+            Ok(_) => return Ok(()),
+            Err(error) => error,
+        };
+        match repository.store().transaction(execution.uuid).await {
+            Ok(Some(entry)) if entry.status == crate::domain::TransactionStatus::Committed => {
+                Ok(())
+            }
+            _ => Err(error),
+        }
     }
 
     /// Sends `message` and waits for its reply: `Ok` for a 2xx reply, else an error with the reply's
@@ -132,21 +148,38 @@ impl SagaManager {
         self.request(message).await
     }
 
-    /// Two-phase commit: every participant reserves; then all commit, or all reject and the steps are
-    /// compensated.
+    /// Two-phase commit: every participant reserves, then all commit; a refusal rejects every
+    /// participant and compensates the steps. When no other participant has anything to reserve (each
+    /// holds only new roots), this service's part needs no reservation round either: it commits first,
+    /// its commit checking and claiming what a reservation would, and then the others commit.
     pub(super) async fn finish(
         &self,
         saga: &Saga,
         mut execution: SagaExecution,
     ) -> Result<SagaExecution> {
-        let refused = self
-            .command_all(&execution, TransactionCommand::Reserve)
-            .await;
-        if !refused.is_empty() {
-            let error = format!("reservation refused: {}", refused.join("; "));
-            return self.fail(saga, execution, error).await;
-        }
-        let failed = self.commit_all(&execution).await;
+        let own = self.context.name().to_owned();
+        let others: Vec<String> = execution
+            .related_services
+            .iter()
+            .filter(|s| **s != own)
+            .cloned()
+            .collect();
+        let failed = if others.iter().all(|s| execution.one_phase.contains(s)) {
+            if let Err(error) = self.commit_own(&execution).await {
+                let error = format!("reservation refused: {own}: {error}");
+                return self.fail(saga, execution, error).await;
+            }
+            self.commit_all(&execution, Some(&others)).await
+        } else {
+            let refused = self
+                .command_all(&execution, TransactionCommand::Reserve)
+                .await;
+            if !refused.is_empty() {
+                let error = format!("reservation refused: {}", refused.join("; "));
+                return self.fail(saga, execution, error).await;
+            }
+            self.commit_all(&execution, None).await
+        };
         execution.updated_at = now();
         if failed.is_empty() {
             execution.status = ExecutionStatus::Finished;

@@ -20,7 +20,7 @@ pub use retention::{Retained, RetentionStore};
 pub use sqlite::SqliteStore;
 #[cfg(feature = "sqlite")]
 pub(crate) use sqlite::{READER_CACHE, WRITER_CACHE};
-pub use transactions::{HeldWrites, TransactionStore};
+pub use transactions::{ClaimedCommit, HeldWrites, TransactionStore};
 
 use std::fmt;
 use std::sync::Arc;

@@ -101,10 +101,42 @@ pub trait TransactionStore: Send + Sync {
         Ok(None)
     }
 
+    /// Commits a pending top-level transaction without a reservation round of its own: claims `roots`
+    /// (among top-level transactions, as [`claim`](Self::claim) does) and does what
+    /// [`commit_transaction`](Self::commit_transaction) does, in one atomic step, so no claim outlives
+    /// it. A root another transaction holds writes nothing and answers [`ClaimedCommit::Held`]; a
+    /// version conflict writes nothing and is an error. The default answers
+    /// [`ClaimedCommit::Unsupported`]: the caller reserves, then commits.
+    async fn claim_and_commit(
+        &self,
+        _entry: &TransactionEntry,
+        _held: &HeldWrites,
+        _roots: &[Uuid],
+    ) -> Result<ClaimedCommit, StoreError> {
+        Ok(ClaimedCommit::Unsupported)
+    }
+
     /// Saves `entry` (committed or rejected) and forgets the writes and claims it held: its end, in one
     /// step where the backend can. The default releases, then saves.
     async fn settle_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError> {
         self.release(entry.uuid).await?;
         self.save_transaction(entry).await
     }
+}
+
+/// What [`TransactionStore::claim_and_commit`] did.
+#[derive(Debug)]
+pub enum ClaimedCommit {
+    /// Committed: the stored events, the entry saved committed, nothing held or claimed.
+    Committed(Vec<StoredEvent>),
+    /// Another transaction holds `root` (`holder`, when it still did once this call gave up): nothing
+    /// was written.
+    Held {
+        /// The root claimed by another transaction.
+        root: Uuid,
+        /// The transaction holding it.
+        holder: Option<Uuid>,
+    },
+    /// The backend cannot do it in one step.
+    Unsupported,
 }

@@ -12,7 +12,9 @@ use super::view::View;
 use crate::domain::{Action, Event, TransactionEntry, TransactionStatus};
 use crate::error::{Error, Result};
 use crate::keyed_lock::KeyedLocks;
-use crate::store::{check_applies, EventFilter, HeldWrites, SharedStore, StoreError};
+use crate::store::{
+    check_applies, ClaimedCommit, EventFilter, HeldWrites, SharedStore, StoreError,
+};
 
 /// The commands every service answers for the transactions it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -242,6 +244,14 @@ impl Transactions {
                 }
                 entry.transition(TransactionStatus::Reserved)?;
             }
+            // Changes existing roots, at the top level: claimed and committed in one step where the
+            // store can (nothing to tidy if it stops midway), else reserved first.
+            TransactionStatus::Pending if entry.destination.is_none() => {
+                if let Some(status) = self.commit_unreserved(&mut entry, &held).await? {
+                    return Ok(status);
+                }
+                self.reserve_entry(&mut entry, &held).await?;
+            }
             TransactionStatus::Pending => {
                 self.reserve_entry(&mut entry, &held).await?;
             }
@@ -277,6 +287,62 @@ impl Transactions {
         self.settle(&mut entry, TransactionStatus::Committed)
             .await?;
         Ok(TransactionStatus::Committed)
+    }
+
+    /// Commits a pending top-level transaction that changes existing roots without a reservation
+    /// round: its roots are claimed and its writes checked and stored in one atomic store step. A root
+    /// another transaction claimed, or a write that no longer applies, rejects it as a reservation
+    /// would. `None` when the store cannot: the caller reserves, then commits.
+    async fn commit_unreserved(
+        &self,
+        entry: &mut TransactionEntry,
+        held: &HeldWrites,
+    ) -> Result<Option<TransactionStatus>> {
+        let refusal = match first_write_per_root(held) {
+            Err(error) => Error::from(error),
+            Ok(firsts) => {
+                let roots: Vec<Uuid> = firsts
+                    .values()
+                    .filter(|e| e.action != Action::Create)
+                    .map(|e| e.uuid)
+                    .collect();
+                let mut committed = entry.clone();
+                for next in [
+                    TransactionStatus::Reserved,
+                    TransactionStatus::Committing,
+                    TransactionStatus::Committed,
+                ] {
+                    committed.transition(next)?;
+                }
+                match self.store.claim_and_commit(&committed, held, &roots).await {
+                    Ok(ClaimedCommit::Unsupported) => return Ok(None),
+                    Ok(ClaimedCommit::Committed(_)) => {
+                        self.committed.notify_one();
+                        return Ok(Some(TransactionStatus::Committed));
+                    }
+                    Ok(ClaimedCommit::Held { root, holder }) => {
+                        let name = firsts.get(&root).map_or("root", |e| e.name.as_str());
+                        let holder = holder.map_or_else(|| "another".to_owned(), |h| h.to_string());
+                        Error::with_status(
+                            409,
+                            format!("{name} {root} is also changed by transaction {holder}, reserved first"),
+                        )
+                    }
+                    // Nothing was written: the writes do not apply to the store any more.
+                    Err(
+                        error @ (StoreError::Conflict { .. }
+                        | StoreError::NotFound { .. }
+                        | StoreError::AlreadyDeleted { .. }),
+                    ) => Error::from(error),
+                    // The outcome is unknown (the connection may have dropped after the commit): the
+                    // entry stays as it is, for the caller to read or retry.
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        };
+        self.settle(entry, TransactionStatus::Rejected).await?;
+        tracing::info!(transaction = %entry.uuid, error = %refusal, "commit refused: transaction rejected");
+        Err(refusal)
     }
 
     /// Whether a top-level commit interrupted after the store commit already stored these writes.

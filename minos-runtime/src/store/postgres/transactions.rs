@@ -8,7 +8,9 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::domain::{DomainMessage, Event, TransactionEntry, TransactionStatus};
-use crate::store::{HeldWrites, InboxEntry, StoreError, StoredEvent, TransactionStore};
+use crate::store::{
+    ClaimedCommit, HeldWrites, InboxEntry, StoreError, StoredEvent, TransactionStore,
+};
 
 use super::writer::commit_with;
 use super::{db_error, prepared, PostgresStore, BACKEND};
@@ -55,6 +57,24 @@ const SETTLE: &str = upsert_entry!(
      INSERT INTO transactions (uuid, status, destination, updated_at) VALUES ($1, $2, $3, $4)"
 );
 
+/// Claims the roots `$3` for transaction `$2` among the transactions of destination `$1`, in one
+/// statement: a concurrent claimer of the same root waits for it, then sees the row. Each root answers
+/// whether this call took it or the transaction held it already.
+const CLAIM: &str = "WITH taken AS ( \
+     INSERT INTO transaction_claims (destination, root, transaction_uuid) \
+     SELECT $1, r, $2 FROM UNNEST($3::uuid[]) WITH ORDINALITY AS c(r, position) ORDER BY position \
+     ON CONFLICT (destination, root) DO NOTHING RETURNING root) \
+ SELECT r, r IN (SELECT root FROM taken) AS taken, EXISTS (SELECT 1 FROM transaction_claims k \
+     WHERE k.destination = $1 AND k.root = r AND k.transaction_uuid = $2) AS held \
+ FROM UNNEST($3::uuid[]) AS c(r)";
+
+/// The first root of a [`CLAIM`] answer that another transaction holds.
+fn unclaimed(rows: &[Row]) -> Option<Uuid> {
+    rows.iter()
+        .find(|r| !r.get::<_, bool>(1) && !r.get::<_, bool>(2))
+        .map(|r| r.get::<_, Uuid>(0))
+}
+
 /// One held write from a row's `event` and `messages` columns.
 fn decode_write(row: &Row) -> Result<(Event, Vec<DomainMessage>), StoreError> {
     let json = |e| StoreError::Domain(crate::domain::DomainError::Json(e));
@@ -64,6 +84,74 @@ fn decode_write(row: &Row) -> Result<(Event, Vec<DomainMessage>), StoreError> {
 }
 
 impl PostgresStore {
+    /// Commits a top-level transaction in one database transaction: claims `roots` (none: nothing to
+    /// claim), stores `held` as one unit, saves `entry` and forgets its writes and claims.
+    async fn commit_in_one(
+        &self,
+        entry: &TransactionEntry,
+        held: &HeldWrites,
+        roots: &[Uuid],
+    ) -> Result<ClaimedCommit, StoreError> {
+        let mut roots = roots.to_vec();
+        roots.sort();
+        roots.dedup();
+        let mut client = self.client().await?;
+        // Dropping `tx` on an early return rolls everything back.
+        let tx = client.transaction().await.map_err(db_error)?;
+        let items: Vec<(&Event, &[DomainMessage])> =
+            held.iter().map(|(e, m)| (e, m.as_slice())).collect();
+        let settle = prepared(&tx, SETTLE).await?;
+        let claim = match roots.is_empty() {
+            true => None,
+            false => Some(prepared(&tx, CLAIM).await?),
+        };
+        let top = Uuid::nil();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+            &entry.uuid,
+            &entry.status.as_str(),
+            &entry.destination,
+            &entry.updated_at,
+        ];
+        // All go out at once (pipelined on the connection, in this order: the claim is taken before the
+        // versions are read); the commit makes them one. A concurrent claimer of the same roots waits
+        // for this transaction to end, then finds the claims gone and the new versions.
+        let (claimed, stored, settled) = tokio::join!(
+            async {
+                match &claim {
+                    None => Ok(Vec::new()),
+                    Some(claim) => tx.query(claim, &[&top, &entry.uuid, &roots]).await,
+                }
+            },
+            async {
+                match items.is_empty() {
+                    true => Ok(Vec::new()),
+                    false => commit_with(&tx, &items).await,
+                }
+            },
+            tx.execute(&settle, &params)
+        );
+        if let Some(root) = unclaimed(&claimed.map_err(db_error)?) {
+            drop(tx);
+            let holder = client
+                .query_opt(
+                    &prepared(
+                        &client,
+                        "SELECT transaction_uuid FROM transaction_claims WHERE destination = $1 AND root = $2",
+                    )
+                    .await?,
+                    &[&top, &root],
+                )
+                .await
+                .map_err(db_error)?
+                .map(|row| row.get(0));
+            return Ok(ClaimedCommit::Held { root, holder });
+        }
+        settled.map_err(db_error)?;
+        let stored = stored?.into_iter().collect::<Result<Vec<_>, _>>()?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(ClaimedCommit::Committed(stored))
+    }
+
     /// Runs `sql`, one of the entry statements above, with the entry's columns as `$1..$4`.
     async fn write_entry(&self, sql: &str, entry: &TransactionEntry) -> Result<(), StoreError> {
         let client = self.client().await?;
@@ -228,17 +316,9 @@ impl TransactionStore for PostgresStore {
         // A holder that lets go between the claim and the look-up: claim again (a few times).
         for _ in 0..3 {
             let client = self.client().await?;
-            // One statement: a concurrent claimer of the same root waits for it, then sees the row. Each
-            // root answers whether this call took it or the transaction held it already.
             let rows = client
                 .query(
-                    &prepared(&client, "WITH taken AS ( \
-                         INSERT INTO transaction_claims (destination, root, transaction_uuid) \
-                         SELECT $1, r, $2 FROM UNNEST($3::uuid[]) WITH ORDINALITY AS c(r, position) ORDER BY position \
-                         ON CONFLICT (destination, root) DO NOTHING RETURNING root) \
-                     SELECT r, r IN (SELECT root FROM taken) AS taken, EXISTS (SELECT 1 FROM transaction_claims k \
-                         WHERE k.destination = $1 AND k.root = r AND k.transaction_uuid = $2) AS held \
-                     FROM UNNEST($3::uuid[]) AS c(r)").await?,
+                    &prepared(&client, CLAIM).await?,
                     &[&destination, &transaction, &roots],
                 )
                 .await
@@ -248,11 +328,7 @@ impl TransactionStore for PostgresStore {
                 .filter(|r| r.get::<_, bool>(1))
                 .map(|r| r.get(0))
                 .collect();
-            let Some(missing) = rows
-                .iter()
-                .find(|r| !r.get::<_, bool>(1) && !r.get::<_, bool>(2))
-                .map(|r| r.get::<_, Uuid>(0))
-            else {
+            let Some(missing) = unclaimed(&rows) else {
                 return Ok(None);
             };
             // All or none: give back what this call took, then name the holder.
@@ -280,32 +356,19 @@ impl TransactionStore for PostgresStore {
         entry: &TransactionEntry,
         held: &HeldWrites,
     ) -> Result<Option<Vec<StoredEvent>>, StoreError> {
-        let mut client = self.client().await?;
-        // Dropping `tx` on an early return rolls everything back.
-        let tx = client.transaction().await.map_err(db_error)?;
-        let items: Vec<(&Event, &[DomainMessage])> =
-            held.iter().map(|(e, m)| (e, m.as_slice())).collect();
-        let settle = prepared(&tx, SETTLE).await?;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
-            &entry.uuid,
-            &entry.status.as_str(),
-            &entry.destination,
-            &entry.updated_at,
-        ];
-        // Both go out at once (pipelined on the connection); the commit makes them one.
-        let (stored, settled) = tokio::join!(
-            async {
-                match items.is_empty() {
-                    true => Ok(Vec::new()),
-                    false => commit_with(&tx, &items).await,
-                }
-            },
-            tx.execute(&settle, &params)
-        );
-        settled.map_err(db_error)?;
-        let stored = stored?.into_iter().collect::<Result<Vec<_>, _>>()?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(Some(stored))
+        match self.commit_in_one(entry, held, &[]).await? {
+            ClaimedCommit::Committed(stored) => Ok(Some(stored)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn claim_and_commit(
+        &self,
+        entry: &TransactionEntry,
+        held: &HeldWrites,
+        roots: &[Uuid],
+    ) -> Result<ClaimedCommit, StoreError> {
+        self.commit_in_one(entry, held, roots).await
     }
 
     async fn mark_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError> {

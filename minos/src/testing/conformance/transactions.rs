@@ -271,6 +271,116 @@ pub async fn reserve_refuses_conflicts_and_reject_drops_writes(repo: Repository)
     assert_eq!(entry.status, TransactionStatus::Rejected);
 }
 
+/// A pending top-level transaction that changes existing roots commits without a reservation round
+/// where the store can (its claims taken and its versions checked in the commit); either way nothing of
+/// it is held or claimed once committed. A root another transaction reserved, or a version that moved
+/// meanwhile, rejects it and writes nothing.
+pub async fn pending_changes_commit_unless_claimed_or_stale(repo: Repository) {
+    use crate::store::ClaimedCommit;
+    use crate::transaction::{TransactionEntry, TransactionScope, TransactionStatus};
+    let store = repo.store();
+    let bob = repo.create(Customer { name: "bob".into() }).await.unwrap();
+    let uuid = bob.uuid();
+    let rename = |name: &'static str| async move {
+        let mut customer = Customer::get(uuid).await?;
+        customer.name = name.into();
+        customer.save().await
+    };
+    let (reserved, blocked, direct, stale) = (
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+    );
+    for (tx, name) in [
+        (reserved, "reserved"),
+        (blocked, "blocked"),
+        (direct, "direct"),
+        (stale, "stale"),
+    ] {
+        in_scope(&repo, TransactionScope::top(tx).run(rename(name)))
+            .await
+            .unwrap();
+    }
+    let transactions = repo.transactions();
+    let status = |tx: Uuid| async move { store.transaction(tx).await.unwrap().unwrap().status };
+
+    // Another transaction holds the root: refused with a 409 naming it, rejected, nothing written.
+    transactions.reserve(reserved).await.unwrap();
+    let error = transactions.commit(blocked).await.unwrap_err();
+    assert_eq!(error.status(), 409, "{error}");
+    assert!(error.to_string().contains(&reserved.to_string()), "{error}");
+    assert_eq!(status(blocked).await, TransactionStatus::Rejected);
+    assert!(store.held(blocked).await.unwrap().is_empty());
+    assert_eq!(repo.get::<Customer>(uuid).await.unwrap().name, "bob");
+    assert_eq!(
+        store.claim(None, blocked, &[uuid]).await.unwrap(),
+        Some((uuid, reserved)),
+        "the holder keeps its claim"
+    );
+    transactions.reject(reserved).await.unwrap();
+
+    // Free again: committed from pending, and no claim is left behind.
+    assert_eq!(
+        transactions.commit(direct).await.unwrap(),
+        TransactionStatus::Committed
+    );
+    let stored = repo.get::<Customer>(uuid).await.unwrap();
+    assert_eq!((stored.name.as_str(), stored.version()), ("direct", 2));
+    assert_eq!(status(direct).await, TransactionStatus::Committed);
+    assert!(store.held(direct).await.unwrap().is_empty());
+    let probe = Uuid::now_v7();
+    assert_eq!(store.claim(None, probe, &[uuid]).await.unwrap(), None);
+    store.release(probe).await.unwrap();
+
+    // `stale` was based on version 1: a conflict, rejected, nothing written.
+    let error = transactions.commit(stale).await.unwrap_err();
+    assert!(error.is_conflict(), "{error}");
+    assert_eq!(status(stale).await, TransactionStatus::Rejected);
+    assert_eq!(repo.get::<Customer>(uuid).await.unwrap().version(), 2);
+
+    // The store's one step, where it has one: refused while another transaction holds the root.
+    let next = Uuid::now_v7();
+    in_scope(&repo, TransactionScope::top(next).run(rename("next")))
+        .await
+        .unwrap();
+    let held = store.held(next).await.unwrap();
+    let mut committed = TransactionEntry::new(next, None);
+    for step in [
+        TransactionStatus::Reserved,
+        TransactionStatus::Committing,
+        TransactionStatus::Committed,
+    ] {
+        committed.transition(step).unwrap();
+    }
+    assert_eq!(store.claim(None, probe, &[uuid]).await.unwrap(), None);
+    match store
+        .claim_and_commit(&committed, &held, &[uuid])
+        .await
+        .unwrap()
+    {
+        ClaimedCommit::Unsupported => return,
+        ClaimedCommit::Committed(_) => panic!("committed over another transaction's claim"),
+        ClaimedCommit::Held { root, holder } => assert_eq!((root, holder), (uuid, Some(probe))),
+    }
+    assert_eq!(status(next).await, TransactionStatus::Pending);
+    assert_eq!(store.held(next).await.unwrap(), held);
+    assert_eq!(repo.get::<Customer>(uuid).await.unwrap().version(), 2);
+    store.release(probe).await.unwrap();
+    let ClaimedCommit::Committed(events) = store
+        .claim_and_commit(&committed, &held, &[uuid])
+        .await
+        .unwrap()
+    else {
+        panic!("a free root is claimed and committed");
+    };
+    assert_eq!(events.len(), 1);
+    assert_eq!(repo.get::<Customer>(uuid).await.unwrap().name, "next");
+    assert_eq!(status(next).await, TransactionStatus::Committed);
+    assert!(store.held(next).await.unwrap().is_empty());
+    assert_eq!(store.claim(None, probe, &[uuid]).await.unwrap(), None);
+}
+
 /// A nested transaction commits into its destination: visible there, still unpublished, and stored when
 /// the destination commits at the top level.
 pub async fn nested_transactions_commit_into_their_destination(repo: Repository) {
