@@ -250,7 +250,11 @@ impl Repository {
             return Ok(timed("read", read).await?);
         };
         let view = View::new(self.store.as_ref(), scope.chain(), scope.buffered_writes());
-        Ok(view.snapshot(name, uuid).await?)
+        let snapshot = view.snapshot(name, uuid).await?;
+        if let (Some(transaction), Some(found)) = (&scope.transaction, &snapshot) {
+            transaction.saw(found);
+        }
+        Ok(snapshot)
     }
 
     /// Stores the changed fields of `root` as one update event (with one `{Name}Updated.{field}` message
@@ -367,10 +371,13 @@ impl Repository {
         let scope = WriteScope::current().unwrap_or_default();
         if let Some(transaction) = &scope.transaction {
             // Inside a transaction a change is checked against what the transaction sees (a creation
-            // has a new random uuid); the store checks again when the transaction commits. The entries
-            // are opened meanwhile.
+            // has a new random uuid): as this scope last read or changed the root, else read again; the
+            // store checks again when the transaction commits. The entries are opened meanwhile.
             let opened = transaction.open(self.store.as_ref());
             if event.action == Action::Create {
+                opened.await?;
+            } else if let Some(seen) = transaction.seen(&event.name, event.uuid) {
+                check_applies(Some(&seen), event)?;
                 opened.await?;
             } else {
                 let view = View::new(self.store.as_ref(), scope.chain(), scope.buffered_writes());
@@ -394,6 +401,9 @@ impl Repository {
                 self.committed.notify_one();
                 self.appended.send_modify(|n| *n += 1);
             }
+        }
+        if let Some(transaction) = &scope.transaction {
+            transaction.wrote(event);
         }
         Ok(())
     }

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
-use crate::domain::{TransactionEntry, TransactionStatus};
+use crate::domain::{Action, Event, TransactionEntry, TransactionStatus};
 use crate::error::{Error, Result};
-use crate::store::{HeldWrites, Store};
+use crate::store::{HeldWrites, Snapshot, Store};
 
 tokio::task_local! {
     static SCOPE: WriteScope;
@@ -24,6 +24,10 @@ tokio::task_local! {
 pub struct TransactionScope {
     chain: Arc<[Uuid]>,
     opened: Arc<tokio::sync::OnceCell<()>>,
+    /// What the scope last saw of each root it read or changed: its type, version and whether it is
+    /// deleted (no fields kept). The next change of such a root is checked against it instead of
+    /// reading the root and the held writes again.
+    seen: Arc<Mutex<std::collections::HashMap<Uuid, Snapshot>>>,
 }
 
 impl TransactionScope {
@@ -32,6 +36,7 @@ impl TransactionScope {
         (!chain.is_empty()).then(|| TransactionScope {
             chain: chain.into(),
             opened: Arc::default(),
+            seen: Arc::default(),
         })
     }
 
@@ -40,6 +45,7 @@ impl TransactionScope {
         TransactionScope {
             chain: Arc::from([uuid]),
             opened: Arc::default(),
+            seen: Arc::default(),
         }
     }
 
@@ -82,6 +88,7 @@ impl TransactionScope {
         TransactionScope {
             chain: chain.into(),
             opened: Arc::default(),
+            seen: Arc::default(),
         }
     }
 
@@ -107,6 +114,49 @@ impl TransactionScope {
             buffer: None,
         };
         SCOPE.scope(scope, future).await
+    }
+
+    /// Remembers what a read through this scope found of a root.
+    pub(crate) fn saw(&self, snapshot: &Snapshot) {
+        let skeleton = Snapshot {
+            uuid: snapshot.uuid,
+            name: snapshot.name.clone(),
+            version: snapshot.version,
+            created_at: snapshot.created_at,
+            updated_at: snapshot.updated_at,
+            data: snapshot.data.as_ref().map(|_| serde_json::Map::new()),
+        };
+        self.seen_map().insert(snapshot.uuid, skeleton);
+    }
+
+    /// Remembers a change written through this scope.
+    pub(crate) fn wrote(&self, event: &Event) {
+        let deleted = event.action == Action::Delete;
+        self.seen_map().insert(
+            event.uuid,
+            Snapshot {
+                uuid: event.uuid,
+                name: event.name.clone(),
+                version: event.version,
+                created_at: event.created_at,
+                updated_at: event.created_at,
+                data: (!deleted).then(serde_json::Map::new),
+            },
+        );
+    }
+
+    /// What this scope last saw of root `uuid` of type `name` (its type, version and whether it is
+    /// deleted; no fields), if it read or changed it.
+    pub(crate) fn seen(&self, name: &str, uuid: Uuid) -> Option<Snapshot> {
+        self.seen_map()
+            .get(&uuid)
+            .filter(|s| s.name == name)
+            .cloned()
+    }
+
+    fn seen_map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Uuid, Snapshot>> {
+        // Inserting into and cloning from a map cannot leave it half-written.
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Creates the entries of the chain that the store does not know yet (pending, each inside the one

@@ -54,13 +54,14 @@ impl KafkaBroker {
     pub fn connect(bootstrap: &str, options: KafkaOptions) -> Result<Self> {
         options.check()?;
         let timeout_ms = options.publish_timeout.as_millis().to_string();
-        let mut config = options.client_config(bootstrap);
+        let mut config = options.client_config_with(
+            bootstrap,
+            &[("linger.ms", "1"), ("socket.nagle.disable", "true")],
+        );
         config
             .set("acks", "all")
             .set("enable.idempotence", "true")
-            .set("message.timeout.ms", &timeout_ms)
-            .set("linger.ms", "1")
-            .set("socket.nagle.disable", "true");
+            .set("message.timeout.ms", &timeout_ms);
         let complaints = Complaints::default();
         let producer = SharedProducer::new(config, complaints.clone())?;
         let admin: AdminClient<Complaints> = options
@@ -270,20 +271,24 @@ impl Broker for KafkaBroker {
         let fetch_wait_ms = self.options.fetch_wait.as_millis().to_string();
         let consumer: StreamConsumer = self
             .options
-            .client_config(&self.bootstrap)
+            .client_config_with(
+                &self.bootstrap,
+                &[
+                    ("session.timeout.ms", "10000"),
+                    // A subscribed topic the cluster did not list yet (just created) is assigned at the
+                    // next metadata refresh: keep that soon, not the default five minutes.
+                    ("topic.metadata.refresh.interval.ms", "1000"),
+                    ("socket.nagle.disable", "true"),
+                ],
+            )
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "latest")
             .set("enable.partition.eof", "false")
-            .set("session.timeout.ms", "10000")
-            // A subscribed topic the cluster did not list yet (just created) is assigned at the next
-            // metadata refresh: keep that soon, not the default five minutes.
-            .set("topic.metadata.refresh.interval.ms", "1000")
             // Hand messages over as soon as they are there: latency matters more than fetch sizes here
             // (some brokers hold an empty fetch for its whole wait even when a message arrives).
             .set("fetch.wait.max.ms", &fetch_wait_ms)
-            .set("socket.nagle.disable", "true")
             .create()
             .map_err(|e| kafka_error("consumer", e))?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -307,7 +312,7 @@ impl Broker for KafkaBroker {
         let fetch_wait_ms = self.options.fetch_wait.as_millis().to_string();
         let consumer: StreamConsumer = self
             .options
-            .client_config(&self.bootstrap)
+            .client_config_with(&self.bootstrap, &[("socket.nagle.disable", "true")])
             // Partitions are assigned by hand: the group joins nothing and commits nothing.
             .set(
                 "group.id",
@@ -316,7 +321,6 @@ impl Broker for KafkaBroker {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
             .set("fetch.wait.max.ms", &fetch_wait_ms)
-            .set("socket.nagle.disable", "true")
             .create()
             .map_err(|e| kafka_error("consumer", e))?;
         // Every partition from its current end: what is published from now on.

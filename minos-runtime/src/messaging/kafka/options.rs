@@ -47,16 +47,39 @@ impl KafkaOptions {
 
     /// A client configuration for `bootstrap` with these options' properties.
     pub(super) fn client_config(&self, bootstrap: &str) -> ClientConfig {
+        self.client_config_with(bootstrap, &[])
+    }
+
+    /// A client configuration for `bootstrap` with the runtime's `defaults`, then these options'
+    /// properties (which may change the defaults; [`check`](Self::check) refuses the properties the
+    /// runtime sets itself, which the caller sets after this).
+    pub(super) fn client_config_with(
+        &self,
+        bootstrap: &str,
+        defaults: &[(&str, &str)],
+    ) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", bootstrap);
+        for (key, value) in defaults {
+            config.set(*key, *value);
+        }
         for (key, value) in &self.client {
             config.set(key, value);
         }
         config
     }
 
-    /// Refuses settings this build cannot honour, saying what to do.
+    /// Refuses settings this build cannot honour, and properties the runtime sets itself, saying what
+    /// to do.
     pub(super) fn check(&self) -> Result<()> {
+        if let Some((key, why)) = RUNTIME_PROPERTIES
+            .iter()
+            .find(|(key, _)| self.client.contains_key(*key))
+        {
+            return Err(Error::Config(format!(
+                "kafka.client `{key}`: the runtime sets it ({why}); remove it"
+            )));
+        }
         let protocol = self
             .client
             .get("security.protocol")
@@ -75,12 +98,48 @@ impl KafkaOptions {
         let needs_tls = protocol.contains("ssl") || mechanism.starts_with("SCRAM");
         if needs_tls && !cfg!(feature = "kafka-tls") {
             return Err(Error::Config(format!(
-                "kafka: security_protocol `{protocol}` / sasl_mechanism `{mechanism}` need TLS support                  in librdkafka: build with the `kafka-tls` feature of minos (it links the system's                  OpenSSL: Debian's libssl-dev and pkg-config)"
+                "kafka: security_protocol `{protocol}` / sasl_mechanism `{mechanism}` need TLS support \
+                 in librdkafka: build with the `kafka-tls` feature of minos (it links the system's \
+                 OpenSSL: Debian's libssl-dev and pkg-config)"
             )));
         }
         Ok(())
     }
 }
+
+/// The librdkafka properties the runtime sets itself, refused in `kafka.client`, with the reason.
+/// The others it sets (`linger.ms`, `socket.nagle.disable`, `session.timeout.ms`,
+/// `topic.metadata.refresh.interval.ms`) are defaults that `kafka.client` may change.
+const RUNTIME_PROPERTIES: [(&str, &str); 10] = [
+    ("bootstrap.servers", "from `broker: kafka://HOST:PORT`"),
+    (
+        "acks",
+        "`all`: an acknowledged publish is on every in-sync replica",
+    ),
+    (
+        "enable.idempotence",
+        "a publish retried by the client is stored once",
+    ),
+    ("message.timeout.ms", "from `kafka.publish_timeout_ms`"),
+    ("fetch.wait.max.ms", "from `kafka.fetch_wait_ms`"),
+    ("group.id", "one consumer group per service"),
+    (
+        "enable.auto.commit",
+        "offsets are committed once a message is handled",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are committed once a message is handled",
+    ),
+    (
+        "auto.offset.reset",
+        "a new group starts at the end of its topics",
+    ),
+    (
+        "enable.partition.eof",
+        "the consumers do not stop at the end of a partition",
+    ),
+];
 
 impl Default for KafkaOptions {
     fn default() -> Self {
@@ -217,5 +276,51 @@ mod security_tests {
             .unwrap()
             .to_string();
         assert!(error.contains("kafka-tls"), "{error}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(client: &[(&str, &str)]) -> KafkaOptions {
+        KafkaOptions {
+            client: client
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..KafkaOptions::default()
+        }
+    }
+
+    #[test]
+    fn properties_the_runtime_sets_are_refused_saying_why() {
+        for (key, hint) in [
+            ("acks", "in-sync replica"),
+            ("enable.auto.commit", "once a message is handled"),
+            ("fetch.wait.max.ms", "kafka.fetch_wait_ms"),
+            ("message.timeout.ms", "kafka.publish_timeout_ms"),
+        ] {
+            let error = with(&[(key, "1")]).check().unwrap_err().to_string();
+            assert!(error.contains(&format!("`{key}`")), "{error}");
+            assert!(
+                error.contains(hint) && error.contains("remove it"),
+                "{error}"
+            );
+        }
+        assert!(with(&[("linger.ms", "0"), ("client.id", "orders")])
+            .check()
+            .is_ok());
+    }
+
+    #[test]
+    fn client_properties_change_the_runtime_defaults() {
+        let defaults = [("linger.ms", "1"), ("socket.nagle.disable", "true")];
+        let config = with(&[("linger.ms", "0")]).client_config_with("b:9092", &defaults);
+        assert_eq!(config.get("linger.ms"), Some("0"));
+        assert_eq!(config.get("socket.nagle.disable"), Some("true"));
+        assert_eq!(config.get("bootstrap.servers"), Some("b:9092"));
+        let plain = with(&[]).client_config_with("b:9092", &defaults);
+        assert_eq!(plain.get("linger.ms"), Some("1"));
     }
 }

@@ -57,6 +57,7 @@ macro_rules! conformance_tests {
             claims_are_exclusive_per_destination_until_released,
             transactions_open_read_and_settle_in_one_step,
             pending_changes_commit_unless_claimed_or_stale,
+            stale_copies_in_a_transaction_conflict_when_saved,
             saga_executions_are_saved_and_listed,
             retention_removes_only_finished_rows,
             registry_instances_have_leases_and_a_version

@@ -381,6 +381,43 @@ pub async fn pending_changes_commit_unless_claimed_or_stale(repo: Repository) {
     assert_eq!(store.claim(None, probe, &[uuid]).await.unwrap(), None);
 }
 
+/// Inside a transaction, a change made from a stale copy of a root is refused when it is saved: the
+/// second of two copies read before the first was saved gets a conflict, and a root created and then
+/// changed in the same transaction is saved without one.
+pub async fn stale_copies_in_a_transaction_conflict_when_saved(repo: Repository) {
+    use crate::transaction::TransactionScope;
+    let cid = repo
+        .create(Customer { name: "c".into() })
+        .await
+        .unwrap()
+        .uuid();
+    let tx = Uuid::now_v7();
+    let outcome = in_scope(
+        &repo,
+        TransactionScope::top(tx).run(async move {
+            let mut first = Customer::get(cid).await?;
+            let mut second = Customer::get(cid).await?;
+            first.name = "first".into();
+            first.save().await?;
+            second.name = "second".into();
+            let stale = second.save().await;
+            let mut created = Customer::create(Customer { name: "new".into() }).await?;
+            created.name = "renamed".into();
+            created.save().await?;
+            Ok::<_, Error>((stale, created.uuid()))
+        }),
+    )
+    .await
+    .unwrap();
+    let (stale, created) = outcome;
+    let error = stale.unwrap_err();
+    assert!(error.is_conflict(), "{error}");
+    repo.transactions().commit(tx).await.unwrap();
+    assert_eq!(repo.get::<Customer>(cid).await.unwrap().name, "first");
+    let renamed = repo.get::<Customer>(created).await.unwrap();
+    assert_eq!((renamed.name.as_str(), renamed.version()), ("renamed", 2));
+}
+
 /// A nested transaction commits into its destination: visible there, still unpublished, and stored when
 /// the destination commits at the top level.
 pub async fn nested_transactions_commit_into_their_destination(repo: Repository) {
