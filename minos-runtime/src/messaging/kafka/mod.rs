@@ -54,9 +54,12 @@ impl KafkaBroker {
     pub fn connect(bootstrap: &str, options: KafkaOptions) -> Result<Self> {
         options.check()?;
         let timeout_ms = options.publish_timeout.as_millis().to_string();
+        // A publish goes out at once (`linger.ms` 0): a request and its reply cross the broker once
+        // each, and waiting to fill batches would add to every hop (publishes made while a request is
+        // in flight still go out together).
         let mut config = options.client_config_with(
             bootstrap,
-            &[("linger.ms", "1"), ("socket.nagle.disable", "true")],
+            &[("linger.ms", "0"), ("socket.nagle.disable", "true")],
         );
         config
             .set("acks", "all")

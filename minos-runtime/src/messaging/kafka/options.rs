@@ -315,12 +315,12 @@ mod tests {
 
     #[test]
     fn client_properties_change_the_runtime_defaults() {
-        let defaults = [("linger.ms", "1"), ("socket.nagle.disable", "true")];
-        let config = with(&[("linger.ms", "0")]).client_config_with("b:9092", &defaults);
-        assert_eq!(config.get("linger.ms"), Some("0"));
+        let defaults = [("linger.ms", "0"), ("socket.nagle.disable", "true")];
+        let config = with(&[("linger.ms", "5")]).client_config_with("b:9092", &defaults);
+        assert_eq!(config.get("linger.ms"), Some("5"));
         assert_eq!(config.get("socket.nagle.disable"), Some("true"));
         assert_eq!(config.get("bootstrap.servers"), Some("b:9092"));
         let plain = with(&[]).client_config_with("b:9092", &defaults);
-        assert_eq!(plain.get("linger.ms"), Some("1"));
+        assert_eq!(plain.get("linger.ms"), Some("0"));
     }
 }

@@ -67,16 +67,20 @@ impl OutboxStore for PostgresStore {
             return Ok(());
         }
         let client = self.client().await?;
-        // One round trip, without waiting for the WAL flush: a mark lost to a database crash only
-        // has the message published again, and consumers skip it by their inbox. The ids are
-        // integers, written into the statement as such.
-        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        // One prepared statement, without waiting for the WAL flush (`synchronous_commit` off for its
+        // own transaction only): a mark lost to a database crash only has the message published again,
+        // and consumers skip it by their inbox.
         client
-            .batch_execute(&format!(
-                // Two statements in one query run as one implicit transaction.
-                "SET LOCAL synchronous_commit TO OFF; \
-                 UPDATE outbox SET sent_at = now() WHERE id IN ({list}) AND sent_at IS NULL"
-            ))
+            .execute(
+                &prepared(
+                    &client,
+                    "UPDATE outbox SET sent_at = now() \
+                     FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed \
+                     WHERE id = ANY($1) AND sent_at IS NULL",
+                )
+                .await?,
+                &[&ids],
+            )
             .await
             .map_err(db_error)?;
         Ok(())
