@@ -379,6 +379,20 @@ async fn run_saga(pair: &Pair, content: Value) -> minos::saga::SagaExecution {
         .unwrap()
 }
 
+/// Runs `saga` in foo with `context` and waits for it to end.
+async fn run_in_foo(
+    pair: &Pair,
+    saga: &minos::saga::SagaDefinition,
+    context: SagaContext,
+) -> minos::saga::SagaExecution {
+    let manager = SagaManager::new(pair.foo.context().clone());
+    let started = manager.run(saga, context).await.unwrap();
+    manager
+        .wait(started.uuid, Duration::from_secs(10))
+        .await
+        .unwrap()
+}
+
 async fn foobars(pair: &Pair) -> Vec<Value> {
     let listed = call(&pair.foobar_http, "GET", "/foobars", None).await;
     listed.json().as_array().unwrap().clone()
@@ -619,15 +633,7 @@ fn invalid_definitions_are_refused_when_built() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compensations_run_newest_first_remote_ones_as_requests() {
     let pair = start(5_000).await;
-    let manager = SagaManager::new(pair.foo.context().clone());
-    let started = manager
-        .run(&COMPENSATED_SAGA, SagaContext::new().with("n", 7))
-        .await
-        .unwrap();
-    let execution = manager
-        .wait(started.uuid, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let execution = run_in_foo(&pair, &COMPENSATED_SAGA, SagaContext::new().with("n", 7)).await;
     assert_eq!(execution.status, ExecutionStatus::Errored);
     assert!(execution
         .error
@@ -646,7 +652,10 @@ async fn compensations_run_newest_first_remote_ones_as_requests() {
     let notes = NOTES.lock().unwrap().clone();
     assert_eq!(notes, ["note 7", "unnote 7"]);
     // Running a finished or errored execution's reply again changes nothing.
-    let again = manager.get(execution.uuid).await.unwrap();
+    let again = SagaManager::new(pair.foo.context().clone())
+        .get(execution.uuid)
+        .await
+        .unwrap();
     assert_eq!(again, execution);
     pair.foo.stop().await;
     pair.foobar.stop().await;
@@ -748,20 +757,10 @@ async fn a_redelivered_saga_command_is_held_once() {
 async fn a_saga_run_by_a_saga_step_commits_into_the_outer_transaction() {
     let pair = start(5_000).await;
     let foo = create_foo(&pair).await;
-    let manager = SagaManager::new(pair.foo.context().clone());
-    let started = manager
-        .run(
-            &OUTER_SAGA,
-            SagaContext::new()
-                .with("uuid", foo)
-                .with("something", "nested"),
-        )
-        .await
-        .unwrap();
-    let execution = manager
-        .wait(started.uuid, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let context = SagaContext::new()
+        .with("uuid", foo)
+        .with("something", "nested");
+    let execution = run_in_foo(&pair, &OUTER_SAGA, context).await;
     assert_eq!(
         execution.status,
         ExecutionStatus::Finished,
@@ -1095,20 +1094,10 @@ async fn a_participant_that_only_created_roots_is_committed_without_a_reservatio
     );
 
     // A step that changes an existing root there makes it a two-phase participant again.
-    let manager = SagaManager::new(pair.foo.context().clone());
-    let renaming = manager
-        .run(
-            &RENAME_SAGA,
-            SagaContext::new()
-                .with("foobar_uuid", created)
-                .with("text", "renamed"),
-        )
-        .await
-        .unwrap();
-    let renamed = manager
-        .wait(renaming.uuid, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let context = SagaContext::new()
+        .with("foobar_uuid", created)
+        .with("text", "renamed");
+    let renamed = run_in_foo(&pair, &RENAME_SAGA, context).await;
     assert_eq!(
         renamed.status,
         ExecutionStatus::Finished,
@@ -1140,20 +1129,10 @@ async fn a_root_changed_before_the_commit_refuses_it_and_rejects_the_others() {
     for storage in storages {
         let pair = start_with(5_000, &storage).await;
         let uuid = create_foo(&pair).await;
-        let manager = SagaManager::new(pair.foo.context().clone());
-        let started = manager
-            .run(
-                &RACED_SAGA,
-                SagaContext::new()
-                    .with("uuid", uuid)
-                    .with("something", "raced"),
-            )
-            .await
-            .unwrap();
-        let ended = manager
-            .wait(started.uuid, Duration::from_secs(10))
-            .await
-            .unwrap();
+        let context = SagaContext::new()
+            .with("uuid", uuid)
+            .with("something", "raced");
+        let ended = run_in_foo(&pair, &RACED_SAGA, context).await;
         assert_eq!(
             ended.status,
             ExecutionStatus::Errored,
