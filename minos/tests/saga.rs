@@ -379,6 +379,17 @@ async fn run_saga(pair: &Pair, content: Value) -> minos::saga::SagaExecution {
         .unwrap()
 }
 
+/// The status of transaction `uuid` in foo and in foobar.
+async fn statuses(pair: &Pair, uuid: Uuid) -> Vec<TransactionStatus> {
+    let mut statuses = Vec::new();
+    for service in [&pair.foo, &pair.foobar] {
+        let store = service.context().repository().store().clone();
+        let entry = store.transaction(uuid).await.unwrap();
+        statuses.push(entry.expect("an entry in each participant").status);
+    }
+    statuses
+}
+
 /// Runs `saga` in foo with `context` and waits for it to end.
 async fn run_in_foo(
     pair: &Pair,
@@ -1071,17 +1082,10 @@ async fn a_participant_that_only_created_roots_is_committed_without_a_reservatio
         ["foobar"],
         "{ended:?}"
     );
-    for service in [&pair.foo, &pair.foobar] {
-        let entry = service
-            .context()
-            .repository()
-            .store()
-            .transaction(ended.uuid)
-            .await
-            .unwrap()
-            .expect("an entry in each participant");
-        assert_eq!(entry.status, TransactionStatus::Committed);
-    }
+    assert_eq!(
+        statuses(&pair, ended.uuid).await,
+        [TransactionStatus::Committed; 2]
+    );
     let created: Uuid = ended.context.get("foobar_uuid").unwrap();
     let listed = foobars(&pair).await;
     assert_eq!(
@@ -1144,17 +1148,11 @@ async fn a_root_changed_before_the_commit_refuses_it_and_rejects_the_others() {
             "{storage}: {error}"
         );
         assert_eq!(ended.one_phase.iter().collect::<Vec<_>>(), ["foobar"]);
-        for service in [&pair.foo, &pair.foobar] {
-            let entry = service
-                .context()
-                .repository()
-                .store()
-                .transaction(ended.uuid)
-                .await
-                .unwrap()
-                .expect("an entry in each participant");
-            assert_eq!(entry.status, TransactionStatus::Rejected, "{storage}");
-        }
+        assert_eq!(
+            statuses(&pair, ended.uuid).await,
+            [TransactionStatus::Rejected; 2],
+            "{storage}"
+        );
         let foo = call(&pair.foo_http, "GET", &format!("/foos/{uuid}"), None).await;
         assert_eq!(foo.json()["bar"], "raced", "{storage}: {}", foo.body);
         assert_eq!(foo.json()["foobar"], Value::Null, "{storage}: {}", foo.body);
