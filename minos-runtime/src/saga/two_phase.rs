@@ -68,9 +68,10 @@ impl SagaManager {
             .collect()
     }
 
-    /// Commits every participant (those of `only`, when given) once all reserved. The decision is taken, so a participant that did
-    /// not answer in time (killed and restarting, the broker paused) is sent the commit again, which
-    /// is idempotent, for up to `saga.reserved_max_ms`; a refusal is not retried.
+    /// Commits every participant (those of `only`, when given) once all reserved. The decision is
+    /// taken, so a participant that did not answer in time (killed and restarting, the broker paused)
+    /// is sent the commit again, which is idempotent, for up to `saga.reserved_max_ms`; a refusal is
+    /// not retried.
     async fn commit_all(&self, execution: &SagaExecution, only: Option<&[String]>) -> Vec<String> {
         let deadline = tokio::time::Instant::now() + self.commit_for;
         let mut failed = self

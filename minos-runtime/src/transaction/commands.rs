@@ -235,22 +235,20 @@ impl Transactions {
         };
         match entry.status {
             TransactionStatus::Committed => return Ok(TransactionStatus::Committed),
-            // Committed without a reservation round (one phase: only new roots at the top level):
-            // nothing to claim, so it is reserved in memory and the atomic commit below is the step.
-            TransactionStatus::Pending if entry.destination.is_none() && !needs_claims(&held) => {
-                if let Err(error) = first_write_per_root(&held) {
-                    self.settle(&mut entry, TransactionStatus::Rejected).await?;
-                    return Err(error.into());
-                }
-                entry.transition(TransactionStatus::Reserved)?;
-            }
-            // Changes existing roots, at the top level: claimed and committed in one step where the
-            // store can (nothing to tidy if it stops midway), else reserved first.
+            // At the top level: claimed (when it changes existing roots) and committed in one step
+            // where the store can, nothing to tidy if it stops midway. Where it cannot, a transaction
+            // holding only new roots has nothing to claim: it is reserved in memory and the atomic
+            // commit below is the step; any other is reserved first.
             TransactionStatus::Pending if entry.destination.is_none() => {
                 if let Some(status) = self.commit_unreserved(&mut entry, &held).await? {
                     return Ok(status);
                 }
-                self.reserve_entry(&mut entry, &held).await?;
+                match needs_claims(&held) {
+                    false => entry.transition(TransactionStatus::Reserved)?,
+                    true => {
+                        self.reserve_entry(&mut entry, &held).await?;
+                    }
+                }
             }
             TransactionStatus::Pending => {
                 self.reserve_entry(&mut entry, &held).await?;
@@ -289,10 +287,10 @@ impl Transactions {
         Ok(TransactionStatus::Committed)
     }
 
-    /// Commits a pending top-level transaction that changes existing roots without a reservation
-    /// round: its roots are claimed and its writes checked and stored in one atomic store step. A root
-    /// another transaction claimed, or a write that no longer applies, rejects it as a reservation
-    /// would. `None` when the store cannot: the caller reserves, then commits.
+    /// Commits a pending top-level transaction without a reservation round: the roots it changes are
+    /// claimed and its writes checked and stored in one atomic store step. A root another transaction
+    /// claimed, or a write that no longer applies, rejects it as a reservation would. `None` when the
+    /// store cannot.
     async fn commit_unreserved(
         &self,
         entry: &mut TransactionEntry,

@@ -6,6 +6,7 @@
 //! them together with the inbox entry of the message that caused them, all or nothing. Reads inside a
 //! scope see its writes.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +15,9 @@ use uuid::Uuid;
 use crate::domain::{Action, Event, TransactionEntry, TransactionStatus};
 use crate::error::{Error, Result};
 use crate::store::{HeldWrites, Snapshot, Store};
+
+/// A root's type, version and whether it is deleted, as a transaction scope last saw it.
+type Seen = (String, u64, bool);
 
 tokio::task_local! {
     static SCOPE: WriteScope;
@@ -24,10 +28,9 @@ tokio::task_local! {
 pub struct TransactionScope {
     chain: Arc<[Uuid]>,
     opened: Arc<tokio::sync::OnceCell<()>>,
-    /// What the scope last saw of each root it read or changed: its type, version and whether it is
-    /// deleted (no fields kept). The next change of such a root is checked against it instead of
-    /// reading the root and the held writes again.
-    seen: Arc<Mutex<std::collections::HashMap<Uuid, Snapshot>>>,
+    /// What the scope last saw of each root it read or changed. The next change of such a root is
+    /// checked against it instead of reading the root and the held writes again.
+    seen: Arc<Mutex<HashMap<Uuid, Seen>>>,
 }
 
 impl TransactionScope {
@@ -118,43 +121,44 @@ impl TransactionScope {
 
     /// Remembers what a read through this scope found of a root.
     pub(crate) fn saw(&self, snapshot: &Snapshot) {
-        let skeleton = Snapshot {
-            uuid: snapshot.uuid,
-            name: snapshot.name.clone(),
-            version: snapshot.version,
-            created_at: snapshot.created_at,
-            updated_at: snapshot.updated_at,
-            data: snapshot.data.as_ref().map(|_| serde_json::Map::new()),
-        };
-        self.seen_map().insert(snapshot.uuid, skeleton);
+        let seen = (
+            snapshot.name.clone(),
+            snapshot.version,
+            snapshot.data.is_none(),
+        );
+        self.seen_map().insert(snapshot.uuid, seen);
     }
 
     /// Remembers a change written through this scope.
     pub(crate) fn wrote(&self, event: &Event) {
-        let deleted = event.action == Action::Delete;
-        self.seen_map().insert(
-            event.uuid,
-            Snapshot {
-                uuid: event.uuid,
-                name: event.name.clone(),
-                version: event.version,
-                created_at: event.created_at,
-                updated_at: event.created_at,
-                data: (!deleted).then(serde_json::Map::new),
-            },
+        let seen = (
+            event.name.clone(),
+            event.version,
+            event.action == Action::Delete,
         );
+        self.seen_map().insert(event.uuid, seen);
     }
 
-    /// What this scope last saw of root `uuid` of type `name` (its type, version and whether it is
-    /// deleted; no fields), if it read or changed it.
+    /// What this scope last saw of root `uuid` of type `name`, if it read or changed it: a snapshot with
+    /// its version and, unless deleted, empty fields (enough to check a change against).
     pub(crate) fn seen(&self, name: &str, uuid: Uuid) -> Option<Snapshot> {
-        self.seen_map()
+        let (_, version, deleted) = self
+            .seen_map()
             .get(&uuid)
-            .filter(|s| s.name == name)
-            .cloned()
+            .filter(|(seen, ..)| seen == name)
+            .cloned()?;
+        let epoch = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
+        Some(Snapshot {
+            uuid,
+            name: name.to_owned(),
+            version,
+            created_at: epoch,
+            updated_at: epoch,
+            data: (!deleted).then(serde_json::Map::new),
+        })
     }
 
-    fn seen_map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Uuid, Snapshot>> {
+    fn seen_map(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Seen>> {
         // Inserting into and cloning from a map cannot leave it half-written.
         self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
