@@ -152,5 +152,6 @@ fn main() {
             Repository::postgres(&url).await.expect("postgres"),
         )
         .await;
+        minos_support::postgres::drop_schema(&url).await;
     });
 }

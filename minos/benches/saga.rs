@@ -95,7 +95,8 @@ fn config(name: &str, storage: &str, broker: &str, services: &[&str]) -> Config 
     config
 }
 
-async fn start(mode: &str) -> (RunningService, RunningService) {
+/// The two services, and the stores they write (dropped at the end of the run).
+async fn start(mode: &str) -> (RunningService, RunningService, [String; 2]) {
     // Over Kafka the names stay the same from run to run: the consumer groups keep their offsets, so a
     // run does not first re-read every command earlier runs sent.
     let suffix = match mode {
@@ -141,7 +142,7 @@ async fn start(mode: &str) -> (RunningService, RunningService) {
     }
     let bar = bar.start().await.expect("start the bar service");
     let foo = foo.start().await.expect("start the foo service");
-    (foo, bar)
+    (foo, bar, [storage_foo, storage_bar])
 }
 
 async fn one_saga(manager: &SagaManager, n: i64) -> Duration {
@@ -192,7 +193,7 @@ fn main() {
     );
     runtime.block_on(async {
         for mode in modes {
-            let (foo, bar) = start(&mode).await;
+            let (foo, bar, stores) = start(&mode).await;
             let manager = SagaManager::new(foo.context().clone());
             // Warm up (Kafka: topics, consumer groups), then let commands left by earlier runs drain.
             one_saga(&manager, -1).await;
@@ -237,6 +238,9 @@ fn main() {
             }
             foo.stop().await;
             bar.stop().await;
+            for store in stores {
+                minos_support::postgres::drop_schema(&store).await;
+            }
         }
     });
 }

@@ -261,6 +261,7 @@ fn main() {
         let url = minos_support::postgres::fresh_schema_url();
         if Repository::open(&url).await.is_ok() {
             run("postgres", &url, &url, "postgres").await;
+            minos_support::postgres::drop_schema(&url).await;
         } else {
             println!("postgres   skipped: no server at {url}");
         }
