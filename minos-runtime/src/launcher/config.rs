@@ -227,6 +227,14 @@ pub struct KafkaConfig {
     /// secret are never logged.
     #[serde(serialize_with = "masked_properties")]
     pub client: std::collections::BTreeMap<String, String>,
+    /// librdkafka properties for the producer only, after `client`: `{"linger.ms": "5",
+    /// "compression.type": "lz4"}` (a producer property in `client` makes every consumer warn that
+    /// it ignores it).
+    #[serde(serialize_with = "masked_properties")]
+    pub producer: std::collections::BTreeMap<String, String>,
+    /// librdkafka properties for the consumers only, after `client`: `{"fetch.min.bytes": "1"}`.
+    #[serde(serialize_with = "masked_properties")]
+    pub consumer: std::collections::BTreeMap<String, String>,
 }
 
 /// Whether a librdkafka property holds a secret (its value is never shown).
@@ -276,6 +284,8 @@ impl std::fmt::Debug for KafkaConfig {
             .field("ssl_key_location", &self.ssl_key_location)
             .field("ssl_key_password", &self.ssl_key_password)
             .field("client", &masked(&self.client))
+            .field("producer", &masked(&self.producer))
+            .field("consumer", &masked(&self.consumer))
             .finish()
     }
 }
@@ -334,6 +344,8 @@ impl Default for KafkaConfig {
             ssl_key_location: String::new(),
             ssl_key_password: Secret::default(),
             client: std::collections::BTreeMap::new(),
+            producer: std::collections::BTreeMap::new(),
+            consumer: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -686,5 +698,30 @@ mod tests {
             !options.client.contains_key("ssl.key.password"),
             "unset: not passed"
         );
+    }
+
+    #[test]
+    fn kafka_producer_and_consumer_properties_are_read_and_masked() {
+        let config = Config::from_yaml(
+            "kafka: {producer: {\"linger.ms\": \"5\", \"sasl.oauthbearer.client.secret\": s4}, \
+             consumer: {\"fetch.min.bytes\": \"64\"}}",
+        )
+        .unwrap();
+        let options = crate::messaging::KafkaOptions::from(&config.kafka);
+        assert_eq!(options.producer["linger.ms"], "5");
+        assert_eq!(options.consumer["fetch.min.bytes"], "64");
+        assert!(options.client.is_empty());
+        for text in [
+            format!("{config:?}"),
+            serde_json::to_string(&config).unwrap(),
+            format!("{options:?}"),
+        ] {
+            assert!(!text.contains("s4"), "{text}");
+            assert!(text.contains("fetch.min.bytes"), "{text}");
+        }
+        let error = Config::from_yaml("kafka: {producers: {\"linger.ms\": \"5\"}}")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("producers"), "{error}");
     }
 }

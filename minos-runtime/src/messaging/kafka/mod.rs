@@ -20,8 +20,8 @@ mod options;
 mod producer;
 
 use consume::consume;
-use options::Complaints;
 pub use options::KafkaOptions;
+use options::{Complaints, Role};
 use producer::{DeadLetters, SharedProducer};
 
 use super::{Broker, BrokerMessage, Delivery, Subscription};
@@ -59,6 +59,7 @@ impl KafkaBroker {
         // in flight still go out together).
         let mut config = options.client_config_with(
             bootstrap,
+            Role::Producer,
             &[("linger.ms", "0"), ("socket.nagle.disable", "true")],
         );
         config
@@ -68,7 +69,7 @@ impl KafkaBroker {
         let complaints = Complaints::default();
         let producer = SharedProducer::new(config, complaints.clone())?;
         let admin: AdminClient<Complaints> = options
-            .client_config(bootstrap)
+            .client_config(bootstrap, Role::Admin)
             .create_with_context(complaints)
             .map_err(|e| kafka_error("admin client", e))?;
         Ok(KafkaBroker {
@@ -276,6 +277,7 @@ impl Broker for KafkaBroker {
             .options
             .client_config_with(
                 &self.bootstrap,
+                Role::Consumer,
                 &[
                     ("session.timeout.ms", "10000"),
                     // A subscribed topic the cluster did not list yet (just created) is assigned at the
@@ -315,7 +317,11 @@ impl Broker for KafkaBroker {
         let fetch_wait_ms = self.options.fetch_wait.as_millis().to_string();
         let consumer: StreamConsumer = self
             .options
-            .client_config_with(&self.bootstrap, &[("socket.nagle.disable", "true")])
+            .client_config_with(
+                &self.bootstrap,
+                Role::Consumer,
+                &[("socket.nagle.disable", "true")],
+            )
             // Partitions are assigned by hand: the group joins nothing and commits nothing.
             .set(
                 "group.id",
@@ -367,7 +373,7 @@ impl KafkaBroker {
         let ends = self.ends(&[topic.to_owned()]).await?;
         let consumer: StreamConsumer = self
             .options
-            .client_config(&self.bootstrap)
+            .client_config(&self.bootstrap, Role::Consumer)
             .set(
                 "group.id",
                 format!("{topic}.tail.{}", uuid::Uuid::new_v4().simple()),
@@ -471,7 +477,7 @@ impl KafkaBroker {
         let group = group.to_owned();
         tokio::task::spawn_blocking(move || {
             let consumer: BaseConsumer = options
-                .client_config(&bootstrap)
+                .client_config(&bootstrap, Role::Consumer)
                 .set("group.id", &group)
                 .set("enable.auto.commit", "false")
                 .create()

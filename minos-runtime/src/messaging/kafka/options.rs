@@ -23,6 +23,18 @@ pub struct KafkaOptions {
     /// the security settings, and anything else. Values of keys naming a password or a secret are
     /// never shown.
     pub client: std::collections::BTreeMap<String, String>,
+    /// librdkafka properties set on the producer only, after `client`.
+    pub producer: std::collections::BTreeMap<String, String>,
+    /// librdkafka properties set on the consumers only, after `client`.
+    pub consumer: std::collections::BTreeMap<String, String>,
+}
+
+/// Which client a configuration is for: its own properties go on top of `client`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Role {
+    Producer,
+    Consumer,
+    Admin,
 }
 
 impl std::fmt::Debug for KafkaOptions {
@@ -33,6 +45,8 @@ impl std::fmt::Debug for KafkaOptions {
             .field("publish_timeout", &self.publish_timeout)
             .field("fetch_wait", &self.fetch_wait)
             .field("client", &crate::launcher::masked(&self.client))
+            .field("producer", &crate::launcher::masked(&self.producer))
+            .field("consumer", &crate::launcher::masked(&self.consumer))
             .finish()
     }
 }
@@ -45,17 +59,19 @@ impl KafkaOptions {
         Ok((&crate::launcher::Config::from_env()?.kafka).into())
     }
 
-    /// A client configuration for `bootstrap` with these options' properties.
-    pub(super) fn client_config(&self, bootstrap: &str) -> ClientConfig {
-        self.client_config_with(bootstrap, &[])
+    /// A configuration of a `role` client for `bootstrap` with these options' properties.
+    pub(super) fn client_config(&self, bootstrap: &str, role: Role) -> ClientConfig {
+        self.client_config_with(bootstrap, role, &[])
     }
 
-    /// A client configuration for `bootstrap` with the runtime's `defaults`, then these options'
-    /// properties (which may change the defaults; [`check`](Self::check) refuses the properties the
-    /// runtime sets itself, which the caller sets after this).
+    /// A configuration of a `role` client for `bootstrap` with the runtime's `defaults`, then
+    /// these options' `client` properties, then the role's own (`producer` or `consumer`): both may
+    /// change the defaults; [`check`](Self::check) refuses the properties the runtime sets itself,
+    /// which the caller sets after this.
     pub(super) fn client_config_with(
         &self,
         bootstrap: &str,
+        role: Role,
         defaults: &[(&str, &str)],
     ) -> ClientConfig {
         let mut config = ClientConfig::new();
@@ -63,7 +79,12 @@ impl KafkaOptions {
         for (key, value) in defaults {
             config.set(*key, *value);
         }
-        for (key, value) in &self.client {
+        let own = match role {
+            Role::Producer => Some(&self.producer),
+            Role::Consumer => Some(&self.consumer),
+            Role::Admin => None,
+        };
+        for (key, value) in self.client.iter().chain(own.into_iter().flatten()) {
             config.set(key, value);
         }
         config
@@ -72,13 +93,19 @@ impl KafkaOptions {
     /// Refuses settings this build cannot honour, and properties the runtime sets itself, saying what
     /// to do.
     pub(super) fn check(&self) -> Result<()> {
-        if let Some((key, why)) = RUNTIME_PROPERTIES
-            .iter()
-            .find(|(key, _)| self.client.contains_key(*key))
-        {
-            return Err(Error::Config(format!(
-                "kafka.client `{key}`: the runtime sets it ({why}); remove it"
-            )));
+        for (section, properties) in [
+            ("client", &self.client),
+            ("producer", &self.producer),
+            ("consumer", &self.consumer),
+        ] {
+            if let Some((key, why)) = RUNTIME_PROPERTIES
+                .iter()
+                .find(|(key, _)| properties.contains_key(*key))
+            {
+                return Err(Error::Config(format!(
+                    "kafka.{section} `{key}`: the runtime sets it ({why}); remove it"
+                )));
+            }
         }
         let protocol = self
             .client
@@ -107,7 +134,8 @@ impl KafkaOptions {
     }
 }
 
-/// The librdkafka properties the runtime sets itself, refused in `kafka.client`, with the reason.
+/// The librdkafka properties the runtime sets itself, refused in `kafka.client`, `kafka.producer` and
+/// `kafka.consumer`, with the reason.
 /// The others it sets (`linger.ms`, `socket.nagle.disable`, `session.timeout.ms`,
 /// `topic.metadata.refresh.interval.ms`) are defaults that `kafka.client` may change.
 const RUNTIME_PROPERTIES: [(&str, &str); 10] = [
@@ -149,6 +177,8 @@ impl Default for KafkaOptions {
             publish_timeout: Duration::from_secs(10),
             fetch_wait: Duration::from_millis(5),
             client: std::collections::BTreeMap::new(),
+            producer: std::collections::BTreeMap::new(),
+            consumer: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -162,6 +192,8 @@ impl From<&crate::launcher::KafkaConfig> for KafkaOptions {
             publish_timeout: Duration::from_millis(config.publish_timeout_ms),
             fetch_wait: Duration::from_millis(config.fetch_wait_ms),
             client: client_properties(config),
+            producer: config.producer.clone(),
+            consumer: config.consumer.clone(),
         }
     }
 }
@@ -316,11 +348,47 @@ mod tests {
     #[test]
     fn client_properties_change_the_runtime_defaults() {
         let defaults = [("linger.ms", "0"), ("socket.nagle.disable", "true")];
-        let config = with(&[("linger.ms", "5")]).client_config_with("b:9092", &defaults);
+        let config =
+            with(&[("linger.ms", "5")]).client_config_with("b:9092", Role::Producer, &defaults);
         assert_eq!(config.get("linger.ms"), Some("5"));
         assert_eq!(config.get("socket.nagle.disable"), Some("true"));
         assert_eq!(config.get("bootstrap.servers"), Some("b:9092"));
-        let plain = with(&[]).client_config_with("b:9092", &defaults);
+        let plain = with(&[]).client_config_with("b:9092", Role::Producer, &defaults);
         assert_eq!(plain.get("linger.ms"), Some("0"));
+    }
+
+    #[test]
+    fn producer_and_consumer_properties_reach_only_their_clients() {
+        let mut options = with(&[("client.id", "orders"), ("linger.ms", "1")]);
+        options.producer = [("linger.ms".to_owned(), "5".to_owned())].into();
+        options.consumer = [("fetch.min.bytes".to_owned(), "64".to_owned())].into();
+        let producer = options.client_config("b:9092", Role::Producer);
+        assert_eq!(
+            producer.get("linger.ms"),
+            Some("5"),
+            "its own win over client"
+        );
+        assert_eq!(producer.get("fetch.min.bytes"), None);
+        assert_eq!(producer.get("client.id"), Some("orders"));
+        let consumer = options.client_config("b:9092", Role::Consumer);
+        assert_eq!(consumer.get("fetch.min.bytes"), Some("64"));
+        assert_eq!(
+            consumer.get("linger.ms"),
+            Some("1"),
+            "client still reaches it"
+        );
+        assert_eq!(consumer.get("client.id"), Some("orders"));
+        let admin = options.client_config("b:9092", Role::Admin);
+        assert_eq!(admin.get("fetch.min.bytes"), None);
+        assert_eq!(admin.get("linger.ms"), Some("1"));
+
+        let mut refused = with(&[]);
+        refused.consumer = [("group.id".to_owned(), "mine".to_owned())].into();
+        let error = refused.check().unwrap_err().to_string();
+        assert!(error.contains("kafka.consumer `group.id`"), "{error}");
+        let mut refused = with(&[]);
+        refused.producer = [("acks".to_owned(), "1".to_owned())].into();
+        let error = refused.check().unwrap_err().to_string();
+        assert!(error.contains("kafka.producer `acks`"), "{error}");
     }
 }
