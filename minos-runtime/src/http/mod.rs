@@ -128,12 +128,27 @@ fn routes_by_path(
     by_path
 }
 
-/// What the built-in endpoints answer: the service's name and address, its API descriptions.
+/// What the built-in endpoints answer: the service's name and address, its API descriptions (made
+/// when first asked for, not at every start).
 struct Built {
     name: String,
     addr: OnceLock<SocketAddr>,
-    openapi: Value,
-    asyncapi: Value,
+    table: Arc<RouteTable>,
+    owned: Vec<&'static str>,
+    openapi: OnceLock<Value>,
+    asyncapi: OnceLock<Value>,
+}
+
+impl Built {
+    fn openapi(&self) -> &Value {
+        self.openapi
+            .get_or_init(|| openapi(&self.name, &self.table))
+    }
+
+    fn asyncapi(&self) -> &Value {
+        self.asyncapi
+            .get_or_init(|| asyncapi(&self.name, &self.table, &self.owned))
+    }
 }
 
 /// How long the health check waits for the store and for the broker.
@@ -179,7 +194,7 @@ fn built_in_endpoints(config: &mut web::ServiceConfig, built: &Arc<Built>, conte
                 let context = spec_context.clone();
                 async move {
                     match handler::admit(context.auth(), &request, Access::Admin).await {
-                        Ok(_) => HttpResponse::Ok().json(&built.openapi),
+                        Ok(_) => HttpResponse::Ok().json(built.openapi()),
                         Err(refused) => refused,
                     }
                 }
@@ -192,7 +207,7 @@ fn built_in_endpoints(config: &mut web::ServiceConfig, built: &Arc<Built>, conte
                 let context = asyncapi_context.clone();
                 async move {
                     match handler::admit(context.auth(), &request, Access::Admin).await {
-                        Ok(_) => HttpResponse::Ok().json(&built.asyncapi),
+                        Ok(_) => HttpResponse::Ok().json(built.asyncapi()),
                         Err(refused) => refused,
                     }
                 }
@@ -382,8 +397,10 @@ pub(crate) async fn serve(
 ) -> Result<HttpServer> {
     let name = context.name().to_owned();
     let built = Arc::new(Built {
-        openapi: openapi(&name, &table),
-        asyncapi: asyncapi(&name, &table, owned),
+        table: Arc::clone(&table),
+        owned: owned.to_vec(),
+        openapi: OnceLock::new(),
+        asyncapi: OnceLock::new(),
         addr: OnceLock::new(),
         name,
     });
