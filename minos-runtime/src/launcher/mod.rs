@@ -1,9 +1,10 @@
 //! The launcher: builds a service from its configuration and runs it until SIGINT or SIGTERM.
 
 mod config;
+mod kafka_config;
 
 #[cfg(feature = "kafka")]
-pub(crate) use config::masked;
+pub(crate) use kafka_config::masked;
 
 pub use config::{
     AuthConfig, Config, DiscoveryConfig, HandlersConfig, HttpConfig, KafkaConfig, LogConfig,

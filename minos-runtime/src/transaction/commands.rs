@@ -243,11 +243,10 @@ impl Transactions {
                 if let Some(status) = self.commit_unreserved(&mut entry, &held).await? {
                     return Ok(status);
                 }
-                match needs_claims(&held) {
-                    false => entry.transition(TransactionStatus::Reserved)?,
-                    true => {
-                        self.reserve_entry(&mut entry, &held).await?;
-                    }
+                if needs_claims(&held) {
+                    self.reserve_entry(&mut entry, &held).await?;
+                } else {
+                    entry.transition(TransactionStatus::Reserved)?;
                 }
             }
             TransactionStatus::Pending => {
