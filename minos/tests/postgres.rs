@@ -312,3 +312,83 @@ async fn concurrent_claims_from_two_stores_have_one_winner() {
         assert_eq!(winners, 1);
     }
 }
+
+/// Reads and saves of executions and transactions made at once: each caller gets its own answer, an
+/// unknown uuid answers nothing, and of two saves of one execution in flight together one wins whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_and_saves_each_get_their_own_answer() {
+    use futures_util::future::join_all;
+    use minos::saga::ExecutionStatus;
+    use minos::store::{ExecutionRecord, SagaStore};
+    use minos::transaction::{TransactionEntry, TransactionStatus};
+
+    let store = Arc::new(PostgresStore::connect(&fresh_schema_url()).await.unwrap());
+    // PostgreSQL keeps microseconds.
+    let at = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6);
+    let records: Vec<ExecutionRecord> = (0..200)
+        .map(|i| ExecutionRecord {
+            uuid: Uuid::now_v7(),
+            saga: format!("Saga{}", i % 3),
+            status: ExecutionStatus::Paused,
+            data: json!({"i": i}),
+            created_at: at,
+            updated_at: at,
+        })
+        .collect();
+    for saved in join_all(records.iter().map(|r| store.save_execution(r))).await {
+        saved.unwrap();
+    }
+    let unknown = Uuid::now_v7();
+    let mut asked: Vec<Uuid> = records.iter().map(|r| r.uuid).collect();
+    asked.push(unknown);
+    asked.push(records[7].uuid);
+    let found = join_all(asked.iter().map(|uuid| store.execution(*uuid))).await;
+    for (uuid, found) in asked.iter().zip(found) {
+        let found = found.unwrap();
+        match records.iter().find(|r| r.uuid == *uuid) {
+            Some(record) => assert_eq!(found.as_ref(), Some(record)),
+            None => assert_eq!(found, None),
+        }
+    }
+
+    // Two saves of one execution at once: the stored one is one of them, whole.
+    let mut finished = records[0].clone();
+    finished.status = ExecutionStatus::Finished;
+    finished.data = json!({"i": 0, "done": true});
+    let mut errored = records[0].clone();
+    errored.status = ExecutionStatus::Errored;
+    errored.data = json!({"i": 0, "error": "x"});
+    let (a, b) = tokio::join!(
+        store.save_execution(&finished),
+        store.save_execution(&errored)
+    );
+    a.unwrap();
+    b.unwrap();
+    let stored = store.execution(records[0].uuid).await.unwrap().unwrap();
+    assert!(stored == finished || stored == errored, "{stored:?}");
+
+    // Transactions: entries opened at once are each read back with no writes; unknown ones are none.
+    let entries: Vec<TransactionEntry> = (0..50)
+        .map(|_| TransactionEntry::new(Uuid::now_v7(), None))
+        .collect();
+    for opened in join_all(entries.iter().map(|e| store.open_transaction(e))).await {
+        assert_eq!(opened.unwrap(), None, "a new entry is opened, not found");
+    }
+    let mut asked: Vec<Uuid> = entries.iter().map(|e| e.uuid).collect();
+    asked.push(unknown);
+    let (read, held) = tokio::join!(
+        join_all(asked.iter().map(|uuid| store.transaction_and_held(*uuid))),
+        join_all(asked.iter().map(|uuid| store.held(*uuid)))
+    );
+    for ((uuid, read), held) in asked.iter().zip(read).zip(held) {
+        assert!(held.unwrap().is_empty());
+        match read.unwrap() {
+            Some((entry, writes)) => {
+                assert_eq!(entry.uuid, *uuid);
+                assert_eq!(entry.status, TransactionStatus::Pending);
+                assert!(writes.is_empty());
+            }
+            None => assert_eq!(*uuid, unknown),
+        }
+    }
+}

@@ -364,19 +364,28 @@ impl Dispatcher {
         // The reply is kept with the inbox entry, committed with the writes: a command redelivered after
         // a crash that lost the reply is answered again.
         let inbox = with_reply(message, inbox.clone(), &response);
-        // The reply carries the positions of the events committed here (read your writes).
-        let flush = repository.flush(transaction, &writes, Some(&inbox));
-        let (flushed, written) = crate::views::recording(self.context.clone().scope(flush)).await;
-        flushed?;
         // Only new roots held in a top-level transaction: nothing a reservation could refuse. What it
-        // holds counts, not only this handler's writes (earlier steps, sagas run inside this one).
-        let one_phase = match transaction {
-            Some(t) if t.destination().is_none() && !needs_claims(&writes) => {
-                let held = repository.store().held(t.uuid()).await;
-                held.is_ok_and(|held| !needs_claims(&held))
+        // holds counts, not only this handler's writes (earlier steps, sagas run inside this one): the
+        // store answers that with the hold.
+        let may_be_one_phase =
+            matches!(transaction, Some(t) if t.destination().is_none() && !needs_claims(&writes));
+        // The reply carries the positions of the events committed here (read your writes).
+        let flush = async {
+            match transaction {
+                Some(t) if may_be_one_phase => repository
+                    .store()
+                    .hold_and_check_claims(t.uuid(), &writes, Some(&inbox))
+                    .await
+                    .map(|claims| !claims)
+                    .map_err(Error::from),
+                _ => repository
+                    .flush(transaction, &writes, Some(&inbox))
+                    .await
+                    .map(|()| false),
             }
-            _ => false,
         };
+        let (flushed, written) = crate::views::recording(self.context.clone().scope(flush)).await;
+        let one_phase = flushed?;
         let response = match one_phase {
             true => response.with_header(headers::ONE_PHASE, self.context.name()),
             false => response,
@@ -621,8 +630,10 @@ impl Dispatcher {
                         // and must not wait behind a backlog of other messages.
                         Some(delivery) if this.system.contains_key(&delivery.message.topic) => {
                             let this = Arc::clone(&this);
+                            // Boxed: the task starts small instead of moving the whole handling
+                            // future (tens of kilobytes) into its cell at every message.
                             tokio::spawn(async move {
-                                match this.dispatch(delivery.message.clone()).await {
+                                match Box::pin(this.dispatch(delivery.message.clone())).await {
                                     Outcome::Failed(_) => drop(delivery),
                                     _ => delivery.ack(),
                                 }

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{InboxEntry, StoreError, StoredEvent};
-use crate::domain::{DomainMessage, Event, TransactionEntry, TransactionStatus};
+use crate::domain::{Action, DomainMessage, Event, TransactionEntry, TransactionStatus};
 
 /// Writes held by a transaction, in the order they were made.
 pub type HeldWrites = Vec<(Event, Vec<DomainMessage>)>;
@@ -37,6 +37,20 @@ pub trait TransactionStore: Send + Sync {
         writes: &[(Event, Vec<DomainMessage>)],
         inbox: Option<&InboxEntry>,
     ) -> Result<(), StoreError>;
+
+    /// [`hold`](Self::hold), then whether the transaction now holds a write that changes a root that
+    /// existed before (one a reservation claims): `false` when it holds new roots alone. Backends
+    /// answer in the round trip of the hold where they can; the default reads what is held after.
+    async fn hold_and_check_claims(
+        &self,
+        transaction: Uuid,
+        writes: &[(Event, Vec<DomainMessage>)],
+        inbox: Option<&InboxEntry>,
+    ) -> Result<bool, StoreError> {
+        self.hold(transaction, writes, inbox).await?;
+        let held = self.held(transaction).await?;
+        Ok(held.iter().any(|(event, _)| event.action != Action::Create))
+    }
 
     /// The writes the transaction holds, in the order they were added.
     async fn held(&self, transaction: Uuid) -> Result<HeldWrites, StoreError>;

@@ -7,7 +7,7 @@ use serde_json::Value;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::domain::{DomainMessage, Event, TransactionEntry, TransactionStatus};
+use crate::domain::{Action, DomainMessage, Event, TransactionEntry, TransactionStatus};
 use crate::store::{
     ClaimedCommit, HeldWrites, InboxEntry, StoreError, StoredEvent, TransactionStore,
 };
@@ -152,6 +152,73 @@ impl PostgresStore {
         Ok(ClaimedCommit::Committed(stored))
     }
 
+    /// Adds `writes` to those `transaction` holds, with the inbox entry when given (all or nothing).
+    /// With an inbox entry, also answers whether the transaction held a write before these that
+    /// changes a root that existed before (read in the same statement); without one, `None`.
+    async fn hold_writes(
+        &self,
+        transaction: Uuid,
+        writes: &[(Event, Vec<DomainMessage>)],
+        inbox: Option<&InboxEntry>,
+    ) -> Result<Option<bool>, StoreError> {
+        let events: Vec<Value> = writes
+            .iter()
+            .map(|(e, _)| serde_json::to_value(e))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))?;
+        let messages: Vec<Value> = writes
+            .iter()
+            .map(|(_, m)| serde_json::to_value(m))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))?;
+        let client = self.client().await?;
+        let insert_writes = "INSERT INTO transaction_writes (transaction_uuid, event, messages) \
+             SELECT $1, e, m FROM UNNEST($2::jsonb[], $3::jsonb[]) WITH ORDINALITY AS w(e, m, position) \
+             ORDER BY position";
+        let Some(entry) = inbox else {
+            client
+                .execute(
+                    &prepared(&client, insert_writes).await?,
+                    &[&transaction, &events, &messages],
+                )
+                .await
+                .map_err(db_error)?;
+            return Ok(None);
+        };
+        // One statement: the writes are added only if the inbox row is new. The statement's own
+        // inserts are not visible to its reads: `claims` looks at the writes held before.
+        let row = client
+            .query_one(
+                &prepared(&client, "WITH recorded AS ( \
+                     INSERT INTO inbox (consumer, identifier, reply) VALUES ($4, $5, $6) ON CONFLICT DO NOTHING \
+                     RETURNING 1), \
+                 held AS ( \
+                     INSERT INTO transaction_writes (transaction_uuid, event, messages) \
+                     SELECT $1, e, m FROM UNNEST($2::jsonb[], $3::jsonb[]) WITH ORDINALITY AS w(e, m, position) \
+                     WHERE EXISTS (SELECT 1 FROM recorded) ORDER BY position) \
+                 SELECT (SELECT count(*) FROM recorded) AS recorded, EXISTS (SELECT 1 FROM transaction_writes \
+                     WHERE transaction_uuid = $1 AND event ->> 'action' <> 'create') AS claims").await?,
+                &[
+                    &transaction,
+                    &events,
+                    &messages,
+                    &entry.consumer,
+                    &entry.identifier,
+                    &crate::store::stored_reply_text(entry),
+                ],
+            )
+            .await
+            .map_err(db_error)?;
+        let recorded: i64 = row.get("recorded");
+        if recorded == 0 {
+            return Err(StoreError::AlreadyProcessed {
+                consumer: entry.consumer.clone(),
+                identifier: entry.identifier,
+            });
+        }
+        Ok(Some(row.get("claims")))
+    }
+
     /// Runs `sql`, one of the entry statements above, with the entry's columns as `$1..$4`.
     async fn write_entry(&self, sql: &str, entry: &TransactionEntry) -> Result<(), StoreError> {
         let client = self.client().await?;
@@ -217,60 +284,28 @@ impl TransactionStore for PostgresStore {
         writes: &[(Event, Vec<DomainMessage>)],
         inbox: Option<&InboxEntry>,
     ) -> Result<(), StoreError> {
-        let events: Vec<Value> = writes
-            .iter()
-            .map(|(e, _)| serde_json::to_value(e))
-            .collect::<Result<_, _>>()
-            .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))?;
-        let messages: Vec<Value> = writes
-            .iter()
-            .map(|(_, m)| serde_json::to_value(m))
-            .collect::<Result<_, _>>()
-            .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))?;
-        let client = self.client().await?;
-        let insert_writes = "INSERT INTO transaction_writes (transaction_uuid, event, messages) \
-             SELECT $1, e, m FROM UNNEST($2::jsonb[], $3::jsonb[]) WITH ORDINALITY AS w(e, m, position) \
-             ORDER BY position";
-        let Some(entry) = inbox else {
-            client
-                .execute(
-                    &prepared(&client, insert_writes).await?,
-                    &[&transaction, &events, &messages],
-                )
-                .await
-                .map_err(db_error)?;
-            return Ok(());
-        };
-        // One statement: the writes are added only if the inbox row is new.
-        let row = client
-            .query_one(
-                &prepared(&client, "WITH recorded AS ( \
-                     INSERT INTO inbox (consumer, identifier, reply) VALUES ($4, $5, $6) ON CONFLICT DO NOTHING \
-                     RETURNING 1), \
-                 held AS ( \
-                     INSERT INTO transaction_writes (transaction_uuid, event, messages) \
-                     SELECT $1, e, m FROM UNNEST($2::jsonb[], $3::jsonb[]) WITH ORDINALITY AS w(e, m, position) \
-                     WHERE EXISTS (SELECT 1 FROM recorded) ORDER BY position) \
-                 SELECT count(*) FROM recorded").await?,
-                &[
-                    &transaction,
-                    &events,
-                    &messages,
-                    &entry.consumer,
-                    &entry.identifier,
-                    &crate::store::stored_reply_text(entry),
-                ],
-            )
+        self.hold_writes(transaction, writes, inbox)
             .await
-            .map_err(db_error)?;
-        let recorded: i64 = row.get(0);
-        if recorded == 0 {
-            return Err(StoreError::AlreadyProcessed {
-                consumer: entry.consumer.clone(),
-                identifier: entry.identifier,
-            });
-        }
-        Ok(())
+            .map(|_| ())
+    }
+
+    async fn hold_and_check_claims(
+        &self,
+        transaction: Uuid,
+        writes: &[(Event, Vec<DomainMessage>)],
+        inbox: Option<&InboxEntry>,
+    ) -> Result<bool, StoreError> {
+        let claims_before = match self.hold_writes(transaction, writes, inbox).await? {
+            Some(claims_before) => claims_before,
+            None => {
+                let held = self.held(transaction).await?;
+                held.iter().any(|(event, _)| event.action != Action::Create)
+            }
+        };
+        Ok(claims_before
+            || writes
+                .iter()
+                .any(|(event, _)| event.action != Action::Create))
     }
 
     async fn held(&self, transaction: Uuid) -> Result<HeldWrites, StoreError> {
@@ -379,11 +414,16 @@ impl TransactionStore for PostgresStore {
         &self,
         entry: &TransactionEntry,
     ) -> Result<Option<TransactionEntry>, StoreError> {
+        // The entry does not wait for the disk: what makes it matter is a write held under it, whose
+        // commit waits for the disk and takes the entry with it (any later commit that waits flushes
+        // the log up to itself). Lost with the server before that, it was never opened: a later write
+        // opens it again, and a command on it finds no entry, as it would before any write.
         let client = self.client().await?;
         let row = client
             .query_opt(
                 &prepared(&client, "WITH opened AS ( \
-                     INSERT INTO transactions (uuid, status, destination, updated_at) VALUES ($1, $2, $3, $4) \
+                     INSERT INTO transactions (uuid, status, destination, updated_at) SELECT $1, $2, $3, $4 \
+                     FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed \
                      ON CONFLICT (uuid) DO NOTHING RETURNING uuid) \
                  SELECT uuid, status, destination, updated_at FROM transactions \
                  WHERE uuid = $1 AND NOT EXISTS (SELECT 1 FROM opened)").await?,

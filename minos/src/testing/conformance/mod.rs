@@ -51,6 +51,7 @@ macro_rules! conformance_tests {
             staged_writes_wait_for_the_unit_commit,
             transactions_are_saved_and_found_by_status,
             transactions_hold_writes_until_released,
+            a_hold_tells_whether_the_transaction_changes_existing_roots,
             transaction_writes_are_private_until_committed,
             reserve_refuses_conflicts_and_reject_drops_writes,
             nested_transactions_commit_into_their_destination,

@@ -105,6 +105,67 @@ pub async fn transactions_hold_writes_until_released(repo: Repository) {
     );
 }
 
+/// A hold answers whether the transaction then holds a change to a root that existed before (what a
+/// reservation claims), counting the writes held before it; new roots alone answer no.
+pub async fn a_hold_tells_whether_the_transaction_changes_existing_roots(repo: Repository) {
+    let store = repo.store();
+    let ((), writes) = repo
+        .staged(in_scope(&repo, async {
+            let mut customer = Customer::create(Customer { name: "x".into() })
+                .await
+                .unwrap();
+            customer.name = "y".into();
+            customer.save().await.unwrap();
+        }))
+        .await;
+    let (created, changed) = (&writes[..1], &writes[1..]);
+    let inbox = || crate::store::InboxEntry::new("svc", Uuid::new_v4());
+
+    // New roots alone, in one hold or two.
+    let fresh = Uuid::new_v4();
+    assert!(!store
+        .hold_and_check_claims(fresh, created, Some(&inbox()))
+        .await
+        .unwrap());
+    assert!(!store
+        .hold_and_check_claims(fresh, &[], Some(&inbox()))
+        .await
+        .unwrap());
+
+    // A change held by an earlier hold counts, as does one in this hold.
+    let earlier = Uuid::new_v4();
+    store.hold(earlier, changed, None).await.unwrap();
+    assert!(store
+        .hold_and_check_claims(earlier, created, Some(&inbox()))
+        .await
+        .unwrap());
+    let now = Uuid::new_v4();
+    assert!(store
+        .hold_and_check_claims(now, &writes, Some(&inbox()))
+        .await
+        .unwrap());
+    assert!(store
+        .hold_and_check_claims(Uuid::new_v4(), changed, None)
+        .await
+        .unwrap());
+
+    // A redelivered message is refused and adds nothing.
+    let once = inbox();
+    assert!(!store
+        .hold_and_check_claims(fresh, created, Some(&once))
+        .await
+        .unwrap());
+    let again = store
+        .hold_and_check_claims(fresh, changed, Some(&once))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(again, StoreError::AlreadyProcessed { .. }),
+        "{again}"
+    );
+    assert_eq!(store.held(fresh).await.unwrap().len(), 2);
+}
+
 fn customer_names(roots: &[Root<Customer>]) -> Vec<String> {
     let mut names: Vec<String> = roots.iter().map(|c| c.name.clone()).collect();
     names.sort();
