@@ -60,12 +60,10 @@ pub async fn transactions_are_saved_and_found_by_status(repo: Repository) {
     );
 }
 
-/// A transaction's held writes come back in order, apart from other transactions', until released.
-pub async fn transactions_hold_writes_until_released(repo: Repository) {
-    let store = repo.store();
-    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+/// The two writes of a customer created (`x`) then renamed (`y`), staged: nothing reaches the store.
+async fn created_then_renamed(repo: &Repository) -> crate::store::HeldWrites {
     let ((), writes) = repo
-        .staged(in_scope(&repo, async {
+        .staged(in_scope(repo, async {
             let mut customer = Customer::create(Customer { name: "x".into() })
                 .await
                 .unwrap();
@@ -73,6 +71,14 @@ pub async fn transactions_hold_writes_until_released(repo: Repository) {
             customer.save().await.unwrap();
         }))
         .await;
+    writes
+}
+
+/// A transaction's held writes come back in order, apart from other transactions', until released.
+pub async fn transactions_hold_writes_until_released(repo: Repository) {
+    let store = repo.store();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let writes = created_then_renamed(&repo).await;
     store.hold(a, &writes[..1], None).await.unwrap();
     store.hold(b, &writes, None).await.unwrap();
     let inbox = crate::store::InboxEntry::new("svc", Uuid::new_v4());
@@ -109,15 +115,7 @@ pub async fn transactions_hold_writes_until_released(repo: Repository) {
 /// reservation claims), counting the writes held before it; new roots alone answer no.
 pub async fn a_hold_tells_whether_the_transaction_changes_existing_roots(repo: Repository) {
     let store = repo.store();
-    let ((), writes) = repo
-        .staged(in_scope(&repo, async {
-            let mut customer = Customer::create(Customer { name: "x".into() })
-                .await
-                .unwrap();
-            customer.name = "y".into();
-            customer.save().await.unwrap();
-        }))
-        .await;
+    let writes = created_then_renamed(&repo).await;
     let (created, changed) = (&writes[..1], &writes[1..]);
     let inbox = || crate::store::InboxEntry::new("svc", Uuid::new_v4());
 
