@@ -414,16 +414,13 @@ impl TransactionStore for PostgresStore {
         &self,
         entry: &TransactionEntry,
     ) -> Result<Option<TransactionEntry>, StoreError> {
-        // The entry does not wait for the disk: what makes it matter is a write held under it, whose
-        // commit waits for the disk and takes the entry with it (any later commit that waits flushes
-        // the log up to itself). Lost with the server before that, it was never opened: a later write
-        // opens it again, and a command on it finds no entry, as it would before any write.
+        // The entry waits for the disk: a write held under it later is stored apart from it, and a
+        // held write whose entry a database restart lost would be dropped at the commit.
         let client = self.client().await?;
         let row = client
             .query_opt(
                 &prepared(&client, "WITH opened AS ( \
-                     INSERT INTO transactions (uuid, status, destination, updated_at) SELECT $1, $2, $3, $4 \
-                     FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed \
+                     INSERT INTO transactions (uuid, status, destination, updated_at) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (uuid) DO NOTHING RETURNING uuid) \
                  SELECT uuid, status, destination, updated_at FROM transactions \
                  WHERE uuid = $1 AND NOT EXISTS (SELECT 1 FROM opened)").await?,
