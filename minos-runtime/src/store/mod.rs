@@ -20,6 +20,7 @@ pub use retention::{Retained, RetentionStore};
 pub use sqlite::SqliteStore;
 #[cfg(feature = "sqlite")]
 pub(crate) use sqlite::{READER_CACHE, WRITER_CACHE};
+pub(crate) use transactions::needs_claims;
 pub use transactions::{ClaimedCommit, HeldWrites, TransactionStore};
 
 use std::fmt;

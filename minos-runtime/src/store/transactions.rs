@@ -48,8 +48,7 @@ pub trait TransactionStore: Send + Sync {
         inbox: Option<&InboxEntry>,
     ) -> Result<bool, StoreError> {
         self.hold(transaction, writes, inbox).await?;
-        let held = self.held(transaction).await?;
-        Ok(held.iter().any(|(event, _)| event.action != Action::Create))
+        Ok(needs_claims(&self.held(transaction).await?))
     }
 
     /// The writes the transaction holds, in the order they were added.
@@ -153,4 +152,11 @@ pub enum ClaimedCommit {
     },
     /// The backend cannot do it in one step.
     Unsupported,
+}
+
+/// Whether reserving these writes claims roots: some change a root that existed before.
+pub(crate) fn needs_claims(writes: &[(Event, Vec<DomainMessage>)]) -> bool {
+    writes
+        .iter()
+        .any(|(event, _)| event.action != Action::Create)
 }

@@ -415,10 +415,7 @@ impl Transactions {
     }
 }
 
-/// Whether reserving these writes claims roots: some change a root that existed before.
-pub(crate) fn needs_claims(held: &HeldWrites) -> bool {
-    held.iter().any(|(event, _)| event.action != Action::Create)
-}
+pub(crate) use crate::store::needs_claims;
 
 /// The first held write of each root, after checking that each root's held versions follow each other.
 fn first_write_per_root(held: &HeldWrites) -> Result<BTreeMap<Uuid, &Event>, StoreError> {

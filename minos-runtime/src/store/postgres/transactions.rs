@@ -7,9 +7,9 @@ use serde_json::Value;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::domain::{Action, DomainMessage, Event, TransactionEntry, TransactionStatus};
+use crate::domain::{DomainMessage, Event, TransactionEntry, TransactionStatus};
 use crate::store::{
-    ClaimedCommit, HeldWrites, InboxEntry, StoreError, StoredEvent, TransactionStore,
+    needs_claims, ClaimedCommit, HeldWrites, InboxEntry, StoreError, StoredEvent, TransactionStore,
 };
 
 use super::writer::commit_with;
@@ -297,15 +297,9 @@ impl TransactionStore for PostgresStore {
     ) -> Result<bool, StoreError> {
         let claims_before = match self.hold_writes(transaction, writes, inbox).await? {
             Some(claims_before) => claims_before,
-            None => {
-                let held = self.held(transaction).await?;
-                held.iter().any(|(event, _)| event.action != Action::Create)
-            }
+            None => needs_claims(&self.held(transaction).await?),
         };
-        Ok(claims_before
-            || writes
-                .iter()
-                .any(|(event, _)| event.action != Action::Create))
+        Ok(claims_before || needs_claims(writes))
     }
 
     async fn held(&self, transaction: Uuid) -> Result<HeldWrites, StoreError> {
