@@ -212,7 +212,12 @@ impl Error {
     /// 410 deleted, 500 for failures of the service itself.
     pub fn status(&self) -> u16 {
         match self {
-            Error::Store(StoreError::Conflict { .. }) | Error::Transaction(_) => 409,
+            Error::Store(
+                StoreError::Conflict { .. }
+                | StoreError::UnknownTransaction { .. }
+                | StoreError::TransactionClosed { .. },
+            )
+            | Error::Transaction(_) => 409,
             Error::Store(StoreError::NotFound { .. }) | Error::NoMatch { .. } => 404,
             Error::Store(StoreError::AlreadyDeleted { .. }) => 410,
             Error::Store(StoreError::InvalidQuery(_)) | Error::ReservedField { .. } => 400,

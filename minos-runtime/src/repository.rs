@@ -369,30 +369,30 @@ impl Repository {
             }
         }
         let scope = WriteScope::current().unwrap_or_default();
-        if let Some(transaction) = &scope.transaction {
-            // Inside a transaction a change is checked against what the transaction sees (a creation
-            // has a new random uuid): as this scope last read or changed the root, else read again; the
-            // store checks again when the transaction commits. The entries are opened meanwhile.
-            let opened = transaction.open(self.store.as_ref());
-            if event.action == Action::Create {
-                opened.await?;
-            } else if let Some(seen) = transaction.seen(&event.name, event.uuid) {
-                check_applies(Some(&seen), event)?;
-                opened.await?;
-            } else {
-                let view = View::new(self.store.as_ref(), scope.chain(), scope.buffered_writes());
-                let (_, current) = tokio::try_join!(opened, async {
-                    Ok(view.snapshot(&event.name, event.uuid).await?)
-                })?;
-                check_applies(current.as_ref(), event)?;
-            }
+        // Inside a transaction a change is checked against what the transaction sees (a creation has a
+        // new random uuid): as this scope last read or changed the root, else read again; the store
+        // checks again when the transaction commits. The transaction's entries are opened with its
+        // first hold.
+        match &scope.transaction {
+            Some(_) if event.action == Action::Create => {}
+            Some(transaction) => match transaction.seen(&event.name, event.uuid) {
+                Some(seen) => check_applies(Some(&seen), event)?,
+                None => {
+                    let view =
+                        View::new(self.store.as_ref(), scope.chain(), scope.buffered_writes());
+                    let current = view.snapshot(&event.name, event.uuid).await?;
+                    check_applies(current.as_ref(), event)?;
+                }
+            },
+            None => {}
         }
         match (&scope.buffer, &scope.transaction) {
             (Some(buffer), _) => buffer.push((event.clone(), messages)),
             (None, Some(transaction)) => {
-                self.store
-                    .hold(transaction.uuid(), &[(event.clone(), messages)], None)
-                    .await?
+                let write = [(event.clone(), messages)];
+                transaction
+                    .hold(self.store.as_ref(), &write, None, false)
+                    .await?;
             }
             (None, None) => {
                 let stored = timed("commit", self.store.append(event, &messages)).await?;
@@ -435,7 +435,10 @@ impl Repository {
         inbox: Option<&InboxEntry>,
     ) -> Result<()> {
         match transaction {
-            Some(transaction) => Ok(self.store.hold(transaction.uuid(), writes, inbox).await?),
+            Some(transaction) => transaction
+                .hold(self.store.as_ref(), writes, inbox, false)
+                .await
+                .map(|_| ()),
             None => self.commit_unit(writes, inbox).await.map(|_| ()),
         }
     }

@@ -372,12 +372,10 @@ impl Dispatcher {
         // The reply carries the positions of the events committed here (read your writes).
         let flush = async {
             match transaction {
-                Some(t) if may_be_one_phase => repository
-                    .store()
-                    .hold_and_check_claims(t.uuid(), &writes, Some(&inbox))
+                Some(t) if may_be_one_phase => t
+                    .hold(repository.store().as_ref(), &writes, Some(&inbox), true)
                     .await
-                    .map(|claims| !claims)
-                    .map_err(Error::from),
+                    .map(|claims| !claims),
                 _ => repository
                     .flush(transaction, &writes, Some(&inbox))
                     .await

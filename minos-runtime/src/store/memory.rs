@@ -233,6 +233,9 @@ impl TransactionStore for MemoryStore {
         inbox: Option<&InboxEntry>,
     ) -> Result<(), StoreError> {
         let mut inner = self.lock();
+        if !writes.is_empty() && !inner.transactions.contains_key(&transaction) {
+            return Err(StoreError::UnknownTransaction { transaction });
+        }
         if let Some(entry) = inbox {
             if !inner.record_inbox(entry) {
                 return Err(StoreError::AlreadyProcessed {

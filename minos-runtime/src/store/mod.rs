@@ -73,6 +73,23 @@ pub enum StoreError {
         /// The message's identifier.
         identifier: Uuid,
     },
+    /// Writes held into a transaction the store has no entry for (never opened, or lost with a
+    /// database restart before its first write reached the disk): nothing was written. Open the
+    /// transaction again, then write again.
+    #[error("transaction {transaction} has no entry: its writes were not held")]
+    UnknownTransaction {
+        /// The transaction written into.
+        transaction: Uuid,
+    },
+    /// Writes held into a transaction that is no longer pending (reserved, committed, rejected):
+    /// nothing was written.
+    #[error("transaction {transaction} is {}: it takes no more writes", .status.as_str())]
+    TransactionClosed {
+        /// The transaction written into.
+        transaction: Uuid,
+        /// Its status.
+        status: crate::domain::TransactionStatus,
+    },
     /// A query names an invalid field path.
     #[error("invalid query: {0}")]
     InvalidQuery(String),

@@ -30,7 +30,10 @@ pub trait TransactionStore: Send + Sync {
 
     /// Adds writes to those the transaction holds and records `inbox` (the message that caused them),
     /// all or nothing. With `inbox` already recorded, nothing is written and the answer is
-    /// [`StoreError::AlreadyProcessed`].
+    /// [`StoreError::AlreadyProcessed`]. Writes into a transaction with no entry
+    /// ([`open_transaction`](Self::open_transaction) stores it) are refused with
+    /// [`StoreError::UnknownTransaction`], nothing written: its commit would not find them. A hold of
+    /// no writes records the inbox entry alone, entry or not.
     async fn hold(
         &self,
         transaction: Uuid,
@@ -49,6 +52,45 @@ pub trait TransactionStore: Send + Sync {
     ) -> Result<bool, StoreError> {
         self.hold(transaction, writes, inbox).await?;
         Ok(needs_claims(&self.held(transaction).await?))
+    }
+
+    /// Opens the entries of `chain` (outermost first, each pending inside the one before) that the
+    /// store does not know yet, then [`hold`](Self::hold)s `writes` and `inbox` under the last: how a
+    /// transaction's first writes are stored. Refused with [`StoreError::TransactionClosed`] when the
+    /// last is no longer pending, nothing held. With `check_claims`, answers as
+    /// [`hold_and_check_claims`](Self::hold_and_check_claims); without, `false`. Backends do it in
+    /// one round trip where they can (the entries then reach the disk with the writes); the default
+    /// opens, then holds.
+    async fn open_and_hold(
+        &self,
+        chain: &[TransactionEntry],
+        writes: &[(Event, Vec<DomainMessage>)],
+        inbox: Option<&InboxEntry>,
+        check_claims: bool,
+    ) -> Result<bool, StoreError> {
+        let Some(last) = chain.last() else {
+            return Err(StoreError::backend(
+                "store",
+                "no transaction to hold writes under",
+            ));
+        };
+        for entry in chain {
+            match self.open_transaction(entry).await? {
+                Some(found)
+                    if entry.uuid == last.uuid && found.status != TransactionStatus::Pending =>
+                {
+                    return Err(StoreError::TransactionClosed {
+                        transaction: found.uuid,
+                        status: found.status,
+                    })
+                }
+                _ => {}
+            }
+        }
+        match check_claims {
+            true => self.hold_and_check_claims(last.uuid, writes, inbox).await,
+            false => self.hold(last.uuid, writes, inbox).await.map(|()| false),
+        }
     }
 
     /// The writes the transaction holds, in the order they were added.

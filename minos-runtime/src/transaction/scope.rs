@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
-use crate::domain::{Action, Event, TransactionEntry, TransactionStatus};
+use crate::domain::{Action, DomainMessage, Event, TransactionEntry};
 use crate::error::{Error, Result};
-use crate::store::{HeldWrites, Snapshot, Store};
+use crate::store::{HeldWrites, InboxEntry, Snapshot, Store};
 
 /// A root's type, version and whether it is deleted, as a transaction scope last saw it.
 type Seen = (String, u64, bool);
@@ -27,7 +27,8 @@ tokio::task_local! {
 #[derive(Clone, Debug)]
 pub struct TransactionScope {
     chain: Arc<[Uuid]>,
-    opened: Arc<tokio::sync::OnceCell<()>>,
+    /// Set once a hold opened the chain's entries.
+    opened: Arc<std::sync::atomic::AtomicBool>,
     /// What the scope last saw of each root it read or changed. The next change of such a root is
     /// checked against it instead of reading the root and the held writes again.
     seen: Arc<Mutex<HashMap<Uuid, Seen>>>,
@@ -163,38 +164,48 @@ impl TransactionScope {
         self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Creates the entries of the chain that the store does not know yet (pending, each inside the one
-    /// before), once per scope; refuses writes into a transaction that is no longer pending.
-    pub(crate) async fn open(&self, store: &dyn Store) -> Result<()> {
-        self.opened
-            .get_or_try_init(|| async {
-                let mut destination = None;
-                for uuid in self.chain.iter().copied() {
-                    match store
-                        .open_transaction(&TransactionEntry::new(uuid, destination))
+    /// Holds `writes` (with `inbox`, the message that caused them) under this scope's transaction. The
+    /// first hold of the scope also opens the chain's entries the store does not know yet (pending,
+    /// each inside the one before), in the same store step, and refuses writes into a transaction that
+    /// is no longer pending. With `check_claims`, answers whether the transaction then changes roots
+    /// that existed before (see [`Store::hold_and_check_claims`]); without, `false`.
+    pub(crate) async fn hold(
+        &self,
+        store: &dyn Store,
+        writes: &[(Event, Vec<DomainMessage>)],
+        inbox: Option<&InboxEntry>,
+        check_claims: bool,
+    ) -> Result<bool> {
+        // Nothing to hold needs no entry (a handler that wrote nothing records its inbox entry alone).
+        if self.opened.load(std::sync::atomic::Ordering::Acquire) || writes.is_empty() {
+            return Ok(match check_claims {
+                true => {
+                    store
+                        .hold_and_check_claims(self.uuid(), writes, inbox)
                         .await?
-                    {
-                        None => {}
-                        Some(entry)
-                            if uuid == self.uuid()
-                                && entry.status != TransactionStatus::Pending =>
-                        {
-                            return Err(Error::with_status(
-                                409,
-                                format!(
-                                    "transaction {uuid} is {}: it takes no more writes",
-                                    entry.status.as_str()
-                                ),
-                            ))
-                        }
-                        Some(_) => {}
-                    }
-                    destination = Some(uuid);
                 }
-                Ok(())
+                false => store
+                    .hold(self.uuid(), writes, inbox)
+                    .await
+                    .map(|()| false)?,
+            });
+        }
+        let mut destination = None;
+        let chain: Vec<TransactionEntry> = self
+            .chain
+            .iter()
+            .map(|uuid| {
+                let entry = TransactionEntry::new(*uuid, destination);
+                destination = Some(*uuid);
+                entry
             })
-            .await
-            .map(|_| ())
+            .collect();
+        let claims = store
+            .open_and_hold(&chain, writes, inbox, check_claims)
+            .await?;
+        self.opened
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(claims)
     }
 }
 

@@ -83,6 +83,53 @@ fn decode_write(row: &Row) -> Result<(Event, Vec<DomainMessage>), StoreError> {
     Ok((event, messages))
 }
 
+/// Held writes as the `jsonb[]` columns of `transaction_writes`: events and their messages.
+fn encode_writes(
+    writes: &[(Event, Vec<DomainMessage>)],
+) -> Result<(Vec<Value>, Vec<Value>), StoreError> {
+    let json = |e| StoreError::Domain(crate::domain::DomainError::Json(e));
+    let events = writes
+        .iter()
+        .map(|(e, _)| serde_json::to_value(e))
+        .collect::<Result<_, _>>()
+        .map_err(json)?;
+    let messages = writes
+        .iter()
+        .map(|(_, m)| serde_json::to_value(m))
+        .collect::<Result<_, _>>()
+        .map_err(json)?;
+    Ok((events, messages))
+}
+
+/// Opens the entries of a chain (`$7` uuids, `$8` destinations, pending at `$9`) the store does not
+/// know yet and, when the last (`$1`) is pending, holds the writes (`$2`, `$3`) under it with the
+/// inbox entry (`$4`..`$6`; none when `$4` is null), all in one statement: the entries reach the disk
+/// with the writes. Answers whether the last is pending (`ok`), its status before (`status`), whether
+/// this statement opened it, whether the inbox entry is new, and whether writes held before change
+/// existing roots.
+const OPEN_AND_HOLD: &str = "WITH opened AS ( \
+     INSERT INTO transactions (uuid, status, destination, updated_at) \
+     SELECT c.uuid, 'pending', c.destination, $9 \
+     FROM UNNEST($7::uuid[], $8::uuid[]) WITH ORDINALITY AS c(uuid, destination, position) ORDER BY position \
+     ON CONFLICT (uuid) DO NOTHING RETURNING uuid), \
+ found AS (SELECT status FROM transactions WHERE uuid = $1), \
+ open AS (SELECT EXISTS (SELECT 1 FROM opened WHERE uuid = $1) \
+     OR COALESCE((SELECT status = 'pending' FROM found), false) AS ok), \
+ recorded AS ( \
+     INSERT INTO inbox (consumer, identifier, reply) SELECT $4::text, $5::uuid, $6::text \
+     WHERE $4::text IS NOT NULL AND (SELECT ok FROM open) \
+     ON CONFLICT DO NOTHING RETURNING 1), \
+ held AS ( \
+     INSERT INTO transaction_writes (transaction_uuid, event, messages) \
+     SELECT $1, e, m FROM UNNEST($2::jsonb[], $3::jsonb[]) WITH ORDINALITY AS w(e, m, position) \
+     WHERE (SELECT ok FROM open) AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM recorded)) \
+     ORDER BY position) \
+ SELECT (SELECT ok FROM open) AS ok, (SELECT status FROM found) AS status, \
+     EXISTS (SELECT 1 FROM opened WHERE uuid = $1) AS opened, \
+     (SELECT count(*) FROM recorded) AS recorded, \
+     EXISTS (SELECT 1 FROM transaction_writes \
+         WHERE transaction_uuid = $1 AND event ->> 'action' <> 'create') AS claims";
+
 impl PostgresStore {
     /// Commits a top-level transaction in one database transaction: claims `roots` (none: nothing to
     /// claim), stores `held` as one unit, saves `entry` and forgets its writes and claims.
@@ -161,42 +208,47 @@ impl PostgresStore {
         writes: &[(Event, Vec<DomainMessage>)],
         inbox: Option<&InboxEntry>,
     ) -> Result<Option<bool>, StoreError> {
-        let events: Vec<Value> = writes
-            .iter()
-            .map(|(e, _)| serde_json::to_value(e))
-            .collect::<Result<_, _>>()
-            .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))?;
-        let messages: Vec<Value> = writes
-            .iter()
-            .map(|(_, m)| serde_json::to_value(m))
-            .collect::<Result<_, _>>()
-            .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))?;
+        let (events, messages) = encode_writes(writes)?;
+        if writes.is_empty() && inbox.is_none() {
+            return Ok(None);
+        }
         let client = self.client().await?;
-        let insert_writes = "INSERT INTO transaction_writes (transaction_uuid, event, messages) \
-             SELECT $1, e, m FROM UNNEST($2::jsonb[], $3::jsonb[]) WITH ORDINALITY AS w(e, m, position) \
-             ORDER BY position";
+        // Writes go in only under an entry (`known`): a commit finds its writes through it. The
+        // statement's own inserts are not visible to its reads: `claims` looks at the writes held
+        // before.
         let Some(entry) = inbox else {
-            client
-                .execute(
-                    &prepared(&client, insert_writes).await?,
+            let row = client
+                .query_one(
+                    &prepared(&client, "WITH known AS (SELECT 1 FROM transactions WHERE uuid = $1), \
+                     held AS ( \
+                         INSERT INTO transaction_writes (transaction_uuid, event, messages) \
+                         SELECT $1, e, m FROM UNNEST($2::jsonb[], $3::jsonb[]) WITH ORDINALITY AS w(e, m, position) \
+                         WHERE EXISTS (SELECT 1 FROM known) ORDER BY position) \
+                     SELECT EXISTS (SELECT 1 FROM known) AS known").await?,
                     &[&transaction, &events, &messages],
                 )
                 .await
                 .map_err(db_error)?;
-            return Ok(None);
+            return match row.get("known") {
+                true => Ok(None),
+                false => Err(StoreError::UnknownTransaction { transaction }),
+            };
         };
-        // One statement: the writes are added only if the inbox row is new. The statement's own
-        // inserts are not visible to its reads: `claims` looks at the writes held before.
+        // One statement: the writes are added only if the inbox row is new, and the inbox row only if
+        // the writes have an entry to go under (or there are none).
         let row = client
             .query_one(
-                &prepared(&client, "WITH recorded AS ( \
-                     INSERT INTO inbox (consumer, identifier, reply) VALUES ($4, $5, $6) ON CONFLICT DO NOTHING \
-                     RETURNING 1), \
+                &prepared(&client, "WITH known AS (SELECT 1 FROM transactions WHERE uuid = $1), \
+                 recorded AS ( \
+                     INSERT INTO inbox (consumer, identifier, reply) SELECT $4::text, $5::uuid, $6::text \
+                     WHERE cardinality($2::jsonb[]) = 0 OR EXISTS (SELECT 1 FROM known) \
+                     ON CONFLICT DO NOTHING RETURNING 1), \
                  held AS ( \
                      INSERT INTO transaction_writes (transaction_uuid, event, messages) \
                      SELECT $1, e, m FROM UNNEST($2::jsonb[], $3::jsonb[]) WITH ORDINALITY AS w(e, m, position) \
                      WHERE EXISTS (SELECT 1 FROM recorded) ORDER BY position) \
-                 SELECT (SELECT count(*) FROM recorded) AS recorded, EXISTS (SELECT 1 FROM transaction_writes \
+                 SELECT EXISTS (SELECT 1 FROM known) AS known, (SELECT count(*) FROM recorded) AS recorded, \
+                     EXISTS (SELECT 1 FROM transaction_writes \
                      WHERE transaction_uuid = $1 AND event ->> 'action' <> 'create') AS claims").await?,
                 &[
                     &transaction,
@@ -209,6 +261,9 @@ impl PostgresStore {
             )
             .await
             .map_err(db_error)?;
+        if !writes.is_empty() && !row.get::<_, bool>("known") {
+            return Err(StoreError::UnknownTransaction { transaction });
+        }
         let recorded: i64 = row.get("recorded");
         if recorded == 0 {
             return Err(StoreError::AlreadyProcessed {
@@ -300,6 +355,88 @@ impl TransactionStore for PostgresStore {
             None => needs_claims(&self.held(transaction).await?),
         };
         Ok(claims_before || needs_claims(writes))
+    }
+
+    async fn open_and_hold(
+        &self,
+        chain: &[TransactionEntry],
+        writes: &[(Event, Vec<DomainMessage>)],
+        inbox: Option<&InboxEntry>,
+        check_claims: bool,
+    ) -> Result<bool, StoreError> {
+        let Some(last) = chain.last() else {
+            return Err(StoreError::backend(
+                BACKEND,
+                "no transaction to hold writes under",
+            ));
+        };
+        let (events, messages) = encode_writes(writes)?;
+        let uuids: Vec<Uuid> = chain.iter().map(|e| e.uuid).collect();
+        let destinations: Vec<Option<Uuid>> = chain.iter().map(|e| e.destination).collect();
+        let (consumer, identifier, reply) = match inbox {
+            Some(entry) => (
+                Some(entry.consumer.as_str()),
+                Some(entry.identifier),
+                crate::store::stored_reply_text(entry),
+            ),
+            None => (None, None, None),
+        };
+        let client = self.client().await?;
+        let statement = prepared(&client, OPEN_AND_HOLD).await?;
+        // A concurrent first hold of the same transaction can open the entry after this statement's
+        // snapshot: it then finds the entry neither opened by itself nor visible, and runs again.
+        for _ in 0..2 {
+            let row = client
+                .query_one(
+                    &statement,
+                    &[
+                        &last.uuid,
+                        &events,
+                        &messages,
+                        &consumer,
+                        &identifier,
+                        &reply,
+                        &uuids,
+                        &destinations,
+                        &last.updated_at,
+                    ],
+                )
+                .await
+                .map_err(db_error)?;
+            if !row.get::<_, bool>("ok") {
+                match row.get::<_, Option<String>>("status") {
+                    None if !row.get::<_, bool>("opened") => continue,
+                    None => {
+                        return Err(StoreError::UnknownTransaction {
+                            transaction: last.uuid,
+                        })
+                    }
+                    Some(status) => {
+                        return Err(StoreError::TransactionClosed {
+                            transaction: last.uuid,
+                            status: TransactionStatus::parse(&status).ok_or_else(|| {
+                                StoreError::backend(
+                                    BACKEND,
+                                    format!("unknown transaction status `{status}`"),
+                                )
+                            })?,
+                        })
+                    }
+                }
+            }
+            if let Some(entry) = inbox {
+                if row.get::<_, i64>("recorded") == 0 {
+                    return Err(StoreError::AlreadyProcessed {
+                        consumer: entry.consumer.clone(),
+                        identifier: entry.identifier,
+                    });
+                }
+            }
+            return Ok(check_claims && (row.get::<_, bool>("claims") || needs_claims(writes)));
+        }
+        Err(StoreError::UnknownTransaction {
+            transaction: last.uuid,
+        })
     }
 
     async fn held(&self, transaction: Uuid) -> Result<HeldWrites, StoreError> {
@@ -408,13 +545,16 @@ impl TransactionStore for PostgresStore {
         &self,
         entry: &TransactionEntry,
     ) -> Result<Option<TransactionEntry>, StoreError> {
-        // The entry waits for the disk: a write held under it later is stored apart from it, and a
-        // held write whose entry a database restart lost would be dropped at the commit.
+        // The entry does not wait for the disk: what makes it matter is a write held under it, whose
+        // commit waits for the disk and takes the entry with it (a commit that waits flushes the log up
+        // to itself). Lost with the server before that, its writes are refused (a hold needs the
+        // entry) and a command on it finds no entry, as it would before any write.
         let client = self.client().await?;
         let row = client
             .query_opt(
                 &prepared(&client, "WITH opened AS ( \
-                     INSERT INTO transactions (uuid, status, destination, updated_at) VALUES ($1, $2, $3, $4) \
+                     INSERT INTO transactions (uuid, status, destination, updated_at) SELECT $1, $2, $3, $4 \
+                     FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed \
                      ON CONFLICT (uuid) DO NOTHING RETURNING uuid) \
                  SELECT uuid, status, destination, updated_at FROM transactions \
                  WHERE uuid = $1 AND NOT EXISTS (SELECT 1 FROM opened)").await?,

@@ -104,6 +104,16 @@ impl TransactionStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let (writes, inbox) = (writes.to_vec(), inbox.cloned());
         self.write(move |tx| {
+            if !writes.is_empty() {
+                let known = tx
+                    .prepare_cached("SELECT 1 FROM transactions WHERE uuid = ?1")
+                    .map_err(sql_err)?
+                    .exists([transaction.to_string()])
+                    .map_err(sql_err)?;
+                if !known {
+                    return Err(StoreError::UnknownTransaction { transaction });
+                }
+            }
             if let Some(entry) = &inbox {
                 record_inbox(tx, entry)?;
             }

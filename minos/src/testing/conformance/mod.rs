@@ -52,6 +52,8 @@ macro_rules! conformance_tests {
             transactions_are_saved_and_found_by_status,
             transactions_hold_writes_until_released,
             a_hold_tells_whether_the_transaction_changes_existing_roots,
+            writes_into_a_transaction_without_entry_are_refused,
+            a_first_hold_opens_the_chain,
             transaction_writes_are_private_until_committed,
             reserve_refuses_conflicts_and_reject_drops_writes,
             nested_transactions_commit_into_their_destination,
