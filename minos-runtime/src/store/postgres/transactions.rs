@@ -545,16 +545,12 @@ impl TransactionStore for PostgresStore {
         &self,
         entry: &TransactionEntry,
     ) -> Result<Option<TransactionEntry>, StoreError> {
-        // The entry does not wait for the disk: what makes it matter is a write held under it, whose
-        // commit waits for the disk and takes the entry with it (a commit that waits flushes the log up
-        // to itself). Lost with the server before that, its writes are refused (a hold needs the
-        // entry) and a command on it finds no entry, as it would before any write.
+        // (The runtime opens entries with their first hold, `open_and_hold`.)
         let client = self.client().await?;
         let row = client
             .query_opt(
                 &prepared(&client, "WITH opened AS ( \
-                     INSERT INTO transactions (uuid, status, destination, updated_at) SELECT $1, $2, $3, $4 \
-                     FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed \
+                     INSERT INTO transactions (uuid, status, destination, updated_at) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (uuid) DO NOTHING RETURNING uuid) \
                  SELECT uuid, status, destination, updated_at FROM transactions \
                  WHERE uuid = $1 AND NOT EXISTS (SELECT 1 FROM opened)").await?,
