@@ -526,6 +526,8 @@ impl Projections {
             follower.trusted.store(false, AtomicOrdering::SeqCst);
             return Ok(Step::Busy);
         };
+        // The rows the handlers write wait in memory until the page is applied: one write per row.
+        let tx: Box<dyn super::Tx> = Box::new(super::database::Buffered::new(tx));
         let tx = Arc::new(tokio::sync::Mutex::new(tx));
         for stored in events.iter() {
             self.apply(plan, &tx, stored).await.map_err(|error| {

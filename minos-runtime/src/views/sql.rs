@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::store::{format_time, StoreError};
 
-use super::database::{Dialect, Tx};
+use super::database::{Dialect, PendingWrite, Tx};
 use super::{ColumnKind, ViewColumn, ViewDef};
 
 /// A value bound to, or read from, a statement.
@@ -191,6 +191,13 @@ impl Row {
     }
 }
 
+impl Row {
+    /// The row's key.
+    fn key(&self, def: &ViewDef) -> &SqlValue {
+        &self.values[key_index(def)]
+    }
+}
+
 fn key_index(def: &ViewDef) -> usize {
     def.scalar_columns()
         .position(|c| c.name == def.key)
@@ -348,18 +355,42 @@ impl Statements {
     }
 }
 
-pub(crate) async fn upsert(tx: &mut dyn Tx, def: &ViewDef, row: Row) -> Result<(), StoreError> {
+/// Stores `row`, replacing the one with its key: in a projection's transaction, when it flushes.
+pub(crate) async fn upsert(
+    tx: &mut dyn Tx,
+    def: &'static ViewDef,
+    row: Row,
+) -> Result<(), StoreError> {
+    if let Some((pending, _)) = tx.buffered() {
+        let key = row.key(def).clone();
+        pending.put(def, &key, PendingWrite::Upsert(row));
+        return Ok(());
+    }
+    upsert_now(tx, def, row).await
+}
+
+pub(crate) async fn upsert_now(tx: &mut dyn Tx, def: &ViewDef, row: Row) -> Result<(), StoreError> {
     let statements = Statements::of(def, tx.dialect());
     let mut params = row.values;
     params.push(SqlValue::Text(row.json));
     tx.execute(&statements.upsert, &params).await.map(|_| ())
 }
 
+/// The stored JSON of the row with `key`: in a projection's transaction, as its handlers left it.
 pub(crate) async fn get(
     tx: &mut dyn Tx,
     def: &ViewDef,
     key: &SqlValue,
 ) -> Result<Option<String>, StoreError> {
+    let tx = match tx.buffered() {
+        Some((pending, inner)) => match pending.get(def, key) {
+            Some(PendingWrite::Upsert(row)) => return Ok(Some(row.json.clone())),
+            Some(PendingWrite::Delete(_)) => return Ok(None),
+            // The rows waiting have other keys: this one reads the same before or after them.
+            None => inner,
+        },
+        None => tx,
+    };
     let statements = Statements::of(def, tx.dialect());
     let rows = tx.query(&statements.get, std::slice::from_ref(key)).await?;
     Ok(rows
@@ -369,7 +400,28 @@ pub(crate) async fn get(
         .and_then(SqlValue::into_text))
 }
 
+/// Deletes the row with `key`; whether there was one. In a projection's transaction a row written
+/// there is deleted when it flushes.
 pub(crate) async fn delete(
+    tx: &mut dyn Tx,
+    def: &'static ViewDef,
+    key: &SqlValue,
+) -> Result<bool, StoreError> {
+    let tx = match tx.buffered() {
+        Some((pending, inner)) => match pending.get(def, key) {
+            Some(PendingWrite::Upsert(_)) => {
+                pending.put(def, key, PendingWrite::Delete(key.clone()));
+                return Ok(true);
+            }
+            Some(PendingWrite::Delete(_)) => return Ok(false),
+            None => inner,
+        },
+        None => tx,
+    };
+    delete_now(tx, def, key).await
+}
+
+pub(crate) async fn delete_now(
     tx: &mut dyn Tx,
     def: &ViewDef,
     key: &SqlValue,

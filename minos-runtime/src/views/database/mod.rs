@@ -1,6 +1,6 @@
 //! The view database: SQLite (a file, or memory) or PostgreSQL, behind one small transaction port.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -47,6 +47,12 @@ pub(crate) trait Tx: Send {
     /// Commits (a no-op for a read connection).
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 
+    /// The view rows waiting to be written and the transaction under them, for a projection's
+    /// transaction ([`Buffered`]); `None` for others.
+    fn buffered(&mut self) -> Option<(&mut Pending, &mut dyn Tx)> {
+        None
+    }
+
     /// Waits for the transaction-scoped lock named `name`, between processes sharing the database
     /// (PostgreSQL; an SQLite database has one writer at a time already).
     async fn lock(&mut self, name: &str) -> Result<(), StoreError> {
@@ -58,6 +64,125 @@ pub(crate) trait Tx: Send {
             .await?;
         }
         Ok(())
+    }
+}
+
+/// A view row write waiting in a [`Buffered`] transaction.
+pub(crate) enum PendingWrite {
+    /// The row (replacing the one with its key).
+    Upsert(sql::Row),
+    /// No row with this key.
+    Delete(SqlValue),
+}
+
+/// The view rows a projection's handlers wrote, the last write per key, in the order each key was
+/// first written.
+#[derive(Default)]
+pub(crate) struct Pending {
+    order: Vec<(&'static ViewDef, String)>,
+    writes: HashMap<(&'static str, String), PendingWrite>,
+}
+
+impl Pending {
+    /// The identity of a row: its view and its key.
+    fn id(def: &ViewDef, key: &SqlValue) -> (&'static str, String) {
+        (def.name, format!("{key:?}"))
+    }
+
+    /// The write waiting for the row with `key`, if any.
+    pub(crate) fn get(&self, def: &ViewDef, key: &SqlValue) -> Option<&PendingWrite> {
+        self.writes.get(&Self::id(def, key))
+    }
+
+    /// Records `write` for the row with `key`, replacing the one waiting.
+    pub(crate) fn put(&mut self, def: &'static ViewDef, key: &SqlValue, write: PendingWrite) {
+        let id = Self::id(def, key);
+        if !self.writes.contains_key(&id) {
+            self.order.push((def, id.1.clone()));
+        }
+        self.writes.insert(id, write);
+    }
+}
+
+/// A projection's transaction: the rows its handlers upsert and delete wait in memory (the last write
+/// per row) and reach the database before any other statement runs in it, and before it commits. A
+/// page of events that changes one row many times (a counter) writes it once; a handler reads its own
+/// writes as before.
+pub(crate) struct Buffered {
+    inner: Box<dyn Tx>,
+    pending: Pending,
+}
+
+impl Buffered {
+    pub(crate) fn new(inner: Box<dyn Tx>) -> Self {
+        Buffered {
+            inner,
+            pending: Pending::default(),
+        }
+    }
+
+    /// Writes the waiting rows.
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        let mut pending = std::mem::take(&mut self.pending);
+        for (def, key) in pending.order.drain(..) {
+            let Some(write) = pending.writes.remove(&(def.name, key)) else {
+                continue;
+            };
+            let written = match write {
+                PendingWrite::Upsert(row) => sql::upsert_now(self.inner.as_mut(), def, row).await,
+                PendingWrite::Delete(key) => sql::delete_now(self.inner.as_mut(), def, &key)
+                    .await
+                    .map(|_| ()),
+            };
+            written.map_err(|error| {
+                StoreError::backend("view database", format!("view {}: {error}", def.name))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Tx for Buffered {
+    fn dialect(&self) -> Dialect {
+        self.inner.dialect()
+    }
+
+    async fn execute(&mut self, sql: &str, params: &[SqlValue]) -> Result<u64, StoreError> {
+        self.flush().await?;
+        self.inner.execute(sql, params).await
+    }
+
+    async fn query(
+        &mut self,
+        sql: &str,
+        params: &[SqlValue],
+    ) -> Result<Vec<Vec<SqlValue>>, StoreError> {
+        self.flush().await?;
+        self.inner.query(sql, params).await
+    }
+
+    async fn query_json(
+        &mut self,
+        sql: &str,
+        params: &[SqlValue],
+    ) -> Result<Vec<Map<String, Value>>, StoreError> {
+        self.flush().await?;
+        self.inner.query_json(sql, params).await
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        self.flush().await?;
+        self.inner.commit().await
+    }
+
+    async fn lock(&mut self, name: &str) -> Result<(), StoreError> {
+        self.flush().await?;
+        self.inner.lock(name).await
+    }
+
+    fn buffered(&mut self) -> Option<(&mut Pending, &mut dyn Tx)> {
+        Some((&mut self.pending, self.inner.as_mut()))
     }
 }
 
@@ -297,3 +422,109 @@ impl Views {
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::views::{ColumnKind, ViewColumn};
+
+    static COUNTER: ViewDef = ViewDef {
+        name: "BufferedCounter",
+        key: "id",
+        columns: &[
+            ViewColumn {
+                name: "id",
+                kind: ColumnKind::Text,
+                nullable: false,
+                indexed: false,
+            },
+            ViewColumn {
+                name: "n",
+                kind: ColumnKind::Integer,
+                nullable: false,
+                indexed: false,
+            },
+        ],
+        version: 1,
+        shape: "id: String (key), n: i64",
+        file: file!(),
+        line: line!(),
+    };
+
+    fn n_of(json: Option<String>) -> Option<i64> {
+        let value: Value = serde_json::from_str(&json?).unwrap();
+        value["n"].as_i64()
+    }
+
+    #[tokio::test]
+    async fn a_projection_transaction_writes_each_row_once_and_reads_its_own_writes() {
+        let views = Views::memory().await.unwrap();
+        let mut setup = views.begin().await.unwrap();
+        for statement in sql::create_table(setup.dialect(), &COUNTER) {
+            setup.execute(&statement, &[]).await.unwrap();
+        }
+        setup.commit().await.unwrap();
+
+        let mut tx: Box<dyn Tx> = Box::new(Buffered::new(views.begin().await.unwrap()));
+        let row = |n: i64| sql::Row::of(&COUNTER, json!({"id": "a", "n": n})).unwrap();
+        let key = SqlValue::Text("a".into());
+        assert_eq!(
+            n_of(sql::get(tx.as_mut(), &COUNTER, &key).await.unwrap()),
+            None
+        );
+        for n in 1..=3 {
+            sql::upsert(tx.as_mut(), &COUNTER, row(n)).await.unwrap();
+        }
+        // The handler reads its own last write; one write waits for the row.
+        assert_eq!(
+            n_of(sql::get(tx.as_mut(), &COUNTER, &key).await.unwrap()),
+            Some(3)
+        );
+        assert_eq!(tx.buffered().unwrap().0.writes.len(), 1);
+        // Deleted in the transaction: gone for its reads, and a second delete finds nothing.
+        assert!(sql::delete(tx.as_mut(), &COUNTER, &key).await.unwrap());
+        assert_eq!(
+            n_of(sql::get(tx.as_mut(), &COUNTER, &key).await.unwrap()),
+            None
+        );
+        assert!(!sql::delete(tx.as_mut(), &COUNTER, &key).await.unwrap());
+        sql::upsert(tx.as_mut(), &COUNTER, row(7)).await.unwrap();
+        // Any other statement sees the rows written so far.
+        let rows = tx
+            .query("SELECT n FROM view_buffered_counter", &[])
+            .await
+            .unwrap();
+        assert_eq!(rows, [[SqlValue::Integer(7)]]);
+        assert!(tx.buffered().unwrap().0.writes.is_empty());
+        sql::upsert(tx.as_mut(), &COUNTER, row(8)).await.unwrap();
+        // Rolled back: nothing of it stays.
+        drop(tx);
+        let mut read = views.read().await.unwrap();
+        assert_eq!(
+            n_of(sql::get(read.as_mut(), &COUNTER, &key).await.unwrap()),
+            None
+        );
+        drop(read);
+
+        // Committed: the last write of each row is stored.
+        let mut tx: Box<dyn Tx> = Box::new(Buffered::new(views.begin().await.unwrap()));
+        for n in 1..=5 {
+            sql::upsert(tx.as_mut(), &COUNTER, row(n)).await.unwrap();
+        }
+        let other = sql::Row::of(&COUNTER, json!({"id": "b", "n": 1})).unwrap();
+        sql::upsert(tx.as_mut(), &COUNTER, other).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut read = views.read().await.unwrap();
+        assert_eq!(
+            n_of(sql::get(read.as_mut(), &COUNTER, &key).await.unwrap()),
+            Some(5)
+        );
+        let b = SqlValue::Text("b".into());
+        assert_eq!(
+            n_of(sql::get(read.as_mut(), &COUNTER, &b).await.unwrap()),
+            Some(1)
+        );
+    }
+}
