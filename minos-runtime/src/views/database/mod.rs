@@ -128,15 +128,12 @@ impl Buffered {
             let Some(write) = pending.writes.remove(&(def.name, key)) else {
                 continue;
             };
-            let written = match write {
-                PendingWrite::Upsert(row) => sql::upsert_now(self.inner.as_mut(), def, row).await,
-                PendingWrite::Delete(key) => sql::delete_now(self.inner.as_mut(), def, &key)
-                    .await
-                    .map(|_| ()),
-            };
-            written.map_err(|error| {
-                StoreError::backend("view database", format!("view {}: {error}", def.name))
-            })?;
+            match write {
+                PendingWrite::Upsert(row) => sql::upsert_now(self.inner.as_mut(), def, row).await?,
+                PendingWrite::Delete(key) => {
+                    sql::delete_now(self.inner.as_mut(), def, &key).await?;
+                }
+            }
         }
         Ok(())
     }
