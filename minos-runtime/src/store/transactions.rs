@@ -116,8 +116,8 @@ pub trait TransactionStore: Send + Sync {
         self.save_transaction(entry).await
     }
 
-    /// Stores `entry` (pending, inside its destination) unless an entry with its uuid exists; answers the
-    /// existing entry, or `None` when this call stored it. Backends answer in one round trip where they
+    /// Stores `entry` (pending, inside its destination, or with the status it carries) unless an entry
+    /// with its uuid exists; answers the existing entry, or `None` when this call stored it. Backends answer in one round trip where they
     /// can; the default reads, then saves.
     async fn open_transaction(
         &self,

@@ -92,8 +92,12 @@ impl Transactions {
             None => {
                 let mut entry = TransactionEntry::new(uuid, None);
                 entry.status = status;
-                store.save_transaction(&entry).await?;
-                Ok(None)
+                // Stored only if still absent: a first write that opened the entry meanwhile keeps
+                // it (and its writes), and this command runs on it.
+                match store.open_transaction(&entry).await? {
+                    None => Ok(None),
+                    Some(_) => Ok(store.transaction_and_held(uuid).await?),
+                }
             }
         }
     }

@@ -111,6 +111,9 @@ impl Pending {
 pub(crate) struct Buffered {
     inner: Box<dyn Tx>,
     pending: Pending,
+    /// Why writing the waiting rows failed, once it did: every later statement and the commit fail
+    /// too, so a page never commits without some of its rows.
+    failed: Option<String>,
 }
 
 impl Buffered {
@@ -118,24 +121,52 @@ impl Buffered {
         Buffered {
             inner,
             pending: Pending::default(),
+            failed: None,
         }
     }
 
-    /// Writes the waiting rows.
+    /// Writes the waiting rows; after a failure, fails again.
     async fn flush(&mut self) -> Result<(), StoreError> {
+        if let Some(failed) = &self.failed {
+            return Err(StoreError::backend(
+                "view database",
+                format!("an earlier view row write of this page failed: {failed}"),
+            ));
+        }
         let mut pending = std::mem::take(&mut self.pending);
         for (def, key) in pending.order.drain(..) {
-            let Some(write) = pending.writes.remove(&(def.name, key)) else {
+            let Some(write) = pending.writes.remove(&(def.name, key.clone())) else {
                 continue;
             };
-            match write {
-                PendingWrite::Upsert(row) => sql::upsert_now(self.inner.as_mut(), def, row).await?,
-                PendingWrite::Delete(key) => {
-                    sql::delete_now(self.inner.as_mut(), def, &key).await?;
-                }
+            let written = match write {
+                PendingWrite::Upsert(row) => sql::upsert_now(self.inner.as_mut(), def, row).await,
+                PendingWrite::Delete(key) => sql::delete_now(self.inner.as_mut(), def, &key)
+                    .await
+                    .map(|_| ()),
+            };
+            if let Err(error) = written {
+                let context = format!("view {} row {key}", def.name);
+                self.failed = Some(format!("{context}: {error}"));
+                return Err(in_context(error, &context));
             }
         }
         Ok(())
+    }
+}
+
+/// `error` with `context` in front of what the backend said, of the same kind (unavailable stays
+/// unavailable).
+fn in_context(error: StoreError, context: &str) -> StoreError {
+    match error {
+        StoreError::Unavailable { backend, source } => StoreError::Unavailable {
+            backend,
+            source: format!("{context}: {source}").into(),
+        },
+        StoreError::Backend { backend, source } => StoreError::Backend {
+            backend,
+            source: format!("{context}: {source}").into(),
+        },
+        other => other,
     }
 }
 
@@ -523,5 +554,20 @@ mod tests {
             n_of(sql::get(read.as_mut(), &COUNTER, &b).await.unwrap()),
             Some(1)
         );
+    }
+
+    #[tokio::test]
+    async fn a_failed_row_write_fails_the_rest_of_the_page() {
+        let views = Views::memory().await.unwrap();
+        // No table: the write fails when the rows are flushed.
+        let mut tx: Box<dyn Tx> = Box::new(Buffered::new(views.begin().await.unwrap()));
+        let row = sql::Row::of(&COUNTER, json!({"id": "a", "n": 1})).unwrap();
+        sql::upsert(tx.as_mut(), &COUNTER, row).await.unwrap();
+        let error = tx.query("SELECT 1", &[]).await.unwrap_err().to_string();
+        assert!(error.contains("view BufferedCounter row"), "{error}");
+        // Whoever ignores that error, the page cannot go on or commit.
+        let again = tx.execute("SELECT 1", &[]).await.unwrap_err().to_string();
+        assert!(again.contains("an earlier view row write"), "{again}");
+        assert!(tx.commit().await.is_err());
     }
 }
