@@ -13,8 +13,9 @@ use crate::auth::{accepted_at, bearer, Caller, Principal};
 use crate::error::Error;
 use crate::hash::stable_hash;
 use crate::messaging::{headers, topics, BrokerMessage, Delivery, Payload, Subscription};
+use crate::store::needs_claims;
 use crate::store::{InboxEntry, StoreError};
-use crate::transaction::{needs_claims, TransactionScope};
+use crate::transaction::TransactionScope;
 
 /// A handler the runtime itself registers for a topic (transaction commands, saga replies). Its result
 /// is the reply when the message asks for one.

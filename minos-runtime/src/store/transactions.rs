@@ -87,9 +87,22 @@ pub trait TransactionStore: Send + Sync {
                 _ => {}
             }
         }
+        self.hold_checking(last.uuid, writes, inbox, check_claims)
+            .await
+    }
+
+    /// [`hold_and_check_claims`](Self::hold_and_check_claims) with `check_claims`, else
+    /// [`hold`](Self::hold) answering `false`.
+    async fn hold_checking(
+        &self,
+        transaction: Uuid,
+        writes: &[(Event, Vec<DomainMessage>)],
+        inbox: Option<&InboxEntry>,
+        check_claims: bool,
+    ) -> Result<bool, StoreError> {
         match check_claims {
-            true => self.hold_and_check_claims(last.uuid, writes, inbox).await,
-            false => self.hold(last.uuid, writes, inbox).await.map(|()| false),
+            true => self.hold_and_check_claims(transaction, writes, inbox).await,
+            false => self.hold(transaction, writes, inbox).await.map(|()| false),
         }
     }
 
@@ -117,8 +130,8 @@ pub trait TransactionStore: Send + Sync {
     }
 
     /// Stores `entry` (pending, inside its destination, or with the status it carries) unless an entry
-    /// with its uuid exists; answers the existing entry, or `None` when this call stored it. Backends answer in one round trip where they
-    /// can; the default reads, then saves.
+    /// with its uuid exists; answers the existing entry, or `None` when this call stored it. Backends
+    /// answer in one round trip where they can; the default reads, then saves.
     async fn open_transaction(
         &self,
         entry: &TransactionEntry,

@@ -13,7 +13,7 @@ use crate::domain::{Action, Event, TransactionEntry, TransactionStatus};
 use crate::error::{Error, Result};
 use crate::keyed_lock::KeyedLocks;
 use crate::store::{
-    check_applies, ClaimedCommit, EventFilter, HeldWrites, SharedStore, StoreError,
+    check_applies, needs_claims, ClaimedCommit, EventFilter, HeldWrites, SharedStore, StoreError,
 };
 
 /// The commands every service answers for the transactions it holds.
@@ -418,8 +418,6 @@ impl Transactions {
         Ok(handled)
     }
 }
-
-pub(crate) use crate::store::needs_claims;
 
 /// The first held write of each root, after checking that each root's held versions follow each other.
 fn first_write_per_root(held: &HeldWrites) -> Result<BTreeMap<Uuid, &Event>, StoreError> {

@@ -14,7 +14,6 @@ mod view;
 
 pub use crate::domain::{InvalidTransition, TransactionEntry, TransactionStatus};
 pub use crate::store::HeldWrites;
-pub(crate) use commands::needs_claims;
 pub use commands::{TransactionCommand, Transactions};
 pub use scope::TransactionScope;
 pub(crate) use scope::WriteScope;

@@ -178,17 +178,9 @@ impl TransactionScope {
     ) -> Result<bool> {
         // Nothing to hold needs no entry (a handler that wrote nothing records its inbox entry alone).
         if self.opened.load(std::sync::atomic::Ordering::Acquire) || writes.is_empty() {
-            return Ok(match check_claims {
-                true => {
-                    store
-                        .hold_and_check_claims(self.uuid(), writes, inbox)
-                        .await?
-                }
-                false => store
-                    .hold(self.uuid(), writes, inbox)
-                    .await
-                    .map(|()| false)?,
-            });
+            return Ok(store
+                .hold_checking(self.uuid(), writes, inbox, check_claims)
+                .await?);
         }
         let mut destination = None;
         let chain: Vec<TransactionEntry> = self

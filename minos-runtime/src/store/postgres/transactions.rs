@@ -101,6 +101,36 @@ fn encode_writes(
     Ok((events, messages))
 }
 
+/// The inbox entry's columns (all null without one), as [`HOLD`] and [`OPEN_AND_HOLD`] take them.
+fn inbox_columns(inbox: Option<&InboxEntry>) -> (Option<&str>, Option<Uuid>, Option<String>) {
+    match inbox {
+        Some(entry) => (
+            Some(entry.consumer.as_str()),
+            Some(entry.identifier),
+            crate::store::stored_reply_text(entry),
+        ),
+        None => (None, None, None),
+    }
+}
+
+/// Holds the writes (`$2`, `$3`) under transaction `$1` when it has an entry (`known`), with the
+/// inbox entry (`$4`..`$6`; none when `$4` is null), all or nothing: the writes only if the inbox row
+/// is new, the inbox row only if the writes have an entry to go under (or there are none). The
+/// statement's own inserts are not visible to its reads: `claims` looks at the writes held before.
+const HOLD: &str = "WITH known AS (SELECT 1 FROM transactions WHERE uuid = $1), \
+ recorded AS ( \
+     INSERT INTO inbox (consumer, identifier, reply) SELECT $4::text, $5::uuid, $6::text \
+     WHERE $4::text IS NOT NULL AND (cardinality($2::jsonb[]) = 0 OR EXISTS (SELECT 1 FROM known)) \
+     ON CONFLICT DO NOTHING RETURNING 1), \
+ held AS ( \
+     INSERT INTO transaction_writes (transaction_uuid, event, messages) \
+     SELECT $1, e, m FROM UNNEST($2::jsonb[], $3::jsonb[]) WITH ORDINALITY AS w(e, m, position) \
+     WHERE EXISTS (SELECT 1 FROM known) AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM recorded)) \
+     ORDER BY position) \
+ SELECT EXISTS (SELECT 1 FROM known) AS known, (SELECT count(*) FROM recorded) AS recorded, \
+     EXISTS (SELECT 1 FROM transaction_writes \
+         WHERE transaction_uuid = $1 AND event ->> 'action' <> 'create') AS claims";
+
 /// Opens the entries of a chain (`$7` uuids, `$8` destinations, pending at `$9`) the store does not
 /// know yet and, when the last (`$1`) is pending, holds the writes (`$2`, `$3`) under it with the
 /// inbox entry (`$4`..`$6`; none when `$4` is null), all in one statement: the entries reach the disk
@@ -199,64 +229,28 @@ impl PostgresStore {
         Ok(ClaimedCommit::Committed(stored))
     }
 
-    /// Adds `writes` to those `transaction` holds, with the inbox entry when given (all or nothing).
-    /// With an inbox entry, also answers whether the transaction held a write before these that
-    /// changes a root that existed before (read in the same statement); without one, `None`.
+    /// Adds `writes` to those `transaction` holds, with the inbox entry when given (all or nothing),
+    /// in one statement; also answers whether the transaction held a write before these that changes
+    /// a root that existed before.
     async fn hold_writes(
         &self,
         transaction: Uuid,
         writes: &[(Event, Vec<DomainMessage>)],
         inbox: Option<&InboxEntry>,
-    ) -> Result<Option<bool>, StoreError> {
+    ) -> Result<bool, StoreError> {
         let (events, messages) = encode_writes(writes)?;
-        if writes.is_empty() && inbox.is_none() {
-            return Ok(None);
-        }
+        let (consumer, identifier, reply) = inbox_columns(inbox);
         let client = self.client().await?;
-        // Writes go in only under an entry (`known`): a commit finds its writes through it. The
-        // statement's own inserts are not visible to its reads: `claims` looks at the writes held
-        // before.
-        let Some(entry) = inbox else {
-            let row = client
-                .query_one(
-                    &prepared(&client, "WITH known AS (SELECT 1 FROM transactions WHERE uuid = $1), \
-                     held AS ( \
-                         INSERT INTO transaction_writes (transaction_uuid, event, messages) \
-                         SELECT $1, e, m FROM UNNEST($2::jsonb[], $3::jsonb[]) WITH ORDINALITY AS w(e, m, position) \
-                         WHERE EXISTS (SELECT 1 FROM known) ORDER BY position) \
-                     SELECT EXISTS (SELECT 1 FROM known) AS known").await?,
-                    &[&transaction, &events, &messages],
-                )
-                .await
-                .map_err(db_error)?;
-            return match row.get("known") {
-                true => Ok(None),
-                false => Err(StoreError::UnknownTransaction { transaction }),
-            };
-        };
-        // One statement: the writes are added only if the inbox row is new, and the inbox row only if
-        // the writes have an entry to go under (or there are none).
         let row = client
             .query_one(
-                &prepared(&client, "WITH known AS (SELECT 1 FROM transactions WHERE uuid = $1), \
-                 recorded AS ( \
-                     INSERT INTO inbox (consumer, identifier, reply) SELECT $4::text, $5::uuid, $6::text \
-                     WHERE cardinality($2::jsonb[]) = 0 OR EXISTS (SELECT 1 FROM known) \
-                     ON CONFLICT DO NOTHING RETURNING 1), \
-                 held AS ( \
-                     INSERT INTO transaction_writes (transaction_uuid, event, messages) \
-                     SELECT $1, e, m FROM UNNEST($2::jsonb[], $3::jsonb[]) WITH ORDINALITY AS w(e, m, position) \
-                     WHERE EXISTS (SELECT 1 FROM recorded) ORDER BY position) \
-                 SELECT EXISTS (SELECT 1 FROM known) AS known, (SELECT count(*) FROM recorded) AS recorded, \
-                     EXISTS (SELECT 1 FROM transaction_writes \
-                     WHERE transaction_uuid = $1 AND event ->> 'action' <> 'create') AS claims").await?,
+                &prepared(&client, HOLD).await?,
                 &[
                     &transaction,
                     &events,
                     &messages,
-                    &entry.consumer,
-                    &entry.identifier,
-                    &crate::store::stored_reply_text(entry),
+                    &consumer,
+                    &identifier,
+                    &reply,
                 ],
             )
             .await
@@ -264,14 +258,15 @@ impl PostgresStore {
         if !writes.is_empty() && !row.get::<_, bool>("known") {
             return Err(StoreError::UnknownTransaction { transaction });
         }
-        let recorded: i64 = row.get("recorded");
-        if recorded == 0 {
-            return Err(StoreError::AlreadyProcessed {
-                consumer: entry.consumer.clone(),
-                identifier: entry.identifier,
-            });
+        if let Some(entry) = inbox {
+            if row.get::<_, i64>("recorded") == 0 {
+                return Err(StoreError::AlreadyProcessed {
+                    consumer: entry.consumer.clone(),
+                    identifier: entry.identifier,
+                });
+            }
         }
-        Ok(Some(row.get("claims")))
+        Ok(row.get("claims"))
     }
 
     /// Runs `sql`, one of the entry statements above, with the entry's columns as `$1..$4`.
@@ -339,6 +334,9 @@ impl TransactionStore for PostgresStore {
         writes: &[(Event, Vec<DomainMessage>)],
         inbox: Option<&InboxEntry>,
     ) -> Result<(), StoreError> {
+        if writes.is_empty() && inbox.is_none() {
+            return Ok(());
+        }
         self.hold_writes(transaction, writes, inbox)
             .await
             .map(|_| ())
@@ -350,10 +348,7 @@ impl TransactionStore for PostgresStore {
         writes: &[(Event, Vec<DomainMessage>)],
         inbox: Option<&InboxEntry>,
     ) -> Result<bool, StoreError> {
-        let claims_before = match self.hold_writes(transaction, writes, inbox).await? {
-            Some(claims_before) => claims_before,
-            None => needs_claims(&self.held(transaction).await?),
-        };
+        let claims_before = self.hold_writes(transaction, writes, inbox).await?;
         Ok(claims_before || needs_claims(writes))
     }
 
@@ -373,14 +368,7 @@ impl TransactionStore for PostgresStore {
         let (events, messages) = encode_writes(writes)?;
         let uuids: Vec<Uuid> = chain.iter().map(|e| e.uuid).collect();
         let destinations: Vec<Option<Uuid>> = chain.iter().map(|e| e.destination).collect();
-        let (consumer, identifier, reply) = match inbox {
-            Some(entry) => (
-                Some(entry.consumer.as_str()),
-                Some(entry.identifier),
-                crate::store::stored_reply_text(entry),
-            ),
-            None => (None, None, None),
-        };
+        let (consumer, identifier, reply) = inbox_columns(inbox);
         let client = self.client().await?;
         let statement = prepared(&client, OPEN_AND_HOLD).await?;
         // A concurrent first hold of the same transaction can open the entry after this statement's

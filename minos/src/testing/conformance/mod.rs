@@ -77,6 +77,7 @@ macro_rules! conformance_tests {
     };
 }
 
+mod holds;
 mod outbox;
 mod queries;
 mod registry;
@@ -85,6 +86,7 @@ mod sagas;
 mod transactions;
 mod writes;
 
+pub use holds::*;
 pub use outbox::*;
 pub use queries::*;
 pub use registry::*;

@@ -1,0 +1,255 @@
+//! Held writes: holds into a transaction, the claims they answer, and the first hold that opens the
+//! transaction's entries.
+
+use super::super::models::Customer;
+use super::in_scope;
+use crate::prelude::*;
+use crate::store::StoreError;
+use crate::Error;
+
+/// The two writes of a customer created (`x`) then renamed (`y`), staged: nothing reaches the store.
+async fn created_then_renamed(repo: &Repository) -> crate::store::HeldWrites {
+    let ((), writes) = repo
+        .staged(in_scope(repo, async {
+            let mut customer = Customer::create(Customer { name: "x".into() })
+                .await
+                .unwrap();
+            customer.name = "y".into();
+            customer.save().await.unwrap();
+        }))
+        .await;
+    writes
+}
+
+/// A new pending top-level transaction, its entry opened: writes can be held under it.
+pub(super) async fn open_one(store: &crate::store::SharedStore) -> Uuid {
+    let uuid = Uuid::now_v7();
+    let entry = crate::transaction::TransactionEntry::new(uuid, None);
+    assert_eq!(store.open_transaction(&entry).await.unwrap(), None);
+    uuid
+}
+
+/// A transaction's held writes come back in order, apart from other transactions', until released.
+pub async fn transactions_hold_writes_until_released(repo: Repository) {
+    let store = repo.store();
+    let (a, b) = (open_one(store).await, open_one(store).await);
+    let writes = created_then_renamed(&repo).await;
+    store.hold(a, &writes[..1], None).await.unwrap();
+    store.hold(b, &writes, None).await.unwrap();
+    let inbox = crate::store::InboxEntry::new("svc", Uuid::new_v4());
+    store.hold(a, &writes[1..], Some(&inbox)).await.unwrap();
+    assert!(store.is_processed(&inbox).await.unwrap());
+    // The same message again: refused, nothing added.
+    let again = store.hold(a, &writes[1..], Some(&inbox)).await.unwrap_err();
+    assert!(
+        matches!(again, StoreError::AlreadyProcessed { .. }),
+        "{again}"
+    );
+    let held = store.held(a).await.unwrap();
+    assert_eq!(held, writes);
+    assert_eq!(store.held(b).await.unwrap().len(), 2);
+    // Nothing held reached the store.
+    assert!(repo
+        .get::<Customer>(writes[0].0.uuid)
+        .await
+        .unwrap_err()
+        .is_not_found());
+    store.release(a).await.unwrap();
+    assert!(store.held(a).await.unwrap().is_empty());
+    assert_eq!(store.held(b).await.unwrap().len(), 2);
+    repo.commit_unit(&store.held(b).await.unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        repo.get::<Customer>(writes[0].0.uuid).await.unwrap().name,
+        "y"
+    );
+}
+
+/// A hold answers whether the transaction then holds a change to a root that existed before (what a
+/// reservation claims), counting the writes held before it; new roots alone answer no.
+pub async fn a_hold_tells_whether_the_transaction_changes_existing_roots(repo: Repository) {
+    let store = repo.store();
+    let writes = created_then_renamed(&repo).await;
+    let (created, changed) = (&writes[..1], &writes[1..]);
+    let inbox = || crate::store::InboxEntry::new("svc", Uuid::new_v4());
+
+    // New roots alone, in one hold or two.
+    let fresh = open_one(store).await;
+    assert!(!store
+        .hold_and_check_claims(fresh, created, Some(&inbox()))
+        .await
+        .unwrap());
+    assert!(!store
+        .hold_and_check_claims(fresh, &[], Some(&inbox()))
+        .await
+        .unwrap());
+
+    // A change held by an earlier hold counts, as does one in this hold.
+    let earlier = open_one(store).await;
+    store.hold(earlier, changed, None).await.unwrap();
+    assert!(store
+        .hold_and_check_claims(earlier, created, Some(&inbox()))
+        .await
+        .unwrap());
+    let now = open_one(store).await;
+    assert!(store
+        .hold_and_check_claims(now, &writes, Some(&inbox()))
+        .await
+        .unwrap());
+    assert!(store
+        .hold_and_check_claims(open_one(store).await, changed, None)
+        .await
+        .unwrap());
+
+    // A redelivered message is refused and adds nothing.
+    let once = inbox();
+    assert!(!store
+        .hold_and_check_claims(fresh, created, Some(&once))
+        .await
+        .unwrap());
+    let again = store
+        .hold_and_check_claims(fresh, changed, Some(&once))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(again, StoreError::AlreadyProcessed { .. }),
+        "{again}"
+    );
+    assert_eq!(store.held(fresh).await.unwrap().len(), 2);
+}
+
+/// Writes held into a transaction the store has no entry for are refused, and nothing is written:
+/// neither the writes nor the message's inbox entry (its redelivery is handled again). A hold of no
+/// writes still records the inbox entry alone.
+pub async fn writes_into_a_transaction_without_entry_are_refused(repo: Repository) {
+    let store = repo.store();
+    let writes = created_then_renamed(&repo).await;
+    let unknown = Uuid::now_v7();
+    let inbox = crate::store::InboxEntry::new("svc", Uuid::new_v4());
+    let refused = [
+        store.hold(unknown, &writes, None).await.unwrap_err(),
+        store
+            .hold(unknown, &writes, Some(&inbox))
+            .await
+            .unwrap_err(),
+        store
+            .hold_and_check_claims(unknown, &writes[..1], Some(&inbox))
+            .await
+            .unwrap_err(),
+    ];
+    for error in refused {
+        assert!(
+            matches!(error, StoreError::UnknownTransaction { transaction } if transaction == unknown),
+            "{error}"
+        );
+        assert_eq!(Error::from(error).status(), 409);
+    }
+    assert!(store.held(unknown).await.unwrap().is_empty());
+    assert!(!store.is_processed(&inbox).await.unwrap());
+    assert_eq!(store.transaction(unknown).await.unwrap(), None);
+
+    // Nothing to hold: the inbox entry alone is recorded.
+    store.hold(unknown, &[], Some(&inbox)).await.unwrap();
+    assert!(store.is_processed(&inbox).await.unwrap());
+
+    // Once opened, the same writes are held.
+    let entry = crate::transaction::TransactionEntry::new(unknown, None);
+    assert_eq!(store.open_transaction(&entry).await.unwrap(), None);
+    let next = crate::store::InboxEntry::new("svc", Uuid::new_v4());
+    store.hold(unknown, &writes, Some(&next)).await.unwrap();
+    assert_eq!(store.held(unknown).await.unwrap(), writes);
+}
+
+/// A transaction's first hold opens the entries of its chain (each pending, inside the one before)
+/// and holds the writes, all or nothing: refused into a transaction that is no longer pending or for a
+/// redelivered message, nothing written; concurrent first holds of one transaction all get in.
+pub async fn a_first_hold_opens_the_chain(repo: Repository) {
+    use crate::transaction::{TransactionEntry, TransactionStatus};
+    let store = repo.store();
+    let writes = created_then_renamed(&repo).await;
+    let (outer, inner) = (Uuid::now_v7(), Uuid::now_v7());
+    let chain = [
+        TransactionEntry::new(outer, None),
+        TransactionEntry::new(inner, Some(outer)),
+    ];
+    let inbox = crate::store::InboxEntry::new("svc", Uuid::new_v4());
+    // Only new roots: no claims; asked not to check: `false` whatever is held.
+    assert!(!store
+        .open_and_hold(&chain, &writes[..1], Some(&inbox), true)
+        .await
+        .unwrap());
+    let (outer_entry, inner_entry) = (
+        store.transaction(outer).await.unwrap().unwrap(),
+        store.transaction(inner).await.unwrap().unwrap(),
+    );
+    assert_eq!(
+        (outer_entry.status, outer_entry.destination),
+        (TransactionStatus::Pending, None)
+    );
+    assert_eq!(
+        (inner_entry.status, inner_entry.destination),
+        (TransactionStatus::Pending, Some(outer))
+    );
+    assert!(store.is_processed(&inbox).await.unwrap());
+    assert_eq!(store.held(inner).await.unwrap(), writes[..1]);
+    assert!(store.held(outer).await.unwrap().is_empty());
+
+    // Opened already: the next writes go in; the redelivered message adds nothing.
+    let again = store
+        .open_and_hold(&chain, &writes[1..], Some(&inbox), true)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(again, StoreError::AlreadyProcessed { .. }),
+        "{again}"
+    );
+    assert!(store
+        .open_and_hold(&chain, &writes[1..], None, true)
+        .await
+        .unwrap());
+    assert!(!store
+        .open_and_hold(&chain, &writes[1..], None, false)
+        .await
+        .unwrap());
+    assert_eq!(store.held(inner).await.unwrap().len(), 3);
+
+    // No longer pending: refused, nothing written.
+    let mut rejected = store.transaction(inner).await.unwrap().unwrap();
+    rejected.transition(TransactionStatus::Rejected).unwrap();
+    store.settle_transaction(&rejected).await.unwrap();
+    let late = crate::store::InboxEntry::new("svc", Uuid::new_v4());
+    let closed = store
+        .open_and_hold(&chain, &writes, Some(&late), true)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            closed,
+            StoreError::TransactionClosed { transaction, status: TransactionStatus::Rejected }
+                if transaction == inner
+        ),
+        "{closed}"
+    );
+    assert_eq!(Error::from(closed).status(), 409);
+    assert!(store.held(inner).await.unwrap().is_empty());
+    assert!(!store.is_processed(&late).await.unwrap());
+
+    // Eight first holds of one new transaction at once: each gets in, once.
+    let shared = Uuid::now_v7();
+    let mut holds = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (store, write) = (store.clone(), writes[..1].to_vec());
+        holds.spawn(async move {
+            let chain = [TransactionEntry::new(shared, None)];
+            let inbox = crate::store::InboxEntry::new("svc", Uuid::new_v4());
+            store
+                .open_and_hold(&chain, &write, Some(&inbox), false)
+                .await
+        });
+    }
+    while let Some(result) = holds.join_next().await {
+        result.unwrap().unwrap();
+    }
+    assert_eq!(store.held(shared).await.unwrap().len(), 8);
+}
