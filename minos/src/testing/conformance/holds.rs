@@ -7,14 +7,19 @@ use crate::prelude::*;
 use crate::store::StoreError;
 use crate::Error;
 
-/// The two writes of a customer created (`x`) then renamed (`y`), staged: nothing reaches the store.
-async fn created_then_renamed(repo: &Repository) -> crate::store::HeldWrites {
+/// The two writes of a customer created (named `first`) then renamed (`then`), staged: nothing reaches
+/// the store.
+pub(super) async fn created_then_renamed(
+    repo: &Repository,
+    first: &str,
+    then: &str,
+) -> crate::store::HeldWrites {
     let ((), writes) = repo
         .staged(in_scope(repo, async {
-            let mut customer = Customer::create(Customer { name: "x".into() })
+            let mut customer = Customer::create(Customer { name: first.into() })
                 .await
                 .unwrap();
-            customer.name = "y".into();
+            customer.name = then.into();
             customer.save().await.unwrap();
         }))
         .await;
@@ -33,7 +38,7 @@ pub(super) async fn open_one(store: &crate::store::SharedStore) -> Uuid {
 pub async fn transactions_hold_writes_until_released(repo: Repository) {
     let store = repo.store();
     let (a, b) = (open_one(store).await, open_one(store).await);
-    let writes = created_then_renamed(&repo).await;
+    let writes = created_then_renamed(&repo, "x", "y").await;
     store.hold(a, &writes[..1], None).await.unwrap();
     store.hold(b, &writes, None).await.unwrap();
     let inbox = crate::store::InboxEntry::new("svc", Uuid::new_v4());
@@ -70,7 +75,7 @@ pub async fn transactions_hold_writes_until_released(repo: Repository) {
 /// reservation claims), counting the writes held before it; new roots alone answer no.
 pub async fn a_hold_tells_whether_the_transaction_changes_existing_roots(repo: Repository) {
     let store = repo.store();
-    let writes = created_then_renamed(&repo).await;
+    let writes = created_then_renamed(&repo, "x", "y").await;
     let (created, changed) = (&writes[..1], &writes[1..]);
     let inbox = || crate::store::InboxEntry::new("svc", Uuid::new_v4());
 
@@ -124,7 +129,7 @@ pub async fn a_hold_tells_whether_the_transaction_changes_existing_roots(repo: R
 /// writes still records the inbox entry alone.
 pub async fn writes_into_a_transaction_without_entry_are_refused(repo: Repository) {
     let store = repo.store();
-    let writes = created_then_renamed(&repo).await;
+    let writes = created_then_renamed(&repo, "x", "y").await;
     let unknown = Uuid::now_v7();
     let inbox = crate::store::InboxEntry::new("svc", Uuid::new_v4());
     let refused = [
@@ -167,7 +172,7 @@ pub async fn writes_into_a_transaction_without_entry_are_refused(repo: Repositor
 pub async fn a_first_hold_opens_the_chain(repo: Repository) {
     use crate::transaction::{TransactionEntry, TransactionStatus};
     let store = repo.store();
-    let writes = created_then_renamed(&repo).await;
+    let writes = created_then_renamed(&repo, "x", "y").await;
     let (outer, inner) = (Uuid::now_v7(), Uuid::now_v7());
     let chain = [
         TransactionEntry::new(outer, None),

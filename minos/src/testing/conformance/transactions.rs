@@ -1,7 +1,7 @@
 //! Application transactions: entries, privacy of their writes, reservations, commits, nesting and claims.
 
 use super::super::models::Customer;
-use super::holds::open_one;
+use super::holds::{created_then_renamed, open_one};
 use super::in_scope;
 use crate::prelude::*;
 use crate::Error;
@@ -449,15 +449,7 @@ pub async fn transactions_open_read_and_settle_in_one_step(repo: Repository) {
         (again.status, again.destination),
         (TransactionStatus::Pending, None)
     );
-    let ((), writes) = repo
-        .staged(in_scope(&repo, async {
-            let mut customer = Customer::create(Customer { name: "a".into() })
-                .await
-                .unwrap();
-            customer.name = "b".into();
-            customer.save().await.unwrap();
-        }))
-        .await;
+    let writes = created_then_renamed(&repo, "a", "b").await;
     store.hold(uuid, &writes, None).await.unwrap();
     let (entry, held) = store.transaction_and_held(uuid).await.unwrap().unwrap();
     assert_eq!(
