@@ -215,7 +215,8 @@ impl Error {
             Error::Store(
                 StoreError::Conflict { .. }
                 | StoreError::UnknownTransaction { .. }
-                | StoreError::TransactionClosed { .. },
+                | StoreError::TransactionClosed { .. }
+                | StoreError::TransactionChanged { .. },
             )
             | Error::Transaction(_) => 409,
             Error::Store(StoreError::NotFound { .. }) | Error::NoMatch { .. } => 404,

@@ -233,8 +233,17 @@ impl TransactionStore for MemoryStore {
         inbox: Option<&InboxEntry>,
     ) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        if !writes.is_empty() && !inner.transactions.contains_key(&transaction) {
-            return Err(StoreError::UnknownTransaction { transaction });
+        if !writes.is_empty() {
+            match inner.transactions.get(&transaction) {
+                None => return Err(StoreError::UnknownTransaction { transaction }),
+                Some(entry) if entry.status != TransactionStatus::Pending => {
+                    return Err(StoreError::TransactionClosed {
+                        transaction,
+                        status: entry.status,
+                    })
+                }
+                Some(_) => {}
+            }
         }
         if let Some(entry) = inbox {
             if !inner.record_inbox(entry) {

@@ -90,6 +90,14 @@ pub enum StoreError {
         /// Its status.
         status: crate::domain::TransactionStatus,
     },
+    /// A transaction's entry or the writes it holds changed while its commit ran (a write held, or
+    /// the entry moved on, by a concurrent command): nothing was written. Read the transaction
+    /// again, then commit again.
+    #[error("transaction {transaction} changed while it was being committed: nothing was written")]
+    TransactionChanged {
+        /// The transaction committed.
+        transaction: Uuid,
+    },
     /// A query names an invalid field path.
     #[error("invalid query: {0}")]
     InvalidQuery(String),

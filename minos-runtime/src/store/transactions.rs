@@ -32,8 +32,11 @@ pub trait TransactionStore: Send + Sync {
     /// all or nothing. With `inbox` already recorded, nothing is written and the answer is
     /// [`StoreError::AlreadyProcessed`]. Writes into a transaction with no entry
     /// ([`open_transaction`](Self::open_transaction) stores it) are refused with
-    /// [`StoreError::UnknownTransaction`], nothing written: its commit would not find them. A hold of
-    /// no writes records the inbox entry alone, entry or not.
+    /// [`StoreError::UnknownTransaction`], nothing written: its commit would not find them. Writes
+    /// into a transaction that is no longer pending are refused with
+    /// [`StoreError::TransactionClosed`], nothing written. A hold is atomic with the status check:
+    /// a command that moves the entry on (and then reads what is held) either sees these writes or
+    /// makes this hold refuse them. A hold of no writes records the inbox entry alone, entry or not.
     async fn hold(
         &self,
         transaction: Uuid,
@@ -158,8 +161,10 @@ pub trait TransactionStore: Send + Sync {
     }
 
     /// Commits a top-level transaction in one atomic step: stores `held` as one unit of work (events,
-    /// snapshots, outbox rows), saves `entry` (committed) and forgets its writes and claims. Answers
-    /// `None` when the backend cannot do it in one step; the caller then marks the entry committing,
+    /// snapshots, outbox rows), saves `entry` (committed) and forgets its writes and claims. A write
+    /// held since `held` was read, or an entry another command moved on meanwhile, writes nothing
+    /// and answers [`StoreError::TransactionChanged`]. Answers `None` when the backend cannot do it
+    /// in one step; the caller then marks the entry committing,
     /// commits the unit and settles the entry one after the other.
     async fn commit_transaction(
         &self,

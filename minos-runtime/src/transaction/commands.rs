@@ -233,10 +233,26 @@ impl Transactions {
     /// Committing a committed transaction again does nothing.
     pub async fn commit(&self, uuid: Uuid) -> Result<TransactionStatus> {
         let _alone = self.alone(uuid).await;
-        let Some((mut entry, held)) = self.entry_or(uuid, TransactionStatus::Committed).await?
+        // A write held while the commit ran (or another process moving the entry on) makes the store
+        // refuse the commit with nothing written: read again and commit what is there now.
+        let mut attempts = 0;
+        loop {
+            match self.commit_read(uuid).await {
+                Err(Error::Store(StoreError::TransactionChanged { .. })) if attempts < 3 => {
+                    attempts += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// [`commit`](Self::commit) on the entry and writes as read now.
+    async fn commit_read(&self, uuid: Uuid) -> Result<TransactionStatus> {
+        let Some((mut entry, mut held)) = self.entry_or(uuid, TransactionStatus::Committed).await?
         else {
             return Ok(TransactionStatus::Committed);
         };
+        let read_pending = entry.status == TransactionStatus::Pending;
         match entry.status {
             TransactionStatus::Committed => return Ok(TransactionStatus::Committed),
             // At the top level: claimed (when it changes existing roots) and committed in one step
@@ -272,6 +288,11 @@ impl Transactions {
         if entry.status != TransactionStatus::Committing {
             self.move_to(&mut entry, TransactionStatus::Committing)
                 .await?;
+        }
+        if read_pending {
+            // Read while still pending: a write held since then is in the store now, and none can
+            // follow (holds need a pending entry), so this is all of them.
+            held = store.held(uuid).await?;
         }
         match entry.destination {
             None => match store.commit_unit(&held, None).await {

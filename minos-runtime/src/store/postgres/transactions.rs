@@ -113,28 +113,55 @@ fn inbox_columns(inbox: Option<&InboxEntry>) -> (Option<&str>, Option<Uuid>, Opt
     }
 }
 
-/// Holds the writes (`$2`, `$3`) under transaction `$1` when it has an entry (`known`), with the
-/// inbox entry (`$4`..`$6`; none when `$4` is null), all or nothing: the writes only if the inbox row
-/// is new, the inbox row only if the writes have an entry to go under (or there are none). The
-/// statement's own inserts are not visible to its reads: `claims` looks at the writes held before.
-const HOLD: &str = "WITH known AS (SELECT 1 FROM transactions WHERE uuid = $1), \
+/// Holds the writes (`$2`, `$3`) under transaction `$1` when it is pending (`ok`), with the inbox
+/// entry (`$4`..`$6`; none when `$4` is null), all or nothing: the writes only if the inbox row is
+/// new, the inbox row only if the writes have a pending transaction to go under (or there are none).
+/// The entry is locked (`FOR KEY SHARE`) until the hold commits, so a commit, which locks it `FOR
+/// UPDATE` before it counts the held writes, either sees these or refuses them. The statement's own
+/// inserts are not visible to its reads: `claims` looks at the writes held before.
+const HOLD: &str =
+    "WITH found AS (SELECT status FROM transactions WHERE uuid = $1 FOR KEY SHARE), \
+ open AS (SELECT COALESCE((SELECT status = 'pending' FROM found), false) AS ok), \
  recorded AS ( \
      INSERT INTO inbox (consumer, identifier, reply) SELECT $4::text, $5::uuid, $6::text \
-     WHERE $4::text IS NOT NULL AND (cardinality($2::jsonb[]) = 0 OR EXISTS (SELECT 1 FROM known)) \
+     WHERE $4::text IS NOT NULL AND (cardinality($2::jsonb[]) = 0 OR (SELECT ok FROM open)) \
      ON CONFLICT DO NOTHING RETURNING 1), \
  held AS ( \
      INSERT INTO transaction_writes (transaction_uuid, event, messages) \
      SELECT $1, e, m FROM UNNEST($2::jsonb[], $3::jsonb[]) WITH ORDINALITY AS w(e, m, position) \
-     WHERE EXISTS (SELECT 1 FROM known) AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM recorded)) \
+     WHERE (SELECT ok FROM open) AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM recorded)) \
      ORDER BY position) \
- SELECT EXISTS (SELECT 1 FROM known) AS known, (SELECT count(*) FROM recorded) AS recorded, \
+ SELECT (SELECT ok FROM open) AS ok, (SELECT status FROM found) AS status, \
+     (SELECT count(*) FROM recorded) AS recorded, \
      EXISTS (SELECT 1 FROM transaction_writes \
          WHERE transaction_uuid = $1 AND event ->> 'action' <> 'create') AS claims";
+
+/// Locks a transaction's entry against holds (which lock it `FOR KEY SHARE`) for the rest of the
+/// database transaction, answering its status; [`COUNT_HELD`] after it sees every hold that got in
+/// first.
+const LOCK_ENTRY: &str = "SELECT status FROM transactions WHERE uuid = $1 FOR UPDATE";
+
+/// How many writes a transaction holds.
+const COUNT_HELD: &str = "SELECT count(*) FROM transaction_writes WHERE transaction_uuid = $1";
+
+/// Why writes were not held under `transaction`, whose status was `status` (`None`: no entry).
+fn refused(transaction: Uuid, status: Option<String>) -> StoreError {
+    let Some(status) = status else {
+        return StoreError::UnknownTransaction { transaction };
+    };
+    match TransactionStatus::parse(&status) {
+        Some(status) => StoreError::TransactionClosed {
+            transaction,
+            status,
+        },
+        None => StoreError::backend(BACKEND, format!("unknown transaction status `{status}`")),
+    }
+}
 
 /// Opens the entries of a chain (`$7` uuids, `$8` destinations, pending at `$9`) the store does not
 /// know yet and, when the last (`$1`) is pending, holds the writes (`$2`, `$3`) under it with the
 /// inbox entry (`$4`..`$6`; none when `$4` is null), all in one statement: the entries reach the disk
-/// with the writes. Answers whether the last is pending (`ok`), its status before (`status`), whether
+/// with the writes. An entry found is locked as [`HOLD`] locks it. Answers whether the last is pending (`ok`), its status before (`status`), whether
 /// this statement opened it, whether the inbox entry is new, and whether writes held before change
 /// existing roots.
 const OPEN_AND_HOLD: &str = "WITH opened AS ( \
@@ -142,7 +169,7 @@ const OPEN_AND_HOLD: &str = "WITH opened AS ( \
      SELECT c.uuid, 'pending', c.destination, $9 \
      FROM UNNEST($7::uuid[], $8::uuid[]) WITH ORDINALITY AS c(uuid, destination, position) ORDER BY position \
      ON CONFLICT (uuid) DO NOTHING RETURNING uuid), \
- found AS (SELECT status FROM transactions WHERE uuid = $1), \
+ found AS (SELECT status FROM transactions WHERE uuid = $1 FOR KEY SHARE), \
  open AS (SELECT EXISTS (SELECT 1 FROM opened WHERE uuid = $1) \
      OR COALESCE((SELECT status = 'pending' FROM found), false) AS ok), \
  recorded AS ( \
@@ -162,7 +189,9 @@ const OPEN_AND_HOLD: &str = "WITH opened AS ( \
 
 impl PostgresStore {
     /// Commits a top-level transaction in one database transaction: claims `roots` (none: nothing to
-    /// claim), stores `held` as one unit, saves `entry` and forgets its writes and claims.
+    /// claim), stores `held` as one unit, saves `entry` and forgets its writes and claims. The entry is
+    /// locked first: a write held since `held` was read, or an entry no longer pending or reserved
+    /// (another process ended it), rolls everything back as [`StoreError::TransactionChanged`].
     async fn commit_in_one(
         &self,
         entry: &TransactionEntry,
@@ -177,6 +206,8 @@ impl PostgresStore {
         let tx = client.transaction().await.map_err(db_error)?;
         let items: Vec<(&Event, &[DomainMessage])> =
             held.iter().map(|(e, m)| (e, m.as_slice())).collect();
+        let lock = prepared(&tx, LOCK_ENTRY).await?;
+        let count = prepared(&tx, COUNT_HELD).await?;
         let settle = prepared(&tx, SETTLE).await?;
         let claim = match roots.is_empty() {
             true => None,
@@ -189,10 +220,14 @@ impl PostgresStore {
             &entry.destination,
             &entry.updated_at,
         ];
-        // All go out at once (pipelined on the connection, in this order: the claim is taken before the
-        // versions are read); the commit makes them one. A concurrent claimer of the same roots waits
-        // for this transaction to end, then finds the claims gone and the new versions.
-        let (claimed, stored, settled) = tokio::join!(
+        // All go out at once (pipelined on the connection, in this order: the entry is locked before
+        // the held writes are counted, the claim taken before the versions are read); the commit makes
+        // them one. A concurrent claimer of the same roots waits for this transaction to end, then
+        // finds the claims gone and the new versions.
+        let uuid: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&entry.uuid];
+        let (locked, counted, claimed, stored, settled) = tokio::join!(
+            tx.query_opt(&lock, &uuid),
+            tx.query_one(&count, &uuid),
             async {
                 match &claim {
                     None => Ok(Vec::new()),
@@ -207,6 +242,15 @@ impl PostgresStore {
             },
             tx.execute(&settle, &params)
         );
+        let status: Option<String> = locked.map_err(db_error)?.map(|row| row.get(0));
+        let count: i64 = counted.map_err(db_error)?.get(0);
+        if !matches!(status.as_deref(), Some("pending" | "reserved"))
+            || usize::try_from(count).ok() != Some(held.len())
+        {
+            return Err(StoreError::TransactionChanged {
+                transaction: entry.uuid,
+            });
+        }
         if let Some(root) = unclaimed(&claimed.map_err(db_error)?) {
             drop(tx);
             let holder = client
@@ -255,8 +299,8 @@ impl PostgresStore {
             )
             .await
             .map_err(db_error)?;
-        if !writes.is_empty() && !row.get::<_, bool>("known") {
-            return Err(StoreError::UnknownTransaction { transaction });
+        if !writes.is_empty() && !row.get::<_, bool>("ok") {
+            return Err(refused(transaction, row.get("status")));
         }
         if let Some(entry) = inbox {
             if row.get::<_, i64>("recorded") == 0 {
@@ -394,22 +438,7 @@ impl TransactionStore for PostgresStore {
             if !row.get::<_, bool>("ok") {
                 match row.get::<_, Option<String>>("status") {
                     None if !row.get::<_, bool>("opened") => continue,
-                    None => {
-                        return Err(StoreError::UnknownTransaction {
-                            transaction: last.uuid,
-                        })
-                    }
-                    Some(status) => {
-                        return Err(StoreError::TransactionClosed {
-                            transaction: last.uuid,
-                            status: TransactionStatus::parse(&status).ok_or_else(|| {
-                                StoreError::backend(
-                                    BACKEND,
-                                    format!("unknown transaction status `{status}`"),
-                                )
-                            })?,
-                        })
-                    }
+                    status => return Err(refused(last.uuid, status)),
                 }
             }
             if let Some(entry) = inbox {

@@ -105,13 +105,25 @@ impl TransactionStore for SqliteStore {
         let (writes, inbox) = (writes.to_vec(), inbox.cloned());
         self.write(move |tx| {
             if !writes.is_empty() {
-                let known = tx
-                    .prepare_cached("SELECT 1 FROM transactions WHERE uuid = ?1")
+                // In the writer, as the commands that end a transaction are: a write held here is
+                // either seen by its commit or refused.
+                let status: Option<String> = tx
+                    .prepare_cached("SELECT status FROM transactions WHERE uuid = ?1")
                     .map_err(sql_err)?
-                    .exists([transaction.to_string()])
+                    .query_row([transaction.to_string()], |row| row.get(0))
+                    .optional()
                     .map_err(sql_err)?;
-                if !known {
-                    return Err(StoreError::UnknownTransaction { transaction });
+                match status.as_deref().map(TransactionStatus::parse) {
+                    None => return Err(StoreError::UnknownTransaction { transaction }),
+                    Some(Some(TransactionStatus::Pending)) => {}
+                    Some(status) => {
+                        return Err(StoreError::TransactionClosed {
+                            transaction,
+                            status: status.ok_or_else(|| {
+                                StoreError::backend(BACKEND, "unknown transaction status")
+                            })?,
+                        })
+                    }
                 }
             }
             if let Some(entry) = &inbox {

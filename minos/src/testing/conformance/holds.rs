@@ -258,3 +258,98 @@ pub async fn a_first_hold_opens_the_chain(repo: Repository) {
     }
     assert_eq!(store.held(shared).await.unwrap().len(), 8);
 }
+
+/// Writes held into a transaction that is no longer pending (reserved, committed, rejected) are
+/// refused, every hold after the first too, and nothing is written: neither the writes nor the
+/// message's inbox entry.
+pub async fn holds_need_a_pending_transaction(repo: Repository) {
+    use crate::transaction::TransactionStatus;
+    let store = repo.store();
+    let writes = created_then_renamed(&repo, "x", "y").await;
+    for end in [
+        TransactionStatus::Reserved,
+        TransactionStatus::Committed,
+        TransactionStatus::Rejected,
+    ] {
+        let uuid = open_one(store).await;
+        store.hold(uuid, &writes[..1], None).await.unwrap();
+        let mut entry = store.transaction(uuid).await.unwrap().unwrap();
+        entry.status = end;
+        store.save_transaction(&entry).await.unwrap();
+        let inbox = crate::store::InboxEntry::new("svc", Uuid::new_v4());
+        let refused = [
+            store
+                .hold(uuid, &writes[1..], Some(&inbox))
+                .await
+                .unwrap_err(),
+            store
+                .hold_and_check_claims(uuid, &writes[1..], None)
+                .await
+                .unwrap_err(),
+        ];
+        for error in refused {
+            assert!(
+                matches!(error, StoreError::TransactionClosed { transaction, status }
+                    if transaction == uuid && status == end),
+                "{end:?}: {error}"
+            );
+            assert_eq!(Error::from(error).status(), 409);
+        }
+        assert_eq!(store.held(uuid).await.unwrap(), writes[..1]);
+        assert!(!store.is_processed(&inbox).await.unwrap());
+    }
+}
+
+/// Writes held while the transaction's commit runs are either committed with it or refused (the
+/// transaction no longer pending): none is acknowledged and then lost.
+pub async fn writes_held_while_a_commit_runs_are_committed_or_refused(repo: Repository) {
+    use crate::transaction::TransactionStatus;
+    const WRITES: usize = 24;
+    for round in 0..4 {
+        let ((), writes) = repo
+            .staged(in_scope(&repo, async {
+                for i in 0..WRITES {
+                    Customer::create(Customer {
+                        name: format!("c{i}"),
+                    })
+                    .await
+                    .unwrap();
+                }
+            }))
+            .await;
+        assert_eq!(writes.len(), WRITES);
+        let store = repo.store().clone();
+        let uuid = open_one(&store).await;
+        let mut holds = tokio::task::JoinSet::new();
+        for (i, write) in writes.iter().enumerate() {
+            let (store, write) = (store.clone(), vec![write.clone()]);
+            holds.spawn(async move {
+                for _ in 0..(i % 4) {
+                    tokio::task::yield_now().await;
+                }
+                (write[0].0.uuid, store.hold(uuid, &write, None).await)
+            });
+        }
+        let transactions = repo.transactions();
+        let commit = tokio::spawn(async move { transactions.commit(uuid).await });
+        let mut outcomes = Vec::new();
+        while let Some(outcome) = holds.join_next().await {
+            outcomes.push(outcome.unwrap());
+        }
+        assert_eq!(commit.await.unwrap().unwrap(), TransactionStatus::Committed);
+        for (root, held) in outcomes {
+            let stored = repo.get::<Customer>(root).await;
+            match held {
+                Ok(()) => assert!(stored.is_ok(), "round {round}: held write {root} lost"),
+                Err(error) => {
+                    assert!(
+                        matches!(error, StoreError::TransactionClosed { transaction, .. } if transaction == uuid),
+                        "round {round}: {error}"
+                    );
+                    assert!(stored.unwrap_err().is_not_found(), "round {round}");
+                }
+            }
+        }
+        assert!(store.held(uuid).await.unwrap().is_empty());
+    }
+}

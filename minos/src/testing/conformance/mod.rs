@@ -54,6 +54,8 @@ macro_rules! conformance_tests {
             a_hold_tells_whether_the_transaction_changes_existing_roots,
             writes_into_a_transaction_without_entry_are_refused,
             a_first_hold_opens_the_chain,
+            holds_need_a_pending_transaction,
+            writes_held_while_a_commit_runs_are_committed_or_refused,
             transaction_writes_are_private_until_committed,
             reserve_refuses_conflicts_and_reject_drops_writes,
             nested_transactions_commit_into_their_destination,

@@ -45,10 +45,16 @@ pub async fn retention_removes_only_finished_rows(repo: Repository) {
         created_at: start,
         fields_diff: vec![crate::FieldDiff::whole("name", "String", json!("b"))],
     };
+    // (Held while it was pending; the end saved, the release not done.)
+    let ended = store.transaction(transactions[1]).await.unwrap().unwrap();
+    let mut pending = ended.clone();
+    pending.status = Pending;
+    store.save_transaction(&pending).await.unwrap();
     store
         .hold(transactions[1], &[(update, Vec::new())], None)
         .await
         .unwrap();
+    store.save_transaction(&ended).await.unwrap();
     assert_eq!(
         store.claim(None, transactions[1], &[root]).await.unwrap(),
         None
