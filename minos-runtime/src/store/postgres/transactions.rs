@@ -50,11 +50,15 @@ const MARK: &str = upsert_entry!(
      FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed"
 );
 
-/// Saves a transaction entry and forgets the writes and claims it held, in one statement.
-const SETTLE: &str = upsert_entry!(
-    "WITH claims AS (DELETE FROM transaction_claims WHERE transaction_uuid = $1), \
-     writes AS (DELETE FROM transaction_writes WHERE transaction_uuid = $1) \
-     INSERT INTO transactions (uuid, status, destination, updated_at) VALUES ($1, $2, $3, $4)"
+/// Saves a transaction entry and forgets the writes and claims it held, in one statement; answers
+/// how many writes it forgot.
+const SETTLE: &str = concat!(
+    upsert_entry!(
+        "WITH claims AS (DELETE FROM transaction_claims WHERE transaction_uuid = $1), \
+         writes AS (DELETE FROM transaction_writes WHERE transaction_uuid = $1 RETURNING 1) \
+         INSERT INTO transactions (uuid, status, destination, updated_at) VALUES ($1, $2, $3, $4)"
+    ),
+    " RETURNING (SELECT count(*) FROM writes)"
 );
 
 /// Claims the roots `$3` for transaction `$2` among the transactions of destination `$1`, in one
@@ -137,12 +141,9 @@ const HOLD: &str =
          WHERE transaction_uuid = $1 AND event ->> 'action' <> 'create') AS claims";
 
 /// Locks a transaction's entry against holds (which lock it `FOR KEY SHARE`) for the rest of the
-/// database transaction, answering its status; [`COUNT_HELD`] after it sees every hold that got in
-/// first.
+/// database transaction, answering its status: a statement after it sees every hold that got in
+/// first, and later holds wait, then find the entry moved on.
 const LOCK_ENTRY: &str = "SELECT status FROM transactions WHERE uuid = $1 FOR UPDATE";
-
-/// How many writes a transaction holds.
-const COUNT_HELD: &str = "SELECT count(*) FROM transaction_writes WHERE transaction_uuid = $1";
 
 /// Why writes were not held under `transaction`, whose status was `status` (`None`: no entry).
 fn refused(transaction: Uuid, status: Option<String>) -> StoreError {
@@ -207,7 +208,6 @@ impl PostgresStore {
         let items: Vec<(&Event, &[DomainMessage])> =
             held.iter().map(|(e, m)| (e, m.as_slice())).collect();
         let lock = prepared(&tx, LOCK_ENTRY).await?;
-        let count = prepared(&tx, COUNT_HELD).await?;
         let settle = prepared(&tx, SETTLE).await?;
         let claim = match roots.is_empty() {
             true => None,
@@ -221,13 +221,11 @@ impl PostgresStore {
             &entry.updated_at,
         ];
         // All go out at once (pipelined on the connection, in this order: the entry is locked before
-        // the held writes are counted, the claim taken before the versions are read); the commit makes
-        // them one. A concurrent claimer of the same roots waits for this transaction to end, then
-        // finds the claims gone and the new versions.
-        let uuid: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&entry.uuid];
-        let (locked, counted, claimed, stored, settled) = tokio::join!(
-            tx.query_opt(&lock, &uuid),
-            tx.query_one(&count, &uuid),
+        // the settle counts the held writes it forgets, the claim taken before the versions are read);
+        // the commit makes them one. A concurrent claimer of the same roots waits for this transaction
+        // to end, then finds the claims gone and the new versions.
+        let (locked, claimed, stored, settled) = tokio::join!(
+            tx.query_opt(&lock, &params[..1]),
             async {
                 match &claim {
                     None => Ok(Vec::new()),
@@ -240,16 +238,14 @@ impl PostgresStore {
                     false => commit_with(&tx, &items).await,
                 }
             },
-            tx.execute(&settle, &params)
+            tx.query_one(&settle, &params)
         );
         let status: Option<String> = locked.map_err(db_error)?.map(|row| row.get(0));
-        let count: i64 = counted.map_err(db_error)?.get(0);
-        if !matches!(status.as_deref(), Some("pending" | "reserved"))
-            || usize::try_from(count).ok() != Some(held.len())
-        {
-            return Err(StoreError::TransactionChanged {
-                transaction: entry.uuid,
-            });
+        let changed = Err(StoreError::TransactionChanged {
+            transaction: entry.uuid,
+        });
+        if !matches!(status.as_deref(), Some("pending" | "reserved")) {
+            return changed;
         }
         if let Some(root) = unclaimed(&claimed.map_err(db_error)?) {
             drop(tx);
@@ -267,7 +263,10 @@ impl PostgresStore {
                 .map(|row| row.get(0));
             return Ok(ClaimedCommit::Held { root, holder });
         }
-        settled.map_err(db_error)?;
+        let forgotten: i64 = settled.map_err(db_error)?.get(0);
+        if usize::try_from(forgotten).ok() != Some(held.len()) {
+            return changed;
+        }
         let stored = stored?.into_iter().collect::<Result<Vec<_>, _>>()?;
         tx.commit().await.map_err(db_error)?;
         Ok(ClaimedCommit::Committed(stored))
