@@ -286,6 +286,28 @@ struct Statements {
     upsert: String,
     get: String,
     delete: String,
+    /// The parts of an upsert of many rows: `INSERT INTO {table} ({columns}) VALUES`, the rows, then
+    /// the conflict clause; each row has `width` values.
+    insert_head: String,
+    on_conflict: String,
+    width: usize,
+}
+
+/// How many rows one statement of a batch writes: a batch is split into chunks of these sizes, largest
+/// first (at most one of each below the largest), so a view has a handful of statement texts to
+/// prepare whatever its pages' sizes.
+const CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
+
+/// Splits `n` rows into chunk sizes from [`CHUNKS`].
+pub(super) fn chunk_sizes(mut n: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    for size in CHUNKS {
+        while n >= size {
+            sizes.push(size);
+            n -= size;
+        }
+    }
+    sizes
 }
 
 impl Statements {
@@ -312,13 +334,10 @@ impl Statements {
             .filter(|n| **n != key)
             .map(|n| format!("{n} = excluded.{n}"))
             .collect();
+        let insert_head = format!("INSERT INTO {table} ({}) VALUES", names.join(", "));
+        let on_conflict = format!("ON CONFLICT ({key}) DO UPDATE SET {}", updates.join(", "));
         Statements {
-            upsert: format!(
-                "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({key}) DO UPDATE SET {}",
-                names.join(", "),
-                marks.join(", "),
-                updates.join(", ")
-            ),
+            upsert: format!("{insert_head} ({}) {on_conflict}", marks.join(", ")),
             get: format!(
                 "SELECT {} FROM {table} WHERE {key} = {}",
                 data_text(dialect),
@@ -328,7 +347,50 @@ impl Statements {
                 "DELETE FROM {table} WHERE {key} = {}",
                 placeholder(dialect, 1)
             ),
+            insert_head,
+            on_conflict,
+            width: names.len(),
         }
+    }
+
+    /// The upsert of `rows` rows with distinct keys in one statement.
+    fn upsert_rows(&self, dialect: Dialect, rows: usize) -> String {
+        if rows == 1 {
+            return self.upsert.clone();
+        }
+        let values: Vec<String> = (0..rows)
+            .map(|row| {
+                let marks: Vec<String> = (1..=self.width)
+                    .map(|column| {
+                        let mark = placeholder(dialect, row * self.width + column);
+                        match column == self.width && dialect == Dialect::Postgres {
+                            true => format!("{mark}::jsonb"),
+                            false => mark,
+                        }
+                    })
+                    .collect();
+                format!("({})", marks.join(", "))
+            })
+            .collect();
+        format!(
+            "{} {} {}",
+            self.insert_head,
+            values.join(", "),
+            self.on_conflict
+        )
+    }
+
+    /// The delete of the rows with `rows` keys in one statement.
+    fn delete_rows(&self, dialect: Dialect, rows: usize) -> String {
+        if rows == 1 {
+            return self.delete.clone();
+        }
+        let (head, _) = self
+            .delete
+            .rsplit_once(" = ")
+            .expect("a delete statement ends with `= placeholder`");
+        let marks: Vec<String> = (1..=rows).map(|n| placeholder(dialect, n)).collect();
+        format!("{head} IN ({})", marks.join(", "))
     }
 
     /// The statements of `def` in `dialect`. A view is known by its name and its shape (fields, types,
@@ -374,6 +436,43 @@ pub(crate) async fn upsert_now(tx: &mut dyn Tx, def: &ViewDef, row: Row) -> Resu
     let mut params = row.values;
     params.push(SqlValue::Text(row.json));
     tx.execute(&statements.upsert, &params).await.map(|_| ())
+}
+
+/// Stores `rows` (distinct keys, in this order), replacing those with their keys, a chunk of rows per
+/// statement (see [`CHUNKS`]): how a projection's page writes the rows its handlers left.
+pub(crate) async fn upsert_many(
+    tx: &mut dyn Tx,
+    def: &ViewDef,
+    rows: Vec<Row>,
+) -> Result<(), StoreError> {
+    let statements = Statements::of(def, tx.dialect());
+    let mut rows = rows.into_iter();
+    for size in chunk_sizes(rows.len()) {
+        let mut params = Vec::with_capacity(size * statements.width);
+        for row in rows.by_ref().take(size) {
+            params.extend(row.values);
+            params.push(SqlValue::Text(row.json));
+        }
+        let sql = statements.upsert_rows(tx.dialect(), size);
+        tx.execute(&sql, &params).await?;
+    }
+    Ok(())
+}
+
+/// Deletes the rows with `keys` (distinct), a chunk of keys per statement.
+pub(crate) async fn delete_many(
+    tx: &mut dyn Tx,
+    def: &ViewDef,
+    keys: Vec<SqlValue>,
+) -> Result<(), StoreError> {
+    let statements = Statements::of(def, tx.dialect());
+    let mut keys = keys.into_iter();
+    for size in chunk_sizes(keys.len()) {
+        let params: Vec<SqlValue> = keys.by_ref().take(size).collect();
+        let sql = statements.delete_rows(tx.dialect(), size);
+        tx.execute(&sql, &params).await?;
+    }
+    Ok(())
 }
 
 /// The stored JSON of the row with `key`: in a projection's transaction, as its handlers left it.

@@ -134,24 +134,66 @@ impl Buffered {
             ));
         }
         let mut pending = std::mem::take(&mut self.pending);
+        // Runs of rows of one view with one kind of write, in the order they were first written:
+        // each run goes out in a few multi-row statements.
+        let mut runs: Vec<(&'static ViewDef, Vec<String>, Vec<PendingWrite>)> = Vec::new();
         for (def, key) in pending.order.drain(..) {
             let Some(write) = pending.writes.remove(&(def.name, key.clone())) else {
                 continue;
             };
-            let written = match write {
-                PendingWrite::Upsert(row) => sql::upsert_now(self.inner.as_mut(), def, row).await,
-                PendingWrite::Delete(key) => sql::delete_now(self.inner.as_mut(), def, &key)
-                    .await
-                    .map(|_| ()),
+            match runs.last_mut() {
+                Some((last, keys, writes))
+                    if last.name == def.name && same_kind(&writes[0], &write) =>
+                {
+                    keys.push(key);
+                    writes.push(write);
+                }
+                _ => runs.push((def, vec![key], vec![write])),
+            }
+        }
+        for (def, keys, writes) in runs {
+            let written = match writes[0] {
+                PendingWrite::Upsert(_) => {
+                    let rows = writes
+                        .into_iter()
+                        .filter_map(|write| match write {
+                            PendingWrite::Upsert(row) => Some(row),
+                            PendingWrite::Delete(_) => None,
+                        })
+                        .collect();
+                    sql::upsert_many(self.inner.as_mut(), def, rows).await
+                }
+                PendingWrite::Delete(_) => {
+                    let keys = writes
+                        .into_iter()
+                        .filter_map(|write| match write {
+                            PendingWrite::Delete(key) => Some(key),
+                            PendingWrite::Upsert(_) => None,
+                        })
+                        .collect();
+                    sql::delete_many(self.inner.as_mut(), def, keys).await
+                }
             };
             if let Err(error) = written {
-                let context = format!("view {} row {key}", def.name);
+                let context = match keys.as_slice() {
+                    [key] => format!("view {} row {key}", def.name),
+                    _ => format!("view {} rows {}", def.name, keys.join(", ")),
+                };
                 self.failed = Some(format!("{context}: {error}"));
                 return Err(in_context(error, &context));
             }
         }
         Ok(())
     }
+}
+
+/// Whether two waiting writes are both upserts or both deletes.
+fn same_kind(a: &PendingWrite, b: &PendingWrite) -> bool {
+    matches!(
+        (a, b),
+        (PendingWrite::Upsert(_), PendingWrite::Upsert(_))
+            | (PendingWrite::Delete(_), PendingWrite::Delete(_))
+    )
 }
 
 /// `error` with `context` in front of what the backend said, of the same kind (unavailable stays
@@ -554,6 +596,64 @@ mod tests {
             n_of(sql::get(read.as_mut(), &COUNTER, &b).await.unwrap()),
             Some(1)
         );
+    }
+
+    #[tokio::test]
+    async fn a_page_writes_its_rows_in_a_few_multi_row_statements() {
+        let views = Views::memory().await.unwrap();
+        let mut setup = views.begin().await.unwrap();
+        for statement in sql::create_table(setup.dialect(), &COUNTER) {
+            setup.execute(&statement, &[]).await.unwrap();
+        }
+        for id in ["old1", "old2", "old3"] {
+            let row = sql::Row::of(&COUNTER, json!({"id": id, "n": 0})).unwrap();
+            sql::upsert_now(setup.as_mut(), &COUNTER, row)
+                .await
+                .unwrap();
+        }
+        setup.commit().await.unwrap();
+
+        // 100 new rows, one stored row replaced, two deleted, and 27 more rows after the deletes.
+        let mut tx: Box<dyn Tx> = Box::new(Buffered::new(views.begin().await.unwrap()));
+        for n in 0..100 {
+            let row = sql::Row::of(&COUNTER, json!({"id": format!("r{n}"), "n": n})).unwrap();
+            sql::upsert(tx.as_mut(), &COUNTER, row).await.unwrap();
+        }
+        let replaced = sql::Row::of(&COUNTER, json!({"id": "old1", "n": 41})).unwrap();
+        sql::upsert(tx.as_mut(), &COUNTER, replaced).await.unwrap();
+        for id in ["old2", "old3"] {
+            let key = SqlValue::Text(id.into());
+            assert!(sql::delete(tx.as_mut(), &COUNTER, &key).await.unwrap());
+        }
+        for n in 100..127 {
+            let row = sql::Row::of(&COUNTER, json!({"id": format!("r{n}"), "n": n})).unwrap();
+            sql::upsert(tx.as_mut(), &COUNTER, row).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+
+        let mut read = views.read().await.unwrap();
+        let rows = read
+            .query(
+                "SELECT count(*), sum(n) FROM view_buffered_counter WHERE id LIKE 'r%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            rows,
+            [[SqlValue::Integer(127), SqlValue::Integer((0..127).sum())]]
+        );
+        for (id, n) in [("old1", Some(41)), ("old2", None), ("old3", None)] {
+            let key = SqlValue::Text(id.into());
+            assert_eq!(
+                n_of(sql::get(read.as_mut(), &COUNTER, &key).await.unwrap()),
+                n,
+                "{id}"
+            );
+        }
+        assert_eq!(sql::chunk_sizes(127), [64, 32, 16, 8, 4, 2, 1]);
+        assert_eq!(sql::chunk_sizes(200), [64, 64, 64, 8]);
+        assert_eq!(sql::chunk_sizes(0), [] as [usize; 0]);
     }
 
     #[tokio::test]
