@@ -7,13 +7,9 @@ use tokio::sync::oneshot;
 use crate::domain::{Action, DomainMessage, Event};
 use crate::store::{EventFilter, EventStore, InboxEntry, Position, StoreError, StoredEvent};
 
+use super::inbox::record_request;
 use super::writer::{commit_with, AppendRequest};
 use super::{db_error, prepared, query, PostgresStore, BACKEND};
-
-/// Records an inbox entry alone, in the statement's own transaction, without waiting for the WAL flush
-/// (`synchronous_commit` off for that transaction only).
-const INBOX_ONLY: &str = "INSERT INTO inbox (consumer, identifier, reply) SELECT $1, $2, $3 \
-     FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed ON CONFLICT DO NOTHING";
 
 /// An inbox insert that changed no row found the message handled already.
 fn recorded(inserted: u64, entry: &InboxEntry) -> Result<(), StoreError> {
@@ -58,23 +54,12 @@ impl EventStore for PostgresStore {
             return Ok(vec![self.append(event, messages).await?]);
         }
         if let (true, Some(entry)) = (appends.is_empty(), inbox) {
-            // Only an inbox entry (a handler that wrote nothing, a refused or parked message): one
-            // statement, whose own transaction does not wait for the WAL flush. Lost to a database
-            // crash, the message is handled again, as at-least-once delivery allows; no write can be
-            // lost or doubled.
-            let client = self.client().await?;
-            let inserted = client
-                .execute(
-                    &prepared(&client, INBOX_ONLY).await?,
-                    &[
-                        &entry.consumer,
-                        &entry.identifier,
-                        &crate::store::stored_reply_text(entry),
-                    ],
-                )
-                .await
-                .map_err(db_error)?;
-            return recorded(inserted, entry).map(|()| Vec::new());
+            // Only an inbox entry (a handler that wrote nothing, a refused or parked message): it
+            // joins the entries waiting beside it in one statement, whose own transaction does not
+            // wait for the WAL flush. Lost to a database crash, the message is handled again, as
+            // at-least-once delivery allows; no write can be lost or doubled.
+            let inserted = self.inbox.record.call(record_request(entry)).await?;
+            return recorded(u64::from(inserted), entry).map(|()| Vec::new());
         }
         let mut client = self.client().await?;
         // Dropping `tx` on an early return rolls everything back.

@@ -4,10 +4,11 @@
 //!
 //! The store, its options, connecting and the helpers every port shares are here; the rest is one
 //! module per concern: `migrate` (schema migrations), `lock` (advisory locks, the relay lease),
-//! `writer` (the batch append writer), `events`, `snapshots`, `query` (conditions and orderings as SQL),
+//! `writer` (the batch append writer), `inbox` (the batched inbox look-ups and records), `events`, `snapshots`, `query` (conditions and orderings as SQL),
 //! `outbox` (outbox and inbox), `transactions` and `sagas`.
 
 mod events;
+mod inbox;
 mod lock;
 mod migrate;
 mod outbox;
@@ -68,6 +69,7 @@ impl Default for PostgresOptions {
 pub struct PostgresStore {
     pool: Pool,
     appends: mpsc::UnboundedSender<writer::AppendRequest>,
+    inbox: inbox::InboxBatchers,
     schema: Option<String>,
 }
 
@@ -193,6 +195,7 @@ impl PostgresStore {
         let store = PostgresStore {
             pool: pool.clone(),
             appends,
+            inbox: inbox::InboxBatchers::spawn(&pool),
             schema,
         };
         store.migrate().await?;

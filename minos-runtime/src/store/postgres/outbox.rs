@@ -90,19 +90,11 @@ impl OutboxStore for PostgresStore {
 #[async_trait]
 impl InboxStore for PostgresStore {
     async fn is_processed(&self, entry: &InboxEntry) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                &prepared(
-                    &client,
-                    "SELECT 1 FROM inbox WHERE consumer = $1 AND identifier = $2",
-                )
-                .await?,
-                &[&entry.consumer, &entry.identifier],
-            )
+        // With the look-ups waiting beside it, in one statement.
+        self.inbox
+            .found
+            .call((entry.consumer.clone(), entry.identifier))
             .await
-            .map_err(db_error)?;
-        Ok(row.is_some())
     }
 
     async fn recorded_reply(

@@ -47,6 +47,7 @@ macro_rules! conformance_tests {
             units_commit_all_or_nothing,
             concurrent_units_fail_alone,
             units_record_the_inbox_once,
+            concurrent_inbox_entries_are_each_recorded_once,
             the_inbox_keeps_a_commands_reply,
             staged_writes_wait_for_the_unit_commit,
             transactions_are_saved_and_found_by_status,

@@ -245,6 +245,58 @@ pub async fn units_record_the_inbox_once(repo: Repository) {
     assert!(repo.store().is_processed(&other).await.unwrap());
 }
 
+/// Many handlers recording and looking up inbox entries at once (the same message delivered twice
+/// side by side among them): each entry is recorded once, the second delivery refused, and every
+/// look-up answers for its own entry.
+pub async fn concurrent_inbox_entries_are_each_recorded_once(repo: Repository) {
+    let entries: Vec<_> = (0..48)
+        .map(|i| crate::store::InboxEntry::new(format!("svc{}", i % 3), Uuid::new_v4()))
+        .collect();
+    let mut records = tokio::task::JoinSet::new();
+    for (i, entry) in entries.iter().chain(entries.iter()).enumerate() {
+        let (repo, entry) = (repo.clone(), entry.clone());
+        records.spawn(async move {
+            let outcome = repo.commit_unit(&Vec::new(), Some(&entry)).await;
+            (i % 48, outcome)
+        });
+    }
+    let mut recorded = [0usize; 48];
+    while let Some(joined) = records.join_next().await {
+        let (i, outcome) = joined.unwrap();
+        match outcome {
+            Ok(stored) => {
+                assert!(stored.is_empty());
+                recorded[i] += 1;
+            }
+            Err(error) => assert!(
+                matches!(error, Error::Store(StoreError::AlreadyProcessed { .. })),
+                "{error}"
+            ),
+        }
+    }
+    assert_eq!(recorded, [1; 48], "each entry recorded exactly once");
+
+    let unknown: Vec<_> = (0..16)
+        .map(|_| crate::store::InboxEntry::new("svc0", Uuid::new_v4()))
+        .collect();
+    let mut lookups = tokio::task::JoinSet::new();
+    for (entry, expected) in entries
+        .iter()
+        .map(|e| (e, true))
+        .chain(unknown.iter().map(|e| (e, false)))
+    {
+        let (store, entry) = (repo.store().clone(), entry.clone());
+        lookups.spawn(async move { (store.is_processed(&entry).await.unwrap(), expected, entry) });
+    }
+    while let Some(joined) = lookups.join_next().await {
+        let (found, expected, entry) = joined.unwrap();
+        assert_eq!(found, expected, "{entry:?}");
+    }
+    // The same identifier under another consumer is another entry.
+    let other = crate::store::InboxEntry::new("another", entries[0].identifier);
+    assert!(!repo.store().is_processed(&other).await.unwrap());
+}
+
 /// Writes inside `staged` reach the store only through `commit_unit`.
 pub async fn staged_writes_wait_for_the_unit_commit(repo: Repository) {
     let (result, writes) = repo
