@@ -1,11 +1,14 @@
 //! The inbox batchers: concurrent handlers' look-ups of the inbox, and the inbox entries of handlers
 //! that wrote nothing, wait in a channel; a task takes what is waiting and runs one statement for all
-//! of it. Idle, a request goes out at once; busy, the requests that arrived meanwhile share the next
-//! statement.
+//! of it. Idle, a request goes out at once from its caller's task; busy, the requests that arrived
+//! meanwhile share the next statement.
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
 
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
@@ -37,16 +40,35 @@ const RECORD: &str = "INSERT INTO inbox (consumer, identifier, reply) \
 
 type Request<Q, A> = (Q, oneshot::Sender<Result<A, StoreError>>);
 
-/// Requests of one kind, answered a batch at a time by one task.
+/// Answers a batch, one answer per request in order, or fails it whole.
+type Run<Q, A> =
+    Arc<dyn Fn(Vec<Q>) -> BoxFuture<'static, Result<Vec<A>, StoreError>> + Send + Sync>;
+
+/// Requests of one kind, answered a batch at a time by one task; a request while no other is
+/// waiting or running goes out at once from its caller's task instead.
 pub(super) struct Batcher<Q, A> {
     sender: mpsc::UnboundedSender<Request<Q, A>>,
+    run: Run<Q, A>,
+    /// Requests being answered, on either path.
+    active: Arc<AtomicUsize>,
 }
 
 impl<Q, A> Clone for Batcher<Q, A> {
     fn clone(&self) -> Self {
         Batcher {
             sender: self.sender.clone(),
+            run: Arc::clone(&self.run),
+            active: Arc::clone(&self.active),
         }
+    }
+}
+
+/// Counts a request as active until dropped.
+struct Active(Arc<AtomicUsize>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -55,10 +77,13 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
     fn spawn<F, Fut>(run: F) -> Self
     where
         F: Fn(Vec<Q>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Vec<A>, StoreError>> + Send,
+        Fut: Future<Output = Result<Vec<A>, StoreError>> + Send + 'static,
     {
+        let run: Run<Q, A> = Arc::new(move |batch| Box::pin(run(batch)));
         let (sender, mut receiver) = mpsc::unbounded_channel::<Request<Q, A>>();
+        let task_run = Arc::clone(&run);
         tokio::spawn(async move {
+            let run = task_run;
             while let Some(first) = receiver.recv().await {
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
@@ -92,11 +117,24 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
                 }
             }
         });
-        Batcher { sender }
+        Batcher {
+            sender,
+            run,
+            active: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     /// Waits for the answer to `query`.
     pub(super) async fn call(&self, query: Q) -> Result<A, StoreError> {
+        let alone = self.active.fetch_add(1, Ordering::SeqCst) == 0;
+        let _active = Active(Arc::clone(&self.active));
+        if alone {
+            // Nothing to share a statement with: no hop through the task.
+            let mut answers = (self.run)(vec![query]).await?;
+            return answers
+                .pop()
+                .ok_or_else(|| StoreError::backend(BACKEND, "the inbox batch gave no answer"));
+        }
         let (reply, answer) = oneshot::channel();
         self.sender
             .send((query, reply))
