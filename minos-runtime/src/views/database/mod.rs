@@ -136,43 +136,36 @@ impl Buffered {
         let mut pending = std::mem::take(&mut self.pending);
         // Runs of rows of one view with one kind of write, in the order they were first written:
         // each run goes out in a few multi-row statements.
-        let mut runs: Vec<(&'static ViewDef, Vec<String>, Vec<PendingWrite>)> = Vec::new();
+        let mut runs: Vec<(&'static ViewDef, Vec<String>, Run)> = Vec::new();
         for (def, key) in pending.order.drain(..) {
             let Some(write) = pending.writes.remove(&(def.name, key.clone())) else {
                 continue;
             };
-            match runs.last_mut() {
-                Some((last, keys, writes))
-                    if last.name == def.name && same_kind(&writes[0], &write) =>
+            match (runs.last_mut(), write) {
+                (Some((last, keys, Run::Upserts(rows))), PendingWrite::Upsert(row))
+                    if last.name == def.name =>
                 {
                     keys.push(key);
-                    writes.push(write);
+                    rows.push(row);
                 }
-                _ => runs.push((def, vec![key], vec![write])),
+                (Some((last, keys, Run::Deletes(deleted))), PendingWrite::Delete(gone))
+                    if last.name == def.name =>
+                {
+                    keys.push(key);
+                    deleted.push(gone);
+                }
+                (_, PendingWrite::Upsert(row)) => {
+                    runs.push((def, vec![key], Run::Upserts(vec![row])))
+                }
+                (_, PendingWrite::Delete(gone)) => {
+                    runs.push((def, vec![key], Run::Deletes(vec![gone])))
+                }
             }
         }
-        for (def, keys, writes) in runs {
-            let written = match writes[0] {
-                PendingWrite::Upsert(_) => {
-                    let rows = writes
-                        .into_iter()
-                        .filter_map(|write| match write {
-                            PendingWrite::Upsert(row) => Some(row),
-                            PendingWrite::Delete(_) => None,
-                        })
-                        .collect();
-                    sql::upsert_many(self.inner.as_mut(), def, rows).await
-                }
-                PendingWrite::Delete(_) => {
-                    let keys = writes
-                        .into_iter()
-                        .filter_map(|write| match write {
-                            PendingWrite::Delete(key) => Some(key),
-                            PendingWrite::Upsert(_) => None,
-                        })
-                        .collect();
-                    sql::delete_many(self.inner.as_mut(), def, keys).await
-                }
+        for (def, keys, run) in runs {
+            let written = match run {
+                Run::Upserts(rows) => sql::upsert_many(self.inner.as_mut(), def, rows).await,
+                Run::Deletes(gone) => sql::delete_many(self.inner.as_mut(), def, gone).await,
             };
             if let Err(error) = written {
                 let context = match keys.as_slice() {
@@ -187,13 +180,10 @@ impl Buffered {
     }
 }
 
-/// Whether two waiting writes are both upserts or both deletes.
-fn same_kind(a: &PendingWrite, b: &PendingWrite) -> bool {
-    matches!(
-        (a, b),
-        (PendingWrite::Upsert(_), PendingWrite::Upsert(_))
-            | (PendingWrite::Delete(_), PendingWrite::Delete(_))
-    )
+/// Rows of one view waiting together: written, or deleted by key.
+enum Run {
+    Upserts(Vec<sql::Row>),
+    Deletes(Vec<SqlValue>),
 }
 
 /// `error` with `context` in front of what the backend said, of the same kind (unavailable stays
