@@ -291,6 +291,8 @@ struct Statements {
     insert_head: String,
     on_conflict: String,
     width: usize,
+    /// `DELETE FROM {table} WHERE {key}`: a delete of many rows adds `IN (…)`.
+    delete_head: String,
 }
 
 /// How many rows one statement of a batch writes: a batch is split into chunks of these sizes, largest
@@ -335,6 +337,7 @@ impl Statements {
             .map(|n| format!("{n} = excluded.{n}"))
             .collect();
         let insert_head = format!("INSERT INTO {table} ({}) VALUES", names.join(", "));
+        let delete_head = format!("DELETE FROM {table} WHERE {key}");
         let on_conflict = format!("ON CONFLICT ({key}) DO UPDATE SET {}", updates.join(", "));
         Statements {
             upsert: format!("{insert_head} ({}) {on_conflict}", marks.join(", ")),
@@ -343,13 +346,11 @@ impl Statements {
                 data_text(dialect),
                 placeholder(dialect, 1)
             ),
-            delete: format!(
-                "DELETE FROM {table} WHERE {key} = {}",
-                placeholder(dialect, 1)
-            ),
+            delete: format!("{delete_head} = {}", placeholder(dialect, 1)),
             insert_head,
             on_conflict,
             width: names.len(),
+            delete_head,
         }
     }
 
@@ -385,12 +386,8 @@ impl Statements {
         if rows == 1 {
             return self.delete.clone();
         }
-        let (head, _) = self
-            .delete
-            .rsplit_once(" = ")
-            .expect("a delete statement ends with `= placeholder`");
         let marks: Vec<String> = (1..=rows).map(|n| placeholder(dialect, n)).collect();
-        format!("{head} IN ({})", marks.join(", "))
+        format!("{} IN ({})", self.delete_head, marks.join(", "))
     }
 
     /// The statements of `def` in `dialect`. A view is known by its name and its shape (fields, types,

@@ -117,28 +117,54 @@ fn inbox_columns(inbox: Option<&InboxEntry>) -> (Option<&str>, Option<Uuid>, Opt
     }
 }
 
+/// The CTE `found` reading transaction `$1`'s status and locking its entry `FOR KEY SHARE` until the
+/// statement's transaction ends (see [`HOLD`]).
+macro_rules! found_entry {
+    () => {
+        "found AS (SELECT status FROM transactions WHERE uuid = $1 FOR KEY SHARE)"
+    };
+}
+
+/// The CTE holding the writes `$2`, `$3` under transaction `$1`, in order, when `open` says it may
+/// and the inbox entry (`$4`, none when null) was `recorded`.
+macro_rules! held_writes {
+    () => {
+        "held AS ( \
+         INSERT INTO transaction_writes (transaction_uuid, event, messages) \
+         SELECT $1, e, m FROM UNNEST($2::jsonb[], $3::jsonb[]) WITH ORDINALITY AS w(e, m, position) \
+         WHERE (SELECT ok FROM open) AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM recorded)) \
+         ORDER BY position)"
+    };
+}
+
+/// The answer column saying whether transaction `$1` held, before this statement, a write that
+/// changes an existing root (a statement does not see its own inserts).
+macro_rules! claims_before {
+    () => {
+        "EXISTS (SELECT 1 FROM transaction_writes \
+         WHERE transaction_uuid = $1 AND event ->> 'action' <> 'create') AS claims"
+    };
+}
+
 /// Holds the writes (`$2`, `$3`) under transaction `$1` when it is pending (`ok`), with the inbox
 /// entry (`$4`..`$6`; none when `$4` is null), all or nothing: the writes only if the inbox row is
 /// new, the inbox row only if the writes have a pending transaction to go under (or there are none).
 /// The entry is locked (`FOR KEY SHARE`) until the hold commits, so a commit, which locks it `FOR
 /// UPDATE` before it counts the held writes, either sees these or refuses them. The statement's own
 /// inserts are not visible to its reads: `claims` looks at the writes held before.
-const HOLD: &str =
-    "WITH found AS (SELECT status FROM transactions WHERE uuid = $1 FOR KEY SHARE), \
- open AS (SELECT COALESCE((SELECT status = 'pending' FROM found), false) AS ok), \
- recorded AS ( \
-     INSERT INTO inbox (consumer, identifier, reply) SELECT $4::text, $5::uuid, $6::text \
-     WHERE $4::text IS NOT NULL AND (cardinality($2::jsonb[]) = 0 OR (SELECT ok FROM open)) \
-     ON CONFLICT DO NOTHING RETURNING 1), \
- held AS ( \
-     INSERT INTO transaction_writes (transaction_uuid, event, messages) \
-     SELECT $1, e, m FROM UNNEST($2::jsonb[], $3::jsonb[]) WITH ORDINALITY AS w(e, m, position) \
-     WHERE (SELECT ok FROM open) AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM recorded)) \
-     ORDER BY position) \
- SELECT (SELECT ok FROM open) AS ok, (SELECT status FROM found) AS status, \
-     (SELECT count(*) FROM recorded) AS recorded, \
-     EXISTS (SELECT 1 FROM transaction_writes \
-         WHERE transaction_uuid = $1 AND event ->> 'action' <> 'create') AS claims";
+const HOLD: &str = concat!(
+    "WITH ",
+    found_entry!(),
+    ", open AS (SELECT COALESCE((SELECT status = 'pending' FROM found), false) AS ok), \
+     recorded AS ( \
+         INSERT INTO inbox (consumer, identifier, reply) SELECT $4::text, $5::uuid, $6::text \
+         WHERE $4::text IS NOT NULL AND (cardinality($2::jsonb[]) = 0 OR (SELECT ok FROM open)) \
+         ON CONFLICT DO NOTHING RETURNING 1), ",
+    held_writes!(),
+    " SELECT (SELECT ok FROM open) AS ok, (SELECT status FROM found) AS status, \
+     (SELECT count(*) FROM recorded) AS recorded, ",
+    claims_before!()
+);
 
 /// Locks a transaction's entry against holds (which lock it `FOR KEY SHARE`) for the rest of the
 /// database transaction, answering its status: a statement after it sees every hold that got in
@@ -162,31 +188,28 @@ fn refused(transaction: Uuid, status: Option<String>) -> StoreError {
 /// Opens the entries of a chain (`$7` uuids, `$8` destinations, pending at `$9`) the store does not
 /// know yet and, when the last (`$1`) is pending, holds the writes (`$2`, `$3`) under it with the
 /// inbox entry (`$4`..`$6`; none when `$4` is null), all in one statement: the entries reach the disk
-/// with the writes. An entry found is locked as [`HOLD`] locks it. Answers whether the last is pending (`ok`), its status before (`status`), whether
-/// this statement opened it, whether the inbox entry is new, and whether writes held before change
-/// existing roots.
-const OPEN_AND_HOLD: &str = "WITH opened AS ( \
-     INSERT INTO transactions (uuid, status, destination, updated_at) \
-     SELECT c.uuid, 'pending', c.destination, $9 \
-     FROM UNNEST($7::uuid[], $8::uuid[]) WITH ORDINALITY AS c(uuid, destination, position) ORDER BY position \
-     ON CONFLICT (uuid) DO NOTHING RETURNING uuid), \
- found AS (SELECT status FROM transactions WHERE uuid = $1 FOR KEY SHARE), \
- open AS (SELECT EXISTS (SELECT 1 FROM opened WHERE uuid = $1) \
-     OR COALESCE((SELECT status = 'pending' FROM found), false) AS ok), \
- recorded AS ( \
-     INSERT INTO inbox (consumer, identifier, reply) SELECT $4::text, $5::uuid, $6::text \
-     WHERE $4::text IS NOT NULL AND (SELECT ok FROM open) \
-     ON CONFLICT DO NOTHING RETURNING 1), \
- held AS ( \
-     INSERT INTO transaction_writes (transaction_uuid, event, messages) \
-     SELECT $1, e, m FROM UNNEST($2::jsonb[], $3::jsonb[]) WITH ORDINALITY AS w(e, m, position) \
-     WHERE (SELECT ok FROM open) AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM recorded)) \
-     ORDER BY position) \
- SELECT (SELECT ok FROM open) AS ok, (SELECT status FROM found) AS status, \
+/// with the writes. An entry found is locked as [`HOLD`] locks it. Answers whether the last is pending
+/// (`ok`), its status before (`status`), whether this statement opened it, whether the inbox entry is
+/// new, and whether writes held before change existing roots.
+const OPEN_AND_HOLD: &str = concat!(
+    "WITH opened AS ( \
+         INSERT INTO transactions (uuid, status, destination, updated_at) \
+         SELECT c.uuid, 'pending', c.destination, $9 \
+         FROM UNNEST($7::uuid[], $8::uuid[]) WITH ORDINALITY AS c(uuid, destination, position) \
+         ORDER BY position ON CONFLICT (uuid) DO NOTHING RETURNING uuid), ",
+    found_entry!(),
+    ", open AS (SELECT EXISTS (SELECT 1 FROM opened WHERE uuid = $1) \
+         OR COALESCE((SELECT status = 'pending' FROM found), false) AS ok), \
+     recorded AS ( \
+         INSERT INTO inbox (consumer, identifier, reply) SELECT $4::text, $5::uuid, $6::text \
+         WHERE $4::text IS NOT NULL AND (SELECT ok FROM open) \
+         ON CONFLICT DO NOTHING RETURNING 1), ",
+    held_writes!(),
+    " SELECT (SELECT ok FROM open) AS ok, (SELECT status FROM found) AS status, \
      EXISTS (SELECT 1 FROM opened WHERE uuid = $1) AS opened, \
-     (SELECT count(*) FROM recorded) AS recorded, \
-     EXISTS (SELECT 1 FROM transaction_writes \
-         WHERE transaction_uuid = $1 AND event ->> 'action' <> 'create') AS claims";
+     (SELECT count(*) FROM recorded) AS recorded, ",
+    claims_before!()
+);
 
 impl PostgresStore {
     /// Commits a top-level transaction in one database transaction: claims `roots` (none: nothing to
@@ -241,11 +264,13 @@ impl PostgresStore {
             tx.query_one(&settle, &params)
         );
         let status: Option<String> = locked.map_err(db_error)?.map(|row| row.get(0));
-        let changed = Err(StoreError::TransactionChanged {
-            transaction: entry.uuid,
-        });
+        let changed = || {
+            Err(StoreError::TransactionChanged {
+                transaction: entry.uuid,
+            })
+        };
         if !matches!(status.as_deref(), Some("pending" | "reserved")) {
-            return changed;
+            return changed();
         }
         if let Some(root) = unclaimed(&claimed.map_err(db_error)?) {
             drop(tx);
@@ -265,7 +290,7 @@ impl PostgresStore {
         }
         let forgotten: i64 = settled.map_err(db_error)?.get(0);
         if usize::try_from(forgotten).ok() != Some(held.len()) {
-            return changed;
+            return changed();
         }
         let stored = stored?.into_iter().collect::<Result<Vec<_>, _>>()?;
         tx.commit().await.map_err(db_error)?;
