@@ -296,6 +296,16 @@ impl TransactionStore for MemoryStore {
         inner.held.remove(&transaction);
         Ok(())
     }
+
+    async fn settle_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError> {
+        // Under one lock, as holds are: a hold lands before (and is forgotten) or after (and is
+        // refused).
+        let mut inner = self.lock();
+        inner.claims.retain(|_, holder| *holder != entry.uuid);
+        inner.held.remove(&entry.uuid);
+        inner.transactions.insert(entry.uuid, entry.clone());
+        Ok(())
+    }
 }
 
 #[async_trait]

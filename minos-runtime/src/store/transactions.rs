@@ -132,6 +132,16 @@ pub trait TransactionStore: Send + Sync {
         self.save_transaction(entry).await
     }
 
+    /// Saves `entry`, which leaves pending for `reserving`, and answers the writes the transaction
+    /// holds once it is saved. Holds need a pending transaction, so these are all it will ever hold:
+    /// a hold in flight is waited for and answered, a later one refused. Backends may skip waiting
+    /// for the disk, as [`mark_transaction`](Self::mark_transaction) does. The default marks, then
+    /// reads.
+    async fn close_transaction(&self, entry: &TransactionEntry) -> Result<HeldWrites, StoreError> {
+        self.mark_transaction(entry).await?;
+        self.held(entry.uuid).await
+    }
+
     /// Stores `entry` (pending, inside its destination, or with the status it carries) unless an entry
     /// with its uuid exists; answers the existing entry, or `None` when this call stored it. Backends
     /// answer in one round trip where they can; the default reads, then saves.
@@ -190,7 +200,9 @@ pub trait TransactionStore: Send + Sync {
     }
 
     /// Saves `entry` (committed or rejected) and forgets the writes and claims it held: its end, in one
-    /// step where the backend can. The default releases, then saves.
+    /// step where the backend can. A reject can end a pending transaction while a write is being held
+    /// under it: that write must be forgotten too, or refused (backends do both in one step, as a
+    /// hold). The default releases, then saves, and leaves that write behind.
     async fn settle_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError> {
         self.release(entry.uuid).await?;
         self.save_transaction(entry).await

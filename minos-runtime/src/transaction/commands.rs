@@ -120,17 +120,18 @@ impl Transactions {
     /// a reserved or committed transaction again answers its status.
     pub async fn reserve(&self, uuid: Uuid) -> Result<TransactionStatus> {
         let _alone = self.alone(uuid).await;
-        let Some((mut entry, held)) = self.entry_or(uuid, TransactionStatus::Reserved).await?
+        let Some((mut entry, mut held)) = self.entry_or(uuid, TransactionStatus::Reserved).await?
         else {
             return Ok(TransactionStatus::Reserved);
         };
-        self.reserve_entry(&mut entry, &held).await
+        self.reserve_entry(&mut entry, &mut held).await
     }
 
+    /// Reserves the entry; `held` becomes the writes checked, all the transaction holds.
     async fn reserve_entry(
         &self,
         entry: &mut TransactionEntry,
-        held: &HeldWrites,
+        held: &mut HeldWrites,
     ) -> Result<TransactionStatus> {
         match entry.status {
             TransactionStatus::Reserved
@@ -140,16 +141,18 @@ impl Transactions {
             TransactionStatus::Rejected => {
                 entry.clone().transition(TransactionStatus::Reserving)?
             }
-            TransactionStatus::Pending | TransactionStatus::Reserving => {}
+            // Leave pending before the checks: no write can be held after that, so the writes read
+            // then are all there will be, and the checks cover each (a write held while the
+            // reservation ran is claimed and checked, or refused). Roots are claimed while
+            // `reserving`, so an interrupted reservation is tidied as one; the save of `reserved`
+            // (or the claim) waits for the disk and takes this mark with it.
+            TransactionStatus::Pending => {
+                entry.transition(TransactionStatus::Reserving)?;
+                *held = self.store.close_transaction(entry).await?;
+            }
+            TransactionStatus::Reserving => {}
         }
         let firsts = first_write_per_root(held);
-        // Roots to claim are recorded while `reserving`, so an interrupted reservation is tidied as one;
-        // with nothing to claim, the checks leave nothing behind and the entry moves in one step.
-        if needs_claims(held) && entry.status != TransactionStatus::Reserving {
-            // The claim right after waits for the disk, and takes this mark with it.
-            entry.transition(TransactionStatus::Reserving)?;
-            self.store.mark_transaction(entry).await?;
-        }
         let checked = match firsts {
             Ok(firsts) => self.validate(entry, &firsts).await,
             Err(error) => Err(error.into()),
@@ -252,7 +255,8 @@ impl Transactions {
         else {
             return Ok(TransactionStatus::Committed);
         };
-        let read_pending = entry.status == TransactionStatus::Pending;
+        // Read while pending: writes may still be held, until the entry leaves pending.
+        let mut read_pending = entry.status == TransactionStatus::Pending;
         match entry.status {
             TransactionStatus::Committed => return Ok(TransactionStatus::Committed),
             // At the top level: claimed (when it changes existing roots) and committed in one step
@@ -264,13 +268,15 @@ impl Transactions {
                     return Ok(status);
                 }
                 if needs_claims(&held) {
-                    self.reserve_entry(&mut entry, &held).await?;
+                    self.reserve_entry(&mut entry, &mut held).await?;
+                    read_pending = false;
                 } else {
                     entry.transition(TransactionStatus::Reserved)?;
                 }
             }
             TransactionStatus::Pending => {
-                self.reserve_entry(&mut entry, &held).await?;
+                self.reserve_entry(&mut entry, &mut held).await?;
+                read_pending = false;
             }
             _ => {}
         }

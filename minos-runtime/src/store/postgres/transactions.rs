@@ -117,11 +117,11 @@ fn inbox_columns(inbox: Option<&InboxEntry>) -> (Option<&str>, Option<Uuid>, Opt
     }
 }
 
-/// The CTE `found` reading transaction `$1`'s status and locking its entry `FOR KEY SHARE` until the
+/// The CTE `found` reading transaction `$1`'s status and locking its entry `FOR SHARE` until the
 /// statement's transaction ends (see [`HOLD`]).
 macro_rules! found_entry {
     () => {
-        "found AS (SELECT status FROM transactions WHERE uuid = $1 FOR KEY SHARE)"
+        "found AS (SELECT status FROM transactions WHERE uuid = $1 FOR SHARE)"
     };
 }
 
@@ -149,9 +149,11 @@ macro_rules! claims_before {
 /// Holds the writes (`$2`, `$3`) under transaction `$1` when it is pending (`ok`), with the inbox
 /// entry (`$4`..`$6`; none when `$4` is null), all or nothing: the writes only if the inbox row is
 /// new, the inbox row only if the writes have a pending transaction to go under (or there are none).
-/// The entry is locked (`FOR KEY SHARE`) until the hold commits, so a commit, which locks it `FOR
-/// UPDATE` before it counts the held writes, either sees these or refuses them. The statement's own
-/// inserts are not visible to its reads: `claims` looks at the writes held before.
+/// The entry is locked (`FOR SHARE`) until the hold commits: anything that moves the entry on (a
+/// reservation's mark, a commit or a reject, which lock it first) waits for the hold, then sees its
+/// writes; a hold that comes after waits for the move, then finds the entry no longer pending. Holds
+/// do not wait for each other. The statement's own inserts are not visible to its reads: `claims`
+/// looks at the writes held before.
 const HOLD: &str = concat!(
     "WITH ",
     found_entry!(),
@@ -166,10 +168,23 @@ const HOLD: &str = concat!(
     claims_before!()
 );
 
-/// Locks a transaction's entry against holds (which lock it `FOR KEY SHARE`) for the rest of the
+/// Locks a transaction's entry against holds (which lock it `FOR SHARE`) for the rest of the
 /// database transaction, answering its status: a statement after it sees every hold that got in
 /// first, and later holds wait, then find the entry moved on.
 const LOCK_ENTRY: &str = "SELECT status FROM transactions WHERE uuid = $1 FOR UPDATE";
+
+/// The writes transaction `$1` holds, in the order they were held.
+const HELD: &str =
+    "SELECT event, messages FROM transaction_writes WHERE transaction_uuid = $1 ORDER BY id";
+
+/// An entry's columns, its status as `status` names it, as `$1..$4` of the entry statements
+/// ([`SAVE`], [`MARK`], [`SETTLE`]).
+fn entry_params<'a>(
+    entry: &'a TransactionEntry,
+    status: &'a &'static str,
+) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 4] {
+    [&entry.uuid, status, &entry.destination, &entry.updated_at]
+}
 
 /// Why writes were not held under `transaction`, whose status was `status` (`None`: no entry).
 fn refused(transaction: Uuid, status: Option<String>) -> StoreError {
@@ -237,12 +252,8 @@ impl PostgresStore {
             false => Some(prepared(&tx, CLAIM).await?),
         };
         let top = Uuid::nil();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
-            &entry.uuid,
-            &entry.status.as_str(),
-            &entry.destination,
-            &entry.updated_at,
-        ];
+        let status = entry.status.as_str();
+        let params = entry_params(entry, &status);
         // All go out at once (pipelined on the connection, in this order: the entry is locked before
         // the settle counts the held writes it forgets, the claim taken before the versions are read);
         // the commit makes them one. A concurrent claimer of the same roots waits for this transaction
@@ -340,15 +351,11 @@ impl PostgresStore {
     /// Runs `sql`, one of the entry statements above, with the entry's columns as `$1..$4`.
     async fn write_entry(&self, sql: &str, entry: &TransactionEntry) -> Result<(), StoreError> {
         let client = self.client().await?;
+        let status = entry.status.as_str();
         client
             .execute(
                 &prepared(&client, sql).await?,
-                &[
-                    &entry.uuid,
-                    &entry.status.as_str(),
-                    &entry.destination,
-                    &entry.updated_at,
-                ],
+                &entry_params(entry, &status),
             )
             .await
             .map_err(db_error)?;
@@ -483,10 +490,7 @@ impl TransactionStore for PostgresStore {
     async fn held(&self, transaction: Uuid) -> Result<HeldWrites, StoreError> {
         let client = self.client().await?;
         let rows = client
-            .query(
-                &prepared(&client, "SELECT event, messages FROM transaction_writes WHERE transaction_uuid = $1 ORDER BY id").await?,
-                &[&transaction],
-            )
+            .query(&prepared(&client, HELD).await?, &[&transaction])
             .await
             .map_err(db_error)?;
         rows.iter().map(decode_write).collect()
@@ -633,6 +637,45 @@ impl TransactionStore for PostgresStore {
     }
 
     async fn settle_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError> {
-        self.write_entry(SETTLE, entry).await
+        if entry.status != TransactionStatus::Rejected {
+            // Committed: the entry left pending before, no hold can be in flight.
+            return self.write_entry(SETTLE, entry).await;
+        }
+        // A reject can end a pending transaction while a write is being held under it. The settle
+        // reads the held writes as they were when it started, so the entry is locked first, in a
+        // statement of its own: holds in flight are waited for, and their writes forgotten too.
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        let (lock, settle) = (
+            prepared(&tx, LOCK_ENTRY).await?,
+            prepared(&tx, SETTLE).await?,
+        );
+        let status = entry.status.as_str();
+        let params = entry_params(entry, &status);
+        let (locked, settled) = tokio::join!(
+            tx.query_opt(&lock, &params[..1]),
+            tx.query_one(&settle, &params)
+        );
+        locked.map_err(db_error)?;
+        settled.map_err(db_error)?;
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn close_transaction(&self, entry: &TransactionEntry) -> Result<HeldWrites, StoreError> {
+        let client = self.client().await?;
+        let (mark, held) = (
+            prepared(&client, MARK).await?,
+            prepared(&client, HELD).await?,
+        );
+        // Pipelined, each its own database transaction: the mark waits for holds in flight (their
+        // lock), and the read, which starts once the mark is committed, sees their writes.
+        let status = entry.status.as_str();
+        let params = entry_params(entry, &status);
+        let (marked, rows) = tokio::join!(
+            client.execute(&mark, &params),
+            client.query(&held, &params[..1])
+        );
+        marked.map_err(db_error)?;
+        rows.map_err(db_error)?.iter().map(decode_write).collect()
     }
 }

@@ -32,25 +32,48 @@ fn transaction_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TransactionRow> 
     Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
 }
 
+/// Saves `entry` (inside the writer).
+fn save_entry(conn: &rusqlite::Connection, entry: &TransactionEntry) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO transactions (uuid, status, destination, updated_at) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (uuid) DO UPDATE SET status = excluded.status, destination = excluded.destination, \
+         updated_at = excluded.updated_at",
+    )
+    .map_err(sql_err)?
+    .execute(params![
+        entry.uuid.to_string(),
+        entry.status.as_str(),
+        entry.destination.map(|d| d.to_string()),
+        format_time(entry.updated_at)
+    ])
+    .map_err(sql_err)?;
+    Ok(())
+}
+
+/// Forgets the writes and claims `transaction` holds (inside the writer).
+fn release_in(conn: &rusqlite::Connection, transaction: Uuid) -> Result<(), StoreError> {
+    for table in ["transaction_writes", "transaction_claims"] {
+        conn.prepare_cached(&format!("DELETE FROM {table} WHERE transaction_uuid = ?1"))
+            .and_then(|mut delete| delete.execute([transaction.to_string()]))
+            .map_err(sql_err)?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl TransactionStore for SqliteStore {
     async fn save_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError> {
         let entry = entry.clone();
+        self.write(move |conn| save_entry(conn, &entry)).await
+    }
+
+    async fn settle_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError> {
+        // One writer job, as holds are: a hold lands before (and is forgotten) or after (and is
+        // refused).
+        let entry = entry.clone();
         self.write(move |conn| {
-            conn.prepare_cached(
-                "INSERT INTO transactions (uuid, status, destination, updated_at) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (uuid) DO UPDATE SET status = excluded.status, destination = excluded.destination, \
-                 updated_at = excluded.updated_at",
-            )
-            .map_err(sql_err)?
-            .execute(params![
-                entry.uuid.to_string(),
-                entry.status.as_str(),
-                entry.destination.map(|d| d.to_string()),
-                format_time(entry.updated_at)
-            ])
-            .map_err(sql_err)?;
-            Ok(())
+            release_in(conn, entry.uuid)?;
+            save_entry(conn, &entry)
         })
         .await
     }
@@ -166,15 +189,7 @@ impl TransactionStore for SqliteStore {
     }
 
     async fn release(&self, transaction: Uuid) -> Result<(), StoreError> {
-        self.write(move |tx| {
-            for table in ["transaction_writes", "transaction_claims"] {
-                tx.prepare_cached(&format!("DELETE FROM {table} WHERE transaction_uuid = ?1"))
-                    .and_then(|mut delete| delete.execute([transaction.to_string()]))
-                    .map_err(sql_err)?;
-            }
-            Ok(())
-        })
-        .await
+        self.write(move |conn| release_in(conn, transaction)).await
     }
 
     async fn claim(

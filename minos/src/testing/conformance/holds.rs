@@ -353,3 +353,189 @@ pub async fn writes_held_while_a_commit_runs_are_committed_or_refused(repo: Repo
         assert!(store.held(uuid).await.unwrap().is_empty());
     }
 }
+
+/// The writes of a rename of customer `uuid` (from the version stored now) to `name`, staged.
+async fn renamed(repo: &Repository, uuid: Uuid, name: &str) -> crate::store::HeldWrites {
+    let ((), writes) = repo
+        .staged(in_scope(repo, async {
+            let mut customer = Customer::get(uuid).await.unwrap();
+            customer.name = name.into();
+            customer.save().await.unwrap();
+        }))
+        .await;
+    writes
+}
+
+/// Writes held while the transaction's reservation runs are checked with it or refused: a reserved
+/// transaction commits. A stale write that got in rejects the reservation (409); once reserved, every
+/// root its writes change is claimed, so a sibling changing one of them is refused.
+pub async fn writes_held_while_a_reservation_runs_are_checked_or_refused(repo: Repository) {
+    use crate::transaction::TransactionStatus;
+    const FILLERS: usize = 16;
+    let store = repo.store().clone();
+    let transactions = repo.transactions();
+    for round in 0..8usize {
+        let stale_root = repo.create(Customer { name: "s".into() }).await.unwrap();
+        let fresh_root = repo.create(Customer { name: "f".into() }).await.unwrap();
+        // Based on version 1, then version 2 is stored: stale.
+        let stale = renamed(&repo, stale_root.uuid(), "late").await;
+        repo.commit_unit(&renamed(&repo, stale_root.uuid(), "now").await, None)
+            .await
+            .unwrap();
+        let fresh = renamed(&repo, fresh_root.uuid(), "fresh").await;
+        let sibling_write = renamed(&repo, fresh_root.uuid(), "sibling").await;
+        let ((), fillers) = repo
+            .staged(in_scope(&repo, async {
+                for i in 0..FILLERS {
+                    Customer::create(Customer {
+                        name: format!("c{i}"),
+                    })
+                    .await
+                    .unwrap();
+                }
+            }))
+            .await;
+        let uuid = open_one(&store).await;
+        // Odd rounds start with a change (the reservation claims), even ones with a creation.
+        let first = match round % 2 {
+            0 => fillers[..1].to_vec(),
+            _ => {
+                let other = repo.create(Customer { name: "o".into() }).await.unwrap();
+                renamed(&repo, other.uuid(), "other").await
+            }
+        };
+        store.hold(uuid, &first, None).await.unwrap();
+        let mut racing: Vec<(&str, crate::store::HeldWrites)> = fillers[1..]
+            .iter()
+            .map(|w| ("filler", vec![w.clone()]))
+            .collect();
+        racing.insert(round % racing.len(), ("stale", stale));
+        racing.insert((round * 5 + 3) % racing.len(), ("fresh", fresh));
+        let mut holds = tokio::task::JoinSet::new();
+        for (i, (what, write)) in racing.into_iter().enumerate() {
+            let store = store.clone();
+            holds.spawn(async move {
+                for _ in 0..(i % 4) {
+                    tokio::task::yield_now().await;
+                }
+                (what, store.hold(uuid, &write, None).await)
+            });
+        }
+        let reserving = transactions.clone();
+        let reserve = tokio::spawn(async move { reserving.reserve(uuid).await });
+        let mut outcomes = std::collections::BTreeMap::new();
+        while let Some(outcome) = holds.join_next().await {
+            let (what, held) = outcome.unwrap();
+            if let Err(error) = &held {
+                assert!(
+                    matches!(error, StoreError::TransactionClosed { transaction, .. } if *transaction == uuid),
+                    "round {round}: {error}"
+                );
+            }
+            if what != "filler" {
+                outcomes.insert(what, held.is_ok());
+            }
+        }
+        match reserve.await.unwrap() {
+            Ok(status) => {
+                assert_eq!(status, TransactionStatus::Reserved, "round {round}");
+                assert!(
+                    !outcomes["stale"],
+                    "round {round}: a stale write was held and the transaction still reserved"
+                );
+                if outcomes["fresh"] {
+                    // The root it changes is claimed: a sibling changing it is refused.
+                    let sibling = open_one(&store).await;
+                    store.hold(sibling, &sibling_write, None).await.unwrap();
+                    let refused = transactions.reserve(sibling).await.unwrap_err();
+                    assert_eq!(refused.status(), 409, "round {round}: {refused}");
+                }
+                assert_eq!(
+                    transactions.commit(uuid).await.unwrap(),
+                    TransactionStatus::Committed,
+                    "round {round}"
+                );
+                let expected = if outcomes["fresh"] { "fresh" } else { "f" };
+                assert_eq!(
+                    repo.get::<Customer>(fresh_root.uuid()).await.unwrap().name,
+                    expected,
+                    "round {round}"
+                );
+            }
+            Err(error) => {
+                assert!(error.is_conflict(), "round {round}: {error}");
+                assert!(
+                    outcomes["stale"],
+                    "round {round}: refused without a stale write: {error}"
+                );
+                let entry = store.transaction(uuid).await.unwrap().unwrap();
+                assert_eq!(entry.status, TransactionStatus::Rejected, "round {round}");
+                assert!(store.held(uuid).await.unwrap().is_empty(), "round {round}");
+                assert_eq!(
+                    repo.get::<Customer>(fresh_root.uuid()).await.unwrap().name,
+                    "f"
+                );
+            }
+        }
+        assert_eq!(
+            repo.get::<Customer>(stale_root.uuid()).await.unwrap().name,
+            "now",
+            "round {round}"
+        );
+    }
+}
+
+/// Writes held while the transaction is rejected are dropped with it or refused: once the reject
+/// answers, the transaction holds nothing.
+pub async fn writes_held_while_a_reject_runs_are_dropped(repo: Repository) {
+    use crate::transaction::TransactionStatus;
+    const WRITES: usize = 24;
+    let store = repo.store().clone();
+    let transactions = repo.transactions();
+    for round in 0..4 {
+        let ((), writes) = repo
+            .staged(in_scope(&repo, async {
+                for i in 0..WRITES {
+                    Customer::create(Customer {
+                        name: format!("c{i}"),
+                    })
+                    .await
+                    .unwrap();
+                }
+            }))
+            .await;
+        let uuid = open_one(&store).await;
+        let mut holds = tokio::task::JoinSet::new();
+        for (i, write) in writes.iter().enumerate() {
+            let (store, write) = (store.clone(), vec![write.clone()]);
+            holds.spawn(async move {
+                for _ in 0..(i % 4) {
+                    tokio::task::yield_now().await;
+                }
+                store.hold(uuid, &write, None).await
+            });
+        }
+        let rejecting = transactions.clone();
+        let reject = tokio::spawn(async move { rejecting.reject(uuid).await });
+        while let Some(held) = holds.join_next().await {
+            if let Err(error) = held.unwrap() {
+                assert!(
+                    matches!(error, StoreError::TransactionClosed { transaction, status: TransactionStatus::Rejected } if transaction == uuid),
+                    "round {round}: {error}"
+                );
+            }
+        }
+        assert_eq!(reject.await.unwrap().unwrap(), TransactionStatus::Rejected);
+        assert!(
+            store.held(uuid).await.unwrap().is_empty(),
+            "round {round}: writes left under a rejected transaction"
+        );
+        for (event, _) in &writes {
+            assert!(repo
+                .get::<Customer>(event.uuid)
+                .await
+                .unwrap_err()
+                .is_not_found());
+        }
+    }
+}

@@ -57,6 +57,8 @@ macro_rules! conformance_tests {
             a_first_hold_opens_the_chain,
             holds_need_a_pending_transaction,
             writes_held_while_a_commit_runs_are_committed_or_refused,
+            writes_held_while_a_reservation_runs_are_checked_or_refused,
+            writes_held_while_a_reject_runs_are_dropped,
             transaction_writes_are_private_until_committed,
             reserve_refuses_conflicts_and_reject_drops_writes,
             nested_transactions_commit_into_their_destination,
