@@ -40,7 +40,13 @@ pub(crate) struct SagaState {
     watchers: Mutex<HashMap<Uuid, Vec<oneshot::Sender<SagaExecution>>>>,
     /// The `saga:` section of the service's configuration.
     config: std::sync::OnceLock<SagaConfig>,
+    /// The executions that ended here last, newest at the back: a caller that starts waiting after
+    /// its execution ended finds it without a read.
+    ended: Mutex<std::collections::VecDeque<SagaExecution>>,
 }
+
+/// How many ended executions [`SagaState::ended`] keeps.
+const ENDED_KEPT: usize = 128;
 
 impl SagaState {
     fn watchers(
@@ -48,6 +54,10 @@ impl SagaState {
     ) -> std::sync::MutexGuard<'_, HashMap<Uuid, Vec<oneshot::Sender<SagaExecution>>>> {
         // The map holds no invariant a panic could break halfway.
         self.watchers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ended(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<SagaExecution>> {
+        self.ended.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -208,9 +218,26 @@ impl SagaManager {
     pub async fn wait(&self, uuid: Uuid, timeout: Duration) -> Result<SagaExecution> {
         let (sender, receiver) = oneshot::channel();
         self.state.watchers().entry(uuid).or_default().push(sender);
-        let current = self.get(uuid).await?;
-        if current.status.is_final() {
-            return Ok(current);
+        // It may have ended before the watcher was in place: kept when it ended here, else read.
+        let kept = self
+            .state
+            .ended()
+            .iter()
+            .rev()
+            .find(|e| e.uuid == uuid)
+            .cloned();
+        let now = match kept {
+            Some(ended) => Ok(ended),
+            None => self.get(uuid).await,
+        };
+        match now {
+            Ok(current) if !current.status.is_final() => {}
+            // Nothing will take the watcher out now.
+            done => {
+                drop(receiver);
+                self.forget_watchers(uuid);
+                return done;
+            }
         }
         match tokio::time::timeout(timeout, receiver).await {
             Ok(Ok(execution)) => Ok(execution),
@@ -241,6 +268,13 @@ impl SagaManager {
             self.context
                 .metrics()
                 .saga_ended(&execution.saga, execution.status.as_str(), took);
+            {
+                let mut ended = self.state.ended();
+                if ended.len() == ENDED_KEPT {
+                    ended.pop_front();
+                }
+                ended.push_back(execution.clone());
+            }
             let waiting = self.state.watchers().remove(&execution.uuid);
             for sender in waiting.into_iter().flatten() {
                 let _ = sender.send(execution.clone());

@@ -7,6 +7,7 @@
 //! `writer` (the batch append writer), `inbox` (the batched inbox look-ups and records), `events`, `snapshots`, `query` (conditions and orderings as SQL),
 //! `outbox` (outbox and inbox), `transactions` and `sagas`.
 
+mod batch;
 mod events;
 mod inbox;
 mod lock;
@@ -70,6 +71,8 @@ pub struct PostgresStore {
     pool: Pool,
     appends: mpsc::UnboundedSender<writer::AppendRequest>,
     inbox: inbox::InboxBatchers,
+    sagas: sagas::ExecutionBatchers,
+    entries: transactions::EntryBatcher,
     schema: Option<String>,
 }
 
@@ -196,6 +199,8 @@ impl PostgresStore {
             pool: pool.clone(),
             appends,
             inbox: inbox::InboxBatchers::spawn(&pool),
+            sagas: sagas::ExecutionBatchers::spawn(&pool),
+            entries: transactions::entry_batcher(&pool),
             schema,
         };
         store.migrate().await?;

@@ -67,6 +67,7 @@ macro_rules! conformance_tests {
             pending_changes_commit_unless_claimed_or_stale,
             stale_copies_in_a_transaction_conflict_when_saved,
             saga_executions_are_saved_and_listed,
+            concurrent_saves_and_reads_answer_each_caller,
             retention_removes_only_finished_rows,
             registry_instances_have_leases_and_a_version
         );
