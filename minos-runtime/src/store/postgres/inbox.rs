@@ -1,16 +1,25 @@
 //! The inbox batchers: concurrent handlers' look-ups of the inbox, and the inbox entries of handlers
-//! that wrote nothing, each answered a batch at a time (see [`Batcher`]).
+//! that wrote nothing, wait in a channel; a task takes what is waiting and runs one statement for all
+//! of it. Idle, a request goes out at once from its caller's task; busy, the requests that arrived
+//! meanwhile share the next statement.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
+
 use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::store::InboxEntry;
+use crate::store::{InboxEntry, StoreError};
 
-use super::batch::Batcher;
-use super::{db_error, pool_error, prepared};
+use super::{db_error, pool_error, prepared, BACKEND};
+
+/// Most requests in one statement.
+const MAX_BATCH: usize = 256;
 
 /// Which of the `(consumer, identifier)` pairs `$1`, `$2` the inbox has: one primary-key probe per
 /// pair (the lateral `LIMIT 1` keeps a plan made while the inbox was small from scanning it whole
@@ -28,6 +37,113 @@ const RECORD: &str = "INSERT INTO inbox (consumer, identifier, reply) \
      FROM UNNEST($1::text[], $2::uuid[], $3::text[]) AS q(consumer, identifier, reply), \
      (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed \
      ON CONFLICT DO NOTHING RETURNING consumer, identifier";
+
+type Request<Q, A> = (Q, oneshot::Sender<Result<A, StoreError>>);
+
+/// Answers a batch, one answer per request in order, or fails it whole.
+type Run<Q, A> =
+    Arc<dyn Fn(Vec<Q>) -> BoxFuture<'static, Result<Vec<A>, StoreError>> + Send + Sync>;
+
+/// Requests of one kind, answered a batch at a time by one task; a request while no other is
+/// waiting or running goes out at once from its caller's task instead.
+pub(super) struct Batcher<Q, A> {
+    sender: mpsc::UnboundedSender<Request<Q, A>>,
+    run: Run<Q, A>,
+    /// Requests being answered, on either path.
+    active: Arc<AtomicUsize>,
+}
+
+impl<Q, A> Clone for Batcher<Q, A> {
+    fn clone(&self) -> Self {
+        Batcher {
+            sender: self.sender.clone(),
+            run: Arc::clone(&self.run),
+            active: Arc::clone(&self.active),
+        }
+    }
+}
+
+/// Counts a request as active until dropped.
+struct Active(Arc<AtomicUsize>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
+    /// Starts the task: `run` answers a batch, one answer per request in order, or fails it whole.
+    fn spawn<F, Fut>(run: F) -> Self
+    where
+        F: Fn(Vec<Q>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<A>, StoreError>> + Send + 'static,
+    {
+        let run: Run<Q, A> = Arc::new(move |batch| Box::pin(run(batch)));
+        let (sender, mut receiver) = mpsc::unbounded_channel::<Request<Q, A>>();
+        let task_run = Arc::clone(&run);
+        tokio::spawn(async move {
+            let run = task_run;
+            while let Some(first) = receiver.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match receiver.try_recv() {
+                        Ok(request) => batch.push(request),
+                        Err(_) => break,
+                    }
+                }
+                let (queries, replies): (Vec<Q>, Vec<_>) = batch.into_iter().unzip();
+                match run(queries).await {
+                    Ok(answers) => {
+                        for (reply, answer) in replies.into_iter().zip(answers) {
+                            let _ = reply.send(Ok(answer));
+                        }
+                    }
+                    Err(error) => {
+                        let unavailable = matches!(error, StoreError::Unavailable { .. });
+                        let text = error.to_string();
+                        let mut first = Some(error);
+                        for reply in replies {
+                            let error = first.take().unwrap_or_else(|| match unavailable {
+                                true => StoreError::Unavailable {
+                                    backend: BACKEND,
+                                    source: text.clone().into(),
+                                },
+                                false => StoreError::backend(BACKEND, text.clone()),
+                            });
+                            let _ = reply.send(Err(error));
+                        }
+                    }
+                }
+            }
+        });
+        Batcher {
+            sender,
+            run,
+            active: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Waits for the answer to `query`.
+    pub(super) async fn call(&self, query: Q) -> Result<A, StoreError> {
+        let alone = self.active.fetch_add(1, Ordering::SeqCst) == 0;
+        let _active = Active(Arc::clone(&self.active));
+        if alone {
+            // Nothing to share a statement with: no hop through the task.
+            let mut answers = (self.run)(vec![query]).await?;
+            return answers
+                .pop()
+                .ok_or_else(|| StoreError::backend(BACKEND, "the inbox batch gave no answer"));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send((query, reply))
+            .map_err(|_| StoreError::backend(BACKEND, "the inbox batcher stopped"))?;
+        answer
+            .await
+            .map_err(|_| StoreError::backend(BACKEND, "the inbox batcher dropped the request"))?
+    }
+}
 
 /// The two inbox batchers of a store.
 #[derive(Clone)]

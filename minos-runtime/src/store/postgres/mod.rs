@@ -7,7 +7,6 @@
 //! `writer` (the batch append writer), `inbox` (the batched inbox look-ups and records), `events`, `snapshots`, `query` (conditions and orderings as SQL),
 //! `outbox` (outbox and inbox), `transactions` and `sagas`.
 
-mod batch;
 mod events;
 mod inbox;
 mod lock;
@@ -71,8 +70,6 @@ pub struct PostgresStore {
     pool: Pool,
     appends: mpsc::UnboundedSender<writer::AppendRequest>,
     inbox: inbox::InboxBatchers,
-    sagas: sagas::ExecutionBatchers,
-    entries: transactions::EntryBatcher,
     schema: Option<String>,
 }
 
@@ -199,8 +196,6 @@ impl PostgresStore {
             pool: pool.clone(),
             appends,
             inbox: inbox::InboxBatchers::spawn(&pool),
-            sagas: sagas::ExecutionBatchers::spawn(&pool),
-            entries: transactions::entry_batcher(&pool),
             schema,
         };
         store.migrate().await?;

@@ -1,12 +1,8 @@
 //! [`TransactionStore`] for PostgreSQL: transaction entries, the writes each one holds, and the claims on
 //! roots that keep two transactions of one destination apart.
 
-use std::collections::hash_map::{Entry, HashMap};
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Pool;
 use serde_json::Value;
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -16,9 +12,8 @@ use crate::store::{
     needs_claims, ClaimedCommit, HeldWrites, InboxEntry, StoreError, StoredEvent, TransactionStore,
 };
 
-use super::batch::Batcher;
 use super::writer::commit_with;
-use super::{db_error, pool_error, prepared, PostgresStore, BACKEND};
+use super::{db_error, prepared, PostgresStore, BACKEND};
 
 fn decode_transaction(row: &Row) -> Result<TransactionEntry, StoreError> {
     let status: String = row.get("status");
@@ -29,40 +24,6 @@ fn decode_transaction(row: &Row) -> Result<TransactionEntry, StoreError> {
         })?,
         destination: row.get("destination"),
         updated_at: row.get("updated_at"),
-    })
-}
-
-/// The entries whose uuids are in `$1`, each with the writes it holds (in the order they were held).
-const ENTRIES_AND_HELD: &str = "SELECT t.uuid, t.status, t.destination, t.updated_at, w.event, \
-     w.messages FROM transactions t LEFT JOIN transaction_writes w ON w.transaction_uuid = t.uuid \
-     WHERE t.uuid = ANY($1) ORDER BY t.uuid, w.id";
-
-/// Concurrent reads of an entry and its held writes, a batch at a time (see [`Batcher`]).
-pub(super) type EntryBatcher = Batcher<Uuid, Option<(TransactionEntry, HeldWrites)>>;
-
-/// Starts the [`EntryBatcher`] of a store.
-pub(super) fn entry_batcher(pool: &Pool) -> EntryBatcher {
-    let pool = Arc::new(pool.clone());
-    Batcher::spawn(move |uuids: Vec<Uuid>| {
-        let pool = Arc::clone(&pool);
-        async move {
-            let client = pool.get().await.map_err(pool_error)?;
-            let rows = client
-                .query(&prepared(&client, ENTRIES_AND_HELD).await?, &[&uuids])
-                .await
-                .map_err(db_error)?;
-            let mut found: HashMap<Uuid, (TransactionEntry, HeldWrites)> = HashMap::new();
-            for row in &rows {
-                let held = match found.entry(row.get("uuid")) {
-                    Entry::Occupied(entry) => &mut entry.into_mut().1,
-                    Entry::Vacant(entry) => &mut entry.insert((decode_transaction(row)?, vec![])).1,
-                };
-                if row.get::<_, Option<Value>>("event").is_some() {
-                    held.push(decode_write(row)?);
-                }
-            }
-            Ok(uuids.iter().map(|uuid| found.get(uuid).cloned()).collect())
-        }
     })
 }
 
@@ -649,8 +610,30 @@ impl TransactionStore for PostgresStore {
         &self,
         uuid: Uuid,
     ) -> Result<Option<(TransactionEntry, HeldWrites)>, StoreError> {
-        // With the reads waiting beside it, in one statement.
-        self.entries.call(uuid).await
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &prepared(
+                    &client,
+                    "SELECT t.uuid, t.status, t.destination, t.updated_at, w.event, w.messages \
+                 FROM transactions t LEFT JOIN transaction_writes w ON w.transaction_uuid = t.uuid \
+                 WHERE t.uuid = $1 ORDER BY w.id",
+                )
+                .await?,
+                &[&uuid],
+            )
+            .await
+            .map_err(db_error)?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let entry = decode_transaction(first)?;
+        let held = rows
+            .iter()
+            .filter(|row| row.get::<_, Option<Value>>("event").is_some())
+            .map(decode_write)
+            .collect::<Result<_, _>>()?;
+        Ok(Some((entry, held)))
     }
 
     async fn settle_transaction(&self, entry: &TransactionEntry) -> Result<(), StoreError> {
