@@ -31,6 +31,11 @@ pub const ONE_PHASE: &str = "one_phase";
 /// gave up), so history on a long-lived broker is never executed again.
 pub const DEADLINE: &str = "deadline";
 
+/// On a domain event published from a store's outbox: where the store's log put the event
+/// (`COMMIT.ID`, as view positions are written). A handler in the service that wrote it (any replica)
+/// waits for its views to reach that position without reading the log.
+pub const POSITION: &str = "position";
+
 /// On a dead-lettered message: why handling it failed.
 pub const ERROR: &str = "error";
 

@@ -104,11 +104,16 @@ impl Inner {
         };
         self.events.push(stored.clone());
         self.snapshots.insert(event.uuid, snapshot);
+        let position = stored.position().to_string();
         for message in messages {
             self.next_outbox_id += 1;
+            let mut message = message.clone();
+            message
+                .headers
+                .insert(crate::messaging::headers::POSITION.into(), position.clone());
             let record = OutboxRecord {
                 id: self.next_outbox_id,
-                message: message.clone(),
+                message,
                 created_at: event.created_at,
             };
             self.outbox.push_back(record);

@@ -22,6 +22,17 @@ use super::log::{self, PAGE};
 mod wait;
 
 /// The root and version of the event a live message carries.
+/// Where the store's log put the event a message carries, as its outbox row recorded it (header
+/// `position`).
+fn position_header(message: &BrokerMessage) -> Option<Position> {
+    message
+        .payload
+        .headers
+        .get(crate::messaging::headers::POSITION)?
+        .parse()
+        .ok()
+}
+
 fn event_of(message: &BrokerMessage) -> Option<(uuid::Uuid, u64)> {
     let content = &message.payload.content;
     let uuid = content.get("uuid")?.as_str()?.parse().ok()?;
@@ -267,9 +278,12 @@ impl Projections {
         let Some(source) = source_of(&message.topic) else {
             return;
         };
-        let position = event_of(message).and_then(|(uuid, version)| {
-            let repository = self.inner.context.repository();
-            repository.recent_position(uuid, version)
+        let position = position_header(message).or_else(|| {
+            let (uuid, version) = event_of(message)?;
+            self.inner
+                .context
+                .repository()
+                .recent_position(uuid, version)
         });
         for ((_, s), follower) in &self.inner.followers {
             if s != source {
@@ -310,12 +324,19 @@ impl Projections {
         if lagging {
             return;
         }
-        let Some((uuid, version)) = event_of(message) else {
-            return;
-        };
-        let repository = self.inner.context.repository();
-        let Some(position) = repository.position_of(uuid, version).await else {
-            return;
+        // The position the outbox row recorded, else this process's recent commits, else the log.
+        let position = match position_header(message) {
+            Some(position) => position,
+            None => {
+                let Some((uuid, version)) = event_of(message) else {
+                    return;
+                };
+                let repository = self.inner.context.repository();
+                let Some(position) = repository.position_of(uuid, version).await else {
+                    return;
+                };
+                position
+            }
         };
         let mut wanted = Consistency::default();
         wanted.record(source, position);

@@ -111,7 +111,7 @@ async fn run_batch(pool: &Pool, batch: Vec<AppendRequest>) {
 
 /// The one statement that commits a batch: snapshots are created (expected version 0) or updated only
 /// where the stored version is still the expected one; events and outbox rows are written only for the
-/// roots whose snapshot was written. A single statement is atomic, so no BEGIN/COMMIT round trips.
+/// roots whose snapshot was written, each outbox row with its event's log position (header `position`). A single statement is atomic, so no BEGIN/COMMIT round trips.
 const COMMIT_SQL: &str = "\
 WITH input AS (
     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::jsonb[], $5::timestamptz[], $6::timestamptz[], $7::int8[])
@@ -138,10 +138,11 @@ WITH input AS (
     RETURNING id, uuid, version, xact
 ), outbox_rows AS (
     INSERT INTO outbox (identifier, topic, key, payload, created_at, headers)
-    SELECT o.identifier, o.topic, o.key, o.payload, o.created_at, o.headers
-    FROM UNNEST($14::uuid[], $15::text[], $16::text[], $17::jsonb[], $18::timestamptz[], $19::uuid[], $20::jsonb[])
-        WITH ORDINALITY AS o(identifier, topic, key, payload, created_at, root, headers, position)
-    WHERE o.root IN (SELECT uuid FROM written)
+    SELECT o.identifier, o.topic, o.key, o.payload, o.created_at,
+        COALESCE(o.headers, '{}'::jsonb) || jsonb_build_object('position', ev.xact::text || '.' || ev.id::text)
+    FROM UNNEST($14::uuid[], $15::text[], $16::text[], $17::jsonb[], $18::timestamptz[], $19::uuid[], $20::jsonb[], $21::int8[])
+        WITH ORDINALITY AS o(identifier, topic, key, payload, created_at, root, headers, version, position)
+    JOIN event_rows AS ev ON ev.uuid = o.root AND ev.version = o.version
     ORDER BY o.position
 )
 SELECT id, uuid, version, xact FROM event_rows";
@@ -273,6 +274,7 @@ struct Columns<'a> {
     o_created: Vec<DateTime<Utc>>,
     o_root: Vec<Uuid>,
     o_headers: Vec<Option<Value>>,
+    o_version: Vec<i64>,
 }
 
 impl<'a> Columns<'a> {
@@ -325,11 +327,12 @@ impl<'a> Columns<'a> {
                 .iter()
                 .map(|(m, _)| (!m.headers.is_empty()).then(|| serde_json::json!(m.headers)))
                 .collect(),
+            o_version: messages.iter().map(|(_, e)| e.version as i64).collect(),
         })
     }
 
-    /// `$1` to `$20`, in order.
-    fn params(&self) -> [&(dyn ToSql + Sync); 20] {
+    /// `$1` to `$21`, in order.
+    fn params(&self) -> [&(dyn ToSql + Sync); 21] {
         [
             &self.s_uuid,
             &self.s_name,
@@ -351,6 +354,7 @@ impl<'a> Columns<'a> {
             &self.o_created,
             &self.o_root,
             &self.o_headers,
+            &self.o_version,
         ]
     }
 }

@@ -198,7 +198,7 @@ pub(super) fn append_tx(tx: &Connection, append: &Append) -> Result<i64, StoreEr
     let created_at = format_time(event.created_at);
     let id = insert_event(tx, &uuid, append, &created_at, current.as_ref())?;
     save_snapshot(tx, &uuid, &snapshot)?;
-    insert_messages(tx, &append.messages, &created_at)?;
+    insert_messages(tx, &append.messages, &created_at, id)?;
     Ok(id)
 }
 
@@ -256,16 +256,21 @@ fn save_snapshot(tx: &Connection, uuid: &str, snapshot: &Snapshot) -> Result<(),
     Ok(())
 }
 
+/// Inserts the outbox rows of the event stored with `id`, each with the event's log position (header
+/// `position`, `0.ID`).
 fn insert_messages(
     tx: &Connection,
     messages: &[OutboxRow],
     created_at: &str,
+    id: i64,
 ) -> Result<(), StoreError> {
     let mut insert = tx
         .prepare_cached(
-            "INSERT INTO outbox (identifier, topic, key, payload, created_at, headers) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO outbox (identifier, topic, key, payload, created_at, headers) \
+             VALUES (?1, ?2, ?3, ?4, ?5, json_set(COALESCE(?6, '{}'), '$.position', ?7))",
         )
         .map_err(sql_err)?;
+    let position = crate::store::Position { commit: 0, id }.to_string();
     for message in messages {
         insert
             .execute(params![
@@ -274,7 +279,8 @@ fn insert_messages(
                 message.key,
                 message.payload,
                 created_at,
-                message.headers
+                message.headers,
+                position
             ])
             .map_err(sql_err)?;
     }

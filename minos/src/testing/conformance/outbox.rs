@@ -49,6 +49,22 @@ pub async fn outbox_holds_domain_messages_in_order(repo: Repository) {
         assert_eq!(single.fields_diff[0].value, json!("fragile"));
         let deleted: Event = serde_json::from_value(pending[4].message.content.clone()).unwrap();
         assert_eq!((deleted.version, deleted.action), (3, Action::Delete));
+        // Each message carries where the log put its event (header `position`).
+        let filter = EventFilter {
+            uuid: Some(uuid),
+            ..EventFilter::default()
+        };
+        let stored = repo.store().events(&filter).await.unwrap();
+        assert_eq!(stored.len(), 3);
+        for (record, version) in pending.iter().zip([1, 2, 2, 2, 3]) {
+            let event = stored.iter().find(|e| e.event.version == version).unwrap();
+            assert_eq!(
+                record.message.headers.get(crate::messaging::headers::POSITION),
+                Some(&event.position().to_string()),
+                "{}",
+                record.message.topic
+            );
+        }
     })
     .await
 }
