@@ -26,6 +26,22 @@ pub(super) async fn created_then_renamed(
     writes
 }
 
+/// The writes of `count` customers created, staged: nothing reaches the store.
+async fn staged_creations(repo: &Repository, count: usize) -> crate::store::HeldWrites {
+    let ((), writes) = repo
+        .staged(in_scope(repo, async {
+            for i in 0..count {
+                Customer::create(Customer {
+                    name: format!("c{i}"),
+                })
+                .await
+                .unwrap();
+            }
+        }))
+        .await;
+    writes
+}
+
 /// A new pending top-level transaction, its entry opened: writes can be held under it.
 pub(super) async fn open_one(store: &crate::store::SharedStore) -> Uuid {
     let uuid = Uuid::now_v7();
@@ -306,17 +322,7 @@ pub async fn writes_held_while_a_commit_runs_are_committed_or_refused(repo: Repo
     use crate::transaction::TransactionStatus;
     const WRITES: usize = 24;
     for round in 0..4 {
-        let ((), writes) = repo
-            .staged(in_scope(&repo, async {
-                for i in 0..WRITES {
-                    Customer::create(Customer {
-                        name: format!("c{i}"),
-                    })
-                    .await
-                    .unwrap();
-                }
-            }))
-            .await;
+        let writes = staged_creations(&repo, WRITES).await;
         assert_eq!(writes.len(), WRITES);
         let store = repo.store().clone();
         let uuid = open_one(&store).await;
@@ -384,17 +390,7 @@ pub async fn writes_held_while_a_reservation_runs_are_checked_or_refused(repo: R
             .unwrap();
         let fresh = renamed(&repo, fresh_root.uuid(), "fresh").await;
         let sibling_write = renamed(&repo, fresh_root.uuid(), "sibling").await;
-        let ((), fillers) = repo
-            .staged(in_scope(&repo, async {
-                for i in 0..FILLERS {
-                    Customer::create(Customer {
-                        name: format!("c{i}"),
-                    })
-                    .await
-                    .unwrap();
-                }
-            }))
-            .await;
+        let fillers = staged_creations(&repo, FILLERS).await;
         let uuid = open_one(&store).await;
         // Odd rounds start with a change (the reservation claims), even ones with a creation.
         let first = match round % 2 {
@@ -493,17 +489,7 @@ pub async fn writes_held_while_a_reject_runs_are_dropped(repo: Repository) {
     let store = repo.store().clone();
     let transactions = repo.transactions();
     for round in 0..4 {
-        let ((), writes) = repo
-            .staged(in_scope(&repo, async {
-                for i in 0..WRITES {
-                    Customer::create(Customer {
-                        name: format!("c{i}"),
-                    })
-                    .await
-                    .unwrap();
-                }
-            }))
-            .await;
+        let writes = staged_creations(&repo, WRITES).await;
         let uuid = open_one(&store).await;
         let mut holds = tokio::task::JoinSet::new();
         for (i, write) in writes.iter().enumerate() {

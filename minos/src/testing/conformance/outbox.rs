@@ -59,7 +59,10 @@ pub async fn outbox_holds_domain_messages_in_order(repo: Repository) {
         for (record, version) in pending.iter().zip([1, 2, 2, 2, 3]) {
             let event = stored.iter().find(|e| e.event.version == version).unwrap();
             assert_eq!(
-                record.message.headers.get(crate::messaging::headers::POSITION),
+                record
+                    .message
+                    .headers
+                    .get(crate::messaging::headers::POSITION),
                 Some(&event.position().to_string()),
                 "{}",
                 record.message.topic
