@@ -21,7 +21,6 @@ use super::log::{self, PAGE};
 
 mod wait;
 
-/// The root and version of the event a live message carries.
 /// Where the store's log put the event a message carries, as its outbox row recorded it (header
 /// `position`).
 fn position_header(message: &BrokerMessage) -> Option<Position> {
@@ -33,6 +32,7 @@ fn position_header(message: &BrokerMessage) -> Option<Position> {
         .ok()
 }
 
+/// The root and version of the event a live message carries.
 fn event_of(message: &BrokerMessage) -> Option<(uuid::Uuid, u64)> {
     let content = &message.payload.content;
     let uuid = content.get("uuid")?.as_str()?.parse().ok()?;
@@ -325,18 +325,16 @@ impl Projections {
             return;
         }
         // The position the outbox row recorded, else this process's recent commits, else the log.
-        let position = match position_header(message) {
-            Some(position) => position,
-            None => {
-                let Some((uuid, version)) = event_of(message) else {
-                    return;
-                };
+        let position = match (position_header(message), event_of(message)) {
+            (Some(position), _) => Some(position),
+            (None, Some((uuid, version))) => {
                 let repository = self.inner.context.repository();
-                let Some(position) = repository.position_of(uuid, version).await else {
-                    return;
-                };
-                position
+                repository.position_of(uuid, version).await
             }
+            (None, None) => None,
+        };
+        let Some(position) = position else {
+            return;
         };
         let mut wanted = Consistency::default();
         wanted.record(source, position);

@@ -4,8 +4,9 @@
 //!
 //! The store, its options, connecting and the helpers every port shares are here; the rest is one
 //! module per concern: `migrate` (schema migrations), `lock` (advisory locks, the relay lease),
-//! `writer` (the batch append writer), `inbox` (the batched inbox look-ups and records), `events`, `snapshots`, `query` (conditions and orderings as SQL),
-//! `outbox` (outbox and inbox), `transactions` and `sagas`.
+//! `writer` (the batch append writer), `inbox` (the batched inbox look-ups and records), `events`,
+//! `snapshots`, `query` (conditions and orderings as SQL), `outbox` (outbox and inbox), `transactions`
+//! and `sagas`.
 
 mod events;
 mod inbox;

@@ -592,6 +592,7 @@ impl TransactionStore for PostgresStore {
     ) -> Result<Option<TransactionEntry>, StoreError> {
         // (The runtime opens entries with their first hold, `open_and_hold`.)
         let client = self.client().await?;
+        let status = entry.status.as_str();
         let row = client
             .query_opt(
                 &prepared(&client, "WITH opened AS ( \
@@ -599,7 +600,7 @@ impl TransactionStore for PostgresStore {
                      ON CONFLICT (uuid) DO NOTHING RETURNING uuid) \
                  SELECT uuid, status, destination, updated_at FROM transactions \
                  WHERE uuid = $1 AND NOT EXISTS (SELECT 1 FROM opened)").await?,
-                &[&entry.uuid, &entry.status.as_str(), &entry.destination, &entry.updated_at],
+                &entry_params(entry, &status),
             )
             .await
             .map_err(db_error)?;

@@ -111,7 +111,8 @@ async fn run_batch(pool: &Pool, batch: Vec<AppendRequest>) {
 
 /// The one statement that commits a batch: snapshots are created (expected version 0) or updated only
 /// where the stored version is still the expected one; events and outbox rows are written only for the
-/// roots whose snapshot was written, each outbox row with its event's log position (header `position`). A single statement is atomic, so no BEGIN/COMMIT round trips.
+/// roots whose snapshot was written, each outbox row with its event's log position (header
+/// `position`). A single statement is atomic, so no BEGIN/COMMIT round trips.
 const COMMIT_SQL: &str = "\
 WITH input AS (
     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::jsonb[], $5::timestamptz[], $6::timestamptz[], $7::int8[])
