@@ -41,36 +41,40 @@ pub(crate) async fn position(
     }))
 }
 
-/// Moves the position from `from` to `to`; `false` when it was not at `from` (another process moved
-/// it, or the view was rebuilt).
+/// Moves the positions of views in `source` to `to`, each from the position it names, in one
+/// statement; `false` when one was not there (another process moved it, or the view was rebuilt).
 pub(crate) async fn advance(
     tx: &mut dyn Tx,
-    view: &str,
+    moves: &[(&str, Position)],
     source: &str,
-    from: Position,
     to: Position,
 ) -> Result<bool, StoreError> {
     let d = tx.dialect();
     let p = |n| placeholder(d, n);
+    let rows: Vec<String> = (0..moves.len())
+        .map(|i| format!("({}, {}, {})", p(4 + 3 * i), p(5 + 3 * i), p(6 + 3 * i)))
+        .collect();
     let sql = format!(
         "UPDATE minos_view_positions SET commit_no = {}, event_id = {} \
-         WHERE view = {} AND source = {} AND commit_no = {} AND event_id = {}",
+         WHERE source = {} AND (view, commit_no, event_id) IN ({})",
         p(1),
         p(2),
         p(3),
-        p(4),
-        p(5),
-        p(6)
+        rows.join(", ")
     );
-    let params = [
+    let mut params = vec![
         SqlValue::Integer(to.commit),
         SqlValue::Integer(to.id),
-        view.into(),
         source.into(),
-        SqlValue::Integer(from.commit),
-        SqlValue::Integer(from.id),
     ];
-    Ok(tx.execute(&sql, &params).await? == 1)
+    for (view, from) in moves {
+        params.extend([
+            SqlValue::from(*view),
+            SqlValue::Integer(from.commit),
+            SqlValue::Integer(from.id),
+        ]);
+    }
+    Ok(tx.execute(&sql, &params).await? == moves.len() as u64)
 }
 
 /// Starts the view's projection of `source` at the beginning, unless it has a position.

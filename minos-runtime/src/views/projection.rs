@@ -3,7 +3,7 @@
 //! that also moves the position.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,6 +60,71 @@ enum Step {
     CaughtUp,
     /// Another process holds the projection.
     Busy,
+}
+
+/// A page of a source's log being applied to one view or more.
+struct Page<'a> {
+    source: &'a str,
+    /// The events after the position of the view furthest behind.
+    events: &'a [StoredEvent],
+    behind: Option<u64>,
+    /// Whether the page is the whole log as of its read.
+    whole: bool,
+    /// This service's commits counted before the page was read (its own events only).
+    seen: Option<u64>,
+    /// Pages the first view's task applied before.
+    pages: u64,
+    /// The views, the one whose task applies it first.
+    views: Vec<Applying<'a>>,
+}
+
+/// A view a page is applied to.
+struct Applying<'a> {
+    index: usize,
+    follower: &'a Follower,
+    /// Its position: it applies the page's events after it.
+    from: Position,
+    /// Its rebuild count when the page was read.
+    rebuilds: u64,
+    /// Another view's task applying it: held until done.
+    _busy: Option<tokio::sync::MutexGuard<'a, ()>>,
+}
+
+impl Applying<'_> {
+    /// Forgets its position, and has its task read it: a view carried by another's task goes on
+    /// by itself until it is trusted again (see `Projections::carried`).
+    fn distrust(&self) {
+        self.follower.trusted.store(false, AtomicOrdering::SeqCst);
+        self.follower.wake.notify_one();
+    }
+}
+
+/// Why applying a page failed.
+enum Failed {
+    /// The first view's handler, the database, or the transaction.
+    Own(Error),
+    /// The handler of the view at this index of [`Page::views`], another than the first.
+    Along(usize, Error),
+}
+
+impl Failed {
+    fn into_error(self) -> Error {
+        match self {
+            Failed::Own(error) | Failed::Along(_, error) => error,
+        }
+    }
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Self {
+        Failed::Own(error)
+    }
+}
+
+impl From<crate::store::StoreError> for Failed {
+    fn from(error: crate::store::StoreError) -> Self {
+        Failed::Own(error.into())
+    }
 }
 
 /// A view with the handlers that write it.
@@ -157,6 +222,8 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The pages read, shared by the views of one source.
     pages: log::SharedPages,
+    /// Held while a task takes its turn and chooses the views it takes along (see `step`).
+    choosing: Mutex<()>,
 }
 
 struct Follower {
@@ -172,6 +239,13 @@ struct Follower {
     wake: Notify,
     /// Cuts a failed projection's backoff short (a query waits for the view).
     retry: Notify,
+    /// Held while a page is applied to this view: by its own task, or by the task of another view of
+    /// the source that takes this one along (see [`Projections::step`]).
+    busy: tokio::sync::Mutex<()>,
+    /// The count of this service's commits (`Repository::appended`) seen before the last page another
+    /// view's task applied to this one along with its own, when that page was the whole log: a wake-up
+    /// for those commits finds nothing new, so this view's task does not read the log for it.
+    covered: AtomicU64,
 }
 
 impl Follower {
@@ -234,6 +308,8 @@ impl Projections {
                         rebuilds: Default::default(),
                         wake: Notify::new(),
                         retry: Notify::new(),
+                        busy: tokio::sync::Mutex::new(()),
+                        covered: AtomicU64::new(0),
                     },
                 );
             }
@@ -252,6 +328,7 @@ impl Projections {
                 stop: watch::channel(false).0,
                 tasks: Mutex::default(),
                 pages: log::SharedPages::default(),
+                choosing: Mutex::new(()),
             }),
         };
         let mut tasks = Vec::new();
@@ -443,16 +520,19 @@ impl Projections {
             .then(|| self.inner.context.repository().appended());
         let mut backoff = Duration::from_millis(100);
         let mut pages = 0u64;
+        // Whether the last wake-up was this service's commits alone.
+        let mut by_commit = false;
         loop {
             if *stop.borrow() {
                 return;
             }
             // Commits from here on wake the follower after this step (a page read below sees them
             // or they wake it).
-            if let Some(appended) = appended.as_mut() {
-                appended.borrow_and_update();
-            }
-            match self.step(plan, &source, follower, pages).await {
+            let seen = appended
+                .as_mut()
+                .map_or(0, |appended| *appended.borrow_and_update());
+            let woken = std::mem::take(&mut by_commit).then_some(seen);
+            match self.step(index, &source, follower, pages, woken).await {
                 Ok(Step::Busy) => {
                     // Another replica is applying this view's pages: look again later.
                     tokio::select! {
@@ -492,13 +572,19 @@ impl Projections {
                     };
                     tokio::select! {
                         _ = follower.wake.notified() => {}
-                        _ = committed => {}
+                        _ = committed => by_commit = true,
                         _ = tokio::time::sleep(self.inner.poll) => {}
                         _ = stop.changed() => return,
                     }
                 }
                 Err(error) => {
                     follower.trusted.store(false, AtomicOrdering::SeqCst);
+                    // The views of the source it carried go on by themselves (see `carried`).
+                    for ((_, s), other) in &self.inner.followers {
+                        if *s == source && !std::ptr::eq(other, follower) {
+                            other.wake.notify_one();
+                        }
+                    }
                     tracing::warn!(view = plan.def.name, source = %source, %error, retry_in = ?backoff, "view projection failed; retrying (the event is not skipped)");
                     follower
                         .status
@@ -516,82 +602,314 @@ impl Projections {
         }
     }
 
-    /// Applies the next page.
+    /// Applies the next page, to this view and to the other views of the source that stand at the
+    /// same position (live, without error, not busy): one view-database transaction, one read of the
+    /// log and one lock round trip for all of them. `woken` is the count of commits seen when the
+    /// task was woken by them alone: a page applied along with another view since then covers them.
     async fn step(
         &self,
-        plan: &ViewPlan,
+        index: usize,
         source: &str,
         follower: &Follower,
         pages: u64,
+        woken: Option<u64>,
     ) -> Result<Step> {
+        if self.carried(index, source, follower) {
+            return Ok(Step::CaughtUp);
+        }
+        let covered = || {
+            woken.is_some_and(|seen| follower.covered.load(AtomicOrdering::SeqCst) >= seen)
+                && follower.known_position().is_some()
+        };
+        // The other views to take along are chosen with this one's turn, in one critical section:
+        // the tasks of the views of a source, woken by the same commit, would otherwise each take
+        // their own turn at once (on several threads) and none could take another along. The ones
+        // that come second find the page applied when they get their turn.
+        let chosen = {
+            let _choosing = self
+                .inner
+                .choosing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            follower.busy.try_lock().ok().map(|busy| {
+                let along = match (covered(), follower.known_position()) {
+                    (false, Some(from)) => self.companions(index, source, from),
+                    _ => Vec::new(),
+                };
+                (busy, along)
+            })
+        };
+        let (_busy, mut along) = match chosen {
+            Some(chosen) => chosen,
+            None => (follower.busy.lock().await, Vec::new()),
+        };
+        if covered() {
+            return Ok(Step::CaughtUp);
+        }
         let rebuilds = follower.rebuilds.load(AtomicOrdering::SeqCst);
         let from = match follower.known_position() {
             Some(position) => position,
-            None => self.stored_position(plan.def.name, source).await?,
+            None => {
+                self.stored_position(self.inner.plans[index].def.name, source)
+                    .await?
+            }
         };
-        let (events, behind, fresh) = self.read(source, from, pages).await?;
-        let Some(last) = events.last().map(StoredEvent::position) else {
+        // (A rebuild may have moved one since it was chosen.)
+        along.retain(|view| view.follower.known_position() == Some(view.from) && view.from <= from);
+        // The page starts after the position of the view furthest behind; each applies what follows
+        // its own.
+        let mut after = along.iter().map(|view| view.from).fold(from, Position::min);
+        let seen = self
+            .inner
+            .owned
+            .contains(source)
+            .then(|| *self.inner.context.repository().appended().borrow());
+        let (events, behind, fresh) = loop {
+            let read = self.read(source, after, pages).await?;
+            if after < from && read.0.last().is_some_and(|last| last.position() <= from) {
+                // Nothing for this view in it: it goes alone (the others, from their own tasks).
+                along.clear();
+                after = from;
+                continue;
+            }
+            break read;
+        };
+        if events.is_empty() {
+            // Nothing after their position either, as of this read.
+            for view in &along {
+                if let Some(seen) = seen {
+                    view.follower
+                        .covered
+                        .fetch_max(seen, AtomicOrdering::SeqCst);
+                }
+            }
             let mut status = follower.status.lock().unwrap_or_else(|p| p.into_inner());
             status.position = from;
             status.behind = 0;
             status.error = None;
             follower.trust_unless_rebuilt_since(rebuilds);
             return Ok(Step::CaughtUp);
+        }
+        let mut page = Page {
+            source,
+            events: &events,
+            behind,
+            // A short page read just now was the whole log (events written since woke this follower).
+            whole: fresh && events.len() < super::log::PAGE,
+            seen,
+            pages,
+            views: vec![Applying {
+                index,
+                follower,
+                from,
+                rebuilds,
+                _busy: None,
+            }],
+        };
+        page.views.extend(along);
+        if page.views.len() > 1 {
+            match self.apply_page(&page).await {
+                Err(Failed::Along(at, error)) => {
+                    // Another view's handler failed: that view goes on alone, from its own task (which
+                    // retries it), and this one applies the page without it.
+                    let failed = page.views.remove(at);
+                    failed
+                        .follower
+                        .status
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .error = Some(error.to_string());
+                    failed.distrust();
+                }
+                other => return other.map_err(Failed::into_error),
+            }
+        }
+        page.views.truncate(1);
+        self.apply_page(&page).await.map_err(Failed::into_error)
+    }
+
+    /// Whether the view follows live events without error, as does a view of `source` before it: that
+    /// view's task then applies the pages to both (see `companions`), and this one's leaves them to it.
+    fn carried(&self, index: usize, source: &str, follower: &Follower) -> bool {
+        let live = |follower: &Follower| {
+            follower.caught_up.load(AtomicOrdering::SeqCst)
+                && follower.known_position().is_some()
+                && follower
+                    .status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .error
+                    .is_none()
+        };
+        live(follower)
+            && self.inner.plans[..index].iter().any(|plan| {
+                plan.sources.iter().any(|s| s == source)
+                    && self
+                        .inner
+                        .followers
+                        .get(&(plan.def.name, source.to_owned()))
+                        .is_some_and(live)
+            })
+    }
+
+    /// The other views of `source` that follow live events without error, that no task is applying a
+    /// page to, and whose position (as this process knows it) is `from` or a few events behind it:
+    /// held until the page is applied.
+    fn companions<'a>(&'a self, index: usize, source: &str, from: Position) -> Vec<Applying<'a>> {
+        let mut along = Vec::new();
+        for (other, plan) in self.inner.plans.iter().enumerate() {
+            if other == index || !plan.sources.iter().any(|s| s == source) {
+                continue;
+            }
+            let Some(follower) = self
+                .inner
+                .followers
+                .get(&(plan.def.name, source.to_owned()))
+            else {
+                continue;
+            };
+            if !follower.caught_up.load(AtomicOrdering::SeqCst) {
+                continue;
+            }
+            let Ok(busy) = follower.busy.try_lock() else {
+                continue;
+            };
+            let rebuilds = follower.rebuilds.load(AtomicOrdering::SeqCst);
+            let ready = follower
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .error
+                .is_none();
+            match follower.known_position() {
+                Some(position) if ready && position <= from => along.push(Applying {
+                    index: other,
+                    follower,
+                    from: position,
+                    rebuilds,
+                    _busy: Some(busy),
+                }),
+                _ => {}
+            }
+        }
+        along
+    }
+
+    /// Applies `page` to its views in one transaction holding their locks (a view whose lock another
+    /// process holds is left out, as is the page for all of them when the first view's is), and moves
+    /// their positions with it.
+    async fn apply_page(&self, page: &Page<'_>) -> std::result::Result<Step, Failed> {
+        let plans = &self.inner.plans;
+        let first = &page.views[0];
+        let Some(last) = page.events.last().map(StoredEvent::position) else {
+            return Ok(Step::CaughtUp);
         };
         // Replicas sharing the view database: one applies the page, the others leave it (the position
         // check below keeps each page applied once even without this).
-        let lock = format!("minos:projection:{}:{source}", plan.def.name);
-        let Some(tx) = self.inner.views.begin_locked(&lock).await? else {
-            follower.trusted.store(false, AtomicOrdering::SeqCst);
+        let locks: Vec<String> = page
+            .views
+            .iter()
+            .map(|view| {
+                format!(
+                    "minos:projection:{}:{}",
+                    plans[view.index].def.name, page.source
+                )
+            })
+            .collect();
+        let Some((tx, taken)) = self.inner.views.begin_locked(&locks).await? else {
+            first.follower.trusted.store(false, AtomicOrdering::SeqCst);
+            page.views[1..].iter().for_each(Applying::distrust);
             return Ok(Step::Busy);
         };
+        let views: Vec<&Applying<'_>> = page
+            .views
+            .iter()
+            .zip(taken)
+            .filter(|(view, taken)| {
+                if !taken {
+                    // Another process applies this view's pages: its own task finds out where.
+                    view.distrust();
+                }
+                *taken
+            })
+            .map(|(view, _)| view)
+            .collect();
         // The rows the handlers write wait in memory until the page is applied: one write per row.
         let tx: Box<dyn super::Tx> = Box::new(super::database::Buffered::new(tx));
         let tx = Arc::new(tokio::sync::Mutex::new(tx));
-        for stored in events.iter() {
-            self.apply(plan, &tx, stored).await.map_err(|error| {
-                Error::with_status(
-                    500,
-                    format!(
-                        "{} {} version {} (position {}): {error}",
-                        stored.event.name,
-                        stored.event.uuid,
-                        stored.event.version,
-                        stored.position()
-                    ),
-                )
-            })?;
+        // View by view (each view's rows then go out together).
+        for (at, view) in views.iter().enumerate() {
+            let plan = &plans[view.index];
+            for stored in page.events.iter().filter(|e| e.position() > view.from) {
+                if let Err(error) = self.apply(plan, &tx, stored).await {
+                    let error = Error::with_status(
+                        500,
+                        format!(
+                            "{} {} version {} (position {}): {error}",
+                            stored.event.name,
+                            stored.event.uuid,
+                            stored.event.version,
+                            stored.position()
+                        ),
+                    );
+                    return Err(match at {
+                        0 => Failed::Own(error),
+                        _ => Failed::Along(
+                            page.views
+                                .iter()
+                                .position(|v| v.index == view.index)
+                                .unwrap_or(at),
+                            error,
+                        ),
+                    });
+                }
+            }
         }
         let tx = Arc::try_unwrap(tx)
             .map_err(|_| Error::broker_message("a view handler kept the projection's transaction"))?
             .into_inner();
         let mut tx = tx;
-        if !positions::advance(tx.as_mut(), plan.def.name, source, from, last).await? {
-            // Another process applied this page first, or the view was reset: start again from
-            // wherever the position is now (this transaction rolls back).
-            follower.trusted.store(false, AtomicOrdering::SeqCst);
+        let moves: Vec<(&str, Position)> = views
+            .iter()
+            .map(|v| (plans[v.index].def.name, v.from))
+            .collect();
+        if !positions::advance(tx.as_mut(), &moves, page.source, last).await? {
+            // Another process applied this page first, or a view was reset: start again from
+            // wherever the positions are now (this transaction rolls back).
+            views.iter().for_each(|view| view.distrust());
             return Ok(Step::Applied);
         }
         tx.commit().await?;
-        {
+        for (at, view) in views.iter().enumerate() {
+            let follower = view.follower;
             let mut status = follower.status.lock().unwrap_or_else(|p| p.into_inner());
             status.position = last;
             // (A rebuild since this step began reset the stored position.)
-            follower.trust_unless_rebuilt_since(rebuilds);
-            status.applied += events.len() as u64;
-            if let Some(behind) = behind {
+            follower.trust_unless_rebuilt_since(view.rebuilds);
+            let applied = page
+                .events
+                .iter()
+                .filter(|e| e.position() > view.from)
+                .count() as u64;
+            status.applied += applied;
+            if let Some(behind) = page.behind {
                 status.behind = behind;
             } else {
-                status.behind = status.behind.saturating_sub(events.len() as u64);
+                status.behind = status.behind.saturating_sub(applied);
             }
             status.error = None;
-            if pages % 40 == 39 && !follower.caught_up.load(AtomicOrdering::SeqCst) {
-                tracing::info!(view = plan.def.name, source, position = %last, applied = status.applied, behind = status.behind, "building the view");
+            if at > 0 && page.whole {
+                if let Some(seen) = page.seen {
+                    follower.covered.fetch_max(seen, AtomicOrdering::SeqCst);
+                }
+            }
+            let name = plans[view.index].def.name;
+            if page.pages % 40 == 39 && !follower.caught_up.load(AtomicOrdering::SeqCst) {
+                tracing::info!(view = name, source = page.source, position = %last, applied = status.applied, behind = status.behind, "building the view");
             }
         }
         self.inner.progress.send_modify(|n| *n += 1);
-        // A short page read just now was the whole log (events written since woke this follower).
-        Ok(match fresh && events.len() < super::log::PAGE {
+        Ok(match page.whole {
             true => Step::AppliedAll,
             false => Step::Applied,
         })

@@ -47,6 +47,9 @@ static SEEN_IN_VIEW: std::sync::Mutex<Vec<(Uuid, bool)>> = std::sync::Mutex::new
 /// Makes the `ItemSummary` handler fail on items named `boom` while set.
 static FAIL_ON_BOOM: AtomicBool = AtomicBool::new(false);
 
+/// Makes the `ItemTotals` handler fail on items named `bust` while set.
+static FAIL_ON_BUST: AtomicBool = AtomicBool::new(false);
+
 pub struct ItemCommands;
 
 #[command_service]
@@ -146,7 +149,12 @@ impl ItemQueries {
     }
 
     #[enroute(event = "ItemCreated", view = ItemTotals)]
-    async fn totals_created(&self, _request: Request) -> Result<()> {
+    async fn totals_created(&self, request: Request) -> Result<()> {
+        let event: minos::Event = request.content()?;
+        let item: Item = event.decode_fields()?;
+        if item.name == "bust" && FAIL_ON_BUST.load(AtomicOrdering::SeqCst) {
+            return Err(Error::bad_request("bust is not counted right now"));
+        }
         let mut totals = ItemTotals::get(&"all".to_owned())
             .await?
             .unwrap_or(ItemTotals {
@@ -595,6 +603,78 @@ async fn a_failing_handler_blocks_its_view_without_skipping_or_half_applying() {
     assert_eq!(names, [json!("after"), json!("boom"), json!("before")]);
     let totals = service.http().get("/items/totals").await.unwrap().json();
     assert_eq!(totals["created"], 3);
+    service.stop().await;
+}
+
+/// The views of one type apply its pages together; when one of them fails, the other goes on at once,
+/// woken by nothing but the failure (no poll, no later commit), whichever of the two failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_of_one_type_go_on_without_the_one_that_fails() {
+    let mut config = config("views-together");
+    config.views.poll_interval_ms = 600_000;
+    let service = TestService::start(config).await.unwrap();
+    let mut last = String::new();
+    for i in 0..20 {
+        last = create(&service, &format!("n{i}"), i).await.1;
+    }
+    get_after(&service, "/items", last).await;
+    let state = views_state(&service).await;
+    for view in state.as_array().unwrap() {
+        assert_eq!(view["state"], "live", "{state}");
+        assert_eq!(view["sources"][0]["applied"], 20, "{state}");
+    }
+    assert_eq!(
+        state[0]["sources"][0]["position"], state[1]["sources"][0]["position"],
+        "{state}"
+    );
+    // The first view fails: the totals still count the item.
+    FAIL_ON_BOOM.store(true, AtomicOrdering::SeqCst);
+    create(&service, "boom", 1).await;
+    eventually("the totals to count boom", Duration::from_secs(5), || {
+        let client = service.http().clone();
+        async move { client.get("/items/totals").await.unwrap().json()["created"] == 21 }
+    })
+    .await;
+    FAIL_ON_BOOM.store(false, AtomicOrdering::SeqCst);
+    // The second view fails: the listing still shows the item.
+    FAIL_ON_BUST.store(true, AtomicOrdering::SeqCst);
+    create(&service, "bust", 2).await;
+    eventually("the listing to show bust", Duration::from_secs(5), || {
+        let client = service.http().clone();
+        async move {
+            client.get("/items?name=bust").await.unwrap().json().as_array().map(Vec::len) == Some(1)
+        }
+    })
+    .await;
+    eventually("the totals to report the failure", Duration::from_secs(5), || {
+        let service = &service;
+        async move {
+            let state = views_state(service).await;
+            state[1]["state"] == "failed"
+                && state[1]["sources"][0]["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("bust is not counted")
+        }
+    })
+    .await;
+    let totals = service.http().get("/items/totals").await.unwrap().json();
+    assert_eq!(totals["created"], 21, "bust is not counted yet: {totals}");
+    // Both go on, each event applied once: nothing skipped, nothing counted twice.
+    FAIL_ON_BUST.store(false, AtomicOrdering::SeqCst);
+    let (_, position) = create(&service, "after", 3).await;
+    let listed = get_after(&service, "/items?limit=100", position.clone()).await;
+    assert_eq!(listed.json().as_array().unwrap().len(), 23, "{}", listed.body);
+    let totals = get_after(&service, "/items/totals", position).await.json();
+    assert_eq!(totals["created"], 23, "{totals}");
+    eventually("both views to be live again", Duration::from_secs(5), || {
+        let service = &service;
+        async move {
+            let state = views_state(service).await;
+            state.as_array().unwrap().iter().all(|v| v["state"] == "live")
+        }
+    })
+    .await;
     service.stop().await;
 }
 

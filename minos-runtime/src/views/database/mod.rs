@@ -256,11 +256,15 @@ trait Backend: Send + Sync {
     fn describe(&self) -> String;
     async fn begin(&self) -> Result<Box<dyn Tx>, StoreError>;
 
-    /// A transaction holding the transaction-scoped lock named `name` (between processes sharing
-    /// the database), or `None` when another holds it. An SQLite database has one writer at a time
-    /// already: its transaction is the lock.
-    async fn begin_locked(&self, _name: &str) -> Result<Option<Box<dyn Tx>>, StoreError> {
-        Ok(Some(self.begin().await?))
+    /// A transaction holding the transaction-scoped lock named `names[0]` (between processes
+    /// sharing the database), or `None` when another holds it; with it, whether it also took each of
+    /// the others (the first answer is the first lock's). An SQLite database has one writer at a
+    /// time already: its transaction is every lock.
+    async fn begin_locked(
+        &self,
+        names: &[String],
+    ) -> Result<Option<(Box<dyn Tx>, Vec<bool>)>, StoreError> {
+        Ok(Some((self.begin().await?, vec![true; names.len()])))
     }
     async fn read(&self) -> Result<Box<dyn Tx>, StoreError>;
 }
@@ -463,9 +467,13 @@ impl Views {
         self.inner.backend.begin().await
     }
 
-    /// A transaction holding the lock named `name`, or `None` when another process holds it.
-    pub(crate) async fn begin_locked(&self, name: &str) -> Result<Option<Box<dyn Tx>>, StoreError> {
-        self.inner.backend.begin_locked(name).await
+    /// A transaction holding the lock named `names[0]`, or `None` when another process holds it;
+    /// with it, which of the locks named it took (see `Backend::begin_locked`).
+    pub(crate) async fn begin_locked(
+        &self,
+        names: &[String],
+    ) -> Result<Option<(Box<dyn Tx>, Vec<bool>)>, StoreError> {
+        self.inner.backend.begin_locked(names).await
     }
 
     pub(crate) async fn read(&self) -> Result<Box<dyn Tx>, StoreError> {

@@ -63,15 +63,24 @@ impl Backend for PostgresViews {
         }))
     }
 
-    async fn begin_locked(&self, name: &str) -> Result<Option<Box<dyn Tx>>, StoreError> {
+    async fn begin_locked(
+        &self,
+        names: &[String],
+    ) -> Result<Option<(Box<dyn Tx>, Vec<bool>)>, StoreError> {
         let client = self.connection().await?;
-        // One round trip: the transaction and the lock, whose key is an integer written into the
-        // statement as a quoted literal (so that even i64::MIN parses).
-        let key = super::lock_key(name);
+        // One round trip: the transaction and the locks, whose keys are integers written into the
+        // statement as quoted literals (so that even i64::MIN parses).
+        let tries: Vec<String> = names
+            .iter()
+            .map(|name| {
+                format!(
+                    "pg_try_advisory_xact_lock('{}'::bigint)",
+                    super::lock_key(name)
+                )
+            })
+            .collect();
         let answers = match client
-            .simple_query(&format!(
-                "{BEGIN}; SELECT pg_try_advisory_xact_lock('{key}'::bigint)"
-            ))
+            .simple_query(&format!("{BEGIN}; SELECT {}", tries.join(", ")))
             .await
         {
             Ok(answers) => answers,
@@ -81,15 +90,21 @@ impl Backend for PostgresViews {
                 return Err(err(error));
             }
         };
-        let locked = answers.iter().any(|answer| {
-            matches!(answer, tokio_postgres::SimpleQueryMessage::Row(row) if row.get(0) == Some("t"))
-        });
+        let taken: Vec<bool> = answers
+            .iter()
+            .find_map(|answer| match answer {
+                tokio_postgres::SimpleQueryMessage::Row(row) => {
+                    Some((0..names.len()).map(|i| row.get(i) == Some("t")).collect())
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
         let tx = Box::new(PostgresTx {
             client: Some(client),
             open: true,
         });
-        // Not locked: dropping the transaction rolls it back.
-        Ok(locked.then_some(tx as Box<dyn Tx>))
+        // The first lock not taken: dropping the transaction rolls it back (and lets the others go).
+        Ok((taken.first() == Some(&true)).then_some((tx as Box<dyn Tx>, taken)))
     }
 
     async fn read(&self) -> Result<Box<dyn Tx>, StoreError> {
