@@ -95,6 +95,7 @@ impl Applying<'_> {
     /// by itself until it is trusted again (see `Projections::carried`).
     fn distrust(&self) {
         self.follower.trusted.store(false, AtomicOrdering::SeqCst);
+        self.follower.covered.store(0, AtomicOrdering::SeqCst);
         self.follower.wake.notify_one();
     }
 }
@@ -495,6 +496,7 @@ impl Projections {
                 {
                     let mut status = follower.status.lock().unwrap_or_else(|p| p.into_inner());
                     follower.rebuilds.fetch_add(1, AtomicOrdering::SeqCst);
+                    follower.covered.store(0, AtomicOrdering::SeqCst);
                     follower.trusted.store(false, AtomicOrdering::SeqCst);
                     status.position = Position::START;
                     status.applied = 0;
@@ -668,7 +670,9 @@ impl Projections {
             let read = self.read(source, after, pages).await?;
             if after < from && read.0.last().is_some_and(|last| last.position() <= from) {
                 // Nothing for this view in it: it goes alone (the others, from their own tasks).
-                along.clear();
+                along
+                    .drain(..)
+                    .for_each(|view| view.follower.wake.notify_one());
                 after = from;
                 continue;
             }
@@ -724,12 +728,16 @@ impl Projections {
                 other => return other.map_err(Failed::into_error),
             }
         }
-        page.views.truncate(1);
+        // The others go on from their own tasks.
+        page.views
+            .drain(1..)
+            .for_each(|view| view.follower.wake.notify_one());
         self.apply_page(&page).await.map_err(Failed::into_error)
     }
 
-    /// Whether the view follows live events without error, as does a view of `source` before it: that
-    /// view's task then applies the pages to both (see `companions`), and this one's leaves them to it.
+    /// Whether the view follows live events without error, as does a view of `source` before it at
+    /// the same position: that view's task then applies the pages to both (see `companions`), and this
+    /// one's leaves them to it. A view ahead or behind goes by itself until they meet.
     fn carried(&self, index: usize, source: &str, follower: &Follower) -> bool {
         let live = |follower: &Follower| {
             follower.caught_up.load(AtomicOrdering::SeqCst)
@@ -741,15 +749,17 @@ impl Projections {
                     .error
                     .is_none()
         };
-        live(follower)
-            && self.inner.plans[..index].iter().any(|plan| {
-                plan.sources.iter().any(|s| s == source)
-                    && self
-                        .inner
-                        .followers
-                        .get(&(plan.def.name, source.to_owned()))
-                        .is_some_and(live)
-            })
+        let Some(position) = follower.known_position().filter(|_| live(follower)) else {
+            return false;
+        };
+        self.inner.plans[..index].iter().any(|plan| {
+            plan.sources.iter().any(|s| s == source)
+                && self
+                    .inner
+                    .followers
+                    .get(&(plan.def.name, source.to_owned()))
+                    .is_some_and(|leader| live(leader) && leader.known_position() == Some(position))
+        })
     }
 
     /// The other views of `source` that follow live events without error, that no task is applying a
@@ -840,9 +850,19 @@ impl Projections {
         // View by view (each view's rows then go out together).
         for (at, view) in views.iter().enumerate() {
             let plan = &plans[view.index];
+            let blame = |error: Error| match at {
+                0 => Failed::Own(error),
+                _ => Failed::Along(
+                    page.views
+                        .iter()
+                        .position(|v| v.index == view.index)
+                        .unwrap_or(at),
+                    error,
+                ),
+            };
             for stored in page.events.iter().filter(|e| e.position() > view.from) {
                 if let Err(error) = self.apply(plan, &tx, stored).await {
-                    let error = Error::with_status(
+                    return Err(blame(Error::with_status(
                         500,
                         format!(
                             "{} {} version {} (position {}): {error}",
@@ -851,17 +871,14 @@ impl Projections {
                             stored.event.version,
                             stored.position()
                         ),
-                    );
-                    return Err(match at {
-                        0 => Failed::Own(error),
-                        _ => Failed::Along(
-                            page.views
-                                .iter()
-                                .position(|v| v.index == view.index)
-                                .unwrap_or(at),
-                            error,
-                        ),
-                    });
+                    )));
+                }
+            }
+            // With other views in the page, this one's rows go out now: a row it cannot write is
+            // its failure, not the next view's (whose first read would write it).
+            if views.len() > 1 {
+                if let Err(error) = tx.lock().await.flush().await {
+                    return Err(blame(error.into()));
                 }
             }
         }
@@ -906,6 +923,22 @@ impl Projections {
             let name = plans[view.index].def.name;
             if page.pages % 40 == 39 && !follower.caught_up.load(AtomicOrdering::SeqCst) {
                 tracing::info!(view = name, source = page.source, position = %last, applied = status.applied, behind = status.behind, "building the view");
+            }
+        }
+        // A view of the source left out of this page (busy, failing, ahead, or chosen before it
+        // fell behind) now stands elsewhere than the page's end: its own task looks again.
+        for (other, plan) in plans.iter().enumerate() {
+            if views.iter().any(|v| v.index == other) {
+                continue;
+            }
+            if let Some(follower) = self
+                .inner
+                .followers
+                .get(&(plan.def.name, page.source.to_owned()))
+            {
+                if follower.known_position() != Some(last) {
+                    follower.wake.notify_one();
+                }
             }
         }
         self.inner.progress.send_modify(|n| *n += 1);

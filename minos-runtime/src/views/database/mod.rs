@@ -53,6 +53,11 @@ pub(crate) trait Tx: Send {
         None
     }
 
+    /// Writes what waits in memory (the rows of a [`Buffered`] transaction); nothing for others.
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Waits for the transaction-scoped lock named `name`, between processes sharing the database
     /// (PostgreSQL; an SQLite database has one writer at a time already).
     async fn lock(&mut self, name: &str) -> Result<(), StoreError> {
@@ -236,8 +241,12 @@ impl Tx for Buffered {
         self.inner.commit().await
     }
 
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        Buffered::flush(self).await
+    }
+
     async fn lock(&mut self, name: &str) -> Result<(), StoreError> {
-        self.flush().await?;
+        Buffered::flush(self).await?;
         self.inner.lock(name).await
     }
 
