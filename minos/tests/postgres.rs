@@ -273,6 +273,47 @@ async fn one_relay_per_database_publishes_and_another_takes_over() {
     relay_two.stop().await;
 }
 
+/// The relay lease knows the last outbox row committed before it: rows after it were never published
+/// by another relay, so they go out as first deliveries.
+#[tokio::test]
+async fn the_relay_lease_knows_the_last_row_written_before_it() {
+    use minos::store::OutboxStore;
+
+    let url = fresh_schema_url();
+    let repository = Repository::new(PostgresStore::connect(&url).await.unwrap());
+    let other = PostgresStore::connect(&url).await.unwrap();
+    for i in 0..3 {
+        repository
+            .create(Customer {
+                name: format!("c{i}"),
+            })
+            .await
+            .unwrap();
+    }
+    let before = repository.store().pending(10).await.unwrap();
+    assert_eq!(before.len(), 3);
+    let lease = repository
+        .store()
+        .relay_lease()
+        .await
+        .unwrap()
+        .expect("free");
+    assert_eq!(lease.horizon(), Some(before[2].id));
+    assert!(
+        other.relay_lease().await.unwrap().is_none(),
+        "one relay per database"
+    );
+    repository
+        .create(Customer {
+            name: "after".into(),
+        })
+        .await
+        .unwrap();
+    let after = repository.store().pending(10).await.unwrap();
+    assert!(after[3].id > lease.horizon().unwrap());
+    drop(lease);
+}
+
 #[tokio::test]
 async fn statements_running_too_long_are_cancelled() {
     let options = minos::store::PostgresOptions {

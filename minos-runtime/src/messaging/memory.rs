@@ -83,9 +83,10 @@ impl MemoryBroker {
     }
 }
 
-#[async_trait]
-impl Broker for MemoryBroker {
-    async fn publish(&self, message: BrokerMessage) -> Result<()> {
+impl MemoryBroker {
+    /// Delivers `message` to one member of each group subscribed to its topic (each member for
+    /// multicast); `first` marks the deliveries as the message's first ones.
+    fn deliver(&self, message: BrokerMessage, first: bool) {
         if message.topic.ends_with(super::topics::DEAD_LETTER_SUFFIX) {
             let mut kept = self
                 .dead_letters
@@ -100,7 +101,7 @@ impl Broker for MemoryBroker {
         let mut topics = self.lock();
         let Some(groups) = topics.get_mut(&message.topic) else {
             tracing::debug!(topic = %message.topic, "no subscriber: message dropped");
-            return Ok(());
+            return;
         };
         // Every member that gets the message: a copy for each but the last, which takes it.
         let mut targets = Vec::new();
@@ -122,15 +123,38 @@ impl Broker for MemoryBroker {
                 Strategy::Unicast => {}
             }
         }
+        let delivery = |message| {
+            Delivery::new(message, None)
+                .holding(Holding::new(&self.held))
+                .first(first)
+        };
         if let Some((last, rest)) = targets.split_last() {
             for member in rest {
-                let _ = member
-                    .send(Delivery::new(message.clone(), None).holding(Holding::new(&self.held)));
+                let _ = member.send(delivery(message.clone()));
             }
-            let _ = last.send(Delivery::new(message, None).holding(Holding::new(&self.held)));
+            let _ = last.send(delivery(message));
         }
         groups.retain(|g| !g.members.is_empty());
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn publish(&self, message: BrokerMessage) -> Result<()> {
+        self.deliver(message, false);
         Ok(())
+    }
+
+    /// Each message reaches each group once, so the relay's fresh messages are first deliveries.
+    async fn publish_relayed(&self, messages: Vec<BrokerMessage>, fresh: usize) -> Vec<Result<()>> {
+        messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, message)| {
+                self.deliver(message, i >= fresh);
+                Ok(())
+            })
+            .collect()
     }
 
     /// Waits until fewer than [`HELD_MAX`](Self::HELD_MAX) deliveries are unhandled, or a second

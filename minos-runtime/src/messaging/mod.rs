@@ -152,6 +152,26 @@ pub struct Delivery {
     /// Held until the delivery is acknowledged or dropped (the in-process broker counts with it the
     /// messages it holds in memory).
     _held: Option<Box<dyn Send + Sync>>,
+    /// Whether this is provably the message's first delivery to this consumer (see
+    /// [`Broker::publish_relayed`]): no earlier delivery can have been handled, so the consumer need not
+    /// look its inbox up before handling it (the commit still checks it).
+    first: bool,
+}
+
+/// What acknowledges a delivery whose message was taken out ([`Delivery::into_parts`]); dropping it
+/// unacknowledged has the broker deliver the message again where it can.
+pub(crate) struct Acknowledge {
+    ack: Option<Box<dyn FnOnce() + Send>>,
+    _held: Option<Box<dyn Send + Sync>>,
+}
+
+impl Acknowledge {
+    /// Marks the message handled.
+    pub(crate) fn ack(mut self) {
+        if let Some(ack) = self.ack.take() {
+            ack();
+        }
+    }
 }
 
 impl fmt::Debug for Delivery {
@@ -169,7 +189,27 @@ impl Delivery {
             message,
             ack,
             _held: None,
+            first: false,
         }
+    }
+
+    /// This delivery, marked as the message's first to its consumer.
+    pub(crate) fn first(mut self, first: bool) -> Self {
+        self.first = first;
+        self
+    }
+
+    /// The message, whether this is provably its first delivery, and what acknowledges it: the
+    /// message moves out without a copy.
+    pub(crate) fn into_parts(self) -> (BrokerMessage, bool, Acknowledge) {
+        (
+            self.message,
+            self.first,
+            Acknowledge {
+                ack: self.ack,
+                _held: self._held,
+            },
+        )
     }
 
     /// This delivery, holding `guard` until it is acknowledged or dropped.
@@ -217,6 +257,18 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
             results.push(self.publish(message).await);
         }
         results
+    }
+
+    /// Publishes the outbox relay's `messages`, in order, like [`publish_all`](Self::publish_all);
+    /// those from index `fresh` on were never published before (the relay publishes each row of its
+    /// outbox once while it holds the lease, and these rows were committed after it took the lease).
+    /// A broker that delivers each published message exactly once to each consumer group (the
+    /// in-process broker) marks those deliveries as first ones, so consumers skip their inbox look-up;
+    /// a broker that may deliver a message again (Kafka, after a rebalance) ignores `fresh`, which is
+    /// the default.
+    async fn publish_relayed(&self, messages: Vec<BrokerMessage>, fresh: usize) -> Vec<Result<()>> {
+        let _ = fresh;
+        self.publish_all(messages).await
     }
 
     /// Subscribes `group` to `topics`: each unicast message reaches one subscription of each group.

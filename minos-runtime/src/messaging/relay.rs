@@ -81,6 +81,13 @@ impl OutboxRelay {
     /// Publishes every pending row in order; returns how many were sent. Stops at the first failure,
     /// leaving that row and the ones after it pending, so order holds and nothing is lost.
     pub async fn relay_pending(&self) -> Result<usize> {
+        self.relay_after(None).await
+    }
+
+    /// [`relay_pending`](Self::relay_pending) under a lease whose horizon is `horizon`: rows after it
+    /// go out as first deliveries ([`crate::store::RelayLease::after`]). Each row is published once per
+    /// lease: a failure ends the lease before anything is read again.
+    async fn relay_after(&self, horizon: Option<i64>) -> Result<usize> {
         let mut sent = 0;
         loop {
             self.broker.ready_for_more().await;
@@ -89,7 +96,12 @@ impl OutboxRelay {
                 return Ok(sent);
             }
             let messages = records.iter().map(outbox_message).collect();
-            let results = self.broker.publish_all(messages).await;
+            // Rows come in id order: the fresh ones are a tail.
+            let fresh = match horizon {
+                Some(horizon) => records.partition_point(|record| record.id <= horizon),
+                None => records.len(),
+            };
+            let results = self.broker.publish_relayed(messages, fresh).await;
             // Only the rows before the first failure count as sent, so order holds; rows after it are
             // published again (consumers drop the repeats through their inbox).
             let mut done = Vec::with_capacity(records.len());
@@ -138,8 +150,8 @@ impl OutboxRelay {
                         }
                     }
                 }
-                if lease.is_some() {
-                    match self.relay_pending().await {
+                if let Some(held) = &lease {
+                    match self.relay_after(held.horizon()).await {
                         Ok(_) => backoff = Duration::from_millis(100),
                         Err(error) => {
                             tracing::warn!(%error, retry_in = ?backoff, "outbox relay: publishing failed; rows stay pending");
@@ -162,12 +174,97 @@ impl OutboxRelay {
                     _ = stopped.changed() => {}
                 }
             }
-            if lease.is_some() {
-                if let Err(error) = self.relay_pending().await {
+            if let Some(held) = &lease {
+                if let Err(error) = self.relay_after(held.horizon()).await {
                     tracing::warn!(%error, "outbox relay: rows left pending at shutdown; they are sent on the next start");
                 }
             }
         });
         RelayHandle { stop, task }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Action, DomainMessage, Event};
+    use crate::messaging::{Broker, MemoryBroker};
+    use crate::store::{MemoryStore, Store};
+    use uuid::Uuid;
+
+    async fn write(store: &dyn Store, n: u64) -> Uuid {
+        let uuid = Uuid::now_v7();
+        let event = Event {
+            uuid,
+            name: "Foo".into(),
+            version: 1,
+            action: Action::Create,
+            created_at: chrono::Utc::now(),
+            fields_diff: Vec::new(),
+        };
+        let message = DomainMessage {
+            identifier: Uuid::now_v7(),
+            topic: "FooCreated".into(),
+            key: uuid.to_string(),
+            content: serde_json::json!(n),
+            headers: Default::default(),
+        };
+        store
+            .commit_unit(&[(event, vec![message])], None)
+            .await
+            .unwrap();
+        uuid
+    }
+
+    /// The next delivery's content and whether it is marked as a first delivery.
+    async fn next(received: &mut crate::messaging::Subscription) -> (serde_json::Value, bool) {
+        let (message, first, acknowledge) =
+            tokio::time::timeout(Duration::from_secs(5), received.next())
+                .await
+                .expect("published")
+                .expect("open")
+                .into_parts();
+        acknowledge.ack();
+        (message.payload.content, first)
+    }
+
+    #[tokio::test]
+    async fn rows_written_after_the_lease_go_out_as_first_deliveries() {
+        let store: SharedStore = Arc::new(MemoryStore::new());
+        let broker = Arc::new(MemoryBroker::new());
+        let mut received = broker
+            .subscribe("g", &["FooCreated".to_owned()])
+            .await
+            .unwrap();
+        // Written before the relay holds its lease: an earlier relay may have published it.
+        write(store.as_ref(), 0).await;
+        let wake = Arc::new(Notify::new());
+        let relay = OutboxRelay::new(
+            Arc::clone(&store),
+            Arc::clone(&broker) as SharedBroker,
+            Arc::clone(&wake),
+        )
+        .poll_interval(Duration::from_millis(20))
+        .spawn();
+        assert_eq!(next(&mut received).await, (serde_json::json!(0), false));
+        for n in 1..=3 {
+            write(store.as_ref(), n).await;
+            wake.notify_one();
+            assert_eq!(next(&mut received).await, (serde_json::json!(n), true));
+        }
+        relay.stop().await;
+        // A message published by anything but the relay may be a repeat.
+        broker
+            .publish(BrokerMessage::new("FooCreated", serde_json::json!(4)))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut received).await, (serde_json::json!(4), false));
+        // A relay without a lease's horizon marks nothing as first.
+        write(store.as_ref(), 5).await;
+        OutboxRelay::new(Arc::clone(&store), broker.clone(), wake)
+            .relay_pending()
+            .await
+            .unwrap();
+        assert_eq!(next(&mut received).await, (serde_json::json!(5), false));
     }
 }

@@ -164,7 +164,10 @@ impl Dispatcher {
     /// their writes held back, commits the writes together with the inbox entry, then replies when a
     /// reply topic is set. A failing event handler is retried with backoff, then the message is parked on
     /// the dead-letter topic with the error and original topic in its headers.
-    pub(crate) async fn dispatch(&self, message: BrokerMessage) -> Outcome {
+    ///
+    /// `first` when the delivery is provably the message's first here
+    /// ([`crate::messaging::Broker::publish_relayed`]): then it needs no inbox look-up.
+    pub(crate) async fn dispatch(&self, message: BrokerMessage, first: bool) -> Outcome {
         use crate::telemetry::MessageOutcome;
         let started = std::time::Instant::now();
         let topic = message.topic.clone();
@@ -180,9 +183,10 @@ impl Dispatcher {
             );
             crate::telemetry::trace::name_span(&span, format_args!("handle {topic}"), "consumer");
             let parent = crate::telemetry::TraceContext::extract(&message.payload.headers);
-            crate::telemetry::trace::run_in(span, parent, self.dispatch_message(message)).await
+            crate::telemetry::trace::run_in(span, parent, self.dispatch_message(message, first))
+                .await
         } else {
-            self.dispatch_message(message).await
+            self.dispatch_message(message, first).await
         };
         let (counted, took) = match &outcome {
             Outcome::Handled => (MessageOutcome::Handled, Some(started.elapsed())),
@@ -197,7 +201,7 @@ impl Dispatcher {
         outcome
     }
 
-    async fn dispatch_message(&self, message: BrokerMessage) -> Outcome {
+    async fn dispatch_message(&self, message: BrokerMessage, first: bool) -> Outcome {
         crate::memory::busy();
         tracing::trace!(service = self.context.name(), topic = %message.topic, identifier = %message.identifier, "dispatching");
         if let Some(handler) = self.system.get(&message.topic) {
@@ -244,7 +248,8 @@ impl Dispatcher {
             }
         }
         let inbox = InboxEntry::new(self.context.name().to_owned(), message.identifier);
-        if self.already_handled(&inbox).await {
+        // A first delivery cannot have been handled: no look-up (the commit checks the inbox anyway).
+        if !first && self.already_handled(&inbox).await {
             tracing::debug!(identifier = %message.identifier, topic = %message.topic, "already handled: skipped");
             self.reply_again(&message, &inbox).await;
             return Outcome::Duplicate;
@@ -614,10 +619,11 @@ impl Dispatcher {
                 senders.push(sender);
                 workers.push(tokio::spawn(async move {
                     while let Some(delivery) = receiver.recv().await {
-                        match this.dispatch(delivery.message.clone()).await {
+                        let (message, first, acknowledge) = delivery.into_parts();
+                        match this.dispatch(message, first).await {
                             // Not acknowledged: the broker delivers it again.
-                            Outcome::Failed(_) => drop(delivery),
-                            _ => delivery.ack(),
+                            Outcome::Failed(_) => drop(acknowledge),
+                            _ => acknowledge.ack(),
                         }
                     }
                 }));
@@ -632,9 +638,10 @@ impl Dispatcher {
                             // Boxed: the task starts small instead of moving the whole handling
                             // future (tens of kilobytes) into its cell at every message.
                             tokio::spawn(async move {
-                                match Box::pin(this.dispatch(delivery.message.clone())).await {
-                                    Outcome::Failed(_) => drop(delivery),
-                                    _ => delivery.ack(),
+                                let (message, first, acknowledge) = delivery.into_parts();
+                                match Box::pin(this.dispatch(message, first)).await {
+                                    Outcome::Failed(_) => drop(acknowledge),
+                                    _ => acknowledge.ack(),
                                 }
                             });
                         }

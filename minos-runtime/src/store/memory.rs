@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{
     check_applies, EventFilter, EventStore, InboxEntry, InboxStore, OutboxRecord, OutboxStore,
-    Query, Snapshot, SnapshotStore, StoreError, StoredEvent,
+    Query, RelayLease, Snapshot, SnapshotStore, StoreError, StoredEvent,
 };
 use chrono::{DateTime, Utc};
 
@@ -455,6 +455,12 @@ impl OutboxStore for MemoryStore {
         // Sent messages are dropped: nothing reads them again.
         inner.outbox.retain(|record| !ids.contains(&record.id));
         Ok(())
+    }
+
+    async fn relay_lease(&self) -> Result<Option<RelayLease>, StoreError> {
+        Ok(Some(
+            RelayLease::unconditional().after(self.lock().next_outbox_id),
+        ))
     }
 }
 

@@ -452,25 +452,47 @@ pub trait OutboxStore: Send + Sync {
 /// Permission to relay a store's outbox, released when dropped.
 pub struct RelayLease {
     _held: Option<Box<dyn Send + Sync>>,
+    horizon: Option<i64>,
 }
 
 impl fmt::Debug for RelayLease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("RelayLease")
+        f.debug_struct("RelayLease")
+            .field("horizon", &self.horizon)
+            .finish()
     }
 }
 
 impl RelayLease {
     /// A lease that nothing else can hold.
     pub fn unconditional() -> Self {
-        RelayLease { _held: None }
+        RelayLease {
+            _held: None,
+            horizon: None,
+        }
     }
 
     /// A lease that lasts as long as `held` (e.g. a database lock's guard).
     pub fn holding(held: impl Send + Sync + 'static) -> Self {
         RelayLease {
             _held: Some(Box::new(held)),
+            horizon: None,
         }
+    }
+
+    /// This lease, knowing that every outbox row committed before it was granted has an id no greater
+    /// than `last_id` (read once the lease was held). Rows with greater ids were written after it, so
+    /// no other relay can have published them: the relay marks their deliveries as first ones (see
+    /// [`crate::messaging::Broker::publish_relayed`]). Without it every row may have been published
+    /// before.
+    pub fn after(mut self, last_id: i64) -> Self {
+        self.horizon = Some(last_id);
+        self
+    }
+
+    /// The id given to [`after`](Self::after), if any.
+    pub fn horizon(&self) -> Option<i64> {
+        self.horizon
     }
 }
 

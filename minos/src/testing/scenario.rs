@@ -494,6 +494,11 @@ impl Broker for RecordingBroker {
         self.inner.publish(message).await
     }
 
+    async fn publish_relayed(&self, messages: Vec<BrokerMessage>, fresh: usize) -> Vec<Result<()>> {
+        self.log().extend(messages.iter().cloned());
+        self.inner.publish_relayed(messages, fresh).await
+    }
+
     async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Subscription> {
         self.inner.subscribe(group, topics).await
     }

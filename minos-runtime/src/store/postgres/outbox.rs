@@ -59,7 +59,16 @@ impl OutboxStore for PostgresStore {
     }
 
     async fn relay_lease(&self) -> Result<Option<RelayLease>, StoreError> {
-        Ok(self.try_relay_lock().await?.map(RelayLease::holding))
+        let Some(lock) = self.try_relay_lock().await? else {
+            return Ok(None);
+        };
+        // Read once the lock is held: whatever a relay before this one published was committed by then.
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT COALESCE(max(id), 0) FROM outbox", &[])
+            .await
+            .map_err(db_error)?;
+        Ok(Some(RelayLease::holding(lock).after(row.get(0))))
     }
 
     async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {
