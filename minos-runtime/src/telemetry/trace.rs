@@ -91,6 +91,10 @@ struct HeadersMut<'a>(&'a mut BTreeMap<String, String>);
 
 impl Injector for HeadersMut<'_> {
     fn set(&mut self, key: &str, value: String) {
+        // The propagator sets `tracestate` even when it is empty: a header that says nothing.
+        if key == TRACESTATE && value.is_empty() {
+            return;
+        }
         self.0.insert(key.to_owned(), value);
     }
 }
@@ -301,6 +305,10 @@ mod tests {
         let mut headers = BTreeMap::new();
         root.inject(&mut headers);
         assert_eq!(headers[TRACEPARENT], root.traceparent());
+        assert!(
+            !headers.contains_key(TRACESTATE),
+            "an empty tracestate is not sent: {headers:?}"
+        );
         let back = TraceContext::extract(&headers).unwrap();
         assert_eq!(back.trace_id(), root.trace_id());
         assert_eq!(back.span_id(), root.span_id());
@@ -324,6 +332,12 @@ mod tests {
         let known = TraceContext::extract(&headers).unwrap();
         assert_eq!(known.trace_id(), "0af7651916cd43dd8448eb211c80319c");
         assert_eq!(known.span_id(), "b7ad6b7169203331");
+        // A tracestate the caller sent travels on.
+        let mut carried = headers.clone();
+        carried.insert(TRACESTATE.to_owned(), "vendor=x".to_owned());
+        let mut sent = BTreeMap::new();
+        TraceContext::extract(&carried).unwrap().inject(&mut sent);
+        assert_eq!(sent[TRACESTATE], "vendor=x");
     }
 
     #[tokio::test]
