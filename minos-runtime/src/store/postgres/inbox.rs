@@ -126,8 +126,14 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
 
     /// Waits for the answer to `query`.
     pub(super) async fn call(&self, query: Q) -> Result<A, StoreError> {
-        let alone = self.active.fetch_add(1, Ordering::SeqCst) == 0;
+        let mut alone = self.active.fetch_add(1, Ordering::SeqCst) == 0;
         let _active = Active(Arc::clone(&self.active));
+        if alone {
+            // Handlers woken together (by one relay page, one view page) ask together: give them a
+            // turn to arrive, and share the task's next statement with them if they did.
+            tokio::task::yield_now().await;
+            alone = self.active.load(Ordering::SeqCst) == 1;
+        }
         if alone {
             // Nothing to share a statement with: no hop through the task.
             let mut answers = (self.run)(vec![query]).await?;
