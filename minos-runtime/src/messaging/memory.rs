@@ -123,6 +123,8 @@ impl MemoryBroker {
                 Strategy::Unicast => {}
             }
         }
+        // A multicast message reaches several members of one service: none of them is sure to be first.
+        let first = first && message.strategy == Strategy::Unicast;
         let delivery = |message| {
             Delivery::new(message, None)
                 .holding(Holding::new(&self.held))

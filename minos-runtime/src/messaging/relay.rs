@@ -79,15 +79,18 @@ impl OutboxRelay {
     }
 
     /// Publishes every pending row in order; returns how many were sent. Stops at the first failure,
-    /// leaving that row and the ones after it pending, so order holds and nothing is lost.
+    /// leaving that row and the ones after it pending, so order holds and nothing is lost. It takes
+    /// no lease: do not run it beside a relay [`spawn`](Self::spawn)ed on the same store (rows would go
+    /// out twice; consumers skip the repeats through their inbox).
     pub async fn relay_pending(&self) -> Result<usize> {
-        self.relay_after(None).await
+        self.relay_after(&mut None).await
     }
 
     /// [`relay_pending`](Self::relay_pending) under a lease whose horizon is `horizon`: rows after it
-    /// go out as first deliveries ([`crate::store::RelayLease::after`]). Each row is published once per
-    /// lease: a failure ends the lease before anything is read again.
-    async fn relay_after(&self, horizon: Option<i64>) -> Result<usize> {
+    /// go out as first deliveries ([`crate::store::RelayLease::after`]), and the horizon moves past
+    /// each page published, so a row read again under the same lease (its mark lost to a database
+    /// crash) is not a first delivery.
+    async fn relay_after(&self, horizon: &mut Option<i64>) -> Result<usize> {
         let mut sent = 0;
         loop {
             self.broker.ready_for_more().await;
@@ -97,10 +100,13 @@ impl OutboxRelay {
             }
             let messages = records.iter().map(outbox_message).collect();
             // Rows come in id order: the fresh ones are a tail.
-            let fresh = match horizon {
-                Some(horizon) => records.partition_point(|record| record.id <= horizon),
+            let fresh = match *horizon {
+                Some(after) => records.partition_point(|record| record.id <= after),
                 None => records.len(),
             };
+            if let (Some(after), Some(last)) = (horizon.as_mut(), records.last()) {
+                *after = (*after).max(last.id);
+            }
             let results = self.broker.publish_relayed(messages, fresh).await;
             // Only the rows before the first failure count as sent, so order holds; rows after it are
             // published again (consumers drop the repeats through their inbox).
@@ -139,19 +145,28 @@ impl OutboxRelay {
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
-            let mut lease = None;
+            let mut lease: Option<crate::store::RelayLease> = None;
+            let mut horizon = None;
             loop {
+                // A lease whose lock died with its connection may be another relay's by now.
+                if lease.as_ref().is_some_and(|held| !held.is_held()) {
+                    tracing::warn!("outbox relay: lost the relay lease; asking again");
+                    lease = None;
+                }
                 if lease.is_none() {
                     match self.store.relay_lease().await {
-                        Ok(Some(granted)) => lease = Some(granted),
+                        Ok(Some(granted)) => {
+                            horizon = granted.horizon();
+                            lease = Some(granted);
+                        }
                         Ok(None) => tracing::debug!("another process relays this outbox; waiting"),
                         Err(error) => {
                             tracing::warn!(%error, "outbox relay: could not ask for the relay lease")
                         }
                     }
                 }
-                if let Some(held) = &lease {
-                    match self.relay_after(held.horizon()).await {
+                if lease.is_some() {
+                    match self.relay_after(&mut horizon).await {
                         Ok(_) => backoff = Duration::from_millis(100),
                         Err(error) => {
                             tracing::warn!(%error, retry_in = ?backoff, "outbox relay: publishing failed; rows stay pending");
@@ -174,8 +189,8 @@ impl OutboxRelay {
                     _ = stopped.changed() => {}
                 }
             }
-            if let Some(held) = &lease {
-                if let Err(error) = self.relay_after(held.horizon()).await {
+            if lease.is_some() {
+                if let Err(error) = self.relay_after(&mut horizon).await {
                     tracing::warn!(%error, "outbox relay: rows left pending at shutdown; they are sent on the next start");
                 }
             }
@@ -252,7 +267,12 @@ mod tests {
             wake.notify_one();
             assert_eq!(next(&mut received).await, (serde_json::json!(n), true));
         }
+        // One relay per store: a second one waits for the lease.
+        assert!(store.relay_lease().await.unwrap().is_none());
         relay.stop().await;
+        let lease = store.relay_lease().await.unwrap().expect("released");
+        assert_eq!(lease.horizon(), Some(4), "the last row written");
+        drop(lease);
         // A message published by anything but the relay may be a repeat.
         broker
             .publish(BrokerMessage::new("FooCreated", serde_json::json!(4)))

@@ -21,6 +21,17 @@ use crate::domain::{DomainMessage, Event, ExecutionStatus, TransactionEntry, Tra
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    /// Whether a relay holds this store's lease: one relay publishes its outbox.
+    relaying: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Releases a memory store's relay lease when dropped.
+struct Relaying(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Relaying {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -457,10 +468,18 @@ impl OutboxStore for MemoryStore {
         Ok(())
     }
 
+    /// One relay at a time (two services handed the same store share its outbox): the others wait.
     async fn relay_lease(&self) -> Result<Option<RelayLease>, StoreError> {
-        Ok(Some(
-            RelayLease::unconditional().after(self.lock().next_outbox_id),
-        ))
+        use std::sync::atomic::Ordering;
+        if self
+            .relaying
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return Ok(None);
+        }
+        let lease = RelayLease::holding(Relaying(std::sync::Arc::clone(&self.relaying)));
+        Ok(Some(lease.after(self.lock().next_outbox_id)))
     }
 }
 

@@ -451,8 +451,15 @@ pub trait OutboxStore: Send + Sync {
 
 /// Permission to relay a store's outbox, released when dropped.
 pub struct RelayLease {
-    _held: Option<Box<dyn Send + Sync>>,
+    held: Hold,
     horizon: Option<i64>,
+}
+
+/// What keeps a relay lease.
+enum Hold {
+    Nothing,
+    Guard(#[allow(dead_code)] Box<dyn Send + Sync>),
+    Lock(postgres::AdvisoryLock),
 }
 
 impl fmt::Debug for RelayLease {
@@ -467,7 +474,7 @@ impl RelayLease {
     /// A lease that nothing else can hold.
     pub fn unconditional() -> Self {
         RelayLease {
-            _held: None,
+            held: Hold::Nothing,
             horizon: None,
         }
     }
@@ -475,14 +482,32 @@ impl RelayLease {
     /// A lease that lasts as long as `held` (e.g. a database lock's guard).
     pub fn holding(held: impl Send + Sync + 'static) -> Self {
         RelayLease {
-            _held: Some(Box::new(held)),
+            held: Hold::Guard(Box::new(held)),
             horizon: None,
         }
     }
 
+    /// A lease that lasts as long as a PostgreSQL advisory lock, and ends with its connection.
+    pub fn locked(lock: postgres::AdvisoryLock) -> Self {
+        RelayLease {
+            held: Hold::Lock(lock),
+            horizon: None,
+        }
+    }
+
+    /// Whether the lease still holds: false once the lock it stands for died with its connection
+    /// (another relay may hold it by now). The relay asks again for a lease then.
+    pub fn is_held(&self) -> bool {
+        match &self.held {
+            Hold::Lock(lock) => lock.is_held(),
+            Hold::Nothing | Hold::Guard(_) => true,
+        }
+    }
+
     /// This lease, knowing that every outbox row committed before it was granted has an id no greater
-    /// than `last_id` (read once the lease was held). Rows with greater ids were written after it, so
-    /// no other relay can have published them: the relay marks their deliveries as first ones (see
+    /// than `last_id` (read once the lease was held). Only for an exclusive lease (one relay per
+    /// outbox): rows with greater ids were written after it, so no other relay can have published
+    /// them, and the relay marks their deliveries as first ones (see
     /// [`crate::messaging::Broker::publish_relayed`]). Without it every row may have been published
     /// before.
     pub fn after(mut self, last_id: i64) -> Self {

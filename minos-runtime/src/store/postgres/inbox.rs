@@ -1,7 +1,8 @@
 //! The inbox batchers: concurrent handlers' look-ups of the inbox, and the inbox entries of handlers
 //! that wrote nothing, wait in a channel; a task takes what is waiting and runs one statement for all
-//! of it. Idle, a request goes out at once from its caller's task; busy, the requests that arrived
-//! meanwhile share the next statement.
+//! of it. Idle, a request goes out from its caller's task after one turn of the scheduler (handlers
+//! woken together ask together: when others arrived in that turn, it joins them in the task's next
+//! statement); busy, the requests that arrived meanwhile share the next statement.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -45,7 +46,7 @@ type Run<Q, A> =
     Arc<dyn Fn(Vec<Q>) -> BoxFuture<'static, Result<Vec<A>, StoreError>> + Send + Sync>;
 
 /// Requests of one kind, answered a batch at a time by one task; a request while no other is
-/// waiting or running goes out at once from its caller's task instead.
+/// waiting or running goes out from its caller's task instead (see the module's documentation).
 pub(super) struct Batcher<Q, A> {
     sender: mpsc::UnboundedSender<Request<Q, A>>,
     run: Run<Q, A>,

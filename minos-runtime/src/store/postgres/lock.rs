@@ -53,6 +53,13 @@ impl std::fmt::Debug for AdvisoryLock {
 }
 
 impl AdvisoryLock {
+    /// Whether the lock is still held: its connection is open (a lock dies with its connection).
+    pub fn is_held(&self) -> bool {
+        self.client
+            .as_ref()
+            .is_some_and(|client| !client.is_closed())
+    }
+
     /// Releases the lock.
     pub async fn release(mut self) -> Result<(), StoreError> {
         if let Some(client) = self.client.take() {

@@ -68,7 +68,7 @@ impl OutboxStore for PostgresStore {
             .query_one("SELECT COALESCE(max(id), 0) FROM outbox", &[])
             .await
             .map_err(db_error)?;
-        Ok(Some(RelayLease::holding(lock).after(row.get(0))))
+        Ok(Some(RelayLease::locked(lock).after(row.get(0))))
     }
 
     async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {

@@ -5,9 +5,7 @@ use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 
 use crate::domain::DomainMessage;
-use crate::store::{
-    format_time, InboxEntry, InboxStore, OutboxRecord, OutboxStore, RelayLease, StoreError,
-};
+use crate::store::{format_time, InboxEntry, InboxStore, OutboxRecord, OutboxStore, StoreError};
 
 use super::{from_text, parse_time, parse_uuid, sql_err, SqliteStore};
 
@@ -73,19 +71,6 @@ impl OutboxStore for SqliteStore {
             ))
         })
         .await
-    }
-
-    /// Granted always (one process relays a file), with the last outbox id written so far.
-    async fn relay_lease(&self) -> Result<Option<RelayLease>, StoreError> {
-        let last: i64 = self
-            .read(|conn| {
-                conn.query_row("SELECT COALESCE(max(id), 0) FROM outbox", [], |row| {
-                    row.get(0)
-                })
-                .map_err(sql_err)
-            })
-            .await?;
-        Ok(Some(RelayLease::unconditional().after(last)))
     }
 
     async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {
