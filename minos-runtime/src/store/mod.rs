@@ -458,8 +458,9 @@ pub struct RelayLease {
 /// What keeps a relay lease.
 enum Hold {
     Nothing,
+    /// Held only to be dropped with the lease.
     Guard(#[allow(dead_code)] Box<dyn Send + Sync>),
-    Lock(postgres::AdvisoryLock),
+    Lock(Box<postgres::AdvisoryLock>),
 }
 
 impl fmt::Debug for RelayLease {
@@ -490,7 +491,7 @@ impl RelayLease {
     /// A lease that lasts as long as a PostgreSQL advisory lock, and ends with its connection.
     pub fn locked(lock: postgres::AdvisoryLock) -> Self {
         RelayLease {
-            held: Hold::Lock(lock),
+            held: Hold::Lock(Box::new(lock)),
             horizon: None,
         }
     }
