@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 
 use super::{BrokerMessage, SharedBroker};
 use crate::error::Result;
-use crate::store::{OutboxRecord, SharedStore};
+use crate::store::{OutboxRecord, RelayLease, SharedStore};
 
 /// Moves outbox rows to the broker.
 #[derive(Clone, Debug)]
@@ -83,14 +83,13 @@ impl OutboxRelay {
     /// no lease: do not run it beside a relay [`spawn`](Self::spawn)ed on the same store (rows would go
     /// out twice; consumers skip the repeats through their inbox).
     pub async fn relay_pending(&self) -> Result<usize> {
-        self.relay_after(&mut None).await
+        self.relay_under(None).await
     }
 
-    /// [`relay_pending`](Self::relay_pending) under a lease whose horizon is `horizon`: rows after it
-    /// go out as first deliveries ([`crate::store::RelayLease::after`]), and the horizon moves past
-    /// each page published, so a row read again under the same lease (its mark lost to a database
-    /// crash) is not a first delivery.
-    async fn relay_after(&self, horizon: &mut Option<i64>) -> Result<usize> {
+    /// [`relay_pending`](Self::relay_pending) under `lease`: rows past its horizon go out as first
+    /// deliveries, and each page published moves the horizon past it
+    /// ([`RelayLease::horizon`]).
+    async fn relay_under(&self, mut lease: Option<&mut RelayLease>) -> Result<usize> {
         let mut sent = 0;
         loop {
             self.broker.ready_for_more().await;
@@ -100,12 +99,12 @@ impl OutboxRelay {
             }
             let messages = records.iter().map(outbox_message).collect();
             // Rows come in id order: the fresh ones are a tail.
-            let fresh = match *horizon {
+            let fresh = match lease.as_ref().and_then(|lease| lease.horizon()) {
                 Some(after) => records.partition_point(|record| record.id <= after),
                 None => records.len(),
             };
-            if let (Some(after), Some(last)) = (horizon.as_mut(), records.last()) {
-                *after = (*after).max(last.id);
+            if let (Some(lease), Some(last)) = (lease.as_mut(), records.last()) {
+                lease.published_up_to(last.id);
             }
             let results = self.broker.publish_relayed(messages, fresh).await;
             // Only the rows before the first failure count as sent, so order holds; rows after it are
@@ -145,8 +144,7 @@ impl OutboxRelay {
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
-            let mut lease: Option<crate::store::RelayLease> = None;
-            let mut horizon = None;
+            let mut lease: Option<RelayLease> = None;
             loop {
                 // A lease whose lock died with its connection may be another relay's by now.
                 if lease.as_ref().is_some_and(|held| !held.is_held()) {
@@ -155,18 +153,15 @@ impl OutboxRelay {
                 }
                 if lease.is_none() {
                     match self.store.relay_lease().await {
-                        Ok(Some(granted)) => {
-                            horizon = granted.horizon();
-                            lease = Some(granted);
-                        }
+                        Ok(Some(granted)) => lease = Some(granted),
                         Ok(None) => tracing::debug!("another process relays this outbox; waiting"),
                         Err(error) => {
                             tracing::warn!(%error, "outbox relay: could not ask for the relay lease")
                         }
                     }
                 }
-                if lease.is_some() {
-                    match self.relay_after(&mut horizon).await {
+                if let Some(held) = lease.as_mut() {
+                    match self.relay_under(Some(held)).await {
                         Ok(_) => backoff = Duration::from_millis(100),
                         Err(error) => {
                             tracing::warn!(%error, retry_in = ?backoff, "outbox relay: publishing failed; rows stay pending");
@@ -189,8 +184,8 @@ impl OutboxRelay {
                     _ = stopped.changed() => {}
                 }
             }
-            if lease.is_some() {
-                if let Err(error) = self.relay_after(&mut horizon).await {
+            if let Some(held) = lease.as_mut() {
+                if let Err(error) = self.relay_under(Some(held)).await {
                     tracing::warn!(%error, "outbox relay: rows left pending at shutdown; they are sent on the next start");
                 }
             }

@@ -1,6 +1,7 @@
 //! The in-memory backend: every port behind one mutex. For tests and ephemeral services.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use indexmap::IndexMap;
@@ -22,11 +23,11 @@ use crate::domain::{DomainMessage, Event, ExecutionStatus, TransactionEntry, Tra
 pub struct MemoryStore {
     inner: Mutex<Inner>,
     /// Whether a relay holds this store's lease: one relay publishes its outbox.
-    relaying: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    relaying: Arc<AtomicBool>,
 }
 
 /// Releases a memory store's relay lease when dropped.
-struct Relaying(std::sync::Arc<std::sync::atomic::AtomicBool>);
+struct Relaying(Arc<AtomicBool>);
 
 impl Drop for Relaying {
     fn drop(&mut self) {
@@ -478,7 +479,7 @@ impl OutboxStore for MemoryStore {
         {
             return Ok(None);
         }
-        let lease = RelayLease::holding(Relaying(std::sync::Arc::clone(&self.relaying)));
+        let lease = RelayLease::holding(Relaying(Arc::clone(&self.relaying)));
         Ok(Some(lease.after(self.lock().next_outbox_id)))
     }
 }

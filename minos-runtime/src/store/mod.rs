@@ -2,6 +2,7 @@
 //! adapters. Every adapter passes the same conformance suite (`conformance`, behind the `testing` feature).
 
 mod inbox;
+mod lease;
 mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -12,6 +13,7 @@ mod transactions;
 
 pub(crate) use inbox::stored_reply_text;
 pub use inbox::{InboxEntry, InboxStore, INBOX_REPLY_MAX};
+pub use lease::RelayLease;
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};
@@ -446,79 +448,6 @@ pub trait OutboxStore: Send + Sync {
     /// Stores used by one process at a time grant it always.
     async fn relay_lease(&self) -> Result<Option<RelayLease>, StoreError> {
         Ok(Some(RelayLease::unconditional()))
-    }
-}
-
-/// Permission to relay a store's outbox, released when dropped.
-pub struct RelayLease {
-    held: Hold,
-    horizon: Option<i64>,
-}
-
-/// What keeps a relay lease.
-enum Hold {
-    Nothing,
-    /// Held only to be dropped with the lease.
-    Guard(#[allow(dead_code)] Box<dyn Send + Sync>),
-    Lock(Box<postgres::AdvisoryLock>),
-}
-
-impl fmt::Debug for RelayLease {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RelayLease")
-            .field("horizon", &self.horizon)
-            .finish()
-    }
-}
-
-impl RelayLease {
-    /// A lease that nothing else can hold.
-    pub fn unconditional() -> Self {
-        RelayLease {
-            held: Hold::Nothing,
-            horizon: None,
-        }
-    }
-
-    /// A lease that lasts as long as `held` (e.g. a database lock's guard).
-    pub fn holding(held: impl Send + Sync + 'static) -> Self {
-        RelayLease {
-            held: Hold::Guard(Box::new(held)),
-            horizon: None,
-        }
-    }
-
-    /// A lease that lasts as long as a PostgreSQL advisory lock, and ends with its connection.
-    pub fn locked(lock: postgres::AdvisoryLock) -> Self {
-        RelayLease {
-            held: Hold::Lock(Box::new(lock)),
-            horizon: None,
-        }
-    }
-
-    /// Whether the lease still holds: false once the lock it stands for died with its connection
-    /// (another relay may hold it by now). The relay asks again for a lease then.
-    pub fn is_held(&self) -> bool {
-        match &self.held {
-            Hold::Lock(lock) => lock.is_held(),
-            Hold::Nothing | Hold::Guard(_) => true,
-        }
-    }
-
-    /// This lease, knowing that every outbox row committed before it was granted has an id no greater
-    /// than `last_id` (read once the lease was held). Only for an exclusive lease (one relay per
-    /// outbox): rows with greater ids were written after it, so no other relay can have published
-    /// them, and the relay marks their deliveries as first ones (see
-    /// [`crate::messaging::Broker::publish_relayed`]). Without it every row may have been published
-    /// before.
-    pub fn after(mut self, last_id: i64) -> Self {
-        self.horizon = Some(last_id);
-        self
-    }
-
-    /// The id given to [`after`](Self::after), if any.
-    pub fn horizon(&self) -> Option<i64> {
-        self.horizon
     }
 }
 

@@ -38,6 +38,12 @@ impl PostgresStore {
     }
 }
 
+impl crate::store::lease::Guard for AdvisoryLock {
+    fn is_held(&self) -> bool {
+        AdvisoryLock::is_held(self)
+    }
+}
+
 /// A held PostgreSQL advisory lock.
 pub struct AdvisoryLock {
     client: Option<Object>,
@@ -58,6 +64,11 @@ impl AdvisoryLock {
         self.client
             .as_ref()
             .is_some_and(|client| !client.is_closed())
+    }
+
+    /// The connection holding the lock.
+    pub(super) fn client(&self) -> Option<&Object> {
+        self.client.as_ref()
     }
 
     /// Releases the lock.

@@ -62,13 +62,17 @@ impl OutboxStore for PostgresStore {
         let Some(lock) = self.try_relay_lock().await? else {
             return Ok(None);
         };
-        // Read once the lock is held: whatever a relay before this one published was committed by then.
-        let client = self.client().await?;
-        let row = client
-            .query_one("SELECT COALESCE(max(id), 0) FROM outbox", &[])
-            .await
-            .map_err(db_error)?;
-        Ok(Some(RelayLease::locked(lock).after(row.get(0))))
+        // Read once the lock is held (on its connection): whatever a relay before this one published
+        // was committed by then.
+        let last = match lock.client() {
+            Some(client) => client
+                .query_one("SELECT COALESCE(max(id), 0) FROM outbox", &[])
+                .await
+                .map_err(db_error)?
+                .get(0),
+            None => return Ok(Some(RelayLease::guarded(lock))),
+        };
+        Ok(Some(RelayLease::guarded(lock).after(last)))
     }
 
     async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {
