@@ -194,3 +194,64 @@ fn quickstart_runs_unchanged_on_postgres() {
     );
     assert!(again.terminate().success());
 }
+
+/// Killed (SIGKILL) right after a burst of creates, while `FooCreated` messages still wait in the
+/// in-process broker's memory for their handler: none is lost. Their outbox rows are marked sent only
+/// once handled, so the next start publishes what was in flight and the handler sees every Foo.
+#[test]
+fn events_in_flight_when_the_process_is_killed_are_handled_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("foo.db");
+    let mut service = Service::start(&db);
+    let created: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..8)
+            .map(|w| {
+                let client = service.client.clone();
+                scope.spawn(move || {
+                    (0..40)
+                        .map(|i| {
+                            let answer = client
+                                .post("/foos", &format!(r#"{{"bar": "b{w}-{i}"}}"#))
+                                .unwrap();
+                            assert_eq!(answer.status, 200, "{}", answer.body);
+                            answer.json()["uuid"].as_str().unwrap().to_owned()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().unwrap())
+            .collect()
+    });
+    service.child.kill().unwrap();
+    service.child.wait().unwrap();
+    let mut handled = std::collections::HashSet::new();
+    let note = |handled: &mut std::collections::HashSet<String>, line: String| {
+        if let Some((_, rest)) = line.split_once("A Foo was created: ") {
+            handled.insert(rest.split_whitespace().next().unwrap_or("").to_owned());
+        }
+    };
+    // What the killed run printed, to the end of its output.
+    while let Ok(line) = service.lines.recv_timeout(Duration::from_secs(5)) {
+        note(&mut handled, line);
+    }
+    let before = handled.len();
+    drop(service);
+    let again = Service::start(&db);
+    minos_support::process::eventually(
+        "every created Foo handled",
+        Duration::from_secs(30),
+        || {
+            while let Ok(line) = again.lines.try_recv() {
+                note(&mut handled, line);
+            }
+            created.iter().all(|uuid| handled.contains(uuid))
+        },
+    );
+    eprintln!(
+        "{} creates; {before} handled before the kill, the rest after the restart",
+        created.len()
+    );
+}

@@ -244,6 +244,8 @@ async fn one_relay_per_database_publishes_and_another_takes_over() {
             "published twice: {}",
             delivery.message.identifier
         );
+        // Handled: a delivery dropped unacknowledged is published again.
+        delivery.ack();
     }
     assert!(
         tokio::time::timeout(Duration::from_millis(500), received.next())
@@ -269,6 +271,7 @@ async fn one_relay_per_database_publishes_and_another_takes_over() {
             .expect("taken over")
             .unwrap();
         assert!(seen.insert(delivery.message.identifier));
+        delivery.ack();
     }
     relay_two.stop().await;
 }
@@ -312,6 +315,76 @@ async fn the_relay_lease_knows_the_last_row_written_before_it() {
     let after = repository.store().pending(10).await.unwrap();
     assert!(after[3].id > lease.horizon().unwrap());
     drop(lease);
+}
+
+/// Concurrent transactions take outbox ids in one order and may commit in the other. On the in-process
+/// broker the relay reads past the last row it read and marks rows once handled; a row committed below
+/// one already published is still found, published and marked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_committed_below_one_already_relayed_still_goes_out() {
+    use minos::messaging::{Broker, Delivery, MemoryBroker, OutboxRelay, Subscription};
+    use std::time::Duration;
+
+    async fn next(received: &mut Subscription) -> Delivery {
+        tokio::time::timeout(Duration::from_secs(10), received.next())
+            .await
+            .expect("published")
+            .unwrap()
+    }
+
+    let url = fresh_schema_url();
+    let store = PostgresStore::connect(&url).await.unwrap();
+    let repository = Repository::new(PostgresStore::connect(&url).await.unwrap());
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+    let mut received = broker
+        .subscribe("observer", &["Late".to_owned()])
+        .await
+        .unwrap();
+    let relay = OutboxRelay::new(
+        repository.store().clone(),
+        Arc::clone(&broker),
+        repository.commits(),
+    )
+    .poll_interval(Duration::from_millis(50))
+    .spawn();
+    let insert = "INSERT INTO outbox (identifier, topic, key, payload, created_at) \
+                  VALUES (gen_random_uuid(), 'Late', 'k', $1, now()) RETURNING id";
+    let slow = store.pool().get().await.unwrap();
+    slow.batch_execute("BEGIN").await.unwrap();
+    let low: i64 = slow
+        .query_one(insert, &[&serde_json::json!("low")])
+        .await
+        .unwrap()
+        .get(0);
+    let fast = store.pool().get().await.unwrap();
+    let high: i64 = fast
+        .query_one(insert, &[&serde_json::json!("high")])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(low < high);
+    let delivery = next(&mut received).await;
+    assert_eq!(delivery.message.payload.content, serde_json::json!("high"));
+    delivery.ack();
+    slow.batch_execute("COMMIT").await.unwrap();
+    let delivery = next(&mut received).await;
+    assert_eq!(delivery.message.payload.content, serde_json::json!("low"));
+    delivery.ack();
+    let started = std::time::Instant::now();
+    while !repository.store().pending(10).await.unwrap().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "handled rows are marked sent"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), received.next())
+            .await
+            .is_err(),
+        "each row once"
+    );
+    relay.stop().await;
 }
 
 #[tokio::test]

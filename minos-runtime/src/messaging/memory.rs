@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use tokio::sync::{mpsc, Notify};
 
-use super::{Broker, BrokerMessage, Delivery, Strategy, Subscription};
+use super::{Broker, BrokerMessage, Delivery, Hold, Strategy, Subscription, Tracked};
 use crate::error::Result;
 
 /// Delivers messages between the services of one process. Messages to a topic nobody subscribed to are
@@ -31,21 +31,40 @@ struct Held {
     below: Notify,
 }
 
-/// One delivery held in memory.
-struct Holding(Arc<Held>);
+/// One delivery held in memory, with its relayed message's tracker.
+struct Holding {
+    held: Arc<Held>,
+    tracked: Option<Tracked>,
+    acknowledged: bool,
+}
 
 impl Holding {
-    fn new(held: &Arc<Held>) -> Self {
+    fn new(held: &Arc<Held>, tracked: Option<Tracked>) -> Self {
         held.count.fetch_add(1, Ordering::Relaxed);
-        Holding(Arc::clone(held))
+        Holding {
+            held: Arc::clone(held),
+            tracked,
+            acknowledged: false,
+        }
+    }
+}
+
+impl Hold for Holding {
+    fn acknowledged(&mut self) {
+        self.acknowledged = true;
     }
 }
 
 impl Drop for Holding {
     fn drop(&mut self) {
+        if !self.acknowledged {
+            if let Some(tracked) = &self.tracked {
+                tracked.dropped_unhandled();
+            }
+        }
         // The relay waits only while the count is at or past the limit: wake it when it falls below.
-        if self.0.count.fetch_sub(1, Ordering::Relaxed) == MemoryBroker::HELD_MAX {
-            self.0.below.notify_waiters();
+        if self.held.count.fetch_sub(1, Ordering::Relaxed) == MemoryBroker::HELD_MAX {
+            self.held.below.notify_waiters();
         }
     }
 }
@@ -85,8 +104,9 @@ impl MemoryBroker {
 
 impl MemoryBroker {
     /// Delivers `message` to one member of each group subscribed to its topic (each member for
-    /// multicast); `first` marks the deliveries as the message's first ones.
-    fn deliver(&self, message: BrokerMessage, first: bool) {
+    /// multicast); `first` marks the deliveries as the message's first ones. Each delivery keeps a
+    /// clone of `tracked` until it is acknowledged or dropped (none: the tracker goes at once).
+    fn deliver(&self, message: BrokerMessage, first: bool, tracked: Option<Tracked>) {
         if message.topic.ends_with(super::topics::DEAD_LETTER_SUFFIX) {
             let mut kept = self
                 .dead_letters
@@ -125,16 +145,16 @@ impl MemoryBroker {
         }
         // A multicast message reaches several members of one service: none of them is sure to be first.
         let first = first && message.strategy == Strategy::Unicast;
-        let delivery = |message| {
+        let delivery = |message, tracked| {
             Delivery::new(message, None)
-                .holding(Holding::new(&self.held))
+                .holding(Holding::new(&self.held, tracked))
                 .first(first)
         };
         if let Some((last, rest)) = targets.split_last() {
             for member in rest {
-                let _ = member.send(delivery(message.clone()));
+                let _ = member.send(delivery(message.clone(), tracked.clone()));
             }
-            let _ = last.send(delivery(message));
+            let _ = last.send(delivery(message, tracked));
         }
         groups.retain(|g| !g.members.is_empty());
     }
@@ -143,20 +163,32 @@ impl MemoryBroker {
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn publish(&self, message: BrokerMessage) -> Result<()> {
-        self.deliver(message, false);
+        self.deliver(message, false, None);
         Ok(())
     }
 
     /// Each message reaches each group once, so the relay's fresh messages are first deliveries.
-    async fn publish_relayed(&self, messages: Vec<BrokerMessage>, fresh: usize) -> Vec<Result<()>> {
+    async fn publish_relayed(
+        &self,
+        messages: Vec<BrokerMessage>,
+        fresh: usize,
+        tracked: Option<Vec<Tracked>>,
+    ) -> Vec<Result<()>> {
+        let mut tracked = tracked.map(Vec::into_iter);
         messages
             .into_iter()
             .enumerate()
             .map(|(i, message)| {
-                self.deliver(message, i >= fresh);
+                let tracker = tracked.as_mut().and_then(Iterator::next);
+                self.deliver(message, i >= fresh, tracker);
                 Ok(())
             })
             .collect()
+    }
+
+    /// Its messages live in this process's memory until handled.
+    fn holds_until_handled(&self) -> bool {
+        true
     }
 
     /// Waits until fewer than [`HELD_MAX`](Self::HELD_MAX) deliveries are unhandled, or a second

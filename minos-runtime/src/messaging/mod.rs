@@ -7,6 +7,7 @@ pub mod headers;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 mod memory;
+mod receipts;
 mod relay;
 pub mod topics;
 
@@ -15,6 +16,7 @@ pub use dead_letters::DeadLetters;
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaBroker, KafkaOptions};
 pub use memory::MemoryBroker;
+pub use receipts::{Receipt, Receipts, Tracked};
 pub use relay::{OutboxRelay, RelayHandle};
 
 use std::collections::BTreeMap;
@@ -150,8 +152,8 @@ pub struct Delivery {
     pub message: BrokerMessage,
     ack: Option<Box<dyn FnOnce() + Send>>,
     /// Held until the delivery is acknowledged or dropped (the in-process broker counts with it the
-    /// messages it holds in memory).
-    _held: Option<Box<dyn Send + Sync>>,
+    /// messages it holds in memory, and learns whether each was handled).
+    held: Option<Box<dyn Hold>>,
     /// Whether this is provably the message's first delivery to this consumer (see
     /// [`Broker::publish_relayed`]): no earlier delivery can have been handled, so the consumer need not
     /// look its inbox up before handling it (the commit still checks it).
@@ -162,15 +164,28 @@ pub struct Delivery {
 /// unacknowledged has the broker deliver the message again where it can.
 pub(crate) struct Acknowledge {
     ack: Option<Box<dyn FnOnce() + Send>>,
-    _held: Option<Box<dyn Send + Sync>>,
+    held: Option<Box<dyn Hold>>,
 }
 
 impl Acknowledge {
     /// Marks the message handled.
     pub(crate) fn ack(mut self) {
-        if let Some(ack) = self.ack.take() {
-            ack();
-        }
+        acknowledge(&mut self.ack, &mut self.held);
+    }
+}
+
+/// What a delivery holds until it is acknowledged or dropped.
+pub(crate) trait Hold: Send + Sync {
+    /// The delivery was acknowledged (dropping the hold without this call means it was not).
+    fn acknowledged(&mut self);
+}
+
+fn acknowledge(ack: &mut Option<Box<dyn FnOnce() + Send>>, held: &mut Option<Box<dyn Hold>>) {
+    if let Some(ack) = ack.take() {
+        ack();
+    }
+    if let Some(held) = held.as_mut() {
+        held.acknowledged();
     }
 }
 
@@ -188,7 +203,7 @@ impl Delivery {
         Delivery {
             message,
             ack,
-            _held: None,
+            held: None,
             first: false,
         }
     }
@@ -207,22 +222,20 @@ impl Delivery {
             self.first,
             Acknowledge {
                 ack: self.ack,
-                _held: self._held,
+                held: self.held,
             },
         )
     }
 
-    /// This delivery, holding `guard` until it is acknowledged or dropped.
-    pub(crate) fn holding(mut self, guard: impl Send + Sync + 'static) -> Self {
-        self._held = Some(Box::new(guard));
+    /// This delivery, holding `hold` until it is acknowledged or dropped.
+    pub(crate) fn holding(mut self, hold: impl Hold + 'static) -> Self {
+        self.held = Some(Box::new(hold));
         self
     }
 
     /// Marks the message handled.
     pub fn ack(mut self) {
-        if let Some(ack) = self.ack.take() {
-            ack();
-        }
+        acknowledge(&mut self.ack, &mut self.held);
     }
 }
 
@@ -266,9 +279,29 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// in-process broker) marks those deliveries as first ones, so consumers skip their inbox look-up;
     /// a broker that may deliver a message again (Kafka, after a rebalance) ignores `fresh`, which is
     /// the default.
-    async fn publish_relayed(&self, messages: Vec<BrokerMessage>, fresh: usize) -> Vec<Result<()>> {
-        let _ = fresh;
+    ///
+    /// `tracked` is given only to a broker that [holds messages until they are
+    /// handled](Self::holds_until_handled): one tracker per message, which each of its deliveries keeps
+    /// until it is acknowledged or dropped.
+    async fn publish_relayed(
+        &self,
+        messages: Vec<BrokerMessage>,
+        fresh: usize,
+        tracked: Option<Vec<Tracked>>,
+    ) -> Vec<Result<()>> {
+        let _ = (fresh, tracked);
         self.publish_all(messages).await
+    }
+
+    /// Whether a published message lives only in this process's memory until its consumers handled it
+    /// (the in-process broker). The outbox relay then marks a row sent only once every delivery of its
+    /// message was acknowledged, through the trackers it hands to
+    /// [`publish_relayed`](Self::publish_relayed): a crash before that leaves the row to be published
+    /// again on the next start, instead of losing the message with the process's memory. A broker
+    /// that stores what it acknowledges (Kafka) answers `false`, the default: a row is marked sent once
+    /// published.
+    fn holds_until_handled(&self) -> bool {
+        false
     }
 
     /// Subscribes `group` to `topics`: each unicast message reaches one subscription of each group.

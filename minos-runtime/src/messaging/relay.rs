@@ -1,13 +1,15 @@
 //! The outbox relay: publishes messages committed with their events, in commit order, and marks them
-//! sent only once the broker has them. On start it first drains what an earlier run left behind.
+//! sent only once the broker has them, or, on a broker that holds them in this process's memory,
+//! once they were handled. On start it first drains what an earlier run left behind.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
-use super::{BrokerMessage, SharedBroker};
+use super::{BrokerMessage, Receipt, Receipts, SharedBroker};
 use crate::error::Result;
 use crate::store::{OutboxRecord, RelayLease, SharedStore};
 
@@ -30,7 +32,8 @@ pub struct RelayHandle {
 }
 
 impl RelayHandle {
-    /// Publishes what is pending, then stops.
+    /// Publishes what is pending (on a broker that holds messages until handled: waits a moment for
+    /// the handlers of what it published instead), then stops.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
@@ -81,7 +84,9 @@ impl OutboxRelay {
     /// Publishes every pending row in order; returns how many were sent. Stops at the first failure,
     /// leaving that row and the ones after it pending, so order holds and nothing is lost. It takes
     /// no lease: do not run it beside a relay [`spawn`](Self::spawn)ed on the same store (rows would go
-    /// out twice; consumers skip the repeats through their inbox).
+    /// out twice; consumers skip the repeats through their inbox). It marks rows sent once published,
+    /// even on a broker that [holds them until handled](super::Broker::holds_until_handled): only a
+    /// spawned relay waits for their handlers.
     pub async fn relay_pending(&self) -> Result<usize> {
         self.relay_under(None).await
     }
@@ -98,15 +103,8 @@ impl OutboxRelay {
                 return Ok(sent);
             }
             let messages = records.iter().map(outbox_message).collect();
-            // Rows come in id order: the fresh ones are a tail.
-            let fresh = match lease.as_ref().and_then(|lease| lease.horizon()) {
-                Some(after) => records.partition_point(|record| record.id <= after),
-                None => records.len(),
-            };
-            if let (Some(lease), Some(last)) = (lease.as_mut(), records.last()) {
-                lease.published_up_to(last.id);
-            }
-            let results = self.broker.publish_relayed(messages, fresh).await;
+            let fresh = fresh_from(lease.as_deref_mut(), &records);
+            let results = self.broker.publish_relayed(messages, fresh, None).await;
             // Only the rows before the first failure count as sent, so order holds; rows after it are
             // published again (consumers drop the repeats through their inbox).
             let mut done = Vec::with_capacity(records.len());
@@ -138,13 +136,117 @@ impl OutboxRelay {
         }
     }
 
+    /// One round on a broker that holds messages until handled: marks what was handled, sweeps for
+    /// rows left behind when due, then publishes the rows past the last one read.
+    async fn relay_tracked(&self, lease: &mut RelayLease, flight: &mut InFlight) -> Result<()> {
+        flight.collect();
+        self.mark_handled(flight).await?;
+        if flight.sweep_due(self.sweep_interval()) {
+            // Rows below every one in flight that are still unsent: dropped unhandled, or committed
+            // after rows with greater ids were read (concurrent transactions take ids in one order and
+            // commit in another).
+            flight.swept = Instant::now();
+            flight.retry = false;
+            let mut from = 0;
+            let below = flight.floor();
+            loop {
+                let records = self.store.pending_in(from..below, self.batch).await?;
+                let Some(last) = records.last().map(|record| record.id) else {
+                    break;
+                };
+                let full = records.len() == self.batch;
+                self.publish_tracked(lease, flight, records).await;
+                if !full {
+                    break;
+                }
+                from = last + 1;
+            }
+        }
+        loop {
+            self.broker.ready_for_more().await;
+            let records = self
+                .store
+                .pending_in(flight.cursor + 1..i64::MAX, self.batch)
+                .await?;
+            let Some(last) = records.last().map(|record| record.id) else {
+                return Ok(());
+            };
+            let full = records.len() == self.batch;
+            flight.cursor = last;
+            self.publish_tracked(lease, flight, records).await;
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Publishes `records` (those not in flight already) with a tracker each.
+    async fn publish_tracked(
+        &self,
+        lease: &mut RelayLease,
+        flight: &mut InFlight,
+        mut records: Vec<OutboxRecord>,
+    ) {
+        records.retain(|record| !flight.ids.contains(&record.id));
+        if records.is_empty() {
+            return;
+        }
+        let messages = records.iter().map(outbox_message).collect();
+        let fresh = fresh_from(Some(lease), &records);
+        let trackers = records
+            .iter()
+            .map(|record| flight.receipts.track(record.id))
+            .collect();
+        flight.ids.extend(records.iter().map(|record| record.id));
+        // The in-process broker takes every message; were one refused, its tracker would come back
+        // as handled with nothing delivered, so it is kept for the next sweep instead.
+        for (record, result) in records.iter().zip(
+            self.broker
+                .publish_relayed(messages, fresh, Some(trackers))
+                .await,
+        ) {
+            if let Err(error) = result {
+                tracing::warn!(%error, id = record.id, "outbox relay: publishing failed; the row stays pending");
+                flight.refused.insert(record.id);
+            }
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.outbox_published(records.len());
+        }
+    }
+
+    /// Marks the rows whose messages were handled.
+    async fn mark_handled(&self, flight: &mut InFlight) -> Result<()> {
+        if flight.handled.is_empty() {
+            return Ok(());
+        }
+        flight.handled.sort_unstable();
+        self.store.mark_sent(&flight.handled).await?;
+        flight.handled.clear();
+        flight.first_handled = None;
+        Ok(())
+    }
+
+    /// How often a relay on a broker that holds messages until handled looks for rows left behind.
+    fn sweep_interval(&self) -> Duration {
+        self.poll.min(SWEEP_INTERVAL)
+    }
+
     /// Runs the relay in the background until stopped. Only the process holding the store's relay lease
     /// publishes; the others wait and take over when it goes away.
+    ///
+    /// On a broker that [holds messages until handled](super::Broker::holds_until_handled) a row is
+    /// marked sent once every delivery of its message was acknowledged; a delivery dropped unhandled
+    /// (its consumer failed or stopped) has the row published again, and rows still in flight when
+    /// the relay stops (or the process dies) are published again on the next start. Stopping then
+    /// publishes nothing new: the consumers in this process are stopping too, so what is pending
+    /// waits in the outbox for the next start.
     pub fn spawn(self) -> RelayHandle {
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             let mut lease: Option<RelayLease> = None;
+            let mut flight = self.broker.holds_until_handled().then(InFlight::new);
             loop {
                 // A lease whose lock died with its connection may be another relay's by now.
                 if lease.as_ref().is_some_and(|held| !held.is_held()) {
@@ -153,7 +255,13 @@ impl OutboxRelay {
                 }
                 if lease.is_none() {
                     match self.store.relay_lease().await {
-                        Ok(Some(granted)) => lease = Some(granted),
+                        Ok(Some(granted)) => {
+                            lease = Some(granted);
+                            // Read everything again under the new lease (what is in flight stays).
+                            if let Some(flight) = flight.as_mut() {
+                                flight.cursor = 0;
+                            }
+                        }
                         Ok(None) => tracing::debug!("another process relays this outbox; waiting"),
                         Err(error) => {
                             tracing::warn!(%error, "outbox relay: could not ask for the relay lease")
@@ -161,8 +269,12 @@ impl OutboxRelay {
                     }
                 }
                 if let Some(held) = lease.as_mut() {
-                    match self.relay_under(Some(held)).await {
-                        Ok(_) => backoff = Duration::from_millis(100),
+                    let round = match flight.as_mut() {
+                        Some(flight) => self.relay_tracked(held, flight).await,
+                        None => self.relay_under(Some(held)).await.map(|_| ()),
+                    };
+                    match round {
+                        Ok(()) => backoff = Duration::from_millis(100),
                         Err(error) => {
                             tracing::warn!(%error, retry_in = ?backoff, "outbox relay: publishing failed; rows stay pending");
                             // A lost database connection may have lost the lease with it: ask again.
@@ -178,19 +290,159 @@ impl OutboxRelay {
                 if *stopped.borrow() {
                     break;
                 }
-                tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(self.poll) => {}
-                    _ = stopped.changed() => {}
+                // Receipts only gather until their marks are due (one statement marks many).
+                loop {
+                    let wait = match flight.as_ref().and_then(InFlight::mark_due) {
+                        Some(due) => due.saturating_duration_since(Instant::now()).min(self.poll),
+                        None => self.poll,
+                    };
+                    tokio::select! {
+                        _ = self.wake.notified() => break,
+                        _ = tokio::time::sleep(wait) => break,
+                        _ = stopped.changed() => break,
+                        receipt = next_receipt(flight.as_mut()) => match (receipt, flight.as_mut()) {
+                            (Some(receipt), Some(flight)) => {
+                                flight.note(receipt);
+                                if flight.handled.len() >= self.batch {
+                                    break;
+                                }
+                            }
+                            _ => break,
+                        },
+                    }
                 }
             }
-            if let Some(held) = lease.as_mut() {
-                if let Err(error) = self.relay_under(Some(held)).await {
-                    tracing::warn!(%error, "outbox relay: rows left pending at shutdown; they are sent on the next start");
+            match flight.as_mut() {
+                Some(flight) => {
+                    // Give the handlers still at work a moment, then mark what they finished.
+                    let deadline = Instant::now() + STOP_WAIT;
+                    while !flight.ids.is_empty() {
+                        match tokio::time::timeout_at(deadline.into(), flight.arrived.recv()).await
+                        {
+                            Ok(Some(receipt)) => flight.note(receipt),
+                            _ => break,
+                        }
+                    }
+                    if let Err(error) = self.mark_handled(flight).await {
+                        tracing::warn!(%error, "outbox relay: could not mark the rows handled before stopping; they are published again on the next start");
+                    }
+                }
+                None => {
+                    if let Some(held) = lease.as_mut() {
+                        if let Err(error) = self.relay_under(Some(held)).await {
+                            tracing::warn!(%error, "outbox relay: rows left pending at shutdown; they are sent on the next start");
+                        }
+                    }
                 }
             }
         });
         RelayHandle { stop, task }
+    }
+}
+
+/// Rows come in id order: the index of the first one past the lease's horizon (all of them without a
+/// horizon), and the horizon moved past the page.
+fn fresh_from(lease: Option<&mut RelayLease>, records: &[OutboxRecord]) -> usize {
+    let Some(lease) = lease else {
+        return records.len();
+    };
+    let fresh = match lease.horizon() {
+        Some(after) => records.partition_point(|record| record.id <= after),
+        None => records.len(),
+    };
+    if let Some(last) = records.last() {
+        lease.published_up_to(last.id);
+    }
+    fresh
+}
+
+/// How often, at most, a relay whose broker holds messages until handled looks for rows left behind.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(50);
+
+/// How long receipts gather before their rows are marked.
+const MARK_DELAY: Duration = Duration::from_millis(20);
+
+/// How long a stopping relay waits for the handlers of what it published.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// The next receipt, or never without a tracked relay.
+async fn next_receipt(flight: Option<&mut InFlight>) -> Option<Receipt> {
+    match flight {
+        Some(flight) => flight.arrived.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a relay knows of the rows it published to a broker that holds them until handled.
+struct InFlight {
+    receipts: Receipts,
+    arrived: mpsc::UnboundedReceiver<Receipt>,
+    /// Published, no receipt yet.
+    ids: BTreeSet<i64>,
+    /// The last row read past the others (0: read from the start).
+    cursor: i64,
+    /// Handled, to be marked sent.
+    handled: Vec<i64>,
+    /// When the oldest of `handled` arrived.
+    first_handled: Option<Instant>,
+    /// Refused by the broker: published again by the next sweep.
+    refused: BTreeSet<i64>,
+    /// A delivery was dropped unhandled: sweep at the next round that may.
+    retry: bool,
+    swept: Instant,
+}
+
+impl InFlight {
+    fn new() -> Self {
+        let (receipts, arrived) = Receipts::channel();
+        InFlight {
+            receipts,
+            arrived,
+            ids: BTreeSet::new(),
+            cursor: 0,
+            handled: Vec::new(),
+            first_handled: None,
+            refused: BTreeSet::new(),
+            retry: false,
+            swept: Instant::now(),
+        }
+    }
+
+    /// Takes in every receipt that arrived.
+    fn collect(&mut self) {
+        while let Ok(receipt) = self.arrived.try_recv() {
+            self.note(receipt);
+        }
+    }
+
+    fn note(&mut self, receipt: Receipt) {
+        self.ids.remove(&receipt.id);
+        if self.refused.remove(&receipt.id) || !receipt.handled {
+            self.retry = true;
+            return;
+        }
+        self.handled.push(receipt.id);
+        self.first_handled.get_or_insert_with(Instant::now);
+    }
+
+    /// When the handled rows should be marked.
+    fn mark_due(&self) -> Option<Instant> {
+        self.first_handled.map(|first| first + MARK_DELAY)
+    }
+
+    /// Whether to look for rows left behind now: every `interval`, or as soon as that much time passed
+    /// since the last look when a delivery was dropped unhandled.
+    fn sweep_due(&self, interval: Duration) -> bool {
+        (self.retry || self.cursor > 0) && self.swept.elapsed() >= interval
+    }
+
+    /// The rows below this id are not in flight.
+    fn floor(&self) -> i64 {
+        self.ids
+            .first()
+            .copied()
+            .unwrap_or(self.cursor + 1)
+            .min(self.cursor + 1)
     }
 }
 
@@ -281,5 +533,104 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(next(&mut received).await, (serde_json::json!(5), false));
+    }
+
+    /// Whether row `id` still waits in the outbox.
+    async fn unsent(store: &dyn Store, id: i64) -> bool {
+        store
+            .pending(100)
+            .await
+            .unwrap()
+            .iter()
+            .any(|record| record.id == id)
+    }
+
+    #[tokio::test]
+    async fn on_the_in_process_broker_a_row_is_marked_sent_once_its_message_was_handled() {
+        let store: SharedStore = Arc::new(MemoryStore::new());
+        let broker = Arc::new(MemoryBroker::new());
+        let mut received = broker
+            .subscribe("g", &["FooCreated".to_owned()])
+            .await
+            .unwrap();
+        let wake = Arc::new(Notify::new());
+        let relay = OutboxRelay::new(
+            Arc::clone(&store),
+            Arc::clone(&broker) as SharedBroker,
+            Arc::clone(&wake),
+        )
+        .poll_interval(Duration::from_millis(20))
+        .spawn();
+        write(store.as_ref(), 1).await;
+        wake.notify_one();
+        let delivery = tokio::time::timeout(Duration::from_secs(5), received.next())
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            unsent(store.as_ref(), 1).await,
+            "published but not handled: still in the outbox"
+        );
+        // Dropped unhandled (its consumer failed): published again, as a repeat.
+        drop(delivery);
+        let (message, first, acknowledge) =
+            tokio::time::timeout(Duration::from_secs(5), received.next())
+                .await
+                .expect("published again")
+                .unwrap()
+                .into_parts();
+        assert_eq!(message.payload.content, serde_json::json!(1));
+        assert!(!first, "a repeat is no first delivery");
+        acknowledge.ack();
+        let started = std::time::Instant::now();
+        while unsent(store.as_ref(), 1).await {
+            assert!(started.elapsed() < Duration::from_secs(5), "never marked");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Stopped while a message is in its handler: its row stays for the next start.
+        write(store.as_ref(), 2).await;
+        wake.notify_one();
+        let held = tokio::time::timeout(Duration::from_secs(5), received.next())
+            .await
+            .unwrap()
+            .unwrap();
+        relay.stop().await;
+        assert!(unsent(store.as_ref(), 2).await);
+        drop(held);
+        drop(received);
+        // The next run (a new broker: the old one's memory is gone) publishes it again.
+        let broker = Arc::new(MemoryBroker::new());
+        let mut received = broker
+            .subscribe("g", &["FooCreated".to_owned()])
+            .await
+            .unwrap();
+        let relay = OutboxRelay::new(Arc::clone(&store), broker.clone(), wake)
+            .poll_interval(Duration::from_millis(20))
+            .spawn();
+        assert_eq!(next(&mut received).await, (serde_json::json!(2), false));
+        relay.stop().await;
+        assert!(!unsent(store.as_ref(), 2).await, "handled, then marked");
+    }
+
+    #[test]
+    fn the_sweep_reads_below_every_row_in_flight() {
+        let mut flight = InFlight::new();
+        assert!(!flight.sweep_due(Duration::ZERO), "nothing read yet");
+        flight.cursor = 3;
+        assert_eq!(flight.floor(), 4, "nothing in flight: everything read");
+        flight.ids.extend([2, 3]);
+        assert_eq!(flight.floor(), 2);
+        flight.note(Receipt {
+            id: 2,
+            handled: false,
+        });
+        assert!(flight.retry && flight.handled.is_empty());
+        flight.note(Receipt {
+            id: 3,
+            handled: true,
+        });
+        assert_eq!((flight.floor(), flight.handled.clone()), (4, vec![3]));
+        assert!(flight.mark_due().is_some());
     }
 }

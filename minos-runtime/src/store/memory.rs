@@ -457,15 +457,29 @@ fn oldest<K: Clone, V>(
 
 #[async_trait]
 impl OutboxStore for MemoryStore {
-    async fn pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
+    async fn pending_in(
+        &self,
+        ids: std::ops::Range<i64>,
+        limit: usize,
+    ) -> Result<Vec<OutboxRecord>, StoreError> {
         let inner = self.lock();
-        Ok(inner.outbox.iter().take(limit).cloned().collect())
+        // Rows are kept in id order.
+        let start = inner.outbox.partition_point(|record| record.id < ids.start);
+        Ok(inner
+            .outbox
+            .iter()
+            .skip(start)
+            .take_while(|record| record.id < ids.end)
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {
         let mut inner = self.lock();
         // Sent messages are dropped: nothing reads them again.
-        inner.outbox.retain(|record| !ids.contains(&record.id));
+        let sent: std::collections::HashSet<i64> = ids.iter().copied().collect();
+        inner.outbox.retain(|record| !sent.contains(&record.id));
         Ok(())
     }
 

@@ -427,7 +427,16 @@ pub trait SnapshotStore: Send + Sync {
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
     /// The oldest unsent messages.
-    async fn pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError>;
+    async fn pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
+        self.pending_in(0..i64::MAX, limit).await
+    }
+
+    /// The oldest unsent messages whose ids are in `ids` (outbox ids start at 1), in id order.
+    async fn pending_in(
+        &self,
+        ids: std::ops::Range<i64>,
+        limit: usize,
+    ) -> Result<Vec<OutboxRecord>, StoreError>;
 
     /// Marks messages as published.
     async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError>;

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::{test_config, TestService};
-use crate::messaging::{Broker, BrokerMessage, MemoryBroker, SharedBroker, Subscription};
+use crate::messaging::{Broker, BrokerMessage, MemoryBroker, SharedBroker, Subscription, Tracked};
 use crate::store::EventFilter;
 use crate::views::{Consistency, POSITION_HEADER};
 use crate::{Config, Error, Event, Result, Root, RootEntity};
@@ -494,9 +494,22 @@ impl Broker for RecordingBroker {
         self.inner.publish(message).await
     }
 
-    async fn publish_relayed(&self, messages: Vec<BrokerMessage>, fresh: usize) -> Vec<Result<()>> {
+    async fn publish_relayed(
+        &self,
+        messages: Vec<BrokerMessage>,
+        fresh: usize,
+        tracked: Option<Vec<Tracked>>,
+    ) -> Vec<Result<()>> {
         self.log().extend(messages.iter().cloned());
-        self.inner.publish_relayed(messages, fresh).await
+        self.inner.publish_relayed(messages, fresh, tracked).await
+    }
+
+    fn holds_until_handled(&self) -> bool {
+        self.inner.holds_until_handled()
+    }
+
+    async fn ready_for_more(&self) {
+        self.inner.ready_for_more().await
     }
 
     async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Subscription> {

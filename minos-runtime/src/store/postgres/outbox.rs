@@ -10,17 +10,21 @@ use super::{db_error, prepared, PostgresStore};
 
 #[async_trait]
 impl OutboxStore for PostgresStore {
-    async fn pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
+    async fn pending_in(
+        &self,
+        ids: std::ops::Range<i64>,
+        limit: usize,
+    ) -> Result<Vec<OutboxRecord>, StoreError> {
         let client = self.client().await?;
         let statement = prepared(
             &client,
             "SELECT id, identifier, topic, key, payload, created_at, headers FROM outbox \
-                 WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+                 WHERE sent_at IS NULL AND id >= $2 AND id < $3 ORDER BY id LIMIT $1",
         )
         .await?;
         let limit = limit.min(i64::MAX as usize) as i64;
         let rows = client
-            .query(&statement, &[&limit])
+            .query(&statement, &[&limit, &ids.start, &ids.end])
             .await
             .map_err(db_error)?;
         Ok(rows

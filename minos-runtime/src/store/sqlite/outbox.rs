@@ -11,17 +11,21 @@ use super::{from_text, parse_time, parse_uuid, sql_err, SqliteStore};
 
 #[async_trait]
 impl OutboxStore for SqliteStore {
-    async fn pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
+    async fn pending_in(
+        &self,
+        ids: std::ops::Range<i64>,
+        limit: usize,
+    ) -> Result<Vec<OutboxRecord>, StoreError> {
         let limit = limit.min(i64::MAX as usize) as i64;
         self.read(move |conn| {
             // The limit is written into the statement (a bound LIMIT is prepared again each run).
             let mut statement = conn
                 .prepare_cached(&format!(
-                    "SELECT id, identifier, topic, key, payload, created_at, headers FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT {limit}"
+                    "SELECT id, identifier, topic, key, payload, created_at, headers FROM outbox WHERE sent_at IS NULL AND id >= ?1 AND id < ?2 ORDER BY id LIMIT {limit}"
                 ))
                 .map_err(sql_err)?;
             let rows = statement
-                .query_map([], |row| {
+                .query_map(params![ids.start, ids.end], |row| {
                     Ok((
                         row.get::<_, i64>(0)?,
                         row.get::<_, String>(1)?,
