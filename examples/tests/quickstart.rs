@@ -202,43 +202,54 @@ fn quickstart_runs_unchanged_on_postgres() {
 fn events_in_flight_when_the_process_is_killed_are_handled_after_the_restart() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("foo.db");
-    let mut service = Service::start(&db);
-    let created: Vec<String> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..8)
-            .map(|w| {
-                let client = service.client.clone();
-                scope.spawn(move || {
-                    (0..40)
-                        .map(|i| {
-                            let answer = client
-                                .post("/foos", &format!(r#"{{"bar": "b{w}-{i}"}}"#))
-                                .unwrap();
-                            assert_eq!(answer.status, 200, "{}", answer.body);
-                            answer.json()["uuid"].as_str().unwrap().to_owned()
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|worker| worker.join().unwrap())
-            .collect()
-    });
-    service.child.kill().unwrap();
-    service.child.wait().unwrap();
-    let mut handled = std::collections::HashSet::new();
     let note = |handled: &mut std::collections::HashSet<String>, line: String| {
         if let Some((_, rest)) = line.split_once("A Foo was created: ") {
             handled.insert(rest.split_whitespace().next().unwrap_or("").to_owned());
         }
     };
-    // What the killed run printed, to the end of its output.
-    while let Ok(line) = service.lines.recv_timeout(Duration::from_secs(5)) {
-        note(&mut handled, line);
+    let mut created = Vec::new();
+    let mut handled = std::collections::HashSet::new();
+    // A burst, then SIGKILL at once; again if the handler happened to keep up with every create.
+    for _ in 0..5 {
+        let mut service = Service::start(&db);
+        let burst: Vec<String> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..8)
+                .map(|w| {
+                    let client = service.client.clone();
+                    scope.spawn(move || {
+                        (0..40)
+                            .map(|i| {
+                                let answer = client
+                                    .post("/foos", &format!(r#"{{"bar": "b{w}-{i}"}}"#))
+                                    .unwrap();
+                                assert_eq!(answer.status, 200, "{}", answer.body);
+                                answer.json()["uuid"].as_str().unwrap().to_owned()
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|worker| worker.join().unwrap())
+                .collect()
+        });
+        service.child.kill().unwrap();
+        service.child.wait().unwrap();
+        // What the killed run printed, to the end of its output.
+        while let Ok(line) = service.lines.recv_timeout(Duration::from_secs(5)) {
+            note(&mut handled, line);
+        }
+        created.extend(burst);
+        if created.iter().any(|uuid| !handled.contains(uuid)) {
+            break;
+        }
     }
     let before = handled.len();
-    drop(service);
+    assert!(
+        before < created.len(),
+        "some FooCreated messages were still unhandled at the kill"
+    );
     let again = Service::start(&db);
     minos_support::process::eventually(
         "every created Foo handled",

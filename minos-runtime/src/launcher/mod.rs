@@ -457,6 +457,9 @@ impl RunningService {
         if let Some(retention) = &self.retention {
             retention.abort();
         }
+        // On the in-process broker nothing more goes out to consumers that are about to stop; what
+        // is pending waits in the outbox for the next start.
+        self.relay.hold().await;
         if let Some(dispatcher) = self.dispatcher {
             dispatcher.stop().await;
         }

@@ -11,7 +11,10 @@ use super::{Broker, BrokerMessage, Delivery, Hold, Strategy, Subscription, Track
 use crate::error::Result;
 
 /// Delivers messages between the services of one process. Messages to a topic nobody subscribed to are
-/// dropped, as a broker with no retention would; dead letters (`*.dead-letter` topics) are also kept,
+/// dropped, as a broker with no retention would. It remembers the consumer groups (services)
+/// subscribed in this process: a message the outbox relay publishes while a group has no member left
+/// counts as not handled, so its row stays in the outbox and goes out again (see
+/// [`Broker::holds_until_handled`]); dead letters (`*.dead-letter` topics) are also kept,
 /// the last [`MemoryBroker::DEAD_LETTERS_KEPT`] of each topic, so they can be listed and re-driven.
 ///
 /// It counts the messages it delivered that are not handled yet; past [`MemoryBroker::HELD_MAX`],
@@ -74,6 +77,10 @@ struct Group {
     name: String,
     members: Vec<mpsc::UnboundedSender<Delivery>>,
     next: usize,
+    /// A consumer group ([`Broker::subscribe`]), remembered once its members are gone: a relayed
+    /// message for it then counts as not handled and stays in the outbox. A listener's own group
+    /// ([`Broker::listen`]) is forgotten.
+    durable: bool,
 }
 
 impl MemoryBroker {
@@ -127,6 +134,12 @@ impl MemoryBroker {
         let mut targets = Vec::new();
         for group in groups.iter_mut() {
             group.members.retain(|m| !m.is_closed());
+            if group.members.is_empty() && group.durable {
+                // A service whose consumers stopped has not handled it.
+                if let Some(tracked) = &tracked {
+                    tracked.dropped_unhandled();
+                }
+            }
             match message.strategy {
                 Strategy::Multicast => targets.extend(group.members.iter()),
                 Strategy::Unicast if !group.members.is_empty() => {
@@ -156,7 +169,25 @@ impl MemoryBroker {
             }
             let _ = last.send(delivery(message, tracked));
         }
-        groups.retain(|g| !g.members.is_empty());
+        groups.retain(|g| g.durable || !g.members.is_empty());
+    }
+
+    fn join(&self, group: &str, topics: &[String], durable: bool) -> Subscription {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let mut all = self.lock();
+        for topic in topics {
+            let groups = all.entry(topic.clone()).or_default();
+            match groups.iter_mut().find(|g| g.name == group) {
+                Some(existing) => existing.members.push(sender.clone()),
+                None => groups.push(Group {
+                    name: group.to_owned(),
+                    members: vec![sender.clone()],
+                    next: 0,
+                    durable,
+                }),
+            }
+        }
+        Subscription::new(receiver)
     }
 }
 
@@ -224,20 +255,12 @@ impl Broker for MemoryBroker {
     }
 
     async fn subscribe(&self, group: &str, topics: &[String]) -> Result<Subscription> {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        let mut all = self.lock();
-        for topic in topics {
-            let groups = all.entry(topic.clone()).or_default();
-            match groups.iter_mut().find(|g| g.name == group) {
-                Some(existing) => existing.members.push(sender.clone()),
-                None => groups.push(Group {
-                    name: group.to_owned(),
-                    members: vec![sender.clone()],
-                    next: 0,
-                }),
-            }
-        }
-        Ok(Subscription::new(receiver))
+        Ok(self.join(group, topics, true))
+    }
+
+    async fn listen(&self, topic: &str) -> Result<Subscription> {
+        let group = format!("{topic}.{}", uuid::Uuid::new_v4().simple());
+        Ok(self.join(&group, &[topic.to_owned()], false))
     }
 }
 
@@ -345,5 +368,34 @@ mod tests {
             }
         }
         assert_eq!(got, (0..10).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_relayed_message_for_a_service_whose_consumers_stopped_is_not_handled() {
+        let broker = MemoryBroker::new();
+        let (receipts, mut arrived) = crate::messaging::Receipts::channel();
+        let topics = ["FooCreated".to_owned()];
+        let mut a = broker.subscribe("a", &topics).await.unwrap();
+        let b = broker.subscribe("b", &topics).await.unwrap();
+        let listener = broker.listen("FooCreated").await.unwrap();
+        drop((b, listener));
+        let message = BrokerMessage::new("FooCreated", json!(1));
+        broker
+            .publish_relayed(vec![message], 0, Some(vec![receipts.track(1)]))
+            .await;
+        // `a` handles it; `b` is gone but remembered, the listener's own group forgotten.
+        a.next().await.unwrap().ack();
+        let receipt = arrived.recv().await.unwrap();
+        assert_eq!((receipt.id, receipt.handled), (1, false));
+        // Once `b` is back, a message reaching both is handled.
+        let mut b = broker.subscribe("b", &topics).await.unwrap();
+        let message = BrokerMessage::new("FooCreated", json!(2));
+        broker
+            .publish_relayed(vec![message], 0, Some(vec![receipts.track(2)]))
+            .await;
+        a.next().await.unwrap().ack();
+        b.next().await.unwrap().ack();
+        let receipt = arrived.recv().await.unwrap();
+        assert_eq!((receipt.id, receipt.handled), (2, true));
     }
 }

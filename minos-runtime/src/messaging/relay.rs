@@ -2,7 +2,7 @@
 //! sent only once the broker has them, or, on a broker that holds them in this process's memory,
 //! once they were handled. On start it first drains what an earlier run left behind.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,12 +28,38 @@ pub struct OutboxRelay {
 #[derive(Debug)]
 pub struct RelayHandle {
     stop: watch::Sender<bool>,
+    quiet: Arc<Quiet>,
     task: JoinHandle<()>,
 }
 
+/// Whether a relay on a broker that holds messages until handled may still publish; its rounds run
+/// under the lock, so [`RelayHandle::hold`] can wait for the one under way.
+#[derive(Debug, Default)]
+struct Quiet {
+    held: std::sync::atomic::AtomicBool,
+    rounds: tokio::sync::Mutex<()>,
+}
+
+impl Quiet {
+    fn held(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 impl RelayHandle {
-    /// Publishes what is pending (on a broker that holds messages until handled: waits a moment for
-    /// the handlers of what it published instead), then stops.
+    /// Call before this process's consumers stop: a relay on a broker that [holds messages until
+    /// handled](super::Broker::holds_until_handled) publishes nothing more (a message published to a
+    /// consumer group with no member left reaches no one and counts as handled), and this returns once
+    /// a round under way has ended. It still marks what the consumers finish. Other relays go on.
+    pub async fn hold(&self) {
+        self.quiet
+            .held
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(self.quiet.rounds.lock().await);
+    }
+
+    /// Publishes what is pending (on a broker that holds messages until handled: publishes nothing
+    /// new, and waits up to 2 seconds for the handlers of what it published), then stops.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
@@ -136,33 +162,42 @@ impl OutboxRelay {
         }
     }
 
-    /// One round on a broker that holds messages until handled: marks what was handled, sweeps for
-    /// rows left behind when due, then publishes the rows past the last one read.
-    async fn relay_tracked(&self, lease: &mut RelayLease, flight: &mut InFlight) -> Result<()> {
+    /// One round on a broker that holds messages until handled: publishes again what was dropped
+    /// unhandled (once its delay passed), sweeps for rows left behind when due, then publishes the rows
+    /// past the last one read. Stops publishing as soon as the relay is held.
+    async fn relay_tracked(
+        &self,
+        lease: &mut RelayLease,
+        flight: &mut InFlight,
+        quiet: &Quiet,
+    ) -> Result<()> {
         flight.collect();
-        self.mark_handled(flight).await?;
-        if flight.sweep_due(self.sweep_interval()) {
-            // Rows below every one in flight that are still unsent: dropped unhandled, or committed
-            // after rows with greater ids were read (concurrent transactions take ids in one order and
-            // commit in another).
-            flight.swept = Instant::now();
-            flight.retry = false;
-            let mut from = 0;
-            let below = flight.floor();
-            loop {
-                let records = self.store.pending_in(from..below, self.batch).await?;
-                let Some(last) = records.last().map(|record| record.id) else {
-                    break;
-                };
-                let full = records.len() == self.batch;
-                self.publish_tracked(lease, flight, records).await;
-                if !full {
-                    break;
-                }
-                from = last + 1;
+        let now = Instant::now();
+        let due: Vec<i64> = flight
+            .dropped
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        if let (Some(&low), Some(&high)) = (due.first(), due.last()) {
+            for id in &due {
+                flight.dropped.remove(id);
             }
+            // Rows in that range not in flight are due too (dropped, or committed late).
+            self.publish_range(lease, flight, quiet, low..high + 1)
+                .await?;
+        }
+        if flight.sweep_due(self.sweep_interval()) {
+            // Rows below every one in flight that are still unsent: committed after rows with greater
+            // ids were read (concurrent transactions take ids in one order and commit in another).
+            flight.swept = Instant::now();
+            let below = flight.floor();
+            self.publish_range(lease, flight, quiet, 0..below).await?;
         }
         loop {
+            if quiet.held() {
+                return Ok(());
+            }
             self.broker.ready_for_more().await;
             let records = self
                 .store
@@ -173,11 +208,35 @@ impl OutboxRelay {
             };
             let full = records.len() == self.batch;
             flight.cursor = last;
-            self.publish_tracked(lease, flight, records).await;
+            self.publish_tracked(lease, flight, quiet, records).await;
             if !full {
                 return Ok(());
             }
         }
+    }
+
+    /// Publishes the unsent rows with ids in `ids` that are not in flight, page by page.
+    async fn publish_range(
+        &self,
+        lease: &mut RelayLease,
+        flight: &mut InFlight,
+        quiet: &Quiet,
+        ids: std::ops::Range<i64>,
+    ) -> Result<()> {
+        let mut from = ids.start;
+        while from < ids.end && !quiet.held() {
+            let records = self.store.pending_in(from..ids.end, self.batch).await?;
+            let Some(last) = records.last().map(|record| record.id) else {
+                break;
+            };
+            let full = records.len() == self.batch;
+            self.publish_tracked(lease, flight, quiet, records).await;
+            if !full {
+                break;
+            }
+            from = last + 1;
+        }
+        Ok(())
     }
 
     /// Publishes `records` (those not in flight already) with a tracker each.
@@ -185,10 +244,11 @@ impl OutboxRelay {
         &self,
         lease: &mut RelayLease,
         flight: &mut InFlight,
+        quiet: &Quiet,
         mut records: Vec<OutboxRecord>,
     ) {
         records.retain(|record| !flight.ids.contains(&record.id));
-        if records.is_empty() {
+        if records.is_empty() || quiet.held() {
             return;
         }
         let messages = records.iter().map(outbox_message).collect();
@@ -199,7 +259,7 @@ impl OutboxRelay {
             .collect();
         flight.ids.extend(records.iter().map(|record| record.id));
         // The in-process broker takes every message; were one refused, its tracker would come back
-        // as handled with nothing delivered, so it is kept for the next sweep instead.
+        // as handled with nothing delivered, so it is published again instead.
         for (record, result) in records.iter().zip(
             self.broker
                 .publish_relayed(messages, fresh, Some(trackers))
@@ -215,16 +275,24 @@ impl OutboxRelay {
         }
     }
 
-    /// Marks the rows whose messages were handled.
-    async fn mark_handled(&self, flight: &mut InFlight) -> Result<()> {
+    /// Marks the rows whose messages were handled (idempotent: with or without the lease). A mark
+    /// that fails is tried again a poll interval later.
+    async fn mark_handled(&self, flight: &mut InFlight) {
+        flight.collect();
         if flight.handled.is_empty() {
-            return Ok(());
+            return;
         }
         flight.handled.sort_unstable();
-        self.store.mark_sent(&flight.handled).await?;
-        flight.handled.clear();
-        flight.first_handled = None;
-        Ok(())
+        match self.store.mark_sent(&flight.handled).await {
+            Ok(()) => {
+                flight.handled.clear();
+                flight.first_handled = None;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "outbox relay: could not mark handled rows sent; trying again");
+                flight.first_handled = Some(Instant::now() + self.poll);
+            }
+        }
     }
 
     /// How often a relay on a broker that holds messages until handled looks for rows left behind.
@@ -243,10 +311,16 @@ impl OutboxRelay {
     /// waits in the outbox for the next start.
     pub fn spawn(self) -> RelayHandle {
         let (stop, mut stopped) = watch::channel(false);
+        let quiet = Arc::new(Quiet::default());
+        let held = Arc::clone(&quiet);
         let task = tokio::spawn(async move {
+            let quiet = held;
             let mut backoff = Duration::from_millis(100);
             let mut lease: Option<RelayLease> = None;
-            let mut flight = self.broker.holds_until_handled().then(InFlight::new);
+            let mut flight = self
+                .broker
+                .holds_until_handled()
+                .then(|| InFlight::new(self.poll));
             loop {
                 // A lease whose lock died with its connection may be another relay's by now.
                 if lease.as_ref().is_some_and(|held| !held.is_held()) {
@@ -268,9 +342,15 @@ impl OutboxRelay {
                         }
                     }
                 }
+                if let Some(flight) = flight.as_mut() {
+                    self.mark_handled(flight).await;
+                }
                 if let Some(held) = lease.as_mut() {
                     let round = match flight.as_mut() {
-                        Some(flight) => self.relay_tracked(held, flight).await,
+                        Some(flight) => {
+                            let _round = quiet.rounds.lock().await;
+                            self.relay_tracked(held, flight, &quiet).await
+                        }
                         None => self.relay_under(Some(held)).await.map(|_| ()),
                     };
                     match round {
@@ -290,15 +370,18 @@ impl OutboxRelay {
                 if *stopped.borrow() {
                     break;
                 }
-                // Receipts only gather until their marks are due (one statement marks many).
+                // Receipts only gather until their marks (or a publish again) are due: one statement
+                // marks many.
+                let poll_at = Instant::now() + self.poll;
                 loop {
-                    let wait = match flight.as_ref().and_then(InFlight::mark_due) {
-                        Some(due) => due.saturating_duration_since(Instant::now()).min(self.poll),
-                        None => self.poll,
-                    };
+                    let publishing = lease.is_some() && !quiet.held();
+                    let until = flight
+                        .as_ref()
+                        .and_then(|flight| flight.next_due(publishing))
+                        .map_or(poll_at, |due| due.min(poll_at));
                     tokio::select! {
                         _ = self.wake.notified() => break,
-                        _ = tokio::time::sleep(wait) => break,
+                        _ = tokio::time::sleep_until(until.into()) => break,
                         _ = stopped.changed() => break,
                         receipt = next_receipt(flight.as_mut()) => match (receipt, flight.as_mut()) {
                             (Some(receipt), Some(flight)) => {
@@ -323,9 +406,7 @@ impl OutboxRelay {
                             _ => break,
                         }
                     }
-                    if let Err(error) = self.mark_handled(flight).await {
-                        tracing::warn!(%error, "outbox relay: could not mark the rows handled before stopping; they are published again on the next start");
-                    }
+                    self.mark_handled(flight).await;
                 }
                 None => {
                     if let Some(held) = lease.as_mut() {
@@ -336,7 +417,7 @@ impl OutboxRelay {
                 }
             }
         });
-        RelayHandle { stop, task }
+        RelayHandle { stop, quiet, task }
     }
 }
 
@@ -383,17 +464,19 @@ struct InFlight {
     cursor: i64,
     /// Handled, to be marked sent.
     handled: Vec<i64>,
-    /// When the oldest of `handled` arrived.
+    /// When the oldest of `handled` arrived (or, after a failed mark, when to try again).
     first_handled: Option<Instant>,
-    /// Refused by the broker: published again by the next sweep.
+    /// Refused by the broker: published again like a dropped one.
     refused: BTreeSet<i64>,
-    /// A delivery was dropped unhandled: sweep at the next round that may.
-    retry: bool,
+    /// Dropped unhandled, and when to publish each again.
+    dropped: BTreeMap<i64, Instant>,
+    /// How long a dropped row waits before it is published again.
+    retry_after: Duration,
     swept: Instant,
 }
 
 impl InFlight {
-    fn new() -> Self {
+    fn new(retry_after: Duration) -> Self {
         let (receipts, arrived) = Receipts::channel();
         InFlight {
             receipts,
@@ -403,7 +486,8 @@ impl InFlight {
             handled: Vec::new(),
             first_handled: None,
             refused: BTreeSet::new(),
-            retry: false,
+            dropped: BTreeMap::new(),
+            retry_after,
             swept: Instant::now(),
         }
     }
@@ -418,7 +502,8 @@ impl InFlight {
     fn note(&mut self, receipt: Receipt) {
         self.ids.remove(&receipt.id);
         if self.refused.remove(&receipt.id) || !receipt.handled {
-            self.retry = true;
+            self.dropped
+                .insert(receipt.id, Instant::now() + self.retry_after);
             return;
         }
         self.handled.push(receipt.id);
@@ -430,10 +515,18 @@ impl InFlight {
         self.first_handled.map(|first| first + MARK_DELAY)
     }
 
-    /// Whether to look for rows left behind now: every `interval`, or as soon as that much time passed
-    /// since the last look when a delivery was dropped unhandled.
+    /// The next moment something is due: a mark, or (when `publishing`) a dropped row's publish.
+    fn next_due(&self, publishing: bool) -> Option<Instant> {
+        let retry = self.dropped.values().min().copied().filter(|_| publishing);
+        match (self.mark_due(), retry) {
+            (Some(mark), Some(retry)) => Some(mark.min(retry)),
+            (mark, retry) => mark.or(retry),
+        }
+    }
+
+    /// Whether to look for rows committed below the ones read: every `interval` once something was read.
     fn sweep_due(&self, interval: Duration) -> bool {
-        (self.retry || self.cursor > 0) && self.swept.elapsed() >= interval
+        self.cursor > 0 && self.swept.elapsed() >= interval
     }
 
     /// The rows below this id are not in flight.
@@ -588,6 +681,31 @@ mod tests {
             assert!(started.elapsed() < Duration::from_secs(5), "never marked");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // Held (its consumers are about to stop): nothing more goes out.
+        relay.hold().await;
+        write(store.as_ref(), 3).await;
+        wake.notify_one();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), received.next())
+                .await
+                .is_err(),
+            "a held relay publishes nothing"
+        );
+        assert!(
+            unsent(store.as_ref(), 2).await,
+            "row 2 waits for the next start"
+        );
+        relay.stop().await;
+        let relay = OutboxRelay::new(
+            Arc::clone(&store),
+            Arc::clone(&broker) as SharedBroker,
+            Arc::clone(&wake),
+        )
+        .poll_interval(Duration::from_millis(20))
+        .spawn();
+        let (content, first) = next(&mut received).await;
+        assert_eq!(content, serde_json::json!(3));
+        assert!(!first, "written before this relay's lease");
         // Stopped while a message is in its handler: its row stays for the next start.
         write(store.as_ref(), 2).await;
         wake.notify_one();
@@ -596,7 +714,7 @@ mod tests {
             .unwrap()
             .unwrap();
         relay.stop().await;
-        assert!(unsent(store.as_ref(), 2).await);
+        assert!(unsent(store.as_ref(), 3).await);
         drop(held);
         drop(received);
         // The next run (a new broker: the old one's memory is gone) publishes it again.
@@ -610,12 +728,12 @@ mod tests {
             .spawn();
         assert_eq!(next(&mut received).await, (serde_json::json!(2), false));
         relay.stop().await;
-        assert!(!unsent(store.as_ref(), 2).await, "handled, then marked");
+        assert!(!unsent(store.as_ref(), 3).await, "handled, then marked");
     }
 
     #[test]
-    fn the_sweep_reads_below_every_row_in_flight() {
-        let mut flight = InFlight::new();
+    fn the_sweep_reads_below_every_row_in_flight_and_dropped_rows_wait_their_delay() {
+        let mut flight = InFlight::new(Duration::from_millis(500));
         assert!(!flight.sweep_due(Duration::ZERO), "nothing read yet");
         flight.cursor = 3;
         assert_eq!(flight.floor(), 4, "nothing in flight: everything read");
@@ -625,12 +743,15 @@ mod tests {
             id: 2,
             handled: false,
         });
-        assert!(flight.retry && flight.handled.is_empty());
+        assert!(flight.handled.is_empty());
+        let retry = flight.next_due(true).expect("published again later");
+        assert!(retry > Instant::now() + Duration::from_millis(400));
+        assert_eq!(flight.next_due(false), None, "held: nothing to publish");
         flight.note(Receipt {
             id: 3,
             handled: true,
         });
         assert_eq!((flight.floor(), flight.handled.clone()), (4, vec![3]));
-        assert!(flight.mark_due().is_some());
+        assert!(flight.next_due(false).is_some(), "a mark is due");
     }
 }
