@@ -38,7 +38,8 @@ impl EventStore for SqliteStore {
         messages: &[DomainMessage],
     ) -> Result<StoredEvent, StoreError> {
         let append = Append::new(event.clone(), messages)?;
-        self.write(move |tx| {
+        // It reads the snapshot and checks the version before it writes anything.
+        self.write_checked(move |tx| {
             let id = append_tx(tx, &append)?;
             Ok(append.stored(id))
         })
@@ -54,9 +55,14 @@ impl EventStore for SqliteStore {
             .iter()
             .map(|(event, messages)| Append::new(event.clone(), messages))
             .collect::<Result<Vec<_>, _>>()?;
+        // A lone inbox entry, or a lone append, fails before it changes anything: no savepoint.
+        let checked = appends.len() + usize::from(inbox.is_some()) <= 1;
         let inbox = inbox.cloned();
-        self.write(move |tx| commit_unit_in(tx, appends, inbox.as_ref()))
-            .await
+        let work = move |tx: &Connection| commit_unit_in(tx, appends, inbox.as_ref());
+        match checked {
+            true => self.write_checked(work).await,
+            false => self.write(work).await,
+        }
     }
 
     async fn events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {

@@ -98,7 +98,7 @@ impl SqliteStore {
     fn setup(mut conn: Connection, path: Option<PathBuf>) -> Result<Self, StoreError> {
         // WAL with NORMAL sync: a commit survives a process crash; only an OS crash may lose the last
         // transactions, never corrupt the file.
-        // Each write of a group commit runs in a savepoint, whose undo journal stays in memory.
+        // Most writes of a group commit run in a savepoint, whose undo journal stays in memory.
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
              PRAGMA temp_store = MEMORY;",
@@ -127,6 +127,16 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
         let (job, answer) = writer::Task::queued(f);
+        queued(&self.writes, job, answer, "writer thread").await
+    }
+
+    /// [`write`](Self::write) for an `f` that fails only before its first change: no savepoint.
+    async fn write_checked<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (job, answer) = writer::Task::queued_checked(f);
         queued(&self.writes, job, answer, "writer thread").await
     }
 
