@@ -198,6 +198,9 @@ impl OutboxRelay {
             if quiet.held() {
                 return Ok(());
             }
+            // A backlog keeps this loop going: take in receipts and mark as it goes, so what is in
+            // flight stays bounded by what the broker holds.
+            self.mark_if_due(flight).await;
             self.broker.ready_for_more().await;
             let records = self
                 .store
@@ -225,6 +228,7 @@ impl OutboxRelay {
     ) -> Result<()> {
         let mut from = ids.start;
         while from < ids.end && !quiet.held() {
+            self.mark_if_due(flight).await;
             let records = self.store.pending_in(from..ids.end, self.batch).await?;
             let Some(last) = records.last().map(|record| record.id) else {
                 break;
@@ -272,6 +276,14 @@ impl OutboxRelay {
         }
         if let Some(metrics) = &self.metrics {
             metrics.outbox_published(records.len());
+        }
+    }
+
+    /// Takes in the receipts that arrived and marks their rows once due.
+    async fn mark_if_due(&self, flight: &mut InFlight) {
+        flight.collect();
+        if flight.mark_due().is_some_and(|due| due <= Instant::now()) {
+            self.mark_handled(flight).await;
         }
     }
 
