@@ -121,11 +121,13 @@ fn a_request_is_one_trace_in_json_logs_and_is_counted_in_the_metrics() {
     assert_eq!(other_trace.len(), 55, "{other_trace}");
 
     // Metrics, in the Prometheus text format.
+    // Handled, and (marked once handled) out of the outbox.
     eventually("FooCreated counted", Duration::from_secs(10), || {
         let metrics = service.http.get("/metrics").unwrap();
         metrics
             .body
             .contains("minos_broker_messages_total{topic=\"FooCreated\",outcome=\"handled\"} 2")
+            && metrics.body.contains("minos_outbox_backlog_messages 0")
     });
     let metrics = service.http.get("/metrics").unwrap();
     assert_eq!(metrics.status, 200);

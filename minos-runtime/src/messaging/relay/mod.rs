@@ -398,7 +398,9 @@ impl OutboxRelay {
                         receipt = next_receipt(flight.as_mut()) => match (receipt, flight.as_mut()) {
                             (Some(receipt), Some(flight)) => {
                                 flight.note(receipt);
-                                if flight.handled.len() >= self.batch {
+                                // Many handled, or the last one in flight: mark now (the backlog
+                                // metric reads 0 as soon as everything was handled).
+                                if flight.handled.len() >= self.batch || flight.ids.is_empty() {
                                     break;
                                 }
                             }
