@@ -532,10 +532,7 @@ impl InFlight {
     /// The next moment something is due: a mark, or (when `publishing`) a dropped row's publish.
     fn next_due(&self, publishing: bool) -> Option<Instant> {
         let retry = self.dropped.values().min().copied().filter(|_| publishing);
-        match (self.mark_due(), retry) {
-            (Some(mark), Some(retry)) => Some(mark.min(retry)),
-            (mark, retry) => mark.or(retry),
-        }
+        self.mark_due().into_iter().chain(retry).min()
     }
 
     /// Whether to look for rows committed below the ones read: every `interval` once something was read.

@@ -42,6 +42,21 @@ async fn write(store: &dyn Store, n: u64) -> Uuid {
     uuid
 }
 
+/// A memory store, an in-process broker and group `g`'s subscription to `FooCreated`.
+async fn setup() -> (
+    SharedStore,
+    Arc<MemoryBroker>,
+    crate::messaging::Subscription,
+) {
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    let broker = Arc::new(MemoryBroker::new());
+    let received = broker
+        .subscribe("g", &["FooCreated".to_owned()])
+        .await
+        .unwrap();
+    (store, broker, received)
+}
+
 /// The next delivery's content and whether it is marked as a first delivery.
 async fn next(received: &mut crate::messaging::Subscription) -> (serde_json::Value, bool) {
     let (message, first, acknowledge) =
@@ -56,12 +71,7 @@ async fn next(received: &mut crate::messaging::Subscription) -> (serde_json::Val
 
 #[tokio::test]
 async fn rows_written_after_the_lease_go_out_as_first_deliveries() {
-    let store: SharedStore = Arc::new(MemoryStore::new());
-    let broker = Arc::new(MemoryBroker::new());
-    let mut received = broker
-        .subscribe("g", &["FooCreated".to_owned()])
-        .await
-        .unwrap();
+    let (store, broker, mut received) = setup().await;
     // Written before the relay holds its lease: an earlier relay may have published it.
     write(store.as_ref(), 0).await;
     let wake = Arc::new(Notify::new());
@@ -105,12 +115,7 @@ async fn unsent(store: &dyn Store, id: i64) -> bool {
 
 #[tokio::test]
 async fn on_the_in_process_broker_a_row_is_marked_sent_once_its_message_was_handled() {
-    let store: SharedStore = Arc::new(MemoryStore::new());
-    let broker = Arc::new(MemoryBroker::new());
-    let mut received = broker
-        .subscribe("g", &["FooCreated".to_owned()])
-        .await
-        .unwrap();
+    let (store, broker, mut received) = setup().await;
     let wake = Arc::new(Notify::new());
     let relay = spawn_relay(&store, &broker, &wake);
     write(store.as_ref(), 1).await;
