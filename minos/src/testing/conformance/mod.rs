@@ -27,6 +27,7 @@ macro_rules! conformance_tests {
             concurrent_writers_one_wins_per_version,
             outbox_holds_domain_messages_in_order,
             outbox_marks_messages_sent,
+            a_lone_creation_keeps_its_headers_and_is_refused_twice,
             entity_set_diffs_are_incremental,
             value_object_set_diffs_are_incremental,
             replaying_events_gives_the_snapshot,

@@ -72,6 +72,66 @@ pub async fn outbox_holds_domain_messages_in_order(repo: Repository) {
     .await
 }
 
+/// A creation appended alone: its message keeps its headers beside its position; creating the root
+/// again is a conflict that writes nothing, and the first creation stays as it was.
+pub async fn a_lone_creation_keeps_its_headers_and_is_refused_twice(repo: Repository) {
+    let store = repo.store();
+    let event = Event {
+        uuid: uuid::Uuid::now_v7(),
+        name: "Customer".into(),
+        version: 1,
+        action: Action::Create,
+        created_at: crate::store::now(),
+        fields_diff: vec![crate::FieldDiff::whole("name", "String", json!("ada"))],
+    };
+    let mut messages = event.domain_messages().unwrap();
+    assert_eq!(messages.len(), 1);
+    messages[0].headers.insert(
+        "traceparent".into(),
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+    );
+    let stored = store.append(&event, &messages).await.unwrap();
+    assert_eq!(stored.event, event);
+    let pending = store.pending(10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    let headers = &pending[0].message.headers;
+    assert_eq!(
+        headers.get("traceparent").map(String::as_str),
+        Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    );
+    assert_eq!(
+        headers.get(crate::messaging::headers::POSITION),
+        Some(&stored.position().to_string())
+    );
+    assert_eq!(pending[0].message.identifier, messages[0].identifier);
+    assert_eq!(pending[0].message.content, messages[0].content);
+
+    // The same root created again, with another message and other fields.
+    let mut again = event.clone();
+    again.fields_diff = vec![crate::FieldDiff::whole("name", "String", json!("bob"))];
+    let error = store
+        .append(&again, &again.domain_messages().unwrap())
+        .await
+        .unwrap_err();
+    match error {
+        StoreError::Conflict {
+            uuid,
+            expected,
+            actual,
+            ..
+        } => assert_eq!((uuid, expected, actual), (event.uuid, 0, 1)),
+        other => panic!("expected a conflict, got {other}"),
+    }
+    assert_eq!(store.pending(10).await.unwrap().len(), 1);
+    let filter = EventFilter {
+        uuid: Some(event.uuid),
+        ..EventFilter::default()
+    };
+    assert_eq!(store.events(&filter).await.unwrap().len(), 1);
+    let customer = repo.get::<Customer>(event.uuid).await.unwrap().into_inner();
+    assert_eq!(customer.name, "ada");
+}
+
 /// Sent messages leave the pending list; the rest keep their order.
 pub async fn outbox_marks_messages_sent(repo: Repository) {
     for name in ["a", "b", "c"] {
