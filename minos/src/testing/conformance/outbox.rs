@@ -130,6 +130,51 @@ pub async fn a_lone_creation_keeps_its_headers_and_is_refused_twice(repo: Reposi
     assert_eq!(store.events(&filter).await.unwrap().len(), 1);
     let customer = repo.get::<Customer>(event.uuid).await.unwrap().into_inner();
     assert_eq!(customer.name, "ada");
+
+    // Creations appended at once (a store may commit them together): the one of an existing root
+    // fails alone.
+    let fresh: Vec<Event> = (0..8)
+        .map(|i| Event {
+            uuid: uuid::Uuid::now_v7(),
+            fields_diff: vec![crate::FieldDiff::whole(
+                "name",
+                "String",
+                json!(format!("c{i}")),
+            )],
+            ..event.clone()
+        })
+        .collect();
+    let appends: Vec<_> = fresh
+        .iter()
+        .chain([&again])
+        .map(|event| {
+            let (store, event) = (store.clone(), event.clone());
+            tokio::spawn(async move {
+                store
+                    .append(&event, &event.domain_messages().unwrap())
+                    .await
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for append in appends {
+        results.push(append.await.unwrap());
+    }
+    assert!(results[..8].iter().all(Result::is_ok), "{results:?}");
+    assert!(
+        matches!(results[8], Err(StoreError::Conflict { .. })),
+        "{results:?}"
+    );
+    let pending = store.pending(20).await.unwrap();
+    assert_eq!(pending.len(), 9);
+    for created in &fresh {
+        let customer = repo.get::<Customer>(created.uuid).await.unwrap();
+        assert_eq!(customer.version(), 1);
+        assert!(pending
+            .iter()
+            .any(|r| r.message.key == created.uuid.to_string()));
+    }
+    assert_eq!(store.events(&filter).await.unwrap().len(), 1);
 }
 
 /// Sent messages leave the pending list; the rest keep their order.
