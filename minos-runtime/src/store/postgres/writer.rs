@@ -148,7 +148,8 @@ WITH input AS (
 )
 SELECT id, uuid, version, xact FROM event_rows";
 
-/// [`COMMIT_SQL`] for a batch of creations (each root new, so snapshot `i` is event `i`'s): no update
+/// [`COMMIT_SQL`] for a batch of creations (each root created once in the batch, so snapshot `i` is
+/// event `i`'s; a root that exists already is skipped by `ON CONFLICT` and answered as a lost race): no update
 /// branch, the events' columns beside their snapshots'. With one row it runs about 10% faster on the
 /// server than the general statement (pgbench, one client).
 const CREATES_SQL: &str = "\
@@ -502,7 +503,7 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// Runs [`COMMIT_SQL`] for the accepted items; the global position of each event written, by root and
+/// Runs [`COMMIT_SQL`] (or [`CREATES_SQL`] when they only create roots) for the accepted items; the global position of each event written, by root and
 /// version.
 async fn write<C: GenericClient + Sync>(
     client: &C,
