@@ -204,7 +204,7 @@ pub(super) async fn commit_with<C: GenericClient + Sync>(
             .collect());
     }
     let ids = match lone_create(items, &checked) {
-        Some((event, message)) => write_create(client, event, message, &checked).await?,
+        Some(lone) => write_create(client, items, lone, &checked).await?,
         None => write(client, items, &checked).await?,
     };
     Ok(answer(client, items, checked.results, &ids).await)
@@ -243,12 +243,12 @@ WITH created AS (
 )
 SELECT id, xact FROM event_row";
 
-/// Runs [`CREATE_SQL`] for `event` and `message`; the event's global position, by root and version,
-/// as [`write`] answers.
+/// Runs [`CREATE_SQL`] for `items`' one event and message; the event's global position, by root and
+/// version, as [`write`] answers.
 async fn write_create<C: GenericClient + Sync>(
     client: &C,
-    event: &Event,
-    message: &DomainMessage,
+    items: &[(&Event, &[DomainMessage])],
+    (event, message): (&Event, &DomainMessage),
     checked: &Checked,
 ) -> Result<HashMap<(Uuid, i64), (i64, i64)>, StoreError> {
     let snapshot = checked
@@ -256,8 +256,7 @@ async fn write_create<C: GenericClient + Sync>(
         .get(&event.uuid)
         .ok_or_else(|| StoreError::backend(BACKEND, "the created root's snapshot is missing"))?;
     let data = snapshot.data.clone().map(Value::Object);
-    let diff = serde_json::to_value(&event.fields_diff)
-        .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))?;
+    let diff = diff_json(event)?;
     let headers = (!message.headers.is_empty()).then(|| serde_json::json!(message.headers));
     let version = event.version as i64;
     let statement = prepared(client, CREATE_SQL).await?;
@@ -282,15 +281,7 @@ async fn write_create<C: GenericClient + Sync>(
             ],
         )
         .await
-        .map_err(|e| match e.code() {
-            Some(code) if *code == SqlState::UNIQUE_VIOLATION => StoreError::Conflict {
-                name: event.name.clone(),
-                uuid: event.uuid,
-                expected: 0,
-                actual: event.version,
-            },
-            _ => db_error(e),
-        })?;
+        .map_err(|e| write_error(e, items, checked))?;
     Ok(row
         .map(|row| ((event.uuid, version), (row.get(0), row.get(1))))
         .into_iter()
@@ -435,9 +426,8 @@ impl<'a> Columns<'a> {
             e_action: events.iter().map(|e| e.action.as_str()).collect(),
             e_data: events
                 .iter()
-                .map(|e| serde_json::to_value(&e.fields_diff))
-                .collect::<Result<_, _>>()
-                .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))?,
+                .map(|e| diff_json(e))
+                .collect::<Result<_, _>>()?,
             e_created: events.iter().map(|e| e.created_at).collect(),
             o_identifier: messages.iter().map(|(m, _)| m.identifier).collect(),
             o_topic: messages.iter().map(|(m, _)| m.topic.as_str()).collect(),
@@ -503,19 +493,20 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// Runs [`COMMIT_SQL`] (or [`CREATES_SQL`] when they only create roots) for the accepted items; the global position of each event written, by root and
-/// version.
+/// Runs [`COMMIT_SQL`] (or [`CREATES_SQL`] when they only create roots) for the accepted items; the
+/// global position of each event written, by root and version.
 async fn write<C: GenericClient + Sync>(
     client: &C,
     items: &[(&Event, &[DomainMessage])],
     checked: &Checked,
 ) -> Result<HashMap<(Uuid, i64), (i64, i64)>, StoreError> {
     let columns = Columns::new(items, checked)?;
+    // Only creations: `check` accepts one per root, so snapshot `i` is event `i`'s.
     let creations = checked
         .accepted
         .iter()
-        .all(|&i| items[i].0.action == Action::Create)
-        && columns.s_uuid == columns.e_uuid;
+        .all(|&i| items[i].0.action == Action::Create);
+    debug_assert!(!creations || columns.s_uuid == columns.e_uuid);
     let rows = match creations {
         true => {
             let statement = prepared(client, CREATES_SQL).await?;
@@ -526,34 +517,46 @@ async fn write<C: GenericClient + Sync>(
             client.query(&statement, &columns.params()).await
         }
     };
-    let rows = rows.map_err(|e| match e.code() {
-        // Another writer inserted the same version between our read and write.
-        // The server names the duplicate key in its detail (`Key (uuid, version)=(…, 3) already
-        // exists.`): name that root, not merely the first of the batch.
-        Some(code) if *code == SqlState::UNIQUE_VIOLATION => {
-            let detail = e
-                .as_db_error()
-                .and_then(|db| db.detail())
-                .unwrap_or_default();
-            let culprit = checked
-                .accepted
-                .iter()
-                .map(|&i| items[i].0)
-                .find(|event| detail.contains(&event.uuid.to_string()))
-                .unwrap_or(items[checked.accepted[0]].0);
-            StoreError::Conflict {
-                name: culprit.name.clone(),
-                uuid: culprit.uuid,
-                expected: culprit.version.saturating_sub(1),
-                actual: culprit.version,
-            }
-        }
-        _ => db_error(e),
-    })?;
+    let rows = rows.map_err(|e| write_error(e, items, checked))?;
     Ok(rows
         .iter()
         .map(|r| ((r.get(1), r.get(2)), (r.get(0), r.get(3))))
         .collect())
+}
+
+/// An event's field diff as the JSON its row stores.
+fn diff_json(event: &Event) -> Result<Value, StoreError> {
+    serde_json::to_value(&event.fields_diff)
+        .map_err(|e| StoreError::Domain(crate::domain::DomainError::Json(e)))
+}
+
+/// What a failed write statement means: a conflict when another writer inserted the same version
+/// between our read (or check) and write, naming the root the server names in its detail (`Key (uuid,
+/// version)=(…, 3) already exists.`), not merely the first of the batch; else a database error.
+fn write_error(
+    error: tokio_postgres::Error,
+    items: &[(&Event, &[DomainMessage])],
+    checked: &Checked,
+) -> StoreError {
+    if error.code() != Some(&SqlState::UNIQUE_VIOLATION) {
+        return db_error(error);
+    }
+    let detail = error
+        .as_db_error()
+        .and_then(|db| db.detail())
+        .unwrap_or_default();
+    let culprit = checked
+        .accepted
+        .iter()
+        .map(|&i| items[i].0)
+        .find(|event| detail.contains(&event.uuid.to_string()))
+        .unwrap_or(items[checked.accepted[0]].0);
+    StoreError::Conflict {
+        name: culprit.name.clone(),
+        uuid: culprit.uuid,
+        expected: culprit.version.saturating_sub(1),
+        actual: culprit.version,
+    }
 }
 
 /// The answer of each item: its failed check, its stored event, or the conflict of an accepted append

@@ -76,14 +76,7 @@ pub async fn outbox_holds_domain_messages_in_order(repo: Repository) {
 /// again is a conflict that writes nothing, and the first creation stays as it was.
 pub async fn a_lone_creation_keeps_its_headers_and_is_refused_twice(repo: Repository) {
     let store = repo.store();
-    let event = Event {
-        uuid: uuid::Uuid::now_v7(),
-        name: "Customer".into(),
-        version: 1,
-        action: Action::Create,
-        created_at: crate::store::now(),
-        fields_diff: vec![crate::FieldDiff::whole("name", "String", json!("ada"))],
-    };
+    let event = creation("ada");
     let mut messages = event.domain_messages().unwrap();
     assert_eq!(messages.len(), 1);
     messages[0].headers.insert(
@@ -132,17 +125,7 @@ pub async fn a_lone_creation_keeps_its_headers_and_is_refused_twice(repo: Reposi
 
     // Creations appended at once (a store may commit them together): the one of an existing root
     // fails alone.
-    let fresh: Vec<Event> = (0..8)
-        .map(|i| Event {
-            uuid: uuid::Uuid::now_v7(),
-            fields_diff: vec![crate::FieldDiff::whole(
-                "name",
-                "String",
-                json!(format!("c{i}")),
-            )],
-            ..event.clone()
-        })
-        .collect();
+    let fresh: Vec<Event> = (0..8).map(|i| creation(&format!("c{i}"))).collect();
     let appends: Vec<_> = fresh
         .iter()
         .chain([&again])
@@ -175,15 +158,8 @@ pub async fn a_lone_creation_keeps_its_headers_and_is_refused_twice(repo: Reposi
     }
     assert_eq!(store.events(&filter).await.unwrap().len(), 1);
     for (created, result) in fresh.iter().zip(&results) {
-        let record = pending
-            .iter()
-            .find(|r| r.message.key == created.uuid.to_string())
-            .unwrap();
         assert_eq!(
-            record
-                .message
-                .headers
-                .get(crate::messaging::headers::POSITION),
+            position_header(&pending, |m| m.key == created.uuid.to_string()),
             Some(&result.as_ref().unwrap().position().to_string())
         );
     }
@@ -192,15 +168,7 @@ pub async fn a_lone_creation_keeps_its_headers_and_is_refused_twice(repo: Reposi
     // it, all are, each message with its event's position.
     let unit: Vec<(Event, Vec<_>)> = (0..3)
         .map(|i| {
-            let created = Event {
-                uuid: uuid::Uuid::now_v7(),
-                fields_diff: vec![crate::FieldDiff::whole(
-                    "name",
-                    "String",
-                    json!(format!("u{i}")),
-                )],
-                ..event.clone()
-            };
+            let created = creation(&format!("u{i}"));
             let messages = created.domain_messages().unwrap();
             (created, messages)
         })
@@ -221,18 +189,35 @@ pub async fn a_lone_creation_keeps_its_headers_and_is_refused_twice(repo: Reposi
     assert_eq!(pending.len(), 12);
     for (written, (created, messages)) in stored.iter().zip(&unit) {
         assert_eq!(written.event.uuid, created.uuid);
-        let record = pending
-            .iter()
-            .find(|r| r.message.identifier == messages[0].identifier)
-            .unwrap();
         assert_eq!(
-            record
-                .message
-                .headers
-                .get(crate::messaging::headers::POSITION),
+            position_header(&pending, |m| m.identifier == messages[0].identifier),
             Some(&written.position().to_string())
         );
     }
+}
+
+/// A new Customer's creation event.
+fn creation(name: &str) -> Event {
+    Event {
+        uuid: uuid::Uuid::now_v7(),
+        name: "Customer".into(),
+        version: 1,
+        action: Action::Create,
+        created_at: crate::store::now(),
+        fields_diff: vec![crate::FieldDiff::whole("name", "String", json!(name))],
+    }
+}
+
+/// The `position` header of the pending message `which` picks (which must be there).
+fn position_header(
+    pending: &[crate::store::OutboxRecord],
+    which: impl Fn(&crate::domain::DomainMessage) -> bool,
+) -> Option<&String> {
+    let record = pending.iter().find(|r| which(&r.message)).unwrap();
+    record
+        .message
+        .headers
+        .get(crate::messaging::headers::POSITION)
 }
 
 /// Sent messages leave the pending list; the rest keep their order.
