@@ -204,8 +204,8 @@ impl Repository {
     }
 
     /// Runs `future` with this repository as the current one.
-    pub async fn scope<F: Future>(self, future: F) -> F::Output {
-        CURRENT.scope(self, future).await
+    pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self, future)
     }
 
     /// Stores a new root: a creation event listing every field, and its `{Name}Created` message.
@@ -411,18 +411,21 @@ impl Repository {
     /// Runs `future` keeping every write it makes in a buffer (inside the current transaction, if any);
     /// returns its output and the writes, for [`Repository::commit_unit`] or
     /// [`Repository::flush`]. Reads inside see the buffered writes; nothing reaches the store.
-    pub async fn staged<F: Future>(&self, future: F) -> (F::Output, HeldWrites) {
-        WriteScope::buffered(TransactionScope::current(), future).await
+    pub fn staged<F: Future>(&self, future: F) -> impl Future<Output = (F::Output, HeldWrites)> {
+        use futures_util::FutureExt;
+        // The transaction is the one current when the future first runs, as for an `async fn`.
+        futures_util::future::lazy(|_| TransactionScope::current())
+            .then(move |transaction| WriteScope::buffered(transaction, future))
     }
 
     /// [`staged`](Self::staged) inside `transaction` (none: at the top level, whatever the current
     /// task's scope): how the service runtime runs a handler.
-    pub async fn staged_in<F: Future>(
+    pub fn staged_in<F: Future>(
         &self,
         transaction: Option<TransactionScope>,
         future: F,
-    ) -> (F::Output, HeldWrites) {
-        WriteScope::buffered(transaction, future).await
+    ) -> impl Future<Output = (F::Output, HeldWrites)> {
+        WriteScope::buffered(transaction, future)
     }
 
     /// Stores staged writes where they belong, together with the inbox entry of the message that caused

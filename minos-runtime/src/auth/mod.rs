@@ -614,8 +614,8 @@ impl Caller {
     }
 
     /// Runs `future` for this caller.
-    pub async fn scope<F: Future>(self, future: F) -> F::Output {
-        CALLER.scope(self, future).await
+    pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+        CALLER.scope(self, future)
     }
 
     /// Puts the caller's token, acceptance time and subject in broker message headers (keeping an

@@ -92,9 +92,9 @@ impl Context {
     }
 
     /// Runs `future` with this context, and its repository, as the current ones.
-    pub async fn scope<F: Future>(self, future: F) -> F::Output {
+    pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
         let repository = self.inner.repository.clone();
-        CURRENT.scope(self, repository.scope(future)).await
+        CURRENT.scope(self, repository.scope(future))
     }
 
     /// Uses `views` as the service's view database (the launcher sets it from `views:`; set once).

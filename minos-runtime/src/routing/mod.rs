@@ -105,28 +105,30 @@ impl Next {
 
 /// Runs `handler` behind `chain` (first listed outermost), inside the request's context. A panicking
 /// handler becomes a 500 error instead of taking the service down.
-pub(crate) async fn invoke(
+pub(crate) fn invoke(
     chain: &Arc<[Middleware]>,
     handler: HandlerFn,
     request: Request,
     context: &Context,
-) -> Result<Response> {
+) -> impl Future<Output = Result<Response>> {
     let next = Next {
         chain: Arc::clone(chain),
         index: 0,
         handler,
     };
     let run = context.clone().scope(next.run(request));
-    match AssertUnwindSafe(run).catch_unwind().await {
-        Ok(result) => result,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(panic = %what, "handler panicked");
-            Err(Error::with_status(500, "internal error"))
-        }
-    }
+    AssertUnwindSafe(run)
+        .catch_unwind()
+        .map(|caught| match caught {
+            Ok(result) => result,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %what, "handler panicked");
+                Err(Error::with_status(500, "internal error"))
+            }
+        })
 }

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
+use futures_util::FutureExt;
 use uuid::Uuid;
 
 use crate::domain::{Action, DomainMessage, Event, TransactionEntry};
@@ -243,17 +244,18 @@ impl WriteScope {
 
     /// Runs `future` with its writes kept in a buffer (inside `transaction` when given: reads see the
     /// transaction's held writes too) and returns them with its output, to be flushed by the caller.
-    pub(crate) async fn buffered<F: Future>(
+    pub(crate) fn buffered<F: Future>(
         transaction: Option<TransactionScope>,
         future: F,
-    ) -> (F::Output, HeldWrites) {
+    ) -> impl Future<Output = (F::Output, HeldWrites)> {
         let buffer = WriteBuffer::default();
         let scope = WriteScope {
             transaction,
             buffer: Some(buffer.clone()),
         };
-        let output = SCOPE.scope(scope, future).await;
-        (output, buffer.take())
+        SCOPE
+            .scope(scope, future)
+            .map(move |output| (output, buffer.take()))
     }
 
     /// The transactions whose held writes this scope reads through, outermost first.

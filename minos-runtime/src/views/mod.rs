@@ -207,13 +207,13 @@ pub async fn sql(statement: &str, params: &[SqlValue]) -> Result<Vec<Map<String,
 }
 
 /// Runs `future` with `tx` as the transaction writes to `view` go to.
-pub(crate) async fn writing<F: Future>(
+pub(crate) fn writing<F: Future>(
     views: Views,
     tx: Arc<tokio::sync::Mutex<Box<dyn Tx>>>,
     view: &'static str,
     future: F,
-) -> F::Output {
-    WRITING.scope(Writing { tx, view, views }, future).await
+) -> impl Future<Output = F::Output> {
+    WRITING.scope(Writing { tx, view, views }, future)
 }
 
 fn write_scope(def: &'static ViewDef) -> Result<Writing> {
@@ -504,11 +504,15 @@ tokio::task_local! {
 }
 
 /// Runs `future` recording the positions of the events it appends; returns them with its output.
-pub(crate) async fn recording<F: Future>(future: F) -> (F::Output, Consistency) {
+pub(crate) fn recording<F: Future>(future: F) -> impl Future<Output = (F::Output, Consistency)> {
+    use futures_util::FutureExt;
     let written = Arc::new(Mutex::new(Consistency::default()));
-    let output = WRITTEN.scope(Arc::clone(&written), future).await;
-    let recorded = written.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    (output, recorded)
+    WRITTEN
+        .scope(Arc::clone(&written), future)
+        .map(move |output| {
+            let recorded = written.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            (output, recorded)
+        })
 }
 
 /// Notes that the current request wrote an event at `position`.

@@ -388,8 +388,8 @@ impl Views {
     }
 
     /// Runs `future` with this view database as the current one.
-    pub async fn scope<F: Future>(self, future: F) -> F::Output {
-        CURRENT.scope(self, future).await
+    pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self, future)
     }
 
     /// Creates the tables of `def` if its fingerprint is new (dropping an older table of the same
