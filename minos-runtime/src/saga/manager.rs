@@ -290,12 +290,12 @@ impl SagaManager {
     }
 
     /// Runs a callback in the service's context, inside the execution's transaction.
-    pub(super) async fn in_transaction<F: std::future::Future>(
+    pub(super) fn in_transaction<F: std::future::Future>(
         &self,
         scope: &TransactionScope,
         future: F,
-    ) -> F::Output {
-        self.context.clone().scope(scope.clone().run(future)).await
+    ) -> impl std::future::Future<Output = F::Output> {
+        self.context.clone().scope(scope.clone().run(future))
     }
 
     /// Drops the closed watchers of execution `uuid`.

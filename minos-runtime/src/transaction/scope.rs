@@ -113,12 +113,12 @@ impl TransactionScope {
     }
 
     /// Runs `future` inside this scope: its writes are held under [`uuid`](Self::uuid) as they are made.
-    pub async fn run<F: Future>(self, future: F) -> F::Output {
+    pub fn run<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
         let scope = WriteScope {
             transaction: Some(self),
             buffer: None,
         };
-        SCOPE.scope(scope, future).await
+        SCOPE.scope(scope, future)
     }
 
     /// Remembers what a read through this scope found of a root.
