@@ -251,7 +251,7 @@ impl OutboxRelay {
         quiet: &Quiet,
         mut records: Vec<OutboxRecord>,
     ) {
-        records.retain(|record| !flight.ids.contains(&record.id));
+        records.retain(|record| !flight.taken(record.id));
         if records.is_empty() || quiet.held() {
             return;
         }
@@ -294,8 +294,8 @@ impl OutboxRelay {
         if flight.handled.is_empty() {
             return;
         }
-        flight.handled.sort_unstable();
-        match self.store.mark_sent(&flight.handled).await {
+        let ids: Vec<i64> = flight.handled.iter().copied().collect();
+        match self.store.mark_sent(&ids).await {
             Ok(()) => {
                 flight.handled.clear();
                 flight.first_handled = None;
@@ -354,8 +354,14 @@ impl OutboxRelay {
                         }
                     }
                 }
+                // Marks wait for their delay (one statement for all that gathered) unless a
+                // batch's worth is waiting.
                 if let Some(flight) = flight.as_mut() {
-                    self.mark_handled(flight).await;
+                    if flight.handled.len() >= self.batch {
+                        self.mark_handled(flight).await;
+                    } else {
+                        self.mark_if_due(flight).await;
+                    }
                 }
                 if let Some(held) = lease.as_mut() {
                     let round = match flight.as_mut() {
@@ -398,9 +404,9 @@ impl OutboxRelay {
                         receipt = next_receipt(flight.as_mut()) => match (receipt, flight.as_mut()) {
                             (Some(receipt), Some(flight)) => {
                                 flight.note(receipt);
-                                // Many handled, or the last one in flight: mark now (the backlog
-                                // metric reads 0 as soon as everything was handled).
-                                if flight.handled.len() >= self.batch || flight.ids.is_empty() {
+                                // Many handled: mark now. Fewer wait for their mark's delay, so
+                                // that under load one statement marks what a few rounds published.
+                                if flight.handled.len() >= self.batch {
                                     break;
                                 }
                             }
@@ -477,7 +483,7 @@ struct InFlight {
     /// The last row read past the others (0: read from the start).
     cursor: i64,
     /// Handled, to be marked sent.
-    handled: Vec<i64>,
+    handled: BTreeSet<i64>,
     /// When the oldest of `handled` arrived (or, after a failed mark, when to try again).
     first_handled: Option<Instant>,
     /// Refused by the broker: published again like a dropped one.
@@ -497,7 +503,7 @@ impl InFlight {
             arrived,
             ids: BTreeSet::new(),
             cursor: 0,
-            handled: Vec::new(),
+            handled: BTreeSet::new(),
             first_handled: None,
             refused: BTreeSet::new(),
             dropped: BTreeMap::new(),
@@ -520,8 +526,15 @@ impl InFlight {
                 .insert(receipt.id, Instant::now() + self.retry_after);
             return;
         }
-        self.handled.push(receipt.id);
+        self.handled.insert(receipt.id);
         self.first_handled.get_or_insert_with(Instant::now);
+    }
+
+    /// Whether row `id` needs no publishing now: in flight, handled and waiting for its mark (a sweep
+    /// or a range published again before the mark must not deliver it once more), or dropped and
+    /// waiting for its delay.
+    fn taken(&self, id: i64) -> bool {
+        self.ids.contains(&id) || self.handled.contains(&id) || self.dropped.contains_key(&id)
     }
 
     /// When the handled rows should be marked.
@@ -540,13 +553,14 @@ impl InFlight {
         self.cursor > 0 && self.swept.elapsed() >= interval
     }
 
-    /// The rows below this id are not in flight.
+    /// The rows below this id are neither in flight nor handled and waiting for their mark: a sweep
+    /// reads below it, so that it does not read again, under load, the many rows whose marks wait.
     fn floor(&self) -> i64 {
-        self.ids
-            .first()
-            .copied()
-            .unwrap_or(self.cursor + 1)
-            .min(self.cursor + 1)
+        let first = match (self.ids.first(), self.handled.first()) {
+            (Some(a), Some(b)) => Some(*a.min(b)),
+            (a, b) => a.or(b).copied(),
+        };
+        first.unwrap_or(self.cursor + 1).min(self.cursor + 1)
     }
 }
 
