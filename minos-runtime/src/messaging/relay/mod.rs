@@ -288,7 +288,7 @@ impl OutboxRelay {
     }
 
     /// Marks the rows whose messages were handled (idempotent: with or without the lease). A mark
-    /// that fails is tried again a poll interval later.
+    /// that fails is tried again a poll interval (and the mark's delay) later.
     async fn mark_handled(&self, flight: &mut InFlight) {
         flight.collect();
         if flight.handled.is_empty() {
