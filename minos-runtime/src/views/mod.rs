@@ -510,7 +510,7 @@ pub(crate) fn recording<F: Future>(future: F) -> impl Future<Output = (F::Output
     WRITTEN
         .scope(Arc::clone(&written), future)
         .map(move |output| {
-            let recorded = written.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let recorded = std::mem::take(&mut *written.lock().unwrap_or_else(|p| p.into_inner()));
             (output, recorded)
         })
 }

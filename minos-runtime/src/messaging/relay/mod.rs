@@ -279,10 +279,16 @@ impl OutboxRelay {
         }
     }
 
-    /// Takes in the receipts that arrived and marks their rows once due.
+    /// Takes in the receipts that arrived and marks their rows once due: after their delay (one
+    /// statement for all that gathered), or at once when a batch's worth is waiting (unless a failed
+    /// mark is waiting to be tried again).
     async fn mark_if_due(&self, flight: &mut InFlight) {
         flight.collect();
-        if flight.mark_due().is_some_and(|due| due <= Instant::now()) {
+        let now = Instant::now();
+        let retrying = flight.first_handled.is_some_and(|first| first > now);
+        if (flight.handled.len() >= self.batch && !retrying)
+            || flight.mark_due().is_some_and(|due| due <= now)
+        {
             self.mark_handled(flight).await;
         }
     }
@@ -354,14 +360,8 @@ impl OutboxRelay {
                         }
                     }
                 }
-                // Marks wait for their delay (one statement for all that gathered) unless a
-                // batch's worth is waiting.
                 if let Some(flight) = flight.as_mut() {
-                    if flight.handled.len() >= self.batch {
-                        self.mark_handled(flight).await;
-                    } else {
-                        self.mark_if_due(flight).await;
-                    }
+                    self.mark_if_due(flight).await;
                 }
                 if let Some(held) = lease.as_mut() {
                     let round = match flight.as_mut() {
@@ -556,11 +556,13 @@ impl InFlight {
     /// The rows below this id are neither in flight nor handled and waiting for their mark: a sweep
     /// reads below it, so that it does not read again, under load, the many rows whose marks wait.
     fn floor(&self) -> i64 {
-        let first = match (self.ids.first(), self.handled.first()) {
-            (Some(a), Some(b)) => Some(*a.min(b)),
-            (a, b) => a.or(b).copied(),
-        };
-        first.unwrap_or(self.cursor + 1).min(self.cursor + 1)
+        let first = self
+            .ids
+            .first()
+            .into_iter()
+            .chain(self.handled.first())
+            .min();
+        first.map_or(self.cursor + 1, |id| *id.min(&(self.cursor + 1)))
     }
 }
 
