@@ -506,3 +506,78 @@ async fn concurrent_reads_and_saves_each_get_their_own_answer() {
         }
     }
 }
+
+/// The inbox entry of a handler that wrote nothing (an event's, without a reply) is held a moment and
+/// recorded with the others: look-ups see it at once, a copy is refused, another process sees it once
+/// the store settled (or within a few milliseconds), and a command's entry, which keeps its reply, is
+/// recorded at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_entries_of_handlers_that_wrote_nothing_are_recorded_together() {
+    use minos::store::{InboxEntry, InboxStore, StoreError};
+
+    let url = fresh_schema_url();
+    let here = Repository::new(PostgresStore::connect(&url).await.unwrap());
+    let elsewhere = PostgresStore::connect(&url).await.unwrap();
+    let entries: Vec<InboxEntry> = (0..300)
+        .map(|i| InboxEntry::new(format!("svc{}", i % 2), Uuid::new_v4()))
+        .collect();
+    for entry in &entries {
+        assert!(here
+            .commit_unit(&Vec::new(), Some(entry))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    for entry in &entries {
+        assert!(here.store().is_processed(entry).await.unwrap(), "{entry:?}");
+        let copy = here
+            .commit_unit(&Vec::new(), Some(entry))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(copy, Error::Store(StoreError::AlreadyProcessed { .. })),
+            "{copy}"
+        );
+    }
+    here.store().settle().await.unwrap();
+    for entry in &entries {
+        assert!(elsewhere.is_processed(entry).await.unwrap(), "{entry:?}");
+    }
+    let rows = elsewhere
+        .pool()
+        .get()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM inbox", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(rows, 300, "each entry once");
+
+    // Without settling: another process sees the entry within a few milliseconds.
+    let later = InboxEntry::new("svc0", Uuid::new_v4());
+    here.commit_unit(&Vec::new(), Some(&later)).await.unwrap();
+    let mut waited = 0;
+    while !elsewhere.is_processed(&later).await.unwrap() {
+        assert!(waited < 500, "not recorded after {waited} ms");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        waited += 5;
+    }
+
+    // A command's entry keeps its reply: recorded before the unit answers.
+    let mut command = InboxEntry::new("svc1", Uuid::new_v4());
+    command.reply = Some(json!({"status": 200, "content": "done", "headers": {}}));
+    here.commit_unit(&Vec::new(), Some(&command)).await.unwrap();
+    assert_eq!(
+        elsewhere.recorded_reply(&command).await.unwrap(),
+        command.reply
+    );
+    // Recorded a second ago and forgotten by the memory: still found, by the look-up's statement.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert!(here.store().is_processed(&entries[0]).await.unwrap());
+    assert!(!here
+        .store()
+        .is_processed(&InboxEntry::new("svc0", Uuid::new_v4()))
+        .await
+        .unwrap());
+}

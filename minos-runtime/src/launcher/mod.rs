@@ -466,6 +466,10 @@ impl RunningService {
         if let Some(projections) = self.projections {
             projections.stop().await;
         }
+        // The inbox entries the store holds back are in the inbox before the service ends.
+        if let Err(error) = self.context.repository().store().settle().await {
+            tracing::warn!(%error, "could not record the last inbox entries");
+        }
         self.relay.stop().await;
         tracing::info!("service `{}` stopped", self.context.name());
         // Its last log lines reach the log topic too (log.aggregate).

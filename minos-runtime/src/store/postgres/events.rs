@@ -53,6 +53,11 @@ impl EventStore for PostgresStore {
             // batch writers' next statement with the appends waiting beside it.
             return Ok(vec![self.append(event, messages).await?]);
         }
+        if let (true, Some(entry @ InboxEntry { reply: None, .. })) = (appends.is_empty(), inbox) {
+            // Only an inbox entry, without a reply (a handler of an event that wrote nothing): held,
+            // and recorded with the others of the next few milliseconds in one statement.
+            return self.inbox.deferred.hold(entry).map(|()| Vec::new());
+        }
         if let (true, Some(entry)) = (appends.is_empty(), inbox) {
             // Only an inbox entry (a handler that wrote nothing, a refused or parked message): it
             // joins the entries waiting beside it in one statement, whose own transaction does not

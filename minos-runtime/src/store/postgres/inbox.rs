@@ -3,6 +3,10 @@
 //! of it. Idle, a request goes out from its caller's task after one turn of the scheduler (handlers
 //! woken together ask together: when others arrived in that turn, it joins them in the task's next
 //! statement); busy, the requests that arrived meanwhile share the next statement.
+//!
+//! The entry of a handler that wrote nothing and owes no reply (an event's) is not waited for at all:
+//! it is held in memory, where the inbox's look-ups see it, and recorded with the others that arrived
+//! within a few milliseconds in one statement ([`Deferred`]).
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -17,10 +21,12 @@ use uuid::Uuid;
 
 use crate::store::{InboxEntry, StoreError};
 
+pub(super) use super::deferred::Deferred;
+
 use super::{db_error, pool_error, prepared, BACKEND};
 
 /// Most requests in one statement.
-const MAX_BATCH: usize = 256;
+pub(super) const MAX_BATCH: usize = 256;
 
 /// Which of the `(consumer, identifier)` pairs `$1`, `$2` the inbox has: one primary-key probe per
 /// pair (the lateral `LIMIT 1` keeps a plan made while the inbox was small from scanning it whole
@@ -152,13 +158,15 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
     }
 }
 
-/// The two inbox batchers of a store.
+/// The two inbox batchers of a store, and the entries it records a moment later.
 #[derive(Clone)]
 pub(super) struct InboxBatchers {
     /// Whether the inbox has an entry.
     pub(super) found: Batcher<(String, Uuid), bool>,
     /// Records an entry (with its reply); `false` when the inbox had it already.
     pub(super) record: Batcher<(String, Uuid, Option<String>), bool>,
+    /// The entries of handlers that wrote nothing and owe no reply.
+    pub(super) deferred: Deferred,
 }
 
 impl InboxBatchers {
@@ -185,43 +193,59 @@ impl InboxBatchers {
                 }
             })
         };
-        let record = Batcher::spawn(move |entries: Vec<(String, Uuid, Option<String>)>| {
+        let record = {
             let pool = Arc::clone(&pool);
-            async move {
-                // One row per entry: a second request for the same entry in the batch finds it
-                // recorded by the first.
-                let mut seen = HashSet::new();
-                let firsts: Vec<bool> = entries
-                    .iter()
-                    .map(|(c, i, _)| seen.insert((c.as_str(), *i)))
-                    .collect();
-                let (mut consumers, mut identifiers, mut replies) = (vec![], vec![], vec![]);
-                for ((consumer, identifier, reply), first) in entries.iter().zip(&firsts) {
-                    if *first {
-                        consumers.push(consumer.as_str());
-                        identifiers.push(*identifier);
-                        replies.push(reply.as_deref());
+            Batcher::spawn(move |entries: Vec<(String, Uuid, Option<String>)>| {
+                let pool = Arc::clone(&pool);
+                async move {
+                    // One row per entry: a second request for the same entry in the batch finds it
+                    // recorded by the first.
+                    let mut seen = HashSet::new();
+                    let firsts: Vec<bool> = entries
+                        .iter()
+                        .map(|(c, i, _)| seen.insert((c.as_str(), *i)))
+                        .collect();
+                    let (mut consumers, mut identifiers, mut replies) = (vec![], vec![], vec![]);
+                    for ((consumer, identifier, reply), first) in entries.iter().zip(&firsts) {
+                        if *first {
+                            consumers.push(consumer.as_str());
+                            identifiers.push(*identifier);
+                            replies.push(reply.as_deref());
+                        }
                     }
+                    let recorded = insert(&pool, &consumers, &identifiers, &replies).await?;
+                    Ok(entries
+                        .iter()
+                        .zip(firsts)
+                        .map(|((c, i, _), first)| first && recorded.contains(&(c.clone(), *i)))
+                        .collect())
                 }
-                let client = pool.get().await.map_err(pool_error)?;
-                let rows = client
-                    .query(
-                        &prepared(&client, RECORD).await?,
-                        &[&consumers, &identifiers, &replies],
-                    )
-                    .await
-                    .map_err(db_error)?;
-                let recorded: HashSet<(String, Uuid)> =
-                    rows.iter().map(|row| (row.get(0), row.get(1))).collect();
-                Ok(entries
-                    .iter()
-                    .zip(firsts)
-                    .map(|((c, i, _), first)| first && recorded.contains(&(c.clone(), *i)))
-                    .collect())
-            }
-        });
-        InboxBatchers { found, record }
+            })
+        };
+        InboxBatchers {
+            found,
+            record,
+            deferred: Deferred::spawn(pool),
+        }
     }
+}
+
+/// Runs [`RECORD`] for the entries: answers those it recorded (the others were recorded already).
+pub(super) async fn insert(
+    pool: &Pool,
+    consumers: &[&str],
+    identifiers: &[Uuid],
+    replies: &[Option<&str>],
+) -> Result<HashSet<(String, Uuid)>, StoreError> {
+    let client = pool.get().await.map_err(pool_error)?;
+    let rows = client
+        .query(
+            &prepared(&client, RECORD).await?,
+            &[&consumers, &identifiers, &replies],
+        )
+        .await
+        .map_err(db_error)?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
 /// The batcher request for `entry`.

@@ -8,6 +8,7 @@
 //! `snapshots`, `query` (conditions and orderings as SQL), `outbox` (outbox and inbox), `transactions`
 //! and `sagas`.
 
+mod deferred;
 mod events;
 mod inbox;
 mod lock;

@@ -107,11 +107,16 @@ impl OutboxStore for PostgresStore {
 #[async_trait]
 impl InboxStore for PostgresStore {
     async fn is_processed(&self, entry: &InboxEntry) -> Result<bool, StoreError> {
+        let key = (entry.consumer.clone(), entry.identifier);
+        if self.inbox.deferred.holds(&key) {
+            return Ok(true);
+        }
         // With the look-ups waiting beside it, in one statement.
-        self.inbox
-            .found
-            .call((entry.consumer.clone(), entry.identifier))
-            .await
+        self.inbox.found.call(key).await
+    }
+
+    async fn settle(&self) -> Result<(), StoreError> {
+        self.inbox.deferred.settle().await
     }
 
     async fn recorded_reply(

@@ -45,11 +45,19 @@ impl RetentionStore for PostgresStore {
             Retained::Transactions => TRANSACTIONS,
         };
         let limit = limit.min(i64::MAX as usize) as i64;
+        if kind == Retained::Inbox {
+            // The entries held back are recorded first, so the cut-off applies to them too.
+            self.inbox.deferred.settle().await?;
+        }
         let client = self.client().await?;
         let row = client
             .query_one(&prepared(&client, sql).await?, &[&before, &limit])
             .await
             .map_err(db_error)?;
+        if kind == Retained::Inbox {
+            // What was removed is not refused from memory any more.
+            self.inbox.deferred.forget_recorded();
+        }
         Ok(row.get::<_, i64>(0).max(0) as u64)
     }
 }
