@@ -41,10 +41,12 @@ pub(crate) async fn position(
     }))
 }
 
-/// Moves the positions of views in `source` to `to`, each from the position it names, in one
-/// statement; `false` when one was not there (another process moved it, or the view was rebuilt).
-pub(crate) async fn advance(
-    tx: &mut dyn Tx,
+/// Moves the positions of views in `source` to `to`, each from the position it names, and commits the
+/// transaction, all in one statement and one round trip where the database allows it (PostgreSQL
+/// pipelines the move with the commit); `false`, with the transaction rolled back, when one position
+/// was not there (another process moved it, or the view was rebuilt).
+pub(crate) async fn advance_and_commit(
+    tx: Box<dyn Tx>,
     moves: &[(&str, Position)],
     source: &str,
     to: Position,
@@ -74,7 +76,8 @@ pub(crate) async fn advance(
             SqlValue::Integer(from.id),
         ]);
     }
-    Ok(tx.execute(&sql, &params).await? == moves.len() as u64)
+    tx.commit_if_changed(&sql, &params, moves.len() as u64)
+        .await
 }
 
 /// Starts the view's projection of `source` at the beginning, unless it has a position.

@@ -47,6 +47,22 @@ pub(crate) trait Tx: Send {
     /// Commits (a no-op for a read connection).
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 
+    /// Runs the statement `sql` and commits when it changed `expected` rows; otherwise rolls back and
+    /// answers `false`. PostgreSQL sends the statement and the commit together (one round trip).
+    async fn commit_if_changed(
+        mut self: Box<Self>,
+        sql: &str,
+        params: &[SqlValue],
+        expected: u64,
+    ) -> Result<bool, StoreError> {
+        if self.execute(sql, params).await? != expected {
+            // Dropped: rolled back.
+            return Ok(false);
+        }
+        self.commit().await?;
+        Ok(true)
+    }
+
     /// The view rows waiting to be written and the transaction under them, for a projection's
     /// transaction ([`Buffered`]); `None` for others.
     fn buffered(&mut self) -> Option<(&mut Pending, &mut dyn Tx)> {
@@ -239,6 +255,16 @@ impl Tx for Buffered {
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
         self.flush().await?;
         self.inner.commit().await
+    }
+
+    async fn commit_if_changed(
+        mut self: Box<Self>,
+        sql: &str,
+        params: &[SqlValue],
+        expected: u64,
+    ) -> Result<bool, StoreError> {
+        self.flush().await?;
+        self.inner.commit_if_changed(sql, params, expected).await
     }
 
     async fn flush(&mut self) -> Result<(), StoreError> {

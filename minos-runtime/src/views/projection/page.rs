@@ -340,18 +340,16 @@ impl Projections {
         let tx = Arc::try_unwrap(tx)
             .map_err(|_| Error::broker_message("a view handler kept the projection's transaction"))?
             .into_inner();
-        let mut tx = tx;
         let moves: Vec<(&str, Position)> = views
             .iter()
             .map(|v| (plans[v.index].def.name, v.from))
             .collect();
-        if !positions::advance(tx.as_mut(), &moves, page.source, last).await? {
+        if !positions::advance_and_commit(tx, &moves, page.source, last).await? {
             // Another process applied this page first, or a view was reset: start again from
-            // wherever the positions are now (this transaction rolls back).
+            // wherever the positions are now (this transaction rolled back).
             views.iter().for_each(|view| view.distrust());
             return Ok(Step::Applied);
         }
-        tx.commit().await?;
         for (at, view) in views.iter().enumerate() {
             let follower = view.follower;
             let mut status = follower.status.lock().unwrap_or_else(|p| p.into_inner());
