@@ -351,7 +351,9 @@ impl Tx for PostgresTx {
         );
         match changed {
             Ok(_) => committed.map(|()| true).map_err(err),
-            Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO) => {
+            Err(error)
+                if error.code() == Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO) =>
+            {
                 committed.map(|()| false).map_err(err)
             }
             Err(error) => Err(err(error)),
@@ -366,7 +368,10 @@ mod tests {
 
     async fn n(views: &Views) -> i64 {
         let mut read = views.read().await.unwrap();
-        let rows = read.query("SELECT n FROM counted WHERE id = 1", &[]).await.unwrap();
+        let rows = read
+            .query("SELECT n FROM counted WHERE id = 1", &[])
+            .await
+            .unwrap();
         rows[0][0].as_i64().unwrap()
     }
 
@@ -385,7 +390,10 @@ mod tests {
         for views in [Views::memory().await.unwrap(), postgres] {
             let mut setup = views.begin().await.unwrap();
             setup
-                .execute("CREATE TABLE counted (id BIGINT PRIMARY KEY, n BIGINT NOT NULL)", &[])
+                .execute(
+                    "CREATE TABLE counted (id BIGINT PRIMARY KEY, n BIGINT NOT NULL)",
+                    &[],
+                )
                 .await
                 .unwrap();
             setup
@@ -398,7 +406,9 @@ mod tests {
             let bump = format!("UPDATE counted SET n = n + 1 WHERE id = {}", p(1));
             for round in 0..3 {
                 let mut tx = views.begin().await.unwrap();
-                tx.execute("UPDATE counted SET n = n + 10", &[]).await.unwrap();
+                tx.execute("UPDATE counted SET n = n + 10", &[])
+                    .await
+                    .unwrap();
                 let committed = tx
                     .commit_if_changed(&bump, &[SqlValue::Integer(1)], 1)
                     .await
@@ -408,7 +418,9 @@ mod tests {
             }
             for _ in 0..3 {
                 let mut tx = views.begin().await.unwrap();
-                tx.execute("UPDATE counted SET n = 1000", &[]).await.unwrap();
+                tx.execute("UPDATE counted SET n = 1000", &[])
+                    .await
+                    .unwrap();
                 let committed = tx
                     .commit_if_changed(&bump, &[SqlValue::Integer(2)], 1)
                     .await
@@ -418,7 +430,9 @@ mod tests {
             }
             // A failing statement is an error, and rolls back too.
             let mut tx = views.begin().await.unwrap();
-            tx.execute("UPDATE counted SET n = 2000", &[]).await.unwrap();
+            tx.execute("UPDATE counted SET n = 2000", &[])
+                .await
+                .unwrap();
             let failed = tx
                 .commit_if_changed("UPDATE counted SET n = NULL", &[], 1)
                 .await;
