@@ -539,6 +539,27 @@ async fn inbox_entries_of_handlers_that_wrote_nothing_are_recorded_together() {
             "{copy}"
         );
     }
+    // A unit with writes for a message whose entry is held is a copy too.
+    let customer = here.create(Customer { name: "c".into() }).await.unwrap();
+    let mut renamed = here.get::<Customer>(customer.uuid()).await.unwrap();
+    renamed.name = "d".into();
+    let (saved, writes) = here
+        .staged(here.clone().scope(async { renamed.save().await }))
+        .await;
+    saved.unwrap();
+    assert_eq!(writes.len(), 1);
+    let copy = here
+        .commit_unit(&writes, Some(&entries[5]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(copy, Error::Store(StoreError::AlreadyProcessed { .. })),
+        "{copy}"
+    );
+    assert_eq!(
+        here.get::<Customer>(customer.uuid()).await.unwrap().name,
+        "c"
+    );
     here.store().settle().await.unwrap();
     for entry in &entries {
         assert!(elsewhere.is_processed(entry).await.unwrap(), "{entry:?}");

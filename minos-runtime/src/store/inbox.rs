@@ -66,9 +66,10 @@ pub trait InboxStore: Send + Sync {
         Ok(None)
     }
 
-    /// Records now the entries the store holds back to record together, and answers once they are
-    /// recorded. The PostgreSQL store holds those of handlers that wrote nothing and owe no reply for
-    /// about 10 ms (its look-ups see them meanwhile); a stopping service calls this after its consumers
+    /// Records now the entries the store holds back to record together, and answers once those held
+    /// before the call are recorded (an error when the database refuses them or that takes over 5 s).
+    /// The PostgreSQL store holds those of handlers that wrote nothing and owe no reply for about 10
+    /// ms (its look-ups see them meanwhile); a stopping service calls this after its consumers
     /// stopped. The default holds none.
     async fn settle(&self) -> Result<(), StoreError> {
         Ok(())

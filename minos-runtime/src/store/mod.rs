@@ -405,7 +405,10 @@ pub trait EventStore: Send + Sync {
 
     /// Appends every event (each with its messages) and records `inbox`, all in one transaction: either
     /// everything is stored or nothing is. With `inbox` already recorded, nothing is written and the
-    /// answer is [`StoreError::AlreadyProcessed`].
+    /// answer is [`StoreError::AlreadyProcessed`]. A store may record an entry without writes and
+    /// without a reply a moment later ([`InboxStore::settle`]); a unit with nothing but such an entry
+    /// is then refused only while the store remembers it (the PostgreSQL store: held, or recorded
+    /// within the last second), since there is nothing such a copy could write twice.
     async fn commit_unit(
         &self,
         appends: &[(Event, Vec<DomainMessage>)],

@@ -58,6 +58,8 @@ impl EventStore for PostgresStore {
             // and recorded with the others of the next few milliseconds in one statement.
             return self.inbox.deferred.hold(entry).map(|()| Vec::new());
         }
+        // A copy of a message whose entry is held (not in the inbox yet) is refused here.
+        self.inbox.deferred.refuse_held(inbox)?;
         if let (true, Some(entry)) = (appends.is_empty(), inbox) {
             // Only an inbox entry (a handler that wrote nothing, a refused or parked message): it
             // joins the entries waiting beside it in one statement, whose own transaction does not

@@ -318,6 +318,7 @@ impl PostgresStore {
         inbox: Option<&InboxEntry>,
     ) -> Result<bool, StoreError> {
         let (events, messages) = encode_writes(writes)?;
+        self.inbox.deferred.refuse_held(inbox)?;
         let (consumer, identifier, reply) = inbox_columns(inbox);
         let client = self.client().await?;
         let row = client
@@ -443,6 +444,7 @@ impl TransactionStore for PostgresStore {
         let (events, messages) = encode_writes(writes)?;
         let uuids: Vec<Uuid> = chain.iter().map(|e| e.uuid).collect();
         let destinations: Vec<Option<Uuid>> = chain.iter().map(|e| e.destination).collect();
+        self.inbox.deferred.refuse_held(inbox)?;
         let (consumer, identifier, reply) = inbox_columns(inbox);
         let client = self.client().await?;
         let statement = prepared(&client, OPEN_AND_HOLD).await?;

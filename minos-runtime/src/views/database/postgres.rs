@@ -342,13 +342,39 @@ impl Tx for PostgresTx {
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         let statement = self.client().prepare_cached(&checked).await.map_err(err)?;
-        // From here the transaction ends either way: committed, or rolled back by that `COMMIT`.
+        // This ends the transaction: the connection leaves its keeping.
+        let Some(client) = self.client.take() else {
+            return Err(StoreError::backend(
+                "view database",
+                "the transaction has no connection",
+            ));
+        };
         self.open = false;
-        let client = self.client();
-        let (changed, committed) = futures_util::join!(
-            client.query(&statement, &refs),
-            client.batch_execute("COMMIT")
-        );
+        let sent = {
+            // The statement goes out at its first poll; one that fails before (its parameters) must
+            // not be followed by a `COMMIT` of what the page wrote.
+            let mut changed = std::pin::pin!(client.query(&statement, &refs));
+            match futures_util::FutureExt::now_or_never(changed.as_mut()) {
+                Some(early) => Err(early),
+                None => Ok(futures_util::join!(changed, client.batch_execute("COMMIT"))),
+            }
+        };
+        let (changed, committed) = match sent {
+            Ok(answers) => answers,
+            Err(early) => {
+                if client.batch_execute("ROLLBACK").await.is_err() {
+                    let _ = Object::take(client);
+                }
+                return Err(match early {
+                    Err(error) => err(error),
+                    Ok(_) => StoreError::backend(
+                        "view database",
+                        "the position statement answered before it was sent",
+                    ),
+                });
+            }
+        };
+        // A failed statement left the transaction aborted: that `COMMIT` rolled it back.
         match changed {
             Ok(_) => committed.map(|()| true).map_err(err),
             Err(error)
@@ -391,7 +417,7 @@ mod tests {
             let mut setup = views.begin().await.unwrap();
             setup
                 .execute(
-                    "CREATE TABLE counted (id BIGINT PRIMARY KEY, n BIGINT NOT NULL)",
+                    "CREATE TABLE counted (id BIGINT PRIMARY KEY, n BIGINT NOT NULL, small SMALLINT)",
                     &[],
                 )
                 .await
@@ -438,6 +464,32 @@ mod tests {
                 .await;
             assert!(failed.is_err(), "{views:?}");
             assert_eq!(n(&views).await, 33, "{views:?}");
+            // A parameter PostgreSQL's client cannot send (too large for SMALLINT) fails the
+            // statement before it goes out: nothing is committed either.
+            let mut tx = views.begin().await.unwrap();
+            tx.execute("UPDATE counted SET n = 3000", &[])
+                .await
+                .unwrap();
+            let unsent = tx
+                .commit_if_changed(
+                    &format!("UPDATE counted SET n = n + 1 WHERE small = {}", p(1)),
+                    &[SqlValue::Integer(100_000)],
+                    1,
+                )
+                .await;
+            assert!(!matches!(unsent, Ok(true)), "{views:?}: {unsent:?}");
+            assert_eq!(n(&views).await, 33, "{views:?}");
+            if dialect == super::super::Dialect::Postgres {
+                assert!(unsent.is_err(), "{unsent:?}");
+            }
+            // The connections are fine afterwards.
+            let tx = views.begin().await.unwrap();
+            let committed = tx
+                .commit_if_changed(&bump, &[SqlValue::Integer(1)], 1)
+                .await
+                .unwrap();
+            assert!(committed);
+            assert_eq!(n(&views).await, 34, "{views:?}");
         }
         let mut drop = Views::open(&base).await.unwrap().begin().await.unwrap();
         drop.execute(&format!("DROP SCHEMA {schema} CASCADE"), &[])
