@@ -28,7 +28,7 @@ use super::inbox::{insert, MAX_BATCH};
 use super::BACKEND;
 
 /// How long an entry waits for others to be recorded with.
-pub(super) const DEFER: Duration = Duration::from_millis(10);
+const DEFER: Duration = Duration::from_millis(10);
 
 /// How long a recorded entry is still refused from memory.
 const REMEMBER: Duration = Duration::from_secs(1);
