@@ -387,6 +387,110 @@ async fn a_row_committed_below_one_already_relayed_still_goes_out() {
     relay.stop().await;
 }
 
+/// The relay takes what this process's appends commit from the store's feed and reads the table for
+/// the rest: concurrent creates and saves, units with an inbox entry (their own transactions) and rows
+/// another process wrote all go out, each once, each root's in version order, and every row ends
+/// marked sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_row_goes_out_once_whether_handed_over_or_read() {
+    use minos::messaging::{Broker, MemoryBroker, OutboxRelay};
+    use minos::store::{EventStore, InboxEntry};
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    let url = fresh_schema_url();
+    let repository = Repository::new(PostgresStore::connect(&url).await.unwrap());
+    let other = PostgresStore::connect(&url).await.unwrap();
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+    let topics = ["OrderCreated", "OrderUpdated", "Elsewhere"].map(str::to_owned);
+    let mut received = broker.subscribe("observer", &topics).await.unwrap();
+    let relay = OutboxRelay::new(
+        repository.store().clone(),
+        Arc::clone(&broker),
+        repository.commits(),
+    )
+    .spawn();
+    let roots = 30;
+    let saves = 4;
+    let writers: Vec<_> = (0..roots)
+        .map(|i| {
+            let repository = repository.clone();
+            tokio::spawn(async move {
+                let mut order = repository
+                    .create(Order::sample(&format!("c{i}"), 1.0))
+                    .await
+                    .unwrap();
+                for _ in 0..saves {
+                    order.quantity += 1;
+                    repository.save(&mut order).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    // Units in transactions of their own, and rows another process wrote, meanwhile.
+    let store = repository.store().clone();
+    for i in 0..5 {
+        let order = repository
+            .staged(repository.create(Order::sample(&format!("unit{i}"), 2.0)))
+            .await;
+        let (created, writes) = order;
+        created.unwrap();
+        let entry = InboxEntry::new("svc", uuid::Uuid::new_v4());
+        store.commit_unit(&writes, Some(&entry)).await.unwrap();
+        let client = other.pool().get().await.unwrap();
+        client
+            .execute(
+                "INSERT INTO outbox (identifier, topic, key, payload, created_at) \
+                 VALUES (gen_random_uuid(), 'Elsewhere', 'k', $1, now())",
+                &[&serde_json::json!({ "i": i })],
+            )
+            .await
+            .unwrap();
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let expected = roots * (1 + saves) + 5 + 5;
+    let mut seen = std::collections::HashSet::new();
+    let mut versions: HashMap<String, u64> = HashMap::new();
+    while seen.len() < expected {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), received.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {expected} published", seen.len()))
+            .unwrap();
+        assert!(
+            seen.insert(delivery.message.identifier),
+            "published twice: {:?}",
+            delivery.message
+        );
+        let content = &delivery.message.payload.content;
+        if let (Some(uuid), Some(version)) = (content["uuid"].as_str(), content["version"].as_u64())
+        {
+            let last = versions.insert(uuid.to_owned(), version).unwrap_or(0);
+            assert_eq!(version, last + 1, "each root's events in order");
+        }
+        delivery.ack();
+    }
+    assert_eq!(versions.len(), roots + 5);
+    let started = std::time::Instant::now();
+    while !store.pending(10).await.unwrap().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "handled rows are marked sent"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), received.next())
+            .await
+            .is_err(),
+        "each row once"
+    );
+    let events = store.events(&EventFilter::default()).await.unwrap();
+    assert_eq!(events.len(), roots * (1 + saves) + 5);
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn statements_running_too_long_are_cancelled() {
     let options = minos::store::PostgresOptions {

@@ -1,6 +1,7 @@
 //! The store layer: ports for events, snapshots and the outbox, with in-memory and embedded (SQLite)
 //! adapters. Every adapter passes the same conformance suite (`conformance`, behind the `testing` feature).
 
+mod feed;
 mod inbox;
 mod lease;
 mod memory;
@@ -11,6 +12,7 @@ mod retention;
 mod sqlite;
 mod transactions;
 
+pub use feed::{CommitFeed, FeedTicket};
 pub(crate) use inbox::stored_reply_text;
 pub use inbox::{InboxEntry, InboxStore, INBOX_REPLY_MAX};
 pub use lease::RelayLease;
@@ -452,6 +454,12 @@ pub trait OutboxStore: Send + Sync {
             pending.len() as u64,
             pending.first().map(|record| record.created_at),
         ))
+    }
+
+    /// The rows this store hands its relay as it commits them, if it does ([`CommitFeed`]): the relay
+    /// then reads the table only for what the feed does not hold. None by default.
+    fn feed(&self) -> Option<Arc<CommitFeed>> {
+        None
     }
 
     /// Leadership of the relay for this store: `Some` while this process may publish the outbox, `None`

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::{BrokerMessage, Receipt, Receipts, SharedBroker};
 use crate::error::Result;
-use crate::store::{OutboxRecord, RelayLease, SharedStore};
+use crate::store::{CommitFeed, OutboxRecord, RelayLease, SharedStore};
 
 /// Moves outbox rows to the broker.
 #[derive(Clone, Debug)]
@@ -194,6 +194,46 @@ impl OutboxRelay {
             let below = flight.floor();
             self.publish_range(lease, flight, quiet, 0..below).await?;
         }
+        let Some(feed) = flight.feed.clone() else {
+            return self.read_past_cursor(lease, flight, quiet).await;
+        };
+        // With a feed, the table past the cursor is read when the feed does not hold everything
+        // committed (the lease was just granted, rows came without it, it holds a gap, it
+        // overflowed), and once a sweep interval for the rows of other processes. Rows the feed
+        // handed over stay above the cursor until such a read passes them (in flight, they are
+        // skipped), so it also finds rows committed late without the feed. A gap the feed finds
+        // sends this round to the table once more.
+        for pass in 0..2 {
+            let dirty = feed.take_dirty();
+            if dirty || flight.unread || flight.read_at.elapsed() >= self.sweep_interval() {
+                self.read_past_cursor(lease, flight, quiet).await?;
+            } else if pass > 0 {
+                return Ok(());
+            }
+            loop {
+                if quiet.held() {
+                    return Ok(());
+                }
+                self.mark_if_due(flight).await;
+                self.broker.ready_for_more().await;
+                let rows = feed.take(self.batch);
+                if rows.is_empty() {
+                    break;
+                }
+                self.publish_tracked(lease, flight, quiet, rows).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the unsent rows past the cursor, page by page, moving the cursor.
+    async fn read_past_cursor(
+        &self,
+        lease: &mut RelayLease,
+        flight: &mut InFlight,
+        quiet: &Quiet,
+    ) -> Result<()> {
+        flight.read_at = Instant::now();
         loop {
             if quiet.held() {
                 return Ok(());
@@ -202,20 +242,34 @@ impl OutboxRelay {
             // flight stays bounded by what the broker holds.
             self.mark_if_due(flight).await;
             self.broker.ready_for_more().await;
-            let records = self
-                .store
-                .pending_in(flight.cursor + 1..i64::MAX, self.batch)
-                .await?;
+            let records = self.read(flight, flight.cursor + 1..i64::MAX).await?;
             let Some(last) = records.last().map(|record| record.id) else {
-                return Ok(());
+                break;
             };
             let full = records.len() == self.batch;
             flight.cursor = last;
             self.publish_tracked(lease, flight, quiet, records).await;
             if !full {
-                return Ok(());
+                break;
             }
         }
+        flight.unread = false;
+        Ok(())
+    }
+
+    /// The unsent rows with ids in `ids`, a page of them, read from the table; the feed learns which
+    /// rows it found, so that it does not hand them over again.
+    async fn read(
+        &self,
+        flight: &InFlight,
+        ids: std::ops::Range<i64>,
+    ) -> Result<Vec<OutboxRecord>> {
+        let records = self.store.pending_in(ids, self.batch).await?;
+        if let Some(feed) = &flight.feed {
+            let ids: Vec<i64> = records.iter().map(|record| record.id).collect();
+            feed.note_read(&ids);
+        }
+        Ok(records)
     }
 
     /// Publishes the unsent rows with ids in `ids` that are not in flight, page by page.
@@ -229,7 +283,7 @@ impl OutboxRelay {
         let mut from = ids.start;
         while from < ids.end && !quiet.held() {
             self.mark_if_due(flight).await;
-            let records = self.store.pending_in(from..ids.end, self.batch).await?;
+            let records = self.read(flight, from..ids.end).await?;
             let Some(last) = records.last().map(|record| record.id) else {
                 break;
             };
@@ -335,10 +389,11 @@ impl OutboxRelay {
             let quiet = held;
             let mut backoff = Duration::from_millis(100);
             let mut lease: Option<RelayLease> = None;
+            // Only a relay that tracks its rows to their handlers takes them from the store's feed.
             let mut flight = self
                 .broker
                 .holds_until_handled()
-                .then(|| InFlight::new(self.poll));
+                .then(|| InFlight::new(self.poll, self.store.feed()));
             loop {
                 // A lease whose lock died with its connection may be another relay's by now.
                 if lease.as_ref().is_some_and(|held| !held.is_held()) {
@@ -346,13 +401,21 @@ impl OutboxRelay {
                     lease = None;
                 }
                 if lease.is_none() {
+                    if let Some(feed) = flight.as_ref().and_then(|flight| flight.feed.as_ref()) {
+                        feed.disable();
+                    }
                     match self.store.relay_lease().await {
                         Ok(Some(granted)) => {
-                            lease = Some(granted);
-                            // Read everything again under the new lease (what is in flight stays).
+                            // Read everything again under the new lease (what is in flight stays),
+                            // and take what is committed from now on from the feed.
                             if let Some(flight) = flight.as_mut() {
                                 flight.cursor = 0;
+                                flight.unread = true;
+                                if let Some(feed) = &flight.feed {
+                                    feed.enable(Arc::clone(&self.wake), granted.horizon());
+                                }
                             }
+                            lease = Some(granted);
                         }
                         Ok(None) => tracing::debug!("another process relays this outbox; waiting"),
                         Err(error) => {
@@ -417,6 +480,9 @@ impl OutboxRelay {
             }
             match flight.as_mut() {
                 Some(flight) => {
+                    if let Some(feed) = &flight.feed {
+                        feed.disable();
+                    }
                     // Give the handlers still at work a moment, then mark what they finished.
                     let deadline = Instant::now() + STOP_WAIT;
                     while !flight.ids.is_empty() {
@@ -493,10 +559,16 @@ struct InFlight {
     /// How long a dropped row waits before it is published again.
     retry_after: Duration,
     swept: Instant,
+    /// The rows the store hands over as it commits them, if it does.
+    feed: Option<Arc<CommitFeed>>,
+    /// When the table past the cursor was last read.
+    read_at: Instant,
+    /// Not read through since the lease was granted.
+    unread: bool,
 }
 
 impl InFlight {
-    fn new(retry_after: Duration) -> Self {
+    fn new(retry_after: Duration, feed: Option<Arc<CommitFeed>>) -> Self {
         let (receipts, arrived) = Receipts::channel();
         InFlight {
             receipts,
@@ -509,6 +581,9 @@ impl InFlight {
             dropped: BTreeMap::new(),
             retry_after,
             swept: Instant::now(),
+            feed,
+            read_at: Instant::now(),
+            unread: true,
         }
     }
 

@@ -81,6 +81,12 @@ impl EventStore for PostgresStore {
                 .map_err(db_error)?;
             recorded(inserted, entry)?;
         }
+        // Its outbox rows do not come through the relay's feed: the ticket, dropped once the commit
+        // ended, holds back the rows with greater ids and sends the relay to the table.
+        let ticket = appends
+            .iter()
+            .any(|(_, messages)| !messages.is_empty())
+            .then(|| self.feed.ticket());
         let mut stored = Vec::with_capacity(appends.len());
         if !appends.is_empty() {
             let items: Vec<(&Event, &[DomainMessage])> =
@@ -89,7 +95,9 @@ impl EventStore for PostgresStore {
                 stored.push(result?);
             }
         }
-        tx.commit().await.map_err(db_error)?;
+        let committed = tx.commit().await;
+        drop(ticket);
+        committed.map_err(db_error)?;
         Ok(stored)
     }
 

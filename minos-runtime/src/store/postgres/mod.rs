@@ -10,6 +10,8 @@
 
 mod deferred;
 mod events;
+#[cfg(test)]
+mod feed_tests;
 mod inbox;
 mod lock;
 mod migrate;
@@ -72,6 +74,8 @@ pub struct PostgresStore {
     pool: Pool,
     appends: mpsc::UnboundedSender<writer::AppendRequest>,
     inbox: inbox::InboxBatchers,
+    /// The outbox rows the append writers commit, on their way to this process's relay.
+    feed: std::sync::Arc<crate::store::CommitFeed>,
     schema: Option<String>,
 }
 
@@ -198,10 +202,11 @@ impl PostgresStore {
             pool: pool.clone(),
             appends,
             inbox: inbox::InboxBatchers::spawn(&pool),
+            feed: Default::default(),
             schema,
         };
         store.migrate().await?;
-        writer::spawn(&pool, receiver, &options);
+        writer::spawn(&pool, receiver, &store.feed, &options);
         Ok(store)
     }
 

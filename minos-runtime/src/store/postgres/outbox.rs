@@ -62,6 +62,10 @@ impl OutboxStore for PostgresStore {
         Ok((row.get::<_, i64>(0).max(0) as u64, row.get(1)))
     }
 
+    fn feed(&self) -> Option<std::sync::Arc<crate::store::CommitFeed>> {
+        Some(std::sync::Arc::clone(&self.feed))
+    }
+
     async fn relay_lease(&self) -> Result<Option<RelayLease>, StoreError> {
         let Some(lock) = self.try_relay_lock().await? else {
             return Ok(None);

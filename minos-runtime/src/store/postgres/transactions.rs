@@ -254,6 +254,12 @@ impl PostgresStore {
         let top = Uuid::nil();
         let status = entry.status.as_str();
         let params = entry_params(entry, &status);
+        // The held writes' outbox rows do not come through the relay's feed: the ticket, dropped once
+        // the commit ended, holds back the rows with greater ids and sends the relay to the table.
+        let ticket = held
+            .iter()
+            .any(|(_, messages)| !messages.is_empty())
+            .then(|| self.feed.ticket());
         // All go out at once (pipelined on the connection, in this order: the entry is locked before
         // the settle counts the held writes it forgets, the claim taken before the versions are read);
         // the commit makes them one. A concurrent claimer of the same roots waits for this transaction
@@ -304,7 +310,9 @@ impl PostgresStore {
             return changed();
         }
         let stored = stored?.into_iter().collect::<Result<Vec<_>, _>>()?;
-        tx.commit().await.map_err(db_error)?;
+        let committed = tx.commit().await;
+        drop(ticket);
+        committed.map_err(db_error)?;
         Ok(ClaimedCommit::Committed(stored))
     }
 

@@ -1,5 +1,6 @@
 //! The batch append writer: appends wait in a channel, a few writer tasks take what is waiting and
-//! commit it in one atomic statement ([`commit_with`], also the path of `commit_unit`).
+//! commit it in one atomic statement ([`commit_with`], also the path of `commit_unit`), and hand the
+//! outbox rows it committed to the relay ([`CommitFeed`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::domain::{Action, DomainMessage, Event};
-use crate::store::{check_applies, Snapshot, StoreError, StoredEvent};
+use crate::store::{check_applies, CommitFeed, OutboxRecord, Snapshot, StoreError, StoredEvent};
 
 use super::snapshots::{decode_snapshot, SNAPSHOT_COLUMNS};
 use super::{db_error, pool_error, prepared, PostgresOptions, BACKEND};
@@ -29,6 +30,7 @@ pub(super) struct AppendRequest {
 pub(super) fn spawn(
     pool: &Pool,
     receiver: mpsc::UnboundedReceiver<AppendRequest>,
+    feed: &Arc<CommitFeed>,
     options: &PostgresOptions,
 ) {
     let receiver = Arc::new(Mutex::new(receiver));
@@ -36,6 +38,7 @@ pub(super) fn spawn(
         tokio::spawn(writer(
             pool.clone(),
             Arc::clone(&receiver),
+            Arc::clone(feed),
             options.max_batch.max(1),
         ));
     }
@@ -44,6 +47,7 @@ pub(super) fn spawn(
 async fn writer(
     pool: Pool,
     receiver: Arc<Mutex<mpsc::UnboundedReceiver<AppendRequest>>>,
+    feed: Arc<CommitFeed>,
     max_batch: usize,
 ) {
     loop {
@@ -61,34 +65,50 @@ async fn writer(
                 }
             }
         }
-        run_batch(&pool, batch).await;
+        run_batch(&pool, &feed, batch).await;
     }
 }
 
-async fn run_batch(pool: &Pool, batch: Vec<AppendRequest>) {
+async fn run_batch(pool: &Pool, feed: &CommitFeed, mut batch: Vec<AppendRequest>) {
+    // Taken before the statement goes out, completed with what it committed (the relay's feed).
+    let ticket = feed.ticket();
     let items: Vec<(&Event, &[DomainMessage])> = batch
         .iter()
         .map(|r| (&r.event, r.messages.as_slice()))
         .collect();
-    match commit(pool, &items).await {
-        Ok(results) => {
-            for (request, result) in batch.into_iter().zip(results) {
+    let outcome = commit(pool, &items).await;
+    drop(items);
+    match outcome {
+        Ok(written) => {
+            match fed_rows(&mut batch, &written) {
+                Some(rows) => ticket.complete(rows),
+                None => drop(ticket),
+            }
+            for (request, result) in batch.into_iter().zip(written.results) {
                 let _ = request.reply.send(result);
             }
         }
         // One append of a larger batch failed in the database (e.g. another process wrote the same
-        // version first): commit each on its own, so only that one fails.
+        // version first): commit each on its own, so only that one fails. The relay reads what they
+        // committed from the table.
         Err(error) if batch.len() > 1 && !matches!(error, StoreError::Unavailable { .. }) => {
-            for request in batch {
-                let result =
+            let mut answers = Vec::with_capacity(batch.len());
+            for request in &batch {
+                answers.push(
                     match commit(pool, &[(&request.event, request.messages.as_slice())]).await {
-                        Ok(mut results) => results.remove(0),
+                        Ok(mut written) => written.results.remove(0),
                         Err(error) => Err(error),
-                    };
-                let _ = request.reply.send(result);
+                    },
+                );
+            }
+            // After the commits, so that the relay's read finds them.
+            drop(ticket);
+            for (request, answer) in batch.into_iter().zip(answers) {
+                let _ = request.reply.send(answer);
             }
         }
         Err(error) => {
+            drop(ticket);
             let unavailable = matches!(error, StoreError::Unavailable { .. });
             let text = error.to_string();
             let mut first = Some(error);
@@ -145,8 +165,11 @@ WITH input AS (
         WITH ORDINALITY AS o(identifier, topic, key, payload, created_at, root, headers, version, position)
     JOIN event_rows AS ev ON ev.uuid = o.root AND ev.version = o.version
     ORDER BY o.position
+    RETURNING id, identifier
 )
-SELECT id, uuid, version, xact FROM event_rows";
+SELECT id, uuid, version, xact,
+    (SELECT array_agg(id) FROM outbox_rows), (SELECT array_agg(identifier) FROM outbox_rows)
+FROM event_rows";
 
 /// [`COMMIT_SQL`] for a batch of creations (each root created once in the batch, so snapshot `i` is
 /// event `i`'s; a root that exists already is skipped by `ON CONFLICT` and answered as a lost race): no update
@@ -176,17 +199,27 @@ WITH input AS (
         WITH ORDINALITY AS o(identifier, topic, key, payload, created_at, root, headers, position)
     JOIN event_rows AS ev ON ev.uuid = o.root
     ORDER BY o.position
+    RETURNING id, identifier
 )
-SELECT id, uuid, version, xact FROM event_rows";
+SELECT id, uuid, version, xact,
+    (SELECT array_agg(id) FROM outbox_rows), (SELECT array_agg(identifier) FROM outbox_rows)
+FROM event_rows";
+
+/// Each written event's global position (id, commit) by root and version, and the outbox rows
+/// written (id, message identifier).
+type Positions = (HashMap<(Uuid, i64), (i64, i64)>, Vec<(i64, Uuid)>);
+
+/// What one statement wrote: each item's answer, and the outbox rows (id, message identifier).
+struct Written {
+    results: Vec<Result<StoredEvent, StoreError>>,
+    outbox: Vec<(i64, Uuid)>,
+}
 
 /// Commits `items`: version checks in Rust against the stored snapshots (read only when a batch holds
 /// updates), then one atomic statement for the whole batch.
-async fn commit(
-    pool: &Pool,
-    items: &[(&Event, &[DomainMessage])],
-) -> Result<Vec<Result<StoredEvent, StoreError>>, StoreError> {
+async fn commit(pool: &Pool, items: &[(&Event, &[DomainMessage])]) -> Result<Written, StoreError> {
     let client = pool.get().await.map_err(pool_error)?;
-    commit_with(&client, items).await
+    commit_written(&client, items).await
 }
 
 /// [`commit`] on a given client or transaction.
@@ -194,20 +227,61 @@ pub(super) async fn commit_with<C: GenericClient + Sync>(
     client: &C,
     items: &[(&Event, &[DomainMessage])],
 ) -> Result<Vec<Result<StoredEvent, StoreError>>, StoreError> {
+    Ok(commit_written(client, items).await?.results)
+}
+
+async fn commit_written<C: GenericClient + Sync>(
+    client: &C,
+    items: &[(&Event, &[DomainMessage])],
+) -> Result<Written, StoreError> {
     let stored = stored_snapshots(client, items).await?;
     let checked = check(items, stored)?;
     if checked.accepted.is_empty() {
-        return Ok(checked
-            .results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(unreachable_result))
-            .collect());
+        return Ok(Written {
+            results: checked
+                .results
+                .into_iter()
+                .map(|r| r.unwrap_or_else(unreachable_result))
+                .collect(),
+            outbox: Vec::new(),
+        });
     }
-    let ids = match lone_create(items, &checked) {
+    let (ids, outbox) = match lone_create(items, &checked) {
         Some(lone) => write_create(client, items, lone, &checked).await?,
         None => write(client, items, &checked).await?,
     };
-    Ok(answer(client, items, checked.results, &ids).await)
+    Ok(Written {
+        results: answer(client, items, checked.results, &ids).await,
+        outbox,
+    })
+}
+
+/// The outbox rows `written` committed for `batch`, as the table holds them (the relay's feed): each
+/// message with its event's log position. `None` when one is missing (the relay then reads the table).
+fn fed_rows(batch: &mut [AppendRequest], written: &Written) -> Option<Vec<OutboxRecord>> {
+    use chrono::SubsecRound;
+    let ids: HashMap<Uuid, i64> = written
+        .outbox
+        .iter()
+        .map(|&(id, identifier)| (identifier, id))
+        .collect();
+    let mut rows = Vec::with_capacity(ids.len());
+    for (request, result) in batch.iter_mut().zip(&written.results) {
+        let Ok(stored) = result else {
+            continue;
+        };
+        let position = format!("{}.{}", stored.commit, stored.id);
+        for mut message in std::mem::take(&mut request.messages) {
+            let id = *ids.get(&message.identifier)?;
+            message.headers.insert("position".into(), position.clone());
+            rows.push(OutboxRecord {
+                id,
+                message,
+                created_at: request.event.created_at.trunc_subsecs(6),
+            });
+        }
+    }
+    (rows.len() == written.outbox.len()).then_some(rows)
 }
 
 /// The event and its one message when `items` is a lone creation with one message (a root's create,
@@ -240,17 +314,18 @@ WITH created AS (
     SELECT $10::uuid, $11::text, $12::text, $13::jsonb, $9::timestamptz,
         COALESCE($14::jsonb, '{}'::jsonb) || jsonb_build_object('position', xact::text || '.' || id::text)
     FROM event_row
+    RETURNING id
 )
-SELECT id, xact FROM event_row";
+SELECT id, xact, (SELECT id FROM outbox_row) FROM event_row";
 
 /// Runs [`CREATE_SQL`] for `items`' one event and message; the event's global position, by root and
-/// version, as [`write`] answers.
+/// version, and its outbox row, as [`write`] answers.
 async fn write_create<C: GenericClient + Sync>(
     client: &C,
     items: &[(&Event, &[DomainMessage])],
     (event, message): (&Event, &DomainMessage),
     checked: &Checked,
-) -> Result<HashMap<(Uuid, i64), (i64, i64)>, StoreError> {
+) -> Result<Positions, StoreError> {
     let snapshot = checked
         .current
         .get(&event.uuid)
@@ -282,10 +357,16 @@ async fn write_create<C: GenericClient + Sync>(
         )
         .await
         .map_err(|e| write_error(e, items, checked))?;
-    Ok(row
-        .map(|row| ((event.uuid, version), (row.get(0), row.get(1))))
-        .into_iter()
-        .collect())
+    let Some(row) = row else {
+        return Ok((HashMap::new(), Vec::new()));
+    };
+    let outbox = row
+        .get::<_, Option<i64>>(2)
+        .map(|id| (id, message.identifier));
+    Ok((
+        HashMap::from([((event.uuid, version), (row.get(0), row.get(1)))]),
+        outbox.into_iter().collect(),
+    ))
 }
 
 /// The stored snapshots of the roots `items` change: creations need none.
@@ -494,12 +575,12 @@ impl<'a> Columns<'a> {
 }
 
 /// Runs [`COMMIT_SQL`] (or [`CREATES_SQL`] when they only create roots) for the accepted items; the
-/// global position of each event written, by root and version.
+/// global position of each event written, by root and version, and the outbox rows written.
 async fn write<C: GenericClient + Sync>(
     client: &C,
     items: &[(&Event, &[DomainMessage])],
     checked: &Checked,
-) -> Result<HashMap<(Uuid, i64), (i64, i64)>, StoreError> {
+) -> Result<Positions, StoreError> {
     let columns = Columns::new(items, checked)?;
     // Only creations: `check` accepts one per root, so snapshot `i` is event `i`'s.
     let creations = checked
@@ -518,10 +599,22 @@ async fn write<C: GenericClient + Sync>(
         }
     };
     let rows = rows.map_err(|e| write_error(e, items, checked))?;
-    Ok(rows
+    let outbox = match rows.first() {
+        Some(row) => {
+            let ids: Option<Vec<i64>> = row.get(4);
+            let identifiers: Option<Vec<Uuid>> = row.get(5);
+            ids.unwrap_or_default()
+                .into_iter()
+                .zip(identifiers.unwrap_or_default())
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let positions = rows
         .iter()
         .map(|r| ((r.get(1), r.get(2)), (r.get(0), r.get(3))))
-        .collect())
+        .collect();
+    Ok((positions, outbox))
 }
 
 /// An event's field diff as the JSON its row stores.
