@@ -1,15 +1,15 @@
 //! Outbox rows a store hands its relay as it commits them, so that the relay need not read them back.
 //!
-//! A writer takes a [`FeedTicket`] before its statement takes outbox ids and completes it with the rows
-//! the statement committed. The relay takes rows in id order, as a read of the table would return
+//! A writer takes a [`FeedTicket`] before its statement (or transaction) takes outbox ids and completes
+//! it with the rows it committed. The relay takes rows in id order, as a read of the table would return
 //! them, and only without gaps: past a missing id it waits while a ticket that may hold that id is
 //! open, then reads the table instead (the id belongs to another process's row, to a transaction of
-//! this one that wrote without the feed, or to nothing). So the order of one root's messages (its
+//! this one whose outcome is unknown, or to nothing). So the order of one root's messages (its
 //! versions take increasing ids) is the table's.
 //!
 //! The relay still reads the outbox table: when it starts, past a gap, when a commit's rows did not
-//! come through the feed (a ticket dropped without its rows: a transaction's commit, or a statement
-//! whose outcome is unknown), after the feed overflowed, and every few dozen milliseconds for rows
+//! come through the feed (a ticket dropped without its rows: a failed commit, whose outcome may be
+//! unknown), after the feed overflowed, and every few dozen milliseconds for rows
 //! written by other processes. A row such a read finds is not handed over again.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -76,8 +76,8 @@ impl CommitFeed {
     }
 
     /// Takes a ticket before a statement (or transaction) takes outbox ids. Complete it with the rows
-    /// once they are committed; drop it when they did not come through the feed (then after the
-    /// commit, so that the relay reads them). Without a relay taking rows it records nothing.
+    /// once they are committed; drop it when the commit failed (after the attempt, so that the relay
+    /// reads what it may have committed). Without a relay taking rows it records nothing.
     pub fn ticket(&self) -> FeedTicket<'_> {
         let mut state = self.state();
         state.issued += 1;
@@ -239,8 +239,7 @@ impl CommitFeed {
 }
 
 /// A writer's place in the feed (see [`CommitFeed::ticket`]). Dropped without
-/// [`complete`](Self::complete) (a transaction's commit, an error, a cancelled statement), the relay
-/// reads the table.
+/// [`complete`](Self::complete) (an error, a cancelled statement), the relay reads the table.
 #[derive(Debug)]
 #[must_use = "complete the ticket with the rows committed, or drop it once they are"]
 pub struct FeedTicket<'a> {

@@ -47,9 +47,9 @@ fn change(uuid: Uuid, version: u64, messages: usize) -> (Event, Vec<DomainMessag
     (event, messages)
 }
 
-/// Creates (batched by the writers, alone, with several messages) and updates are handed over exactly
-/// as a read of the table returns them: ids, messages, every header (the log position the statement
-/// adds) and the time. A unit in its own transaction is not: the relay is sent to the table.
+/// Creates (batched by the writers, alone, with several messages), updates and units in transactions
+/// of their own are handed over exactly as a read of the table returns them: ids, messages, every
+/// header (the log position the statement adds) and the time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rows_the_writers_hand_over_are_the_rows_the_table_holds() {
     let store = Arc::new(store().await);
@@ -97,15 +97,22 @@ async fn the_rows_the_writers_hand_over_are_the_rows_the_table_holds() {
     assert_eq!(fed, table, "the feed holds what the table holds");
     assert!(!feed.take_dirty(), "nothing was committed past the feed");
 
-    // A unit with an inbox entry commits in a transaction of its own: the relay reads the table.
-    let (event, messages) = change(Uuid::now_v7(), 1, 1);
+    // A unit with an inbox entry commits in a transaction of its own, and hands its rows over too;
+    // a copy of it is refused before it writes anything.
+    let root = Uuid::now_v7();
+    let unit = [change(root, 1, 2), change(root, 2, 1)];
     let entry = InboxEntry::new("svc", Uuid::new_v4());
-    store
-        .commit_unit(&[(event, messages)], Some(&entry))
-        .await
-        .unwrap();
+    store.commit_unit(&unit, Some(&entry)).await.unwrap();
+    let fed = feed.take(100);
+    let last = table.last().unwrap().id;
+    assert_eq!(
+        fed,
+        store.pending_in(last + 1..i64::MAX, 100).await.unwrap()
+    );
+    assert_eq!(fed.len(), 3);
+    assert!(store.commit_unit(&unit, Some(&entry)).await.is_err());
     assert!(feed.take(100).is_empty());
-    assert!(feed.take_dirty());
+    assert!(!feed.take_dirty());
 
     // A failed append (a version conflict) hands nothing over and loses nothing.
     let (event, messages) = change(roots[0], 2, 1);

@@ -12,7 +12,7 @@ use crate::store::{
     needs_claims, ClaimedCommit, HeldWrites, InboxEntry, StoreError, StoredEvent, TransactionStore,
 };
 
-use super::writer::commit_with;
+use super::writer::{commit_written, fed_rows};
 use super::{db_error, prepared, PostgresStore, BACKEND};
 
 fn decode_transaction(row: &Row) -> Result<TransactionEntry, StoreError> {
@@ -254,8 +254,9 @@ impl PostgresStore {
         let top = Uuid::nil();
         let status = entry.status.as_str();
         let params = entry_params(entry, &status);
-        // The held writes' outbox rows do not come through the relay's feed: the ticket, dropped once
-        // the commit ended, holds back the rows with greater ids and sends the relay to the table.
+        // Taken before the held writes' outbox rows take their ids, completed with them once
+        // committed (the relay's feed); dropped, when the commit failed, it sends the relay to the
+        // table.
         let ticket = held
             .iter()
             .any(|(_, messages)| !messages.is_empty())
@@ -274,8 +275,8 @@ impl PostgresStore {
             },
             async {
                 match items.is_empty() {
-                    true => Ok(Vec::new()),
-                    false => commit_with(&tx, &items).await,
+                    true => Ok(None),
+                    false => commit_written(&tx, &items).await.map(Some),
                 }
             },
             tx.query_one(&settle, &params)
@@ -309,10 +310,23 @@ impl PostgresStore {
         if usize::try_from(forgotten).ok() != Some(held.len()) {
             return changed();
         }
-        let stored = stored?.into_iter().collect::<Result<Vec<_>, _>>()?;
-        let committed = tx.commit().await;
-        drop(ticket);
-        committed.map_err(db_error)?;
+        let (stored, fed) = match stored? {
+            Some(written) => {
+                let fed = ticket.as_ref().and_then(|_| {
+                    fed_rows(
+                        held.iter().map(|(e, m)| (e.created_at, m.clone())),
+                        &written,
+                    )
+                });
+                (written.results, fed)
+            }
+            None => (Vec::new(), None),
+        };
+        let stored = stored.into_iter().collect::<Result<Vec<_>, _>>()?;
+        tx.commit().await.map_err(db_error)?;
+        if let (Some(ticket), Some(rows)) = (ticket, fed) {
+            ticket.complete(rows);
+        }
         Ok(ClaimedCommit::Committed(stored))
     }
 

@@ -80,7 +80,10 @@ async fn run_batch(pool: &Pool, feed: &CommitFeed, mut batch: Vec<AppendRequest>
     drop(items);
     match outcome {
         Ok(written) => {
-            match fed_rows(&mut batch, &written) {
+            let appends = batch
+                .iter_mut()
+                .map(|r| (r.event.created_at, std::mem::take(&mut r.messages)));
+            match fed_rows(appends, &written) {
                 Some(rows) => ticket.complete(rows),
                 None => drop(ticket),
             }
@@ -210,8 +213,8 @@ FROM event_rows";
 type Positions = (HashMap<(Uuid, i64), (i64, i64)>, Vec<(i64, Uuid)>);
 
 /// What one statement wrote: each item's answer, and the outbox rows (id, message identifier).
-struct Written {
-    results: Vec<Result<StoredEvent, StoreError>>,
+pub(super) struct Written {
+    pub(super) results: Vec<Result<StoredEvent, StoreError>>,
     outbox: Vec<(i64, Uuid)>,
 }
 
@@ -230,7 +233,8 @@ pub(super) async fn commit_with<C: GenericClient + Sync>(
     Ok(commit_written(client, items).await?.results)
 }
 
-async fn commit_written<C: GenericClient + Sync>(
+/// [`commit_with`], with the outbox rows written (for [`fed_rows`]).
+pub(super) async fn commit_written<C: GenericClient + Sync>(
     client: &C,
     items: &[(&Event, &[DomainMessage])],
 ) -> Result<Written, StoreError> {
@@ -256,9 +260,13 @@ async fn commit_written<C: GenericClient + Sync>(
     })
 }
 
-/// The outbox rows `written` committed for `batch`, as the table holds them (the relay's feed): each
-/// message with its event's log position. `None` when one is missing (the relay then reads the table).
-fn fed_rows(batch: &mut [AppendRequest], written: &Written) -> Option<Vec<OutboxRecord>> {
+/// The outbox rows `written` committed, as the table holds them (the relay's feed): the messages of
+/// each append (with its event's time) that was written, each with its event's log position. `None`
+/// when one is missing (the relay then reads the table).
+pub(super) fn fed_rows(
+    appends: impl IntoIterator<Item = (DateTime<Utc>, Vec<DomainMessage>)>,
+    written: &Written,
+) -> Option<Vec<OutboxRecord>> {
     use chrono::SubsecRound;
     let ids: HashMap<Uuid, i64> = written
         .outbox
@@ -266,18 +274,18 @@ fn fed_rows(batch: &mut [AppendRequest], written: &Written) -> Option<Vec<Outbox
         .map(|&(id, identifier)| (identifier, id))
         .collect();
     let mut rows = Vec::with_capacity(ids.len());
-    for (request, result) in batch.iter_mut().zip(&written.results) {
+    for ((created_at, messages), result) in appends.into_iter().zip(&written.results) {
         let Ok(stored) = result else {
             continue;
         };
         let position = format!("{}.{}", stored.commit, stored.id);
-        for mut message in std::mem::take(&mut request.messages) {
+        for mut message in messages {
             let id = *ids.get(&message.identifier)?;
             message.headers.insert("position".into(), position.clone());
             rows.push(OutboxRecord {
                 id,
                 message,
-                created_at: request.event.created_at.trunc_subsecs(6),
+                created_at: created_at.trunc_subsecs(6),
             });
         }
     }
