@@ -368,3 +368,134 @@ async fn the_cli_lists_shows_and_redrives_dead_letters_once() {
     service.stop().await;
     bystander.stop().await;
 }
+
+/// The outbox relay over Kafka with a PostgreSQL outbox: what this process's appends and units commit
+/// reaches the relay through the store's feed, another process's rows through the table. Each message
+/// goes out once, each root's in version order, and every row ends marked sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outbox_relayed_over_kafka_goes_out_once_in_order() {
+    use minos::domain::DomainMessage;
+    use minos::messaging::OutboxRelay;
+    use minos::{Action, Event};
+    use minos::store::{InboxEntry, PostgresStore};
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    let url = minos_support::postgres::fresh_schema_url();
+    let repository = Repository::new(PostgresStore::connect(&url).await.unwrap());
+    let other = PostgresStore::connect(&url).await.unwrap();
+    let broker: Arc<dyn Broker> = Arc::new(broker().await);
+    let topic = unique("relayed");
+    let mut received = broker
+        .subscribe(&unique("observer"), std::slice::from_ref(&topic))
+        .await
+        .unwrap();
+    let relay = OutboxRelay::new(
+        repository.store().clone(),
+        Arc::clone(&broker),
+        repository.commits(),
+    )
+    .spawn();
+    let named = topic.clone();
+    let change = move |uuid: Uuid, version: u64| {
+        let event = Event {
+            uuid,
+            name: "Relayed".into(),
+            version,
+            action: if version == 1 {
+                Action::Create
+            } else {
+                Action::Update
+            },
+            created_at: Utc::now(),
+            fields_diff: Vec::new(),
+        };
+        let message = DomainMessage {
+            identifier: Uuid::new_v4(),
+            topic: named.clone(),
+            key: uuid.to_string(),
+            content: json!({ "uuid": uuid, "version": version }),
+            headers: Default::default(),
+        };
+        (event, vec![message])
+    };
+    let (roots, versions) = (12, 4);
+    let writers: Vec<_> = (0..roots)
+        .map(|i| {
+            let store = repository.store().clone();
+            let change = change.clone();
+            tokio::spawn(async move {
+                let uuid = Uuid::now_v7();
+                for version in 1..=versions {
+                    // Appends, and every third root in units with an inbox entry.
+                    let entry = InboxEntry::new("svc", Uuid::new_v4());
+                    let entry = (i % 3 == 0).then_some(&entry);
+                    store
+                        .commit_unit(&[change(uuid, version)], entry)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    let client = other.pool().get().await.unwrap();
+    for i in 0..5 {
+        client
+            .execute(
+                "INSERT INTO outbox (identifier, topic, key, payload, created_at) \
+                 VALUES (gen_random_uuid(), $1, 'elsewhere', $2, now())",
+                &[&topic, &json!({ "elsewhere": i })],
+            )
+            .await
+            .unwrap();
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let expected = roots * versions as usize + 5;
+    let mut seen = std::collections::HashSet::new();
+    let mut order: Vec<(String, u64)> = Vec::new();
+    while seen.len() < expected {
+        let delivery = match tokio::time::timeout(Duration::from_secs(30), received.next()).await {
+            Ok(delivery) => delivery.unwrap(),
+            Err(_) => {
+                eprintln!("ORDER {order:?}");
+                panic!("only {} of {expected} published", seen.len());
+            }
+        };
+        assert!(
+            seen.insert(delivery.message.identifier),
+            "published twice: {:?}",
+            delivery.message
+        );
+        let content = &delivery.message.payload.content;
+        if let (Some(uuid), Some(version)) = (content["uuid"].as_str(), content["version"].as_u64()) {
+            order.push((uuid.to_owned(), version));
+        }
+        delivery.ack();
+    }
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for (uuid, version) in &order {
+        let before = last.insert(uuid.clone(), *version).unwrap_or(0);
+        if *version != before + 1 {
+            let rows = client.query("SELECT id, payload::text, headers::text FROM outbox ORDER BY id", &[]).await.unwrap();
+            for row in rows {
+                eprintln!("{} {} {}", row.get::<_, i64>(0), row.get::<_, String>(1), row.get::<_, String>(2));
+            }
+            eprintln!("ORDER {order:?}");
+        }
+        assert_eq!(*version, before + 1, "each root's messages in order: {uuid}");
+    }
+    assert_eq!(last.len(), roots);
+    eventually("every row marked sent", Duration::from_secs(10), || async {
+        repository.store().pending(10).await.unwrap().is_empty()
+    })
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), received.next())
+            .await
+            .is_err(),
+        "each row once"
+    );
+    relay.stop().await;
+}

@@ -33,11 +33,10 @@ pub struct CommitFeed {
 struct State {
     /// The relay's wake-up while a relay takes rows; `None`: nothing is kept.
     wake: Option<Arc<Notify>>,
-    /// Changes at each enable and disable, so that a ticket of an earlier relay hands nothing over.
-    epoch: u64,
     /// The number of the last ticket taken.
     issued: u64,
-    /// Tickets taken and not completed.
+    /// Tickets taken and not completed (with or without a relay: one taken before a relay started
+    /// may hold the ids its rows wait for).
     open: BTreeSet<u64>,
     /// Completed rows by id, not taken yet.
     ready: BTreeMap<i64, Fed>,
@@ -82,14 +81,10 @@ impl CommitFeed {
         let mut state = self.state();
         state.issued += 1;
         let number = state.issued;
-        // Without a relay the ticket only carries the epoch: were a relay to start before it
-        // completes, the relay reads the table.
-        if state.wake.is_some() {
-            state.open.insert(number);
-        }
+        state.open.insert(number);
         FeedTicket {
             feed: self,
-            number: Some((state.epoch, number)),
+            number: Some(number),
         }
     }
 
@@ -100,8 +95,8 @@ impl CommitFeed {
         let mut state = self.state();
         *state = State {
             wake: Some(wake),
-            epoch: state.epoch + 1,
             issued: state.issued,
+            open: std::mem::take(&mut state.open),
             next: after.map(|id| id + 1),
             ..State::default()
         };
@@ -111,8 +106,8 @@ impl CommitFeed {
     pub(crate) fn disable(&self) {
         let mut state = self.state();
         *state = State {
-            epoch: state.epoch + 1,
             issued: state.issued,
+            open: std::mem::take(&mut state.open),
             ..State::default()
         };
     }
@@ -196,21 +191,16 @@ impl CommitFeed {
         }
     }
 
-    fn complete(&self, (epoch, number): (u64, u64), rows: Option<Vec<OutboxRecord>>) {
+    /// A ticket taken before the relay started hands its rows over like any other: a read of the
+    /// table since then that found them took note ([`note_read`](Self::note_read)), and one that
+    /// did not found them uncommitted.
+    fn complete(&self, number: u64, rows: Option<Vec<OutboxRecord>>) {
         let mut guard = self.state();
         let state = &mut *guard;
-        if epoch != state.epoch {
-            // Taken before this relay started (or by an earlier one): the relay read the table when
-            // it started, maybe before this statement committed.
-            if state.wake.is_some() {
-                state.dirty = true;
-            }
-            return;
-        }
+        state.open.remove(&number);
         if state.wake.is_none() {
             return;
         }
-        state.open.remove(&number);
         match rows {
             Some(_) if state.overflowed => {}
             Some(rows) if state.ready.len() + rows.len() > CAPACITY => {
@@ -244,7 +234,7 @@ impl CommitFeed {
 #[must_use = "complete the ticket with the rows committed, or drop it once they are"]
 pub struct FeedTicket<'a> {
     feed: &'a CommitFeed,
-    number: Option<(u64, u64)>,
+    number: Option<u64>,
 }
 
 impl FeedTicket<'_> {
@@ -295,12 +285,24 @@ mod tests {
         drop(feed.ticket());
         assert!(feed.take(10).is_empty());
         assert!(!feed.take_dirty());
-        // A statement that took its ticket before the relay started: the relay reads the table.
+    }
+
+    /// A statement that took its ticket before the relay started hands its rows over, and the rows
+    /// after them wait for it; what a read of the table found meanwhile is not handed over again.
+    #[test]
+    fn a_ticket_taken_before_the_relay_started_counts() {
+        let feed = CommitFeed::new();
         let before = feed.ticket();
+        let found = feed.ticket();
         feed.enable(Arc::new(Notify::new()), Some(0));
+        feed.ticket().complete(vec![row(3)]);
+        assert!(feed.take(10).is_empty(), "ids 1 and 2 may be the earlier tickets'");
+        assert!(!feed.take_dirty());
+        feed.note_read(&[2]);
+        found.complete(vec![row(2)]);
         before.complete(vec![row(1)]);
-        assert!(feed.take(10).is_empty());
-        assert!(feed.take_dirty());
+        assert_eq!(ids(&feed.take(10)), vec![1, 3]);
+        assert!(!feed.take_dirty());
     }
 
     /// Rows go out in id order without gaps: a row waits for an open ticket that may hold a lower id.
@@ -389,17 +391,16 @@ mod tests {
     }
 
     #[test]
-    fn a_ticket_of_an_earlier_relay_hands_nothing_over() {
+    fn a_disabled_feed_drops_what_it_held() {
         let feed = CommitFeed::new();
         feed.enable(Arc::new(Notify::new()), Some(0));
-        let stale = feed.ticket();
-        feed.disable();
-        feed.enable(Arc::new(Notify::new()), Some(0));
-        stale.complete(vec![row(1)]);
-        assert!(feed.take(10).is_empty());
-        assert!(feed.take_dirty());
-        feed.note_read(&[1]);
+        let open = feed.ticket();
         feed.ticket().complete(vec![row(2)]);
-        assert_eq!(ids(&feed.take(10)), vec![2]);
+        feed.disable();
+        open.complete(vec![row(1)]);
+        feed.enable(Arc::new(Notify::new()), Some(2));
+        assert!(feed.take(10).is_empty());
+        feed.ticket().complete(vec![row(3)]);
+        assert_eq!(ids(&feed.take(10)), vec![3]);
     }
 }

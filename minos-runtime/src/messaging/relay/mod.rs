@@ -128,37 +128,93 @@ impl OutboxRelay {
             if records.is_empty() {
                 return Ok(sent);
             }
-            let messages = records.iter().map(outbox_message).collect();
-            let fresh = fresh_from(lease.as_deref_mut(), &records);
-            let results = self.broker.publish_relayed(messages, fresh, None).await;
-            // Only the rows before the first failure count as sent, so order holds; rows after it are
-            // published again (consumers drop the repeats through their inbox).
-            let mut done = Vec::with_capacity(records.len());
-            let mut failure = None;
-            for (record, result) in records.iter().zip(results) {
-                match result {
-                    Ok(()) => done.push(record.id),
-                    Err(error) => {
-                        failure = Some(error);
-                        break;
-                    }
-                }
-            }
-            if !done.is_empty() {
-                self.store.mark_sent(&done).await?;
-                sent += done.len();
-                if let Some(metrics) = &self.metrics {
-                    metrics.outbox_published(done.len());
-                }
-            }
-            if let Some(error) = failure {
-                return Err(error);
-            }
+            let full = records.len() == self.batch;
+            sent += self.publish_and_mark(lease.as_deref_mut(), records).await?;
             // A short page was the whole backlog: rows committed since then woke the relay (their
             // commit's notification waits for it), so it reads again only after that.
-            if records.len() < self.batch {
+            if !full {
                 return Ok(sent);
             }
+        }
+    }
+
+    /// [`relay_under`](Self::relay_under) the lease with the store's feed: the rows it holds, after
+    /// the table's when the feed does not hold everything committed ([`Fed::must_read`]).
+    async fn relay_fed(&self, lease: &mut RelayLease, fed: &mut Fed) -> Result<usize> {
+        let mut sent = 0;
+        // As in `relay_tracked`: what the feed releases before each read but the lease's first,
+        // and a gap the feed finds sends the round to the table once more.
+        if !fed.unread {
+            sent += self.take_fed_and_mark(lease, &fed.feed).await?;
+        }
+        for _ in 0..2 {
+            if !fed.must_read(self.sweep_interval()) {
+                break;
+            }
+            loop {
+                self.broker.ready_for_more().await;
+                let records = self.store.pending(self.batch).await?;
+                let ids: Vec<i64> = records.iter().map(|record| record.id).collect();
+                fed.feed.note_read(&ids);
+                if records.is_empty() {
+                    break;
+                }
+                let full = records.len() == self.batch;
+                sent += self.publish_and_mark(Some(&mut *lease), records).await?;
+                if !full {
+                    break;
+                }
+            }
+            fed.unread = false;
+            sent += self.take_fed_and_mark(lease, &fed.feed).await?;
+        }
+        Ok(sent)
+    }
+
+    /// Publishes and marks what the feed releases.
+    async fn take_fed_and_mark(&self, lease: &mut RelayLease, feed: &CommitFeed) -> Result<usize> {
+        let mut sent = 0;
+        loop {
+            self.broker.ready_for_more().await;
+            let rows = feed.take(self.batch);
+            if rows.is_empty() {
+                return Ok(sent);
+            }
+            sent += self.publish_and_mark(Some(&mut *lease), rows).await?;
+        }
+    }
+
+    /// Publishes `records` (in id order) and marks sent the ones before the first failure, so order
+    /// holds: rows after it are published again (consumers drop the repeats through their inbox).
+    /// How many were sent, or the failure.
+    async fn publish_and_mark(
+        &self,
+        lease: Option<&mut RelayLease>,
+        records: Vec<OutboxRecord>,
+    ) -> Result<usize> {
+        let messages = records.iter().map(outbox_message).collect();
+        let fresh = fresh_from(lease, &records);
+        let results = self.broker.publish_relayed(messages, fresh, None).await;
+        let mut done = Vec::with_capacity(records.len());
+        let mut failure = None;
+        for (record, result) in records.iter().zip(results) {
+            match result {
+                Ok(()) => done.push(record.id),
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        if !done.is_empty() {
+            self.store.mark_sent(&done).await?;
+            if let Some(metrics) = &self.metrics {
+                metrics.outbox_published(done.len());
+            }
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(done.len()),
         }
     }
 
@@ -169,8 +225,11 @@ impl OutboxRelay {
         &self,
         lease: &mut RelayLease,
         flight: &mut InFlight,
+        fed: Option<&mut Fed>,
         quiet: &Quiet,
     ) -> Result<()> {
+        let feed = fed.as_ref().map(|fed| Arc::clone(&fed.feed));
+        let feed = feed.as_deref();
         flight.collect();
         let now = Instant::now();
         let due: Vec<i64> = flight
@@ -184,7 +243,7 @@ impl OutboxRelay {
                 flight.dropped.remove(id);
             }
             // Rows in that range not in flight are due too (dropped, or committed late).
-            self.publish_range(lease, flight, quiet, low..high + 1)
+            self.publish_range(lease, flight, feed, quiet, low..high + 1)
                 .await?;
         }
         if flight.sweep_due(self.sweep_interval()) {
@@ -192,38 +251,58 @@ impl OutboxRelay {
             // ids were read (concurrent transactions take ids in one order and commit in another).
             flight.swept = Instant::now();
             let below = flight.floor();
-            self.publish_range(lease, flight, quiet, 0..below).await?;
+            self.publish_range(lease, flight, feed, quiet, 0..below)
+                .await?;
         }
-        let Some(feed) = flight.feed.clone() else {
-            return self.read_past_cursor(lease, flight, quiet).await;
+        let Some(fed) = fed else {
+            return self.read_past_cursor(lease, flight, None, quiet).await;
         };
         // With a feed, the table past the cursor is read when the feed does not hold everything
         // committed (the lease was just granted, rows came without it, it holds a gap, it
         // overflowed), and once a sweep interval for the rows of other processes. Rows the feed
         // handed over stay above the cursor until such a read passes them (in flight, they are
-        // skipped), so it also finds rows committed late without the feed. A gap the feed finds
-        // sends this round to the table once more.
-        for pass in 0..2 {
-            let dirty = feed.take_dirty();
-            if dirty || flight.unread || flight.read_at.elapsed() >= self.sweep_interval() {
-                self.read_past_cursor(lease, flight, quiet).await?;
-            } else if pass > 0 {
-                return Ok(());
+        // skipped), so it also finds rows committed late without the feed. What the feed releases
+        // goes out before each read (a row it holds may be below the cursor, and the read could
+        // find the next version of its root), except before the lease's first, which publishes the
+        // rows committed before the feed started. A gap the feed finds sends this round to the
+        // table once more.
+        if !fed.unread && !self.take_fed(lease, flight, &fed.feed, quiet).await {
+            return Ok(());
+        }
+        for _ in 0..2 {
+            if !fed.must_read(self.sweep_interval()) {
+                break;
             }
-            loop {
-                if quiet.held() {
-                    return Ok(());
-                }
-                self.mark_if_due(flight).await;
-                self.broker.ready_for_more().await;
-                let rows = feed.take(self.batch);
-                if rows.is_empty() {
-                    break;
-                }
-                self.publish_tracked(lease, flight, quiet, rows).await;
+            self.read_past_cursor(lease, flight, Some(&fed.feed), quiet)
+                .await?;
+            fed.unread = false;
+            if !self.take_fed(lease, flight, &fed.feed, quiet).await {
+                break;
             }
         }
         Ok(())
+    }
+
+    /// Publishes what the feed releases; `false` when the relay was held meanwhile.
+    async fn take_fed(
+        &self,
+        lease: &mut RelayLease,
+        flight: &mut InFlight,
+        feed: &CommitFeed,
+        quiet: &Quiet,
+    ) -> bool {
+        loop {
+            if quiet.held() {
+                return false;
+            }
+            self.mark_if_due(flight).await;
+            self.broker.ready_for_more().await;
+            let rows = feed.take(self.batch);
+            if rows.is_empty() {
+                return true;
+            }
+            self.publish_tracked(lease, flight, quiet, rows).await;
+        }
     }
 
     /// Publishes the unsent rows past the cursor, page by page, moving the cursor.
@@ -231,9 +310,9 @@ impl OutboxRelay {
         &self,
         lease: &mut RelayLease,
         flight: &mut InFlight,
+        feed: Option<&CommitFeed>,
         quiet: &Quiet,
     ) -> Result<()> {
-        flight.read_at = Instant::now();
         loop {
             if quiet.held() {
                 return Ok(());
@@ -242,7 +321,7 @@ impl OutboxRelay {
             // flight stays bounded by what the broker holds.
             self.mark_if_due(flight).await;
             self.broker.ready_for_more().await;
-            let records = self.read(flight, flight.cursor + 1..i64::MAX).await?;
+            let records = self.read(feed, flight.cursor + 1..i64::MAX).await?;
             let Some(last) = records.last().map(|record| record.id) else {
                 break;
             };
@@ -253,7 +332,6 @@ impl OutboxRelay {
                 break;
             }
         }
-        flight.unread = false;
         Ok(())
     }
 
@@ -261,11 +339,11 @@ impl OutboxRelay {
     /// rows it found, so that it does not hand them over again.
     async fn read(
         &self,
-        flight: &InFlight,
+        feed: Option<&CommitFeed>,
         ids: std::ops::Range<i64>,
     ) -> Result<Vec<OutboxRecord>> {
         let records = self.store.pending_in(ids, self.batch).await?;
-        if let Some(feed) = &flight.feed {
+        if let Some(feed) = feed {
             let ids: Vec<i64> = records.iter().map(|record| record.id).collect();
             feed.note_read(&ids);
         }
@@ -277,13 +355,14 @@ impl OutboxRelay {
         &self,
         lease: &mut RelayLease,
         flight: &mut InFlight,
+        feed: Option<&CommitFeed>,
         quiet: &Quiet,
         ids: std::ops::Range<i64>,
     ) -> Result<()> {
         let mut from = ids.start;
         while from < ids.end && !quiet.held() {
             self.mark_if_due(flight).await;
-            let records = self.read(flight, from..ids.end).await?;
+            let records = self.read(feed, from..ids.end).await?;
             let Some(last) = records.last().map(|record| record.id) else {
                 break;
             };
@@ -389,11 +468,11 @@ impl OutboxRelay {
             let quiet = held;
             let mut backoff = Duration::from_millis(100);
             let mut lease: Option<RelayLease> = None;
-            // Only a relay that tracks its rows to their handlers takes them from the store's feed.
             let mut flight = self
                 .broker
                 .holds_until_handled()
-                .then(|| InFlight::new(self.poll, self.store.feed()));
+                .then(|| InFlight::new(self.poll));
+            let mut fed = self.store.feed().map(Fed::new);
             loop {
                 // A lease whose lock died with its connection may be another relay's by now.
                 if lease.as_ref().is_some_and(|held| !held.is_held()) {
@@ -401,8 +480,8 @@ impl OutboxRelay {
                     lease = None;
                 }
                 if lease.is_none() {
-                    if let Some(feed) = flight.as_ref().and_then(|flight| flight.feed.as_ref()) {
-                        feed.disable();
+                    if let Some(fed) = &fed {
+                        fed.feed.disable();
                     }
                     match self.store.relay_lease().await {
                         Ok(Some(granted)) => {
@@ -410,10 +489,10 @@ impl OutboxRelay {
                             // and take what is committed from now on from the feed.
                             if let Some(flight) = flight.as_mut() {
                                 flight.cursor = 0;
-                                flight.unread = true;
-                                if let Some(feed) = &flight.feed {
-                                    feed.enable(Arc::clone(&self.wake), granted.horizon());
-                                }
+                            }
+                            if let Some(fed) = fed.as_mut() {
+                                fed.unread = true;
+                                fed.feed.enable(Arc::clone(&self.wake), granted.horizon());
                             }
                             lease = Some(granted);
                         }
@@ -430,9 +509,12 @@ impl OutboxRelay {
                     let round = match flight.as_mut() {
                         Some(flight) => {
                             let _round = quiet.rounds.lock().await;
-                            self.relay_tracked(held, flight, &quiet).await
+                            self.relay_tracked(held, flight, fed.as_mut(), &quiet).await
                         }
-                        None => self.relay_under(Some(held)).await.map(|_| ()),
+                        None => match fed.as_mut() {
+                            Some(fed) => self.relay_fed(held, fed).await.map(|_| ()),
+                            None => self.relay_under(Some(held)).await.map(|_| ()),
+                        },
                     };
                     match round {
                         Ok(()) => backoff = Duration::from_millis(100),
@@ -480,8 +562,8 @@ impl OutboxRelay {
             }
             match flight.as_mut() {
                 Some(flight) => {
-                    if let Some(feed) = &flight.feed {
-                        feed.disable();
+                    if let Some(fed) = &fed {
+                        fed.feed.disable();
                     }
                     // Give the handlers still at work a moment, then mark what they finished.
                     let deadline = Instant::now() + STOP_WAIT;
@@ -499,6 +581,9 @@ impl OutboxRelay {
                         if let Err(error) = self.relay_under(Some(held)).await {
                             tracing::warn!(%error, "outbox relay: rows left pending at shutdown; they are sent on the next start");
                         }
+                    }
+                    if let Some(fed) = &fed {
+                        fed.feed.disable();
                     }
                 }
             }
@@ -559,16 +644,42 @@ struct InFlight {
     /// How long a dropped row waits before it is published again.
     retry_after: Duration,
     swept: Instant,
-    /// The rows the store hands over as it commits them, if it does.
-    feed: Option<Arc<CommitFeed>>,
-    /// When the table past the cursor was last read.
+}
+
+/// The rows the store hands over as it commits them ([`OutboxStore::feed`](crate::store::OutboxStore::feed)),
+/// and when the relay last read the table.
+struct Fed {
+    feed: Arc<CommitFeed>,
+    /// When the table was last read.
     read_at: Instant,
     /// Not read through since the lease was granted.
     unread: bool,
 }
 
+impl Fed {
+    fn new(feed: Arc<CommitFeed>) -> Self {
+        Fed {
+            feed,
+            read_at: Instant::now(),
+            unread: true,
+        }
+    }
+
+    /// Whether to read the table before taking from the feed: when the feed does not hold everything
+    /// committed (the lease was just granted, rows came without it, it holds a gap, it overflowed),
+    /// and once `interval` for the rows of other processes. Notes the read as started.
+    fn must_read(&mut self, interval: Duration) -> bool {
+        let dirty = self.feed.take_dirty();
+        let read = dirty || self.unread || self.read_at.elapsed() >= interval;
+        if read {
+            self.read_at = Instant::now();
+        }
+        read
+    }
+}
+
 impl InFlight {
-    fn new(retry_after: Duration, feed: Option<Arc<CommitFeed>>) -> Self {
+    fn new(retry_after: Duration) -> Self {
         let (receipts, arrived) = Receipts::channel();
         InFlight {
             receipts,
@@ -581,9 +692,6 @@ impl InFlight {
             dropped: BTreeMap::new(),
             retry_after,
             swept: Instant::now(),
-            feed,
-            read_at: Instant::now(),
-            unread: true,
         }
     }
 

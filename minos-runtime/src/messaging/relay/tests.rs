@@ -189,7 +189,7 @@ async fn on_the_in_process_broker_a_row_is_marked_sent_once_its_message_was_hand
 
 #[test]
 fn the_sweep_reads_below_every_row_in_flight_and_dropped_rows_wait_their_delay() {
-    let mut flight = InFlight::new(Duration::from_millis(500), None);
+    let mut flight = InFlight::new(Duration::from_millis(500));
     assert!(!flight.sweep_due(Duration::ZERO), "nothing read yet");
     flight.cursor = 3;
     assert_eq!(flight.floor(), 4, "nothing in flight: everything read");

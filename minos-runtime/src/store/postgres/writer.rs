@@ -1,5 +1,5 @@
 //! The batch append writer: appends wait in a channel, a few writer tasks take what is waiting and
-//! commit it in one atomic statement ([`commit_with`], also the path of `commit_unit`), and hand the
+//! commit it in one atomic statement ([`commit_written`], also the path of `commit_unit`), and hand the
 //! outbox rows it committed to the relay ([`CommitFeed`]).
 
 use std::collections::HashMap;
@@ -95,17 +95,33 @@ async fn run_batch(pool: &Pool, feed: &CommitFeed, mut batch: Vec<AppendRequest>
         // version first): commit each on its own, so only that one fails. The relay reads what they
         // committed from the table.
         Err(error) if batch.len() > 1 && !matches!(error, StoreError::Unavailable { .. }) => {
+            // Under the batch's ticket: completed with what they committed, or dropped (after the
+            // commits, so that the relay's read finds them) when one's outcome is unknown.
+            let mut rows = Some(Vec::new());
             let mut answers = Vec::with_capacity(batch.len());
-            for request in &batch {
-                answers.push(
-                    match commit(pool, &[(&request.event, request.messages.as_slice())]).await {
-                        Ok(mut written) => written.results.remove(0),
-                        Err(error) => Err(error),
-                    },
-                );
+            for request in &mut batch {
+                let items = [(&request.event, request.messages.as_slice())];
+                answers.push(match commit(pool, &items).await {
+                    Ok(mut written) => {
+                        let appends = [(request.event.created_at, request.messages.clone())];
+                        match (fed_rows(appends, &written), rows.as_mut()) {
+                            (Some(fed), Some(rows)) => rows.extend(fed),
+                            _ => rows = None,
+                        }
+                        written.results.remove(0)
+                    }
+                    Err(error) => {
+                        if matches!(error, StoreError::Unavailable { .. }) {
+                            rows = None;
+                        }
+                        Err(error)
+                    }
+                });
             }
-            // After the commits, so that the relay's read finds them.
-            drop(ticket);
+            match rows {
+                Some(rows) => ticket.complete(rows),
+                None => drop(ticket),
+            }
             for (request, answer) in batch.into_iter().zip(answers) {
                 let _ = request.reply.send(answer);
             }
@@ -225,15 +241,7 @@ async fn commit(pool: &Pool, items: &[(&Event, &[DomainMessage])]) -> Result<Wri
     commit_written(&client, items).await
 }
 
-/// [`commit`] on a given client or transaction.
-pub(super) async fn commit_with<C: GenericClient + Sync>(
-    client: &C,
-    items: &[(&Event, &[DomainMessage])],
-) -> Result<Vec<Result<StoredEvent, StoreError>>, StoreError> {
-    Ok(commit_written(client, items).await?.results)
-}
-
-/// [`commit_with`], with the outbox rows written (for [`fed_rows`]).
+/// [`commit`] on a given client or transaction, with the outbox rows written (for [`fed_rows`]).
 pub(super) async fn commit_written<C: GenericClient + Sync>(
     client: &C,
     items: &[(&Event, &[DomainMessage])],
