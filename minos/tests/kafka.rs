@@ -376,8 +376,8 @@ async fn the_cli_lists_shows_and_redrives_dead_letters_once() {
 async fn a_postgres_outbox_relayed_over_kafka_goes_out_once_in_order() {
     use minos::domain::DomainMessage;
     use minos::messaging::OutboxRelay;
-    use minos::{Action, Event};
     use minos::store::{InboxEntry, PostgresStore};
+    use minos::{Action, Event};
     use std::collections::HashMap;
     use std::sync::Arc;
 
@@ -469,7 +469,8 @@ async fn a_postgres_outbox_relayed_over_kafka_goes_out_once_in_order() {
             delivery.message
         );
         let content = &delivery.message.payload.content;
-        if let (Some(uuid), Some(version)) = (content["uuid"].as_str(), content["version"].as_u64()) {
+        if let (Some(uuid), Some(version)) = (content["uuid"].as_str(), content["version"].as_u64())
+        {
             order.push((uuid.to_owned(), version));
         }
         delivery.ack();
@@ -478,13 +479,28 @@ async fn a_postgres_outbox_relayed_over_kafka_goes_out_once_in_order() {
     for (uuid, version) in &order {
         let before = last.insert(uuid.clone(), *version).unwrap_or(0);
         if *version != before + 1 {
-            let rows = client.query("SELECT id, payload::text, headers::text FROM outbox ORDER BY id", &[]).await.unwrap();
+            let rows = client
+                .query(
+                    "SELECT id, payload::text, headers::text FROM outbox ORDER BY id",
+                    &[],
+                )
+                .await
+                .unwrap();
             for row in rows {
-                eprintln!("{} {} {}", row.get::<_, i64>(0), row.get::<_, String>(1), row.get::<_, String>(2));
+                eprintln!(
+                    "{} {} {}",
+                    row.get::<_, i64>(0),
+                    row.get::<_, String>(1),
+                    row.get::<_, String>(2)
+                );
             }
             eprintln!("ORDER {order:?}");
         }
-        assert_eq!(*version, before + 1, "each root's messages in order: {uuid}");
+        assert_eq!(
+            *version,
+            before + 1,
+            "each root's messages in order: {uuid}"
+        );
     }
     assert_eq!(last.len(), roots);
     eventually("every row marked sent", Duration::from_secs(10), || async {

@@ -296,7 +296,10 @@ mod tests {
         let found = feed.ticket();
         feed.enable(Arc::new(Notify::new()), Some(0));
         feed.ticket().complete(vec![row(3)]);
-        assert!(feed.take(10).is_empty(), "ids 1 and 2 may be the earlier tickets'");
+        assert!(
+            feed.take(10).is_empty(),
+            "ids 1 and 2 may be the earlier tickets'"
+        );
         assert!(!feed.take_dirty());
         feed.note_read(&[2]);
         found.complete(vec![row(2)]);

@@ -236,21 +236,22 @@ impl Transactions {
     /// Committing a committed transaction again does nothing.
     pub async fn commit(&self, uuid: Uuid) -> Result<TransactionStatus> {
         let _alone = self.alone(uuid).await;
-        // A write held while the commit ran (or another process moving the entry on) makes the store
-        // refuse the commit with nothing written: read again and commit what is there now.
-        let mut attempts = 0;
-        loop {
-            match self.commit_read(uuid).await {
-                Err(Error::Store(StoreError::TransactionChanged { .. })) if attempts < 3 => {
-                    attempts += 1;
-                }
+        // A write held while the one-step commit ran (or another process moving the entry on) makes
+        // the store refuse it with nothing written: read again and commit what is there now. While
+        // writes keep arriving, the fourth try reserves the transaction first, which refuses the
+        // holds that come after it (they answer that the transaction is no longer pending).
+        for _ in 0..3 {
+            match self.commit_read(uuid, true).await {
+                Err(Error::Store(StoreError::TransactionChanged { .. })) => {}
                 outcome => return outcome,
             }
         }
+        self.commit_read(uuid, false).await
     }
 
-    /// [`commit`](Self::commit) on the entry and writes as read now.
-    async fn commit_read(&self, uuid: Uuid) -> Result<TransactionStatus> {
+    /// [`commit`](Self::commit) on the entry and writes as read now; a pending top-level transaction
+    /// in one step where the store can (`one_step`), else reserved first.
+    async fn commit_read(&self, uuid: Uuid, one_step: bool) -> Result<TransactionStatus> {
         let Some((mut entry, mut held)) = self.entry_or(uuid, TransactionStatus::Committed).await?
         else {
             return Ok(TransactionStatus::Committed);
@@ -264,10 +265,12 @@ impl Transactions {
             // holding only new roots has nothing to claim: it is reserved in memory and the atomic
             // commit below is the step; any other is reserved first.
             TransactionStatus::Pending if entry.destination.is_none() => {
-                if let Some(status) = self.commit_unreserved(&mut entry, &held).await? {
-                    return Ok(status);
+                if one_step {
+                    if let Some(status) = self.commit_unreserved(&mut entry, &held).await? {
+                        return Ok(status);
+                    }
                 }
-                if needs_claims(&held) {
+                if !one_step || needs_claims(&held) {
                     self.reserve_entry(&mut entry, &mut held).await?;
                     read_pending = false;
                 } else {
