@@ -394,7 +394,7 @@ async fn a_row_committed_below_one_already_relayed_still_goes_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_row_goes_out_once_whether_handed_over_or_read() {
     use minos::messaging::{Broker, MemoryBroker, OutboxRelay};
-    use minos::store::{EventStore, InboxEntry};
+    use minos::store::InboxEntry;
     use std::collections::HashMap;
     use std::time::Duration;
 
