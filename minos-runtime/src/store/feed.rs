@@ -43,8 +43,11 @@ struct State {
     /// The lowest id not accounted for (taken, or passed by a read of the table); `None` until known.
     next: Option<i64>,
     /// Rows were committed that the feed does not hold, or it holds a gap: the relay must read the
-    /// table before the rows past it go out.
+    /// table before more rows go out.
     dirty: bool,
+    /// The lowest id of a row the feed may have lost (dropped by an overflow, or committed by a
+    /// ticket dropped without its rows): the relay's read must start there.
+    lost: Option<i64>,
     /// Past [`CAPACITY`]: rows are dropped until the relay reads the table.
     overflowed: bool,
     /// The ids each table read found, with the last ticket taken when it ended: rows of tickets up to
@@ -53,7 +56,8 @@ struct State {
 }
 
 /// A completed row with its ticket, and the last ticket taken when it completed: only tickets up to
-/// that one may hold an id below it that is still missing.
+/// that one may hold an id below it that is still missing (ids come from one sequence, in the order
+/// statements ask for them).
 #[derive(Debug)]
 struct Fed {
     ticket: u64,
@@ -76,7 +80,8 @@ impl CommitFeed {
 
     /// Takes a ticket before a statement (or transaction) takes outbox ids. Complete it with the rows
     /// once they are committed; drop it when the commit failed (after the attempt, so that the relay
-    /// reads what it may have committed). Without a relay taking rows it records nothing.
+    /// reads what it may have committed). Without a relay taking rows no row is kept, but the ticket
+    /// is: a relay that starts meanwhile waits for it.
     pub fn ticket(&self) -> FeedTicket<'_> {
         let mut state = self.state();
         state.issued += 1;
@@ -85,6 +90,8 @@ impl CommitFeed {
         FeedTicket {
             feed: self,
             number: Some(number),
+            // Its ids come after every id known now.
+            floor: state.next.unwrap_or(0),
         }
     }
 
@@ -98,26 +105,29 @@ impl CommitFeed {
             issued: state.issued,
             open: std::mem::take(&mut state.open),
             next: after.map(|id| id + 1),
+            reads: std::mem::take(&mut state.reads),
             ..State::default()
         };
     }
 
-    /// Stops keeping rows (the relay lost its lease or stopped) and drops what it held.
+    /// Stops keeping rows (the relay lost its lease or stopped) and drops what it held. What the
+    /// table reads found is kept: a row published then is not handed over again under a next lease.
     pub(crate) fn disable(&self) {
         let mut state = self.state();
         *state = State {
             issued: state.issued,
             open: std::mem::take(&mut state.open),
+            reads: std::mem::take(&mut state.reads),
             ..State::default()
         };
     }
 
-    /// Whether the relay must read the table before it takes more; clears it, and keeps rows again
-    /// after an overflow.
-    pub(crate) fn take_dirty(&self) -> bool {
+    /// Whether the relay must read the table before it takes more, and from which id at least (a
+    /// row the feed may have lost); clears both, and keeps rows again after an overflow.
+    pub(crate) fn take_dirty(&self) -> (bool, Option<i64>) {
         let mut state = self.state();
         state.overflowed = false;
-        std::mem::take(&mut state.dirty)
+        (std::mem::take(&mut state.dirty), state.lost.take())
     }
 
     /// Up to `limit` rows in id order, from the lowest not accounted for, without gaps and without
@@ -127,6 +137,10 @@ impl CommitFeed {
         let mut guard = self.state();
         let state = &mut *guard;
         let mut taken = Vec::new();
+        // Rows the feed does not hold may come before these: the table first.
+        if state.dirty {
+            return taken;
+        }
         while taken.len() < limit.max(1) {
             let Some(entry) = state.ready.first_entry() else {
                 break;
@@ -194,7 +208,7 @@ impl CommitFeed {
     /// A ticket taken before the relay started hands its rows over like any other: a read of the
     /// table since then that found them took note ([`note_read`](Self::note_read)), and one that
     /// did not found them uncommitted.
-    fn complete(&self, number: u64, rows: Option<Vec<OutboxRecord>>) {
+    fn complete(&self, number: u64, floor: i64, rows: Option<Vec<OutboxRecord>>) {
         let mut guard = self.state();
         let state = &mut *guard;
         state.open.remove(&number);
@@ -202,9 +216,15 @@ impl CommitFeed {
             return;
         }
         match rows {
-            Some(_) if state.overflowed => {}
+            Some(rows) if state.overflowed => {
+                let dropped = rows.iter().map(|row| row.id).min();
+                state.lost = state.lost.into_iter().chain(dropped).min();
+            }
             Some(rows) if state.ready.len() + rows.len() > CAPACITY => {
                 tracing::debug!("outbox feed full: the relay reads the rows from the table");
+                let held = state.ready.keys().next().copied();
+                let dropped = rows.iter().map(|row| row.id).chain(held).min();
+                state.lost = state.lost.into_iter().chain(dropped).min();
                 state.overflowed = true;
                 state.dirty = true;
                 state.ready.clear();
@@ -219,8 +239,11 @@ impl CommitFeed {
                     state.ready.insert(fed.row.id, fed);
                 }
             }
-            // Committed without the feed, or maybe not committed at all: the table tells.
-            None => state.dirty = true,
+            // Maybe committed, maybe not: the table tells, from the first id the ticket could hold.
+            None => {
+                state.dirty = true;
+                state.lost = Some(state.lost.map_or(floor, |lost| lost.min(floor)));
+            }
         }
         if let Some(wake) = &state.wake {
             wake.notify_one();
@@ -235,6 +258,7 @@ impl CommitFeed {
 pub struct FeedTicket<'a> {
     feed: &'a CommitFeed,
     number: Option<u64>,
+    floor: i64,
 }
 
 impl FeedTicket<'_> {
@@ -242,7 +266,7 @@ impl FeedTicket<'_> {
     /// the table holds).
     pub fn complete(mut self, rows: Vec<OutboxRecord>) {
         if let Some(number) = self.number.take() {
-            self.feed.complete(number, Some(rows));
+            self.feed.complete(number, self.floor, Some(rows));
         }
     }
 }
@@ -250,7 +274,7 @@ impl FeedTicket<'_> {
 impl Drop for FeedTicket<'_> {
     fn drop(&mut self) {
         if let Some(number) = self.number.take() {
-            self.feed.complete(number, None);
+            self.feed.complete(number, self.floor, None);
         }
     }
 }
@@ -284,7 +308,7 @@ mod tests {
         feed.ticket().complete(vec![row(1)]);
         drop(feed.ticket());
         assert!(feed.take(10).is_empty());
-        assert!(!feed.take_dirty());
+        assert!(!feed.take_dirty().0);
     }
 
     /// A statement that took its ticket before the relay started hands its rows over, and the rows
@@ -300,12 +324,12 @@ mod tests {
             feed.take(10).is_empty(),
             "ids 1 and 2 may be the earlier tickets'"
         );
-        assert!(!feed.take_dirty());
+        assert!(!feed.take_dirty().0);
         feed.note_read(&[2]);
         found.complete(vec![row(2)]);
         before.complete(vec![row(1)]);
         assert_eq!(ids(&feed.take(10)), vec![1, 3]);
-        assert!(!feed.take_dirty());
+        assert!(!feed.take_dirty().0);
     }
 
     /// Rows go out in id order without gaps: a row waits for an open ticket that may hold a lower id.
@@ -318,7 +342,7 @@ mod tests {
         second.complete(vec![row(7), row(6)]);
         // Id 5 may be the first ticket's.
         assert!(feed.take(10).is_empty());
-        assert!(!feed.take_dirty());
+        assert!(!feed.take_dirty().0);
         // A ticket taken after the rows completed cannot hold a lower id: it does not hold them back.
         let later = feed.ticket();
         first.complete(vec![row(5), row(8)]);
@@ -326,7 +350,7 @@ mod tests {
         later.complete(vec![row(9)]);
         assert_eq!(ids(&feed.take(1)), vec![9]);
         assert!(feed.take(10).is_empty());
-        assert!(!feed.take_dirty());
+        assert!(!feed.take_dirty().0);
     }
 
     /// A missing id no open ticket can hold (another process's row, a transaction's, a rolled-back
@@ -337,12 +361,12 @@ mod tests {
         feed.enable(Arc::new(Notify::new()), Some(0));
         feed.ticket().complete(vec![row(1), row(3), row(4)]);
         assert_eq!(ids(&feed.take(10)), vec![1]);
-        assert!(feed.take_dirty());
+        assert!(feed.take_dirty().0);
         // The read found 2, 3 and 4 (4 was committed by then): only what it did not find goes out.
         feed.note_read(&[2, 3, 4]);
         feed.ticket().complete(vec![row(5)]);
         assert_eq!(ids(&feed.take(10)), vec![5]);
-        assert!(!feed.take_dirty());
+        assert!(!feed.take_dirty().0);
     }
 
     #[test]
@@ -354,9 +378,13 @@ mod tests {
         // Id 1 may be the transaction's: the row waits.
         assert!(feed.take(10).is_empty());
         drop(transaction);
-        assert!(feed.take_dirty());
+        assert_eq!(
+            feed.take_dirty(),
+            (true, Some(1)),
+            "read from the first id it could hold"
+        );
         assert!(feed.take(10).is_empty(), "id 1 is still missing");
-        assert!(feed.take_dirty());
+        assert!(feed.take_dirty().0);
         feed.note_read(&[1, 2]);
         assert!(feed.take(10).is_empty(), "the read found both");
     }
@@ -367,7 +395,7 @@ mod tests {
         feed.enable(Arc::new(Notify::new()), None);
         feed.ticket().complete(vec![row(8)]);
         assert!(feed.take(10).is_empty());
-        assert!(feed.take_dirty());
+        assert!(feed.take_dirty().0);
         feed.note_read(&[7]);
         assert_eq!(ids(&feed.take(10)), vec![8]);
         // An empty read accounts for nothing.
@@ -386,7 +414,11 @@ mod tests {
         feed.ticket().complete(vec![row(5000)]);
         feed.ticket().complete(vec![row(5001)]);
         assert!(feed.take(10_000).is_empty());
-        assert!(feed.take_dirty());
+        assert_eq!(
+            feed.take_dirty(),
+            (true, Some(2)),
+            "read from the first row dropped"
+        );
         gap.complete(vec![row(1)]);
         feed.note_read(&[5001]);
         feed.ticket().complete(vec![row(5002)]);

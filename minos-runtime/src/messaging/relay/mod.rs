@@ -148,7 +148,8 @@ impl OutboxRelay {
             sent += self.take_fed_and_mark(lease, &fed.feed).await?;
         }
         for _ in 0..2 {
-            if !fed.must_read(self.sweep_interval()) {
+            // The table's unsent rows from the first: a lost row is among them.
+            if !fed.must_read(self.sweep_interval()).0 {
                 break;
             }
             loop {
@@ -171,10 +172,16 @@ impl OutboxRelay {
         Ok(sent)
     }
 
-    /// Publishes and marks what the feed releases.
+    /// Publishes and marks what the feed releases, for a sweep interval at most (as
+    /// [`take_fed`](Self::take_fed)).
     async fn take_fed_and_mark(&self, lease: &mut RelayLease, feed: &CommitFeed) -> Result<usize> {
         let mut sent = 0;
+        let started = Instant::now();
         loop {
+            if started.elapsed() >= self.sweep_interval() {
+                self.wake.notify_one();
+                return Ok(sent);
+            }
             self.broker.ready_for_more().await;
             let rows = feed.take(self.batch);
             if rows.is_empty() {
@@ -255,7 +262,9 @@ impl OutboxRelay {
                 .await?;
         }
         let Some(fed) = fed else {
-            return self.read_past_cursor(lease, flight, None, quiet).await;
+            return self
+                .read_past_cursor(lease, flight, None, None, quiet)
+                .await;
         };
         // With a feed, the table past the cursor is read when the feed does not hold everything
         // committed (the lease was just granted, rows came without it, it holds a gap, it
@@ -270,10 +279,11 @@ impl OutboxRelay {
             return Ok(());
         }
         for _ in 0..2 {
-            if !fed.must_read(self.sweep_interval()) {
+            let (read, lost) = fed.must_read(self.sweep_interval());
+            if !read {
                 break;
             }
-            self.read_past_cursor(lease, flight, Some(&fed.feed), quiet)
+            self.read_past_cursor(lease, flight, Some(&fed.feed), lost, quiet)
                 .await?;
             fed.unread = false;
             if !self.take_fed(lease, flight, &fed.feed, quiet).await {
@@ -283,7 +293,9 @@ impl OutboxRelay {
         Ok(())
     }
 
-    /// Publishes what the feed releases; `false` when the relay was held meanwhile.
+    /// Publishes what the feed releases; `false` when the relay was held meanwhile. Past a sweep
+    /// interval it leaves the rest to the next round (woken at once), so that a steady stream does
+    /// not keep the round from its reads, sweeps and republishing.
     async fn take_fed(
         &self,
         lease: &mut RelayLease,
@@ -291,9 +303,14 @@ impl OutboxRelay {
         feed: &CommitFeed,
         quiet: &Quiet,
     ) -> bool {
+        let started = Instant::now();
         loop {
             if quiet.held() {
                 return false;
+            }
+            if started.elapsed() >= self.sweep_interval() {
+                self.wake.notify_one();
+                return true;
             }
             self.mark_if_due(flight).await;
             self.broker.ready_for_more().await;
@@ -305,14 +322,17 @@ impl OutboxRelay {
         }
     }
 
-    /// Publishes the unsent rows past the cursor, page by page, moving the cursor.
+    /// Publishes the unsent rows past the cursor (from `lost` when it is lower: a row the feed may
+    /// have lost), page by page, moving the cursor.
     async fn read_past_cursor(
         &self,
         lease: &mut RelayLease,
         flight: &mut InFlight,
         feed: Option<&CommitFeed>,
+        lost: Option<i64>,
         quiet: &Quiet,
     ) -> Result<()> {
+        let mut from = lost.map_or(flight.cursor + 1, |lost| lost.min(flight.cursor + 1));
         loop {
             if quiet.held() {
                 return Ok(());
@@ -321,12 +341,13 @@ impl OutboxRelay {
             // flight stays bounded by what the broker holds.
             self.mark_if_due(flight).await;
             self.broker.ready_for_more().await;
-            let records = self.read(feed, flight.cursor + 1..i64::MAX).await?;
+            let records = self.read(feed, from..i64::MAX).await?;
             let Some(last) = records.last().map(|record| record.id) else {
                 break;
             };
             let full = records.len() == self.batch;
-            flight.cursor = last;
+            flight.cursor = flight.cursor.max(last);
+            from = last + 1;
             self.publish_tracked(lease, flight, quiet, records).await;
             if !full {
                 break;
@@ -667,14 +688,15 @@ impl Fed {
 
     /// Whether to read the table before taking from the feed: when the feed does not hold everything
     /// committed (the lease was just granted, rows came without it, it holds a gap, it overflowed),
-    /// and once `interval` for the rows of other processes. Notes the read as started.
-    fn must_read(&mut self, interval: Duration) -> bool {
-        let dirty = self.feed.take_dirty();
+    /// and once `interval` for the rows of other processes; with the lowest id of a row the feed may
+    /// have lost, where the read must start. Notes the read as started.
+    fn must_read(&mut self, interval: Duration) -> (bool, Option<i64>) {
+        let (dirty, lost) = self.feed.take_dirty();
         let read = dirty || self.unread || self.read_at.elapsed() >= interval;
         if read {
             self.read_at = Instant::now();
         }
-        read
+        (read, lost)
     }
 }
 

@@ -58,7 +58,7 @@ async fn the_rows_the_writers_hand_over_are_the_rows_the_table_holds() {
     let (event, messages) = change(Uuid::now_v7(), 1, 1);
     store.commit_unit(&[(event, messages)], None).await.unwrap();
     assert!(feed.take(100).is_empty());
-    assert!(!feed.take_dirty());
+    assert!(!feed.take_dirty().0);
     let skipped = store.pending(10).await.unwrap();
     assert_eq!(skipped.len(), 1);
 
@@ -95,7 +95,7 @@ async fn the_rows_the_writers_hand_over_are_the_rows_the_table_holds() {
         .iter()
         .all(|row| row.message.headers.contains_key("position")));
     assert_eq!(fed, table, "the feed holds what the table holds");
-    assert!(!feed.take_dirty(), "nothing was committed past the feed");
+    assert!(!feed.take_dirty().0, "nothing was committed past the feed");
 
     // A unit with an inbox entry commits in a transaction of its own, and hands its rows over too;
     // a copy of it is refused before it writes anything.
@@ -112,7 +112,7 @@ async fn the_rows_the_writers_hand_over_are_the_rows_the_table_holds() {
     assert_eq!(fed.len(), 3);
     assert!(store.commit_unit(&unit, Some(&entry)).await.is_err());
     assert!(feed.take(100).is_empty());
-    assert!(!feed.take_dirty());
+    assert!(!feed.take_dirty().0);
 
     // A failed append (a version conflict) hands nothing over and loses nothing.
     let (event, messages) = change(roots[0], 2, 1);

@@ -92,8 +92,7 @@ async fn run_batch(pool: &Pool, feed: &CommitFeed, mut batch: Vec<AppendRequest>
             }
         }
         // One append of a larger batch failed in the database (e.g. another process wrote the same
-        // version first): commit each on its own, so only that one fails. The relay reads what they
-        // committed from the table.
+        // version first): commit each on its own, so only that one fails.
         Err(error) if batch.len() > 1 && !matches!(error, StoreError::Unavailable { .. }) => {
             // Under the batch's ticket: completed with what they committed, or dropped (after the
             // commits, so that the relay's read finds them) when one's outcome is unknown.
@@ -186,9 +185,8 @@ WITH input AS (
     ORDER BY o.position
     RETURNING id, identifier
 )
-SELECT id, uuid, version, xact,
-    (SELECT array_agg(id) FROM outbox_rows), (SELECT array_agg(identifier) FROM outbox_rows)
-FROM event_rows";
+SELECT id, uuid, version, xact, NULL::int8, NULL::uuid FROM event_rows
+UNION ALL SELECT NULL, NULL, NULL, NULL, id, identifier FROM outbox_rows";
 
 /// [`COMMIT_SQL`] for a batch of creations (each root created once in the batch, so snapshot `i` is
 /// event `i`'s; a root that exists already is skipped by `ON CONFLICT` and answered as a lost race): no update
@@ -220,9 +218,8 @@ WITH input AS (
     ORDER BY o.position
     RETURNING id, identifier
 )
-SELECT id, uuid, version, xact,
-    (SELECT array_agg(id) FROM outbox_rows), (SELECT array_agg(identifier) FROM outbox_rows)
-FROM event_rows";
+SELECT id, uuid, version, xact, NULL::int8, NULL::uuid FROM event_rows
+UNION ALL SELECT NULL, NULL, NULL, NULL, id, identifier FROM outbox_rows";
 
 /// Each written event's global position (id, commit) by root and version, and the outbox rows
 /// written (id, message identifier).
@@ -615,21 +612,17 @@ async fn write<C: GenericClient + Sync>(
         }
     };
     let rows = rows.map_err(|e| write_error(e, items, checked))?;
-    let outbox = match rows.first() {
-        Some(row) => {
-            let ids: Option<Vec<i64>> = row.get(4);
-            let identifiers: Option<Vec<Uuid>> = row.get(5);
-            ids.unwrap_or_default()
-                .into_iter()
-                .zip(identifiers.unwrap_or_default())
-                .collect()
+    // The events' rows, then the outbox rows' (id and identifier in the last two columns).
+    let mut positions = HashMap::with_capacity(rows.len());
+    let mut outbox = Vec::new();
+    for row in &rows {
+        match row.get::<_, Option<i64>>(4) {
+            Some(id) => outbox.push((id, row.get(5))),
+            None => {
+                positions.insert((row.get(1), row.get(2)), (row.get(0), row.get(3)));
+            }
         }
-        None => Vec::new(),
-    };
-    let positions = rows
-        .iter()
-        .map(|r| ((r.get(1), r.get(2)), (r.get(0), r.get(3))))
-        .collect();
+    }
     Ok((positions, outbox))
 }
 
