@@ -13,3 +13,4 @@ pub mod otlp;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod process;
+pub mod relay;

@@ -378,7 +378,6 @@ async fn a_postgres_outbox_relayed_over_kafka_goes_out_once_in_order() {
     use minos::messaging::OutboxRelay;
     use minos::store::{InboxEntry, PostgresStore};
     use minos::{Action, Event};
-    use std::collections::HashMap;
     use std::sync::Arc;
 
     let url = minos_support::postgres::fresh_schema_url();
@@ -453,35 +452,10 @@ async fn a_postgres_outbox_relayed_over_kafka_goes_out_once_in_order() {
         writer.await.unwrap();
     }
     let expected = roots * versions as usize + 5;
-    let mut seen = std::collections::HashSet::new();
-    let mut order: Vec<(String, u64)> = Vec::new();
-    while seen.len() < expected {
-        let delivery = tokio::time::timeout(Duration::from_secs(30), received.next())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {expected} published: {order:?}", seen.len()))
-            .unwrap();
-        assert!(
-            seen.insert(delivery.message.identifier),
-            "published twice: {:?}",
-            delivery.message
-        );
-        let content = &delivery.message.payload.content;
-        if let (Some(uuid), Some(version)) = (content["uuid"].as_str(), content["version"].as_u64())
-        {
-            order.push((uuid.to_owned(), version));
-        }
-        delivery.ack();
-    }
-    let mut last: HashMap<String, u64> = HashMap::new();
-    for (uuid, version) in &order {
-        let before = last.insert(uuid.clone(), *version).unwrap_or(0);
-        assert_eq!(
-            *version,
-            before + 1,
-            "each root's messages in order: {uuid} in {order:?}"
-        );
-    }
-    assert_eq!(last.len(), roots);
+    let wait = Duration::from_secs(30);
+    let roots_seen =
+        minos_support::relay::receive_once_in_order(&mut received, expected, wait).await;
+    assert_eq!(roots_seen, roots);
     eventually("every row marked sent", Duration::from_secs(10), || async {
         repository.store().pending(10).await.unwrap().is_empty()
     })

@@ -395,7 +395,6 @@ async fn a_row_committed_below_one_already_relayed_still_goes_out() {
 async fn every_row_goes_out_once_whether_handed_over_or_read() {
     use minos::messaging::{Broker, MemoryBroker, OutboxRelay};
     use minos::store::InboxEntry;
-    use std::collections::HashMap;
     use std::time::Duration;
 
     let url = fresh_schema_url();
@@ -451,35 +450,14 @@ async fn every_row_goes_out_once_whether_handed_over_or_read() {
         writer.await.unwrap();
     }
     let expected = roots * (1 + saves) + 5 + 5;
-    let mut seen = std::collections::HashSet::new();
-    let mut versions: HashMap<String, u64> = HashMap::new();
-    while seen.len() < expected {
-        let delivery = tokio::time::timeout(Duration::from_secs(10), received.next())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {expected} published", seen.len()))
-            .unwrap();
-        assert!(
-            seen.insert(delivery.message.identifier),
-            "published twice: {:?}",
-            delivery.message
-        );
-        let content = &delivery.message.payload.content;
-        if let (Some(uuid), Some(version)) = (content["uuid"].as_str(), content["version"].as_u64())
-        {
-            let last = versions.insert(uuid.to_owned(), version).unwrap_or(0);
-            assert_eq!(version, last + 1, "each root's events in order");
-        }
-        delivery.ack();
-    }
-    assert_eq!(versions.len(), roots + 5);
-    let started = std::time::Instant::now();
-    while !store.pending(10).await.unwrap().is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "handled rows are marked sent"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let wait = Duration::from_secs(10);
+    let roots_seen =
+        minos_support::relay::receive_once_in_order(&mut received, expected, wait).await;
+    assert_eq!(roots_seen, roots + 5);
+    minos::testing::eventually("every row marked sent", Duration::from_secs(10), || async {
+        store.pending(10).await.unwrap().is_empty()
+    })
+    .await;
     assert!(
         tokio::time::timeout(Duration::from_millis(300), received.next())
             .await

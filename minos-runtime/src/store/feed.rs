@@ -66,7 +66,7 @@ struct Fed {
 }
 
 impl CommitFeed {
-    /// A feed that keeps nothing until a relay [enables](Self::enable) it.
+    /// A feed that keeps no rows until this process's relay takes them (it holds the lease).
     pub fn new() -> Self {
         Self::default()
     }

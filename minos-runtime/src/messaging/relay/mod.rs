@@ -2,14 +2,17 @@
 //! sent only once the broker has them, or, on a broker that holds them in this process's memory,
 //! once they were handled. On start it first drains what an earlier run left behind.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use super::{BrokerMessage, Receipt, Receipts, SharedBroker};
+mod flight;
+
+use flight::{Fed, InFlight};
+
+use super::{BrokerMessage, Receipt, SharedBroker};
 use crate::error::Result;
 use crate::store::{CommitFeed, OutboxRecord, RelayLease, SharedStore};
 
@@ -643,131 +646,6 @@ async fn next_receipt(flight: Option<&mut InFlight>) -> Option<Receipt> {
     match flight {
         Some(flight) => flight.arrived.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// What a relay knows of the rows it published to a broker that holds them until handled.
-struct InFlight {
-    receipts: Receipts,
-    arrived: mpsc::UnboundedReceiver<Receipt>,
-    /// Published, no receipt yet.
-    ids: BTreeSet<i64>,
-    /// The last row read past the others (0: read from the start).
-    cursor: i64,
-    /// Handled, to be marked sent.
-    handled: BTreeSet<i64>,
-    /// When the oldest of `handled` arrived (or, after a failed mark, when to try again).
-    first_handled: Option<Instant>,
-    /// Refused by the broker: published again like a dropped one.
-    refused: BTreeSet<i64>,
-    /// Dropped unhandled, and when to publish each again.
-    dropped: BTreeMap<i64, Instant>,
-    /// How long a dropped row waits before it is published again.
-    retry_after: Duration,
-    swept: Instant,
-}
-
-/// The rows the store hands over as it commits them ([`OutboxStore::feed`](crate::store::OutboxStore::feed)),
-/// and when the relay last read the table.
-struct Fed {
-    feed: Arc<CommitFeed>,
-    /// When the table was last read.
-    read_at: Instant,
-    /// Not read through since the lease was granted.
-    unread: bool,
-}
-
-impl Fed {
-    fn new(feed: Arc<CommitFeed>) -> Self {
-        Fed {
-            feed,
-            read_at: Instant::now(),
-            unread: true,
-        }
-    }
-
-    /// Whether to read the table before taking from the feed: when the feed does not hold everything
-    /// committed (the lease was just granted, rows came without it, it holds a gap, it overflowed),
-    /// and once `interval` for the rows of other processes; with the lowest id of a row the feed may
-    /// have lost, where the read must start. Notes the read as started.
-    fn must_read(&mut self, interval: Duration) -> (bool, Option<i64>) {
-        let (dirty, lost) = self.feed.take_dirty();
-        let read = dirty || self.unread || self.read_at.elapsed() >= interval;
-        if read {
-            self.read_at = Instant::now();
-        }
-        (read, lost)
-    }
-}
-
-impl InFlight {
-    fn new(retry_after: Duration) -> Self {
-        let (receipts, arrived) = Receipts::channel();
-        InFlight {
-            receipts,
-            arrived,
-            ids: BTreeSet::new(),
-            cursor: 0,
-            handled: BTreeSet::new(),
-            first_handled: None,
-            refused: BTreeSet::new(),
-            dropped: BTreeMap::new(),
-            retry_after,
-            swept: Instant::now(),
-        }
-    }
-
-    /// Takes in every receipt that arrived.
-    fn collect(&mut self) {
-        while let Ok(receipt) = self.arrived.try_recv() {
-            self.note(receipt);
-        }
-    }
-
-    fn note(&mut self, receipt: Receipt) {
-        self.ids.remove(&receipt.id);
-        if self.refused.remove(&receipt.id) || !receipt.handled {
-            self.dropped
-                .insert(receipt.id, Instant::now() + self.retry_after);
-            return;
-        }
-        self.handled.insert(receipt.id);
-        self.first_handled.get_or_insert_with(Instant::now);
-    }
-
-    /// Whether row `id` needs no publishing now: in flight, handled and waiting for its mark (a sweep
-    /// or a range published again before the mark must not deliver it once more), or dropped and
-    /// waiting for its delay.
-    fn taken(&self, id: i64) -> bool {
-        self.ids.contains(&id) || self.handled.contains(&id) || self.dropped.contains_key(&id)
-    }
-
-    /// When the handled rows should be marked.
-    fn mark_due(&self) -> Option<Instant> {
-        self.first_handled.map(|first| first + MARK_DELAY)
-    }
-
-    /// The next moment something is due: a mark, or (when `publishing`) a dropped row's publish.
-    fn next_due(&self, publishing: bool) -> Option<Instant> {
-        let retry = self.dropped.values().min().copied().filter(|_| publishing);
-        self.mark_due().into_iter().chain(retry).min()
-    }
-
-    /// Whether to look for rows committed below the ones read: every `interval` once something was read.
-    fn sweep_due(&self, interval: Duration) -> bool {
-        self.cursor > 0 && self.swept.elapsed() >= interval
-    }
-
-    /// The rows below this id are neither in flight nor handled and waiting for their mark: a sweep
-    /// reads below it, so that it does not read again, under load, the many rows whose marks wait.
-    fn floor(&self) -> i64 {
-        let first = self
-            .ids
-            .first()
-            .into_iter()
-            .chain(self.handled.first())
-            .min();
-        first.map_or(self.cursor + 1, |id| *id.min(&(self.cursor + 1)))
     }
 }
 

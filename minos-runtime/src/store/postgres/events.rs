@@ -8,7 +8,8 @@ use crate::domain::{Action, DomainMessage, Event};
 use crate::store::{EventFilter, EventStore, InboxEntry, Position, StoreError, StoredEvent};
 
 use super::inbox::record_request;
-use super::writer::{commit_written, fed_rows, AppendRequest};
+use super::outbox::fed_copy;
+use super::writer::{commit_written, AppendRequest};
 use super::{db_error, prepared, query, PostgresStore, BACKEND};
 
 /// An inbox insert that changed no row found the message handled already.
@@ -81,22 +82,14 @@ impl EventStore for PostgresStore {
                 .map_err(db_error)?;
             recorded(inserted, entry)?;
         }
-        // Taken before its outbox rows take their ids, completed with them once committed (the
-        // relay's feed); dropped, when the commit failed, it sends the relay to the table.
-        let ticket = appends
-            .iter()
-            .any(|(_, messages)| !messages.is_empty())
-            .then(|| self.feed.ticket());
+        let ticket = self.outbox_ticket(appends);
         let mut stored = Vec::with_capacity(appends.len());
         let mut fed = None;
         if !appends.is_empty() {
             let items: Vec<(&Event, &[DomainMessage])> =
                 appends.iter().map(|(e, m)| (e, m.as_slice())).collect();
             let written = commit_written(&tx, &items).await?;
-            if ticket.is_some() {
-                let appends = appends.iter().map(|(e, m)| (e.created_at, m.clone()));
-                fed = fed_rows(appends, &written);
-            }
+            fed = fed_copy(ticket.as_ref(), appends, &written);
             for result in written.results {
                 stored.push(result?);
             }

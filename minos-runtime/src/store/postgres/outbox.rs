@@ -1,12 +1,79 @@
 //! [`OutboxStore`] and [`InboxStore`] for PostgreSQL: the messages waiting to be published, the relay
 //! lease, and which messages a consumer has handled.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
-use crate::domain::DomainMessage;
-use crate::store::{InboxEntry, InboxStore, OutboxRecord, OutboxStore, RelayLease, StoreError};
+use crate::domain::{DomainMessage, Event};
+use crate::store::{
+    FeedTicket, InboxEntry, InboxStore, OutboxRecord, OutboxStore, RelayLease, StoreError,
+};
 
+use super::writer::Written;
 use super::{db_error, prepared, PostgresStore};
+
+impl PostgresStore {
+    /// The relay's feed ticket for a transaction that writes `appends`, when they have messages: taken
+    /// before their outbox rows take their ids, completed with them once committed, dropped when the
+    /// commit fails (the relay then reads the table).
+    pub(super) fn outbox_ticket(
+        &self,
+        appends: &[(Event, Vec<DomainMessage>)],
+    ) -> Option<FeedTicket<'_>> {
+        appends
+            .iter()
+            .any(|(_, messages)| !messages.is_empty())
+            .then(|| self.feed.ticket())
+    }
+}
+
+/// [`fed_rows`] for a transaction's `appends` when it holds a ticket (their messages copied).
+pub(super) fn fed_copy(
+    ticket: Option<&FeedTicket<'_>>,
+    appends: &[(Event, Vec<DomainMessage>)],
+    written: &Written,
+) -> Option<Vec<OutboxRecord>> {
+    ticket?;
+    fed_rows(
+        appends.iter().map(|(e, m)| (e.created_at, m.clone())),
+        written,
+    )
+}
+
+/// The outbox rows `written` committed, as the table holds them (the relay's feed): the messages of
+/// each append (with its event's time) that was written, each with its event's log position. `None`
+/// when one is missing (the relay then reads the table).
+pub(super) fn fed_rows(
+    appends: impl IntoIterator<Item = (DateTime<Utc>, Vec<DomainMessage>)>,
+    written: &Written,
+) -> Option<Vec<OutboxRecord>> {
+    use chrono::SubsecRound;
+    let ids: HashMap<Uuid, i64> = written
+        .outbox
+        .iter()
+        .map(|&(id, identifier)| (identifier, id))
+        .collect();
+    let mut rows = Vec::with_capacity(ids.len());
+    for ((created_at, messages), result) in appends.into_iter().zip(&written.results) {
+        let Ok(stored) = result else {
+            continue;
+        };
+        let position = format!("{}.{}", stored.commit, stored.id);
+        for mut message in messages {
+            let id = *ids.get(&message.identifier)?;
+            message.headers.insert("position".into(), position.clone());
+            rows.push(OutboxRecord {
+                id,
+                message,
+                created_at: created_at.trunc_subsecs(6),
+            });
+        }
+    }
+    (rows.len() == written.outbox.len()).then_some(rows)
+}
 
 #[async_trait]
 impl OutboxStore for PostgresStore {

@@ -12,7 +12,8 @@ use crate::store::{
     needs_claims, ClaimedCommit, HeldWrites, InboxEntry, StoreError, StoredEvent, TransactionStore,
 };
 
-use super::writer::{commit_written, fed_rows};
+use super::outbox::fed_copy;
+use super::writer::commit_written;
 use super::{db_error, prepared, PostgresStore, BACKEND};
 
 fn decode_transaction(row: &Row) -> Result<TransactionEntry, StoreError> {
@@ -254,13 +255,7 @@ impl PostgresStore {
         let top = Uuid::nil();
         let status = entry.status.as_str();
         let params = entry_params(entry, &status);
-        // Taken before the held writes' outbox rows take their ids, completed with them once
-        // committed (the relay's feed); dropped, when the commit failed, it sends the relay to the
-        // table.
-        let ticket = held
-            .iter()
-            .any(|(_, messages)| !messages.is_empty())
-            .then(|| self.feed.ticket());
+        let ticket = self.outbox_ticket(held);
         // All go out at once (pipelined on the connection, in this order: the entry is locked before
         // the settle counts the held writes it forgets, the claim taken before the versions are read);
         // the commit makes them one. A concurrent claimer of the same roots waits for this transaction
@@ -310,17 +305,9 @@ impl PostgresStore {
         if usize::try_from(forgotten).ok() != Some(held.len()) {
             return changed();
         }
-        let (stored, fed) = match stored? {
-            Some(written) => {
-                let fed = ticket.as_ref().and_then(|_| {
-                    fed_rows(
-                        held.iter().map(|(e, m)| (e.created_at, m.clone())),
-                        &written,
-                    )
-                });
-                (written.results, fed)
-            }
-            None => (Vec::new(), None),
+        let (fed, stored) = match stored? {
+            Some(written) => (fed_copy(ticket.as_ref(), held, &written), written.results),
+            None => (None, Vec::new()),
         };
         let stored = stored.into_iter().collect::<Result<Vec<_>, _>>()?;
         tx.commit().await.map_err(db_error)?;

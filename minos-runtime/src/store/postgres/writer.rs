@@ -14,8 +14,9 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::domain::{Action, DomainMessage, Event};
-use crate::store::{check_applies, CommitFeed, OutboxRecord, Snapshot, StoreError, StoredEvent};
+use crate::store::{check_applies, CommitFeed, Snapshot, StoreError, StoredEvent};
 
+use super::outbox::fed_rows;
 use super::snapshots::{decode_snapshot, SNAPSHOT_COLUMNS};
 use super::{db_error, pool_error, prepared, PostgresOptions, BACKEND};
 
@@ -228,7 +229,7 @@ type Positions = (HashMap<(Uuid, i64), (i64, i64)>, Vec<(i64, Uuid)>);
 /// What one statement wrote: each item's answer, and the outbox rows (id, message identifier).
 pub(super) struct Written {
     pub(super) results: Vec<Result<StoredEvent, StoreError>>,
-    outbox: Vec<(i64, Uuid)>,
+    pub(super) outbox: Vec<(i64, Uuid)>,
 }
 
 /// Commits `items`: version checks in Rust against the stored snapshots (read only when a batch holds
@@ -238,7 +239,7 @@ async fn commit(pool: &Pool, items: &[(&Event, &[DomainMessage])]) -> Result<Wri
     commit_written(&client, items).await
 }
 
-/// [`commit`] on a given client or transaction, with the outbox rows written (for [`fed_rows`]).
+/// [`commit`] on a given client or transaction, with the outbox rows written (for the relay's feed).
 pub(super) async fn commit_written<C: GenericClient + Sync>(
     client: &C,
     items: &[(&Event, &[DomainMessage])],
@@ -263,38 +264,6 @@ pub(super) async fn commit_written<C: GenericClient + Sync>(
         results: answer(client, items, checked.results, &ids).await,
         outbox,
     })
-}
-
-/// The outbox rows `written` committed, as the table holds them (the relay's feed): the messages of
-/// each append (with its event's time) that was written, each with its event's log position. `None`
-/// when one is missing (the relay then reads the table).
-pub(super) fn fed_rows(
-    appends: impl IntoIterator<Item = (DateTime<Utc>, Vec<DomainMessage>)>,
-    written: &Written,
-) -> Option<Vec<OutboxRecord>> {
-    use chrono::SubsecRound;
-    let ids: HashMap<Uuid, i64> = written
-        .outbox
-        .iter()
-        .map(|&(id, identifier)| (identifier, id))
-        .collect();
-    let mut rows = Vec::with_capacity(ids.len());
-    for ((created_at, messages), result) in appends.into_iter().zip(&written.results) {
-        let Ok(stored) = result else {
-            continue;
-        };
-        let position = format!("{}.{}", stored.commit, stored.id);
-        for mut message in messages {
-            let id = *ids.get(&message.identifier)?;
-            message.headers.insert("position".into(), position.clone());
-            rows.push(OutboxRecord {
-                id,
-                message,
-                created_at: created_at.trunc_subsecs(6),
-            });
-        }
-    }
-    (rows.len() == written.outbox.len()).then_some(rows)
 }
 
 /// The event and its one message when `items` is a lone creation with one message (a root's create,
