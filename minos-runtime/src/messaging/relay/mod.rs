@@ -117,17 +117,21 @@ impl OutboxRelay {
     /// even on a broker that [holds them until handled](super::Broker::holds_until_handled): only a
     /// spawned relay waits for their handlers.
     pub async fn relay_pending(&self) -> Result<usize> {
-        self.relay_under(None).await
+        self.relay_under(None, None).await
     }
 
     /// [`relay_pending`](Self::relay_pending) under `lease`: rows past its horizon go out as first
     /// deliveries, and each page published moves the horizon past it
-    /// ([`RelayLease::horizon`]).
-    async fn relay_under(&self, mut lease: Option<&mut RelayLease>) -> Result<usize> {
+    /// ([`RelayLease::horizon`]). With `feed`, the feed learns which rows the reads found.
+    async fn relay_under(
+        &self,
+        mut lease: Option<&mut RelayLease>,
+        feed: Option<&CommitFeed>,
+    ) -> Result<usize> {
         let mut sent = 0;
         loop {
             self.broker.ready_for_more().await;
-            let records = self.store.pending(self.batch).await?;
+            let records = self.read(feed, 0..i64::MAX).await?;
             if records.is_empty() {
                 return Ok(sent);
             }
@@ -155,20 +159,7 @@ impl OutboxRelay {
             if !fed.must_read(self.sweep_interval()).0 {
                 break;
             }
-            loop {
-                self.broker.ready_for_more().await;
-                let records = self.store.pending(self.batch).await?;
-                let ids: Vec<i64> = records.iter().map(|record| record.id).collect();
-                fed.feed.note_read(&ids);
-                if records.is_empty() {
-                    break;
-                }
-                let full = records.len() == self.batch;
-                sent += self.publish_and_mark(Some(&mut *lease), records).await?;
-                if !full {
-                    break;
-                }
-            }
+            sent += self.relay_under(Some(&mut *lease), Some(&fed.feed)).await?;
             fed.unread = false;
             sent += self.take_fed_and_mark(lease, &fed.feed).await?;
         }
@@ -238,8 +229,7 @@ impl OutboxRelay {
         fed: Option<&mut Fed>,
         quiet: &Quiet,
     ) -> Result<()> {
-        let feed = fed.as_ref().map(|fed| Arc::clone(&fed.feed));
-        let feed = feed.as_deref();
+        let feed = fed.as_deref().map(|fed| &*fed.feed);
         flight.collect();
         let now = Instant::now();
         let due: Vec<i64> = flight
@@ -537,7 +527,7 @@ impl OutboxRelay {
                         }
                         None => match fed.as_mut() {
                             Some(fed) => self.relay_fed(held, fed).await.map(|_| ()),
-                            None => self.relay_under(Some(held)).await.map(|_| ()),
+                            None => self.relay_under(Some(held), None).await.map(|_| ()),
                         },
                     };
                     match round {
@@ -584,11 +574,12 @@ impl OutboxRelay {
                     }
                 }
             }
+            // Stopping: the rest waits in the table (or is drained from it below).
+            if let Some(fed) = &fed {
+                fed.feed.disable();
+            }
             match flight.as_mut() {
                 Some(flight) => {
-                    if let Some(fed) = &fed {
-                        fed.feed.disable();
-                    }
                     // Give the handlers still at work a moment, then mark what they finished.
                     let deadline = Instant::now() + STOP_WAIT;
                     while !flight.ids.is_empty() {
@@ -602,12 +593,9 @@ impl OutboxRelay {
                 }
                 None => {
                     if let Some(held) = lease.as_mut() {
-                        if let Err(error) = self.relay_under(Some(held)).await {
+                        if let Err(error) = self.relay_under(Some(held), None).await {
                             tracing::warn!(%error, "outbox relay: rows left pending at shutdown; they are sent on the next start");
                         }
-                    }
-                    if let Some(fed) = &fed {
-                        fed.feed.disable();
                     }
                 }
             }

@@ -103,7 +103,8 @@ async fn run_batch(pool: &Pool, feed: &CommitFeed, mut batch: Vec<AppendRequest>
                 let items = [(&request.event, request.messages.as_slice())];
                 answers.push(match commit(pool, &items).await {
                     Ok(mut written) => {
-                        let appends = [(request.event.created_at, request.messages.clone())];
+                        let messages = std::mem::take(&mut request.messages);
+                        let appends = [(request.event.created_at, messages)];
                         match (fed_rows(appends, &written), rows.as_mut()) {
                             (Some(fed), Some(rows)) => rows.extend(fed),
                             _ => rows = None,
