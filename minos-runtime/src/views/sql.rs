@@ -435,41 +435,44 @@ pub(crate) async fn upsert_now(tx: &mut dyn Tx, def: &ViewDef, row: Row) -> Resu
     tx.execute(&statements.upsert, &params).await.map(|_| ())
 }
 
-/// Stores `rows` (distinct keys, in this order), replacing those with their keys, a chunk of rows per
-/// statement (see [`CHUNKS`]): how a projection's page writes the rows its handlers left.
-pub(crate) async fn upsert_many(
-    tx: &mut dyn Tx,
+/// The statements that store `rows` (distinct keys, in this order), replacing those with their keys,
+/// a chunk of rows per statement (see [`CHUNKS`]): how a projection's page writes the rows its
+/// handlers left.
+pub(crate) fn upsert_statements(
     def: &ViewDef,
+    dialect: Dialect,
     rows: Vec<Row>,
-) -> Result<(), StoreError> {
-    let statements = Statements::of(def, tx.dialect());
+) -> Vec<(String, Vec<SqlValue>)> {
+    let statements = Statements::of(def, dialect);
     let mut rows = rows.into_iter();
-    for size in chunk_sizes(rows.len()) {
-        let mut params = Vec::with_capacity(size * statements.width);
-        for row in rows.by_ref().take(size) {
-            params.extend(row.values);
-            params.push(SqlValue::Text(row.json));
-        }
-        let sql = statements.upsert_rows(tx.dialect(), size);
-        tx.execute(&sql, &params).await?;
-    }
-    Ok(())
+    chunk_sizes(rows.len())
+        .into_iter()
+        .map(|size| {
+            let mut params = Vec::with_capacity(size * statements.width);
+            for row in rows.by_ref().take(size) {
+                params.extend(row.values);
+                params.push(SqlValue::Text(row.json));
+            }
+            (statements.upsert_rows(dialect, size), params)
+        })
+        .collect()
 }
 
-/// Deletes the rows with `keys` (distinct), a chunk of keys per statement.
-pub(crate) async fn delete_many(
-    tx: &mut dyn Tx,
+/// The statements deleting the rows with `keys` (distinct), a chunk of keys per statement.
+pub(crate) fn delete_statements(
     def: &ViewDef,
+    dialect: Dialect,
     keys: Vec<SqlValue>,
-) -> Result<(), StoreError> {
-    let statements = Statements::of(def, tx.dialect());
+) -> Vec<(String, Vec<SqlValue>)> {
+    let statements = Statements::of(def, dialect);
     let mut keys = keys.into_iter();
-    for size in chunk_sizes(keys.len()) {
-        let params: Vec<SqlValue> = keys.by_ref().take(size).collect();
-        let sql = statements.delete_rows(tx.dialect(), size);
-        tx.execute(&sql, &params).await?;
-    }
-    Ok(())
+    chunk_sizes(keys.len())
+        .into_iter()
+        .map(|size| {
+            let params: Vec<SqlValue> = keys.by_ref().take(size).collect();
+            (statements.delete_rows(dialect, size), params)
+        })
+        .collect()
 }
 
 /// The stored JSON of the row with `key`: in a projection's transaction, as its handlers left it.

@@ -63,6 +63,23 @@ pub(crate) trait Tx: Send {
         Ok(true)
     }
 
+    /// Runs `writes`, then `sql` as [`commit_if_changed`](Tx::commit_if_changed) does. PostgreSQL
+    /// sends them all with the commit (one round trip); a write that fails leaves nothing committed.
+    async fn commit_after(
+        mut self: Box<Self>,
+        writes: Vec<Write>,
+        sql: &str,
+        params: &[SqlValue],
+        expected: u64,
+    ) -> Result<bool, StoreError> {
+        for write in writes {
+            if let Err(error) = self.execute(&write.sql, &write.params).await {
+                return Err(write.failed(error));
+            }
+        }
+        self.commit_if_changed(sql, params, expected).await
+    }
+
     /// The view rows waiting to be written and the transaction under them, for a projection's
     /// transaction ([`Buffered`]); `None` for others.
     fn buffered(&mut self) -> Option<(&mut Pending, &mut dyn Tx)> {
@@ -146,8 +163,9 @@ impl Buffered {
         }
     }
 
-    /// Writes the waiting rows; after a failure, fails again.
-    async fn flush(&mut self) -> Result<(), StoreError> {
+    /// The statements writing the waiting rows (which then wait no more); after a failure, fails
+    /// again.
+    fn writes(&mut self) -> Result<Vec<Write>, StoreError> {
         if let Some(failed) = &self.failed {
             return Err(StoreError::backend(
                 "view database",
@@ -183,21 +201,55 @@ impl Buffered {
                 }
             }
         }
+        let dialect = self.inner.dialect();
+        let mut writes = Vec::new();
         for (def, keys, run) in runs {
-            let written = match run {
-                Run::Upserts(rows) => sql::upsert_many(self.inner.as_mut(), def, rows).await,
-                Run::Deletes(gone) => sql::delete_many(self.inner.as_mut(), def, gone).await,
+            let keys: Arc<[String]> = keys.into();
+            let statements = match run {
+                Run::Upserts(rows) => sql::upsert_statements(def, dialect, rows),
+                Run::Deletes(gone) => sql::delete_statements(def, dialect, gone),
             };
-            if let Err(error) = written {
-                let context = match keys.as_slice() {
-                    [key] => format!("view {} row {key}", def.name),
-                    _ => format!("view {} rows {}", def.name, keys.join(", ")),
-                };
-                self.failed = Some(format!("{context}: {error}"));
-                return Err(in_context(error, &context));
+            writes.extend(statements.into_iter().map(|(sql, params)| Write {
+                sql,
+                params,
+                view: def.name,
+                keys: Arc::clone(&keys),
+            }));
+        }
+        Ok(writes)
+    }
+
+    /// Writes the waiting rows; after a failure, fails again.
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        for write in self.writes()? {
+            if let Err(error) = self.inner.execute(&write.sql, &write.params).await {
+                self.failed = Some(format!("{}: {error}", write.context()));
+                return Err(write.failed(error));
             }
         }
         Ok(())
+    }
+}
+
+/// A statement writing view rows, and which rows (for its error).
+pub(crate) struct Write {
+    pub(crate) sql: String,
+    pub(crate) params: Vec<SqlValue>,
+    view: &'static str,
+    keys: Arc<[String]>,
+}
+
+impl Write {
+    /// `error`, saying which rows it failed to write.
+    pub(crate) fn failed(&self, error: StoreError) -> StoreError {
+        in_context(error, &self.context())
+    }
+
+    fn context(&self) -> String {
+        match &*self.keys {
+            [key] => format!("view {} row {key}", self.view),
+            keys => format!("view {} rows {}", self.view, keys.join(", ")),
+        }
     }
 }
 
@@ -207,17 +259,26 @@ enum Run {
     Deletes(Vec<SqlValue>),
 }
 
-/// `error` with `context` in front of what the backend said, of the same kind (unavailable stays
-/// unavailable).
+/// `error` with `context` in front of what the backend said (with the causes it gave), of the same
+/// kind (unavailable stays unavailable).
 fn in_context(error: StoreError, context: &str) -> StoreError {
+    let said = |source: &(dyn std::error::Error + 'static)| {
+        let mut said = format!("{context}: {source}");
+        let mut cause = source.source();
+        while let Some(inner) = cause {
+            said.push_str(&format!(": {inner}"));
+            cause = inner.source();
+        }
+        said
+    };
     match error {
         StoreError::Unavailable { backend, source } => StoreError::Unavailable {
             backend,
-            source: format!("{context}: {source}").into(),
+            source: said(source.as_ref()).into(),
         },
         StoreError::Backend { backend, source } => StoreError::Backend {
             backend,
-            source: format!("{context}: {source}").into(),
+            source: said(source.as_ref()).into(),
         },
         other => other,
     }
@@ -263,8 +324,9 @@ impl Tx for Buffered {
         params: &[SqlValue],
         expected: u64,
     ) -> Result<bool, StoreError> {
-        self.flush().await?;
-        self.inner.commit_if_changed(sql, params, expected).await
+        // The rows go out with the position's statement and the commit.
+        let writes = self.writes()?;
+        self.inner.commit_after(writes, sql, params, expected).await
     }
 
     async fn flush(&mut self) -> Result<(), StoreError> {

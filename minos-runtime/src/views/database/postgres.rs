@@ -8,7 +8,7 @@ use deadpool_postgres::{Object, Pool};
 use serde_json::{Map, Value};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
-use super::{Backend, Dialect, Tx};
+use super::{Backend, Dialect, Tx, Write};
 use crate::store::StoreError;
 use crate::views::sql::SqlValue;
 
@@ -320,16 +320,31 @@ impl Tx for PostgresTx {
         Ok(())
     }
 
-    /// The statement, made to fail (division by zero) unless it changed `expected` rows, goes out
-    /// pipelined with `COMMIT`: a failed statement leaves the transaction aborted, and the server
-    /// answers that `COMMIT` by rolling it back.
     async fn commit_if_changed(
+        self: Box<Self>,
+        sql: &str,
+        params: &[SqlValue],
+        expected: u64,
+    ) -> Result<bool, StoreError> {
+        self.commit_after(Vec::new(), sql, params, expected).await
+    }
+
+    /// The writes and the statement, made to fail (division by zero) unless it changed `expected`
+    /// rows, go out pipelined with `COMMIT`: a failed statement leaves the transaction aborted, and
+    /// the server answers that `COMMIT` by rolling it back.
+    async fn commit_after(
         mut self: Box<Self>,
+        writes: Vec<Write>,
         sql: &str,
         params: &[SqlValue],
         expected: u64,
     ) -> Result<bool, StoreError> {
         if !self.open {
+            for write in writes {
+                if let Err(error) = self.execute(&write.sql, &write.params).await {
+                    return Err(write.failed(error));
+                }
+            }
             return Ok(self.execute(sql, params).await? == expected);
         }
         let checked = format!(
@@ -341,7 +356,20 @@ impl Tx for PostgresTx {
         let params: Vec<Param<'_>> = params.iter().chain([&expected]).map(Param).collect();
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let mut prepared = Vec::with_capacity(writes.len());
+        for write in &writes {
+            let statement = self.client().prepare_cached(&write.sql).await;
+            prepared.push(statement.map_err(|error| write.failed(err(error)))?);
+        }
         let statement = self.client().prepare_cached(&checked).await.map_err(err)?;
+        let write_params: Vec<Vec<Param<'_>>> = writes
+            .iter()
+            .map(|write| write.params.iter().map(Param).collect())
+            .collect();
+        let write_refs: Vec<Vec<&(dyn ToSql + Sync)>> = write_params
+            .iter()
+            .map(|params| params.iter().map(|p| p as &(dyn ToSql + Sync)).collect())
+            .collect();
         // This ends the transaction: the connection leaves its keeping.
         let Some(client) = self.client.take() else {
             return Err(StoreError::backend(
@@ -350,31 +378,64 @@ impl Tx for PostgresTx {
             ));
         };
         self.open = false;
-        let sent = {
-            // The statement goes out at its first poll; one that fails before (its parameters) must
-            // not be followed by a `COMMIT` of what the page wrote.
-            let mut changed = std::pin::pin!(client.query(&statement, &refs));
-            match futures_util::FutureExt::now_or_never(changed.as_mut()) {
-                Some(early) => Err(early),
-                None => Ok(futures_util::join!(changed, client.batch_execute("COMMIT"))),
-            }
-        };
-        let (changed, committed) = match sent {
-            Ok(answers) => answers,
-            Err(early) => {
-                if client.batch_execute("ROLLBACK").await.is_err() {
-                    let _ = Object::take(client);
+        use futures_util::future::{join_all, maybe_done, MaybeDone};
+        use futures_util::FutureExt;
+        use std::pin::Pin;
+        // Each statement goes out at its first poll, in this order. One that fails before it goes
+        // out (a parameter that does not encode, the connection gone) must not be followed by a
+        // `COMMIT` of what the page wrote; one the server answered already (even with an error: the
+        // transaction is then aborted) may.
+        let mut rows: Vec<_> = prepared
+            .iter()
+            .zip(&write_refs)
+            .map(|(statement, refs)| maybe_done(Box::pin(client.execute(statement, refs))))
+            .collect();
+        let mut changed = maybe_done(Box::pin(client.query(&statement, &refs)));
+        let mut unsent = None;
+        for (at, row) in rows.iter_mut().enumerate() {
+            let _ = Pin::new(&mut *row).now_or_never();
+            if matches!(&*row, MaybeDone::Done(Err(error)) if error.as_db_error().is_none()) {
+                if let Some(Err(error)) = Pin::new(row).take_output() {
+                    unsent = Some(writes[at].failed(err(error)));
                 }
-                return Err(match early {
-                    Err(error) => err(error),
-                    Ok(_) => StoreError::backend(
-                        "view database",
-                        "the position statement answered before it was sent",
-                    ),
-                });
+                break;
             }
-        };
+        }
+        if unsent.is_none() {
+            let _ = Pin::new(&mut changed).now_or_never();
+            if matches!(&changed, MaybeDone::Done(Err(error)) if error.as_db_error().is_none()) {
+                if let Some(Err(error)) = Pin::new(&mut changed).take_output() {
+                    unsent = Some(err(error));
+                }
+            }
+        }
+        if let Some(error) = unsent {
+            drop((rows, changed));
+            if client.batch_execute("ROLLBACK").await.is_err() {
+                let _ = Object::take(client);
+            }
+            return Err(error);
+        }
+        let (_, (), committed) = futures_util::join!(
+            join_all(rows.iter_mut()),
+            &mut changed,
+            client.batch_execute("COMMIT")
+        );
+        let written: Vec<_> = rows
+            .iter_mut()
+            .map(|row| Pin::new(row).take_output())
+            .collect();
+        let changed = Pin::new(&mut changed).take_output().ok_or_else(|| {
+            StoreError::backend("view database", "the position statement has no answer")
+        })?;
         // A failed statement left the transaction aborted: that `COMMIT` rolled it back.
+        if let Some((at, error)) = written
+            .into_iter()
+            .enumerate()
+            .find_map(|(at, result)| result.and_then(Result::err).map(|error| (at, error)))
+        {
+            return Err(writes[at].failed(err(error)));
+        }
         match changed {
             Ok(_) => committed.map(|()| true).map_err(err),
             Err(error)

@@ -286,4 +286,106 @@ mod conditional_commit {
             .unwrap();
         drop.commit().await.unwrap();
     }
+
+    /// A page's rows go out with its position's statement and the commit: committed together, or
+    /// (the position moved elsewhere, a row refused by the server, a value the client cannot send)
+    /// none of them, with an error naming the rows, and the connection usable afterwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pages_rows_are_committed_with_its_position_or_not_at_all() {
+        let base = std::env::var("MINOS_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let schema = format!("minos_t_{}", uuid::Uuid::new_v4().simple());
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let postgres = Views::open(&format!("{base}{separator}schema={schema}"))
+            .await
+            .unwrap();
+        for views in [Views::memory().await.unwrap(), postgres] {
+            let mut setup = views.begin().await.unwrap();
+            let dialect = setup.dialect();
+            for statement in sql::create_table(dialect, &COUNTER) {
+                setup.execute(&statement, &[]).await.unwrap();
+            }
+            setup
+                .execute(
+                    "CREATE TABLE counted (id BIGINT PRIMARY KEY, n BIGINT NOT NULL)",
+                    &[],
+                )
+                .await
+                .unwrap();
+            setup
+                .execute("INSERT INTO counted (id, n) VALUES (1, 0)", &[])
+                .await
+                .unwrap();
+            if dialect == Dialect::Postgres {
+                let table = COUNTER.table();
+                setup
+                    .execute(
+                        &format!(
+                            "ALTER TABLE \"{table}\" ALTER COLUMN n TYPE SMALLINT, \
+                             ADD CONSTRAINT small CHECK (n < 100)"
+                        ),
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+            }
+            setup.commit().await.unwrap();
+            let p = |i| crate::views::sql::placeholder(dialect, i);
+            let bump = format!("UPDATE counted SET n = n + 1 WHERE id = {}", p(1));
+            let stored = |id: &'static str| {
+                let views = &views;
+                async move {
+                    let mut read = views.read().await.unwrap();
+                    let key = SqlValue::Text(id.into());
+                    n_of(sql::get(read.as_mut(), &COUNTER, &key).await.unwrap())
+                }
+            };
+            // Rows, position and commit in one go.
+            let page = |rows: &[(&str, i64)], at: i64| {
+                let views = &views;
+                let rows: Vec<sql::Row> = rows
+                    .iter()
+                    .map(|(id, n)| sql::Row::of(&COUNTER, json!({"id": id, "n": n})).unwrap())
+                    .collect();
+                let bump = bump.clone();
+                async move {
+                    let mut tx: Box<dyn Tx> = Box::new(Buffered::new(views.begin().await.unwrap()));
+                    for row in rows {
+                        sql::upsert(tx.as_mut(), &COUNTER, row).await.unwrap();
+                    }
+                    tx.commit_if_changed(&bump, &[SqlValue::Integer(at)], 1)
+                        .await
+                }
+            };
+            assert!(page(&[("a", 1), ("b", 2)], 1).await.unwrap(), "{views:?}");
+            assert_eq!((stored("a").await, stored("b").await), (Some(1), Some(2)));
+            assert_eq!(counted_n(&views).await, 1);
+            // The position is elsewhere: the rows are not written.
+            assert!(!page(&[("c", 3)], 2).await.unwrap(), "{views:?}");
+            assert_eq!(stored("c").await, None, "{views:?}");
+            if dialect == Dialect::Postgres {
+                // A row the server refuses: the error names the rows, and nothing is committed.
+                let refused = page(&[("d", 5), ("e", 500)], 1).await.unwrap_err();
+                let refused = refused.to_string();
+                assert!(refused.contains("view BufferedCounter rows"), "{refused}");
+                assert!(refused.contains("check constraint"), "{refused}");
+                assert_eq!((stored("d").await, counted_n(&views).await), (None, 1));
+                // A value the client cannot send (too large for SMALLINT): nothing goes out.
+                let unsent = page(&[("f", 100_000)], 1).await.unwrap_err();
+                assert!(
+                    unsent.to_string().contains("view BufferedCounter row"),
+                    "{unsent}"
+                );
+                assert_eq!((stored("f").await, counted_n(&views).await), (None, 1));
+            }
+            // The connections are fine afterwards.
+            assert!(page(&[("g", 7)], 1).await.unwrap(), "{views:?}");
+            assert_eq!((stored("g").await, counted_n(&views).await), (Some(7), 2));
+        }
+        let mut drop = Views::open(&base).await.unwrap().begin().await.unwrap();
+        drop.execute(&format!("DROP SCHEMA {schema} CASCADE"), &[])
+            .await
+            .unwrap();
+        drop.commit().await.unwrap();
+    }
 }
