@@ -72,11 +72,7 @@ pub(crate) trait Tx: Send {
         params: &[SqlValue],
         expected: u64,
     ) -> Result<bool, StoreError> {
-        for write in writes {
-            if let Err(error) = self.execute(&write.sql, &write.params).await {
-                return Err(write.failed(error));
-            }
-        }
+        execute_all(self.as_mut(), writes).await?;
         self.commit_if_changed(sql, params, expected).await
     }
 
@@ -251,6 +247,19 @@ impl Write {
             keys => format!("view {} rows {}", self.view, keys.join(", ")),
         }
     }
+}
+
+/// Runs `writes` one after the other; the first failure, saying which rows it failed to write.
+pub(crate) async fn execute_all<T: Tx + ?Sized>(
+    tx: &mut T,
+    writes: Vec<Write>,
+) -> Result<(), StoreError> {
+    for write in writes {
+        if let Err(error) = tx.execute(&write.sql, &write.params).await {
+            return Err(write.failed(error));
+        }
+    }
+    Ok(())
 }
 
 /// Rows of one view waiting together: written, or deleted by key.

@@ -340,11 +340,7 @@ impl Tx for PostgresTx {
         expected: u64,
     ) -> Result<bool, StoreError> {
         if !self.open {
-            for write in writes {
-                if let Err(error) = self.execute(&write.sql, &write.params).await {
-                    return Err(write.failed(error));
-                }
-            }
+            super::execute_all(self.as_mut(), writes).await?;
             return Ok(self.execute(sql, params).await? == expected);
         }
         let checked = format!(

@@ -181,6 +181,25 @@ async fn a_failed_row_write_fails_the_rest_of_the_page() {
 mod conditional_commit {
     use super::*;
 
+    /// Views in a fresh schema of the test database, and what drops it.
+    async fn fresh_schema() -> (Views, impl std::future::Future<Output = ()>) {
+        let base = std::env::var("MINOS_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let schema = format!("minos_t_{}", uuid::Uuid::new_v4().simple());
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let views = Views::open(&format!("{base}{separator}schema={schema}"))
+            .await
+            .unwrap();
+        let dropped = async move {
+            let mut drop = Views::open(&base).await.unwrap().begin().await.unwrap();
+            drop.execute(&format!("DROP SCHEMA {schema} CASCADE"), &[])
+                .await
+                .unwrap();
+            drop.commit().await.unwrap();
+        };
+        (views, dropped)
+    }
+
     async fn counted_n(views: &Views) -> i64 {
         let mut read = views.read().await.unwrap();
         let rows = read
@@ -195,13 +214,7 @@ mod conditional_commit {
     /// connection usable afterwards either way. The same on SQLite, one after the other.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_conditional_commit_commits_only_when_the_rows_changed() {
-        let base = std::env::var("MINOS_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let schema = format!("minos_t_{}", uuid::Uuid::new_v4().simple());
-        let separator = if base.contains('?') { '&' } else { '?' };
-        let postgres = Views::open(&format!("{base}{separator}schema={schema}"))
-            .await
-            .unwrap();
+        let (postgres, dropped) = fresh_schema().await;
         for views in [Views::memory().await.unwrap(), postgres] {
             let mut setup = views.begin().await.unwrap();
             setup
@@ -280,11 +293,7 @@ mod conditional_commit {
             assert!(committed);
             assert_eq!(counted_n(&views).await, 34, "{views:?}");
         }
-        let mut drop = Views::open(&base).await.unwrap().begin().await.unwrap();
-        drop.execute(&format!("DROP SCHEMA {schema} CASCADE"), &[])
-            .await
-            .unwrap();
-        drop.commit().await.unwrap();
+        dropped.await;
     }
 
     /// A page's rows go out with its position's statement and the commit: committed together, or
@@ -292,13 +301,7 @@ mod conditional_commit {
     /// none of them, with an error naming the rows, and the connection usable afterwards.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pages_rows_are_committed_with_its_position_or_not_at_all() {
-        let base = std::env::var("MINOS_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let schema = format!("minos_t_{}", uuid::Uuid::new_v4().simple());
-        let separator = if base.contains('?') { '&' } else { '?' };
-        let postgres = Views::open(&format!("{base}{separator}schema={schema}"))
-            .await
-            .unwrap();
+        let (postgres, dropped) = fresh_schema().await;
         for views in [Views::memory().await.unwrap(), postgres] {
             let mut setup = views.begin().await.unwrap();
             let dialect = setup.dialect();
@@ -382,10 +385,6 @@ mod conditional_commit {
             assert!(page(&[("g", 7)], 1).await.unwrap(), "{views:?}");
             assert_eq!((stored("g").await, counted_n(&views).await), (Some(7), 2));
         }
-        let mut drop = Views::open(&base).await.unwrap().begin().await.unwrap();
-        drop.execute(&format!("DROP SCHEMA {schema} CASCADE"), &[])
-            .await
-            .unwrap();
-        drop.commit().await.unwrap();
+        dropped.await;
     }
 }
