@@ -6,6 +6,64 @@ const BACKEND: &str = "postgres";
 
 include!("views_support/cases.rs");
 
+/// A row the database refuses, written by the second of two views applying a page together (its
+/// rows go out with the page's commit): that view fails alone, naming the row; the first goes on, and
+/// once the row is no longer written the second catches up, each event applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_database_refuses_fails_its_own_view_alone() {
+    let service = TestService::start(config("views-refused-row"))
+        .await
+        .unwrap();
+    let (_, position) = create(&service, "first", 1).await;
+    get_after(&service, "/items/totals", position).await;
+    NUL_IN_TOTALS.store(true, AtomicOrdering::SeqCst);
+    create(&service, "nul", 2).await;
+    eventually("the listing to show nul", Duration::from_secs(5), || {
+        let client = service.http().clone();
+        async move {
+            client
+                .get("/items?name=nul")
+                .await
+                .unwrap()
+                .json()
+                .as_array()
+                .map(Vec::len)
+                == Some(1)
+        }
+    })
+    .await;
+    eventually(
+        "the totals to report the refused row",
+        Duration::from_secs(5),
+        || {
+            let service = &service;
+            async move {
+                let state = views_state(service).await;
+                let error = state[1]["sources"][0]["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                state[1]["state"] == "failed" && error.contains("view ItemTotals row")
+            }
+        },
+    )
+    .await;
+    let totals = service.http().get("/items/totals").await.unwrap().json();
+    assert_eq!(totals["created"], 1, "nul is not counted yet: {totals}");
+    NUL_IN_TOTALS.store(false, AtomicOrdering::SeqCst);
+    let (_, position) = create(&service, "after", 3).await;
+    let listed = get_after(&service, "/items?limit=100", position.clone()).await;
+    assert_eq!(
+        listed.json().as_array().unwrap().len(),
+        3,
+        "{}",
+        listed.body
+    );
+    let totals = get_after(&service, "/items/totals", position).await.json();
+    assert_eq!(totals["created"], 3, "{totals}");
+    service.stop().await;
+}
+
 mod commit_order {
     use minos::store::{EventFilter, EventStore, Position, PostgresStore};
     use minos::{Action, Event};

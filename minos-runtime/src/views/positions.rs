@@ -3,7 +3,7 @@
 
 use crate::store::{format_time, Position, StoreError};
 
-use super::database::{Dialect, Tx};
+use super::database::{CommitFailed, Dialect, Tx};
 use super::sql::{create_table, drop_table, placeholder, SqlValue};
 use super::ViewDef;
 
@@ -41,16 +41,17 @@ pub(crate) async fn position(
     }))
 }
 
-/// Moves the positions of views in `source` to `to`, each from the position it names, and commits the
-/// transaction, all in one statement and one round trip where the database allows it (PostgreSQL
-/// pipelines the move with the commit); `false`, with the transaction rolled back, when one position
-/// was not there (another process moved it, or the view was rebuilt).
+/// Writes the view rows waiting in `tx`, moves the positions of views in `source` to `to`, each from
+/// the position it names, and commits the transaction, in one round trip where the database allows it
+/// (PostgreSQL pipelines the rows and the move with the commit); `false`, with the transaction rolled
+/// back, when one position was not there (another process moved it, or the view was rebuilt). A row
+/// that cannot be written fails it, naming its view.
 pub(crate) async fn advance_and_commit(
     tx: Box<dyn Tx>,
     moves: &[(&str, Position)],
     source: &str,
     to: Position,
-) -> Result<bool, StoreError> {
+) -> Result<bool, CommitFailed> {
     let d = tx.dialect();
     let p = |n| placeholder(d, n);
     let rows: Vec<String> = (0..moves.len())
@@ -76,7 +77,7 @@ pub(crate) async fn advance_and_commit(
             SqlValue::Integer(from.id),
         ]);
     }
-    tx.commit_if_changed(&sql, &params, moves.len() as u64)
+    tx.commit_after(Vec::new(), &sql, &params, moves.len() as u64)
         .await
 }
 

@@ -50,6 +50,10 @@ static FAIL_ON_BOOM: AtomicBool = AtomicBool::new(false);
 /// Makes the `ItemTotals` handler fail on items named `bust` while set.
 static FAIL_ON_BUST: AtomicBool = AtomicBool::new(false);
 
+/// Makes the `ItemTotals` handler also write a row whose key has a NUL character, on items named
+/// `nul`, while set: PostgreSQL refuses it when the page's rows go out (SQLite stores it).
+static NUL_IN_TOTALS: AtomicBool = AtomicBool::new(false);
+
 pub struct ItemCommands;
 
 #[command_service]
@@ -154,6 +158,14 @@ impl ItemQueries {
         let item: Item = event.decode_fields()?;
         if item.name == "bust" && FAIL_ON_BUST.load(AtomicOrdering::SeqCst) {
             return Err(Error::bad_request("bust is not counted right now"));
+        }
+        if item.name == "nul" && NUL_IN_TOTALS.load(AtomicOrdering::SeqCst) {
+            ItemTotals::upsert(&ItemTotals {
+                id: "nul\0".into(),
+                created: 0,
+                deleted: 0,
+            })
+            .await?;
         }
         let mut totals = ItemTotals::get(&"all".to_owned())
             .await?

@@ -63,17 +63,19 @@ pub(crate) trait Tx: Send {
         Ok(true)
     }
 
-    /// Runs `writes`, then `sql` as [`commit_if_changed`](Tx::commit_if_changed) does. PostgreSQL
-    /// sends them all with the commit (one round trip); a write that fails leaves nothing committed.
+    /// Runs `writes` (with the view rows still waiting in a [`Buffered`] transaction first), then
+    /// `sql` as [`commit_if_changed`](Tx::commit_if_changed) does. PostgreSQL sends them all with the
+    /// commit, pipelined (one round trip once their statements are prepared); a write that fails
+    /// leaves nothing committed, and the failure names its view.
     async fn commit_after(
         mut self: Box<Self>,
         writes: Vec<Write>,
         sql: &str,
         params: &[SqlValue],
         expected: u64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, CommitFailed> {
         execute_all(self.as_mut(), writes).await?;
-        self.commit_if_changed(sql, params, expected).await
+        Ok(self.commit_if_changed(sql, params, expected).await?)
     }
 
     /// The view rows waiting to be written and the transaction under them, for a projection's
@@ -200,17 +202,24 @@ impl Buffered {
         let dialect = self.inner.dialect();
         let mut writes = Vec::new();
         for (def, keys, run) in runs {
-            let keys: Arc<[String]> = keys.into();
             let statements = match run {
                 Run::Upserts(rows) => sql::upsert_statements(def, dialect, rows),
                 Run::Deletes(gone) => sql::delete_statements(def, dialect, gone),
             };
-            writes.extend(statements.into_iter().map(|(sql, params)| Write {
-                sql,
-                params,
-                view: def.name,
-                keys: Arc::clone(&keys),
-            }));
+            // Each statement's own keys, chunk by chunk as the statements were made.
+            let mut keys = keys.into_iter();
+            let sizes = sql::chunk_sizes(keys.len());
+            writes.extend(
+                statements
+                    .into_iter()
+                    .zip(sizes)
+                    .map(|((sql, params), size)| Write {
+                        sql,
+                        params,
+                        view: def.name,
+                        keys: keys.by_ref().take(size).collect(),
+                    }),
+            );
         }
         Ok(writes)
     }
@@ -219,8 +228,9 @@ impl Buffered {
     async fn flush(&mut self) -> Result<(), StoreError> {
         for write in self.writes()? {
             if let Err(error) = self.inner.execute(&write.sql, &write.params).await {
-                self.failed = Some(format!("{}: {error}", write.context()));
-                return Err(write.failed(error));
+                let error = write.failed(error);
+                self.failed = Some(error.to_string());
+                return Err(error);
             }
         }
         Ok(())
@@ -232,7 +242,7 @@ pub(crate) struct Write {
     pub(crate) sql: String,
     pub(crate) params: Vec<SqlValue>,
     view: &'static str,
-    keys: Arc<[String]>,
+    keys: Vec<String>,
 }
 
 impl Write {
@@ -241,11 +251,33 @@ impl Write {
         in_context(error, &self.context())
     }
 
+    /// `error` as this write's view's failure.
+    pub(crate) fn refused(&self, error: StoreError) -> CommitFailed {
+        CommitFailed {
+            view: Some(self.view),
+            error: self.failed(error),
+        }
+    }
+
     fn context(&self) -> String {
-        match &*self.keys {
+        match self.keys.as_slice() {
             [key] => format!("view {} row {key}", self.view),
             keys => format!("view {} rows {}", self.view, keys.join(", ")),
         }
+    }
+}
+
+/// Why a commit after writes failed: the error, and the view whose rows could not be written when
+/// a write failed.
+#[derive(Debug)]
+pub(crate) struct CommitFailed {
+    pub(crate) view: Option<&'static str>,
+    pub(crate) error: StoreError,
+}
+
+impl From<StoreError> for CommitFailed {
+    fn from(error: StoreError) -> Self {
+        CommitFailed { view: None, error }
     }
 }
 
@@ -253,10 +285,10 @@ impl Write {
 pub(crate) async fn execute_all<T: Tx + ?Sized>(
     tx: &mut T,
     writes: Vec<Write>,
-) -> Result<(), StoreError> {
+) -> Result<(), CommitFailed> {
     for write in writes {
         if let Err(error) = tx.execute(&write.sql, &write.params).await {
-            return Err(write.failed(error));
+            return Err(write.refused(error));
         }
     }
     Ok(())
@@ -271,11 +303,20 @@ enum Run {
 /// `error` with `context` in front of what the backend said (with the causes it gave), of the same
 /// kind (unavailable stays unavailable).
 fn in_context(error: StoreError, context: &str) -> StoreError {
+    // Each cause's first line (PostgreSQL's `DETAIL` line would show the failing row's values),
+    // once (an error whose cause says the same is said once).
     let said = |source: &(dyn std::error::Error + 'static)| {
-        let mut said = format!("{context}: {source}");
-        let mut cause = source.source();
+        let mut said = context.to_owned();
+        let mut last = String::new();
+        let mut cause = Some(source);
         while let Some(inner) = cause {
-            said.push_str(&format!(": {inner}"));
+            let text = inner.to_string();
+            let line = text.lines().next().unwrap_or_default();
+            if line != last {
+                said.push_str(": ");
+                said.push_str(line);
+                last = line.to_owned();
+            }
             cause = inner.source();
         }
         said
@@ -333,9 +374,22 @@ impl Tx for Buffered {
         params: &[SqlValue],
         expected: u64,
     ) -> Result<bool, StoreError> {
-        // The rows go out with the position's statement and the commit.
-        let writes = self.writes()?;
-        self.inner.commit_after(writes, sql, params, expected).await
+        self.commit_after(Vec::new(), sql, params, expected)
+            .await
+            .map_err(|failed| failed.error)
+    }
+
+    /// The rows waiting go out with `writes`, the statement and the commit.
+    async fn commit_after(
+        mut self: Box<Self>,
+        writes: Vec<Write>,
+        sql: &str,
+        params: &[SqlValue],
+        expected: u64,
+    ) -> Result<bool, CommitFailed> {
+        let mut all = self.writes()?;
+        all.extend(writes);
+        self.inner.commit_after(all, sql, params, expected).await
     }
 
     async fn flush(&mut self) -> Result<(), StoreError> {

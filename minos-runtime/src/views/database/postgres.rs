@@ -1,14 +1,17 @@
 //! The PostgreSQL view database: a pool; a transaction holds one pooled connection until it ends.
 
 use std::error::Error as StdError;
+use std::pin::Pin;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
 use deadpool_postgres::{Object, Pool};
+use futures_util::future::{join_all, maybe_done, MaybeDone};
+use futures_util::FutureExt;
 use serde_json::{Map, Value};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
-use super::{Backend, Dialect, Tx, Write};
+use super::{Backend, CommitFailed, Dialect, Tx, Write};
 use crate::store::StoreError;
 use crate::views::sql::SqlValue;
 
@@ -326,7 +329,9 @@ impl Tx for PostgresTx {
         params: &[SqlValue],
         expected: u64,
     ) -> Result<bool, StoreError> {
-        self.commit_after(Vec::new(), sql, params, expected).await
+        self.commit_after(Vec::new(), sql, params, expected)
+            .await
+            .map_err(|failed| failed.error)
     }
 
     /// The writes and the statement, made to fail (division by zero) unless it changed `expected`
@@ -338,7 +343,7 @@ impl Tx for PostgresTx {
         sql: &str,
         params: &[SqlValue],
         expected: u64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, CommitFailed> {
         if !self.open {
             super::execute_all(self.as_mut(), writes).await?;
             return Ok(self.execute(sql, params).await? == expected);
@@ -355,7 +360,7 @@ impl Tx for PostgresTx {
         let mut prepared = Vec::with_capacity(writes.len());
         for write in &writes {
             let statement = self.client().prepare_cached(&write.sql).await;
-            prepared.push(statement.map_err(|error| write.failed(err(error)))?);
+            prepared.push(statement.map_err(|error| write.refused(err(error)))?);
         }
         let statement = self.client().prepare_cached(&checked).await.map_err(err)?;
         let write_params: Vec<Vec<Param<'_>>> = writes
@@ -368,19 +373,16 @@ impl Tx for PostgresTx {
             .collect();
         // This ends the transaction: the connection leaves its keeping.
         let Some(client) = self.client.take() else {
-            return Err(StoreError::backend(
-                "view database",
-                "the transaction has no connection",
-            ));
+            return Err(
+                StoreError::backend("view database", "the transaction has no connection").into(),
+            );
         };
         self.open = false;
-        use futures_util::future::{join_all, maybe_done, MaybeDone};
-        use futures_util::FutureExt;
-        use std::pin::Pin;
         // Each statement goes out at its first poll, in this order. One that fails before it goes
-        // out (a parameter that does not encode, the connection gone) must not be followed by a
-        // `COMMIT` of what the page wrote; one the server answered already (even with an error: the
-        // transaction is then aborted) may.
+        // out (a parameter that does not encode, the connection gone: no answer from the server)
+        // must not be followed by a `COMMIT` of what the page wrote; one the server answered already
+        // (even with an error: the transaction is then aborted, and `COMMIT` rolls it back) may.
+        // (tokio-postgres sends a request when its future is first polled.)
         let mut rows: Vec<_> = prepared
             .iter()
             .zip(&write_refs)
@@ -391,55 +393,74 @@ impl Tx for PostgresTx {
         for (at, row) in rows.iter_mut().enumerate() {
             let _ = Pin::new(&mut *row).now_or_never();
             if matches!(&*row, MaybeDone::Done(Err(error)) if error.as_db_error().is_none()) {
-                if let Some(Err(error)) = Pin::new(row).take_output() {
-                    unsent = Some(writes[at].failed(err(error)));
-                }
+                unsent = Some(match Pin::new(row).take_output() {
+                    Some(Err(error)) => writes[at].refused(err(error)),
+                    _ => writes[at].refused(StoreError::backend(
+                        "view database",
+                        "the statement failed before it was sent",
+                    )),
+                });
                 break;
             }
         }
         if unsent.is_none() {
             let _ = Pin::new(&mut changed).now_or_never();
             if matches!(&changed, MaybeDone::Done(Err(error)) if error.as_db_error().is_none()) {
-                if let Some(Err(error)) = Pin::new(&mut changed).take_output() {
-                    unsent = Some(err(error));
-                }
+                unsent = Some(CommitFailed::from(
+                    match Pin::new(&mut changed).take_output() {
+                        Some(Err(error)) => err(error),
+                        _ => StoreError::backend(
+                            "view database",
+                            "the position statement failed before it was sent",
+                        ),
+                    },
+                ));
             }
         }
-        if let Some(error) = unsent {
+        if let Some(unsent) = unsent {
+            // A row the server refused already is the page's failure, rather than what followed it.
+            let refused = rows.iter_mut().enumerate().find_map(|(at, row)| {
+                match Pin::new(row).take_output() {
+                    Some(Err(error)) => Some(writes[at].refused(err(error))),
+                    _ => None,
+                }
+            });
             drop((rows, changed));
             if client.batch_execute("ROLLBACK").await.is_err() {
                 let _ = Object::take(client);
             }
-            return Err(error);
+            return Err(refused.unwrap_or(unsent));
         }
         let (_, (), committed) = futures_util::join!(
             join_all(rows.iter_mut()),
             &mut changed,
             client.batch_execute("COMMIT")
         );
-        let written: Vec<_> = rows
-            .iter_mut()
-            .map(|row| Pin::new(row).take_output())
-            .collect();
-        let changed = Pin::new(&mut changed).take_output().ok_or_else(|| {
-            StoreError::backend("view database", "the position statement has no answer")
-        })?;
-        // A failed statement left the transaction aborted: that `COMMIT` rolled it back.
-        if let Some((at, error)) = written
-            .into_iter()
-            .enumerate()
-            .find_map(|(at, result)| result.and_then(Result::err).map(|error| (at, error)))
-        {
-            return Err(writes[at].failed(err(error)));
+        // A row the server refused left the transaction aborted: that `COMMIT` rolled it back.
+        let refused =
+            rows.iter_mut()
+                .enumerate()
+                .find_map(|(at, row)| match Pin::new(row).take_output() {
+                    Some(Err(error)) => Some(writes[at].refused(err(error))),
+                    _ => None,
+                });
+        if let Some(refused) = refused {
+            return Err(refused);
         }
-        match changed {
-            Ok(_) => committed.map(|()| true).map_err(err),
-            Err(error)
+        match Pin::new(&mut changed).take_output() {
+            Some(Ok(_)) => Ok(committed.map(|()| true).map_err(err)?),
+            // Not the rows it expected: the statement failed, and `COMMIT` rolled it back.
+            Some(Err(error))
                 if error.code() == Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO) =>
             {
-                committed.map(|()| false).map_err(err)
+                Ok(committed.map(|()| false).map_err(err)?)
             }
-            Err(error) => Err(err(error)),
+            Some(Err(error)) => Err(err(error).into()),
+            None => Err(StoreError::backend(
+                "view database",
+                "the position statement has no answer",
+            )
+            .into()),
         }
     }
 }

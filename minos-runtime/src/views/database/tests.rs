@@ -375,11 +375,30 @@ mod conditional_commit {
                 assert_eq!((stored("d").await, counted_n(&views).await), (None, 1));
                 // A value the client cannot send (too large for SMALLINT): nothing goes out.
                 let unsent = page(&[("f", 100_000)], 1).await.unwrap_err();
-                assert!(
-                    unsent.to_string().contains("view BufferedCounter row"),
-                    "{unsent}"
-                );
+                let unsent = unsent.to_string();
+                assert!(unsent.contains("view BufferedCounter row"), "{unsent}");
+                assert!(unsent.contains("error serializing parameter"), "{unsent}");
                 assert_eq!((stored("f").await, counted_n(&views).await), (None, 1));
+                // Two statements (2 rows, then 1): the first went out when the second cannot.
+                let unsent = page(&[("f1", 1), ("f2", 2), ("f3", 100_000)], 1)
+                    .await
+                    .unwrap_err()
+                    .to_string();
+                assert!(unsent.contains("error serializing parameter"), "{unsent}");
+                assert_eq!((stored("f1").await, counted_n(&views).await), (None, 1));
+                // The first statement refused, the second answered only that the transaction is
+                // aborted: the error is the first's.
+                let refused = page(&[("h1", 5), ("h2", 500), ("h3", 6)], 1)
+                    .await
+                    .unwrap_err()
+                    .to_string();
+                assert!(refused.contains("check constraint"), "{refused}");
+                assert!(
+                    refused.contains("\"h2\"") && !refused.contains("\"h3\""),
+                    "{refused}"
+                );
+                assert!(!refused.contains("DETAIL"), "{refused}");
+                assert_eq!((stored("h3").await, counted_n(&views).await), (None, 1));
             }
             // The connections are fine afterwards.
             assert!(page(&[("g", 7)], 1).await.unwrap(), "{views:?}");

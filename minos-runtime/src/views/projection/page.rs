@@ -329,9 +329,10 @@ impl Projections {
                     )));
                 }
             }
-            // With other views in the page, this one's rows go out now: a row it cannot write is
-            // its failure, not the next view's (whose first read would write it).
-            if views.len() > 1 {
+            // With other views after it in the page, this one's rows go out now: a row it cannot
+            // write is its failure, not the next view's (whose first read would write it). The last
+            // view's rows go out with the commit, which names the view whose row failed.
+            if at + 1 < views.len() {
                 if let Err(error) = tx.lock().await.flush().await {
                     return Err(blame(error.into()));
                 }
@@ -344,7 +345,21 @@ impl Projections {
             .iter()
             .map(|v| (plans[v.index].def.name, v.from))
             .collect();
-        if !positions::advance_and_commit(tx, &moves, page.source, last).await? {
+        let committed = match positions::advance_and_commit(tx, &moves, page.source, last).await {
+            Ok(committed) => committed,
+            Err(failed) => {
+                let at = failed.view.and_then(|name| {
+                    page.views
+                        .iter()
+                        .position(|view| plans[view.index].def.name == name)
+                });
+                return Err(match at {
+                    Some(at) if at > 0 => Failed::Along(at, failed.error.into()),
+                    _ => Failed::Own(failed.error.into()),
+                });
+            }
+        };
+        if !committed {
             // Another process applied this page first, or a view was reset: start again from
             // wherever the positions are now (this transaction rolled back).
             views.iter().for_each(|view| view.distrust());
