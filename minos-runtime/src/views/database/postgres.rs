@@ -389,6 +389,15 @@ impl Tx for PostgresTx {
             .map(|(statement, refs)| maybe_done(Box::pin(client.execute(statement, refs))))
             .collect();
         let mut changed = maybe_done(Box::pin(client.query(&statement, &refs)));
+        // The first row the server refused, among those answered.
+        let first_refused = |rows: &mut Vec<MaybeDone<_>>| {
+            rows.iter_mut()
+                .enumerate()
+                .find_map(|(at, row)| match Pin::new(row).take_output() {
+                    Some(Err(error)) => Some(writes[at].refused(err(error))),
+                    _ => None,
+                })
+        };
         let mut unsent = None;
         for (at, row) in rows.iter_mut().enumerate() {
             let _ = Pin::new(&mut *row).now_or_never();
@@ -419,12 +428,7 @@ impl Tx for PostgresTx {
         }
         if let Some(unsent) = unsent {
             // A row the server refused already is the page's failure, rather than what followed it.
-            let refused = rows.iter_mut().enumerate().find_map(|(at, row)| {
-                match Pin::new(row).take_output() {
-                    Some(Err(error)) => Some(writes[at].refused(err(error))),
-                    _ => None,
-                }
-            });
+            let refused = first_refused(&mut rows);
             drop((rows, changed));
             if client.batch_execute("ROLLBACK").await.is_err() {
                 let _ = Object::take(client);
@@ -437,13 +441,7 @@ impl Tx for PostgresTx {
             client.batch_execute("COMMIT")
         );
         // A row the server refused left the transaction aborted: that `COMMIT` rolled it back.
-        let refused =
-            rows.iter_mut()
-                .enumerate()
-                .find_map(|(at, row)| match Pin::new(row).take_output() {
-                    Some(Err(error)) => Some(writes[at].refused(err(error))),
-                    _ => None,
-                });
+        let refused = first_refused(&mut rows);
         if let Some(refused) = refused {
             return Err(refused);
         }
