@@ -150,6 +150,8 @@ pub(crate) struct Buffered {
     /// Why writing the waiting rows failed, once it did: every later statement and the commit fail
     /// too, so a page never commits without some of its rows.
     failed: Option<String>,
+    /// The view whose rows failed to be written then.
+    failed_view: Option<&'static str>,
 }
 
 impl Buffered {
@@ -158,6 +160,7 @@ impl Buffered {
             inner,
             pending: Pending::default(),
             failed: None,
+            failed_view: None,
         }
     }
 
@@ -230,6 +233,7 @@ impl Buffered {
             if let Err(error) = self.inner.execute(&write.sql, &write.params).await {
                 let error = write.failed(error);
                 self.failed = Some(error.to_string());
+                self.failed_view = Some(write.view);
                 return Err(error);
             }
         }
@@ -251,10 +255,12 @@ impl Write {
         in_context(error, &self.context())
     }
 
-    /// `error` as this write's view's failure.
+    /// `error` as this write's view's failure, unless the database was out of reach (no row's
+    /// fault).
     pub(crate) fn refused(&self, error: StoreError) -> CommitFailed {
+        let unreachable = matches!(error, StoreError::Unavailable { .. });
         CommitFailed {
-            view: Some(self.view),
+            view: (!unreachable).then_some(self.view),
             error: self.failed(error),
         }
     }
@@ -387,7 +393,16 @@ impl Tx for Buffered {
         params: &[SqlValue],
         expected: u64,
     ) -> Result<bool, CommitFailed> {
-        let mut all = self.writes()?;
+        let mut all = match self.writes() {
+            Ok(all) => all,
+            // A row write failed before: the failure of that write's view.
+            Err(error) => {
+                return Err(CommitFailed {
+                    view: self.failed_view,
+                    error,
+                })
+            }
+        };
         all.extend(writes);
         self.inner.commit_after(all, sql, params, expected).await
     }

@@ -241,7 +241,29 @@ fn value(row: &tokio_postgres::Row, i: usize) -> Result<SqlValue, StoreError> {
     })
 }
 
+/// A failed row write as its view's failure: not when it only says that the transaction is aborted
+/// (an earlier statement failed), nor when the database is out of reach.
+fn refusal(write: &Write, error: tokio_postgres::Error) -> CommitFailed {
+    let aborted = error.code() == Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION);
+    let mut failed = write.refused(err(error));
+    if aborted {
+        failed.view = None;
+    }
+    failed
+}
+
 impl PostgresTx {
+    /// Ends the transaction now, before an error goes back (its locks go with it), or takes the
+    /// connection out of the pool when that fails.
+    async fn roll_back(&mut self) {
+        if let Some(client) = self.client.take().filter(|_| self.open) {
+            self.open = false;
+            if client.batch_execute("ROLLBACK").await.is_err() {
+                let _ = Object::take(client);
+            }
+        }
+    }
+
     fn client(&self) -> &Object {
         self.client
             .as_ref()
@@ -359,10 +381,22 @@ impl Tx for PostgresTx {
             params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         let mut prepared = Vec::with_capacity(writes.len());
         for write in &writes {
-            let statement = self.client().prepare_cached(&write.sql).await;
-            prepared.push(statement.map_err(|error| write.refused(err(error)))?);
+            match self.client().prepare_cached(&write.sql).await {
+                Ok(statement) => prepared.push(statement),
+                Err(error) => {
+                    let failed = refusal(write, error);
+                    self.roll_back().await;
+                    return Err(failed);
+                }
+            }
         }
-        let statement = self.client().prepare_cached(&checked).await.map_err(err)?;
+        let statement = match self.client().prepare_cached(&checked).await {
+            Ok(statement) => statement,
+            Err(error) => {
+                self.roll_back().await;
+                return Err(err(error).into());
+            }
+        };
         let write_params: Vec<Vec<Param<'_>>> = writes
             .iter()
             .map(|write| write.params.iter().map(Param).collect())
@@ -394,7 +428,7 @@ impl Tx for PostgresTx {
             rows.iter_mut()
                 .enumerate()
                 .find_map(|(at, row)| match Pin::new(row).take_output() {
-                    Some(Err(error)) => Some(writes[at].refused(err(error))),
+                    Some(Err(error)) => Some(refusal(&writes[at], error)),
                     _ => None,
                 })
         };
@@ -403,7 +437,7 @@ impl Tx for PostgresTx {
             let _ = Pin::new(&mut *row).now_or_never();
             if matches!(&*row, MaybeDone::Done(Err(error)) if error.as_db_error().is_none()) {
                 unsent = Some(match Pin::new(row).take_output() {
-                    Some(Err(error)) => writes[at].refused(err(error)),
+                    Some(Err(error)) => refusal(&writes[at], error),
                     _ => writes[at].refused(StoreError::backend(
                         "view database",
                         "the statement failed before it was sent",
