@@ -47,26 +47,11 @@ pub(crate) trait Tx: Send {
     /// Commits (a no-op for a read connection).
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 
-    /// Runs the statement `sql` and commits when it changed `expected` rows; otherwise rolls back and
-    /// answers `false`. PostgreSQL sends the statement and the commit together (one round trip).
-    async fn commit_if_changed(
-        mut self: Box<Self>,
-        sql: &str,
-        params: &[SqlValue],
-        expected: u64,
-    ) -> Result<bool, StoreError> {
-        if self.execute(sql, params).await? != expected {
-            // Dropped: rolled back.
-            return Ok(false);
-        }
-        self.commit().await?;
-        Ok(true)
-    }
-
-    /// Runs `writes` (with the view rows still waiting in a [`Buffered`] transaction first), then
-    /// `sql` as [`commit_if_changed`](Tx::commit_if_changed) does. PostgreSQL sends them all with the
-    /// commit, pipelined (one round trip once their statements are prepared); a write that fails
-    /// leaves nothing committed, and the failure names its view.
+    /// Runs `writes` (with the view rows still waiting in a [`Buffered`] transaction first), then the
+    /// statement `sql`, and commits when it changed `expected` rows; otherwise rolls back and answers
+    /// `false`. PostgreSQL sends them all with the commit, pipelined (one round trip once their
+    /// statements are prepared); a write that fails leaves nothing committed, and the failure names
+    /// its view.
     async fn commit_after(
         mut self: Box<Self>,
         writes: Vec<Write>,
@@ -75,7 +60,12 @@ pub(crate) trait Tx: Send {
         expected: u64,
     ) -> Result<bool, CommitFailed> {
         execute_all(self.as_mut(), writes).await?;
-        Ok(self.commit_if_changed(sql, params, expected).await?)
+        if self.execute(sql, params).await? != expected {
+            // Dropped: rolled back.
+            return Ok(false);
+        }
+        self.commit().await?;
+        Ok(true)
     }
 
     /// The view rows waiting to be written and the transaction under them, for a projection's
@@ -147,11 +137,9 @@ impl Pending {
 pub(crate) struct Buffered {
     inner: Box<dyn Tx>,
     pending: Pending,
-    /// Why writing the waiting rows failed, once it did: every later statement and the commit fail
-    /// too, so a page never commits without some of its rows.
-    failed: Option<String>,
-    /// The view whose rows failed to be written then.
-    failed_view: Option<&'static str>,
+    /// Why writing the waiting rows failed, once it did, and whose rows they were: every later
+    /// statement and the commit fail too, so a page never commits without some of its rows.
+    failed: Option<(String, &'static str)>,
 }
 
 impl Buffered {
@@ -160,14 +148,13 @@ impl Buffered {
             inner,
             pending: Pending::default(),
             failed: None,
-            failed_view: None,
         }
     }
 
     /// The statements writing the waiting rows (which then wait no more); after a failure, fails
     /// again.
     fn writes(&mut self) -> Result<Vec<Write>, StoreError> {
-        if let Some(failed) = &self.failed {
+        if let Some((failed, _)) = &self.failed {
             return Err(StoreError::backend(
                 "view database",
                 format!("an earlier view row write of this page failed: {failed}"),
@@ -232,8 +219,7 @@ impl Buffered {
         for write in self.writes()? {
             if let Err(error) = self.inner.execute(&write.sql, &write.params).await {
                 let error = write.failed(error);
-                self.failed = Some(error.to_string());
-                self.failed_view = Some(write.view);
+                self.failed = Some((error.to_string(), write.view));
                 return Err(error);
             }
         }
@@ -374,17 +360,6 @@ impl Tx for Buffered {
         self.inner.commit().await
     }
 
-    async fn commit_if_changed(
-        mut self: Box<Self>,
-        sql: &str,
-        params: &[SqlValue],
-        expected: u64,
-    ) -> Result<bool, StoreError> {
-        self.commit_after(Vec::new(), sql, params, expected)
-            .await
-            .map_err(|failed| failed.error)
-    }
-
     /// The rows waiting go out with `writes`, the statement and the commit.
     async fn commit_after(
         mut self: Box<Self>,
@@ -398,7 +373,7 @@ impl Tx for Buffered {
             // A row write failed before: the failure of that write's view.
             Err(error) => {
                 return Err(CommitFailed {
-                    view: self.failed_view,
+                    view: self.failed.as_ref().map(|(_, view)| *view),
                     error,
                 })
             }

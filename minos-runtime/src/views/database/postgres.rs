@@ -241,6 +241,20 @@ fn value(row: &tokio_postgres::Row, i: usize) -> Result<SqlValue, StoreError> {
     })
 }
 
+/// Sends a statement (its first poll), and the error it failed with before going out (no answer
+/// from the server: a parameter that does not encode, the connection gone), taken out of it.
+fn send<F, T>(statement: &mut MaybeDone<F>) -> Option<tokio_postgres::Error>
+where
+    F: std::future::Future<Output = Result<T, tokio_postgres::Error>> + Unpin,
+{
+    let _ = Pin::new(&mut *statement).now_or_never();
+    if matches!(&*statement, MaybeDone::Done(Err(error)) if error.as_db_error().is_none()) {
+        Pin::new(statement).take_output().and_then(Result::err)
+    } else {
+        None
+    }
+}
+
 /// A failed row write as its view's failure: not when it only says that the transaction is aborted
 /// (an earlier statement failed), nor when the database is out of reach.
 fn refusal(write: &Write, error: tokio_postgres::Error) -> CommitFailed {
@@ -345,17 +359,6 @@ impl Tx for PostgresTx {
         Ok(())
     }
 
-    async fn commit_if_changed(
-        self: Box<Self>,
-        sql: &str,
-        params: &[SqlValue],
-        expected: u64,
-    ) -> Result<bool, StoreError> {
-        self.commit_after(Vec::new(), sql, params, expected)
-            .await
-            .map_err(|failed| failed.error)
-    }
-
     /// The writes and the statement, made to fail (division by zero) unless it changed `expected`
     /// rows, go out pipelined with `COMMIT`: a failed statement leaves the transaction aborted, and
     /// the server answers that `COMMIT` by rolling it back.
@@ -432,34 +435,11 @@ impl Tx for PostgresTx {
                     _ => None,
                 })
         };
-        let mut unsent = None;
-        for (at, row) in rows.iter_mut().enumerate() {
-            let _ = Pin::new(&mut *row).now_or_never();
-            if matches!(&*row, MaybeDone::Done(Err(error)) if error.as_db_error().is_none()) {
-                unsent = Some(match Pin::new(row).take_output() {
-                    Some(Err(error)) => refusal(&writes[at], error),
-                    _ => writes[at].refused(StoreError::backend(
-                        "view database",
-                        "the statement failed before it was sent",
-                    )),
-                });
-                break;
-            }
-        }
-        if unsent.is_none() {
-            let _ = Pin::new(&mut changed).now_or_never();
-            if matches!(&changed, MaybeDone::Done(Err(error)) if error.as_db_error().is_none()) {
-                unsent = Some(CommitFailed::from(
-                    match Pin::new(&mut changed).take_output() {
-                        Some(Err(error)) => err(error),
-                        _ => StoreError::backend(
-                            "view database",
-                            "the position statement failed before it was sent",
-                        ),
-                    },
-                ));
-            }
-        }
+        let unsent = rows
+            .iter_mut()
+            .enumerate()
+            .find_map(|(at, row)| send(row).map(|error| refusal(&writes[at], error)))
+            .or_else(|| send(&mut changed).map(|error| err(error).into()));
         if let Some(unsent) = unsent {
             // A row the server refused already is the page's failure, rather than what followed it.
             let refused = first_refused(&mut rows);

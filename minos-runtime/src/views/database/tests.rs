@@ -238,7 +238,7 @@ mod conditional_commit {
                     .await
                     .unwrap();
                 let committed = tx
-                    .commit_if_changed(&bump, &[SqlValue::Integer(1)], 1)
+                    .commit_after(Vec::new(), &bump, &[SqlValue::Integer(1)], 1)
                     .await
                     .unwrap();
                 assert!(committed, "{views:?}");
@@ -250,7 +250,7 @@ mod conditional_commit {
                     .await
                     .unwrap();
                 let committed = tx
-                    .commit_if_changed(&bump, &[SqlValue::Integer(2)], 1)
+                    .commit_after(Vec::new(), &bump, &[SqlValue::Integer(2)], 1)
                     .await
                     .unwrap();
                 assert!(!committed, "{views:?}");
@@ -262,7 +262,7 @@ mod conditional_commit {
                 .await
                 .unwrap();
             let failed = tx
-                .commit_if_changed("UPDATE counted SET n = NULL", &[], 1)
+                .commit_after(Vec::new(), "UPDATE counted SET n = NULL", &[], 1)
                 .await;
             assert!(failed.is_err(), "{views:?}");
             assert_eq!(counted_n(&views).await, 33, "{views:?}");
@@ -273,7 +273,8 @@ mod conditional_commit {
                 .await
                 .unwrap();
             let unsent = tx
-                .commit_if_changed(
+                .commit_after(
+                    Vec::new(),
                     &format!("UPDATE counted SET n = n + 1 WHERE small = {}", p(1)),
                     &[SqlValue::Integer(100_000)],
                     1,
@@ -287,7 +288,7 @@ mod conditional_commit {
             // The connections are fine afterwards.
             let tx = views.begin().await.unwrap();
             let committed = tx
-                .commit_if_changed(&bump, &[SqlValue::Integer(1)], 1)
+                .commit_after(Vec::new(), &bump, &[SqlValue::Integer(1)], 1)
                 .await
                 .unwrap();
             assert!(committed);
